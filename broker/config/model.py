@@ -1,0 +1,240 @@
+"""The broker's typed configuration: what every other module reads.
+
+The HOCON loader (``loader.py``) binds a parsed file onto these dataclasses, field by field: the field names
+are the config keys (EMQX's names wherever EMQX has the setting), the annotations say how a value is read:
+
+- ``Duration``: seconds as a float, written ``15s``, ``2h``, ``500ms`` or a bare number of seconds;
+- ``ByteSize``: bytes as an int, written ``1MB``, ``64KB`` or a bare number;
+- ``Limit``: an int, or ``infinity`` (bound to ``None``: no limit);
+- ``Literal[...]``: one of the listed atoms, written bare (``verify = verify_peer``) or quoted;
+- nested dataclasses are HOCON objects; ``dict[str, X]`` is an object of named X (``listeners.tcp.default``).
+
+Unknown keys are errors. Defaults live here and nowhere else.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Annotated, Literal
+
+Duration = Annotated[float, "duration"]
+ByteSize = Annotated[int, "bytesize"]
+Limit = Annotated["int | None", "limit"]
+
+PeerCertAs = Literal["disabled", "cn", "dn", "crt", "pem", "md5"]
+
+
+@dataclass
+class MqttSettings:
+    """``mqtt { ... }``: protocol limits and session behaviour (EMQX's ``mqtt`` root)."""
+
+    max_packet_size: ByteSize = 1024 * 1024
+    max_clientid_len: int = 65535
+    max_topic_levels: int = 128
+    max_qos_allowed: int = 2
+    max_topic_alias: int = 65535
+    retain_available: bool = True
+    wildcard_subscription: bool = True
+    shared_subscription: bool = True
+    # How long a new connection may stay silent before its CONNECT arrives.
+    idle_timeout: Duration = 15.0
+    keepalive_multiplier: float = 1.5
+    # 5.0 Server Keep Alive; None = use the client's value.
+    server_keepalive: Limit = None
+    max_subscriptions: Limit = None
+    max_inflight: int = 32
+    retry_interval: Duration = 30.0
+    max_awaiting_rel: Limit = 100
+    await_rel_timeout: Duration = 300.0
+    # Upper bound on the session expiry a 5.0 client may ask for; 3.1.1 persistent sessions use it as is.
+    session_expiry_interval: Duration = 7200.0
+    max_mqueue_len: Limit = 1000
+    # When the queue is full: drop the oldest message (EMQX's behaviour) or refuse the newest.
+    mqueue_drop_policy: Literal["drop_oldest", "drop_newest"] = "drop_oldest"
+    mqueue_store_qos0: bool = True
+    upgrade_qos: bool = False
+    ignore_loop_deliver: bool = False
+    response_information: str = ""
+    peer_cert_as_username: PeerCertAs = "disabled"
+    peer_cert_as_clientid: PeerCertAs = "disabled"
+
+
+@dataclass
+class OcspOptions:
+    """``ssl_options.ocsp { ... }``: OCSP stapling."""
+
+    enable_ocsp_stapling: bool = False
+    responder_url: str = ""
+    issuer_pem: str = ""
+    refresh_interval: Duration = 300.0
+    refresh_http_timeout: Duration = 15.0
+
+
+@dataclass
+class SslOptions:
+    """``ssl_options { ... }`` of an ssl/wss listener, with EMQX's names and defaults."""
+
+    keyfile: str = ""
+    certfile: str = ""
+    cacertfile: str = ""
+    # Password of an encrypted keyfile. Never prompted for on a terminal.
+    password: str = ""
+    verify: Literal["verify_none", "verify_peer"] = "verify_none"
+    fail_if_no_peer_cert: bool = False
+    versions: list[Literal["tlsv1.3", "tlsv1.2", "tlsv1.1", "tlsv1"]] = field(
+        default_factory=lambda: ["tlsv1.3", "tlsv1.2"])
+    # OpenSSL names of TLS 1.2 and TLS 1.3 suites; empty = OpenSSL's defaults.
+    ciphers: list[str] = field(default_factory=list)
+    # Maximum number of intermediate certificates between the peer and a trusted root.
+    depth: int = 10
+    handshake_timeout: Duration = 15.0
+    honor_cipher_order: bool = True
+    reuse_sessions: bool = True
+    secure_renegotiate: bool = True
+    client_renegotiation: bool = True
+    partial_chain: bool = False
+    verify_peer_ext_key_usage: str = ""
+    enable_crl_check: bool = False
+    # Local CRL file(s) (PEM), checked in addition to the certificates' distribution points.
+    crlfile: str = ""
+    ocsp: OcspOptions = field(default_factory=OcspOptions)
+    # How often the certificate, key, CA and CRL files are re-checked for changes (SIGHUP and the admin API
+    # reload at once).
+    reload_interval: Duration = 120.0
+    # Accepted for EMQX compatibility; they have no meaning in this broker.
+    hibernate_after: Duration = 5.0
+    gc_after_handshake: bool = False
+    log_level: str = "notice"
+
+
+@dataclass
+class WebsocketOptions:
+    """``websocket { ... }`` of a ws/wss listener."""
+
+    mqtt_path: str = "/mqtt"
+    fail_if_no_subprotocol: bool = True
+    supported_subprotocols: list[str] = field(default_factory=lambda: ["mqtt", "mqtt-v3.1.1", "mqtt-v5", "mqttv3.1"])
+
+
+@dataclass
+class TcpListener:
+    """``listeners.tcp.<name> { ... }``"""
+
+    enable: bool = True
+    bind: str = "0.0.0.0:1883"
+    max_connections: Limit = None
+    # New connections per second accepted by this listener (token bucket); None = unlimited.
+    max_conn_rate: Limit = None
+    proxy_protocol: bool = False
+    proxy_protocol_timeout: Duration = 3.0
+    mountpoint: str = ""
+    # Overrides of the global ``mqtt.peer_cert_as_*`` for this listener (ssl/wss only).
+    peer_cert_as_username: PeerCertAs | None = None
+    peer_cert_as_clientid: PeerCertAs | None = None
+
+
+@dataclass
+class SslListener(TcpListener):
+    """``listeners.ssl.<name> { ... }``"""
+
+    bind: str = "0.0.0.0:8883"
+    ssl_options: SslOptions = field(default_factory=SslOptions)
+
+
+@dataclass
+class WsListener(TcpListener):
+    """``listeners.ws.<name> { ... }``"""
+
+    bind: str = "0.0.0.0:8083"
+    websocket: WebsocketOptions = field(default_factory=WebsocketOptions)
+
+
+@dataclass
+class WssListener(WsListener):
+    """``listeners.wss.<name> { ... }``"""
+
+    bind: str = "0.0.0.0:8084"
+    ssl_options: SslOptions = field(default_factory=SslOptions)
+
+
+@dataclass
+class Listeners:
+    tcp: dict[str, TcpListener] = field(default_factory=dict)
+    ssl: dict[str, SslListener] = field(default_factory=dict)
+    ws: dict[str, WsListener] = field(default_factory=dict)
+    wss: dict[str, WssListener] = field(default_factory=dict)
+
+
+@dataclass
+class PskAuthentication:
+    """``psk_authentication { ... }`` (EMQX): identities and secrets for PSK cipher suites."""
+
+    enable: bool = False
+    # Lines of ``identity:secret``.
+    init_file: str = ""
+    separator: str = ":"
+
+
+@dataclass
+class CrlCache:
+    """``crl_cache { ... }`` (EMQX): CRLs fetched from the certificates' distribution points."""
+
+    refresh_interval: Duration = 900.0
+    http_timeout: Duration = 15.0
+    capacity: int = 100
+
+
+@dataclass
+class Authentication:
+    """``authentication { ... }``: who may connect."""
+
+    allow_anonymous: bool = True
+
+
+@dataclass
+class DashboardHttp:
+    bind: str = "127.0.0.1:18083"
+
+
+@dataclass
+class DashboardListeners:
+    http: DashboardHttp = field(default_factory=DashboardHttp)
+
+
+@dataclass
+class Dashboard:
+    """``dashboard { ... }``: the admin API (and later the web Dashboard) on aiohttp."""
+
+    enable: bool = True
+    listeners: DashboardListeners = field(default_factory=DashboardListeners)
+    # Bearer token for the API. Required when bound to anything but loopback. ``token_file`` wins over
+    # ``token`` (the operator mounts it from a Secret).
+    token: str = ""
+    token_file: str = ""
+
+
+@dataclass
+class Log:
+    level: Literal["debug", "info", "warning", "error"] = "info"
+    format: Literal["text", "json"] = "text"
+
+
+@dataclass
+class Node:
+    name: str = "wharf@127.0.0.1"
+    # Prefer uvloop when it is installed.
+    event_loop: Literal["auto", "asyncio", "uvloop"] = "auto"
+
+
+@dataclass
+class BrokerConfig:
+    """The whole config file."""
+
+    node: Node = field(default_factory=Node)
+    log: Log = field(default_factory=Log)
+    mqtt: MqttSettings = field(default_factory=MqttSettings)
+    listeners: Listeners = field(default_factory=Listeners)
+    authentication: Authentication = field(default_factory=Authentication)
+    psk_authentication: PskAuthentication = field(default_factory=PskAuthentication)
+    crl_cache: CrlCache = field(default_factory=CrlCache)
+    dashboard: Dashboard = field(default_factory=Dashboard)
