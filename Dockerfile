@@ -15,12 +15,17 @@ ENV PIP_NO_CACHE_DIR=1 \
     PIP_DISABLE_PIP_VERSION_CHECK=1
 RUN python3 -m venv /opt/wharf/venv
 WORKDIR /src
-COPY pyproject.toml README.md ./
+# Dependencies first, read from pyproject.toml, so this layer is rebuilt only when they change.
+COPY pyproject.toml ./
+RUN python3 -c "import tomllib; p = tomllib.load(open('pyproject.toml', 'rb'))['project']; \
+print('\n'.join(p['dependencies'] + p['optional-dependencies']['operator']))" > requirements.txt \
+    && /opt/wharf/venv/bin/pip install --no-cache-dir -r requirements.txt
+COPY README.md ./
 COPY broker/ broker/
 COPY operator/ operator/
 # Not editable: the package is copied into site-packages, so /src is not needed at run time.
 # pip itself is removed afterwards, so the final image cannot install anything.
-RUN /opt/wharf/venv/bin/pip install --no-cache-dir ".[operator]" \
+RUN /opt/wharf/venv/bin/pip install --no-cache-dir --no-deps . \
     && /opt/wharf/venv/bin/python -m pip uninstall --yes pip \
     && /opt/wharf/venv/bin/python -c "import wharf_broker, wharf_operator"
 

@@ -45,6 +45,11 @@ build_tarball() {
     # ca-certificates lets pip verify the package index.
     debootstrap --variant=minbase --include=python3,python3-venv,ca-certificates \
         "$suite" "$rootfs" "$(apt_mirror)" >&2
+    # The host's CA bundle replaces Debian's: a local image should reach the package index the way the
+    # host does, including through a TLS-inspecting proxy whose CA only the host trusts.
+    if [[ -s /etc/ssl/certs/ca-certificates.crt ]]; then
+        cp /etc/ssl/certs/ca-certificates.crt "$rootfs/etc/ssl/certs/ca-certificates.crt"
+    fi
     # What an image does not need: package lists, caches, docs.
     rm -rf "$rootfs"/var/lib/apt/lists/* "$rootfs"/var/cache/apt/* "$rootfs"/usr/share/doc/* \
         "$rootfs"/usr/share/man/* "$rootfs"/usr/share/locale/*

@@ -12,7 +12,7 @@ cache_root="${WHARF_CACHE_DIR:-$HOME/.cache/wharf}"
 bin_dir="$cache_root/helm/$version"
 helm="$bin_dir/helm"
 
-if [[ -x "$helm" ]] && "$helm" version --short 2>/dev/null | grep -q "^${version}+"; then
+if [[ -x "$helm" ]] && "$helm" version --short 2>/dev/null | grep -Eq "^${version}(\+|$)"; then
     echo "$helm"
     exit 0
 fi
@@ -24,9 +24,15 @@ fi
 
 mkdir -p "$bin_dir"
 echo "ensure-helm: building helm $version into $bin_dir (one-off, a few minutes)" >&2
-# The version ldflag makes `helm version` (and chart kubeVersion checks) report the real release.
-GOBIN="$bin_dir" CGO_ENABLED=0 go install -trimpath \
-    -ldflags "-s -w -X helm.sh/helm/v3/internal/version.version=$version" \
-    "helm.sh/helm/v3/cmd/helm@$version" >&2
+# Like helm's own release build: the version ldflag makes `helm version` report the release, and the
+# Kubernetes version of its client-go becomes the default for `helm template`/`helm lint` (else v1.20).
+gomod="$(go mod download -json "helm.sh/helm/v3@$version" | sed -n 's/^[[:space:]]*"GoMod": "\(.*\)",*$/\1/p')"
+k8s_minor="$(sed -n 's#^[[:space:]]*k8s.io/client-go v0\.\([0-9]*\)\..*#\1#p' "$gomod" | head -n1)"
+[[ -n "$k8s_minor" ]] || { echo "ensure-helm: cannot read helm's client-go version from $gomod" >&2; exit 1; }
+ldflags="-s -w -X helm.sh/helm/v3/internal/version.version=$version"
+for pkg in helm.sh/helm/v3/pkg/chartutil helm.sh/helm/v3/pkg/lint/rules; do
+    ldflags+=" -X $pkg.k8sVersionMajor=1 -X $pkg.k8sVersionMinor=$k8s_minor"
+done
+GOBIN="$bin_dir" CGO_ENABLED=0 go install -trimpath -ldflags "$ldflags" "helm.sh/helm/v3/cmd/helm@$version" >&2
 "$helm" version --short >&2
 echo "$helm"
