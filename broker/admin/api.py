@@ -1,0 +1,241 @@
+"""Admin API handlers: the contract in ``docs/architecture.md`` ("Admin API contract").
+
+Handlers read the running ``BrokerApp``: its listeners (``status()``, ``describe()``; TLS ones also
+``reload()``, ``update_ssl_options()``, ``tls_status()``) and its broker (``clients()``). Everything that leaves
+here passes through ``scrub()``: key material and passwords never do.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import datetime as dt
+import enum
+import json
+import re
+from typing import TYPE_CHECKING, Any
+
+from aiohttp import web
+
+from .. import metrics
+from ..config.errors import ConfigError
+from ..config.loader import bind_ssl_options
+
+if TYPE_CHECKING:
+    from ..app import BrokerApp
+
+APP_KEY = web.AppKey("broker_app", object)
+MAX_RELOAD_WAIT = 300.0
+_FINGERPRINT = re.compile(r"[0-9a-f]{64}")
+_SECRET_KEYS = {"password", "key_pem", "private_key", "secret", "secrets", "psk", "psk_secret", "token"}
+_PEM_PRIVATE_KEY = re.compile(r"-----BEGIN [A-Z ]*PRIVATE KEY-----")
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Helpers
+
+
+def scrub(value: Any) -> Any:
+    """JSON-ready copy of ``value`` with secrets masked (passwords) or dropped (key bytes)."""
+    if dataclasses.is_dataclass(value) and not isinstance(value, type):
+        value = dataclasses.asdict(value)
+    if isinstance(value, dict):
+        out = {}
+        for key, item in value.items():
+            if str(key).lower() in _SECRET_KEYS:
+                out[key] = "******" if item else ""
+            else:
+                out[key] = scrub(item)
+        return out
+    if isinstance(value, (list, tuple, set, frozenset)):
+        return [scrub(item) for item in value]
+    if isinstance(value, (dt.datetime, dt.date)):
+        return value.isoformat()
+    if isinstance(value, enum.Enum):
+        return value.value
+    if isinstance(value, (bytes, bytearray, memoryview)):
+        return None  # raw bytes are certificate/key material at best: never shown
+    if isinstance(value, str) and _PEM_PRIVATE_KEY.search(value):
+        return "<redacted>"
+    if value is None or isinstance(value, (bool, int, float, str)):
+        return value
+    return str(value)
+
+
+def _json(data: Any, status: int = 200) -> web.Response:
+    return web.json_response(scrub(data), status=status, dumps=lambda d: json.dumps(d, ensure_ascii=False))
+
+
+def _error(status: int, code: str, message: str, **extra: Any) -> web.Response:
+    return _json({"code": code, "message": message, **extra}, status=status)
+
+
+def _app(request: web.Request) -> "BrokerApp":
+    return request.app[APP_KEY]  # type: ignore[return-value]
+
+
+def _listener(request: web.Request):
+    listener_id = request.match_info["id"]
+    app = _app(request)
+    listener = app.listeners.get(listener_id)
+    if listener is None:
+        known = {view["id"] for view in app.listener_views()}
+        if listener_id in known:
+            raise web.HTTPConflict(text=json.dumps({"code": "NOT_RUNNING",
+                                                    "message": f"listener {listener_id} is disabled"}),
+                                   content_type="application/json")
+        raise web.HTTPNotFound(text=json.dumps({"code": "NOT_FOUND",
+                                                "message": f"no listener {listener_id!r}"}),
+                               content_type="application/json")
+    return listener
+
+
+async def _body(request: web.Request, required: bool) -> dict[str, Any]:
+    if not request.can_read_body:
+        if required:
+            raise web.HTTPBadRequest(text=json.dumps({"code": "BAD_REQUEST", "message": "a JSON body is required"}),
+                                     content_type="application/json")
+        return {}
+    try:
+        body = await request.json()
+    except (json.JSONDecodeError, UnicodeDecodeError):
+        raise web.HTTPBadRequest(text=json.dumps({"code": "BAD_REQUEST", "message": "the body is not JSON"}),
+                                 content_type="application/json") from None
+    if not isinstance(body, dict):
+        raise web.HTTPBadRequest(text=json.dumps({"code": "BAD_REQUEST", "message": "the body must be an object"}),
+                                 content_type="application/json")
+    return body
+
+
+def _field(result: Any, name: str, default: Any = None) -> Any:
+    if isinstance(result, dict):
+        return result.get(name, default)
+    return getattr(result, name, default)
+
+
+def certificate_view(tls_status: dict[str, Any]) -> dict[str, Any]:
+    """The served certificate as the contract names it, from a TLS runtime's status."""
+    certificate = tls_status.get("certificate") or {}
+    if dataclasses.is_dataclass(certificate):
+        certificate = dataclasses.asdict(certificate)
+    elif not isinstance(certificate, dict):
+        certificate = getattr(certificate, "as_dict", lambda: {})()
+    view = {name: certificate.get(name, tls_status.get(name))
+            for name in ("subject", "sans", "issuer", "not_before", "not_after", "fingerprint_sha256", "serial")}
+    for name in ("loaded_at", "last_error", "last_reload_at"):
+        view[name] = tls_status.get(name, certificate.get(name))
+    return view
+
+
+def _client_view(client: Any) -> Any:
+    if isinstance(client, dict) or (dataclasses.is_dataclass(client) and not isinstance(client, type)):
+        return client
+    for method in ("info", "as_dict", "to_dict"):
+        if callable(getattr(client, method, None)):
+            return getattr(client, method)()
+    return {k: v for k, v in vars(client).items() if not k.startswith("_")}
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Handlers
+
+
+async def list_listeners(request: web.Request) -> web.Response:
+    return _json(_app(request).listener_views())
+
+
+async def show_listener(request: web.Request) -> web.Response:
+    return _json(_listener(request).describe())
+
+
+async def update_listener(request: web.Request) -> web.Response:
+    listener = _listener(request)
+    body = await _body(request, required=True)
+    if not hasattr(listener, "update_ssl_options"):
+        return _error(400, "BAD_REQUEST", f"listener {listener.id} has no ssl_options to update")
+    extra = sorted(set(body) - {"ssl_options", "id", "type", "name"})
+    if extra or "ssl_options" not in body:
+        return _error(400, "BAD_REQUEST", "only ssl_options can be changed at run time"
+                      + (f" (not {', '.join(extra)})" if extra else ""))
+    try:
+        options = bind_ssl_options(body["ssl_options"], listener.config.ssl_options,
+                                   f"listeners.{listener.type}.{listener.name}.ssl_options", source="<request>")
+        await listener.update_ssl_options(options)
+    except ConfigError as exc:
+        return _error(400, "BAD_REQUEST", str(exc), errors=[str(issue) for issue in exc.issues])
+    except ValueError as exc:  # the TLS layer refused the material or options; nothing was applied
+        return _error(400, "BAD_REQUEST", str(exc))
+    return _json(listener.describe())
+
+
+async def reload_listener(request: web.Request) -> web.Response:
+    listener = _listener(request)
+    if not hasattr(listener, "reload"):
+        return _error(400, "BAD_REQUEST", f"listener {listener.id} has no certificates to reload")
+    body = await _body(request, required=False)
+    fingerprint = body.get("fingerprint")
+    if fingerprint is not None:
+        if not isinstance(fingerprint, str) or not _FINGERPRINT.fullmatch(fingerprint.replace(":", "").lower()):
+            return _error(400, "BAD_REQUEST", "fingerprint must be the SHA-256 of the certificate: 64 hex digits")
+        fingerprint = fingerprint.replace(":", "").lower()
+    timeout = body.get("timeout", 30.0 if fingerprint else 0.0)
+    if isinstance(timeout, bool) or not isinstance(timeout, (int, float)) or not 0 <= timeout <= MAX_RELOAD_WAIT:
+        return _error(400, "BAD_REQUEST", f"timeout must be a number of seconds in 0..{MAX_RELOAD_WAIT:g}")
+    try:
+        result = await listener.reload(expected_fingerprint=fingerprint, timeout=float(timeout))
+    except (asyncio.TimeoutError, TimeoutError) as exc:
+        return _error(409, "FINGERPRINT_NOT_SEEN", str(exc) or
+                      f"the files did not carry certificate {fingerprint} within {timeout:g}s",
+                      fingerprint=listener.tls_status().get("fingerprint_sha256"))
+    except ValueError as exc:  # invalid material: the old certificate keeps serving
+        return _error(422, "INVALID_CERTIFICATE", str(exc))
+    served = _field(result, "fingerprint") or certificate_view(listener.tls_status()).get("fingerprint_sha256")
+    if fingerprint and served != fingerprint:
+        return _error(409, "FINGERPRINT_NOT_SEEN",
+                      f"the files did not carry certificate {fingerprint} within {timeout:g}s", fingerprint=served)
+    error = _field(result, "error")
+    if error:
+        return _error(422, "INVALID_CERTIFICATE", str(error), fingerprint=served)
+    return _json({"reloaded": bool(_field(result, "reloaded", False)), "fingerprint": served})
+
+
+async def listener_certificate(request: web.Request) -> web.Response:
+    listener = _listener(request)
+    if not hasattr(listener, "tls_status"):
+        return _error(400, "BAD_REQUEST", f"listener {listener.id} does not serve a certificate")
+    return _json(certificate_view(listener.tls_status()))
+
+
+async def list_clients(request: web.Request) -> web.Response:
+    broker = _app(request).broker
+    clients = broker.clients() if broker is not None else []
+    return _json([_client_view(client) for client in clients])
+
+
+async def metrics_text(request: web.Request) -> web.Response:
+    return web.Response(body=metrics.REGISTRY.exposition().encode(),
+                        headers={"Content-Type": "text/plain; version=0.0.4; charset=utf-8"})
+
+
+async def healthz(request: web.Request) -> web.Response:
+    return _json({"status": "ok"})
+
+
+async def readyz(request: web.Request) -> web.Response:
+    app = _app(request)
+    down = [listener.id for listener in app.listeners.values() if not listener.running]
+    if app.ready and not down:
+        return _json({"status": "ready"})
+    return _json({"status": "not ready", "listeners_down": down, "stopping": app.stopping}, status=503)
+
+
+def add_routes(app: web.Application) -> None:
+    app.router.add_get("/api/v5/listeners", list_listeners)
+    app.router.add_get("/api/v5/listeners/{id}", show_listener)
+    app.router.add_put("/api/v5/listeners/{id}", update_listener)
+    app.router.add_post("/api/v5/listeners/{id}/reload", reload_listener)
+    app.router.add_get("/api/v5/listeners/{id}/certificate", listener_certificate)
+    app.router.add_get("/api/v5/clients", list_clients)
+    app.router.add_get("/metrics", metrics_text)
+    app.router.add_get("/healthz", healthz)
+    app.router.add_get("/readyz", readyz)

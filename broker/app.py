@@ -1,0 +1,179 @@
+"""Wiring: one ``BrokerApp`` holds the broker, its listeners and the admin API, and runs them on an event loop.
+
+Signals: SIGTERM and SIGINT stop gracefully (no new connections, then ``Broker.shutdown()`` disconnects every
+client: 5.0 clients get DISCONNECT "server shutting down"); SIGHUP reloads the certificates of every TLS
+listener at once.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import inspect
+import logging
+import signal
+from typing import Any, Callable
+
+from .config.loader import iter_listeners
+from .config.model import BrokerConfig
+from .listeners import Listener, build_listeners
+
+log = logging.getLogger("wharf.app")
+
+
+class StartupError(RuntimeError):
+    """The broker could not start (a port in use, unusable certificates, ...); nothing is left running."""
+
+
+class BrokerApp:
+    def __init__(self, config: BrokerConfig, broker_factory: Callable[[BrokerConfig], Any] | None = None) -> None:
+        self.config = config
+        self._broker_factory = broker_factory
+        self.broker: Any = None
+        self.listeners: dict[str, Listener] = {}
+        self.admin: Any = None
+        self.ready = False
+        self.stopping = False
+
+    # -- life cycle
+    async def start(self) -> None:
+        """Start everything or nothing."""
+        factory = self._broker_factory
+        if factory is None:
+            from .broker import Broker
+            factory = Broker
+        self.broker = factory(self.config)
+        await _maybe_await(getattr(self.broker, "start", None))
+        self.listeners = build_listeners(self.config, self.broker.protocol_factory)
+        try:
+            for listener in self.listeners.values():
+                try:
+                    await listener.start()
+                except OSError as exc:
+                    raise StartupError(f"listener {listener.id} cannot bind {listener.config.bind}: "
+                                       f"{exc.strerror or exc}") from exc
+                except ValueError as exc:  # the TLS layer's TlsConfigError is a ValueError
+                    raise StartupError(f"listener {listener.id}: {exc}") from exc
+            if self.config.dashboard.enable:
+                from .admin.server import AdminServer
+                self.admin = AdminServer(self)
+                try:
+                    await self.admin.start()
+                except OSError as exc:
+                    raise StartupError(f"admin api cannot bind {self.config.dashboard.listeners.http.bind}: "
+                                       f"{exc.strerror or exc}") from exc
+        except BaseException:
+            await self.stop()
+            raise
+        self.ready = True
+        log.info("broker %s ready (%d listeners)", self.config.node.name, len(self.listeners))
+
+    async def stop(self) -> None:
+        """Stop accepting, disconnect every client, close everything."""
+        if self.stopping:
+            return
+        self.stopping = True
+        self.ready = False
+        for listener in self.listeners.values():
+            listener.stop_accepting()
+        if self.broker is not None:
+            try:
+                await _maybe_await(getattr(self.broker, "shutdown", None))
+            except Exception:
+                log.exception("broker shutdown failed")
+        for listener in self.listeners.values():
+            try:
+                await listener.stop()
+            except Exception:
+                log.exception("listener %s did not stop cleanly", listener.id)
+        if self.admin is not None:
+            await self.admin.stop()
+        log.info("broker stopped")
+
+    # -- operations
+    def tls_listeners(self) -> list[Listener]:
+        return [listener for listener in self.listeners.values() if hasattr(listener, "reload")]
+
+    async def reload_certificates(self) -> dict[str, Any]:
+        """Reload every TLS listener's certificates concurrently; results (or errors) by listener id."""
+        targets = self.tls_listeners()
+        results = await asyncio.gather(*(listener.reload() for listener in targets),  # type: ignore[attr-defined]
+                                       return_exceptions=True)
+        outcome = {}
+        for listener, result in zip(targets, results):
+            if isinstance(result, BaseException):
+                log.error("certificate reload of %s failed: %s", listener.id, result)
+            outcome[listener.id] = result
+        return outcome
+
+    def listener_views(self) -> list[dict[str, Any]]:
+        """Every configured listener, running or not (disabled ones show ``enable: false``)."""
+        views = []
+        for kind, name, listener_config in iter_listeners(self.config):
+            running = self.listeners.get(f"{kind}:{name}")
+            if running is not None:
+                views.append(running.status())
+            else:
+                views.append({"id": f"{kind}:{name}", "type": kind, "name": name, "bind": listener_config.bind,
+                              "enable": listener_config.enable, "running": False, "current_connections": 0,
+                              "max_connections": listener_config.max_connections})
+        return views
+
+
+async def _maybe_await(method: Callable[[], Any] | None) -> Any:
+    if method is None:
+        return None
+    result = method()
+    if inspect.isawaitable(result):
+        return await result
+    return result
+
+
+async def serve(config: BrokerConfig, broker_factory: Callable[[BrokerConfig], Any] | None = None) -> int:
+    """Run until SIGTERM/SIGINT; the process exit status."""
+    loop = asyncio.get_running_loop()
+    stop = asyncio.Event()
+    app = BrokerApp(config, broker_factory)
+
+    def on_hangup() -> None:
+        log.info("SIGHUP: reloading certificates of every TLS listener")
+        loop.create_task(app.reload_certificates())
+
+    def on_stop(signame: str) -> None:
+        log.info("%s: shutting down", signame)
+        stop.set()
+
+    loop.add_signal_handler(signal.SIGTERM, on_stop, "SIGTERM")
+    loop.add_signal_handler(signal.SIGINT, on_stop, "SIGINT")
+    loop.add_signal_handler(signal.SIGHUP, on_hangup)
+    try:
+        try:
+            await app.start()
+        except StartupError as exc:
+            log.error("%s", exc)
+            return 1
+        await stop.wait()
+        await app.stop()
+        return 0
+    finally:
+        for signum in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
+            loop.remove_signal_handler(signum)
+
+
+def loop_factory(choice: str) -> Callable[[], asyncio.AbstractEventLoop] | None:
+    """``node.event_loop``: uvloop when asked (or ``auto`` and importable), else asyncio's own loop."""
+    if choice == "asyncio":
+        return None
+    try:
+        import uvloop
+    except ImportError:
+        if choice == "uvloop":
+            raise StartupError("node.event_loop = uvloop, but uvloop is not installed") from None
+        return None
+    return uvloop.new_event_loop
+
+
+def run(config: BrokerConfig) -> int:
+    factory = loop_factory(config.node.event_loop)
+    log.info("event loop: %s", "uvloop" if factory is not None else "asyncio")
+    with asyncio.Runner(loop_factory=factory) as runner:
+        return runner.run(serve(config))

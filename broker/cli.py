@@ -1,0 +1,66 @@
+"""``wharf-broker [--config FILE] [--check-config] [--log-level LEVEL]``
+
+With no ``--config`` the broker runs its embedded default (``config/default.conf``); ``--config FILE`` is the
+whole config, nothing is merged underneath it. Exit status: 0 after a clean stop or a good ``--check-config``,
+1 when the broker could not start, 2 for a bad config or bad arguments.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+
+from . import __version__
+from .config.errors import ConfigError
+from .config.loader import embedded_default, iter_listeners, load_file
+from .logging_setup import setup_logging
+
+EXIT_OK, EXIT_START_FAILED, EXIT_BAD_CONFIG = 0, 1, 2
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="wharf-broker", description="Wharf: an MQTT 3.1.1 / 5.0 broker.")
+    parser.add_argument("--config", metavar="FILE",
+                        help="HOCON config file (the whole config); default: the embedded default config")
+    parser.add_argument("--check-config", action="store_true",
+                        help="load and check the config, print a summary and exit")
+    parser.add_argument("--log-level", choices=["debug", "info", "warning", "error"],
+                        help="override log.level from the config")
+    parser.add_argument("--version", action="version", version=f"wharf-broker {__version__}")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    source = args.config or "the embedded default config"
+    try:
+        config = load_file(args.config) if args.config else embedded_default()
+    except ConfigError as exc:
+        print(f"wharf-broker: {source}: {exc}", file=sys.stderr)
+        return EXIT_BAD_CONFIG
+    if args.log_level:
+        config.log.level = args.log_level
+    if args.check_config:
+        enabled = [f"{kind}:{name} ({listener.bind})" for kind, name, listener in iter_listeners(config)
+                   if listener.enable]
+        print(f"config OK: {source}")
+        print("listeners: " + (", ".join(enabled) if enabled else "none"))
+        if config.dashboard.enable:
+            print(f"admin api: {config.dashboard.listeners.http.bind}")
+        return EXIT_OK
+
+    setup_logging(config.log.level, config.log.format)
+    from .app import StartupError, run
+
+    try:
+        return run(config)
+    except StartupError as exc:
+        logging.getLogger("wharf").error("%s", exc)
+        return EXIT_START_FAILED
+    except KeyboardInterrupt:  # a second ^C while stopping
+        return EXIT_START_FAILED
+
+
+if __name__ == "__main__":
+    sys.exit(main())

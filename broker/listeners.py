@@ -1,0 +1,331 @@
+"""Listeners: tcp, ssl, ws and wss, one class each behind one interface.
+
+A listener owns its server socket(s), a ``ListenerContext`` shared by every connection it accepts, and the
+admission policy (``max_connections``, ``max_conn_rate``). The MQTT protocol itself comes from the broker as a
+*factory maker*: ``make_factory(context)`` returns a zero-argument protocol factory (``Broker.protocol_factory``).
+
+When a listener is up it logs, at INFO on the ``wharf.listeners`` logger, exactly::
+
+    listener <type>:<name> on <host>:<port>
+
+with the address really bound (port 0 in the config shows the port the kernel chose; IPv6 hosts in brackets).
+Tests and tools parse this line: keep the format stable.
+
+Connections count themselves in and out of ``context.current_connections`` (connection_made/connection_lost),
+so the limit is checked against connections that completed their transport set-up; a burst of simultaneous
+accepts (or TLS handshakes in flight) can overshoot it by the size of that burst.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import logging
+import time
+from typing import Any, Callable
+
+from . import metrics
+from .config.loader import format_bind, parse_bind
+from .config.model import BrokerConfig, SslOptions
+from .config.model import TcpListener as TcpListenerConfig
+from .listener_context import ListenerContext
+
+log = logging.getLogger("wharf.listeners")
+
+ProtocolFactory = Callable[[], asyncio.BaseProtocol]
+FactoryMaker = Callable[[ListenerContext], ProtocolFactory]
+
+# Listeners that are running, by id: the connection gauge reads them when scraped.
+_RUNNING: dict[str, "Listener"] = {}
+
+
+def _connection_samples():
+    for listener_id, listener in list(_RUNNING.items()):
+        yield {"listener": listener_id}, listener.context.current_connections
+
+
+CONNECTIONS = metrics.REGISTRY.register(metrics.CallbackGauge(
+    "wharf_listener_connections", "Open MQTT connections per listener", ("listener",), _connection_samples))
+ACCEPTED = metrics.REGISTRY.counter(
+    "wharf_listener_connections_accepted_total", "Connections admitted by a listener", ("listener",))
+REFUSED = metrics.REGISTRY.counter(
+    "wharf_listener_connections_refused_total",
+    "Connections refused by a listener (reason: max_connections, max_conn_rate)", ("listener", "reason"))
+
+
+class TlsUnavailable(RuntimeError):
+    """The TLS package is missing from this installation."""
+
+
+class _TokenBucket:
+    """``max_conn_rate``: at most ``rate`` new connections per second, with a burst of one second's worth."""
+
+    def __init__(self, rate: int) -> None:
+        self.rate = float(rate)
+        self.tokens = float(rate)
+        self.stamp = time.monotonic()
+
+    def take(self) -> bool:
+        now = time.monotonic()
+        self.tokens = min(self.rate, self.tokens + (now - self.stamp) * self.rate)
+        self.stamp = now
+        if self.tokens >= 1.0:
+            self.tokens -= 1.0
+            return True
+        return False
+
+
+class _Refused(asyncio.Protocol):
+    """Stands in for the MQTT protocol on a connection over the limit: closes it at once."""
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        transport.close()
+
+    def data_received(self, data: bytes) -> None:
+        pass
+
+
+class Listener:
+    """What every listener kind offers to the application and the admin API."""
+
+    type = "tcp"
+
+    def __init__(self, name: str, config: TcpListenerConfig, make_factory: FactoryMaker,
+                 broker_config: BrokerConfig) -> None:
+        self.name = name
+        self.id = f"{self.type}:{name}"
+        self.config = config
+        self.broker_config = broker_config
+        self.make_factory = make_factory
+        mqtt = broker_config.mqtt
+        self.context = ListenerContext(
+            id=self.id, type=self.type, mountpoint=config.mountpoint,
+            peer_cert_as_username=config.peer_cert_as_username or mqtt.peer_cert_as_username,
+            peer_cert_as_clientid=config.peer_cert_as_clientid or mqtt.peer_cert_as_clientid)
+        self.bind = config.bind  # the real address once started
+        self.running = False
+        self._server: asyncio.AbstractServer | None = None
+        self._rate = _TokenBucket(config.max_conn_rate) if config.max_conn_rate else None
+        self._accepted = ACCEPTED.labels(listener=self.id)
+        self._refused = {reason: REFUSED.labels(listener=self.id, reason=reason)
+                         for reason in ("max_connections", "max_conn_rate")}
+
+    @property
+    def enable(self) -> bool:
+        return self.config.enable
+
+    @property
+    def max_connections(self) -> int | None:
+        return self.config.max_connections
+
+    # -- admission
+    def admit(self) -> str | None:
+        """None when a new connection may proceed, else the reason it is refused (and counted)."""
+        limit = self.config.max_connections
+        if limit is not None and self.context.current_connections >= limit:
+            reason = "max_connections"
+        elif self._rate is not None and not self._rate.take():
+            reason = "max_conn_rate"
+        else:
+            self._accepted.inc()
+            return None
+        self._refused[reason].inc()
+        log.debug("listener %s refused a connection: %s", self.id, reason)
+        return reason
+
+    def guarded_factory(self) -> ProtocolFactory:
+        inner = self.make_factory(self.context)
+        admit = self.admit
+
+        def factory() -> asyncio.BaseProtocol:
+            return inner() if admit() is None else _Refused()
+
+        return factory
+
+    # -- life cycle
+    async def start(self) -> None:
+        host, port = parse_bind(self.config.bind)
+        self._server = await self._create_server(host or None, port)
+        self._started()
+
+    async def _create_server(self, host: str | None, port: int) -> asyncio.AbstractServer:
+        loop = asyncio.get_running_loop()
+        return await loop.create_server(self.guarded_factory(), host, port, reuse_address=True, backlog=1024)
+
+    def _started(self) -> None:
+        sockets = getattr(self._server, "sockets", None) or ()
+        if sockets:
+            sockname = sockets[0].getsockname()
+            self.bind = format_bind(sockname[0], sockname[1])
+        self.running = True
+        _RUNNING[self.id] = self
+        log.info("listener %s on %s", self.id, self.bind)
+
+    def stop_accepting(self) -> None:
+        """Stop taking new connections; open ones stay (the broker disconnects them)."""
+        if self._server is not None:
+            self._server.close()
+
+    async def stop(self) -> None:
+        self.stop_accepting()
+        if self._server is not None:
+            try:
+                await asyncio.wait_for(self._server.wait_closed(), 5.0)
+            except asyncio.TimeoutError:
+                log.warning("listener %s: open connections outlived the shutdown", self.id)
+            self._server = None
+        if self.running:
+            log.info("listener %s stopped", self.id)
+        self.running = False
+        _RUNNING.pop(self.id, None)
+
+    # -- what the admin API shows
+    def status(self) -> dict[str, Any]:
+        return {
+            "id": self.id,
+            "type": self.type,
+            "name": self.name,
+            "bind": self.bind,
+            "enable": self.config.enable,
+            "running": self.running,
+            "current_connections": self.context.current_connections,
+            "max_connections": self.config.max_connections,
+        }
+
+    def describe(self) -> dict[str, Any]:
+        """``status()`` plus the listener's options (never key material or passwords)."""
+        options = dataclasses.asdict(self.config)
+        options.pop("ssl_options", None)
+        return {**self.status(), "options": options}
+
+
+class TcpListener(Listener):
+    type = "tcp"
+
+
+class _TlsMixin:
+    """ssl and wss: socket + TLS come from the TLS package's per-listener runtime."""
+
+    runtime: Any = None
+    id: str
+    config: Any
+    broker_config: BrokerConfig
+
+    def _new_runtime(self):
+        try:
+            from .tls import TlsListenerRuntime
+        except ImportError as exc:
+            raise TlsUnavailable(f"listener {self.id}: TLS support is not available ({exc})") from exc
+        return TlsListenerRuntime(self.id, self.config.ssl_options, psk=self.broker_config.psk_authentication,
+                                  crl_cache=self.broker_config.crl_cache)
+
+    async def reload(self, expected_fingerprint: str | None = None, timeout: float = 0.0):
+        """Re-read the certificate files now (the runtime validates, proves and swaps, or keeps the old one)."""
+        return await self.runtime.reload(expected_fingerprint=expected_fingerprint, timeout=timeout)
+
+    async def update_ssl_options(self, options: SslOptions):
+        """Apply new ``ssl_options`` live; the runtime refuses them whole if they are bad."""
+        result = await self.runtime.update_options(options)
+        self.config.ssl_options = options
+        return result
+
+    def tls_status(self) -> dict[str, Any]:
+        return self.runtime.status() if self.runtime is not None else {}
+
+    def ssl_options_view(self) -> dict[str, Any]:
+        return redacted_ssl_options(self.config.ssl_options)
+
+
+def redacted_ssl_options(options: SslOptions) -> dict[str, Any]:
+    """The options as shown to operators: paths yes, secrets never."""
+    view = dataclasses.asdict(options)
+    view["password"] = "******" if options.password else ""
+    return view
+
+
+class SslListener(_TlsMixin, Listener):
+    type = "ssl"
+
+    async def _create_server(self, host: str | None, port: int) -> asyncio.AbstractServer:
+        self.runtime = self._new_runtime()
+        await self.runtime.start()
+        try:
+            return await self.runtime.create_server(self.guarded_factory(), host, port)
+        except BaseException:
+            await self.runtime.stop()
+            raise
+
+    async def stop(self) -> None:
+        await super().stop()
+        if self.runtime is not None:
+            await self.runtime.stop()
+
+    def describe(self) -> dict[str, Any]:
+        return {**super().describe(), "ssl_options": self.ssl_options_view(), "tls": self.tls_status()}
+
+
+class WsListener(Listener):
+    type = "ws"
+
+    def __init__(self, *args, **kwargs) -> None:
+        super().__init__(*args, **kwargs)
+        self._ws_server = None
+
+    async def _create_server(self, host: str | None, port: int) -> asyncio.AbstractServer:
+        from .ws import WebSocketServer
+
+        self._ws_server = WebSocketServer(self, self.config.websocket, self.broker_config.mqtt.max_packet_size)
+        await self._ws_server.setup()
+        try:
+            return await self._listen(self._ws_server.protocol_factory, host, port)
+        except BaseException:
+            await self._ws_server.cleanup()
+            raise
+
+    async def _listen(self, factory: ProtocolFactory, host: str | None, port: int) -> asyncio.AbstractServer:
+        loop = asyncio.get_running_loop()
+        return await loop.create_server(factory, host, port, reuse_address=True, backlog=1024)
+
+    async def stop(self) -> None:
+        await super().stop()
+        if self._ws_server is not None:
+            await self._ws_server.cleanup()
+            self._ws_server = None
+
+class WssListener(_TlsMixin, WsListener):
+    type = "wss"
+
+    async def _listen(self, factory: ProtocolFactory, host: str | None, port: int) -> asyncio.AbstractServer:
+        self.runtime = self._new_runtime()
+        await self.runtime.start()
+        try:
+            return await self.runtime.create_server(factory, host, port)
+        except BaseException:
+            await self.runtime.stop()
+            raise
+
+    async def stop(self) -> None:
+        await super().stop()
+        if self.runtime is not None:
+            await self.runtime.stop()
+
+    def describe(self) -> dict[str, Any]:
+        return {**super().describe(), "ssl_options": self.ssl_options_view(), "tls": self.tls_status()}
+
+
+LISTENER_CLASSES: dict[str, type[Listener]] = {
+    "tcp": TcpListener, "ssl": SslListener, "ws": WsListener, "wss": WssListener}
+
+
+def build_listeners(config: BrokerConfig, make_factory: FactoryMaker) -> dict[str, Listener]:
+    """Every enabled listener of the config, by id (``enable = false`` ones are skipped)."""
+    listeners: dict[str, Listener] = {}
+    for kind, cls in LISTENER_CLASSES.items():
+        for name, listener_config in getattr(config.listeners, kind).items():
+            if not listener_config.enable:
+                log.info("listener %s:%s is disabled", kind, name)
+                continue
+            listener = cls(name, listener_config, make_factory, config)
+            listeners[listener.id] = listener
+    return listeners
+
