@@ -1,0 +1,436 @@
+"""The MQTTBroker CustomResourceDefinition, built here and written to ``manifests/crds/``.
+
+This module is the single source of the CRD: ``python -m wharf_operator.crd > manifests/crds/mqttbrokers.mqtt.wharf.dev.yaml``
+regenerates the manifest, and a test fails when the two drift apart. The operator also applies the schema's
+defaults itself (``apply_defaults``), so it behaves the same whether or not the API server defaulted the object
+(emulated APIs do not).
+"""
+
+from __future__ import annotations
+
+import copy
+import sys
+from typing import Any
+
+GROUP = "mqtt.wharf.dev"
+VERSION = "v1alpha1"
+KIND = "MQTTBroker"
+PLURAL = "mqttbrokers"
+SINGULAR = "mqttbroker"
+SHORT_NAMES = ["mqb"]
+CRD_NAME = f"{PLURAL}.{GROUP}"
+
+# Annotation that stops reconciliation of one MQTTBroker while it is "true".
+PAUSE_ANNOTATION = f"{GROUP}/pause-reconciliation"
+
+# The broker's admin API port inside every pod; listeners may not use it.
+ADMIN_PORT = 18083
+
+DURATION_PATTERN = r"^[0-9]+(\.[0-9]+)?(ms|s|m|h|d)?$"
+PEER_CERT_AS = ["disabled", "cn", "dn", "crt", "pem", "md5"]
+TLS_VERSIONS = ["tlsv1.3", "tlsv1.2", "tlsv1.1", "tlsv1"]
+
+Schema = dict[str, Any]
+
+
+# --- small schema builders: every field must say what it is (kubectl explain shows it) -------------------
+
+def _string(description: str, *, default: str | None = None, enum: list[str] | None = None,
+            pattern: str | None = None, max_length: int | None = None, fmt: str | None = None) -> Schema:
+    schema: Schema = {"type": "string", "description": description}
+    if enum is not None:
+        schema["enum"] = enum
+    if pattern is not None:
+        schema["pattern"] = pattern
+    if max_length is not None:
+        schema["maxLength"] = max_length
+    if fmt is not None:
+        schema["format"] = fmt
+    if default is not None:
+        schema["default"] = default
+    return schema
+
+
+def _integer(description: str, *, default: int | None = None, minimum: int | None = None,
+             maximum: int | None = None) -> Schema:
+    schema: Schema = {"type": "integer", "description": description}
+    if minimum is not None:
+        schema["minimum"] = minimum
+    if maximum is not None:
+        schema["maximum"] = maximum
+    if default is not None:
+        schema["default"] = default
+    return schema
+
+
+def _boolean(description: str, *, default: bool | None = None) -> Schema:
+    schema: Schema = {"type": "boolean", "description": description}
+    if default is not None:
+        schema["default"] = default
+    return schema
+
+
+def _duration(description: str, *, default: str | None = None) -> Schema:
+    return _string(description + " A duration such as 120s, 500ms, 5m or 2h.", default=default,
+                   pattern=DURATION_PATTERN, max_length=32)
+
+
+def _object(description: str, properties: dict[str, Schema], *, required: list[str] | None = None,
+            rules: list[Schema] | None = None, default: dict | None = None) -> Schema:
+    schema: Schema = {"type": "object", "description": description, "properties": properties}
+    if required:
+        schema["required"] = required
+    if rules:
+        schema["x-kubernetes-validations"] = rules
+    if default is not None:
+        schema["default"] = default
+    return schema
+
+
+def _array(description: str, items: Schema, *, default: list | None = None, min_items: int | None = None,
+           max_items: int | None = None, map_keys: list[str] | None = None, rules: list[Schema] | None = None,
+           ) -> Schema:
+    schema: Schema = {"type": "array", "description": description, "items": items}
+    if min_items is not None:
+        schema["minItems"] = min_items
+    if max_items is not None:
+        schema["maxItems"] = max_items
+    if map_keys:
+        schema["x-kubernetes-list-type"] = "map"
+        schema["x-kubernetes-list-map-keys"] = map_keys
+    if rules:
+        schema["x-kubernetes-validations"] = rules
+    if default is not None:
+        schema["default"] = default
+    return schema
+
+
+def _string_map(description: str) -> Schema:
+    return {"type": "object", "description": description,
+            "additionalProperties": {"type": "string"}}
+
+
+def _free_object(description: str) -> Schema:
+    """A Kubernetes core type (affinity, resources, ...) passed through to the pod as it is."""
+    return {"type": "object", "description": description, "x-kubernetes-preserve-unknown-fields": True}
+
+
+def _rule(rule: str, message: str) -> Schema:
+    return {"rule": rule, "message": message}
+
+
+# --- the schema ---------------------------------------------------------------------------------------
+
+def _secret_key_ref(description: str, default_key: str) -> Schema:
+    return _object(description, {
+        "name": _string("Name of the Secret, in the MQTTBroker's namespace.", max_length=253),
+        "key": _string("Key in the Secret.", default=default_key, max_length=253),
+    }, required=["name"])
+
+
+def _tls_schema() -> Schema:
+    return _object(
+        "TLS settings of an ssl or wss listener. Certificates are mounted as whole Secret volumes so that a "
+        "renewal reaches the running brokers without a restart.",
+        {
+            "secretName": _string(
+                "Name of a kubernetes.io/tls Secret with tls.crt (leaf and chain) and tls.key, as cert-manager "
+                "writes it. When it changes, the operator validates it and tells every pod to reload.",
+                max_length=253),
+            "caRef": _object(
+                "Trusted CA bundle for verifying client certificates and for checking the server chain. Kept "
+                "apart from the server Secret's ca.crt, so that a bundle can hold the old and the new CA "
+                "during a CA rotation (for example a trust-manager Bundle written to a ConfigMap).",
+                {
+                    "name": _string("Name of the Secret or ConfigMap, in the MQTTBroker's namespace.",
+                                    max_length=253),
+                    "kind": _string("Whether the bundle is in a Secret or a ConfigMap.", default="Secret",
+                                    enum=["Secret", "ConfigMap"]),
+                    "key": _string("Key holding the PEM bundle.", default="ca.crt", max_length=253),
+                },
+                required=["name"]),
+            "verify": _string("verify_peer asks clients for a certificate and verifies it against caRef.",
+                              default="verify_none", enum=["verify_none", "verify_peer"]),
+            "failIfNoPeerCert": _boolean(
+                "Refuse clients that send no certificate (mutual TLS). Needs verify: verify_peer.",
+                default=False),
+            "versions": _array("TLS protocol versions offered.",
+                               _string("A TLS version.", enum=TLS_VERSIONS),
+                               default=["tlsv1.3", "tlsv1.2"], min_items=1, max_items=4),
+            "ciphers": _array("OpenSSL names of the TLS 1.2 and TLS 1.3 cipher suites; empty means "
+                              "OpenSSL's defaults.", _string("A cipher suite name.", max_length=128),
+                              max_items=64),
+            "depth": _integer("Maximum number of intermediate certificates between a client certificate and "
+                              "a trusted root.", default=10, minimum=0, maximum=64),
+            "keyPasswordSecretRef": _secret_key_ref(
+                "Secret holding the password of an encrypted tls.key; mounted as a file, never put into "
+                "the rendered config.", "password"),
+            "enableCrlCheck": _boolean("Check client certificates against CRLs (their distribution "
+                                       "points). Needs verify: verify_peer.", default=False),
+            "ocspStapling": _object(
+                "Staple OCSP responses fetched from the CA's responder into handshakes.",
+                {
+                    "enabled": _boolean("Turn OCSP stapling on.", default=False),
+                    "responderUrl": _string("URL of the OCSP responder.", max_length=2048),
+                    "refreshInterval": _duration("How often the OCSP response is refreshed.",
+                                                 default="300s"),
+                },
+                rules=[_rule("!self.enabled || (has(self.responderUrl) && self.responderUrl != '')",
+                             "ocspStapling.enabled needs responderUrl")]),
+            "peerCertAsUsername": _string("Use this part of the client certificate as the MQTT username.",
+                                          enum=PEER_CERT_AS),
+            "peerCertAsClientid": _string("Use this part of the client certificate as the MQTT client id.",
+                                          enum=PEER_CERT_AS),
+        },
+        required=["secretName"],
+        rules=[
+            _rule("!self.failIfNoPeerCert || self.verify == 'verify_peer'",
+                  "failIfNoPeerCert needs verify: verify_peer"),
+            _rule("self.verify != 'verify_peer' || has(self.caRef)",
+                  "verify: verify_peer needs caRef (a trusted CA bundle)"),
+            _rule("!self.enableCrlCheck || self.verify == 'verify_peer'",
+                  "enableCrlCheck needs verify: verify_peer"),
+            _rule("(!has(self.peerCertAsUsername) || self.peerCertAsUsername == 'disabled') && "
+                  "(!has(self.peerCertAsClientid) || self.peerCertAsClientid == 'disabled') || "
+                  "self.verify == 'verify_peer'",
+                  "peerCertAsUsername/peerCertAsClientid need verify: verify_peer"),
+            _rule("!has(self.ciphers) || !self.ciphers.exists(c, c.contains('PSK')) || "
+                  "self.versions.exists(v, v != 'tlsv1.3')",
+                  "PSK cipher suites need TLS 1.2 or older in versions: PSK is not offered with TLS 1.3 only"),
+        ])
+
+
+def _listener_schema() -> Schema:
+    return _object(
+        "One MQTT listener of the broker.",
+        {
+            "name": _string("Listener name, unique in this MQTTBroker; also the container port name.",
+                            pattern=r"^[a-z]([-a-z0-9]{0,13}[a-z0-9])?$", max_length=15),
+            "type": _string("tcp (plain MQTT), ssl (MQTT over TLS), ws (WebSocket) or wss (WebSocket over TLS).",
+                            enum=["tcp", "ssl", "ws", "wss"]),
+            "port": _integer("Port the broker listens on (and the Services expose).", minimum=1, maximum=65535),
+            "maxConnections": _integer("Maximum concurrent connections per pod; unset means unlimited.",
+                                       minimum=1),
+            "maxConnRate": _integer("New connections accepted per second per pod; unset means unlimited.",
+                                    minimum=1),
+            "proxyProtocol": _boolean("Expect a PROXY protocol header (behind a load balancer that sends one).",
+                                      default=False),
+            "websocket": _object("WebSocket settings of a ws or wss listener.", {
+                "path": _string("HTTP path that accepts MQTT WebSocket connections.", default="/mqtt",
+                                pattern=r"^/.*$", max_length=256),
+            }),
+            "tls": _tls_schema(),
+        },
+        required=["name", "type", "port"],
+        rules=[
+            _rule("(self.type == 'ssl' || self.type == 'wss') == has(self.tls)",
+                  "ssl and wss listeners need tls; tcp and ws listeners must not have it"),
+            _rule("!has(self.websocket) || self.type == 'ws' || self.type == 'wss'",
+                  "websocket settings only apply to ws and wss listeners"),
+            _rule(f"self.port != {ADMIN_PORT}", f"port {ADMIN_PORT} is the broker's admin API"),
+            _rule("self.name != 'admin' && !self.name.contains('--')",
+                  "listener name must not be 'admin' nor contain '--'"),
+        ])
+
+
+def _status_schema() -> Schema:
+    condition = _object("A standard Kubernetes condition.", {
+        "type": _string("Ready, CertificatesReady, ConfigApplied or Paused."),
+        "status": _string("True, False or Unknown.", enum=["True", "False", "Unknown"]),
+        "reason": _string("Machine-readable reason in CamelCase."),
+        "message": _string("Human-readable explanation."),
+        "lastTransitionTime": _string("When the status last changed.", fmt="date-time"),
+        "observedGeneration": _integer("The generation this condition was computed for."),
+    }, required=["type", "status"])
+    listener = _object("The certificate a TLS listener serves.", {
+        "name": _string("Listener name."),
+        "secretName": _string("The Secret the certificate comes from."),
+        "fingerprint": _string("SHA-256 of the expected leaf certificate (DER), lowercase hex."),
+        "notAfter": _string("End of the certificate's validity.", fmt="date-time"),
+        "podsServing": _integer("Pods that serve the expected certificate."),
+        "podsTotal": _integer("Running pods asked."),
+        "lastRotationTime": _string("When the last rotation finished on every pod.", fmt="date-time"),
+        "lastRotationSeconds": _number("Seconds from seeing the new Secret until every pod served it."),
+        "lastError": _string("Why the last rotation was refused or did not finish, if it was."),
+    })
+    schema = _object("Observed state, written by the operator.", {
+        "observedGeneration": _integer("The spec generation the operator last reconciled."),
+        "replicas": _integer("Pods the StatefulSet runs."),
+        "readyReplicas": _integer("Pods that are ready."),
+        "selector": _string("Label selector of the broker pods (for the scale subresource)."),
+        "earliestCertificateExpiry": _string("The soonest notAfter among the listeners' certificates.",
+                                             fmt="date-time"),
+        "conditions": _array("Ready, CertificatesReady, ConfigApplied and Paused.", condition,
+                             map_keys=["type"]),
+        "listeners": _array("Per TLS listener: the certificate served and its last rotation.", listener,
+                            map_keys=["name"]),
+    })
+    # kopf keeps its own bookkeeping under status.kopf; do not let the API server prune it.
+    schema["x-kubernetes-preserve-unknown-fields"] = True
+    return schema
+
+
+def _number(description: str) -> Schema:
+    return {"type": "number", "description": description}
+
+
+def spec_schema() -> Schema:
+    return _object(
+        "Desired state of an MQTT broker deployment.",
+        {
+            "replicas": _integer("Number of broker pods.", default=1, minimum=0, maximum=100),
+            "image": _string("Container image running wharf-broker.", default="wharf:0.1.0", max_length=512),
+            "imagePullPolicy": _string("When the kubelet pulls the image.", default="IfNotPresent",
+                                       enum=["Always", "IfNotPresent", "Never"]),
+            "imagePullSecrets": _array("Secrets for pulling the image.", _object(
+                "A reference to a docker-registry Secret.", {"name": _string("Name of the Secret.")},
+                required=["name"]), max_items=16),
+            "resources": _free_object("Compute resources of the broker container (core/v1 ResourceRequirements)."),
+            "affinity": _free_object("Pod affinity and anti-affinity (core/v1 Affinity)."),
+            "tolerations": _array("Tolerations of the broker pods (core/v1 Toleration).",
+                                  _free_object("A toleration."), max_items=64),
+            "nodeSelector": _string_map("Node labels the broker pods must run on."),
+            "priorityClassName": _string("PriorityClass of the broker pods.", max_length=253),
+            "podSecurityContext": _free_object(
+                "Pod security context (core/v1 PodSecurityContext); by default non-root with the "
+                "RuntimeDefault seccomp profile."),
+            "securityContext": _free_object(
+                "Container security context (core/v1 SecurityContext); by default no privilege escalation, "
+                "all capabilities dropped and a read-only root filesystem."),
+            "podAnnotations": _string_map("Extra annotations on the broker pods."),
+            "podLabels": _string_map("Extra labels on the broker pods."),
+            "terminationGracePeriodSeconds": _integer(
+                "Time a broker gets to shut down gracefully.", default=30, minimum=0, maximum=3600),
+            "listeners": _array(
+                "MQTT listeners.", _listener_schema(),
+                default=[{"name": "mqtt", "type": "tcp", "port": 1883}],
+                min_items=1, max_items=16, map_keys=["name"],
+                rules=[_rule("self.all(l, self.filter(m, m.port == l.port).size() == 1)",
+                             "listener ports must be unique")]),
+            "service": _object("The client Service in front of the brokers.", {
+                "type": _string("Service type.", default="ClusterIP",
+                                enum=["ClusterIP", "NodePort", "LoadBalancer"]),
+                "annotations": _string_map("Annotations of the client Service (e.g. for a cloud load balancer)."),
+                "labels": _string_map("Extra labels of the client Service."),
+            }, default={}),
+            "reloadInterval": _duration(
+                "How often each broker re-checks its certificate files on its own: the last resort after "
+                "the operator's reload signal and its periodic check.", default="120s"),
+            "podDisruptionBudget": _object("The PodDisruptionBudget of the broker pods.", {
+                "maxUnavailable": _integer("Pods that may be down at once for voluntary disruptions.",
+                                           default=1, minimum=0),
+            }, default={}),
+            "pskAuthentication": _object("TLS-PSK identities (TLS 1.2 PSK cipher suites).", {
+                "enabled": _boolean("Turn PSK authentication on.", default=False),
+                "secretRef": _secret_key_ref("Secret with lines of identity:secret.", "psk.txt"),
+            }, rules=[_rule("!self.enabled || has(self.secretRef)", "pskAuthentication.enabled needs secretRef")]),
+            "config": _free_object(
+                "Extra broker configuration (EMQX-style keys, e.g. {mqtt: {max_packet_size: 2MB}}) merged "
+                "into the rendered config. listeners, dashboard and node are managed by the operator."),
+            "certificate": _object(
+                "Let the operator create a cert-manager Certificate (owned by this MQTTBroker) whose DNS names "
+                "come from the Services.",
+                {
+                    "issuerRef": _object("The cert-manager issuer.", {
+                        "name": _string("Issuer name."),
+                        "kind": _string("Issuer or ClusterIssuer.", default="Issuer",
+                                        enum=["Issuer", "ClusterIssuer"]),
+                        "group": _string("API group of the issuer.", default="cert-manager.io"),
+                    }, required=["name"]),
+                    "secretName": _string("Secret cert-manager writes; TLS listeners reference it by "
+                                          "tls.secretName.", max_length=253),
+                    "duration": _duration("Requested certificate lifetime."),
+                    "renewBefore": _duration("How long before expiry cert-manager renews."),
+                    "dnsNames": _array("Extra DNS names besides the Services' names.",
+                                       _string("A DNS name.", max_length=253), max_items=64),
+                },
+                required=["issuerRef", "secretName"]),
+        },
+        rules=[_rule("!has(self.certificate) || self.listeners.exists(l, has(l.tls) && "
+                     "l.tls.secretName == self.certificate.secretName)",
+                     "certificate.secretName must be the tls.secretName of a listener")])
+
+
+def crd_manifest() -> dict[str, Any]:
+    """The whole CustomResourceDefinition object."""
+    return {
+        "apiVersion": "apiextensions.k8s.io/v1",
+        "kind": "CustomResourceDefinition",
+        "metadata": {"name": CRD_NAME, "labels": {"app.kubernetes.io/name": "wharf",
+                                                   "app.kubernetes.io/component": "crd"}},
+        "spec": {
+            "group": GROUP,
+            "scope": "Namespaced",
+            "names": {"kind": KIND, "listKind": f"{KIND}List", "plural": PLURAL, "singular": SINGULAR,
+                      "shortNames": SHORT_NAMES, "categories": ["all", "wharf"]},
+            "versions": [{
+                "name": VERSION,
+                "served": True,
+                "storage": True,
+                "subresources": {
+                    "status": {},
+                    "scale": {"specReplicasPath": ".spec.replicas", "statusReplicasPath": ".status.replicas",
+                              "labelSelectorPath": ".status.selector"},
+                },
+                "additionalPrinterColumns": [
+                    {"name": "Ready", "type": "string", "jsonPath": '.status.conditions[?(@.type=="Ready")].status',
+                     "description": "Whether every broker pod is ready and serves the expected certificates."},
+                    {"name": "Replicas", "type": "integer", "jsonPath": ".spec.replicas",
+                     "description": "Desired broker pods."},
+                    {"name": "Available", "type": "integer", "jsonPath": ".status.readyReplicas",
+                     "description": "Ready broker pods."},
+                    {"name": "Cert-Expiry", "type": "date", "jsonPath": ".status.earliestCertificateExpiry",
+                     "description": "The soonest certificate expiry among the TLS listeners."},
+                    {"name": "Age", "type": "date", "jsonPath": ".metadata.creationTimestamp"},
+                ],
+                "schema": {"openAPIV3Schema": {
+                    "type": "object",
+                    "description": "MQTTBroker runs Wharf MQTT brokers and rotates their TLS certificates "
+                                   "without restarting them.",
+                    "properties": {
+                        "apiVersion": _string("API version of this object."),
+                        "kind": _string("Kind of this object."),
+                        "metadata": {"type": "object"},
+                        "spec": spec_schema(),
+                        "status": _status_schema(),
+                    },
+                    "required": ["spec"],
+                }},
+            }],
+        },
+    }
+
+
+def apply_defaults(schema: Schema, value: Any) -> Any:
+    """Return a copy of ``value`` with the schema's defaults filled in, as the API server does."""
+    value = copy.deepcopy(value)
+    _default_in_place(schema, value)
+    return value
+
+
+def _default_in_place(schema: Schema, value: Any) -> None:
+    if isinstance(value, dict) and "properties" in schema:
+        for key, sub in schema["properties"].items():
+            if key not in value and "default" in sub:
+                value[key] = copy.deepcopy(sub["default"])
+            if key in value:
+                _default_in_place(sub, value[key])
+    elif isinstance(value, list) and "items" in schema:
+        for item in value:
+            _default_in_place(schema["items"], item)
+
+
+def defaulted_spec(spec: dict[str, Any]) -> dict[str, Any]:
+    return apply_defaults(spec_schema(), dict(spec))
+
+
+def render_yaml() -> str:
+    import yaml
+
+    header = ("# Generated by `python -m wharf_operator.crd`; do not edit by hand.\n"
+              "# Source: operator/wharf_operator/crd.py\n")
+    return header + yaml.safe_dump(crd_manifest(), sort_keys=False, width=120)
+
+
+if __name__ == "__main__":
+    sys.stdout.write(render_yaml())

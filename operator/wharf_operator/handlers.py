@@ -1,0 +1,101 @@
+"""kopf wiring: which events call which ``Controller`` method.
+
+- MQTTBroker resume/create/update (spec, labels, annotations — so the pause annotation counts) → reconcile.
+- An index maps each referenced Secret/ConfigMap to the MQTTBrokers that load it; event handlers on Secrets
+  and ConfigMaps (silent: no state written onto objects the operator does not own) look a changed object up
+  in it and hand it to the controller.
+- A timer per MQTTBroker re-checks what every pod serves.
+- Deletion forgets the in-memory state; owned objects go with their ownerReferences.
+
+``build_registry`` builds a fresh registry, so every test (and the CLI) gets its own handlers and settings.
+"""
+
+from __future__ import annotations
+
+import copy
+from typing import Any
+
+import kopf
+
+from .controller import Controller, is_paused, referenced_objects
+from .crd import GROUP, PLURAL, VERSION
+
+INDEX = "wharf_references"
+
+
+def build_registry(controller: Controller, connection: kopf.ConnectionInfo | None = None) -> kopf.OperatorRegistry:
+    registry = kopf.OperatorRegistry()
+
+    if connection is not None:
+        @kopf.on.login(registry=registry)
+        def login(**_: Any) -> kopf.ConnectionInfo:
+            return connection
+
+    @kopf.on.startup(registry=registry)
+    def configure(settings: kopf.OperatorSettings, **_: Any) -> None:
+        # Events are posted for every rotation and refusal; keep kopf's own handler chatter out of them.
+        settings.posting.level = 30  # WARNING and above from kopf's logs; our events are posted explicitly
+        settings.persistence.finalizer = f"{GROUP}/finalizer"
+        settings.persistence.progress_storage = kopf.AnnotationsProgressStorage(prefix=GROUP)
+        settings.persistence.diffbase_storage = kopf.AnnotationsDiffBaseStorage(
+            prefix=GROUP, key="last-handled-configuration")
+
+    @kopf.on.cleanup(registry=registry)
+    async def cleanup(**_: Any) -> None:
+        await controller.close()
+
+    @kopf.on.resume(GROUP, VERSION, PLURAL, registry=registry)
+    @kopf.on.create(GROUP, VERSION, PLURAL, registry=registry)
+    @kopf.on.update(GROUP, VERSION, PLURAL, registry=registry)
+    async def reconcile(body: kopf.Body, **_: Any) -> None:
+        try:
+            await controller.reconcile(_plain(body))
+        except Exception:
+            controller.metrics.errors.labels(handler="reconcile").inc()
+            controller.metrics.reconciles.labels(result="error").inc()
+            raise
+
+    @kopf.on.delete(GROUP, VERSION, PLURAL, registry=registry, optional=True)
+    def forget(namespace: str, name: str, spec: kopf.Spec, **_: Any) -> None:
+        controller.forget(namespace, name, dict(spec))
+
+    @kopf.index(GROUP, VERSION, PLURAL, registry=registry, id=INDEX)
+    def references(namespace: str, name: str, spec: kopf.Spec, **_: Any) -> dict:
+        return {(kind, namespace, obj_name): name for kind, obj_name in referenced_objects(dict(spec))}
+
+    async def referenced_changed(kind: str, event: dict, index: kopf.Index) -> None:
+        obj = event.get("object") or {}
+        meta = obj.get("metadata") or {}
+        brokers = list(index.get((kind, meta.get("namespace"), meta.get("name")), []))
+        # type None is the initial listing: reconciliation (resume) and the timer cover what exists already.
+        if not brokers or event.get("type") is None:
+            return
+        try:
+            await controller.on_referenced_change(kind, meta["namespace"], meta["name"], brokers)
+        except Exception:
+            controller.metrics.errors.labels(handler=f"{kind.lower()}-event").inc()
+            raise
+
+    @kopf.on.event("v1", "secrets", registry=registry)
+    async def secret_event(event: dict, wharf_references: kopf.Index, **_: Any) -> None:
+        await referenced_changed("Secret", event, wharf_references)
+
+    @kopf.on.event("v1", "configmaps", registry=registry)
+    async def configmap_event(event: dict, wharf_references: kopf.Index, **_: Any) -> None:
+        await referenced_changed("ConfigMap", event, wharf_references)
+
+    @kopf.timer(GROUP, VERSION, PLURAL, registry=registry, interval=controller.config.recheck_interval,
+                initial_delay=controller.config.recheck_interval, when=lambda body, **_: not is_paused(body))
+    async def recheck(body: kopf.Body, **_: Any) -> None:
+        try:
+            await controller.recheck(_plain(body))
+        except Exception:
+            controller.metrics.errors.labels(handler="recheck").inc()
+            raise
+
+    return registry
+
+
+def _plain(body: kopf.Body) -> dict:
+    """A plain copy of kopf's live body view (the controller keeps it across awaits)."""
+    return copy.deepcopy(dict(body))

@@ -1,0 +1,188 @@
+"""Renders an MQTTBroker's (defaulted) spec into the broker's HOCON config, deterministically.
+
+The same spec always gives the same bytes, so the ConfigMap is only updated when something really changed.
+``config_tree`` builds the config as nested dicts (EMQX key names, as ``wharf_broker.config.model`` reads
+them); ``to_hocon`` writes it. ``restart_hash`` covers everything the broker cannot apply live: a change there
+rolls the pods, while a change to a listener's ``ssl_options`` only is pushed to the running brokers.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from typing import Any
+
+from . import layout
+from .crd import ADMIN_PORT
+
+# Roots of the broker config that the operator manages itself; spec.config may not set them.
+MANAGED_ROOTS = ("listeners", "dashboard", "node")
+
+Tree = dict[str, Any]
+
+
+class RenderError(ValueError):
+    """The spec cannot be turned into a broker config (the message says why)."""
+
+
+def ssl_options(listener: dict[str, Any], reload_interval: str) -> Tree:
+    """A TLS listener's ``ssl_options`` with paths into the pod's Secret volumes."""
+    name, tls = listener["name"], listener["tls"]
+    certs = layout.cert_dir(name)
+    options: Tree = {
+        "certfile": f"{certs}/tls.crt",
+        "keyfile": f"{certs}/tls.key",
+    }
+    if "caRef" in tls:
+        options["cacertfile"] = f"{layout.ca_dir(name)}/{tls['caRef'].get('key', 'ca.crt')}"
+    if "keyPasswordSecretRef" in tls:
+        ref = tls["keyPasswordSecretRef"]
+        options["password_file"] = f"{layout.key_password_dir(name)}/{ref.get('key', 'password')}"
+    options["verify"] = tls.get("verify", "verify_none")
+    options["fail_if_no_peer_cert"] = bool(tls.get("failIfNoPeerCert", False))
+    options["versions"] = list(tls.get("versions", ["tlsv1.3", "tlsv1.2"]))
+    if tls.get("ciphers"):
+        options["ciphers"] = list(tls["ciphers"])
+    options["depth"] = int(tls.get("depth", 10))
+    options["enable_crl_check"] = bool(tls.get("enableCrlCheck", False))
+    ocsp = tls.get("ocspStapling") or {}
+    if ocsp.get("enabled"):
+        options["ocsp"] = {
+            "enable_ocsp_stapling": True,
+            "responder_url": ocsp["responderUrl"],
+            # cert-manager's ca.crt in the server Secret is the issuer of the leaf: what OCSP needs.
+            "issuer_pem": f"{certs}/ca.crt",
+            "refresh_interval": ocsp.get("refreshInterval", "300s"),
+        }
+    options["reload_interval"] = reload_interval
+    return options
+
+
+def _listener(listener: dict[str, Any], reload_interval: str) -> Tree:
+    entry: Tree = {"enable": True, "bind": f"0.0.0.0:{listener['port']}"}
+    if listener.get("maxConnections") is not None:
+        entry["max_connections"] = int(listener["maxConnections"])
+    if listener.get("maxConnRate") is not None:
+        entry["max_conn_rate"] = int(listener["maxConnRate"])
+    entry["proxy_protocol"] = bool(listener.get("proxyProtocol", False))
+    if listener["type"] in ("ws", "wss"):
+        entry["websocket"] = {"mqtt_path": (listener.get("websocket") or {}).get("path", "/mqtt")}
+    if listener["type"] in ("ssl", "wss"):
+        tls = listener["tls"]
+        for spec_key, config_key in (("peerCertAsUsername", "peer_cert_as_username"),
+                                     ("peerCertAsClientid", "peer_cert_as_clientid")):
+            if tls.get(spec_key):
+                entry[config_key] = tls[spec_key]
+        entry["ssl_options"] = ssl_options(listener, reload_interval)
+    return entry
+
+
+def config_tree(spec: dict[str, Any]) -> Tree:
+    """The broker config as nested dicts, from a spec with the CRD's defaults applied."""
+    reload_interval = spec.get("reloadInterval", "120s")
+    listeners: Tree = {}
+    for listener in spec.get("listeners", []):
+        listeners.setdefault(listener["type"], {})[listener["name"]] = _listener(listener, reload_interval)
+    tree: Tree = {
+        "listeners": {kind: listeners[kind] for kind in ("tcp", "ssl", "ws", "wss") if kind in listeners},
+        "dashboard": {
+            "enable": True,
+            "listeners": {"http": {"bind": f"0.0.0.0:{ADMIN_PORT}"}},
+            "token_file": layout.ADMIN_TOKEN_FILE,
+        },
+    }
+    psk = spec.get("pskAuthentication") or {}
+    if psk.get("enabled"):
+        tree["psk_authentication"] = {
+            "enable": True,
+            "init_file": f"{layout.PSK_DIR}/{psk['secretRef'].get('key', 'psk.txt')}",
+        }
+    extra = spec.get("config") or {}
+    if not isinstance(extra, dict):
+        raise RenderError("spec.config must be an object of broker config keys")
+    for root in MANAGED_ROOTS:
+        if root in extra:
+            raise RenderError(f"spec.config.{root} is managed by the operator; use the MQTTBroker's fields")
+    _merge(tree, extra, "spec.config")
+    return tree
+
+
+def _merge(into: Tree, extra: Tree, where: str) -> None:
+    # Sorted so that the rendered text does not depend on the order keys arrived in.
+    for key in sorted(extra):
+        value = extra[key]
+        if isinstance(value, dict) and isinstance(into.get(key), dict):
+            _merge(into[key], value, f"{where}.{key}")
+        elif isinstance(value, dict):
+            into[key] = {}
+            _merge(into[key], value, f"{where}.{key}")
+        else:
+            into[key] = value
+
+
+def _scalar(value: Any, where: str) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, (int, float)):
+        return json.dumps(value)
+    if isinstance(value, str):
+        return json.dumps(value)  # a JSON string is a HOCON quoted string
+    if value is None:
+        return "null"
+    raise RenderError(f"{where}: cannot write a value of type {type(value).__name__}")
+
+
+def _key(key: str) -> str:
+    # Quote keys that are not plain identifiers so a dot in a key never becomes a path.
+    if key and all(c.isalnum() or c in "_-" for c in key):
+        return key
+    return json.dumps(key)
+
+
+def to_hocon(tree: Tree) -> str:
+    lines: list[str] = ["# Rendered by wharf-operator from the MQTTBroker; changes here are overwritten."]
+    _write(tree, 0, lines, "")
+    return "\n".join(lines) + "\n"
+
+
+def _write(tree: Tree, depth: int, lines: list[str], where: str) -> None:
+    pad = "  " * depth
+    for key, value in tree.items():
+        path = f"{where}.{key}" if where else key
+        if isinstance(value, dict):
+            lines.append(f"{pad}{_key(key)} {{")
+            _write(value, depth + 1, lines, path)
+            lines.append(f"{pad}}}")
+        elif isinstance(value, list):
+            if any(isinstance(item, (dict, list)) for item in value):
+                lines.append(f"{pad}{_key(key)} = {json.dumps(value, sort_keys=True)}")
+            else:
+                items = ", ".join(_scalar(item, path) for item in value)
+                lines.append(f"{pad}{_key(key)} = [{items}]")
+        else:
+            lines.append(f"{pad}{_key(key)} = {_scalar(value, path)}")
+
+
+def render(spec: dict[str, Any]) -> str:
+    return to_hocon(config_tree(spec))
+
+
+def live_ssl_options(tree: Tree) -> dict[str, Tree]:
+    """``{"ssl:<name>": ssl_options}`` for every TLS listener: the part the brokers apply live."""
+    result: dict[str, Tree] = {}
+    for kind in ("ssl", "wss"):
+        for name, listener in tree.get("listeners", {}).get(kind, {}).items():
+            result[f"{kind}:{name}"] = listener["ssl_options"]
+    return result
+
+
+def restart_hash(tree: Tree) -> str:
+    """Hash of everything except the listeners' ssl_options: when it changes, pods must be replaced.
+
+    It holds no certificate content (the config only names files), so a certificate rotation never changes it.
+    """
+    stripped = json.loads(json.dumps(tree))
+    for kind in ("ssl", "wss"):
+        for listener in stripped.get("listeners", {}).get(kind, {}).values():
+            listener.pop("ssl_options", None)
+    return hashlib.sha256(json.dumps(stripped, sort_keys=True).encode()).hexdigest()[:16]

@@ -1,0 +1,232 @@
+"""Builders of the objects an MQTTBroker owns: ServiceAccount, ConfigMap, Services, PDB, StatefulSet, admin-token
+Secret and (optionally) a cert-manager Certificate. Pure functions of the (defaulted) spec.
+
+The pod template carries a hash of the config parts that need new pods (``render.restart_hash``) and nothing
+derived from certificate contents: rotating a certificate must never restart a broker.
+"""
+
+from __future__ import annotations
+
+import base64
+import secrets
+from typing import Any
+
+from . import layout
+from .crd import ADMIN_PORT, GROUP
+
+CONFIG_HASH_ANNOTATION = f"{GROUP}/config-hash"
+LIVE_OPTIONS_ANNOTATION = f"{GROUP}/live-options-hash"
+BROKER_UID = 10001  # the image's non-root user
+
+
+def selector_labels(name: str) -> dict[str, str]:
+    return {"app.kubernetes.io/name": "wharf", "app.kubernetes.io/instance": name}
+
+
+def labels(name: str) -> dict[str, str]:
+    return {**selector_labels(name), "app.kubernetes.io/component": "broker",
+            "app.kubernetes.io/managed-by": "wharf-operator"}
+
+
+def selector_string(name: str) -> str:
+    return ",".join(f"{k}={v}" for k, v in selector_labels(name).items())
+
+
+def config_map_name(name: str) -> str:
+    return f"{name}-config"
+
+
+def headless_service_name(name: str) -> str:
+    return f"{name}-headless"
+
+
+def admin_token_secret_name(name: str) -> str:
+    return f"{name}-admin-token"
+
+
+def _meta(name: str, namespace: str, broker: str, **extra: Any) -> dict[str, Any]:
+    return {"name": name, "namespace": namespace, "labels": labels(broker), **extra}
+
+
+def service_account(broker: str, namespace: str) -> dict:
+    return {"apiVersion": "v1", "kind": "ServiceAccount", "metadata": _meta(broker, namespace, broker),
+            # The brokers never call the Kubernetes API.
+            "automountServiceAccountToken": False}
+
+
+def config_map(broker: str, namespace: str, hocon: str, live_options_hash: str) -> dict:
+    return {"apiVersion": "v1", "kind": "ConfigMap",
+            "metadata": _meta(config_map_name(broker), namespace, broker,
+                              annotations={LIVE_OPTIONS_ANNOTATION: live_options_hash}),
+            "data": {layout.CONFIG_KEY: hocon}}
+
+
+def admin_token_secret(broker: str, namespace: str) -> dict:
+    """Created once with a random token; never rewritten (pods and operator read the same one)."""
+    token = secrets.token_urlsafe(32)
+    return {"apiVersion": "v1", "kind": "Secret", "type": "Opaque",
+            "metadata": _meta(admin_token_secret_name(broker), namespace, broker),
+            "data": {layout.ADMIN_TOKEN_KEY: base64.b64encode(token.encode()).decode()}}
+
+
+def _listener_ports(spec: dict) -> list[dict]:
+    return [{"name": l["name"], "port": l["port"], "targetPort": l["name"], "protocol": "TCP"}
+            for l in spec["listeners"]]
+
+
+def client_service(broker: str, namespace: str, spec: dict) -> dict:
+    service = spec.get("service") or {}
+    metadata = _meta(broker, namespace, broker)
+    metadata["labels"] = {**(service.get("labels") or {}), **metadata["labels"]}
+    if service.get("annotations"):
+        metadata["annotations"] = dict(service["annotations"])
+    return {"apiVersion": "v1", "kind": "Service", "metadata": metadata,
+            "spec": {"type": service.get("type", "ClusterIP"), "selector": selector_labels(broker),
+                     "ports": _listener_ports(spec)}}
+
+
+def headless_service(broker: str, namespace: str, spec: dict) -> dict:
+    ports = _listener_ports(spec) + [{"name": "admin", "port": ADMIN_PORT, "targetPort": "admin",
+                                      "protocol": "TCP"}]
+    return {"apiVersion": "v1", "kind": "Service",
+            "metadata": _meta(headless_service_name(broker), namespace, broker),
+            "spec": {"clusterIP": "None", "publishNotReadyAddresses": True,
+                     "selector": selector_labels(broker), "ports": ports}}
+
+
+def pod_disruption_budget(broker: str, namespace: str, spec: dict) -> dict:
+    return {"apiVersion": "policy/v1", "kind": "PodDisruptionBudget", "metadata": _meta(broker, namespace, broker),
+            "spec": {"maxUnavailable": (spec.get("podDisruptionBudget") or {}).get("maxUnavailable", 1),
+                     "selector": {"matchLabels": selector_labels(broker)}}}
+
+
+def _volumes(spec: dict) -> tuple[list[dict], list[dict]]:
+    volumes: list[dict] = [
+        {"name": "config", "configMap": {"name": "", "defaultMode": 0o444}},
+        {"name": "admin-token", "secret": {"secretName": "", "defaultMode": 0o440}},
+    ]
+    mounts: list[dict] = [
+        {"name": "config", "mountPath": layout.CONFIG_DIR, "readOnly": True},
+        {"name": "admin-token", "mountPath": layout.ADMIN_TOKEN_DIR, "readOnly": True},
+    ]
+    for listener in spec["listeners"]:
+        tls = listener.get("tls")
+        if not tls:
+            continue
+        name = listener["name"]
+        # Whole-Secret volumes, never subPath: the kubelet's atomic update must reach the files.
+        cert_volume = layout.volume_name("tls", name)
+        volumes.append({"name": cert_volume, "secret": {"secretName": tls["secretName"], "defaultMode": 0o440}})
+        mounts.append({"name": cert_volume, "mountPath": layout.cert_dir(name), "readOnly": True})
+        if "caRef" in tls:
+            ca = tls["caRef"]
+            ca_volume = layout.volume_name("ca", name)
+            if ca.get("kind", "Secret") == "ConfigMap":
+                volumes.append({"name": ca_volume, "configMap": {"name": ca["name"], "defaultMode": 0o444}})
+            else:
+                volumes.append({"name": ca_volume, "secret": {"secretName": ca["name"], "defaultMode": 0o440}})
+            mounts.append({"name": ca_volume, "mountPath": layout.ca_dir(name), "readOnly": True})
+        if "keyPasswordSecretRef" in tls:
+            pw_volume = layout.volume_name("keypass", name)
+            volumes.append({"name": pw_volume, "secret": {"secretName": tls["keyPasswordSecretRef"]["name"],
+                                                          "defaultMode": 0o440}})
+            mounts.append({"name": pw_volume, "mountPath": layout.key_password_dir(name), "readOnly": True})
+    psk = spec.get("pskAuthentication") or {}
+    if psk.get("enabled"):
+        volumes.append({"name": "psk", "secret": {"secretName": psk["secretRef"]["name"], "defaultMode": 0o440}})
+        mounts.append({"name": "psk", "mountPath": layout.PSK_DIR, "readOnly": True})
+    return volumes, mounts
+
+
+def stateful_set(broker: str, namespace: str, spec: dict, config_hash: str) -> dict:
+    volumes, mounts = _volumes(spec)
+    volumes[0]["configMap"]["name"] = config_map_name(broker)
+    volumes[1]["secret"]["secretName"] = admin_token_secret_name(broker)
+    ports = [{"name": l["name"], "containerPort": l["port"], "protocol": "TCP"} for l in spec["listeners"]]
+    ports.append({"name": "admin", "containerPort": ADMIN_PORT, "protocol": "TCP"})
+    container: dict[str, Any] = {
+        "name": "broker",
+        "image": spec["image"],
+        "imagePullPolicy": spec.get("imagePullPolicy", "IfNotPresent"),
+        "command": ["wharf-broker"],
+        "args": ["--config", layout.CONFIG_FILE],
+        "ports": ports,
+        "env": [
+            {"name": "POD_NAME", "valueFrom": {"fieldRef": {"fieldPath": "metadata.name"}}},
+            {"name": "POD_IP", "valueFrom": {"fieldRef": {"fieldPath": "status.podIP"}}},
+        ],
+        "readinessProbe": {"httpGet": {"path": "/readyz", "port": "admin"}, "periodSeconds": 5},
+        "livenessProbe": {"httpGet": {"path": "/healthz", "port": "admin"}, "periodSeconds": 10,
+                          "failureThreshold": 6},
+        "volumeMounts": mounts,
+        "securityContext": spec.get("securityContext") or {
+            "allowPrivilegeEscalation": False, "readOnlyRootFilesystem": True,
+            "capabilities": {"drop": ["ALL"]}},
+    }
+    if spec.get("resources"):
+        container["resources"] = spec["resources"]
+    pod_spec: dict[str, Any] = {
+        "serviceAccountName": broker,
+        "automountServiceAccountToken": False,
+        "terminationGracePeriodSeconds": spec.get("terminationGracePeriodSeconds", 30),
+        "securityContext": spec.get("podSecurityContext") or {
+            "runAsNonRoot": True, "runAsUser": BROKER_UID, "runAsGroup": BROKER_UID, "fsGroup": BROKER_UID,
+            "seccompProfile": {"type": "RuntimeDefault"}},
+        "containers": [container],
+        "volumes": volumes,
+    }
+    for key in ("affinity", "tolerations", "nodeSelector", "priorityClassName", "imagePullSecrets"):
+        if spec.get(key):
+            pod_spec[key] = spec[key]
+    pod_labels = {**(spec.get("podLabels") or {}), **labels(broker)}
+    pod_annotations = {**(spec.get("podAnnotations") or {}), CONFIG_HASH_ANNOTATION: config_hash}
+    return {
+        "apiVersion": "apps/v1", "kind": "StatefulSet", "metadata": _meta(broker, namespace, broker),
+        "spec": {
+            "replicas": spec["replicas"],
+            "serviceName": headless_service_name(broker),
+            "selector": {"matchLabels": selector_labels(broker)},
+            # Config changes that need new pods roll them one at a time, each waiting for the previous to be ready.
+            "podManagementPolicy": "OrderedReady",
+            "updateStrategy": {"type": "RollingUpdate"},
+            "template": {"metadata": {"labels": pod_labels, "annotations": pod_annotations}, "spec": pod_spec},
+        },
+    }
+
+
+def certificate(broker: str, namespace: str, spec: dict) -> dict | None:
+    """A cert-manager Certificate for the Services' DNS names, when spec.certificate asks for one."""
+    wanted = spec.get("certificate")
+    if not wanted:
+        return None
+    headless = headless_service_name(broker)
+    dns_names = [broker, f"{broker}.{namespace}", f"{broker}.{namespace}.svc",
+                 f"{broker}.{namespace}.svc.cluster.local",
+                 f"*.{headless}.{namespace}.svc", f"*.{headless}.{namespace}.svc.cluster.local"]
+    for extra in wanted.get("dnsNames") or []:
+        if extra not in dns_names:
+            dns_names.append(extra)
+    issuer = wanted["issuerRef"]
+    cert_spec: dict[str, Any] = {
+        "secretName": wanted["secretName"],
+        "dnsNames": dns_names,
+        "issuerRef": {"name": issuer["name"], "kind": issuer.get("kind", "Issuer"),
+                      "group": issuer.get("group", "cert-manager.io")},
+        "usages": ["server auth", "digital signature", "key encipherment"],
+        "privateKey": {"rotationPolicy": "Always"},
+    }
+    for key in ("duration", "renewBefore"):
+        if wanted.get(key):
+            cert_spec[key] = wanted[key]
+    return {"apiVersion": "cert-manager.io/v1", "kind": "Certificate", "metadata": _meta(broker, namespace, broker),
+            "spec": cert_spec}
+
+
+def is_subset(desired: Any, actual: Any) -> bool:
+    """True when everything in ``desired`` is already in ``actual`` (which may hold server defaults)."""
+    if isinstance(desired, dict):
+        return isinstance(actual, dict) and all(k in actual and is_subset(v, actual[k]) for k, v in desired.items())
+    if isinstance(desired, list):
+        return isinstance(actual, list) and len(desired) == len(actual) and \
+            all(is_subset(d, a) for d, a in zip(desired, actual))
+    return desired == actual
