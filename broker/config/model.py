@@ -79,6 +79,9 @@ class SslOptions:
     cacertfile: str = ""
     # Password of an encrypted keyfile. Never prompted for on a terminal.
     password: str = ""
+    # File holding that password (first line); wins over ``password``. The operator mounts it from a Secret so
+    # the password never appears in the rendered config.
+    password_file: str = ""
     verify: Literal["verify_none", "verify_peer"] = "verify_none"
     fail_if_no_peer_cert: bool = False
     versions: list[Literal["tlsv1.3", "tlsv1.2", "tlsv1.1", "tlsv1"]] = field(
