@@ -1,0 +1,242 @@
+"""The Helm chart: lint, schema, offline validation of what it renders, labels, security, RBAC scopes."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+import yaml
+from delivery_support import (CHART, SUPPORTED_KUBERNETES, Helm, custom_resource_errors, find,
+                              kubernetes_errors)
+
+# Value sets that between them switch on every template.
+VALUE_SETS = {
+    "defaults": [],
+    "namespaced": ["operator.watchNamespaces={team-a,team-b}"],
+    "everything": ["example.enabled=true", "metrics.serviceMonitor.enabled=true", "example.clientAuth=required",
+                   "operator.verbose=true", "operator.allowPodNetworks={10.244.0.0/16}", "serviceAccount.annotations.a=b"],
+}
+
+# Custom resources the chart may render; their schemas are not Kubernetes', so they are checked elsewhere
+# (MQTTBroker against our CRD) or are third-party (cert-manager, Prometheus Operator).
+CUSTOM_KINDS = {"MQTTBroker", "Issuer", "Certificate", "ServiceMonitor"}
+
+LABELS = ["app.kubernetes.io/name", "app.kubernetes.io/instance", "app.kubernetes.io/version",
+          "app.kubernetes.io/managed-by", "app.kubernetes.io/part-of", "app.kubernetes.io/component",
+          "helm.sh/chart"]
+
+
+@pytest.mark.parametrize("values", VALUE_SETS.values(), ids=VALUE_SETS.keys())
+def test_lint_strict_is_clean(helm: Helm, values: list[str]) -> None:
+    args = ["lint", "--strict", str(CHART)]
+    for value in values:
+        args += ["--set", value]
+    out = helm.run(*args).stdout
+    assert "0 chart(s) failed" in out
+    assert "[WARNING]" not in out and "[ERROR]" not in out, out
+
+
+@pytest.mark.parametrize("bad", [
+    "operator.replicas=two",
+    "operator.reloadWait=soon",
+    "image.pullPolicy=Sometimes",
+    "operator.watchNamespaces={Not_A_Namespace}",
+    "example.clientAuth=maybe",
+    "metrics.service.port=70000",
+    "operatr.replicas=1",
+])
+def test_schema_rejects_bad_values(helm: Helm, bad: str) -> None:
+    proc = helm.run("template", "wharf", str(CHART), "--set", bad, check=False)
+    assert proc.returncode != 0
+    assert "schema" in proc.stderr, proc.stderr
+
+
+def test_every_value_is_documented() -> None:
+    """Every value in values.yaml has a comment above it, or sits inside a documented value (e.g. resources)."""
+    lines = (CHART / "values.yaml").read_text().splitlines()
+    undocumented = []
+    ancestors: list[tuple[int, bool]] = []  # (indent, documented) of the enclosing keys
+    for index, line in enumerate(lines):
+        stripped = line.strip()
+        if not stripped or stripped.startswith(("#", "-")) or ":" not in stripped:
+            continue
+        indent = len(line) - len(line.lstrip())
+        while ancestors and ancestors[-1][0] >= indent:
+            ancestors.pop()
+        key, _, value = stripped.partition(":")
+        commented = index > 0 and lines[index - 1].strip().startswith("#")
+        documented = commented or any(doc for _, doc in ancestors)
+        is_section = value.strip() == ""  # a mapping whose own keys carry the comments
+        if not documented and not is_section:
+            undocumented.append(key)
+        ancestors.append((indent, documented))
+    assert undocumented == []
+    values = yaml.safe_load((CHART / "values.yaml").read_text())
+    schema = json.loads((CHART / "values.schema.json").read_text())
+    assert set(values) <= set(schema["properties"])
+
+
+@pytest.mark.parametrize("kube_version", SUPPORTED_KUBERNETES)
+@pytest.mark.parametrize("values", VALUE_SETS.values(), ids=VALUE_SETS.keys())
+def test_rendered_objects_are_valid_kubernetes(helm: Helm, values: list[str], kube_version: str,
+                                               crd: dict) -> None:
+    objects = helm.template(*values, kube_version=kube_version)
+    errors = []
+    for obj in objects:
+        if obj["kind"] == "MQTTBroker":
+            errors += custom_resource_errors(crd, obj)
+        elif obj["kind"] not in CUSTOM_KINDS:
+            errors += kubernetes_errors(obj, kube_version)
+    assert errors == []
+
+
+def test_validation_catches_a_broken_object(helm: Helm) -> None:
+    """The offline validator is not vacuous: a wrong type and an unknown field are reported."""
+    deployment = find(helm.template(), "Deployment")[0]
+    deployment["spec"]["replicas"] = "two"
+    deployment["spec"]["template"]["spec"]["containers"][0]["bogusField"] = 1
+    assert kubernetes_errors(deployment, SUPPORTED_KUBERNETES[-1]) != []
+
+
+@pytest.mark.parametrize("values", VALUE_SETS.values(), ids=VALUE_SETS.keys())
+def test_every_object_carries_the_standard_labels(helm: Helm, values: list[str]) -> None:
+    for obj in helm.template(*values):
+        labels = obj["metadata"].get("labels", {})
+        missing = [label for label in LABELS if label not in labels]
+        assert missing == [], f"{obj['kind']}/{obj['metadata']['name']} lacks {missing}"
+        assert labels["app.kubernetes.io/instance"] == "wharf"
+        assert labels["app.kubernetes.io/part-of"] == "wharf"
+
+
+def test_operator_pod_is_locked_down(helm: Helm) -> None:
+    deployment = find(helm.template(), "Deployment")[0]
+    pod = deployment["spec"]["template"]["spec"]
+    assert pod["securityContext"]["runAsNonRoot"] is True
+    assert pod["securityContext"]["runAsUser"] != 0
+    assert pod["securityContext"]["seccompProfile"]["type"] == "RuntimeDefault"
+    (container,) = pod["containers"]
+    security = container["securityContext"]
+    assert security["allowPrivilegeEscalation"] is False
+    assert security["readOnlyRootFilesystem"] is True
+    assert security["capabilities"]["drop"] == ["ALL"]
+    assert container["resources"]["requests"]["cpu"] and container["resources"]["requests"]["memory"]
+    assert container["resources"]["limits"]["memory"]
+    assert container["command"] == ["wharf-operator"]
+    assert container["livenessProbe"]["httpGet"]["port"] == "health"
+    # The selector is a subset of the pod's labels (else the Deployment selects nothing).
+    selector = deployment["spec"]["selector"]["matchLabels"]
+    assert selector.items() <= deployment["spec"]["template"]["metadata"]["labels"].items()
+
+
+def test_image_defaults_to_the_app_version_and_can_be_overridden(helm: Helm) -> None:
+    app_version = yaml.safe_load((CHART / "Chart.yaml").read_text())["appVersion"]
+    (container,) = find(helm.template(), "Deployment")[0]["spec"]["template"]["spec"]["containers"]
+    assert container["image"] == f"wharf:{app_version}"
+    (container,) = find(helm.template("image.repository=example/wharf", "image.tag=e2e"),
+                        "Deployment")[0]["spec"]["template"]["spec"]["containers"]
+    assert container["image"] == "example/wharf:e2e"
+
+
+def test_all_namespaces_mode_uses_a_cluster_role(helm: Helm) -> None:
+    objects = helm.template()
+    assert find(objects, "Role") == [] and find(objects, "RoleBinding") == []
+    (role,) = find(objects, "ClusterRole")
+    (binding,) = find(objects, "ClusterRoleBinding")
+    assert binding["roleRef"] == {"apiGroup": "rbac.authorization.k8s.io", "kind": "ClusterRole",
+                                  "name": role["metadata"]["name"]}
+    assert binding["subjects"] == [{"kind": "ServiceAccount", "name": "wharf", "namespace": "wharf-system"}]
+    args = find(objects, "Deployment")[0]["spec"]["template"]["spec"]["containers"][0]["args"]
+    assert "--all-namespaces" in args
+
+
+def test_namespaced_mode_grants_nothing_cluster_wide(helm: Helm) -> None:
+    objects = helm.template(*VALUE_SETS["namespaced"])
+    assert find(objects, "ClusterRole") == [] and find(objects, "ClusterRoleBinding") == []
+    roles = {r["metadata"]["namespace"]: r for r in find(objects, "Role")}
+    bindings = {b["metadata"]["namespace"]: b for b in find(objects, "RoleBinding")}
+    assert set(roles) == set(bindings) == {"team-a", "team-b"}
+    for namespace, binding in bindings.items():
+        assert binding["roleRef"]["name"] == roles[namespace]["metadata"]["name"]
+        # The operator's ServiceAccount lives in the release namespace, not the watched one.
+        assert binding["subjects"] == [{"kind": "ServiceAccount", "name": "wharf", "namespace": "wharf-system"}]
+    args = find(objects, "Deployment")[0]["spec"]["template"]["spec"]["containers"][0]["args"]
+    assert "--all-namespaces" not in args
+    assert {"--namespace=team-a", "--namespace=team-b"} <= set(args)
+    # Both modes grant the same namespaced rules.
+    cluster_rules = find(helm.template(), "ClusterRole")[0]["rules"]
+    for role in roles.values():
+        assert all(rule in cluster_rules for rule in role["rules"])
+
+
+def test_rbac_never_grants_wildcards(helm: Helm) -> None:
+    for values in VALUE_SETS.values():
+        for obj in find(helm.template(*values), "ClusterRole") + find(helm.template(*values), "Role"):
+            for rule in obj["rules"]:
+                assert "*" not in rule["verbs"] and "*" not in rule["resources"], rule
+                assert "*" not in rule.get("apiGroups", []), rule
+
+
+def test_metrics_service_and_service_monitor_point_at_the_operator(helm: Helm) -> None:
+    objects = helm.template("metrics.serviceMonitor.enabled=true")
+    deployment = find(objects, "Deployment")[0]
+    (service,) = find(objects, "Service")
+    assert service["spec"]["selector"] == deployment["spec"]["selector"]["matchLabels"]
+    assert service["spec"]["ports"][0]["targetPort"] == "metrics"
+    ports = deployment["spec"]["template"]["spec"]["containers"][0]["ports"]
+    assert "metrics" in {p["name"] for p in ports}
+    (monitor,) = find(objects, "ServiceMonitor")
+    assert monitor["spec"]["selector"]["matchLabels"].items() <= service["metadata"]["labels"].items()
+    assert monitor["spec"]["endpoints"][0]["port"] == "metrics"
+    assert find(helm.template(), "ServiceMonitor") == []
+    assert find(helm.template("metrics.service.enabled=false"), "Service") == []
+
+
+def test_example_broker_chains_cert_manager_objects(helm: Helm, crd: dict) -> None:
+    objects = helm.template("example.enabled=true", "example.name=demo")
+    assert find(helm.template(), "MQTTBroker") == []
+    (broker,) = find(objects, "MQTTBroker", "demo")
+    assert custom_resource_errors(crd, broker) == []
+    issuers = {i["metadata"]["name"]: i for i in find(objects, "Issuer")}
+    certificates = {c["metadata"]["name"]: c for c in find(objects, "Certificate")}
+    # self-signed Issuer -> CA Certificate -> CA Issuer -> server Certificate -> MQTTBroker
+    ca_certificate = certificates["demo-ca"]
+    assert ca_certificate["spec"]["isCA"] is True
+    assert "selfSigned" in issuers[ca_certificate["spec"]["issuerRef"]["name"]]["spec"]
+    server = certificates["demo-tls"]
+    assert issuers[server["spec"]["issuerRef"]["name"]]["spec"]["ca"]["secretName"] == \
+        ca_certificate["spec"]["secretName"]
+    (listener,) = broker["spec"]["listeners"]
+    assert listener["type"] == "ssl"
+    assert listener["tls"]["secretName"] == server["spec"]["secretName"]
+    # Client certificates are checked against the CA's own Secret, not the leaf Secret's ca.crt.
+    assert listener["tls"]["caRef"]["name"] == ca_certificate["spec"]["secretName"]
+    assert "demo.wharf-system.svc" in server["spec"]["dnsNames"]
+    one_way = find(helm.template("example.enabled=true", "example.clientAuth=none"), "MQTTBroker")[0]
+    assert "caRef" not in one_way["spec"]["listeners"][0]["tls"]
+
+
+def render_notes(helm: Helm, tmp_path: Path, *values: str) -> str:
+    """Render NOTES.txt without a cluster: a copy of the chart renders it through `tpl` into a ConfigMap."""
+    chart = tmp_path / "wharf"
+    shutil.copytree(CHART, chart)
+    shutil.copy(chart / "templates" / "NOTES.txt", chart / "notes-source.txt")
+    (chart / "templates" / "zz-notes.yaml").write_text(
+        "apiVersion: v1\nkind: ConfigMap\nmetadata:\n  name: notes\ndata:\n"
+        "  notes: {{ tpl (.Files.Get \"notes-source.txt\") . | quote }}\n")
+    args = ["template", "wharf", str(chart), "--namespace", "wharf-system", "--show-only", "templates/zz-notes.yaml"]
+    for value in values:
+        args += ["--set", value]
+    return yaml.safe_load(helm.run(*args).stdout)["data"]["notes"]
+
+
+def test_notes_explain_the_install(helm: Helm, tmp_path: Path) -> None:
+    notes = render_notes(helm, tmp_path, "example.enabled=true")
+    assert "rollout status deployment/wharf" in notes
+    assert "watches MQTTBroker resources in all namespaces" in notes
+    assert "port-forward svc/example 8883:8883" in notes
+    assert "cmctl renew -n wharf-system example-tls" in notes
+    namespaced = render_notes(helm, tmp_path / "namespaced", "operator.watchNamespaces={team-a}")
+    assert "these namespaces only: team-a" in namespaced
+    assert "manifests/examples/" in namespaced
