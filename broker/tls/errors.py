@@ -1,0 +1,7 @@
+"""The one error type the TLS layer raises for bad configuration or bad certificate material."""
+
+from __future__ import annotations
+
+
+class TlsConfigError(ValueError):
+    """A TLS option or a certificate/key/CA/CRL file is unusable; the message says which and why."""

@@ -1,0 +1,231 @@
+"""Semantic validation of ``ssl_options``: turns an ``SslOptions`` into an immutable ``TlsPolicy``.
+
+The config loader has already checked types; this module checks meaning (combinations EMQX refuses, cipher
+names OpenSSL does not know, versions the local OpenSSL cannot do) so that a listener either starts with a
+policy that works or does not start at all. Nothing here reads certificate files: that is ``material.py``.
+"""
+
+from __future__ import annotations
+
+import ssl
+from dataclasses import dataclass, field
+from urllib.parse import urlparse
+
+from cryptography.x509.oid import ExtendedKeyUsageOID, ObjectIdentifier
+
+from ..config.model import PskAuthentication, SslOptions
+from .errors import TlsConfigError
+
+VERSION_ORDER = ["tlsv1", "tlsv1.1", "tlsv1.2", "tlsv1.3"]
+STDLIB_VERSIONS = {
+    "tlsv1": ssl.TLSVersion.TLSv1,
+    "tlsv1.1": ssl.TLSVersion.TLSv1_1,
+    "tlsv1.2": ssl.TLSVersion.TLSv1_2,
+    "tlsv1.3": ssl.TLSVersion.TLSv1_3,
+}
+LEGACY_VERSIONS = {"tlsv1", "tlsv1.1"}
+# The TLS 1.3 suites OpenSSL knows; they are set apart from the TLS <= 1.2 cipher string.
+TLS13_SUITES = {
+    "TLS_AES_128_GCM_SHA256", "TLS_AES_256_GCM_SHA384", "TLS_CHACHA20_POLY1305_SHA256",
+    "TLS_AES_128_CCM_SHA256", "TLS_AES_128_CCM_8_SHA256",
+}
+EKU_NAMES = {
+    "serverauth": ExtendedKeyUsageOID.SERVER_AUTH,
+    "clientauth": ExtendedKeyUsageOID.CLIENT_AUTH,
+    "codesigning": ExtendedKeyUsageOID.CODE_SIGNING,
+    "emailprotection": ExtendedKeyUsageOID.EMAIL_PROTECTION,
+    "timestamping": ExtendedKeyUsageOID.TIME_STAMPING,
+    "ocspsigning": ExtendedKeyUsageOID.OCSP_SIGNING,
+}
+MAX_DEPTH = 100
+
+
+@dataclass(frozen=True)
+class TlsPolicy:
+    """Everything about a listener's TLS that is not certificate material."""
+
+    certfile: str
+    keyfile: str
+    cacertfile: str
+    crlfile: str
+    password: str
+    verify_peer: bool
+    fail_if_no_peer_cert: bool
+    versions: tuple[str, ...]
+    tls12_ciphers: str  # OpenSSL cipher string for TLS <= 1.2; "" = OpenSSL's default
+    tls13_suites: str  # colon-separated TLS 1.3 suites; "" = OpenSSL's default
+    depth: int
+    handshake_timeout: float
+    honor_cipher_order: bool
+    reuse_sessions: bool
+    secure_renegotiate: bool
+    client_renegotiation: bool
+    partial_chain: bool
+    required_ekus: tuple[ObjectIdentifier, ...]
+    enable_crl_check: bool
+    ocsp_stapling: bool
+    ocsp_responder_url: str
+    ocsp_issuer_pem: str
+    ocsp_refresh_interval: float
+    ocsp_http_timeout: float
+    psk_enabled: bool  # PSK suites offered on this listener (global PSK on, and a version <= 1.2 allowed)
+    psk_file: str
+    psk_separator: str
+    reload_interval: float
+    warnings: tuple[str, ...] = field(default=(), compare=False)
+
+    @property
+    def min_version(self) -> str:
+        return min(self.versions, key=VERSION_ORDER.index)
+
+    @property
+    def max_version(self) -> str:
+        return max(self.versions, key=VERSION_ORDER.index)
+
+    @property
+    def legacy_versions(self) -> bool:
+        return any(v in LEGACY_VERSIONS for v in self.versions)
+
+    @property
+    def needs_pyopenssl(self) -> bool:
+        """OCSP stapling and PSK have no stdlib API: only those listeners pay for the pyOpenSSL backend."""
+        return self.ocsp_stapling or self.psk_enabled
+
+    def watched_files(self) -> list[str]:
+        return [p for p in (self.certfile, self.keyfile, self.cacertfile, self.crlfile, self.ocsp_issuer_pem) if p]
+
+
+def _parse_ekus(text: str) -> tuple[ObjectIdentifier, ...]:
+    result = []
+    for item in (part.strip() for part in text.split(",")):
+        if not item:
+            continue
+        if item.upper().startswith("OID:"):
+            try:
+                result.append(ObjectIdentifier(item[4:]))
+            except ValueError as exc:
+                raise TlsConfigError(f"verify_peer_ext_key_usage: bad OID {item!r}: {exc}") from None
+        elif item.lower() in EKU_NAMES:
+            result.append(EKU_NAMES[item.lower()])
+        else:
+            raise TlsConfigError(f"verify_peer_ext_key_usage: unknown usage {item!r} "
+                                 f"(use {', '.join(sorted(EKU_NAMES))} or OID:<dotted>)")
+    return tuple(result)
+
+
+def _split_ciphers(ciphers: list[str]) -> tuple[str, str]:
+    tls12: list[str] = []
+    tls13: list[str] = []
+    for entry in ciphers:
+        # EMQX accepts a list, and also one comma/colon separated string.
+        for name in entry.replace(",", ":").split(":"):
+            name = name.strip()
+            if not name:
+                continue
+            if name.startswith("TLS_"):
+                if name not in TLS13_SUITES:
+                    raise TlsConfigError(f"ciphers: unknown TLS 1.3 suite {name!r} "
+                                         f"(known: {', '.join(sorted(TLS13_SUITES))})")
+                tls13.append(name)
+            else:
+                tls12.append(name)
+    return ":".join(tls12), ":".join(tls13)
+
+
+def validate_options(options: SslOptions, psk: PskAuthentication | None = None) -> TlsPolicy:
+    """Check ``options`` as a whole; raise ``TlsConfigError`` naming the option on the first problem."""
+    warnings: list[str] = []
+    if not options.certfile:
+        raise TlsConfigError("certfile is required")
+    if not options.keyfile:
+        raise TlsConfigError("keyfile is required")
+    verify_peer = options.verify == "verify_peer"
+    if options.verify not in ("verify_peer", "verify_none"):
+        raise TlsConfigError(f"verify: must be verify_peer or verify_none, not {options.verify!r}")
+    if options.fail_if_no_peer_cert and not verify_peer:
+        raise TlsConfigError("fail_if_no_peer_cert = true needs verify = verify_peer")
+    if verify_peer and not options.cacertfile:
+        raise TlsConfigError("verify = verify_peer needs cacertfile (the CAs that issue client certificates)")
+    if options.enable_crl_check and not verify_peer:
+        raise TlsConfigError("enable_crl_check = true needs verify = verify_peer")
+    if options.crlfile and not options.enable_crl_check:
+        warnings.append("crlfile is set but enable_crl_check is false: the CRL is not checked")
+
+    versions = tuple(dict.fromkeys(options.versions))
+    if not versions:
+        raise TlsConfigError("versions: at least one TLS version is needed")
+    for version in versions:
+        if version not in STDLIB_VERSIONS:
+            raise TlsConfigError(f"versions: unknown version {version!r} (use {', '.join(VERSION_ORDER)})")
+    legacy = [v for v in versions if v in LEGACY_VERSIONS]
+    if legacy:
+        if ("tlsv1" in legacy and not ssl.HAS_TLSv1) or ("tlsv1.1" in legacy and not ssl.HAS_TLSv1_1):
+            raise TlsConfigError(f"versions: the local OpenSSL ({ssl.OPENSSL_VERSION}) cannot do {', '.join(legacy)}")
+        warnings.append(f"versions: {', '.join(legacy)} are outdated and insecure; enabled because they were "
+                        "asked for (cipher security level lowered to 0 on this listener)")
+    if "tlsv1.3" in versions and not ssl.HAS_TLSv1_3:
+        raise TlsConfigError(f"versions: the local OpenSSL ({ssl.OPENSSL_VERSION}) cannot do tlsv1.3")
+
+    tls12, tls13 = _split_ciphers(options.ciphers)
+    if tls12:
+        probe = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+        try:
+            probe.set_ciphers(tls12 + (":@SECLEVEL=0" if legacy else ""))
+        except ssl.SSLError:
+            raise TlsConfigError(f"ciphers: OpenSSL knows none of {tls12!r}") from None
+    if tls12 and not any(v != "tlsv1.3" for v in versions):
+        warnings.append("ciphers: TLS <= 1.2 ciphers are listed but only tlsv1.3 is enabled")
+    if tls13 and "tlsv1.3" not in versions:
+        warnings.append("ciphers: TLS 1.3 suites are listed but tlsv1.3 is not enabled")
+
+    if not 0 <= options.depth <= MAX_DEPTH:
+        raise TlsConfigError(f"depth: must be between 0 and {MAX_DEPTH}, not {options.depth}")
+    if not options.handshake_timeout > 0:
+        raise TlsConfigError("handshake_timeout: must be more than 0 s")
+    if not options.reload_interval > 0:
+        raise TlsConfigError("reload_interval: must be more than 0 s")
+    ekus = _parse_ekus(options.verify_peer_ext_key_usage)
+    if ekus and not verify_peer:
+        raise TlsConfigError("verify_peer_ext_key_usage needs verify = verify_peer")
+
+    ocsp = options.ocsp
+    if ocsp.enable_ocsp_stapling:
+        if not ocsp.responder_url:
+            raise TlsConfigError("ocsp.responder_url is required when ocsp.enable_ocsp_stapling = true")
+        url = urlparse(ocsp.responder_url)
+        if url.scheme not in ("http", "https") or not url.netloc:
+            raise TlsConfigError(f"ocsp.responder_url: not an http(s) URL: {ocsp.responder_url!r}")
+        if not ocsp.issuer_pem:
+            raise TlsConfigError("ocsp.issuer_pem is required when ocsp.enable_ocsp_stapling = true")
+        if not ocsp.refresh_interval > 0 or not ocsp.refresh_http_timeout > 0:
+            raise TlsConfigError("ocsp.refresh_interval and ocsp.refresh_http_timeout must be more than 0 s")
+        if ocsp.refresh_interval < 60:
+            warnings.append("ocsp.refresh_interval below 1 minute puts load on the OCSP responder")
+
+    psk_enabled = False
+    psk_file = ""
+    separator = ":"
+    if psk is not None and psk.enable:
+        if not psk.init_file:
+            raise TlsConfigError("psk_authentication.init_file is required when psk_authentication.enable = true")
+        if not psk.separator:
+            raise TlsConfigError("psk_authentication.separator must not be empty")
+        if any(v != "tlsv1.3" for v in versions):
+            psk_enabled, psk_file, separator = True, psk.init_file, psk.separator
+        else:
+            warnings.append("psk_authentication is on but this listener only allows tlsv1.3: no PSK suites here")
+
+    return TlsPolicy(
+        certfile=options.certfile, keyfile=options.keyfile, cacertfile=options.cacertfile,
+        crlfile=options.crlfile if options.enable_crl_check else "", password=options.password,
+        verify_peer=verify_peer, fail_if_no_peer_cert=options.fail_if_no_peer_cert,
+        versions=versions, tls12_ciphers=tls12, tls13_suites=tls13, depth=options.depth,
+        handshake_timeout=float(options.handshake_timeout), honor_cipher_order=options.honor_cipher_order,
+        reuse_sessions=options.reuse_sessions, secure_renegotiate=options.secure_renegotiate,
+        client_renegotiation=options.client_renegotiation, partial_chain=options.partial_chain,
+        required_ekus=ekus, enable_crl_check=options.enable_crl_check,
+        ocsp_stapling=ocsp.enable_ocsp_stapling, ocsp_responder_url=ocsp.responder_url,
+        ocsp_issuer_pem=ocsp.issuer_pem, ocsp_refresh_interval=float(ocsp.refresh_interval),
+        ocsp_http_timeout=float(ocsp.refresh_http_timeout), psk_enabled=psk_enabled, psk_file=psk_file,
+        psk_separator=separator, reload_interval=float(options.reload_interval), warnings=tuple(warnings),
+    )

@@ -1,0 +1,406 @@
+"""``TlsListenerRuntime``: everything TLS about one ssl/wss listener, for the listener layer to drive.
+
+A *generation* is one validated, built and smoke-tested set of certificate material with its policy. The
+runtime serves the current generation to every new connection; ``reload()`` and ``update_options()`` make a
+new one off the loop (in a thread) and swap it in with no ``await`` between the base-context update and the
+swap. A failure leaves the serving generation alone, is logged once and shows in ``status()`` and metrics.
+Open connections keep the context they were made with, so a reload never drops them.
+
+Backends: the stdlib ``ssl`` fast path (a base context whose SNI callback hands out the current material
+context), or pyOpenSSL over a memory BIO for listeners with OCSP stapling or PSK (``pyossl_transport.py``).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import datetime as dt
+import logging
+import ssl
+import time
+from dataclasses import dataclass, field
+from typing import Any, Callable
+
+from OpenSSL import SSL
+
+from ..config.model import CrlCache as CrlCacheConfig
+from ..config.model import PskAuthentication, SslOptions
+from ..metrics import REGISTRY, Registry
+from . import openssl_shim
+from .context import (build_base_context, build_pyopenssl_context, build_stdlib_context, configure_stdlib,
+                      smoke_pyopenssl, smoke_stdlib)
+from .crl_cache import CrlDistributionCache
+from .errors import TlsConfigError
+from .handshake_metrics import TlsMetrics, observed_sslobject_class
+from .material import Material, Snapshot, leaf_fingerprint, read_snapshot, validate_snapshot
+from .ocsp_cache import OcspStapler
+from .options import TlsPolicy, validate_options
+from .peer_checks import PeerChecker
+from .psk import enable_psk, parse_psk_file
+from .pyossl_transport import PyOpenSslBridge
+from .reloader import PeriodicReloader
+from .server import TlsServer
+
+log = logging.getLogger("wharf.tls")
+EXPECTED_FINGERPRINT_POLL = 0.25
+
+
+@dataclass(frozen=True)
+class ReloadResult:
+    reloaded: bool
+    fingerprint: str | None  # the fingerprint served after the call
+    error: str | None = None
+    waited: float = 0.0
+    # True when ``expected_fingerprint`` did not appear in the files within ``timeout``.
+    timed_out: bool = False
+
+
+@dataclass(frozen=True, eq=False)
+class Generation:
+    policy: TlsPolicy
+    material: Material
+    backend: str  # stdlib | pyopenssl
+    stdlib_ctx: ssl.SSLContext | None
+    pyossl_ctx: SSL.Context | None
+    psk_table: dict[bytes, bytes]
+    smoke: str
+    loaded_at: dt.datetime = field(default_factory=lambda: dt.datetime.now(dt.timezone.utc))
+
+    @property
+    def digest(self) -> str:
+        return self.material.snapshot.digest
+
+    @property
+    def fingerprint(self) -> str:
+        return self.material.info.fingerprint_sha256
+
+
+def choose_backend(policy: TlsPolicy, shim: openssl_shim.OpenSslShim | None) -> str:
+    if policy.needs_pyopenssl:
+        return "pyopenssl"
+    # Without the shim the stdlib cannot enforce depth or TLS 1.3 suites: pyOpenSSL can.
+    if shim is None and (policy.verify_peer or policy.tls13_suites):
+        return "pyopenssl"
+    return "stdlib"
+
+
+class _StdlibGate(asyncio.Protocol):
+    """Sits in front of the application protocol until the post-handshake checks passed, then steps aside."""
+
+    __slots__ = ("_runtime", "_app", "_transport", "_buffered", "_eof", "_lost")
+
+    def __init__(self, runtime: "TlsListenerRuntime", app: asyncio.Protocol) -> None:
+        self._runtime = runtime
+        self._app = app
+        self._transport: asyncio.Transport | None = None
+        self._buffered: list[bytes] = []
+        self._eof = False
+        self._lost = False
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        runtime = self._runtime
+        runtime.metrics.handshakes_ok.inc()
+        verdict = None
+        if runtime.checker.active():
+            sslobj = transport.get_extra_info("ssl_object")
+            verdict = runtime.checker.check_now(sslobj.getpeercert(binary_form=True), sslobj.session_reused)
+            if verdict is not None and not isinstance(verdict, str):
+                self._transport = transport  # type: ignore[assignment]
+                transport.pause_reading()  # type: ignore[attr-defined]
+                asyncio.get_running_loop().create_task(self._finish(transport, verdict))
+                return
+        self._decide(transport, verdict)
+
+    async def _finish(self, transport, pending) -> None:
+        verdict = await pending
+        if self._lost:
+            return
+        self._decide(transport, verdict)
+        if not verdict:
+            for chunk in self._buffered:
+                self._app.data_received(chunk)
+            self._buffered.clear()
+            if self._eof and not self._app.eof_received():
+                transport.close()
+            else:
+                transport.resume_reading()
+
+    def _decide(self, transport, verdict: str | None) -> None:
+        if verdict:
+            self._runtime.metrics.failed(verdict)
+            transport.abort()
+            return
+        transport.set_protocol(self._app)
+        self._app.connection_made(transport)
+
+    # Only reached while a check is pending (afterwards the transport talks to the application directly).
+    def data_received(self, data: bytes) -> None:
+        self._buffered.append(bytes(data))
+
+    def eof_received(self) -> bool:
+        self._eof = True
+        return True
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._lost = True
+
+
+class TlsListenerRuntime:
+    def __init__(self, listener_id: str, options: SslOptions, *, psk: PskAuthentication | None = None,
+                 crl_cache: CrlCacheConfig | CrlDistributionCache | None = None,
+                 registry: Registry = REGISTRY) -> None:
+        self.listener_id = listener_id
+        self._options = options
+        self._psk_config = psk or PskAuthentication()
+        self._crl_config = crl_cache or CrlCacheConfig()
+        self.metrics = TlsMetrics(listener_id, registry)
+        self.checker = PeerChecker(self)
+        self.crl_cache: CrlDistributionCache | None = None
+        self._shim: openssl_shim.OpenSslShim | None = None
+        self._generation: Generation | None = None
+        self._base_ctx: ssl.SSLContext | None = None
+        self._servers: list[TlsServer] = []
+        self._lock = asyncio.Lock()
+        self._reloader: PeriodicReloader | None = None
+        self._ocsp: OcspStapler | None = None
+        self._last_error: str | None = None
+        self._last_logged_error: str | None = None
+        self._last_reload_at: dt.datetime | None = None
+        self._reloads_ok = 0
+        self._reloads_failed = 0
+        self._started = False
+
+    # -- building --------------------------------------------------------------------------------------------
+    @property
+    def current_generation(self) -> Generation:
+        if self._generation is None:
+            raise RuntimeError(f"TLS listener {self.listener_id} is not started")
+        return self._generation
+
+    @property
+    def options(self) -> SslOptions:
+        return self._options
+
+    @property
+    def backend(self) -> str:
+        return self.current_generation.backend
+
+    def _configure_pyopenssl(self, material: Material, psk_enabled: bool, ocsp: bool) -> Callable[[SSL.Context], None]:
+        def configure(ctx: SSL.Context) -> None:
+            if psk_enabled:
+                enable_psk(ctx)
+            if ocsp:
+                leaf = material.leaf
+
+                def staple(_connection, _data) -> bytes:
+                    stapler = self._ocsp
+                    return stapler.staple_for(leaf) if stapler is not None else b""
+
+                ctx.set_ocsp_server_callback(staple)
+        return configure
+
+    def _build(self, policy: TlsPolicy, snapshot: Snapshot) -> Generation:
+        """Validate, build and smoke-test one generation (runs in a worker thread)."""
+        material = validate_snapshot(policy, snapshot)
+        backend = choose_backend(policy, self._shim)
+        psk_table = parse_psk_file(snapshot.psk_lines, policy.psk_separator) if policy.psk_enabled else {}
+        if backend == "stdlib":
+            ctx = build_stdlib_context(policy, material, self._shim)
+            smoke = smoke_stdlib(ctx, policy)
+            return Generation(policy, material, backend, ctx, None, psk_table, smoke)
+        configure = self._configure_pyopenssl(material, policy.psk_enabled, policy.ocsp_stapling)
+        pctx = build_pyopenssl_context(policy, material, configure)
+        smoke = smoke_pyopenssl(pctx, policy)
+        return Generation(policy, material, backend, None, pctx, psk_table, smoke)
+
+    async def _load(self, policy: TlsPolicy) -> Generation:
+        snapshot = await asyncio.to_thread(read_snapshot, policy)
+        return await asyncio.to_thread(self._build, policy, snapshot)
+
+    def _commit(self, generation: Generation) -> None:
+        """Serve ``generation`` to new connections. No awaits: nothing can interleave."""
+        previous = self._generation
+        if generation.backend == "stdlib":
+            if self._base_ctx is None:
+                self._base_ctx = build_base_context(generation.policy, self._shim)
+                self._base_ctx.sni_callback = self._select_context
+                self._base_ctx.sslobject_class = observed_sslobject_class(self.metrics)
+            elif previous is None or previous.policy != generation.policy:
+                configure_stdlib(self._base_ctx, generation.policy, self._shim)
+        self._generation = generation
+        self.metrics.expiry_child.set(generation.material.info.not_after.timestamp())
+        self._last_error = None
+        self._last_logged_error = None
+        info = generation.material.info
+        log.info("TLS %s: serving %s (serial %s, not after %s, sha256 %s; %s backend, smoke %s)",
+                 self.listener_id, info.subject, info.serial, info.not_after.isoformat(), info.fingerprint_sha256,
+                 generation.backend, generation.smoke)
+        for warning in generation.policy.warnings + generation.material.warnings:
+            log.warning("TLS %s: %s", self.listener_id, warning)
+        if self._ocsp is not None and (previous is None or previous.fingerprint != generation.fingerprint):
+            self._ocsp.certificate_changed()
+
+    def _select_context(self, sslobj: ssl.SSLObject, server_name: str | None, base: ssl.SSLContext) -> None:
+        # Runs for every ClientHello, with or without SNI: the new connection gets the current material.
+        sslobj.context = self._generation.stdlib_ctx
+
+    def _record_failure(self, message: str) -> None:
+        self._last_error = message
+        self._reloads_failed += 1
+        self.metrics.reloads_failed.inc()
+        if message != self._last_logged_error:
+            log.error("TLS %s: reload refused, still serving the previous certificate: %s", self.listener_id,
+                      message)
+            self._last_logged_error = message
+
+    # -- lifecycle ---------------------------------------------------------------------------------------------
+    async def start(self) -> None:
+        """Load, validate, build and smoke-test; raise ``TlsConfigError`` when the listener cannot serve."""
+        if self._started:
+            return
+        policy = validate_options(self._options, self._psk_config)
+        self._shim = await asyncio.to_thread(openssl_shim.detect)
+        generation = await self._load(policy)
+        self._commit(generation)
+        self._setup_services(policy)
+        self._started = True
+
+    def _setup_services(self, policy: TlsPolicy) -> None:
+        if policy.enable_crl_check and self.crl_cache is None:
+            self.crl_cache = CrlDistributionCache.shared(self._crl_config)
+            self.crl_cache.acquire()
+        if policy.ocsp_stapling and self._ocsp is None:
+            self._ocsp = OcspStapler(self.listener_id, policy.ocsp_responder_url, policy.ocsp_refresh_interval,
+                                     policy.ocsp_http_timeout, self._ocsp_subject)
+            self._ocsp.start()
+        elif not policy.ocsp_stapling and self._ocsp is not None:
+            asyncio.get_running_loop().create_task(self._ocsp.stop())
+            self._ocsp = None
+        if self._reloader is None:
+            self._reloader = PeriodicReloader(self)
+            self._reloader.start()
+
+    def _ocsp_subject(self):
+        material = self.current_generation.material
+        return material.leaf, material.ocsp_issuer
+
+    @property
+    def ocsp(self) -> OcspStapler | None:
+        return self._ocsp
+
+    async def create_server(self, protocol_factory: Callable[[], asyncio.Protocol], host: Any, port: int,
+                            backlog: int = 1024, **kwargs: Any) -> TlsServer:
+        if not self._started:
+            raise RuntimeError(f"TLS listener {self.listener_id}: start() first")
+        server = TlsServer(self, protocol_factory, host, port, backlog, kwargs)
+        await server.bind()
+        self._servers.append(server)
+        return server
+
+    def _server_args(self, protocol_factory: Callable[[], asyncio.Protocol]) -> tuple[Callable, dict]:
+        """What ``loop.create_server`` needs for the current backend."""
+        generation = self.current_generation
+        if generation.backend == "stdlib":
+            return (lambda: _StdlibGate(self, protocol_factory()),
+                    {"ssl": self._base_ctx, "ssl_handshake_timeout": generation.policy.handshake_timeout})
+        return (lambda: PyOpenSslBridge(self, protocol_factory())), {}
+
+    async def stop(self) -> None:
+        if self._reloader is not None:
+            await self._reloader.stop()
+            self._reloader = None
+        if self._ocsp is not None:
+            await self._ocsp.stop()
+            self._ocsp = None
+        for server in self._servers:
+            server.close()
+        for server in self._servers:
+            await server.wait_closed()
+        self._servers.clear()
+        if self.crl_cache is not None:
+            await self.crl_cache.release()
+            self.crl_cache = None
+        self.metrics.remove()
+        self._started = False
+
+    # -- reload ------------------------------------------------------------------------------------------------
+    async def reload(self, expected_fingerprint: str | None = None, timeout: float = 0.0) -> ReloadResult:
+        """Re-read the files; swap only if they changed and are valid. See the module docstring."""
+        started = time.monotonic()
+        expected = expected_fingerprint.lower().replace(":", "") if expected_fingerprint else None
+        async with self._lock:
+            policy = self.current_generation.policy
+            while True:
+                waited = time.monotonic() - started
+                try:
+                    snapshot = await asyncio.to_thread(read_snapshot, policy)
+                except TlsConfigError as exc:
+                    snapshot, read_error = None, str(exc)
+                else:
+                    read_error = None
+                if expected is not None:
+                    found = leaf_fingerprint(snapshot.cert_pem) if snapshot is not None else None
+                    if found != expected:
+                        if waited < timeout:
+                            await asyncio.sleep(min(EXPECTED_FINGERPRINT_POLL, timeout - waited))
+                            continue
+                        return ReloadResult(False, self.current_generation.fingerprint,
+                                            f"certfile carries {found or 'no certificate'}, not {expected}",
+                                            waited, timed_out=True)
+                if read_error is not None:
+                    self._record_failure(read_error)
+                    return ReloadResult(False, self.current_generation.fingerprint, read_error, waited)
+                if snapshot.digest == self.current_generation.digest:
+                    self._last_reload_at = dt.datetime.now(dt.timezone.utc)
+                    return ReloadResult(False, self.current_generation.fingerprint, None, waited)
+                try:
+                    generation = await asyncio.to_thread(self._build, policy, snapshot)
+                except TlsConfigError as exc:
+                    self._last_reload_at = dt.datetime.now(dt.timezone.utc)
+                    self._record_failure(str(exc))
+                    return ReloadResult(False, self.current_generation.fingerprint, str(exc), waited)
+                self._commit(generation)
+                self._last_reload_at = generation.loaded_at
+                self._reloads_ok += 1
+                self.metrics.reloads_ok.inc()
+                return ReloadResult(True, generation.fingerprint, None, time.monotonic() - started)
+
+    async def update_options(self, options: SslOptions) -> None:
+        """Apply new ``ssl_options`` live; on any problem raise ``TlsConfigError`` and change nothing."""
+        policy = validate_options(options, self._psk_config)
+        async with self._lock:
+            generation = await self._load(policy)
+            old = self.current_generation
+            rebind = (generation.backend != old.backend or
+                      (generation.backend == "stdlib" and policy.handshake_timeout != old.policy.handshake_timeout))
+            self._commit(generation)
+            self._options = options
+            self._setup_services(policy)
+            if self._reloader is not None:
+                self._reloader.interval_changed()
+        if rebind:
+            # The backend or the stdlib handshake timeout is fixed per listening socket: rebind, keeping the
+            # address; open connections stay with the old socket's server.
+            for server in self._servers:
+                await server.rebind()
+
+    # -- status ------------------------------------------------------------------------------------------------
+    def status(self) -> dict:
+        generation = self._generation
+        result: dict[str, Any] = {"listener": self.listener_id, "running": self._started}
+        if generation is not None:
+            result.update(generation.material.info.as_dict())
+            result.update({
+                "loaded_at": generation.loaded_at.isoformat(), "backend": generation.backend,
+                "chain_verified_by_cacertfile": generation.material.chain_verified,
+                "warnings": list(generation.policy.warnings + generation.material.warnings),
+            })
+        result.update({
+            "last_reload_at": self._last_reload_at.isoformat() if self._last_reload_at else None,
+            "last_error": self._last_error, "reloads_ok": self._reloads_ok, "reloads_failed": self._reloads_failed,
+        })
+        if self._ocsp is not None:
+            result["ocsp"] = self._ocsp.status()
+        if generation is not None and generation.policy.enable_crl_check:
+            result["crl"] = {"local_crls": len(generation.material.crls),
+                             "distribution_points": self.crl_cache.status() if self.crl_cache else None}
+        return result
