@@ -389,14 +389,15 @@ class _Parser:
         required = False
         wrappers = 0
         while self.tok.kind == UNQUOTED and self.tok.text.endswith("("):
-            name = self.next().text[:-1]
-            if name == "required":
-                required = True
-            elif name in ("url", "classpath"):
-                raise self.error(f"include {name}(...) is not supported; use a file path", origin)
-            elif name != "file":
-                raise self.error(f"unknown include form {name}(...)", origin)
-            wrappers += 1
+            # "required(file(" lexes as one token.
+            for name in self.next().text.split("(")[:-1]:
+                if name == "required":
+                    required = True
+                elif name in ("url", "classpath"):
+                    raise self.error(f"include {name}(...) is not supported; use a file path", origin)
+                elif name != "file":
+                    raise self.error(f"unknown include form {name}(...)", origin)
+                wrappers += 1
         if self.tok.kind != STRING:
             raise self.error("include needs a quoted file name", origin)
         name = self.next().text

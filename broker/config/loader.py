@@ -97,11 +97,12 @@ def parse_bind(text: str) -> tuple[str, int]:
     if re.fullmatch(r"[0-9]+", text):
         host, port_text = "", text
     else:
-        match = re.fullmatch(r"\[([0-9A-Fa-f:.%a-zA-Z]+)\]:([0-9]+)", text) or re.fullmatch(r"([^:\[\]]*):([0-9]+)", text)
+        bracketed = re.fullmatch(r"\[([^\]]+)\]:([0-9]+)", text)
+        match = bracketed or re.fullmatch(r"([^:\[\]]*):([0-9]+)", text)
         if not match:
             raise ValueError(f"bind {text!r} is not host:port, :port, port or [ipv6]:port")
         host, port_text = match.group(1), match.group(2)
-        if ":" in host:
+        if bracketed:
             try:
                 ipaddress.IPv6Address(host.split("%")[0])
             except ValueError:
