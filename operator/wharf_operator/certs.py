@@ -16,7 +16,6 @@ from dataclasses import dataclass
 from cryptography import x509
 from cryptography.exceptions import InvalidSignature, UnsupportedAlgorithm
 from cryptography.hazmat.primitives import serialization
-from cryptography.hazmat.primitives.asymmetric import dh
 
 # Reasons used in the CertificatesReady condition and in events.
 MISSING = "SecretMissing"
@@ -130,7 +129,7 @@ def validate(cert_pem: bytes | None, key_pem: bytes | None, ca_pem: bytes | None
     chain = _load_chain(cert_pem, "tls.crt")
     leaf = chain[0]
     key = _load_key(key_pem, password)
-    if isinstance(key, dh.DHPrivateKey) or _public_der(key.public_key()) != _public_der(leaf.public_key()):
+    if _public_der(key.public_key()) != _public_der(leaf.public_key()):
         raise InvalidMaterial(KEY_MISMATCH, "tls.key does not belong to the certificate in tls.crt")
     chain_checked = False
     if ca_pem:

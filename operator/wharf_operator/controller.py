@@ -410,15 +410,22 @@ class Controller:
 
 
 def _check_loads(hocon: str) -> None:
-    """Refuse a config the broker itself would refuse, when the broker's loader is importable."""
+    """Refuse a config the broker itself would refuse (when the broker's loader is importable).
+
+    Files named by the config exist only inside the pods, so "file not found" is not held against it here.
+    """
     try:
+        from wharf_broker.config.errors import ConfigError
         from wharf_broker.config.loader import load_string
     except ImportError:
         return
     try:
-        load_string(hocon)
-    except Exception as exc:  # the loader's own error type names the key and position
-        raise render.RenderError(f"the broker refuses the rendered config: {exc}") from None
+        load_string(hocon, "rendered config")
+    except ConfigError as exc:
+        issues = [i for i in exc.issues if not (i.message.startswith("file ") and " not found" in i.message)]
+        if issues:
+            raise render.RenderError("the broker refuses the rendered config: "
+                                     + "; ".join(str(i) for i in issues)) from None
 
 
 __all__ = ["Controller", "OperatorConfig", "MQTTBROKERS", "ApiError", "referenced_objects", "is_paused"]

@@ -2,33 +2,48 @@
 
 Every TLS Secret is mounted as a whole-Secret volume in its own directory (never ``subPath``: subPath mounts
 never see a Secret update), so the kubelet's atomic ``..data`` swap replaces certificate and key together.
+``root`` is /etc/wharf in pods; tests render with a temporary directory holding real files.
 """
 
 from __future__ import annotations
 
-CONFIG_DIR = "/etc/wharf/config"
+ROOT = "/etc/wharf"
 CONFIG_KEY = "wharf.conf"
-CONFIG_FILE = f"{CONFIG_DIR}/{CONFIG_KEY}"
-
-ADMIN_TOKEN_DIR = "/etc/wharf/admin"
 ADMIN_TOKEN_KEY = "token"
-ADMIN_TOKEN_FILE = f"{ADMIN_TOKEN_DIR}/{ADMIN_TOKEN_KEY}"
-
-PSK_DIR = "/etc/wharf/psk"
 
 
-def cert_dir(listener: str) -> str:
+def config_dir(root: str = ROOT) -> str:
+    return f"{root}/config"
+
+
+def config_file(root: str = ROOT) -> str:
+    return f"{config_dir(root)}/{CONFIG_KEY}"
+
+
+def admin_token_dir(root: str = ROOT) -> str:
+    return f"{root}/admin"
+
+
+def admin_token_file(root: str = ROOT) -> str:
+    return f"{admin_token_dir(root)}/{ADMIN_TOKEN_KEY}"
+
+
+def psk_dir(root: str = ROOT) -> str:
+    return f"{root}/psk"
+
+
+def cert_dir(listener: str, root: str = ROOT) -> str:
     """The listener's server Secret (tls.crt, tls.key, maybe ca.crt)."""
-    return f"/etc/wharf/certs/{listener}"
+    return f"{root}/certs/{listener}"
 
 
-def ca_dir(listener: str) -> str:
+def ca_dir(listener: str, root: str = ROOT) -> str:
     """The listener's trusted CA bundle, mounted apart from the server Secret."""
-    return f"/etc/wharf/ca/{listener}"
+    return f"{root}/ca/{listener}"
 
 
-def key_password_dir(listener: str) -> str:
-    return f"/etc/wharf/keypass/{listener}"
+def key_password_dir(listener: str, root: str = ROOT) -> str:
+    return f"{root}/keypass/{listener}"
 
 
 def volume_name(kind: str, listener: str) -> str:

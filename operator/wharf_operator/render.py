@@ -25,19 +25,19 @@ class RenderError(ValueError):
     """The spec cannot be turned into a broker config (the message says why)."""
 
 
-def ssl_options(listener: dict[str, Any], reload_interval: str) -> Tree:
+def ssl_options(listener: dict[str, Any], reload_interval: str, root: str = layout.ROOT) -> Tree:
     """A TLS listener's ``ssl_options`` with paths into the pod's Secret volumes."""
     name, tls = listener["name"], listener["tls"]
-    certs = layout.cert_dir(name)
+    certs = layout.cert_dir(name, root)
     options: Tree = {
         "certfile": f"{certs}/tls.crt",
         "keyfile": f"{certs}/tls.key",
     }
     if "caRef" in tls:
-        options["cacertfile"] = f"{layout.ca_dir(name)}/{tls['caRef'].get('key', 'ca.crt')}"
+        options["cacertfile"] = f"{layout.ca_dir(name, root)}/{tls['caRef'].get('key', 'ca.crt')}"
     if "keyPasswordSecretRef" in tls:
         ref = tls["keyPasswordSecretRef"]
-        options["password_file"] = f"{layout.key_password_dir(name)}/{ref.get('key', 'password')}"
+        options["password_file"] = f"{layout.key_password_dir(name, root)}/{ref.get('key', 'password')}"
     options["verify"] = tls.get("verify", "verify_none")
     options["fail_if_no_peer_cert"] = bool(tls.get("failIfNoPeerCert", False))
     options["versions"] = list(tls.get("versions", ["tlsv1.3", "tlsv1.2"]))
@@ -58,7 +58,7 @@ def ssl_options(listener: dict[str, Any], reload_interval: str) -> Tree:
     return options
 
 
-def _listener(listener: dict[str, Any], reload_interval: str) -> Tree:
+def _listener(listener: dict[str, Any], reload_interval: str, root: str) -> Tree:
     entry: Tree = {"enable": True, "bind": f"0.0.0.0:{listener['port']}"}
     if listener.get("maxConnections") is not None:
         entry["max_connections"] = int(listener["maxConnections"])
@@ -73,29 +73,29 @@ def _listener(listener: dict[str, Any], reload_interval: str) -> Tree:
                                      ("peerCertAsClientid", "peer_cert_as_clientid")):
             if tls.get(spec_key):
                 entry[config_key] = tls[spec_key]
-        entry["ssl_options"] = ssl_options(listener, reload_interval)
+        entry["ssl_options"] = ssl_options(listener, reload_interval, root)
     return entry
 
 
-def config_tree(spec: dict[str, Any]) -> Tree:
-    """The broker config as nested dicts, from a spec with the CRD's defaults applied."""
+def config_tree(spec: dict[str, Any], root: str = layout.ROOT) -> Tree:
+    """The broker config as nested dicts, from a spec with the CRD's defaults applied; files under ``root``."""
     reload_interval = spec.get("reloadInterval", "120s")
     listeners: Tree = {}
     for listener in spec.get("listeners", []):
-        listeners.setdefault(listener["type"], {})[listener["name"]] = _listener(listener, reload_interval)
+        listeners.setdefault(listener["type"], {})[listener["name"]] = _listener(listener, reload_interval, root)
     tree: Tree = {
         "listeners": {kind: listeners[kind] for kind in ("tcp", "ssl", "ws", "wss") if kind in listeners},
         "dashboard": {
             "enable": True,
             "listeners": {"http": {"bind": f"0.0.0.0:{ADMIN_PORT}"}},
-            "token_file": layout.ADMIN_TOKEN_FILE,
+            "token_file": layout.admin_token_file(root),
         },
     }
     psk = spec.get("pskAuthentication") or {}
     if psk.get("enabled"):
         tree["psk_authentication"] = {
             "enable": True,
-            "init_file": f"{layout.PSK_DIR}/{psk['secretRef'].get('key', 'psk.txt')}",
+            "init_file": f"{layout.psk_dir(root)}/{psk['secretRef'].get('key', 'psk.txt')}",
         }
     extra = spec.get("config") or {}
     if not isinstance(extra, dict):
@@ -163,8 +163,8 @@ def _write(tree: Tree, depth: int, lines: list[str], where: str) -> None:
             lines.append(f"{pad}{_key(key)} = {_scalar(value, path)}")
 
 
-def render(spec: dict[str, Any]) -> str:
-    return to_hocon(config_tree(spec))
+def render(spec: dict[str, Any], root: str = layout.ROOT) -> str:
+    return to_hocon(config_tree(spec, root))
 
 
 def live_ssl_options(tree: Tree) -> dict[str, Tree]:

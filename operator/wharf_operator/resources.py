@@ -106,8 +106,8 @@ def _volumes(spec: dict) -> tuple[list[dict], list[dict]]:
         {"name": "admin-token", "secret": {"secretName": "", "defaultMode": 0o440}},
     ]
     mounts: list[dict] = [
-        {"name": "config", "mountPath": layout.CONFIG_DIR, "readOnly": True},
-        {"name": "admin-token", "mountPath": layout.ADMIN_TOKEN_DIR, "readOnly": True},
+        {"name": "config", "mountPath": layout.config_dir(), "readOnly": True},
+        {"name": "admin-token", "mountPath": layout.admin_token_dir(), "readOnly": True},
     ]
     for listener in spec["listeners"]:
         tls = listener.get("tls")
@@ -134,7 +134,7 @@ def _volumes(spec: dict) -> tuple[list[dict], list[dict]]:
     psk = spec.get("pskAuthentication") or {}
     if psk.get("enabled"):
         volumes.append({"name": "psk", "secret": {"secretName": psk["secretRef"]["name"], "defaultMode": 0o440}})
-        mounts.append({"name": "psk", "mountPath": layout.PSK_DIR, "readOnly": True})
+        mounts.append({"name": "psk", "mountPath": layout.psk_dir(), "readOnly": True})
     return volumes, mounts
 
 
@@ -149,7 +149,7 @@ def stateful_set(broker: str, namespace: str, spec: dict, config_hash: str) -> d
         "image": spec["image"],
         "imagePullPolicy": spec.get("imagePullPolicy", "IfNotPresent"),
         "command": ["wharf-broker"],
-        "args": ["--config", layout.CONFIG_FILE],
+        "args": ["--config", layout.config_file()],
         "ports": ports,
         "env": [
             {"name": "POD_NAME", "valueFrom": {"fieldRef": {"fieldPath": "metadata.name"}}},

@@ -1,0 +1,107 @@
+"""Validation of Secret material before the operator signals any pod."""
+
+from __future__ import annotations
+
+import datetime
+
+import pytest
+
+from wharf_operator import certs
+
+from operator_pki import NOW, make_ca, make_leaf
+
+
+@pytest.fixture(scope="module")
+def ca():
+    return make_ca()
+
+
+def test_valid_material_reports_fingerprint_and_window(ca):
+    leaf = make_leaf(ca)
+    material = certs.validate(leaf.cert_pem, leaf.key_pem(), ca.cert_pem)
+    assert material.fingerprint == leaf.fingerprint
+    assert material.not_after == leaf.cert.not_valid_after_utc
+    assert material.chain_checked is True
+
+
+def test_chain_through_an_intermediate_in_tls_crt(ca):
+    intermediate = make_ca("Wharf Intermediate", issuer=ca)
+    leaf = make_leaf(intermediate)
+    material = certs.validate(leaf.cert_pem + intermediate.cert_pem, leaf.key_pem(), ca.cert_pem)
+    assert material.fingerprint == leaf.fingerprint
+
+
+def test_bundle_with_old_and_new_ca_trusts_both(ca):
+    new_ca = make_ca("Wharf CA 2")
+    bundle = ca.cert_pem + new_ca.cert_pem
+    for issuer in (ca, new_ca):
+        leaf = make_leaf(issuer)
+        assert certs.validate(leaf.cert_pem, leaf.key_pem(), bundle).fingerprint == leaf.fingerprint
+
+
+def test_key_that_belongs_to_another_certificate_is_refused(ca):
+    leaf, other = make_leaf(ca), make_leaf(ca)
+    with pytest.raises(certs.InvalidMaterial) as refused:
+        certs.validate(leaf.cert_pem, other.key_pem(), ca.cert_pem)
+    assert refused.value.reason == certs.KEY_MISMATCH
+
+
+def test_certificate_from_an_untrusted_ca_is_refused(ca):
+    stranger = make_ca("Somebody Else")
+    leaf = make_leaf(stranger)
+    with pytest.raises(certs.InvalidMaterial) as refused:
+        certs.validate(leaf.cert_pem, leaf.key_pem(), ca.cert_pem)
+    assert refused.value.reason == certs.UNTRUSTED
+    assert "does not chain" in refused.value.message
+
+
+def test_forged_issuer_name_without_its_signature_is_refused(ca):
+    impostor = make_ca(ca.cert.subject.rfc4514_string().removeprefix("CN="))  # same name, other key
+    leaf = make_leaf(impostor)
+    with pytest.raises(certs.InvalidMaterial) as refused:
+        certs.validate(leaf.cert_pem, leaf.key_pem(), ca.cert_pem)
+    assert refused.value.reason == certs.UNTRUSTED
+
+
+def test_expired_and_not_yet_valid_certificates_are_refused(ca):
+    expired = make_leaf(ca, not_before=NOW - datetime.timedelta(days=10), not_after=NOW - datetime.timedelta(days=1))
+    with pytest.raises(certs.InvalidMaterial) as refused:
+        certs.validate(expired.cert_pem, expired.key_pem(), ca.cert_pem)
+    assert refused.value.reason == certs.EXPIRED
+    future = make_leaf(ca, not_before=NOW + datetime.timedelta(days=1), not_after=NOW + datetime.timedelta(days=9))
+    with pytest.raises(certs.InvalidMaterial) as refused:
+        certs.validate(future.cert_pem, future.key_pem(), ca.cert_pem)
+    assert refused.value.reason == certs.NOT_YET_VALID
+
+
+@pytest.mark.parametrize("cert_pem, key_pem, reason", [
+    (b"", b"x", certs.MISSING),
+    (b"-----BEGIN CERTIFICATE-----\nnot base64\n-----END CERTIFICATE-----\n", b"x", certs.UNPARSABLE),
+    (b"garbage", b"x", certs.UNPARSABLE),
+])
+def test_garbage_is_refused_with_a_reason(cert_pem, key_pem, reason):
+    with pytest.raises(certs.InvalidMaterial) as refused:
+        certs.validate(cert_pem, key_pem)
+    assert refused.value.reason == reason
+
+
+def test_unparsable_key_is_refused(ca):
+    leaf = make_leaf(ca)
+    with pytest.raises(certs.InvalidMaterial) as refused:
+        certs.validate(leaf.cert_pem, b"-----BEGIN PRIVATE KEY-----\nAAAA\n-----END PRIVATE KEY-----\n")
+    assert refused.value.reason == certs.UNPARSABLE
+
+
+def test_encrypted_key_needs_its_password(ca):
+    leaf = make_leaf(ca)
+    encrypted = leaf.key_pem(b"s3cret")
+    assert certs.validate(leaf.cert_pem, encrypted, ca.cert_pem, password=b"s3cret").fingerprint == leaf.fingerprint
+    for wrong in (None, b"nope"):
+        with pytest.raises(certs.InvalidMaterial) as refused:
+            certs.validate(leaf.cert_pem, encrypted, ca.cert_pem, password=wrong)
+        assert refused.value.reason == certs.UNPARSABLE
+
+
+def test_without_a_ca_bundle_the_chain_is_not_claimed_checked(ca):
+    leaf = make_leaf(ca)
+    assert certs.validate(leaf.cert_pem, leaf.key_pem()).chain_checked is False

@@ -1,0 +1,162 @@
+"""The MQTTBroker CRD: one source, documented, defaulted, and its CEL rules refuse what they should.
+
+The schema is checked offline with jsonschema and the CEL rules are evaluated with cel-python on the same
+objects the API server would see (after defaulting). The real API server's verdict is the real-API suite's job.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import jsonschema
+import pytest
+import yaml
+
+from wharf_operator import crd
+
+REPO = Path(__file__).resolve().parents[2]
+CRD_FILE = REPO / "manifests" / "crds" / "mqttbrokers.mqtt.wharf.dev.yaml"
+EXAMPLES = sorted((REPO / "manifests" / "examples").glob("*.yaml"))
+
+
+def _schema() -> dict:
+    return crd.crd_manifest()["spec"]["versions"][0]["schema"]["openAPIV3Schema"]
+
+
+def test_manifest_file_is_generated_from_crd_py():
+    assert CRD_FILE.read_text() == crd.render_yaml(), \
+        "manifests/crds is stale: run python -m wharf_operator.crd > " + str(CRD_FILE.relative_to(REPO))
+
+
+def test_identity_subresources_and_columns():
+    manifest = yaml.safe_load(CRD_FILE.read_text())
+    assert manifest["metadata"]["name"] == "mqttbrokers.mqtt.wharf.dev"
+    names = manifest["spec"]["names"]
+    assert (names["kind"], names["plural"], names["shortNames"]) == ("MQTTBroker", "mqttbrokers", ["mqb"])
+    version = manifest["spec"]["versions"][0]
+    assert version["name"] == "v1alpha1" and version["served"] and version["storage"]
+    assert version["subresources"]["status"] == {}
+    assert version["subresources"]["scale"]["specReplicasPath"] == ".spec.replicas"
+    columns = [c["name"] for c in version["additionalPrinterColumns"]]
+    assert columns == ["Ready", "Replicas", "Available", "Cert-Expiry", "Age"]
+
+
+def _walk(schema: dict, path: str):
+    yield path, schema
+    for key, sub in (schema.get("properties") or {}).items():
+        yield from _walk(sub, f"{path}.{key}")
+    if "items" in schema:
+        yield from _walk(schema["items"], f"{path}[]")
+
+
+def test_every_field_has_a_description():
+    missing = [path for path, node in _walk(_schema()["properties"]["spec"], "spec") if not node.get("description")]
+    missing += [path for path, node in _walk(_schema()["properties"]["status"], "status")
+                if not node.get("description")]
+    assert missing == []
+
+
+def test_structural_schema_every_node_has_a_type():
+    untyped = [path for path, node in _walk(_schema(), "") if "type" not in node]
+    assert untyped == []
+
+
+def test_defaults_fill_an_empty_spec():
+    spec = crd.defaulted_spec({})
+    assert spec["replicas"] == 1
+    assert spec["listeners"] == [{"name": "mqtt", "type": "tcp", "port": 1883, "proxyProtocol": False}]
+    assert spec["service"] == {"type": "ClusterIP"}
+    assert spec["reloadInterval"] == "120s"
+    assert spec["podDisruptionBudget"] == {"maxUnavailable": 1}
+
+
+def test_defaults_inside_tls():
+    spec = crd.defaulted_spec({"listeners": [{"name": "s", "type": "ssl", "port": 8883,
+                                              "tls": {"secretName": "x", "caRef": {"name": "ca"}}}]})
+    tls = spec["listeners"][0]["tls"]
+    assert tls["verify"] == "verify_none" and tls["failIfNoPeerCert"] is False
+    assert tls["versions"] == ["tlsv1.3", "tlsv1.2"] and tls["depth"] == 10
+    assert tls["caRef"] == {"name": "ca", "kind": "Secret", "key": "ca.crt"}
+
+
+# --- CEL rules, evaluated with cel-python ----------------------------------------------------------------
+
+def _rule_sites(schema: dict, value, path: str = "spec"):
+    """Yield (path, rule, value) for every x-kubernetes-validations rule that applies to ``value``."""
+    for rule in schema.get("x-kubernetes-validations") or []:
+        yield path, rule, value
+    if isinstance(value, dict):
+        for key, sub in (schema.get("properties") or {}).items():
+            if key in value:
+                yield from _rule_sites(sub, value[key], f"{path}.{key}")
+    elif isinstance(value, list) and "items" in schema:
+        for index, item in enumerate(value):
+            yield from _rule_sites(schema["items"], item, f"{path}[{index}]")
+
+
+def cel_violations(spec: dict) -> list[str]:
+    celpy = pytest.importorskip("celpy", reason="cel-python is not installed")
+    env = celpy.Environment()
+    messages = []
+    for path, rule, value in _rule_sites(crd.spec_schema(), crd.defaulted_spec(spec)):
+        program = env.program(env.compile(rule["rule"]))
+        if not bool(program.evaluate({"self": celpy.json_to_cel(value)})):
+            messages.append(rule["message"])
+    return messages
+
+
+def _ssl(**tls) -> dict:
+    return {"listeners": [{"name": "mqtts", "type": "ssl", "port": 8883, "tls": {"secretName": "x", **tls}}]}
+
+
+@pytest.mark.parametrize("spec, message", [
+    (_ssl(failIfNoPeerCert=True), "failIfNoPeerCert needs verify: verify_peer"),
+    (_ssl(verify="verify_peer"), "verify: verify_peer needs caRef (a trusted CA bundle)"),
+    (_ssl(enableCrlCheck=True), "enableCrlCheck needs verify: verify_peer"),
+    (_ssl(peerCertAsClientid="cn"), "peerCertAsUsername/peerCertAsClientid need verify: verify_peer"),
+    (_ssl(ciphers=["PSK-AES128-GCM-SHA256"], versions=["tlsv1.3"]),
+     "PSK cipher suites need TLS 1.2 or older in versions: PSK is not offered with TLS 1.3 only"),
+    (_ssl(ocspStapling={"enabled": True}), "ocspStapling.enabled needs responderUrl"),
+    ({"listeners": [{"name": "mqtts", "type": "ssl", "port": 8883}]},
+     "ssl and wss listeners need tls; tcp and ws listeners must not have it"),
+    ({"listeners": [{"name": "m", "type": "tcp", "port": 1883, "tls": {"secretName": "x"}}]},
+     "ssl and wss listeners need tls; tcp and ws listeners must not have it"),
+    ({"listeners": [{"name": "m", "type": "tcp", "port": 1883, "websocket": {"path": "/x"}}]},
+     "websocket settings only apply to ws and wss listeners"),
+    ({"listeners": [{"name": "m", "type": "tcp", "port": 18083}]}, "port 18083 is the broker's admin API"),
+    ({"listeners": [{"name": "a", "type": "tcp", "port": 1883}, {"name": "b", "type": "ws", "port": 1883}]},
+     "listener ports must be unique"),
+    ({"pskAuthentication": {"enabled": True}}, "pskAuthentication.enabled needs secretRef"),
+    ({**_ssl(), "certificate": {"issuerRef": {"name": "ca"}, "secretName": "other"}},
+     "certificate.secretName must be the tls.secretName of a listener"),
+])
+def test_invalid_combinations_are_refused(spec, message):
+    assert message in cel_violations(spec)
+
+
+@pytest.mark.parametrize("spec", [
+    {},
+    _ssl(),
+    _ssl(verify="verify_peer", caRef={"name": "ca"}, failIfNoPeerCert=True, enableCrlCheck=True,
+         peerCertAsUsername="cn"),
+    _ssl(ciphers=["PSK-AES128-GCM-SHA256"], versions=["tlsv1.3", "tlsv1.2"]),
+    {**_ssl(), "certificate": {"issuerRef": {"name": "ca"}, "secretName": "x"}},
+])
+def test_valid_specs_pass_every_rule(spec):
+    assert cel_violations(spec) == []
+
+
+@pytest.mark.parametrize("path", EXAMPLES, ids=lambda p: p.name)
+def test_examples_are_valid_mqttbrokers(path):
+    brokers = [doc for doc in yaml.safe_load_all(path.read_text()) if doc and doc.get("kind") == "MQTTBroker"]
+    assert brokers, f"{path.name} has no MQTTBroker"
+    for broker in brokers:
+        jsonschema.validate(broker, _schema())
+        assert cel_violations(broker["spec"]) == []
+
+
+def test_schema_refuses_wrong_types():
+    with pytest.raises(jsonschema.ValidationError):
+        jsonschema.validate({"spec": {"listeners": [{"name": "m", "type": "tcp", "port": 70000}]}}, _schema())
+    with pytest.raises(jsonschema.ValidationError):
+        jsonschema.validate({"spec": {"listeners": [{"name": "m", "type": "quic", "port": 1}]}}, _schema())
