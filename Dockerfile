@@ -39,11 +39,13 @@ RUN groupadd --system --gid "${WHARF_UID}" wharf \
     && useradd --system --uid "${WHARF_UID}" --gid wharf --home-dir /opt/wharf --no-create-home \
        --shell /usr/sbin/nologin wharf
 COPY --from=build /opt/wharf/venv /opt/wharf/venv
-COPY etc/certs/ /opt/wharf/etc/certs/
+# Test certificates for a bare `docker run` (the built-in config's ssl/wss listeners); never the CA's key.
+COPY etc/certs/server.crt etc/certs/server.key etc/certs/rootCA.crt /opt/wharf/etc/certs/
 WORKDIR /opt/wharf
 ENV PATH=/opt/wharf/venv/bin:/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin \
     PYTHONUNBUFFERED=1 \
-    PYTHONDONTWRITEBYTECODE=1
+    PYTHONDONTWRITEBYTECODE=1 \
+    WHARF_HOME=/opt/wharf
 # Numeric, so Kubernetes can verify runAsNonRoot without reading /etc/passwd.
 USER ${WHARF_UID}:${WHARF_UID}
 # MQTT over TCP, TLS, WebSocket, secure WebSocket; the admin API.

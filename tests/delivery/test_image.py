@@ -1,0 +1,169 @@
+"""The container image, built for real: it runs the broker by default and serves MQTT over TLS to the host.
+
+Slow (an image build). Needs a Docker daemon: DOCKER_HOST if it answers, else a private dockerd started from
+Debian's docker.io by scripts/local-dockerd.sh (root). The base image is WHARF_IMAGE_BASE when set (CI: the
+official slim Python image), else the local debootstrap image from scripts/build-base-image.sh.
+The container shares the host's network and its listeners bind to free loopback ports (the daemon runs
+without a bridge), so nothing is reachable from outside the machine.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import queue
+import shutil
+import socket
+import ssl
+import subprocess
+import time
+import uuid
+from pathlib import Path
+
+import paho.mqtt.client as mqtt
+import pytest
+from delivery_support import ROOT
+
+pytestmark = pytest.mark.slow
+
+DOCKER = "/usr/bin/docker" if Path("/usr/bin/docker").exists() else (shutil.which("docker") or "docker")
+CERTS = ROOT / "etc" / "certs"
+TAG = "wharf:test"
+
+
+def docker(*args: str, env: dict, timeout: float = 120, check: bool = True) -> subprocess.CompletedProcess[str]:
+    proc = subprocess.run([DOCKER, *args], capture_output=True, text=True, env=env, timeout=timeout)
+    if check and proc.returncode != 0:
+        raise AssertionError(f"docker {' '.join(args)} failed:\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}")
+    return proc
+
+
+@pytest.fixture(scope="module")
+def docker_env():
+    env = dict(os.environ)
+    if env.get("DOCKER_HOST") or Path("/var/run/docker.sock").exists():
+        if subprocess.run([DOCKER, "version"], capture_output=True, env=env).returncode == 0:
+            yield env
+            return
+    if not Path("/usr/sbin/dockerd").exists() or os.geteuid() != 0:
+        pytest.skip("no Docker daemon answers and Debian's docker.io (dockerd) is not installed, or not root")
+    script = ROOT / "scripts" / "local-dockerd.sh"
+    running = subprocess.run([DOCKER, "-H", "unix:///run/wharf-dockerd/docker.sock", "version"],
+                             capture_output=True).returncode == 0
+    proc = subprocess.run([str(script), "start"], capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    env["DOCKER_HOST"] = proc.stdout.strip().split("=", 1)[1]
+    yield env
+    if not running:  # stop only a daemon this test started
+        subprocess.run([str(script), "stop"], capture_output=True, timeout=60)
+
+
+@pytest.fixture(scope="module")
+def image(docker_env: dict) -> str:
+    base = os.environ.get("WHARF_IMAGE_BASE")
+    if not base:
+        proc = subprocess.run([str(ROOT / "scripts" / "build-base-image.sh")], capture_output=True, text=True,
+                              env={**docker_env, "CONTAINER_CLI": DOCKER}, timeout=900)
+        assert proc.returncode == 0, proc.stderr[-3000:]
+        base = proc.stdout.strip()
+    # Host network for the build: RUN steps reach the package index without a bridge.
+    docker("build", "--network", "host", "--build-arg", f"BASE_IMAGE={base}", "-t", TAG, str(ROOT),
+           env=docker_env, timeout=1200)
+    return TAG
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def test_image_runs_unprivileged_without_build_tools(image: str, docker_env: dict) -> None:
+    out = docker("run", "--rm", "--network", "none", image, "sh", "-c",
+                 "id -u; for t in pip pip3 gcc cc make; do command -v $t || true; done; "
+                 "ls /opt/wharf/etc/certs; wharf-operator --version; wharf-broker --version",
+                 env=docker_env).stdout.split()
+    assert out[0] == "10001"
+    assert not any(word.endswith(("/pip", "/pip3", "/gcc", "/cc", "/make")) for word in out), out
+    assert "rootCA.key" not in out and "rootCA.crt" in out
+    assert "wharf-operator" in out and "wharf-broker" in out
+
+
+def test_default_command_is_the_broker(image: str, docker_env: dict) -> None:
+    config = docker("image", "inspect", "--format", "{{json .Config.Cmd}} {{.Config.User}}", image,
+                    env=docker_env).stdout.strip()
+    assert config == '["wharf-broker"] 10001:10001'
+
+
+@pytest.fixture
+def broker_container(image: str, docker_env: dict):
+    """The image's default command (the broker, built-in config, bundled test certificates) on loopback ports."""
+    ports = {name: free_port() for name in ("TCP", "SSL", "WS", "WSS", "DASHBOARD")}
+    name = f"wharf-test-{uuid.uuid4().hex[:8]}"
+    args = ["run", "-d", "--name", name, "--network", "host"]
+    for listener, port in ports.items():
+        args += ["-e", f"WHARF_{listener}_BIND=127.0.0.1:{port}"]
+    docker(*args, image, env=docker_env)
+    try:
+        deadline = time.monotonic() + 60
+        while True:
+            try:
+                socket.create_connection(("127.0.0.1", ports["SSL"]), timeout=1).close()
+                break
+            except OSError:
+                state = docker("inspect", "--format", "{{.State.Running}}", name, env=docker_env).stdout.strip()
+                logs = docker("logs", name, env=docker_env, check=False)
+                assert state == "true", f"the broker container exited:\n{logs.stdout}{logs.stderr}"
+                assert time.monotonic() < deadline, f"the broker never listened:\n{logs.stderr[-2000:]}"
+                time.sleep(0.5)
+        yield ports
+    finally:
+        docker("rm", "-f", name, env=docker_env, check=False)
+
+
+def tls_client(client_id: str, with_client_cert: bool) -> mqtt.Client:
+    client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=client_id, protocol=mqtt.MQTTv5)
+    context = ssl.create_default_context(cafile=str(CERTS / "rootCA.crt"))
+    if with_client_cert:
+        context.load_cert_chain(str(CERTS / "client.crt"), str(CERTS / "client.key"))
+    client.tls_set_context(context)
+    return client
+
+
+@pytest.mark.parametrize("with_client_cert", [False, True], ids=["one-way", "mutual"])
+def test_host_exchanges_messages_with_the_container_over_tls(broker_container: dict,
+                                                             with_client_cert: bool) -> None:
+    port = broker_container["SSL"]
+    # The certificate served is the bundled test certificate, verified against its CA for "localhost".
+    context = ssl.create_default_context(cafile=str(CERTS / "rootCA.crt"))
+    with socket.create_connection(("127.0.0.1", port), timeout=10) as raw, \
+            context.wrap_socket(raw, server_hostname="localhost") as tls:
+        served = hashlib.sha256(tls.getpeercert(binary_form=True)).hexdigest()
+    expected = hashlib.sha256(ssl.PEM_cert_to_DER_cert((CERTS / "server.crt").read_text())).hexdigest()
+    assert served == expected
+
+    received: queue.Queue = queue.Queue()
+    subscriber = tls_client("image-sub", with_client_cert)
+    subscriber.on_message = lambda _c, _u, message: received.put((message.topic, message.payload))
+    subscriber.connect("localhost", port)
+    subscriber.loop_start()
+    publisher = tls_client("image-pub", with_client_cert)
+    publisher.connect("localhost", port)
+    publisher.loop_start()
+    try:
+        subscribed = subscriber.subscribe("image/test", qos=1)
+        assert subscribed[0] == mqtt.MQTT_ERR_SUCCESS
+        # Publish until the subscription is in place (SUBACK is asynchronous), bounded.
+        for _ in range(20):
+            publisher.publish("image/test", b"over tls", qos=1).wait_for_publish(timeout=5)
+            try:
+                assert received.get(timeout=1) == ("image/test", b"over tls")
+                break
+            except queue.Empty:
+                continue
+        else:
+            pytest.fail("no message came back through the containerised broker")
+    finally:
+        for client in (subscriber, publisher):
+            client.disconnect()
+            client.loop_stop()
