@@ -7,7 +7,6 @@ here passes through ``scrub()``: key material and passwords never do.
 
 from __future__ import annotations
 
-import asyncio
 import dataclasses
 import datetime as dt
 import enum
@@ -157,8 +156,11 @@ async def update_listener(request: web.Request) -> web.Response:
     if extra or "ssl_options" not in body:
         return _error(400, "BAD_REQUEST", "only ssl_options can be changed at run time"
                       + (f" (not {', '.join(extra)})" if extra else ""))
+    changes = body["ssl_options"]
+    if isinstance(changes, dict) and changes.get("password") == "******":
+        changes = {k: v for k, v in changes.items() if k != "password"}  # the masked value read back: unchanged
     try:
-        options = bind_ssl_options(body["ssl_options"], listener.config.ssl_options,
+        options = bind_ssl_options(changes, listener.config.ssl_options,
                                    f"listeners.{listener.type}.{listener.name}.ssl_options", source="<request>")
         await listener.update_ssl_options(options)
     except ConfigError as exc:
@@ -181,20 +183,13 @@ async def reload_listener(request: web.Request) -> web.Response:
     timeout = body.get("timeout", 30.0 if fingerprint else 0.0)
     if isinstance(timeout, bool) or not isinstance(timeout, (int, float)) or not 0 <= timeout <= MAX_RELOAD_WAIT:
         return _error(400, "BAD_REQUEST", f"timeout must be a number of seconds in 0..{MAX_RELOAD_WAIT:g}")
-    try:
-        result = await listener.reload(expected_fingerprint=fingerprint, timeout=float(timeout))
-    except (asyncio.TimeoutError, TimeoutError) as exc:
-        return _error(409, "FINGERPRINT_NOT_SEEN", str(exc) or
-                      f"the files did not carry certificate {fingerprint} within {timeout:g}s",
-                      fingerprint=listener.tls_status().get("fingerprint_sha256"))
-    except ValueError as exc:  # invalid material: the old certificate keeps serving
-        return _error(422, "INVALID_CERTIFICATE", str(exc))
-    served = _field(result, "fingerprint") or certificate_view(listener.tls_status()).get("fingerprint_sha256")
-    if fingerprint and served != fingerprint:
-        return _error(409, "FINGERPRINT_NOT_SEEN",
-                      f"the files did not carry certificate {fingerprint} within {timeout:g}s", fingerprint=served)
+    result = await listener.reload(expected_fingerprint=fingerprint, timeout=float(timeout))
+    served = _field(result, "fingerprint")
+    if _field(result, "timed_out"):
+        return _error(409, "FINGERPRINT_NOT_SEEN", str(_field(result, "error") or
+                      f"the files did not carry certificate {fingerprint} within {timeout:g}s"), fingerprint=served)
     error = _field(result, "error")
-    if error:
+    if error:  # invalid material: the old certificate keeps serving
         return _error(422, "INVALID_CERTIFICATE", str(error), fingerprint=served)
     return _json({"reloaded": bool(_field(result, "reloaded", False)), "fingerprint": served})
 

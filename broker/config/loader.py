@@ -461,6 +461,8 @@ class _Checker:
                 self.issue(f"{key}.{name}", "is required for a TLS listener")
             else:
                 self.check_file(options, name, f"{key}.{name}")
+        if options.password_file:
+            self.check_file(options, "password_file", f"{key}.password_file")
         if options.cacertfile:
             self.check_file(options, "cacertfile", f"{key}.cacertfile")
         elif options.verify == "verify_peer":
