@@ -1,0 +1,112 @@
+"""Authentication: a chain of hooks asked in order, with EMQX's chain semantics.
+
+Each hook answers a ``ConnectInfo`` with ``allow``, ``deny`` or ``ignore``. The first allow or deny decides;
+when every hook ignores (or there are none), ``authentication.allow_anonymous`` decides.
+
+A hook is any object with ``async authenticate(info) -> AuthResult``. For X.509 listeners configured with
+``peer_cert_as_username`` / ``peer_cert_as_clientid``, the client's username / client id are taken from its
+certificate before the chain runs (``identity_from_certificate``).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+from .mqtt import reason_codes as rc
+
+ALLOW = "allow"
+DENY = "deny"
+IGNORE = "ignore"
+
+
+@dataclass
+class ConnectInfo:
+    client_id: str
+    username: str | None
+    password: bytes | None
+    listener_id: str
+    peer: tuple | None
+    protocol_version: int
+    # The TLS peer identity (``wharf_broker.tls.PeerIdentity``) when the client presented a certificate.
+    peer_identity: Any = None
+
+
+@dataclass(frozen=True)
+class AuthResult:
+    decision: str
+    # The 5.0 CONNACK reason code for a denial (mapped to a 3.1.1 return code for older clients).
+    reason_code: int = rc.SUCCESS
+    reason: str = ""
+    attributes: dict = field(default_factory=dict)
+
+    @classmethod
+    def allow(cls, **attributes) -> "AuthResult":
+        return cls(ALLOW, rc.SUCCESS, "", attributes)
+
+    @classmethod
+    def deny(cls, reason_code: int = rc.NOT_AUTHORIZED, reason: str = "") -> "AuthResult":
+        return cls(DENY, reason_code, reason)
+
+    @classmethod
+    def ignore(cls) -> "AuthResult":
+        return cls(IGNORE)
+
+    @property
+    def allowed(self) -> bool:
+        return self.decision == ALLOW
+
+
+class Authenticator(Protocol):
+    async def authenticate(self, info: ConnectInfo) -> AuthResult: ...
+
+
+class AuthChain:
+    def __init__(self, allow_anonymous: bool = True, hooks: list[Authenticator] | None = None) -> None:
+        self.allow_anonymous = allow_anonymous
+        self.hooks: list[Authenticator] = list(hooks or ())
+
+    def add(self, hook: Authenticator) -> None:
+        self.hooks.append(hook)
+
+    def fallback(self, info: ConnectInfo) -> AuthResult:
+        """The decision when no hook decided."""
+        if self.allow_anonymous:
+            return AuthResult.allow()
+        if info.username is not None or info.password is not None:
+            return AuthResult.deny(rc.BAD_USER_NAME_OR_PASSWORD, "no authenticator accepted the credentials")
+        return AuthResult.deny(rc.NOT_AUTHORIZED, "anonymous access is disabled")
+
+    async def authenticate(self, info: ConnectInfo) -> AuthResult:
+        for hook in self.hooks:
+            result = await hook.authenticate(info)
+            if result.decision != IGNORE:
+                return result
+        return self.fallback(info)
+
+
+_peer_identity_fn: Any = None
+
+
+def peer_identity(transport) -> Any:
+    """The TLS layer's identity of the peer behind ``transport``, or None (plain TCP, no certificate, or no
+    TLS layer installed)."""
+    global _peer_identity_fn
+    if _peer_identity_fn is None:
+        try:
+            from .tls import peer_identity as found  # the TLS layer is optional for this module
+        except ImportError:
+            found = False
+        _peer_identity_fn = found
+    if not _peer_identity_fn:
+        return None
+    return _peer_identity_fn(transport)
+
+
+def identity_from_certificate(identity, mode: str) -> str | None:
+    """The username or client id a certificate yields under ``peer_cert_as_*`` = ``mode`` (None if disabled
+    or not available)."""
+    if identity is None or mode == "disabled":
+        return None
+    value = identity.as_identity(mode)
+    return value or None

@@ -1,0 +1,566 @@
+"""One client's MQTT protocol state: CONNECT, PUBLISH and its acknowledgements, SUBSCRIBE, ... .
+
+The connection feeds decoded packets to ``handle``; handlers raise ``ProtocolViolation`` for anything the
+client must be disconnected for (the connection then calls ``abort``). Outgoing packets go through the
+connection's coalescing writer. The broker is reached only through its application interface (router,
+sessions, retained store, wills).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import time
+from typing import TYPE_CHECKING
+
+from .auth import ConnectInfo, identity_from_certificate, peer_identity
+from .mqtt import reason_codes as rc
+from .mqtt.frame import encode
+from .mqtt.packets import (AUTH, CONNACK, CONNECT, DISCONNECT, MQTT_5, NAMES, PINGREQ, PINGRESP, PUBACK,
+                           PUBCOMP, PUBLISH, PUBREC, PUBREL, SUBACK, SUBSCRIBE, UNSUBACK, UNSUBSCRIBE, Connack,
+                           Disconnect, PubAck, Suback, Unsuback)
+from .mqtt.topic import has_wildcard, parse_shared, valid_topic_filter
+from .router import Message, Subscription
+
+if TYPE_CHECKING:
+    from .broker import Broker
+    from .connection import Connection
+
+log = logging.getLogger("wharf_broker.channel")
+
+# 5.0 PUBLISH properties a subscriber receives as the publisher sent them.
+_PASSED_THROUGH = ("payload_format_indicator", "content_type", "response_topic", "correlation_data",
+                   "user_property")
+_PINGRESP = b"\xd0\x00"
+# QoS 0 messages for a client whose socket is backed up beyond this are dropped (slow consumer).
+SLOW_CONSUMER_BYTES = 16 * 1024 * 1024
+_NEVER_EXPIRES = 0xFFFFFFFF
+
+
+class ProtocolViolation(Exception):
+    """The client broke the protocol; it is disconnected with ``reason_code`` (5.0) or just closed."""
+
+    def __init__(self, reason_code: int, message: str) -> None:
+        super().__init__(message)
+        self.reason_code = reason_code
+
+
+class Channel:
+    __slots__ = ("broker", "connection", "settings", "version", "v5", "client_id", "username", "session",
+                 "connected", "connect_received", "will", "keepalive", "send_window", "client_max_packet",
+                 "topic_aliases", "session_expiry", "problem_information", "connected_at", "_disconnected",
+                 "_sent", "_loop")
+
+    def __init__(self, broker: "Broker", connection: "Connection") -> None:
+        self.broker = broker
+        self.connection = connection
+        self.settings = broker.config.mqtt
+        self.version = 4
+        self.v5 = False
+        self.client_id: str | None = None
+        self.username: str | None = None
+        self.session = None
+        self.connected = False  # CONNACK accepted sent, not yet terminated
+        self.connect_received = False
+        self.will = None
+        self.keepalive = 0
+        self.send_window = self.settings.max_inflight or 65535
+        self.client_max_packet: int | None = None
+        self.topic_aliases: dict[int, str] | None = None
+        self.session_expiry = 0.0
+        self.problem_information = True
+        self.connected_at: float | None = None
+        self._disconnected = False
+        self._sent = broker.metrics.sent.labels()
+        self._loop = broker.loop
+
+    # --------------------------------------------------------------------------------------------- dispatch
+
+    def handle(self, packet) -> bool:
+        """Process one packet. Returns True when processing must wait (CONNECT under asynchronous auth)."""
+        ptype = packet.type
+        if ptype == PUBLISH:
+            if not self.connected:
+                raise ProtocolViolation(rc.PROTOCOL_ERROR, "PUBLISH before CONNECT")
+            self.handle_publish(packet)
+            return False
+        if ptype == CONNECT:
+            return self.handle_connect(packet)
+        if not self.connected:
+            raise ProtocolViolation(rc.PROTOCOL_ERROR, f"{NAMES[ptype]} before CONNECT")
+        if ptype == PUBACK:
+            self.handle_puback(packet)
+        elif ptype == PUBREC:
+            self.handle_pubrec(packet)
+        elif ptype == PUBREL:
+            self.handle_pubrel(packet)
+        elif ptype == PUBCOMP:
+            self.handle_pubcomp(packet)
+        elif ptype == PINGREQ:
+            self.handle_pingreq(packet)
+        elif ptype == SUBSCRIBE:
+            self.handle_subscribe(packet)
+        elif ptype == UNSUBSCRIBE:
+            self.handle_unsubscribe(packet)
+        elif ptype == DISCONNECT:
+            self.handle_disconnect(packet)
+        elif ptype == AUTH:
+            self.handle_auth(packet)
+        else:  # CONNACK, SUBACK, UNSUBACK, PINGRESP: server-to-client only
+            raise ProtocolViolation(rc.PROTOCOL_ERROR, f"client sent {NAMES[ptype]}")
+        return False
+
+    def send(self, packet) -> None:
+        self.connection.write(encode(packet, self.version))
+
+    # ---------------------------------------------------------------------------------------------- CONNECT
+
+    def handle_connect(self, packet) -> bool:
+        if self.connect_received:
+            raise ProtocolViolation(rc.PROTOCOL_ERROR, "second CONNECT")
+        self.connect_received = True
+        self.connection.connect_arrived()
+        self.version = packet.version
+        self.v5 = v5 = packet.version == MQTT_5
+        settings = self.settings
+        props = packet.properties
+        if v5:
+            self.problem_information = props.get("request_problem_information", 1) == 1
+            if "authentication_method" in props:
+                return self._refuse(rc.BAD_AUTHENTICATION_METHOD, "enhanced authentication is not supported")
+        client_id = packet.client_id
+        if len(client_id) > settings.max_clientid_len:
+            return self._refuse(rc.CLIENT_IDENTIFIER_NOT_VALID, "client id too long")
+        will = packet.will
+        if will is not None:
+            if not will.topic or has_wildcard(will.topic):
+                return self._refuse(rc.TOPIC_NAME_INVALID, "invalid will topic")
+            if will.qos > settings.max_qos_allowed:
+                return self._refuse(rc.QOS_NOT_SUPPORTED, "will QoS not supported")
+            if will.retain and not settings.retain_available:
+                return self._refuse(rc.RETAIN_NOT_SUPPORTED, "retained messages are not supported")
+            if will.properties.get("payload_format_indicator") == 1 and not _is_utf8(will.payload):
+                return self._refuse(rc.PAYLOAD_FORMAT_INVALID, "will payload is not UTF-8")
+
+        transport = self.connection.transport
+        listener = self.connection.listener
+        identity = peer_identity(transport) if transport is not None else None
+        username = packet.username
+        cert_username = identity_from_certificate(identity, listener.peer_cert_as_username)
+        if cert_username is not None:
+            username = cert_username
+        cert_client_id = identity_from_certificate(identity, listener.peer_cert_as_clientid)
+        if cert_client_id is not None:
+            client_id = cert_client_id
+        info = ConnectInfo(client_id, username, packet.password, listener.id, self.connection.peer,
+                           packet.version, identity)
+        chain = self.broker.auth
+        if not chain.hooks:
+            self._connect_authenticated(packet, info, chain.fallback(info))
+            return False
+        task = self._loop.create_task(chain.authenticate(info))
+        task.add_done_callback(lambda done: self._auth_done(packet, info, done))
+        return True
+
+    def _auth_done(self, packet, info: ConnectInfo, task) -> None:
+        if self._disconnected:
+            return
+        if task.cancelled():
+            self.connection.close()
+            return
+        error = task.exception()
+        if error is not None:
+            log.warning("authentication of client %r from %s failed: %r", info.client_id, self.connection.peer,
+                        error)
+            self._refuse(rc.UNSPECIFIED_ERROR, "authentication failed")
+        else:
+            try:
+                self._connect_authenticated(packet, info, task.result())
+            except Exception:  # noqa: BLE001 - one client's failure must not escape the callback
+                log.exception("error while connecting client %r", info.client_id)
+                self.connection.close()
+                return
+        self.connection.resume_processing()
+
+    def _connect_authenticated(self, packet, info: ConnectInfo, result) -> None:
+        if not result.allowed:
+            log.info("client %r from %s refused: %s", info.client_id, self.connection.peer,
+                     result.reason or "not authorized")
+            self._refuse(result.reason_code or rc.NOT_AUTHORIZED, result.reason or "not authorized")
+            return
+        settings = self.settings
+        v5 = self.v5
+        props = packet.properties
+        ack_props: dict = {}
+        client_id = info.client_id
+        if not client_id:
+            if not v5 and not packet.clean_start:
+                self._refuse(rc.CLIENT_IDENTIFIER_NOT_VALID, "empty client id needs a clean session")
+                return
+            client_id = "wharf-" + os.urandom(8).hex()
+            if v5:
+                ack_props["assigned_client_identifier"] = client_id
+        self.client_id = client_id
+        self.username = info.username
+
+        # Session lifetime: 5.0 asks for one (capped); 3.1.1 persistent sessions get the configured one.
+        cap = settings.session_expiry_interval
+        if v5:
+            requested = props.get("session_expiry_interval", 0)
+            expiry = cap if requested == _NEVER_EXPIRES else min(float(requested), cap)
+            if expiry != requested:
+                ack_props["session_expiry_interval"] = int(expiry)
+        else:
+            expiry = 0.0 if packet.clean_start else cap
+        self.session_expiry = expiry
+
+        if v5:
+            receive_maximum = props.get("receive_maximum", 65535)
+            self.send_window = min(settings.max_inflight or 65535, receive_maximum)
+            self.client_max_packet = props.get("maximum_packet_size")
+            if settings.max_topic_alias:
+                ack_props["topic_alias_maximum"] = min(settings.max_topic_alias, 65535)
+            if settings.max_awaiting_rel is not None:
+                ack_props["receive_maximum"] = max(1, min(settings.max_awaiting_rel, 65535))
+            ack_props["maximum_packet_size"] = settings.max_packet_size
+            if settings.max_qos_allowed < 2:
+                ack_props["maximum_qos"] = settings.max_qos_allowed
+            if not settings.retain_available:
+                ack_props["retain_available"] = 0
+            if not settings.wildcard_subscription:
+                ack_props["wildcard_subscription_available"] = 0
+            if not settings.shared_subscription:
+                ack_props["shared_subscription_available"] = 0
+            if props.get("request_response_information") == 1 and settings.response_information:
+                ack_props["response_information"] = settings.response_information
+        keepalive = packet.keepalive
+        if v5 and settings.server_keepalive is not None:
+            keepalive = settings.server_keepalive
+            ack_props["server_keep_alive"] = keepalive
+        self.keepalive = keepalive
+
+        if packet.will is not None:
+            self.will = packet.will
+
+        broker = self.broker
+        session, present = broker.attach(self, client_id, packet.clean_start)
+        self.session = session
+        session.expiry_interval = expiry
+        self.connected = True
+        self.connected_at = time.time()
+        self.send(Connack(present, rc.SUCCESS, ack_props))
+        self.connection.start_keepalive(keepalive * settings.keepalive_multiplier if keepalive else 0)
+        self.connection.start_housekeeping()
+        if present:
+            session.resume()
+
+    def _refuse(self, reason_code: int, reason: str) -> bool:
+        """Answer the CONNECT with a refusal and close."""
+        props = {"reason_string": reason} if self.v5 and self.problem_information else None
+        code = reason_code if self.v5 else rc.connack_v3(reason_code)
+        self.send(Connack(False, code, props))
+        self.connection.close()
+        return False
+
+    # ---------------------------------------------------------------------------------------------- PUBLISH
+
+    def handle_publish(self, packet) -> None:
+        topic = packet.topic
+        properties = packet.properties
+        settings = self.settings
+        expires_at = None
+        if properties is not None:
+            topic, properties, expires_at = self._publish_properties(topic, properties)
+        if not topic or "+" in topic or "#" in topic:
+            raise ProtocolViolation(rc.TOPIC_NAME_INVALID, f"invalid topic name {topic!r}")
+        if topic.count("/") >= settings.max_topic_levels:
+            raise ProtocolViolation(rc.TOPIC_NAME_INVALID, "too many topic levels")
+        qos = packet.qos
+        if qos > settings.max_qos_allowed:
+            raise ProtocolViolation(rc.QOS_NOT_SUPPORTED, f"QoS {qos} not supported")
+        if packet.retain and not settings.retain_available:
+            raise ProtocolViolation(rc.RETAIN_NOT_SUPPORTED, "retained messages are not supported")
+        message = Message(topic, packet.payload, qos, packet.retain, properties, self.client_id, expires_at)
+        broker = self.broker
+        if qos == 0:
+            broker.publish(message)
+            return
+        packet_id = packet.packet_id
+        if qos == 1:
+            delivered = broker.publish(message)
+            if self.v5 and not delivered:
+                self.connection.write(encode(PubAck(PUBACK, packet_id, rc.NO_MATCHING_SUBSCRIBERS), 5))
+            else:
+                self.connection.write(b"\x40\x02" + packet_id.to_bytes(2, "big"))
+            return
+        awaiting = self.session.awaiting_rel
+        if packet_id in awaiting:  # a resend of a QoS 2 message already routed
+            self.connection.write(b"\x50\x02" + packet_id.to_bytes(2, "big"))
+            return
+        limit = settings.max_awaiting_rel
+        if limit is not None and len(awaiting) >= limit:
+            if self.v5:
+                raise ProtocolViolation(rc.RECEIVE_MAXIMUM_EXCEEDED, "too many QoS 2 messages awaiting PUBREL")
+            broker.count_dropped(message, "awaiting_rel_full")
+            log.warning("client %r: QoS 2 message on %r dropped, %d awaiting PUBREL", self.client_id, topic,
+                        len(awaiting))
+            self.connection.write(b"\x50\x02" + packet_id.to_bytes(2, "big"))
+            return
+        delivered = broker.publish(message)
+        awaiting[packet_id] = self._loop.time()
+        if self.v5 and not delivered:
+            self.connection.write(encode(PubAck(PUBREC, packet_id, rc.NO_MATCHING_SUBSCRIBERS), 5))
+        else:
+            self.connection.write(b"\x50\x02" + packet_id.to_bytes(2, "big"))
+
+    def _publish_properties(self, topic: str, properties: dict):
+        """Resolve the topic alias and split off the per-delivery properties: (topic, passed-through
+        properties or None, expiry deadline or None)."""
+        alias = properties.get("topic_alias")
+        if alias is not None:
+            maximum = self.settings.max_topic_alias
+            if alias == 0 or alias > maximum:
+                raise ProtocolViolation(rc.TOPIC_ALIAS_INVALID, f"topic alias {alias} out of range")
+            aliases = self.topic_aliases
+            if aliases is None:
+                aliases = self.topic_aliases = {}
+            if topic:
+                aliases[alias] = topic
+            else:
+                topic = aliases.get(alias)
+                if topic is None:
+                    raise ProtocolViolation(rc.PROTOCOL_ERROR, f"unknown topic alias {alias}")
+        if "subscription_identifier" in properties:
+            raise ProtocolViolation(rc.PROTOCOL_ERROR, "PUBLISH from a client with a subscription identifier")
+        response_topic = properties.get("response_topic")
+        if response_topic is not None and (not response_topic or has_wildcard(response_topic)):
+            raise ProtocolViolation(rc.PROTOCOL_ERROR, "invalid response topic")
+        expires_at = None
+        interval = properties.get("message_expiry_interval")
+        if interval is not None:
+            expires_at = self._loop.time() + interval
+        passed = {name: properties[name] for name in _PASSED_THROUGH if name in properties}
+        return topic, (passed or None), expires_at
+
+    def write_publish(self, message, qos: int, retain: bool, sub_ids: tuple, packet_id: int, dup: bool) -> bool:
+        """Write ``message`` to the client; False when it had to be dropped instead (expired, too big for the
+        client, or the client is too slow for QoS 0)."""
+        expiry = None
+        expires_at = message.expires_at
+        if expires_at is not None:
+            remaining = expires_at - self._loop.time()
+            if remaining <= 0:
+                self.broker.count_dropped(message, "expired")
+                return False
+            expiry = int(remaining) + 1 if remaining % 1 else int(remaining)
+        connection = self.connection
+        if qos == 0 and connection.backlog_bytes > SLOW_CONSUMER_BYTES:
+            self.broker.count_dropped(message, "slow_consumer")
+            return False
+        if self.v5:
+            head, tail = message.wire(5, qos, retain, sub_ids, expiry)
+        else:
+            head, tail = message.wire(self.version, qos, retain, (), None)
+        limit = self.client_max_packet
+        if limit is not None and len(head) + len(tail) + (2 if qos else 0) > limit:
+            self.broker.count_dropped(message, "too_large")
+            return False
+        if qos:
+            if dup:
+                head = bytes((head[0] | 0x08,)) + head[1:]
+            connection.write_parts(head, packet_id.to_bytes(2, "big"), tail)
+        else:
+            connection.write(head)
+        self._sent.value += 1
+        return True
+
+    def write_pubrel(self, packet_id: int) -> None:
+        self.connection.write(b"\x62\x02" + packet_id.to_bytes(2, "big"))
+
+    # ------------------------------------------------------------------------------------ acknowledgements
+
+    def handle_puback(self, packet) -> None:
+        if not self.session.puback(packet.packet_id):
+            log.debug("client %r: PUBACK for unknown packet id %d", self.client_id, packet.packet_id)
+
+    def handle_pubrec(self, packet) -> None:
+        packet_id = packet.packet_id
+        known = self.session.pubrec(packet_id, packet.reason_code >= 0x80)
+        if packet.reason_code >= 0x80:
+            return
+        if known:
+            self.write_pubrel(packet_id)
+        elif self.v5:
+            self.send(PubAck(PUBREL, packet_id, rc.PACKET_IDENTIFIER_NOT_FOUND))
+        else:
+            self.write_pubrel(packet_id)
+
+    def handle_pubrel(self, packet) -> None:
+        packet_id = packet.packet_id
+        if self.session.awaiting_rel.pop(packet_id, None) is None and self.v5:
+            self.send(PubAck(PUBCOMP, packet_id, rc.PACKET_IDENTIFIER_NOT_FOUND))
+            return
+        self.connection.write(b"\x70\x02" + packet_id.to_bytes(2, "big"))
+
+    def handle_pubcomp(self, packet) -> None:
+        if not self.session.pubcomp(packet.packet_id):
+            log.debug("client %r: PUBCOMP for unknown packet id %d", self.client_id, packet.packet_id)
+
+    def handle_pingreq(self, packet) -> None:
+        self.connection.write(_PINGRESP)
+
+    # ------------------------------------------------------------------------------------ (UN)SUBSCRIBE
+
+    def handle_subscribe(self, packet) -> None:
+        settings = self.settings
+        session = self.session
+        v5 = self.v5
+        failure = rc.UNSPECIFIED_ERROR
+        sub_ids = packet.properties.get("subscription_identifier") if v5 else None
+        sub_id = sub_ids[0] if sub_ids else None
+        codes = []
+        granted_subs = []
+        for full_filter, options in packet.topics:
+            try:
+                shared = parse_shared(full_filter)
+            except ValueError:
+                codes.append(rc.TOPIC_FILTER_INVALID if v5 else failure)
+                continue
+            topic_filter = shared[1] if shared else full_filter
+            if not valid_topic_filter(topic_filter, settings.max_topic_levels):
+                codes.append(rc.TOPIC_FILTER_INVALID if v5 else failure)
+                continue
+            if shared and options.no_local:
+                raise ProtocolViolation(rc.PROTOCOL_ERROR, "no-local on a shared subscription")
+            if shared and not settings.shared_subscription:
+                codes.append(rc.SHARED_SUBSCRIPTIONS_NOT_SUPPORTED if v5 else failure)
+                continue
+            if not settings.wildcard_subscription and has_wildcard(topic_filter):
+                codes.append(rc.WILDCARD_SUBSCRIPTIONS_NOT_SUPPORTED if v5 else failure)
+                continue
+            is_new = full_filter not in session.subscriptions
+            limit = settings.max_subscriptions
+            if is_new and limit is not None and len(session.subscriptions) >= limit:
+                codes.append(rc.QUOTA_EXCEEDED if v5 else failure)
+                continue
+            qos = min(options.qos, settings.max_qos_allowed)
+            subscription = Subscription(topic_filter, qos, options.no_local, options.retain_as_published,
+                                        options.retain_handling, sub_id, shared[0] if shared else None)
+            self.broker.subscribe(session, full_filter, subscription)
+            codes.append(qos)
+            if not shared and (options.retain_handling == 0 or (options.retain_handling == 1 and is_new)):
+                granted_subs.append(subscription)
+        self.send(Suback(packet.packet_id, codes))
+        for subscription in granted_subs:
+            self.broker.deliver_retained(session, subscription)
+
+    def handle_unsubscribe(self, packet) -> None:
+        codes = []
+        for full_filter in packet.filters:
+            found = self.broker.unsubscribe(self.session, full_filter)
+            codes.append(rc.SUCCESS if found else rc.NO_SUBSCRIPTION_EXISTED)
+        self.send(Unsuback(packet.packet_id, codes if self.v5 else None))
+
+    # ------------------------------------------------------------------------------------ DISCONNECT / AUTH
+
+    def handle_disconnect(self, packet) -> None:
+        if self.v5:
+            requested = packet.properties.get("session_expiry_interval")
+            if requested is not None:
+                if self.session_expiry == 0 and requested != 0:
+                    raise ProtocolViolation(rc.PROTOCOL_ERROR, "session expiry set on DISCONNECT after 0")
+                cap = self.settings.session_expiry_interval
+                self.session_expiry = cap if requested == _NEVER_EXPIRES else min(float(requested), cap)
+                self.session.expiry_interval = self.session_expiry
+            if packet.reason_code != rc.DISCONNECT_WITH_WILL:
+                self.will = None
+        else:
+            self.will = None
+        self.terminate(publish_will=True)
+        self.connection.close()
+
+    def handle_auth(self, packet) -> None:
+        raise ProtocolViolation(rc.PROTOCOL_ERROR, "AUTH without enhanced authentication")
+
+    # -------------------------------------------------------------------------------------------- endings
+
+    def abort(self, reason_code: int, reason: str) -> None:
+        """Disconnect a client that broke the protocol (5.0: DISCONNECT with the reason first)."""
+        if not self.connect_received:
+            # Nothing to say to a peer that never sent a CONNECT.
+            pass
+        elif not self.connected and not self._disconnected:
+            if self.v5:
+                self.send(Connack(False, reason_code,
+                                  {"reason_string": reason} if self.problem_information else None))
+        elif self.connected and self.v5:
+            self._send_disconnect(reason_code, reason)
+        self.terminate(publish_will=True)
+        self.connection.close()
+
+    def kick(self, reason_code: int, reason: str) -> None:
+        """The server ends this connection (take-over, shutdown, keep-alive timeout)."""
+        if self.connected and self.v5:
+            self._send_disconnect(reason_code, reason)
+        self.terminate(publish_will=reason_code != rc.SERVER_SHUTTING_DOWN)
+        self.connection.close()
+
+    def _send_disconnect(self, reason_code: int, reason: str) -> None:
+        props = {"reason_string": reason} if self.problem_information and reason else None
+        self.send(Disconnect(reason_code, props))
+
+    def terminate(self, publish_will: bool) -> None:
+        """Leave the broker: publish or schedule the will, detach from (or end) the session. Idempotent."""
+        if self._disconnected:
+            return
+        self._disconnected = True
+        if not self.connected:
+            return
+        self.connected = False
+        will = self.will if publish_will else None
+        self.will = None
+        self.broker.detach(self, will)
+
+    def connection_lost(self) -> None:
+        self.terminate(publish_will=True)
+
+    def housekeeping(self) -> None:
+        """Periodic: 3.1.1 retries of unacknowledged messages, and dropping stale QoS 2 receipts."""
+        session = self.session
+        if session is None or not self.connected:
+            return
+        now = self._loop.time()
+        if not self.v5 and session.inflight.entries:
+            session.retry(now - self.settings.retry_interval)
+        if session.awaiting_rel:
+            expired = session.expire_awaiting_rel(now - self.settings.await_rel_timeout)
+            if expired:
+                log.info("client %r: %d QoS 2 receipts expired without PUBREL", self.client_id, expired)
+
+    def info(self) -> dict:
+        """What the admin API lists for a connected client."""
+        connection = self.connection
+        out = {
+            "clientid": self.client_id,
+            "username": self.username,
+            "listener": connection.listener.id,
+            "peer": connection.peer_text,
+            "proto_ver": self.version,
+            "connected_at": self.connected_at,
+            "keepalive": self.keepalive,
+            "clean_start": self.session_expiry == 0,
+            "subscriptions": len(self.session.subscriptions) if self.session else 0,
+        }
+        out.update(connection.tls_info())
+        return out
+
+
+def _is_utf8(payload: bytes) -> bool:
+    try:
+        payload.decode("utf-8")
+    except UnicodeDecodeError:
+        return False
+    return True
+
+
+__all__ = ["Channel", "ProtocolViolation", "CONNACK", "SUBACK", "UNSUBACK", "PINGRESP"]

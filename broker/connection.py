@@ -1,0 +1,301 @@
+"""One client socket: an ``asyncio.Protocol`` that feeds the codec, writes for the channel and keeps time.
+
+Writes are coalesced: everything the broker produces for this client during one loop iteration is collected
+and handed to the transport in one ``write`` at the end of it. While the transport asks us to pause, output
+keeps collecting (QoS 1/2 is bounded by the in-flight window; the channel drops QoS 0 beyond a limit).
+
+Timers: the CONNECT must arrive within ``mqtt.idle_timeout``; afterwards the client must send something at
+least every keep-alive x ``keepalive_multiplier``. A connection that is closed but whose peer stops reading is
+aborted after a grace period, so nothing leaks.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from typing import TYPE_CHECKING
+
+from .auth import peer_identity
+from .channel import Channel, ProtocolViolation
+from .listener_context import ListenerContext
+from .mqtt import reason_codes as rc
+from .mqtt.frame import FrameError, Parser
+
+if TYPE_CHECKING:
+    from .broker import Broker
+
+log = logging.getLogger("wharf_broker.connection")
+
+# How long a closed connection may take to flush its last bytes before it is aborted.
+CLOSE_GRACE = 5.0
+_CONNACK_BAD_PROTOCOL_V3 = b"\x20\x02\x00\x01"
+
+
+class Connection(asyncio.Protocol):
+    __slots__ = ("broker", "listener", "transport", "parser", "channel", "peer", "peer_text", "last_received",
+                 "backlog_bytes", "_loop", "_time", "_out", "_flush_pending", "_paused", "_closing", "_lost",
+                 "_held", "_idle_handle", "_keepalive_handle", "_keepalive_limit", "_housekeeping_handle",
+                 "_abort_handle")
+
+    def __init__(self, broker: "Broker", listener: ListenerContext) -> None:
+        self.broker = broker
+        self.listener = listener
+        self.transport: asyncio.Transport | None = None
+        self.parser = Parser(broker.config.mqtt.max_packet_size)
+        self.peer: tuple | None = None
+        self.peer_text = "?"
+        self.backlog_bytes = 0
+        self._loop = broker.loop
+        self._time = self._loop.time
+        self.last_received = self._time()
+        self._out: list[bytes] = []
+        self._flush_pending = False
+        self._paused = False
+        self._closing = False
+        self._lost = False
+        self._held: list | None = None  # packets waiting while the CONNECT is being authenticated
+        self._idle_handle = None
+        self._keepalive_handle = None
+        self._keepalive_limit = 0.0
+        self._housekeeping_handle = None
+        self._abort_handle = None
+        self.channel = Channel(broker, self)
+
+    # ---------------------------------------------------------------------------------- asyncio callbacks
+
+    def connection_made(self, transport) -> None:
+        self.transport = transport
+        self.listener.current_connections += 1
+        peer = transport.get_extra_info("peername")
+        if isinstance(peer, tuple) and len(peer) >= 2:
+            self.peer = (peer[0], peer[1])
+            self.peer_text = f"[{peer[0]}]:{peer[1]}" if ":" in str(peer[0]) else f"{peer[0]}:{peer[1]}"
+        elif peer:
+            self.peer_text = str(peer)
+        self.broker.connection_opened(self)
+        self._idle_handle = self._loop.call_later(self.broker.config.mqtt.idle_timeout, self._idle_timeout)
+
+    def data_received(self, data: bytes) -> None:
+        self.last_received = self._time()
+        if self._closing:
+            return
+        try:
+            packets = self.parser.feed(data)
+            error = None
+        except FrameError as exc:
+            packets, error = exc.packets, exc
+        if self._held is not None:
+            self._held.extend(packets)
+            if error is not None:
+                self._held.append(error)
+            return
+        self._process(packets, error)
+
+    def eof_received(self) -> bool:
+        return False  # close our side too
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        if self._lost:
+            return
+        self._lost = True
+        self._closing = True
+        self.listener.current_connections -= 1
+        for handle in (self._idle_handle, self._keepalive_handle, self._housekeeping_handle, self._abort_handle):
+            if handle is not None:
+                handle.cancel()
+        self._out.clear()
+        try:
+            self.channel.connection_lost()
+        finally:
+            self.broker.connection_closed(self)
+
+    def pause_writing(self) -> None:
+        self._paused = True
+        self.backlog_bytes = 0
+
+    def resume_writing(self) -> None:
+        self._paused = False
+        self.backlog_bytes = 0
+        self._flush()
+
+    # ------------------------------------------------------------------------------------------- reading
+
+    def _process(self, packets: list, error: FrameError | None) -> None:
+        handle = self.channel.handle
+        try:
+            remaining = iter(packets)
+            for packet in remaining:
+                if handle(packet):
+                    # The CONNECT is being authenticated: hold everything after it until that is done.
+                    self._held = list(remaining)
+                    if error is not None:
+                        self._held.append(error)
+                    if self.transport is not None:
+                        self.transport.pause_reading()
+                    return
+                if self._closing:
+                    return
+        except ProtocolViolation as violation:
+            self._log_close(str(violation), violation.reason_code)
+            self.channel.abort(violation.reason_code, str(violation))
+            return
+        except Exception:  # noqa: BLE001 - a bug handling one client must not take the broker down
+            log.exception("internal error handling client %r from %s", self.channel.client_id, self.peer_text)
+            self.channel.abort(rc.IMPLEMENTATION_SPECIFIC_ERROR, "internal error")
+            return
+        if error is not None:
+            self._frame_error(error)
+
+    def resume_processing(self) -> None:
+        """The CONNECT's authentication finished: go on with the packets held meanwhile."""
+        held, self._held = self._held or [], None
+        if self._closing:
+            return
+        if self.transport is not None:
+            self.transport.resume_reading()
+        error = held.pop() if held and isinstance(held[-1], FrameError) else None
+        self._process(held, error)
+
+    def _frame_error(self, error: FrameError) -> None:
+        channel = self.channel
+        self._log_close(f"bad packet: {error}", error.reason_code)
+        if not channel.connect_received:
+            if error.reason_code == rc.UNSUPPORTED_PROTOCOL_VERSION:
+                # We cannot speak its version, so answer the way every version understands.
+                self.write(_CONNACK_BAD_PROTOCOL_V3)
+                self.close()
+                return
+            if self.parser.version == 5:  # a broken 5.0 CONNECT gets a 5.0 CONNACK with the reason
+                channel.version, channel.v5, channel.connect_received = 5, True, True
+        channel.abort(error.reason_code, str(error))
+
+    def _log_close(self, why: str, reason_code: int | None = None) -> None:
+        code = f" (reason 0x{reason_code:02x})" if reason_code is not None else ""
+        log.info("closing connection of client %r from %s on %s: %s%s", self.channel.client_id, self.peer_text,
+                 self.listener.id, why, code)
+
+    # ------------------------------------------------------------------------------------------- writing
+
+    def write(self, data: bytes) -> None:
+        if self._closing:
+            return
+        self._out.append(data)
+        if self._paused:
+            self.backlog_bytes += len(data)
+        elif not self._flush_pending:
+            self._flush_pending = True
+            self._loop.call_soon(self._flush)
+
+    def write_parts(self, head: bytes, middle: bytes, tail: bytes) -> None:
+        """Write one packet given in three pieces (a shared PUBLISH encoding around its packet id)."""
+        if self._closing:
+            return
+        out = self._out
+        out.append(head)
+        out.append(middle)
+        out.append(tail)
+        if self._paused:
+            self.backlog_bytes += len(head) + len(tail) + 2
+        elif not self._flush_pending:
+            self._flush_pending = True
+            self._loop.call_soon(self._flush)
+
+    def _flush(self) -> None:
+        self._flush_pending = False
+        out = self._out
+        if not out or self._paused or self._lost:
+            return
+        self.transport.write(out[0] if len(out) == 1 else b"".join(out))
+        out.clear()
+
+    def close(self) -> None:
+        """Flush what is pending and close; abort if the peer does not take the last bytes in time."""
+        if self._closing:
+            return
+        if self._out and not self._lost:
+            self.transport.write(b"".join(self._out))
+        self._closing = True
+        self._out.clear()
+        if self.transport is not None and not self._lost:
+            self.transport.close()
+            self._abort_handle = self._loop.call_later(CLOSE_GRACE, self._abort)
+
+    def _abort(self) -> None:
+        if not self._lost and self.transport is not None:
+            self.transport.abort()
+
+    # -------------------------------------------------------------------------------------------- timers
+
+    def connect_arrived(self) -> None:
+        if self._idle_handle is not None:
+            self._idle_handle.cancel()
+            self._idle_handle = None
+
+    def _idle_timeout(self) -> None:
+        self._idle_handle = None
+        if not self.channel.connect_received and not self._closing:
+            self._log_close("no CONNECT within the idle timeout")
+            self.close()
+
+    def start_keepalive(self, limit: float) -> None:
+        """Close the connection when nothing arrives for ``limit`` seconds (0: never)."""
+        if self._keepalive_handle is not None:
+            self._keepalive_handle.cancel()
+            self._keepalive_handle = None
+        self._keepalive_limit = limit
+        if limit > 0:
+            self._keepalive_handle = self._loop.call_later(limit, self._check_keepalive)
+
+    def _check_keepalive(self) -> None:
+        self._keepalive_handle = None
+        if self._closing:
+            return
+        silent = self._time() - self.last_received
+        if silent >= self._keepalive_limit:
+            self._log_close(f"keep-alive timeout ({silent:.1f}s without a packet)", rc.KEEP_ALIVE_TIMEOUT)
+            self.channel.kick(rc.KEEP_ALIVE_TIMEOUT, "keep-alive timeout")
+            return
+        self._keepalive_handle = self._loop.call_later(self._keepalive_limit - silent, self._check_keepalive)
+
+    def start_housekeeping(self) -> None:
+        settings = self.broker.config.mqtt
+        interval = max(0.05, min(settings.retry_interval, settings.await_rel_timeout))
+        self._housekeeping_handle = self._loop.call_later(interval, self._housekeeping, interval)
+
+    def _housekeeping(self, interval: float) -> None:
+        self._housekeeping_handle = None
+        if self._closing:
+            return
+        self.channel.housekeeping()
+        self._housekeeping_handle = self._loop.call_later(interval, self._housekeeping, interval)
+
+    # -------------------------------------------------------------------------------------------- details
+
+    def tls_info(self) -> dict:
+        """TLS version, cipher and peer certificate subject, when this is a TLS connection."""
+        transport = self.transport
+        if transport is None:
+            return {}
+        ssl_object = transport.get_extra_info("ssl_object")
+        if ssl_object is None:
+            return {}
+        info: dict = {}
+        try:
+            info["tls_version"] = ssl_object.version()
+            cipher = ssl_object.cipher()
+            info["tls_cipher"] = cipher[0] if cipher else None
+        except Exception:  # noqa: BLE001 - a transport without these details just lists fewer fields
+            pass
+        subject = None
+        identity = peer_identity(transport)
+        if identity is not None:
+            subject = identity.as_identity("dn")
+        else:
+            try:
+                cert = ssl_object.getpeercert()
+            except Exception:  # noqa: BLE001
+                cert = None
+            if cert and cert.get("subject"):
+                subject = ",".join(f"{key}={value}" for rdn in cert["subject"] for key, value in rdn)
+        info["peer_cert_subject"] = subject
+        return info

@@ -1,0 +1,147 @@
+"""A client's session: its subscriptions, the in-flight window, the offline/overflow queue and the QoS 2
+packet identifiers it is still waiting to see released. It outlives connections when it has an expiry.
+
+``deliver`` is the router's way in. While a channel is attached it writes through it (QoS 1/2 within the
+in-flight window, the rest queued in order); while none is, QoS 1/2 -- and QoS 0 when ``mqueue_store_qos0`` --
+wait in the queue.
+"""
+
+from __future__ import annotations
+
+from .inflight import AWAIT_PUBACK, AWAIT_PUBCOMP, AWAIT_PUBREC, Inflight, InflightEntry
+from .mqueue import MessageQueue, QueuedMessage
+
+
+class Session:
+    __slots__ = ("client_id", "subscriptions", "inflight", "mqueue", "awaiting_rel", "channel", "expiry_interval",
+                 "expiry_handle", "upgrade_qos", "_on_drop", "_clock")
+
+    def __init__(self, client_id: str, settings, on_drop, clock) -> None:
+        self.client_id = client_id
+        self.subscriptions: dict = {}  # filter as subscribed (with any $share prefix) -> Subscription
+        self.inflight = Inflight()
+        self.mqueue = MessageQueue(settings.max_mqueue_len, settings.mqueue_drop_policy, settings.mqueue_store_qos0)
+        self.awaiting_rel: dict[int, float] = {}  # inbound QoS 2 packet id -> when its PUBLISH arrived
+        self.channel = None
+        self.expiry_interval = 0.0
+        self.expiry_handle = None
+        self.upgrade_qos = settings.upgrade_qos
+        self._on_drop = on_drop  # (message, reason) -> None, for metrics
+        self._clock = clock
+
+    def __repr__(self) -> str:
+        return f"Session({self.client_id!r})"
+
+    # ------------------------------------------------------------------------------------------ delivery
+
+    def deliver(self, message, qos: int, retain: bool, sub_ids: tuple) -> None:
+        """Deliver ``message`` under a subscription granting ``qos``, with the RETAIN flag ``retain``."""
+        if qos > message.qos and not self.upgrade_qos:
+            qos = message.qos
+        channel = self.channel
+        if qos == 0:
+            if channel is not None:
+                channel.write_publish(message, 0, retain, sub_ids, 0, False)
+                return
+        elif channel is not None and not self.mqueue and len(self.inflight.entries) < channel.send_window:
+            self._send(message, qos, retain, sub_ids)
+            return
+        dropped = self.mqueue.push(QueuedMessage(message, qos, retain, sub_ids))
+        if dropped is not None:
+            self._on_drop(dropped.message, "queue_full")
+
+    def _send(self, message, qos: int, retain: bool, sub_ids: tuple) -> None:
+        packet_id = self.inflight.add(InflightEntry(message, qos, retain, sub_ids, self._clock()))
+        if not self.channel.write_publish(message, qos, retain, sub_ids, packet_id, False):
+            # Not sendable (expired, or too big for the client): done with, as the spec asks.
+            self.inflight.pop(packet_id)
+
+    def drain(self) -> None:
+        """Move queued messages out while the window has room."""
+        channel = self.channel
+        mqueue = self.mqueue
+        entries = self.inflight.entries
+        while channel is not None and mqueue and len(entries) < channel.send_window:
+            item = mqueue.pop()
+            if item.qos == 0:
+                channel.write_publish(item.message, 0, item.retain, item.sub_ids, 0, False)
+            else:
+                self._send(item.message, item.qos, item.retain, item.sub_ids)
+            channel = self.channel
+
+    def resume(self) -> None:
+        """A channel (re)attached: resend everything unacknowledged with its original packet id, then drain."""
+        channel = self.channel
+        now = self._clock()
+        for packet_id, entry in list(self.inflight.entries.items()):
+            entry.sent_at = now
+            if entry.state == AWAIT_PUBCOMP:
+                channel.write_pubrel(packet_id)
+            elif not channel.write_publish(entry.message, entry.qos, entry.retain, entry.sub_ids, packet_id, True):
+                self.inflight.pop(packet_id)
+        self.drain()
+
+    def retry(self, older_than: float) -> None:
+        """Resend in-flight entries sent before ``older_than`` (3.1.1's retry interval)."""
+        channel = self.channel
+        if channel is None:
+            return
+        now = self._clock()
+        for packet_id, entry in list(self.inflight.entries.items()):
+            if entry.sent_at > older_than:
+                continue
+            entry.sent_at = now
+            if entry.state == AWAIT_PUBCOMP:
+                channel.write_pubrel(packet_id)
+            elif not channel.write_publish(entry.message, entry.qos, entry.retain, entry.sub_ids, packet_id, True):
+                self.inflight.pop(packet_id)
+
+    # -------------------------------------------------------------------------------------- acknowledgements
+
+    def puback(self, packet_id: int) -> bool:
+        entry = self.inflight.entries.get(packet_id)
+        if entry is None or entry.state != AWAIT_PUBACK:
+            return False
+        del self.inflight.entries[packet_id]
+        if self.mqueue:
+            self.drain()
+        return True
+
+    def pubrec(self, packet_id: int, failed: bool) -> bool:
+        """PUBREC arrived; returns whether the packet id was in flight. A failed PUBREC (5.0 reason >= 0x80)
+        ends the exchange; otherwise the entry now waits for PUBCOMP."""
+        entry = self.inflight.entries.get(packet_id)
+        if entry is None or entry.state not in (AWAIT_PUBREC, AWAIT_PUBCOMP):
+            return False
+        if failed:
+            del self.inflight.entries[packet_id]
+            self.drain()
+        else:
+            entry.state = AWAIT_PUBCOMP
+            entry.message = None  # delivered: only the packet id matters now
+            entry.sent_at = self._clock()
+        return True
+
+    def pubcomp(self, packet_id: int) -> bool:
+        entry = self.inflight.entries.get(packet_id)
+        if entry is None or entry.state != AWAIT_PUBCOMP:
+            return False
+        del self.inflight.entries[packet_id]
+        if self.mqueue:
+            self.drain()
+        return True
+
+    def expire_awaiting_rel(self, older_than: float) -> int:
+        stale = [packet_id for packet_id, at in self.awaiting_rel.items() if at <= older_than]
+        for packet_id in stale:
+            del self.awaiting_rel[packet_id]
+        return len(stale)
+
+    def clear(self) -> None:
+        self.subscriptions.clear()
+        self.inflight.clear()
+        self.mqueue.clear()
+        self.awaiting_rel.clear()
+
+
+__all__ = ["Session", "AWAIT_PUBACK", "AWAIT_PUBREC", "AWAIT_PUBCOMP"]
