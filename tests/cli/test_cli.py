@@ -1,0 +1,166 @@
+"""``wharf-broker`` as a real process: --check-config, bad configs, the embedded default, signals."""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+
+import paho.mqtt.client as mqtt
+import pytest
+
+
+def run_cli(*args: str, cwd=None, env=None, timeout: float = 60) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "wharf_broker", *args], capture_output=True, text=True,
+                          cwd=cwd, env={**os.environ, **(env or {})}, timeout=timeout)
+
+
+def test_check_config_accepts_a_good_file(tmp_path):
+    config = tmp_path / "ok.conf"
+    config.write_text('listeners.tcp.default { bind = "0.0.0.0:1883", max_connections = 1024000 }\n'
+                      'listeners.ws.web { bind = "127.0.0.1:8083", enable = false }\n')
+    result = run_cli("--config", str(config), "--check-config")
+    assert result.returncode == 0, result.stderr
+    assert f"config OK: {config}" in result.stdout
+    assert "tcp:default (0.0.0.0:1883)" in result.stdout
+    assert "ws:web" not in result.stdout  # disabled
+
+
+def test_check_config_on_the_embedded_default(tmp_path):
+    result = run_cli("--check-config", cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    for expected in ("tcp:default (0.0.0.0:1883)", "ssl:default (0.0.0.0:8883)", "ws:default (0.0.0.0:8083)",
+                     "wss:default (0.0.0.0:8084)", "admin api: 127.0.0.1:18083"):
+        assert expected in result.stdout
+
+
+def test_bad_config_exits_2_naming_every_problem(tmp_path):
+    config = tmp_path / "bad.conf"
+    config.write_text('listeners.tcp.default {\n  bind = "127.0.0.1:0"\n  max_conections = 10\n}\n'
+                      'mqtt.max_qos_allowed = 5\n')
+    for extra in ((), ("--check-config",)):
+        result = run_cli("--config", str(config), *extra)
+        assert result.returncode == 2
+        assert f"{config}:3:3: listeners.tcp.default.max_conections: unknown key 'max_conections'" in result.stderr
+        assert "did you mean 'max_connections'?" in result.stderr
+        assert f"{config}:5:24: mqtt.max_qos_allowed: must be 0, 1 or 2, not 5" in result.stderr
+        assert "listener" not in result.stdout  # nothing started
+
+
+def test_syntax_error_and_missing_file(tmp_path):
+    config = tmp_path / "broken.conf"
+    config.write_text('listeners.tcp.default {\n  bind = "127.0.0.1:0"\n')
+    result = run_cli("--config", str(config))
+    assert result.returncode == 2
+    assert f"{config}:3:1: missing '}}' before end of file" in result.stderr
+    result = run_cli("--config", str(tmp_path / "nope.conf"))
+    assert result.returncode == 2
+    assert "does not exist" in result.stderr
+
+
+def test_bad_arguments():
+    result = run_cli("--log-level", "loud")
+    assert result.returncode == 2
+    assert "invalid choice" in result.stderr
+
+
+def test_port_in_use_exits_1_and_says_why(tmp_path):
+    blocker = socket.socket()
+    blocker.bind(("127.0.0.1", 0))
+    blocker.listen()
+    port = blocker.getsockname()[1]
+    config = tmp_path / "taken.conf"
+    config.write_text(f'listeners.tcp.default.bind = "127.0.0.1:{port}"\ndashboard.enable = false\n')
+    try:
+        result = run_cli("--config", str(config))
+    finally:
+        blocker.close()
+    assert result.returncode == 1
+    assert f"listener tcp:default cannot bind 127.0.0.1:{port}" in result.stderr
+
+
+def test_embedded_default_starts(broker_process, tmp_path):
+    """No --config: the embedded default, with its binds moved to ephemeral loopback ports from the environment."""
+    env = {f"WHARF_{kind}_BIND": "127.0.0.1:0" for kind in ("TCP", "SSL", "WS", "WSS", "DASHBOARD")}
+    broker = broker_process(None, env=env)
+    assert set(broker.ports) >= {"tcp:default", "ssl:default", "ws:default", "wss:default"}
+    status, body = broker.admin("GET", "/readyz")
+    assert status == 200
+    received = []
+    client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id="default-check")
+    client.on_message = lambda c, u, message: received.append(message.payload)
+    client.connect("127.0.0.1", broker.port("tcp:default"))
+    client.loop_start()
+    try:
+        client.subscribe("check/#", qos=1)
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline and not received:
+            client.publish("check/1", b"hello", qos=1)
+            time.sleep(0.2)
+        assert b"hello" in received
+    finally:
+        client.disconnect()
+        client.loop_stop()
+
+
+@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT])
+def test_signals_stop_gracefully(broker_process, signum):
+    broker = broker_process()
+    disconnects = []
+    client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=f"graceful-{signum}",
+                         protocol=mqtt.MQTTv5)
+    client.on_disconnect = lambda c, u, flags, reason, props: disconnects.append(reason)
+    client.connect("127.0.0.1", broker.port("tcp:default"))
+    client.loop_start()
+    try:
+        deadline = time.monotonic() + 10
+        while not client.is_connected() and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert client.is_connected()
+        assert broker.stop(signum) == 0
+        deadline = time.monotonic() + 10
+        while not disconnects and time.monotonic() < deadline:
+            time.sleep(0.05)
+    finally:
+        client.loop_stop()
+    # A 5.0 client hears why: DISCONNECT with "Server shutting down" (0x8B).
+    assert disconnects and disconnects[0].value == 0x8B, disconnects
+    log = broker.log
+    assert ("SIGTERM" if signum == signal.SIGTERM else "SIGINT") + ": shutting down" in log
+    assert "listener tcp:default stopped" in log and "broker stopped" in log
+    assert "Traceback" not in log
+
+
+def test_sighup_reloads_tls_listeners(broker_process, certs):
+    pytest.importorskip("wharf_broker.tls")
+    broker = broker_process(f"""
+        listeners.ssl.default {{
+          bind = "127.0.0.1:0"
+          ssl_options {{ certfile = "{certs}/server.crt", keyfile = "{certs}/server.key" }}
+        }}
+        dashboard.listeners.http.bind = "127.0.0.1:0"
+    """)
+    start = len(broker.log)
+    broker.send_signal(signal.SIGHUP)
+    broker.wait_for_log(r"SIGHUP: reloading certificates of every TLS listener", start=start)
+    status, body = broker.admin("GET", "/api/v5/listeners/ssl:default/certificate")
+    assert status == 200
+    deadline = time.monotonic() + 10
+    while b'"last_reload_at": null' in body and time.monotonic() < deadline:
+        time.sleep(0.1)
+        status, body = broker.admin("GET", "/api/v5/listeners/ssl:default/certificate")
+    assert b'"last_reload_at": null' not in body  # the reload ran (nothing changed, so nothing swapped)
+    assert broker.running()
+
+
+def test_log_level_and_json_format(broker_process):
+    broker = broker_process('listeners.tcp.default.bind = "127.0.0.1:0"\n'
+                            'dashboard.listeners.http.bind = "127.0.0.1:0"\nlog.format = json\n',
+                            args=["--log-level", "debug"])
+    import json
+    lines = [json.loads(line) for line in broker.log.splitlines() if line.startswith("{")]
+    assert any(entry["msg"].startswith("listener tcp:default on 127.0.0.1:") for entry in lines)
+    assert all({"ts", "level", "logger", "msg"} <= set(entry) for entry in lines)
