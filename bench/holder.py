@@ -1,0 +1,72 @@
+"""Idle-connection holder: opens N MQTT connections (CONNECT/CONNACK, keep-alive 0) and keeps them open.
+
+Prints ``ready OK ERRORS`` once every connection is up (or failed), then holds them until its standard input
+closes or ``--hold`` seconds pass, and closes them all.
+
+    python -m bench.holder --port P --connections N [--cafile CA [--cert C --key K]] [--hold SECONDS]
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import ssl
+import sys
+
+from bench import mqtt_wire
+
+HOST = "127.0.0.1"
+
+
+async def _open(port: int, ctx: ssl.SSLContext | None, index: int, limit: asyncio.Semaphore):
+    async with limit:
+        reader, writer = await asyncio.wait_for(
+            asyncio.open_connection(HOST, port, ssl=ctx, server_hostname=HOST if ctx else None), 30)
+        writer.write(mqtt_wire.connect_packet(f"bench-idle-{index}"))
+        mqtt_wire.check_connack(await asyncio.wait_for(reader.readexactly(mqtt_wire.CONNACK_LENGTH), 30))
+        return writer
+
+
+async def _stdin_closed() -> None:
+    loop = asyncio.get_running_loop()
+    await loop.run_in_executor(None, sys.stdin.buffer.read)
+
+
+async def run(args: argparse.Namespace) -> None:
+    ctx = None
+    if args.cafile:
+        ctx = ssl.create_default_context(ssl.Purpose.SERVER_AUTH, cafile=args.cafile)
+        ctx.minimum_version = ctx.maximum_version = ssl.TLSVersion.TLSv1_3
+        if args.cert:
+            ctx.load_cert_chain(args.cert, args.key)
+    limit = asyncio.Semaphore(args.concurrency)
+    results = await asyncio.gather(*(_open(args.port, ctx, i, limit) for i in range(args.connections)),
+                                   return_exceptions=True)
+    writers = [r for r in results if isinstance(r, asyncio.StreamWriter)]
+    failures = [r for r in results if not isinstance(r, asyncio.StreamWriter)]
+    print(f"ready {len(writers)} {len(failures)}", flush=True)
+    if failures:
+        print(f"first error: {type(failures[0]).__name__}: {failures[0]}", file=sys.stderr, flush=True)
+    try:
+        await asyncio.wait_for(_stdin_closed(), args.hold)
+    except asyncio.TimeoutError:
+        pass
+    for writer in writers:
+        writer.close()
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--port", type=int, required=True)
+    parser.add_argument("--connections", type=int, required=True)
+    parser.add_argument("--concurrency", type=int, default=32)
+    parser.add_argument("--hold", type=float, default=120.0, help="give up holding after this many seconds")
+    parser.add_argument("--cafile")
+    parser.add_argument("--cert")
+    parser.add_argument("--key")
+    asyncio.run(run(parser.parse_args(argv)))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

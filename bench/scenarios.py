@@ -1,0 +1,599 @@
+"""The scenarios of the benchmark, each run against one freshly started broker at a time.
+
+A scenario returns named values (``RunResult.values``); the metrics it declares say how to print them and
+which direction is better. Every wait is bounded by the run timeout; a run cut short is marked incomplete
+and its rate is what was delivered until then.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import socket
+import ssl
+import statistics
+import subprocess
+import sys
+import threading
+import time
+import uuid
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from bench import clients, mqtt_wire, net, procstat
+from bench.brokers import Broker, RunningBroker
+from bench.pki import Pki, fingerprint_of_der, rotate_server_certificate
+from bench.processes import Child
+from bench.stats import percentile
+
+READY_TIMEOUT = 15.0
+
+
+@dataclass
+class Settings:
+    messages: int = 200_000
+    payload_size: int = 64
+    run_timeout: float = 60.0
+    fanout_subscribers: int = 10
+    latency_messages: int = 5_000
+    latency_rate: float = 1_000.0
+    connections: int = 2_000  # per connect-rate run, split over the client processes
+    idle_connections: int = 2_000
+    rotations: int = 5
+    rotation_interval: float = 2.0
+    rotation_publishers: int = 20
+    rotation_rate: float = 25.0  # per publisher
+    workdir: Path = Path(".")
+
+
+@dataclass(frozen=True)
+class Metric:
+    key: str
+    label: str
+    unit: str
+    higher_is_better: bool
+    scale: float = 1.0  # multiply the stored value by this for display
+
+
+@dataclass
+class RunResult:
+    values: dict[str, float] = field(default_factory=dict)
+    complete: bool = True
+    note: str = ""
+
+
+class ScenarioError(RuntimeError):
+    """The run could not be measured (the broker refused, a client failed): the note says why."""
+
+
+def _python_module_argv(module: str) -> list[str]:
+    return [sys.executable, "-m", module]
+
+
+def _wait_all(children: list[Child], deadline: float) -> bool:
+    for child in children:
+        if not child.wait(max(0.0, deadline - time.monotonic())):
+            return False
+    return True
+
+
+def _stop_all(children: list[Child]) -> None:
+    for child in children:
+        child.kill()
+
+
+def _client_utilisation(children: list[Child]) -> float:
+    """The busiest client's CPU time over its lifetime (1.0 = one core saturated: then it was the bottleneck)."""
+    busiest = 0.0
+    for child in children:
+        if child.cpu_seconds is None or child.exited_at is None:
+            continue
+        lifetime = max(child.exited_at - child.started_at, 1e-6)
+        busiest = max(busiest, child.cpu_seconds / lifetime)
+    return busiest
+
+
+def _wait_for_file_content(path: Path, minimum: int, deadline: float, child: Child) -> bool:
+    while time.monotonic() < deadline:
+        try:
+            if path.stat().st_size >= minimum:
+                return True
+        except FileNotFoundError:
+            pass
+        if not child.running:
+            return path.exists() and path.stat().st_size >= minimum
+        time.sleep(0.01)
+    return False
+
+
+class Scenario:
+    name: str
+    description: str
+    metrics: tuple[Metric, ...]
+    needs_own_pki = False
+
+    def unsupported_reason(self, broker: Broker) -> str | None:
+        return None
+
+    def run(self, broker: RunningBroker, pki: Pki, settings: Settings, rundir: Path) -> RunResult:
+        raise NotImplementedError
+
+
+# --- helpers shared by the message scenarios ---------------------------------------------------------------
+
+def _publish_ready_marker(broker: RunningBroker, mode: str, pki: Pki, topic: str, rundir: Path) -> None:
+    marker = Child(clients.retained_marker_argv(broker.ports[mode], mode, pki, topic=topic), name="marker",
+                   stderr=open(rundir / "marker.err", "wb"))
+    if not marker.wait(READY_TIMEOUT) or marker.exit_code != 0:
+        marker.kill()
+        raise ScenarioError(f"could not publish the retained READY marker: "
+                            f"{(rundir / 'marker.err').read_text(errors='replace').strip()}")
+
+
+def _start_subscribers(broker: RunningBroker, mode: str, pki: Pki, *, topic: str, qos: int, count: int,
+                       subscribers: int, rundir: Path, output_format: str | None = None,
+                       nodelay: bool = False) -> list[tuple[Child, Path]]:
+    """Subscribers that exit after ``count`` messages plus the marker; returns once each has the marker."""
+    started = []
+    for index in range(subscribers):
+        out = rundir / f"sub{index}.out"
+        with open(out, "wb") as stdout, open(rundir / f"sub{index}.err", "wb") as stderr:
+            child = Child(clients.subscriber_argv(broker.ports[mode], mode, pki, topic=topic, qos=qos,
+                                                  count=count + 1, client_id=f"bench-sub-{index}-{uuid.uuid4().hex[:6]}",
+                                                  output_format=output_format, nodelay=nodelay),
+                          name=f"sub{index}", stdout=stdout, stderr=stderr)
+        started.append((child, out))
+    deadline = time.monotonic() + READY_TIMEOUT
+    for index, (child, out) in enumerate(started):
+        if not _wait_for_file_content(out, len(clients.READY_MARKER), deadline, child):
+            _stop_all([c for c, _ in started])
+            err = (rundir / f"sub{index}.err").read_text(errors="replace").strip()
+            raise ScenarioError(f"subscriber {index} never received the retained READY marker "
+                                f"(is it subscribed? retained messages supported?) {err}")
+    return started
+
+
+def _feed(publisher: Child, payload: Path) -> threading.Thread:
+    """Copy the payload file into the publisher's stdin from a thread, and leave the pipe open.
+
+    mosquitto_pub -l (2.0.11) disconnects as soon as its input ends, dropping QoS 1 messages it has read but
+    not yet sent: so its input is closed only once the subscribers have everything (``_close_input``).
+    """
+    def copy() -> None:
+        try:
+            with open(payload, "rb") as source:
+                shutil.copyfileobj(source, publisher.popen.stdin, 1 << 20)
+            publisher.popen.stdin.flush()
+        except (BrokenPipeError, ValueError, OSError):
+            pass  # the publisher died or was stopped; the subscribers' counts tell what arrived
+
+    thread = threading.Thread(target=copy, name="feed-publisher", daemon=True)
+    thread.start()
+    return thread
+
+
+def _close_input(publisher: Child, feeder: threading.Thread | None = None) -> None:
+    """Let the publisher finish: end its input, give it a moment to disconnect cleanly, then make sure."""
+    if feeder is not None and feeder.is_alive():
+        publisher.kill()  # still blocked writing: the run was cut short
+        feeder.join(5)
+    try:
+        publisher.popen.stdin.close()
+    except (BrokenPipeError, OSError):
+        pass
+    if not publisher.wait(5.0):
+        publisher.kill()
+
+
+# --- message rate -----------------------------------------------------------------------------------------------
+
+class Throughput(Scenario):
+    """One publisher (mosquitto_pub -l) to N subscribers (mosquitto_sub -C), fixed-size payloads."""
+
+    def __init__(self, name: str, *, mode: str, qos: int, subscribers: int = 1) -> None:
+        self.name = name
+        self.mode = mode
+        self.qos = qos
+        self.subscribers = subscribers
+        fan = f"1 → {subscribers}" if subscribers > 1 else "1 → 1"
+        self.description = f"{fan}, QoS {qos}, {'plain TCP' if mode == 'plain' else mode.upper() + ' 1.3'}"
+        self.metrics = (
+            Metric("rate", "delivered msg/s", "msg/s", True),
+            Metric("broker_cpu_per_msg", "broker CPU per delivered msg", "µs", False, 1e6),
+            Metric("broker_cpu_util", "broker CPU (1.0 = one core)", "", False),
+            Metric("client_cpu_util", "busiest client's CPU (1.0 = one core)", "", False),
+        )
+
+    def run(self, broker: RunningBroker, pki: Pki, settings: Settings, rundir: Path) -> RunResult:
+        subs_count = self.subscribers
+        topic = f"bench/{self.name}/{uuid.uuid4().hex[:8]}"
+        payload = settings.workdir / f"payload-{settings.messages}x{settings.payload_size}.txt"
+        if not payload.exists():
+            clients.write_payload_file(payload, settings.messages, settings.payload_size)
+        port = broker.ports[self.mode]
+        _publish_ready_marker(broker, self.mode, pki, topic, rundir)
+        subs = _start_subscribers(broker, self.mode, pki, topic=topic, qos=self.qos, count=settings.messages,
+                                  subscribers=subs_count, rundir=rundir)
+        sub_children = [child for child, _ in subs]
+        cpu_before = procstat.cpu_seconds(broker.pid)
+        started = time.monotonic()
+        with open(rundir / "pub.err", "wb") as stderr:
+            publisher = Child(clients.publisher_argv(port, self.mode, pki, topic=topic, qos=self.qos,
+                                                     client_id=f"bench-pub-{uuid.uuid4().hex[:6]}"),
+                              name="pub", stdin=subprocess.PIPE, stderr=stderr)
+        feeder = _feed(publisher, payload)
+        complete = _wait_all(sub_children, started + settings.run_timeout)
+        ended = max(c.exited_at for c in sub_children) if complete else time.monotonic()
+        cpu_after = procstat.cpu_seconds(broker.pid)
+        if not complete:
+            _stop_all(sub_children)
+        _close_input(publisher, feeder)
+        delivered = sum(clients.count_received(out.stat().st_size, settings.payload_size) for _, out in subs)
+        expected = settings.messages * subs_count
+        elapsed = max(ended - started, 1e-6)
+        cpu = cpu_after - cpu_before
+        note = "" if complete else f"cut at {settings.run_timeout:.0f} s: {delivered}/{expected} delivered"
+        if publisher.exit_code and publisher.exit_code > 0:
+            note += f"; publisher exit {publisher.exit_code}: " + (rundir / "pub.err").read_text(errors="replace")[:200]
+        if delivered == 0:
+            raise ScenarioError(note or "nothing delivered")
+        return RunResult(values={
+            "rate": delivered / elapsed,
+            "broker_cpu_per_msg": cpu / delivered,
+            "broker_cpu_util": cpu / elapsed,
+            "client_cpu_util": _client_utilisation(sub_children + [publisher]),
+        }, complete=complete, note=note)
+
+
+# --- latency ------------------------------------------------------------------------------------------------
+
+def parse_latency_line(line: str) -> tuple[int, int] | None:
+    """(sequence number, latency in ns) from a subscriber line ``<recv s>.<ns> <sent ns> <seq>``; None if not one.
+
+    The receive stamp is mosquitto_sub's ``%U`` (wall clock with nanoseconds, taken in C when the message is
+    handled); the send stamp is the publisher feeder's ``time.time_ns()`` just before it writes the line.
+    """
+    parts = line.split()
+    if len(parts) < 3 or "." not in parts[0]:
+        return None
+    seconds, _, fraction = parts[0].partition(".")
+    try:
+        received = int(seconds) * 1_000_000_000 + int(fraction.ljust(9, "0")[:9])
+        return int(parts[2]), received - int(parts[1])
+    except ValueError:
+        return None
+
+
+class Latency(Scenario):
+    """End-to-end latency at a fixed, moderate rate that the broker and clients keep up with easily.
+
+    The publisher is mosquitto_pub -l fed line by line through a pipe by a pacing loop in the harness, which
+    stamps each line with the wall clock; mosquitto_sub stamps arrival in C (``-F %U``). So both stamps are
+    taken outside the broker by code that is idle most of the time, and the pipe and the two C clients add
+    the same few tens of µs for every broker. Both sides use TCP_NODELAY.
+    """
+
+    def __init__(self, name: str, *, qos: int) -> None:
+        self.name = name
+        self.qos = qos
+        self.description = f"1 → 1, QoS {qos}, plain TCP, fixed rate"
+        self.metrics = (
+            Metric("p50", "latency p50", "µs", False, 1e6),
+            Metric("p99", "latency p99", "µs", False, 1e6),
+            Metric("lost", "messages not received", "", False),
+        )
+
+    def run(self, broker: RunningBroker, pki: Pki, settings: Settings, rundir: Path) -> RunResult:
+        mode = "plain"
+        topic = f"bench/{self.name}/{uuid.uuid4().hex[:8]}"
+        count = settings.latency_messages
+        _publish_ready_marker(broker, mode, pki, topic, rundir)
+        [(sub, out)] = _start_subscribers(broker, mode, pki, topic=topic, qos=self.qos, count=count,
+                                          subscribers=1, rundir=rundir, output_format="%U %p", nodelay=True)
+        with open(rundir / "pub.err", "wb") as stderr:
+            publisher = Child(clients.publisher_argv(broker.ports[mode], mode, pki, topic=topic, qos=self.qos,
+                                                     client_id=f"bench-pub-{uuid.uuid4().hex[:6]}", nodelay=True),
+                              name="pub", stdin=subprocess.PIPE, stderr=stderr)
+        pipe = publisher.popen.stdin
+        interval = 1.0 / settings.latency_rate
+        # Give the publisher time to connect before the first stamp (its lines would otherwise queue up).
+        time.sleep(0.3)
+        started = time.monotonic()
+        try:
+            for seq in range(count):
+                delay = started + seq * interval - time.monotonic()
+                if delay > 0:
+                    time.sleep(delay)
+                line = f"{time.time_ns()} {seq}".ljust(settings.payload_size) + "\n"
+                pipe.write(line.encode())
+                pipe.flush()
+        except BrokenPipeError:
+            pass
+        complete = sub.wait(max(1.0, settings.run_timeout - (time.monotonic() - started)))
+        if not complete:
+            sub.kill()
+        _close_input(publisher)
+        latencies = {}
+        for line in out.read_text(errors="replace").splitlines():
+            parsed = parse_latency_line(line)
+            if parsed:
+                latencies[parsed[0]] = parsed[1] / 1e9
+        if not latencies:
+            raise ScenarioError("no stamped message arrived")
+        values = list(latencies.values())
+        lost = count - len(latencies)
+        return RunResult(values={"p50": percentile(values, 50), "p99": percentile(values, 99), "lost": lost},
+                         complete=complete and lost == 0,
+                         note="" if lost == 0 else f"{lost} of {count} messages did not arrive")
+
+
+# --- TLS connection rate ----------------------------------------------------------------------------------
+
+class ConnectRate(Scenario):
+    """New TCP + TLS 1.3 handshake + CONNECT/CONNACK + DISCONNECT, back to back, from K client processes."""
+
+    def __init__(self, name: str, *, processes: int, mode: str = "tls") -> None:
+        self.name = name
+        self.processes = processes
+        self.mode = mode
+        self.description = f"TLS connect rate, {processes} client process{'es' if processes > 1 else ''}"
+        self.metrics = (
+            Metric("rate", "connections/s", "conn/s", True),
+            Metric("broker_cpu_per_conn", "broker CPU per connection", "µs", False, 1e6),
+            Metric("client_cpu_util", "busiest client's CPU (1.0 = one core)", "", False),
+        )
+
+    def run(self, broker: RunningBroker, pki: Pki, settings: Settings, rundir: Path) -> RunResult:
+        per_process = max(1, settings.connections // self.processes)
+        tls_args = []
+        if self.mode != "plain":
+            tls_args = ["--cafile", str(pki.ca_cert)]
+            if self.mode == "mtls":
+                tls_args += ["--cert", str(pki.client_cert), "--key", str(pki.client_key)]
+        cpu_before = procstat.cpu_seconds(broker.pid)
+        children, outputs = [], []
+        for index in range(self.processes):
+            out = rundir / f"connector{index}.out"
+            with open(out, "wb") as stdout, open(rundir / f"connector{index}.err", "wb") as stderr:
+                children.append(Child(_python_module_argv("bench.connector") + [
+                    "--port", str(broker.ports[self.mode]), "--count", str(per_process),
+                    "--deadline", str(settings.run_timeout)] + tls_args,
+                    name=f"connector{index}", stdout=stdout, stderr=stderr))
+            outputs.append(out)
+        complete = _wait_all(children, time.monotonic() + settings.run_timeout + 15)
+        cpu_after = procstat.cpu_seconds(broker.pid)
+        if not complete:
+            _stop_all(children)
+            raise ScenarioError("connect clients did not finish in time")
+        reports = []
+        for index, out in enumerate(outputs):
+            try:
+                reports.append(json.loads(out.read_text()))
+            except ValueError as exc:
+                err = (rundir / f"connector{index}.err").read_text(errors="replace")[-300:]
+                raise ScenarioError(f"connect client {index} reported nothing: {err}") from exc
+        ok = sum(r["ok"] for r in reports)
+        errors = sum(r["errors"] for r in reports)
+        if ok == 0:
+            raise ScenarioError(f"no connection succeeded: {reports[0]['first_error']}")
+        elapsed = max(r["elapsed"] for r in reports)
+        note = ""
+        if errors:
+            note = f"{errors} failed connections (first: {next(r['first_error'] for r in reports if r['errors'])})"
+        return RunResult(values={
+            "rate": ok / elapsed,
+            "broker_cpu_per_conn": (cpu_after - cpu_before) / ok,
+            "client_cpu_util": _client_utilisation(children),
+        }, complete=errors == 0 and ok == per_process * self.processes, note=note)
+
+
+# --- memory per idle connection ------------------------------------------------------------------------------
+
+def _wait_for_ready_line(path: Path, deadline: float, child: Child) -> str | None:
+    while time.monotonic() < deadline:
+        try:
+            for line in path.read_text(errors="replace").splitlines():
+                if line.startswith("ready "):
+                    return line
+        except FileNotFoundError:
+            pass
+        if not child.running:
+            return None
+        time.sleep(0.05)
+    return None
+
+
+class IdleMemory(Scenario):
+    """Broker RSS growth per idle MQTT connection (CONNECT done, keep-alive 0), from /proc VmRSS."""
+
+    SETTLE_SECONDS = 1.0
+    WARMUP_CONNECTIONS = 50
+
+    def __init__(self, name: str, *, mode: str) -> None:
+        self.name = name
+        self.mode = mode
+        self.description = f"memory per idle connection, {'plain TCP' if mode == 'plain' else 'TLS 1.3'}"
+        self.metrics = (Metric("bytes_per_conn", "RSS per idle connection", "KiB", False, 1 / 1024),)
+
+    def _hold(self, broker: RunningBroker, pki: Pki, connections: int, rundir: Path, tag: str,
+              timeout: float) -> tuple[Child, object, int]:
+        argv = _python_module_argv("bench.holder") + ["--port", str(broker.ports[self.mode]),
+                                                      "--connections", str(connections),
+                                                      "--hold", str(timeout + 30)]
+        if self.mode != "plain":
+            argv += ["--cafile", str(pki.ca_cert)]
+        out = rundir / f"holder-{tag}.out"
+        with open(out, "wb") as stdout, open(rundir / f"holder-{tag}.err", "wb") as stderr:
+            holder = Child(argv, name=f"holder-{tag}", stdin=subprocess.PIPE, stdout=stdout, stderr=stderr)
+        line = _wait_for_ready_line(out, time.monotonic() + timeout, holder)
+        if line is None:
+            holder.kill()
+            err = (rundir / f"holder-{tag}.err").read_text(errors="replace")[-300:]
+            raise ScenarioError(f"idle connections were not all opened in time: {err}")
+        _, ok, failed = line.split()
+        if int(failed):
+            holder.kill()
+            err = (rundir / f"holder-{tag}.err").read_text(errors="replace")[-300:]
+            raise ScenarioError(f"{failed} of {connections} idle connections failed: {err}")
+        return holder, holder.popen.stdin, int(ok)
+
+    def _release(self, holder: Child, stdin) -> None:
+        stdin.close()
+        if not holder.wait(15.0):
+            holder.kill()
+
+    def run(self, broker: RunningBroker, pki: Pki, settings: Settings, rundir: Path) -> RunResult:
+        # A first batch brings the broker's lazily allocated parts (TLS context, buffers, pools) into being.
+        holder, stdin, _ = self._hold(broker, pki, self.WARMUP_CONNECTIONS, rundir, "warmup", settings.run_timeout)
+        self._release(holder, stdin)
+        time.sleep(self.SETTLE_SECONDS)
+        rss_before = procstat.rss_bytes(broker.pid)
+        holder, stdin, opened = self._hold(broker, pki, settings.idle_connections, rundir, "main",
+                                           settings.run_timeout)
+        try:
+            time.sleep(self.SETTLE_SECONDS)
+            rss_after = procstat.rss_bytes(broker.pid)
+        finally:
+            self._release(holder, stdin)
+        return RunResult(values={"bytes_per_conn": (rss_after - rss_before) / opened})
+
+
+# --- certificate rotation under load ------------------------------------------------------------------------
+
+def served_fingerprint(port: int, ctx: ssl.SSLContext) -> str:
+    """Fingerprint of the certificate a new connection is served (after a full MQTT CONNECT/CONNACK)."""
+    with socket.create_connection((net.HOST, port), timeout=5) as raw:
+        with ctx.wrap_socket(raw, server_hostname=net.HOST) as tls:
+            der = tls.getpeercert(binary_form=True)
+            tls.sendall(mqtt_wire.connect_packet(f"bench-probe-{uuid.uuid4().hex[:8]}"))
+            data = b""
+            while len(data) < mqtt_wire.CONNACK_LENGTH:
+                chunk = tls.recv(mqtt_wire.CONNACK_LENGTH - len(data))
+                if not chunk:
+                    raise ConnectionError("closed before CONNACK")
+                data += chunk
+            mqtt_wire.check_connack(data)
+            tls.sendall(mqtt_wire.DISCONNECT)
+    return fingerprint_of_der(der)
+
+
+class Rotation(Scenario):
+    """TLS clients publish QoS 1 while the server certificate is replaced and the broker told to reload.
+
+    Each rotation writes a new key and certificate (same CA) over the files, then uses the broker's reload
+    methods in turn (Wharf: SIGHUP, then the admin API; mosquitto: SIGHUP), and probes with new connections
+    every 20 ms until one is served the new certificate.
+    """
+
+    needs_own_pki = True
+    PROBE_INTERVAL = 0.02
+    PROBE_TIMEOUT = 5.0
+
+    def __init__(self, name: str) -> None:
+        self.name = name
+        self.description = "certificate rotation under QoS 1 TLS load"
+        self.metrics = (
+            Metric("dropped", "dropped connections", "", False),
+            Metric("lost", "lost QoS 1 messages", "", False),
+            Metric("new_cert_median", "new cert served after (median)", "ms", False, 1e3),
+            Metric("new_cert_max", "new cert served after (max)", "ms", False, 1e3),
+            Metric("unseen", "rotations never served", "", False),
+        )
+
+    def unsupported_reason(self, broker: Broker) -> str | None:
+        return None if broker.can_reload_certificates else "has no way to reload certificates"
+
+    def run(self, broker: RunningBroker, pki: Pki, settings: Settings, rundir: Path) -> RunResult:
+        duration = settings.rotations * settings.rotation_interval + 1.0
+        out = rundir / "load.out"
+        with open(out, "wb") as stdout, open(rundir / "load.err", "wb") as stderr:
+            load = Child(_python_module_argv("bench.rotation_load") + [
+                "--port", str(broker.ports["tls"]), "--cafile", str(pki.ca_cert),
+                "--publishers", str(settings.rotation_publishers), "--rate", str(settings.rotation_rate),
+                "--duration", str(duration), "--topic", f"bench/rotation/{uuid.uuid4().hex[:8]}"],
+                name="rotation-load", stdout=stdout, stderr=stderr)
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline and "ready" not in out.read_text(errors="replace"):
+            if not load.running:
+                break
+            time.sleep(0.05)
+        if "ready" not in out.read_text(errors="replace"):
+            load.kill()
+            raise ScenarioError("rotation load did not connect: " + (out.read_text() + (rundir / "load.err").read_text())[-400:])
+        ctx = net.client_tls_context(pki, mutual=False)
+        methods = list(broker.reloaders.items())
+        seen_after: list[float] = []
+        unseen = 0
+        reload_errors: list[str] = []
+        for index in range(settings.rotations):
+            time.sleep(settings.rotation_interval / 2)
+            fingerprint = rotate_server_certificate(pki)
+            method_name, reload = methods[index % len(methods)]
+            reloaded_at = time.monotonic()
+            # The admin API call blocks until the broker swapped; run it beside the probes, as a client would.
+            caller = threading.Thread(target=self._call_reload, args=(reload, fingerprint, reload_errors, method_name),
+                                      daemon=True)
+            caller.start()
+            seen = None
+            while time.monotonic() - reloaded_at < self.PROBE_TIMEOUT:
+                try:
+                    if served_fingerprint(broker.ports["tls"], ctx) == fingerprint:
+                        seen = time.monotonic() - reloaded_at
+                        break
+                except (OSError, mqtt_wire.ProtocolError):
+                    pass
+                time.sleep(self.PROBE_INTERVAL)
+            caller.join(15)
+            if seen is None:
+                unseen += 1
+            else:
+                seen_after.append(seen)
+            remaining = settings.rotation_interval / 2 - (time.monotonic() - reloaded_at)
+            if remaining > 0:
+                time.sleep(remaining)
+        if not load.wait(duration + 60):
+            load.kill()
+            raise ScenarioError("rotation load did not finish")
+        report = None
+        for line in out.read_text(errors="replace").splitlines():
+            if line.startswith("{"):
+                report = json.loads(line)
+        if not report or "error" in report:
+            raise ScenarioError(f"rotation load failed: {report or (rundir / 'load.err').read_text()[-400:]}")
+        notes = [f"{report['published']} published, {report['acked']} acked, {report['received']} received"]
+        if reload_errors:
+            notes.append("reload errors: " + "; ".join(reload_errors[:3]))
+        return RunResult(values={
+            "dropped": report["disconnects"] + report["connect_failures"],
+            "lost": report["lost"],
+            "new_cert_median": statistics.median(seen_after) if seen_after else None,
+            "new_cert_max": max(seen_after) if seen_after and not unseen else None,
+            "unseen": unseen,
+        }, complete=unseen == 0 and not reload_errors, note="; ".join(notes))
+
+    @staticmethod
+    def _call_reload(reload, fingerprint: str, errors: list[str], method_name: str) -> None:
+        try:
+            reload(fingerprint)
+        except Exception as exc:  # noqa: BLE001 - any failure of the reload call is reported, not raised
+            errors.append(f"{method_name}: {type(exc).__name__}: {exc}")
+
+
+def all_scenarios() -> list[Scenario]:
+    """Every scenario, in the order they run and print."""
+    return [
+        Throughput("qos0", mode="plain", qos=0),
+        Throughput("qos1", mode="plain", qos=1),
+        Throughput("tls-qos0", mode="tls", qos=0),
+        Throughput("tls-qos1", mode="tls", qos=1),
+        Throughput("mtls-qos0", mode="mtls", qos=0),
+        Throughput("mtls-qos1", mode="mtls", qos=1),
+        Throughput("fanout", mode="plain", qos=0, subscribers=10),
+        Latency("latency-qos0", qos=0),
+        Latency("latency-qos1", qos=1),
+        ConnectRate("connect-tls-1", processes=1),
+        ConnectRate("connect-tls-4", processes=4),
+        IdleMemory("memory-plain", mode="plain"),
+        IdleMemory("memory-tls", mode="tls"),
+        Rotation("rotation"),
+    ]
