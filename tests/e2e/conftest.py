@@ -1,0 +1,8 @@
+"""The kind end-to-end suite's fixtures. Helpers live in e2e_support.py (imported by name)."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
