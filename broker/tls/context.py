@@ -13,6 +13,7 @@ from __future__ import annotations
 import os
 import ssl
 import tempfile
+import warnings
 from typing import Callable
 
 from OpenSSL import SSL, crypto
@@ -56,8 +57,11 @@ def configure_stdlib(ctx: ssl.SSLContext, policy: TlsPolicy, shim: OpenSslShim |
     # Widen first so that the new limits never cross the old ones.
     ctx.minimum_version = ssl.TLSVersion.MINIMUM_SUPPORTED
     ctx.maximum_version = ssl.TLSVersion.MAXIMUM_SUPPORTED
-    ctx.maximum_version = STDLIB_VERSIONS[policy.max_version]
-    ctx.minimum_version = STDLIB_VERSIONS[policy.min_version]
+    with warnings.catch_warnings():
+        # TLS 1.0/1.1 are deprecated in Python; options.py already warned that they were asked for.
+        warnings.simplefilter("ignore", DeprecationWarning)
+        ctx.maximum_version = STDLIB_VERSIONS[policy.max_version]
+        ctx.minimum_version = STDLIB_VERSIONS[policy.min_version]
     options = ctx.options
     for version, flag in _NO_VERSION_OPS.items():
         options = options | flag if version in _excluded_versions(policy) else options & ~flag
@@ -139,8 +143,10 @@ def _pump(a_in: ssl.MemoryBIO, a_out: ssl.MemoryBIO, b_in: ssl.MemoryBIO, b_out:
 def _smoke_client(policy: TlsPolicy) -> ssl.SSLContext:
     client = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
     client.check_hostname, client.verify_mode = False, ssl.CERT_NONE
-    client.minimum_version = STDLIB_VERSIONS[policy.min_version]
-    client.maximum_version = STDLIB_VERSIONS[policy.max_version]
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", DeprecationWarning)
+        client.minimum_version = STDLIB_VERSIONS[policy.min_version]
+        client.maximum_version = STDLIB_VERSIONS[policy.max_version]
     if policy.legacy_versions or policy.tls12_ciphers:
         client.set_ciphers("ALL:@SECLEVEL=0")
     return client
@@ -202,12 +208,11 @@ def build_pyopenssl_context(policy: TlsPolicy, material: Material,
     except SSL.Error as exc:
         raise TlsConfigError(f"the pyOpenSSL backend refused versions/ciphers: {exc}") from None
 
-    key = crypto.PKey.from_cryptography_key(material.private_key)
     try:
-        ctx.use_certificate(crypto.X509.from_cryptography(material.leaf))
+        ctx.use_certificate(material.leaf)
         for extra in material.chain[1:]:
             ctx.add_extra_chain_cert(crypto.X509.from_cryptography(extra))
-        ctx.use_privatekey(key)
+        ctx.use_privatekey(material.private_key)
         ctx.check_privatekey()
     except SSL.Error as exc:
         raise TlsConfigError(f"certfile/keyfile: OpenSSL refused the pair: {exc}") from None

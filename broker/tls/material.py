@@ -97,7 +97,10 @@ def _read(path: str, what: str) -> bytes:
 
 
 def _password(policy: TlsPolicy) -> bytes:
-    # EMQX's "file://<path>" form keeps the password out of the config file.
+    # password_file (first line) wins; EMQX's "file://<path>" form of password works too.
+    if policy.password_file:
+        lines = _read(policy.password_file, "password_file").splitlines()
+        return lines[0] if lines else b""
     if policy.password.startswith("file://"):
         return _read(policy.password[len("file://"):], "password file").rstrip(b"\r\n")
     return policy.password.encode()

@@ -49,6 +49,7 @@ class TlsPolicy:
     cacertfile: str
     crlfile: str
     password: str
+    password_file: str
     verify_peer: bool
     fail_if_no_peer_cert: bool
     versions: tuple[str, ...]
@@ -92,7 +93,8 @@ class TlsPolicy:
         return self.ocsp_stapling or self.psk_enabled
 
     def watched_files(self) -> list[str]:
-        return [p for p in (self.certfile, self.keyfile, self.cacertfile, self.crlfile, self.ocsp_issuer_pem) if p]
+        return [p for p in (self.certfile, self.keyfile, self.cacertfile, self.crlfile, self.ocsp_issuer_pem,
+                            self.password_file, self.psk_file) if p]
 
 
 def _parse_ekus(text: str) -> tuple[ObjectIdentifier, ...]:
@@ -218,6 +220,7 @@ def validate_options(options: SslOptions, psk: PskAuthentication | None = None) 
     return TlsPolicy(
         certfile=options.certfile, keyfile=options.keyfile, cacertfile=options.cacertfile,
         crlfile=options.crlfile if options.enable_crl_check else "", password=options.password,
+        password_file=getattr(options, "password_file", ""),
         verify_peer=verify_peer, fail_if_no_peer_cert=options.fail_if_no_peer_cert,
         versions=versions, tls12_ciphers=tls12, tls13_suites=tls13, depth=options.depth,
         handshake_timeout=float(options.handshake_timeout), honor_cipher_order=options.honor_cipher_order,

@@ -55,6 +55,10 @@ class PyOpenSslBridge(asyncio.Protocol, asyncio.Transport):
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self._raw = transport  # type: ignore[assignment]
         generation = self._generation = self._runtime.current_generation
+        if generation.pyossl_ctx is None:  # the listener is being rebound onto the stdlib backend
+            self._state = "closed"
+            transport.abort()
+            return
         self.psk_table = generation.psk_table
         self._conn = SSL.Connection(generation.pyossl_ctx, None)
         self._conn.set_app_data(self)

@@ -74,7 +74,16 @@ class Generation:
         return self.material.info.fingerprint_sha256
 
 
-def choose_backend(policy: TlsPolicy, shim: openssl_shim.OpenSslShim | None) -> str:
+def choose_backend(policy: TlsPolicy, shim: openssl_shim.OpenSslShim | None, wanted: str = "auto") -> str:
+    if wanted == "pyopenssl":
+        return wanted
+    if wanted == "stdlib":
+        if policy.needs_pyopenssl:
+            raise TlsConfigError("OCSP stapling and PSK need the pyOpenSSL backend")
+        if shim is None and (policy.verify_peer or policy.tls13_suites):
+            raise TlsConfigError("the stdlib backend cannot enforce depth/TLS 1.3 suites here (OpenSSL shim "
+                                 "unavailable)")
+        return wanted
     if policy.needs_pyopenssl:
         return "pyopenssl"
     # Without the shim the stdlib cannot enforce depth or TLS 1.3 suites: pyOpenSSL can.
@@ -147,8 +156,11 @@ class _StdlibGate(asyncio.Protocol):
 class TlsListenerRuntime:
     def __init__(self, listener_id: str, options: SslOptions, *, psk: PskAuthentication | None = None,
                  crl_cache: CrlCacheConfig | CrlDistributionCache | None = None,
-                 registry: Registry = REGISTRY) -> None:
+                 registry: Registry = REGISTRY, backend: str = "auto") -> None:
+        if backend not in ("auto", "stdlib", "pyopenssl"):
+            raise TlsConfigError(f"backend must be auto, stdlib or pyopenssl, not {backend!r}")
         self.listener_id = listener_id
+        self._wanted_backend = backend
         self._options = options
         self._psk_config = psk or PskAuthentication()
         self._crl_config = crl_cache or CrlCacheConfig()
@@ -201,7 +213,7 @@ class TlsListenerRuntime:
     def _build(self, policy: TlsPolicy, snapshot: Snapshot) -> Generation:
         """Validate, build and smoke-test one generation (runs in a worker thread)."""
         material = validate_snapshot(policy, snapshot)
-        backend = choose_backend(policy, self._shim)
+        backend = choose_backend(policy, self._shim, self._wanted_backend)
         psk_table = parse_psk_file(snapshot.psk_lines, policy.psk_separator) if policy.psk_enabled else {}
         if backend == "stdlib":
             ctx = build_stdlib_context(policy, material, self._shim)
@@ -241,6 +253,7 @@ class TlsListenerRuntime:
 
     def _select_context(self, sslobj: ssl.SSLObject, server_name: str | None, base: ssl.SSLContext) -> None:
         # Runs for every ClientHello, with or without SNI: the new connection gets the current material.
+        # (None only for the moment an update switches the listener to the other backend: the handshake fails.)
         sslobj.context = self._generation.stdlib_ctx
 
     def _record_failure(self, message: str) -> None:
