@@ -167,3 +167,54 @@ def test_host_exchanges_messages_with_the_container_over_tls(broker_container: d
         for client in (subscriber, publisher):
             client.disconnect()
             client.loop_stop()
+
+
+def untrusted_client_certificate(directory: Path) -> tuple[str, str]:
+    """A self-signed client certificate that does not chain to the broker's CA."""
+    from datetime import datetime, timedelta, timezone
+
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import NameOID
+
+    key = ec.generate_private_key(ec.SECP256R1())
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "intruder")])
+    now = datetime.now(timezone.utc)
+    cert = (x509.CertificateBuilder().subject_name(name).issuer_name(name).public_key(key.public_key())
+            .serial_number(x509.random_serial_number()).not_valid_before(now - timedelta(minutes=5))
+            .not_valid_after(now + timedelta(days=1)).sign(key, hashes.SHA256()))
+    cert_path, key_path = directory / "intruder.crt", directory / "intruder.key"
+    cert_path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    key_path.write_bytes(key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+                                           serialization.NoEncryption()))
+    return str(cert_path), str(key_path)
+
+
+def mqtt_connect_over_tls(port: int, client_cert: tuple[str, str]) -> bytes:
+    """Send an MQTT 3.1.1 CONNECT with this client certificate; return the first bytes of the answer.
+
+    b"" (or an SSL error) means the broker closed the connection; a CONNACK starts with 0x20.
+    """
+    client_id = b"image-test"
+    variable = b"\x00\x04MQTT\x04\x02\x00\x3c" + len(client_id).to_bytes(2, "big") + client_id
+    connect = bytes([0x10, len(variable)]) + variable
+    context = ssl.create_default_context(cafile=str(CERTS / "rootCA.crt"))
+    context.load_cert_chain(*client_cert)
+    with socket.create_connection(("127.0.0.1", port), timeout=10) as raw, \
+            context.wrap_socket(raw, server_hostname="localhost") as tls:
+        try:
+            tls.sendall(connect)
+            return tls.recv(4)
+        except (ssl.SSLError, ConnectionResetError, BrokenPipeError):
+            return b""
+
+
+def test_container_verifies_client_certificates(broker_container: dict, tmp_path: Path) -> None:
+    """verify_peer in the built-in config: a presented certificate must chain to the bundled CA."""
+    port = broker_container["SSL"]
+    trusted = (str(CERTS / "client.crt"), str(CERTS / "client.key"))
+    assert mqtt_connect_over_tls(port, trusted)[:1] == b"\x20"  # CONNACK
+    # With TLS 1.3 the server's verdict comes after the client's handshake completes: the broker then
+    # closes the connection instead of answering the CONNECT.
+    assert mqtt_connect_over_tls(port, untrusted_client_certificate(tmp_path)) == b""
