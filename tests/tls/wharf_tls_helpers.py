@@ -181,3 +181,22 @@ def s_client(port: int, *args: str, data: bytes = b"ping", expect: bytes = b"pin
         proc.kill()
         proc.wait()
     return output
+
+
+@contextlib.asynccontextmanager
+async def http_server(handlers: dict):
+    """A local aiohttp server on 127.0.0.1 (ephemeral port); yields its base URL. ``handlers``: path -> handler."""
+    from aiohttp import web
+
+    app = web.Application()
+    for path, handler in handlers.items():
+        app.router.add_route("*", path, handler)
+    runner = web.AppRunner(app)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    port = site._server.sockets[0].getsockname()[1]
+    try:
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        await runner.cleanup()
