@@ -31,6 +31,25 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def check_tls_material(config) -> list[str]:
+    """What the TLS layer would refuse at start: bad options, unreadable or mismatched certificates and keys."""
+    try:
+        from .tls import TlsConfigError, validate_options
+        from .tls.material import read_snapshot, validate_snapshot
+    except ImportError:
+        return []
+    problems = []
+    for kind, name, listener in iter_listeners(config):
+        if kind not in ("ssl", "wss") or not listener.enable:
+            continue
+        try:
+            policy = validate_options(listener.ssl_options, config.psk_authentication)
+            validate_snapshot(policy, read_snapshot(policy))
+        except TlsConfigError as exc:
+            problems.append(f"listeners.{kind}.{name}.ssl_options: {exc}")
+    return problems
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     source = args.config or "the embedded default config"
@@ -42,6 +61,12 @@ def main(argv: list[str] | None = None) -> int:
     if args.log_level:
         config.log.level = args.log_level
     if args.check_config:
+        problems = check_tls_material(config)
+        if problems:
+            print(f"wharf-broker: {source}: TLS material would not load:", file=sys.stderr)
+            for problem in problems:
+                print(f"  {problem}", file=sys.stderr)
+            return EXIT_BAD_CONFIG
         enabled = [f"{kind}:{name} ({listener.bind})" for kind, name, listener in iter_listeners(config)
                    if listener.enable]
         print(f"config OK: {source}")

@@ -164,3 +164,17 @@ def test_log_level_and_json_format(broker_process):
     lines = [json.loads(line) for line in broker.log.splitlines() if line.startswith("{")]
     assert any(entry["msg"].startswith("listener tcp:default on 127.0.0.1:") for entry in lines)
     assert all({"ts", "level", "logger", "msg"} <= set(entry) for entry in lines)
+
+
+def test_check_config_loads_tls_material(tmp_path, certs):
+    pytest.importorskip("wharf_broker.tls")
+    config = tmp_path / "tls.conf"
+    config.write_text(f'listeners.ssl.x {{ bind = "127.0.0.1:0", ssl_options {{ certfile = "{certs}/client.crt",'
+                      f' keyfile = "{certs}/server.key" }} }}\n')
+    result = run_cli("--config", str(config), "--check-config")
+    assert result.returncode == 2
+    assert "listeners.ssl.x.ssl_options: keyfile does not match" in result.stderr
+    config.write_text(f'listeners.ssl.x {{ bind = "127.0.0.1:0", ssl_options {{ certfile = "{certs}/server.crt",'
+                      f' keyfile = "{certs}/server.key" }} }}\n')
+    result = run_cli("--config", str(config), "--check-config")
+    assert result.returncode == 0, result.stderr
