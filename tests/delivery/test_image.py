@@ -60,6 +60,8 @@ def docker_env():
 
 @pytest.fixture(scope="module")
 def image(docker_env: dict) -> str:
+    assert (ROOT / "README.md").exists(), \
+        "README.md is missing: pyproject.toml names it as the package's readme, so the package cannot be built"
     base = os.environ.get("WHARF_IMAGE_BASE")
     if not base:
         proc = subprocess.run([str(ROOT / "scripts" / "build-base-image.sh")], capture_output=True, text=True,
