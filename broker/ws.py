@@ -61,6 +61,7 @@ class WebSocketTransport(asyncio.Transport):
             return
         self._closing = True
         self._wakeup.set()
+        self._reading.set()  # a reader paused by flow control must notice the close
 
     def set_protocol(self, protocol: asyncio.BaseProtocol) -> None:
         self._protocol = protocol  # type: ignore[assignment]
@@ -114,6 +115,7 @@ class WebSocketTransport(asyncio.Transport):
         self._aborted = True
         self._buffer.clear()
         self._wakeup.set()
+        self._reading.set()
         if self._request.transport is not None:
             self._request.transport.abort()
 

@@ -378,3 +378,36 @@ async def test_wss_listener():
 
 def test_refused_metric_is_registered():
     assert REGISTRY.get("wharf_listener_connections_refused_total") is REFUSED
+
+
+async def test_websocket_close_while_reading_is_paused():
+    """A protocol that paused reading and then closes still gets connection_lost (nothing hangs)."""
+    lost = asyncio.Event()
+
+    class PauseThenClose(Echo):
+        def connection_made(self, transport) -> None:
+            super().connection_made(transport)
+            transport.pause_reading()
+            asyncio.get_running_loop().call_soon(transport.close)
+
+        def connection_lost(self, exc) -> None:
+            super().connection_lost(exc)
+            lost.set()
+
+    class PausingBroker(EchoBroker):
+        def protocol_factory(self, context):
+            return lambda: PauseThenClose(context)
+
+    app = BrokerApp(load_string('listeners.ws.default.bind = "127.0.0.1:0"\ndashboard.enable = false'),
+                    PausingBroker)
+    await app.start()
+    try:
+        async with aiohttp.ClientSession() as session:
+            async with session.ws_connect(f"http://{app.listeners['ws:default'].bind}/mqtt",
+                                          protocols=["mqtt"]) as ws:
+                message = await asyncio.wait_for(ws.receive(), 10)
+                assert message.type in (aiohttp.WSMsgType.CLOSE, aiohttp.WSMsgType.CLOSED)
+        await asyncio.wait_for(lost.wait(), 10)
+        assert app.listeners["ws:default"].context.current_connections == 0
+    finally:
+        await app.stop()
