@@ -240,3 +240,36 @@ def test_notes_explain_the_install(helm: Helm, tmp_path: Path) -> None:
     namespaced = render_notes(helm, tmp_path / "namespaced", "operator.watchNamespaces={team-a}")
     assert "these namespaces only: team-a" in namespaced
     assert "manifests/examples/" in namespaced
+
+
+def granted(rules: list[dict], group: str, resource: str) -> set[str]:
+    verbs: set[str] = set()
+    for rule in rules:
+        if group in rule.get("apiGroups", []) and resource in rule.get("resources", []):
+            verbs |= set(rule["verbs"])
+    return verbs
+
+
+@pytest.mark.parametrize("values", [VALUE_SETS["defaults"], VALUE_SETS["namespaced"]], ids=["cluster", "namespaced"])
+def test_rbac_covers_every_resource_the_operator_uses(helm: Helm, values: list[str]) -> None:
+    """Each resource in wharf_operator.kube can be read and watched; everything but pods can be written."""
+    from wharf_operator import crd, kube
+
+    objects = helm.template(*values)
+    roles = find(objects, "ClusterRole") + find(objects, "Role")
+    assert roles
+    used = [value for value in vars(kube).values() if isinstance(value, kube.Resource)]
+    assert {r.plural for r in used} >= {"secrets", "configmaps", "pods", "statefulsets"}
+    for role in roles:
+        for resource in used:
+            verbs = granted(role["rules"], resource.group, resource.plural)
+            assert {"get", "list", "watch"} <= verbs, (role["kind"], resource)
+            if resource.plural != "pods":  # pods are only read (the StatefulSet makes them)
+                assert {"create", "patch", "delete"} <= verbs, (role["kind"], resource)
+        own = granted(role["rules"], crd.GROUP, crd.PLURAL)
+        assert {"get", "list", "watch", "patch"} <= own
+        assert "patch" in granted(role["rules"], crd.GROUP, f"{crd.PLURAL}/status")
+        assert "create" in granted(role["rules"], "", "events")
+        # The broker pods are never created, exec'd into or deleted by the operator.
+        assert granted(role["rules"], "", "pods") == {"get", "list", "watch"}
+        assert granted(role["rules"], "", "pods/exec") == set()
