@@ -220,3 +220,36 @@ def test_container_verifies_client_certificates(broker_container: dict, tmp_path
     # With TLS 1.3 the server's verdict comes after the client's handshake completes: the broker then
     # closes the connection instead of answering the CONNECT.
     assert mqtt_connect_over_tls(port, untrusted_client_certificate(tmp_path)) == b""
+
+
+def test_image_runs_the_config_the_operator_renders(image: str, docker_env: dict, tmp_path: Path) -> None:
+    """In Kubernetes the broker gets the operator's config (the whole config) and Secret volumes, so the
+    bundled test certificates are not used: the rendered config names only the mounted files, and the image's
+    broker accepts it with those files in place (--check-config loads the certificate material)."""
+    import yaml
+    from wharf_operator import crd, layout, render
+
+    broker = next(d for d in yaml.safe_load_all((ROOT / "manifests" / "examples" / "mtls.yaml").read_text())
+                  if d and d["kind"] == "MQTTBroker")
+    spec = crd.defaulted_spec(broker["spec"])
+    config = render.render(spec)
+    assert "etc/certs" not in config.replace(layout.ROOT, "")
+    # The pod's /etc/wharf as the StatefulSet mounts it: config, each listener's Secret, CA bundle, admin token.
+    root = tmp_path / "etc-wharf"
+    files: dict[str, Path | None] = {layout.config_file(str(root)): None, layout.admin_token_file(str(root)): None}
+    for listener in spec["listeners"]:
+        name = listener["name"]
+        files[f"{layout.cert_dir(name, str(root))}/tls.crt"] = CERTS / "server.crt"
+        files[f"{layout.cert_dir(name, str(root))}/tls.key"] = CERTS / "server.key"
+        files[f"{layout.ca_dir(name, str(root))}/ca.crt"] = CERTS / "rootCA.crt"
+    for target, source in files.items():
+        Path(target).parent.mkdir(parents=True, exist_ok=True)
+        if source is not None:
+            shutil.copy(source, target)
+    Path(layout.config_file(str(root))).write_text(config)
+    Path(layout.admin_token_file(str(root))).write_text("test-token\n")
+    for path in [root, *root.rglob("*")]:
+        path.chmod(0o755 if path.is_dir() else 0o644)  # readable by the image's unprivileged user
+    proc = docker("run", "--rm", "--network", "none", "-v", f"{root}:{layout.ROOT}:ro", image,
+                  "wharf-broker", "--config", layout.config_file(), "--check-config", env=docker_env, check=False)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
