@@ -236,3 +236,28 @@ async def test_peer_identity_through_the_listener(pki, clients):
     assert identity.cn == "client-good" and identity.tls_version == "TLSv1.3"
     assert identity.as_identity("dn") == "CN=client-good,O=Wharf Test,C=SE"
     assert identity.as_identity("crt") == pki.client.cert.public_bytes(__import__("cryptography").hazmat.primitives.serialization.Encoding.DER)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+async def test_verify_peer_ext_key_usage(pki, backend):
+    both = pki.issued_files("c-eku-both", pki.ca.issue(
+        "dev-eku-both", eku=[ExtendedKeyUsageOID.CLIENT_AUTH, ExtendedKeyUsageOID.CODE_SIGNING]))
+    opts = options(pki, verify="verify_peer", fail_if_no_peer_cert=True,
+                   verify_peer_ext_key_usage="clientAuth,OID:1.3.6.1.5.5.7.3.3")
+    async with serving(opts, backend=backend) as rt:
+        assert (await exchange(rt.port, client_context(pki, both))).reply == b"ping|dev-eku-both|-"
+        plain = (pki.path("client.pem"), pki.path("client.key"))  # clientAuth only: lacks codeSigning
+        assert not (await exchange(rt.port, client_context(pki, plain))).ok
+        assert failures(rt).get("ext_key_usage") == 1
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+async def test_partial_chain_trusts_an_intermediate_alone(pki, backend):
+    intermediate = pki.ca.intermediate("Partial Intermediate")
+    only_intermediate = pki.write("intermediate-only.pem", intermediate.cert_pem)
+    cert = pki.issued_files("c-partial", intermediate.issue("dev-partial", client=True))
+    for partial, accepted in ((False, False), (True, True)):
+        opts = options(pki, cacertfile=only_intermediate, verify="verify_peer", fail_if_no_peer_cert=True,
+                       partial_chain=partial)
+        async with serving(opts, backend=backend) as rt:
+            assert (await exchange(rt.port, client_context(pki, cert))).ok is accepted, partial
