@@ -178,3 +178,49 @@ def test_check_config_loads_tls_material(tmp_path, certs):
                       f' keyfile = "{certs}/server.key" }} }}\n')
     result = run_cli("--config", str(config), "--check-config")
     assert result.returncode == 0, result.stderr
+
+
+def test_embedded_default_serves_one_way_and_mutual_tls(broker_process, certs, tmp_path):
+    """The README's promise: the default config serves TLS to clients with and without a certificate."""
+    pytest.importorskip("wharf_broker.tls")
+    import shutil
+    import ssl
+
+    env = {f"WHARF_{kind}_BIND": "127.0.0.1:0" for kind in ("TCP", "SSL", "WS", "WSS", "DASHBOARD")}
+    broker = broker_process(None, env=env)
+    port = broker.port("ssl:default")
+
+    def handshake(with_cert: bool, cert_dir=certs) -> bytes:
+        """CONNECT over TLS; the first bytes the broker answers with."""
+        context = ssl.create_default_context(cafile=str(certs / "rootCA.crt"))
+        if with_cert:
+            context.load_cert_chain(str(cert_dir / "client.crt"), str(cert_dir / "client.key"))
+        with socket.create_connection(("127.0.0.1", port), timeout=10) as raw:
+            with context.wrap_socket(raw, server_hostname="localhost") as tls:
+                client_id = b"tls-check"
+                body = b"\x00\x04MQTT\x04\x02\x00\x3c" + len(client_id).to_bytes(2, "big") + client_id
+                tls.sendall(bytes([0x10, len(body)]) + body)  # MQTT 3.1.1 CONNECT, clean session
+                # Under TLS 1.3 a refused client certificate only shows here, on the first read.
+                return tls.recv(4)
+
+    connack_accepted = b"\x20\x02\x00\x00"
+
+    assert handshake(False) == connack_accepted
+    assert handshake(True) == connack_accepted
+    # A client certificate from another CA is refused (verify_peer).
+    from wharf_broker.tls.devpki import CertificateAuthority
+    stranger = CertificateAuthority("Stranger CA").issue("intruder", client=True)
+    (tmp_path / "client.crt").write_bytes(stranger.cert_pem())
+    (tmp_path / "client.key").write_bytes(stranger.key_pem())
+    try:
+        answer = handshake(True, tmp_path)
+    except (ssl.SSLError, ConnectionError):
+        answer = None
+    assert answer in (None, b""), "a certificate from an unknown CA got through"
+
+    if shutil.which("mosquitto_pub"):
+        for extra in ([], ["--cert", str(certs / "client.crt"), "--key", str(certs / "client.key")]):
+            result = subprocess.run(["mosquitto_pub", "-h", "localhost", "-p", str(port), "--cafile",
+                                     str(certs / "rootCA.crt"), *extra, "-t", "tls/check", "-m", "hi", "-q", "1"],
+                                    capture_output=True, text=True, timeout=30)
+            assert result.returncode == 0, result.stderr
