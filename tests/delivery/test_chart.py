@@ -16,7 +16,8 @@ VALUE_SETS = {
     "defaults": [],
     "namespaced": ["operator.watchNamespaces={team-a,team-b}"],
     "everything": ["example.enabled=true", "metrics.serviceMonitor.enabled=true", "example.clientAuth=required",
-                   "operator.verbose=true", "operator.allowPodNetworks={10.244.0.0/16}", "serviceAccount.annotations.a=b"],
+                   "operator.verbose=true", "operator.allowPodNetworks={10.244.0.0/16}",
+                   "serviceAccount.annotations.a=b"],
 }
 
 # Custom resources the chart may render; their schemas are not Kubernetes', so they are checked elsewhere

@@ -193,3 +193,31 @@ class PortForward:
                 self.process.wait(timeout=10)
             except subprocess.TimeoutExpired:
                 self.process.kill()
+
+
+# --- the objects the suite applies (unit-tested against the CRD offline) -----------------------------------
+
+def issuer(name: str, namespace: str, spec: dict) -> dict:
+    return {"apiVersion": "cert-manager.io/v1", "kind": "Issuer",
+            "metadata": {"name": name, "namespace": namespace}, "spec": spec}
+
+
+def certificate(name: str, namespace: str, issuer_name: str, **spec: object) -> dict:
+    """A cert-manager Certificate whose Secret has the same name; a new key on every issuance."""
+    return {"apiVersion": "cert-manager.io/v1", "kind": "Certificate",
+            "metadata": {"name": name, "namespace": namespace},
+            "spec": {"secretName": name, "issuerRef": {"kind": "Issuer", "name": issuer_name},
+                     "privateKey": {"algorithm": "ECDSA", "size": 256, "rotationPolicy": "Always"}, **spec}}
+
+
+def mqtt_broker(name: str, namespace: str, *, image: str, port: int, server_secret: str, ca_secret: str,
+                replicas: int = 2) -> dict:
+    """An MQTTBroker with one ssl listener: server certificate from server_secret, client certificates
+    verified against ca_secret's ca.crt when presented (one-way and mutual TLS on the same port)."""
+    return {"apiVersion": "mqtt.wharf.dev/v1alpha1", "kind": "MQTTBroker",
+            "metadata": {"name": name, "namespace": namespace},
+            "spec": {"replicas": replicas, "image": image, "imagePullPolicy": "Never",
+                     "listeners": [{"name": "default", "type": "ssl", "port": port, "tls": {
+                         "secretName": server_secret,
+                         "caRef": {"kind": "Secret", "name": ca_secret, "key": "ca.crt"},
+                         "verify": "verify_peer", "failIfNoPeerCert": False}}]}}

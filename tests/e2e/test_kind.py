@@ -10,15 +10,17 @@ import base64
 import json
 import queue
 import subprocess
+import time
 import uuid
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
 
 import paho.mqtt.client as mqtt
 import pytest
-from e2e_support import (ROOT, Kubectl, cert_manager_manifest_url, condition, missing_prerequisite,
-                         node_image, pem_fingerprint, pod_uids, renewal_status_patch, restart_counts,
-                         served_fingerprint, tls_context, wait_until)
+from e2e_support import (ROOT, Kubectl, cert_manager_manifest_url, certificate, condition, issuer,
+                         missing_prerequisite, mqtt_broker, node_image, pem_fingerprint, pod_uids,
+                         renewal_status_patch, restart_counts, served_fingerprint, tls_context, wait_until)
+from wharf_operator.resources import selector_string
 
 pytestmark = [pytest.mark.e2e, pytest.mark.slow, pytest.mark.timeout(1800)]
 
@@ -45,17 +47,18 @@ def kubectl(tmp_path_factory: pytest.TempPathFactory):
         pytest.skip(f"kind e2e suite skipped: {reason}")
     name = f"wharf-e2e-{uuid.uuid4().hex[:6]}"
     kubeconfig = tmp_path_factory.mktemp("kind") / "kubeconfig"
-    run("kind", "create", "cluster", "--name", name, "--image", node_image(), "--kubeconfig", str(kubeconfig),
-        "--wait", "180s")
     try:
+        run("kind", "create", "cluster", "--name", name, "--image", node_image(), "--kubeconfig",
+            str(kubeconfig), "--wait", "180s")
         k = Kubectl(kubeconfig)
         run("docker", "build", "-t", IMAGE, str(ROOT), timeout=1800)
         run("kind", "load", "docker-image", IMAGE, "--name", name)
         k.run("apply", "-f", cert_manager_manifest_url())
         k.run("-n", "cert-manager", "wait", "--for=condition=Available", "deployment", "--all", "--timeout=300s")
         # cert-manager's webhook must answer before Issuers can be created.
-        wait_until(lambda: k.run("apply", "--dry-run=server", "-f", "-", check=False, stdin=json.dumps(
-            issuer("probe", {"selfSigned": {}}))).returncode == 0, timeout=120, what="cert-manager webhook")
+        probe = json.dumps(issuer("probe", "default", {"selfSigned": {}}))
+        wait_until(lambda: k.run("apply", "--dry-run=server", "-f", "-", check=False, stdin=probe).returncode == 0,
+                   timeout=120, what="cert-manager webhook")
         helm = run(str(ROOT / "tools" / "helm" / "ensure-helm.sh")).strip()
         run(helm, "--kubeconfig", str(kubeconfig), "install", "wharf", str(ROOT / "charts" / "wharf"),
             "--namespace", "wharf-system", "--create-namespace", "--set", "image.tag=e2e",
@@ -63,18 +66,6 @@ def kubectl(tmp_path_factory: pytest.TempPathFactory):
         yield k
     finally:
         subprocess.run(["kind", "delete", "cluster", "--name", name], capture_output=True, timeout=300)
-
-
-def issuer(name: str, spec: dict) -> dict:
-    return {"apiVersion": "cert-manager.io/v1", "kind": "Issuer",
-            "metadata": {"name": name, "namespace": NAMESPACE}, "spec": spec}
-
-
-def certificate(name: str, issuer_name: str, **spec: object) -> dict:
-    return {"apiVersion": "cert-manager.io/v1", "kind": "Certificate",
-            "metadata": {"name": name, "namespace": NAMESPACE},
-            "spec": {"secretName": name, "issuerRef": {"kind": "Issuer", "name": issuer_name},
-                     "privateKey": {"algorithm": "ECDSA", "size": 256, "rotationPolicy": "Always"}, **spec}}
 
 
 def secret_data(k: Kubectl, name: str) -> dict[str, str]:
@@ -104,7 +95,7 @@ class Broker:
         return pem_fingerprint(secret_data(self.k, "e2e-server")["tls.crt"])
 
     def pods(self) -> dict:
-        return self.k.get("-n", NAMESPACE, "pods", "-l", f"app.kubernetes.io/instance={BROKER}")
+        return self.k.get("-n", NAMESPACE, "pods", "-l", selector_string(BROKER))
 
     def resource(self) -> dict:
         return self.k.get("-n", NAMESPACE, "mqttbroker", BROKER)
@@ -120,24 +111,21 @@ def broker(kubectl: Kubectl, tmp_path_factory: pytest.TempPathFactory) -> Broker
     k = kubectl
     k.run("create", "namespace", NAMESPACE)
     # self-signed Issuer -> CA -> CA Issuer -> server and client certificates
-    k.apply(issuer("selfsigned", {"selfSigned": {}}),
-            certificate("e2e-ca", "selfsigned", isCA=True, commonName="wharf-e2e-ca", duration="87600h"))
+    k.apply(issuer("selfsigned", NAMESPACE, {"selfSigned": {}}),
+            certificate("e2e-ca", NAMESPACE, "selfsigned", isCA=True, commonName="wharf-e2e-ca",
+                        duration="87600h"))
     wait_until(lambda: condition(k.get("-n", NAMESPACE, "certificate", "e2e-ca"), "Ready")["status"] == "True",
                timeout=120, what="CA certificate ready")
-    k.apply(issuer("e2e-ca", {"ca": {"secretName": "e2e-ca"}}),
-            certificate("e2e-server", "e2e-ca", dnsNames=[BROKER, f"{BROKER}.{NAMESPACE}.svc"],
+    k.apply(issuer("e2e-ca", NAMESPACE, {"ca": {"secretName": "e2e-ca"}}),
+            certificate("e2e-server", NAMESPACE, "e2e-ca", dnsNames=[BROKER, f"{BROKER}.{NAMESPACE}.svc"],
                         ipAddresses=["127.0.0.1"], usages=["server auth", "digital signature"]),
-            certificate("e2e-client", "e2e-ca", commonName="e2e-client", usages=["client auth", "digital signature"]))
+            certificate("e2e-client", NAMESPACE, "e2e-ca", commonName="e2e-client",
+                        usages=["client auth", "digital signature"]))
     for name in ("e2e-server", "e2e-client"):
         wait_until(lambda name=name: condition(k.get("-n", NAMESPACE, "certificate", name), "Ready")["status"]
                    == "True", timeout=120, what=f"{name} ready")
-    k.apply({"apiVersion": "mqtt.wharf.dev/v1alpha1", "kind": "MQTTBroker",
-             "metadata": {"name": BROKER, "namespace": NAMESPACE},
-             "spec": {"replicas": 2, "image": IMAGE, "imagePullPolicy": "Never",
-                      "listeners": [{"name": "default", "type": "ssl", "port": PORT, "tls": {
-                          "secretName": "e2e-server",
-                          "caRef": {"kind": "Secret", "name": "e2e-ca", "key": "ca.crt"},
-                          "verify": "verify_peer", "failIfNoPeerCert": False}}]}})
+    k.apply(mqtt_broker(BROKER, NAMESPACE, image=IMAGE, port=PORT, server_secret="e2e-server",
+                        ca_secret="e2e-ca"))
     b = Broker(k, tmp_path_factory.mktemp("broker"))
     wait_until(lambda: (condition(b.resource(), "Ready") or {}).get("status") == "True", timeout=300,
                what="MQTTBroker Ready")
@@ -190,6 +178,10 @@ def test_renewal_is_served_live_without_restarts(broker: Broker) -> None:
         received: queue.Queue = queue.Queue()
         early = broker.mqtt_client(forward.port, "early-subscriber", mutual=True)
         early.on_message = lambda _c, _u, m: received.put(m.payload)
+        # paho reconnects by itself, so "still up" means: connected once and never disconnected.
+        sessions = {"connects": 0, "disconnects": 0}
+        early.on_connect = lambda *_a: sessions.__setitem__("connects", sessions["connects"] + 1)
+        early.on_disconnect = lambda *_a: sessions.__setitem__("disconnects", sessions["disconnects"] + 1)
         early.connect("127.0.0.1", forward.port)
         early.loop_start()
         early.subscribe("e2e/renewal", qos=1)
@@ -203,12 +195,14 @@ def test_renewal_is_served_live_without_restarts(broker: Broker) -> None:
             wait_until(lambda: served_by_each_pod(broker) == {new}, timeout=KUBELET_PROPAGATION_SECONDS +
                        MARGIN_SECONDS, interval=2, what="new certificate served by every pod")
             assert early.is_connected()
+            assert sessions == {"connects": 1, "disconnects": 0}
             publisher = broker.mqtt_client(forward.port, "late-publisher", mutual=False)
             publisher.connect("127.0.0.1", forward.port)
             publisher.loop_start()
             payload = wait_until(lambda: (publisher.publish("e2e/renewal", b"after", qos=1).wait_for_publish(5),
                                           received.get(timeout=1))[1], timeout=60, what="early subscriber receives")
             assert payload == b"after"
+            assert sessions == {"connects": 1, "disconnects": 0}
             publisher.disconnect()
             publisher.loop_stop()
         finally:
@@ -217,9 +211,9 @@ def test_renewal_is_served_live_without_restarts(broker: Broker) -> None:
     pods_after = broker.pods()
     assert pod_uids(pods_after) == pod_uids(pods_before)
     assert restart_counts(pods_after) == restart_counts(pods_before)
-    status = broker.resource()["status"]
-    (listener,) = status["listeners"]
-    assert listener["fingerprint"] == new
+    # The status reports the new certificate (the operator records it once every pod serves it).
+    wait_until(lambda: [l.get("fingerprint") for l in broker.resource()["status"].get("listeners", [])] == [new],
+               timeout=120, what="status shows the new fingerprint")
 
 
 def mismatched_tls_material() -> dict[str, str]:
@@ -259,7 +253,7 @@ def test_invalid_certificate_keeps_the_old_one_serving(broker: Broker) -> None:
         deadline = datetime.now(timezone.utc) + timedelta(seconds=KUBELET_PROPAGATION_SECONDS)
         while datetime.now(timezone.utc) < deadline:
             seen.add(served_fingerprint(forward.port, tls_context(broker.ca_pem), "127.0.0.1"))
-            subprocess.run(["sleep", "5"])
+            time.sleep(5)
         assert seen == {serving}
     assert served_by_each_pod(broker) == {serving}
 
@@ -267,8 +261,10 @@ def test_invalid_certificate_keeps_the_old_one_serving(broker: Broker) -> None:
 def test_clean_uninstall(broker: Broker) -> None:
     k = broker.k
     k.run("-n", NAMESPACE, "delete", "mqttbroker", BROKER, "--wait", "--timeout=180s")
-    assert k.get("-n", NAMESPACE, "statefulsets,services,configmaps,poddisruptionbudgets",
-                 "-l", f"app.kubernetes.io/instance={BROKER}")["items"] == []
+    # Owned objects go through the garbage collector, which takes a moment.
+    wait_until(lambda: k.get("-n", NAMESPACE, "statefulsets,services,configmaps,poddisruptionbudgets,pods",
+                             "-l", selector_string(BROKER))["items"] == [], timeout=180,
+               what="the broker's objects are gone")
     helm = run(str(ROOT / "tools" / "helm" / "ensure-helm.sh")).strip()
     run(helm, "--kubeconfig", str(k.kubeconfig), "uninstall", "wharf", "--namespace", "wharf-system", "--wait")
     left = k.get("-n", "wharf-system", "all,serviceaccounts", "-l", "app.kubernetes.io/instance=wharf")["items"]

@@ -9,7 +9,6 @@ import subprocess
 import sys
 import threading
 from datetime import datetime, timezone
-from pathlib import Path
 
 import pytest
 from e2e_support import (ROOT, PortForward, condition, missing_prerequisite, parse_forwarding_line,
@@ -150,3 +149,31 @@ def test_served_fingerprint_over_a_real_handshake() -> None:
     finally:
         thread.join(timeout=10)
         listener.close()
+
+
+def test_the_suites_mqtt_broker_is_valid_for_the_crd() -> None:
+    """What the suite applies passes the CRD's schema (offline: JSON Schema part; CEL is covered elsewhere)."""
+    import jsonschema
+    import yaml
+    from e2e_support import mqtt_broker
+
+    crd = yaml.safe_load((ROOT / "manifests" / "crds" / "mqttbrokers.mqtt.wharf.dev.yaml").read_text())
+    (version,) = [v for v in crd["spec"]["versions"] if v["name"] == "v1alpha1"]
+    broker = mqtt_broker("mqtt", "e2e", image="wharf:e2e", port=8883, server_secret="srv", ca_secret="ca")
+    assert broker["apiVersion"] == f"{crd['spec']['group']}/v1alpha1"
+    assert broker["kind"] == crd["spec"]["names"]["kind"]
+    errors = [e.message for e in jsonschema.Draft7Validator(version["schema"]["openAPIV3Schema"]).iter_errors(broker)]
+    assert errors == []
+    tls = broker["spec"]["listeners"][0]["tls"]
+    # The CEL rules the CRD carries for this combination: failIfNoPeerCert needs verify_peer; verify_peer needs caRef.
+    assert tls["verify"] == "verify_peer" and tls["caRef"]["name"] == "ca" and tls["failIfNoPeerCert"] is False
+
+
+def test_certificates_rotate_their_keys() -> None:
+    from e2e_support import certificate, issuer
+
+    cert = certificate("srv", "e2e", "ca", dnsNames=["mqtt"])
+    assert cert["spec"]["secretName"] == "srv"
+    assert cert["spec"]["privateKey"]["rotationPolicy"] == "Always"  # a renewal must change the fingerprint
+    assert cert["spec"]["issuerRef"] == {"kind": "Issuer", "name": "ca"}
+    assert issuer("ca", "e2e", {"ca": {"secretName": "ca"}})["spec"] == {"ca": {"secretName": "ca"}}
