@@ -4,7 +4,8 @@
 - ``enable_crl_check``: the certificate's CRL distribution points (``crl_cache.py``), fail closed; with no
   distribution point and no local ``crlfile`` there is nothing to prove the certificate good, so it is refused;
 - a *resumed* session skipped certificate verification, so it is checked again against the current local CRL:
-  a CRL reloaded after the session was made must not be bypassed by resuming it.
+  a CRL reloaded after the session was made must not be bypassed by resuming it;
+- ``revoked_now`` re-checks *open* connections whenever the CRLs change (MQTT connections live for days).
 
 ``check_now`` answers synchronously when it can (cached CRLs): None = accept, a string = refusal reason, or an
 awaitable for the answer when a CRL has to be fetched first.
@@ -61,3 +62,16 @@ class PeerChecker:
         if verdict is False:
             return cache.verdict(cert, issuers)
         return verdict
+
+    def revoked_now(self, der: bytes) -> bool:
+        """For a live connection: is its certificate revoked by a CRL we hold now (local or cached)?"""
+        generation = self._runtime.current_generation
+        if not generation.policy.enable_crl_check:
+            return False
+        cert = x509.load_der_x509_certificate(der)
+        if is_revoked(cert, generation.material.crls):
+            return True
+        cache = self._runtime.crl_cache
+        if cache is not None and distribution_points(cert):
+            return cache.verdict_cached(cert, generation.material.ca_certs) == "crl_revoked"
+        return False

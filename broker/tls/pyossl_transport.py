@@ -161,6 +161,7 @@ class PyOpenSslBridge(asyncio.Protocol, asyncio.Transport):
             self._raw.close()
             return
         self._state = "open"
+        self._runtime.track(self, self._conn)
         self._app.connection_made(self)
         pending, self._pending_plain = self._pending_plain, []
         for chunk in pending:

@@ -49,6 +49,8 @@ class PeriodicReloader:
                 pass
             try:
                 await self._runtime.reload()
+                # CRLs from distribution points refresh on their own clock: re-check open connections too.
+                self._runtime.kick_revoked()
             except asyncio.CancelledError:
                 raise
             except Exception:  # noqa: BLE001 - the re-check must survive anything and try again next tick

@@ -138,6 +138,7 @@ class _StdlibGate(asyncio.Protocol):
             self._runtime.metrics.failed(verdict)
             transport.abort()
             return
+        self._runtime.track(transport, transport.get_extra_info("ssl_object"))
         transport.set_protocol(self._app)
         self._app.connection_made(transport)
 
@@ -180,6 +181,9 @@ class TlsListenerRuntime:
         self._reloads_ok = 0
         self._reloads_failed = 0
         self._started = False
+        # Open connections with a client certificate, re-checked when CRLs change: transport -> DER.
+        self._live: dict[Any, bytes] = {}
+        self._prune_at = 64
 
     # -- building --------------------------------------------------------------------------------------------
     @property
@@ -250,6 +254,41 @@ class TlsListenerRuntime:
             log.warning("TLS %s: %s", self.listener_id, warning)
         if self._ocsp is not None and (previous is None or previous.fingerprint != generation.fingerprint):
             self._ocsp.certificate_changed()
+        if self._live and (previous is None or previous.material.snapshot.crl_pem != generation.material.snapshot.crl_pem):
+            self.kick_revoked()
+
+    def track(self, transport: Any, sslobj: Any) -> None:
+        """Remember an open connection with a client certificate, when CRL checking could revoke it later."""
+        generation = self._generation
+        if generation is None or not generation.policy.enable_crl_check or sslobj is None:
+            return
+        der = sslobj.getpeercert(binary_form=True) if isinstance(sslobj, ssl.SSLObject) else None
+        if der is None and not isinstance(sslobj, ssl.SSLObject):
+            identity = transport.get_extra_info("wharf_peer_identity")
+            der = identity.der if identity is not None else None
+        if der is None:
+            return
+        if len(self._live) >= self._prune_at:
+            # Transports are not all weak-referenceable (uvloop's): drop closed ones in amortised sweeps.
+            self._live = {t: d for t, d in self._live.items() if not t.is_closing()}
+            self._prune_at = max(64, 2 * len(self._live))
+        self._live[transport] = der
+
+    def kick_revoked(self) -> int:
+        """Close open connections whose client certificate a CRL now revokes; returns how many."""
+        kicked = 0
+        for transport, der in list(self._live.items()):
+            if transport.is_closing():
+                del self._live[transport]
+            elif self.checker.revoked_now(der):
+                del self._live[transport]
+                transport.abort()
+                self.metrics.failed("revoked_while_connected")
+                kicked += 1
+        if kicked:
+            log.warning("TLS %s: closed %d open connection(s) whose certificate is now revoked", self.listener_id,
+                        kicked)
+        return kicked
 
     def _select_context(self, sslobj: ssl.SSLObject, server_name: str | None, base: ssl.SSLContext) -> None:
         # Runs for every ClientHello, with or without SNI: the new connection gets the current material.

@@ -139,3 +139,35 @@ async def test_unreachable_distribution_point_fails_closed(files, crl_ca):
             assert failures(rt).get("crl_unavailable") == 1
             server.down = False
             assert (await exchange(rt.port, client_context(files, cert))).ok
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+async def test_open_connections_of_newly_revoked_certificates_are_closed(files, crl_ca, backend):
+    doomed_issued = crl_ca.issue("dev-doomed", client=True)
+    doomed = files.issued_files("dev-doomed", doomed_issued)
+    fine = client_files(files, crl_ca, "dev-fine")
+    crlfile = files.write("crl.pem", crl_ca.crl_pem() + files.ca.crl_pem())
+    async with serving(crl_options(files, crl_ca, crlfile=crlfile), backend=backend) as rt:
+        streams = {}
+        for name, cert in (("doomed", doomed), ("fine", fine)):
+            reader, writer = await asyncio.open_connection("127.0.0.1", rt.port, ssl=client_context(files, cert),
+                                                           server_hostname="localhost")
+            writer.write(b"hello")
+            expected = b"hello|dev-%s|-" % name.encode()
+            assert (await reader.readexactly(len(expected))) == expected
+            streams[name] = (reader, writer)
+        crl_ca.revoke(doomed_issued.cert)
+        files.write("crl.pem", crl_ca.crl_pem() + files.ca.crl_pem())
+        assert (await rt.reload()).reloaded
+        reader, writer = streams["doomed"]
+        try:
+            rest = await asyncio.wait_for(reader.read(), 20)
+        except (ssl.SSLError, ConnectionError):
+            rest = b""
+        assert rest == b""  # closed by the broker
+        assert failures(rt).get("revoked_while_connected") == 1
+        reader, writer = streams["fine"]
+        writer.write(b"still")
+        assert await reader.readexactly(len(b"still|dev-fine|-")) == b"still|dev-fine|-"
+        for _, w in streams.values():
+            w.close()

@@ -9,7 +9,7 @@ import os
 import ssl
 from pathlib import Path
 
-from wharf_broker.config.model import CrlCache, OcspOptions, PskAuthentication, SslOptions
+from wharf_broker.config.model import CrlCache, PskAuthentication, SslOptions
 from wharf_broker.metrics import Registry
 from wharf_broker.tls import TlsListenerRuntime, peer_identity
 from wharf_broker.tls.devpki import CertificateAuthority
