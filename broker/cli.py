@@ -85,6 +85,9 @@ def main(argv: list[str] | None = None) -> int:
         return EXIT_START_FAILED
     except KeyboardInterrupt:  # a second ^C while stopping
         return EXIT_START_FAILED
+    except Exception:
+        logging.getLogger("wharf").exception("the broker failed")
+        return EXIT_START_FAILED
 
 
 if __name__ == "__main__":
