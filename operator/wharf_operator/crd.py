@@ -252,7 +252,7 @@ def _status_schema() -> Schema:
         "lastRotationTime": _string("When the last rotation finished on every pod.", fmt="date-time"),
         "lastRotationSeconds": _number("Seconds from seeing the new Secret until every pod served it."),
         "lastError": _string("Why the last rotation was refused or did not finish, if it was."),
-    })
+    }, required=["name"])  # a list-map key must be required (or defaulted), or the API server refuses the CRD
     schema = _object("Observed state, written by the operator.", {
         "observedGeneration": _integer("The spec generation the operator last reconciled."),
         "replicas": _integer("Pods the StatefulSet runs."),
