@@ -1,0 +1,26 @@
+# Developer entry points. The real-API tests need the local control plane binaries, built
+# once per pin into ~/.cache/wharf/controlplane/<pin-hash>/ (see tools/controlplane/).
+
+PYTHON ?= python3
+
+.PHONY: controlplane controlplane-up controlplane-down test-realapi e2e-local
+
+# Build (or find in the cache) etcd, kube-apiserver, kube-controller-manager, kube-scheduler
+# and kwok. Niced: a cold build keeps both cores busy for a long while.
+controlplane:
+	nice -n 10 tools/controlplane/build.sh
+
+# The same control plane the tests use, for manual work: prints the admin kubeconfig path.
+controlplane-up: controlplane
+	scripts/controlplane up
+
+controlplane-down:
+	scripts/controlplane down
+
+# Tests against the real apiserver (CRD validation, RBAC, garbage collection, kwok Pods).
+test-realapi: controlplane
+	$(PYTHON) -m pytest tests/realapi -q
+
+# End to end on this machine: the real operator against the real control plane.
+e2e-local: controlplane
+	$(PYTHON) -m pytest tests/realapi -q -rA -s

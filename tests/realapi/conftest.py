@@ -1,0 +1,70 @@
+"""Session fixtures: one real control plane (etcd, kube-apiserver, kube-controller-manager,
+kube-scheduler, kwok) on 127.0.0.1 for every test in this folder.
+
+The binaries are built by `make controlplane` (tools/controlplane/build.sh). When they are
+not built and cannot be (no Go toolchain), every test here is skipped with the reason; set
+WHARF_BUILD_CONTROLPLANE=1 to let the fixture build them itself (a cold build takes long).
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+from typing import Iterator
+
+import kubernetes
+import pytest
+
+# Test modules import realapi_support by name (pytest runs with --import-mode=importlib).
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from realapi_support import admin_client, localcluster, unique_name, wait_for  # noqa: E402
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    here = Path(__file__).resolve().parent
+    for item in items:
+        if here in Path(str(item.fspath)).resolve().parents:
+            item.add_marker(pytest.mark.realapi)
+
+
+@pytest.fixture(scope="session")
+def controlplane_binaries() -> Path:
+    build = os.environ.get("WHARF_BUILD_CONTROLPLANE") == "1"
+    try:
+        return localcluster.locate_binaries(build=build)
+    except localcluster.ControlPlaneUnavailable as reason:
+        pytest.skip(f"real Kubernetes control plane unavailable: {reason}")
+
+
+@pytest.fixture(scope="session")
+def controlplane(controlplane_binaries: Path, tmp_path_factory: pytest.TempPathFactory
+                 ) -> Iterator[localcluster.LocalControlPlane]:
+    plane = localcluster.LocalControlPlane(tmp_path_factory.mktemp("controlplane"), controlplane_binaries)
+    plane.start()
+    try:
+        yield plane
+    finally:
+        plane.stop()
+
+
+@pytest.fixture(scope="session")
+def api(controlplane: localcluster.LocalControlPlane) -> Iterator[kubernetes.client.ApiClient]:
+    client = admin_client(controlplane.kubeconfig)
+    try:
+        yield client
+    finally:
+        client.close()
+
+
+@pytest.fixture
+def namespace(api: kubernetes.client.ApiClient) -> Iterator[str]:
+    """A fresh namespace, deleted (not awaited) after the test."""
+    core = kubernetes.client.CoreV1Api(api)
+    name = unique_name("t")
+    core.create_namespace({"metadata": {"name": name}})
+    # Pods need the namespace's default ServiceAccount (ServiceAccount admission).
+    wait_for(lambda: core.read_namespaced_service_account("default", name), f"default ServiceAccount in {name}")
+    yield name
+    core.delete_namespace(name)

@@ -1,0 +1,68 @@
+"""Helpers for the tests against the real control plane (tools/controlplane/localcluster.py)."""
+
+from __future__ import annotations
+
+import ipaddress
+import sys
+import time
+import uuid
+from pathlib import Path
+from typing import Callable, TypeVar
+
+import kubernetes
+
+REPO = Path(__file__).resolve().parents[2]
+sys.path.insert(0, str(REPO / "tools" / "controlplane"))
+
+import localcluster  # noqa: E402  (tools/controlplane is not a package)
+
+CRD_DIR = REPO / "manifests" / "crds"
+T = TypeVar("T")
+
+
+def wait_for(check: Callable[[], T], what: str, timeout: float = 60.0, interval: float = 0.2) -> T:
+    """Poll ``check`` until it returns something truthy; fail with ``what`` after ``timeout``.
+
+    The timeout is a safety net against hangs, not an assertion on speed."""
+    deadline = time.monotonic() + timeout
+    last_error: Exception | None = None
+    while True:
+        try:
+            result = check()
+            if result:
+                return result
+        except kubernetes.client.ApiException as error:
+            if error.status not in (404, 409):
+                raise
+            last_error = error
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout}s waiting for {what} (last error: {last_error})")
+        time.sleep(interval)
+
+
+def unique_name(prefix: str) -> str:
+    return f"{prefix}-{uuid.uuid4().hex[:8]}"
+
+
+def admin_client(kubeconfig: Path) -> kubernetes.client.ApiClient:
+    return kubernetes.config.new_client_from_config(config_file=str(kubeconfig))
+
+
+def token_client(server: str, ca_cert: Path, token: str) -> kubernetes.client.ApiClient:
+    """An API client that authenticates with a bearer token only (no client certificate)."""
+    configuration = kubernetes.client.Configuration()
+    configuration.host = server
+    configuration.ssl_ca_cert = str(ca_cert)
+    configuration.api_key = {"authorization": token}
+    configuration.api_key_prefix = {"authorization": "Bearer"}
+    configuration.proxy = None
+    return kubernetes.client.ApiClient(configuration)
+
+
+def is_test_pod_ip(address: str) -> bool:
+    """True when ``address`` lies in the loopback Pod range that kwok hands out."""
+    return ipaddress.ip_address(address) in ipaddress.ip_network(localcluster.POD_CIDR)
+
+
+def project_crds() -> list[Path]:
+    return sorted(CRD_DIR.glob("*.yaml")) if CRD_DIR.is_dir() else []
