@@ -31,6 +31,7 @@ def client_files(files, crl_ca, name, **issue):
     return files.issued_files(name, crl_ca.issue(name, client=True, **issue))
 
 
+@pytest.mark.uvloop_too
 @pytest.mark.parametrize("backend", BACKENDS)
 async def test_local_crlfile_refuses_revoked_clients(files, crl_ca, backend):
     good = client_files(files, crl_ca, "dev-good")
@@ -100,6 +101,7 @@ class CrlServer:
                             content_type="application/pkix-crl")
 
 
+@pytest.mark.uvloop_too
 @pytest.mark.parametrize("backend", BACKENDS)
 async def test_distribution_point_crls_are_fetched_cached_and_refreshed(files, crl_ca, backend):
     server = CrlServer(crl_ca)
