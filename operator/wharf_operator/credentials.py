@@ -76,7 +76,9 @@ def load(kubeconfig: str | None = None, context: str | None = None) -> Credentia
     token = None
     if configuration.refresh_api_key_hook is not None:
         configuration.refresh_api_key_hook(configuration)
-    auth = configuration.api_key.get("authorization") if configuration.api_key else None
+    # kubernetes-client releases differ in the key: "authorization" in older ones, "BearerToken" in newer.
+    api_key = configuration.api_key or {}
+    auth = api_key.get("authorization") or api_key.get("BearerToken")
     if auth:
         token = auth.split(" ", 1)[1] if auth.lower().startswith("bearer ") else auth
     return Credentials(server=configuration.host, ca_path=configuration.ssl_ca_cert,

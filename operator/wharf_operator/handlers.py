@@ -35,10 +35,12 @@ def build_registry(controller: Controller, connection: kopf.ConnectionInfo | Non
     def configure(settings: kopf.OperatorSettings, **_: Any) -> None:
         # Events are posted for every rotation and refusal; keep kopf's own handler chatter out of them.
         settings.posting.level = 30  # WARNING and above from kopf's logs; our events are posted explicitly
-        settings.persistence.finalizer = f"{GROUP}/finalizer"
-        settings.persistence.progress_storage = kopf.AnnotationsProgressStorage(prefix=GROUP)
+        # kopf's own bookkeeping gets its own prefix: kopf leaves every annotation under it out of the diff,
+        # and the pause annotation (mqtt.wharf.dev/...) must count as a change.
+        settings.persistence.finalizer = f"operator.{GROUP}/finalizer"
+        settings.persistence.progress_storage = kopf.AnnotationsProgressStorage(prefix=f"operator.{GROUP}")
         settings.persistence.diffbase_storage = kopf.AnnotationsDiffBaseStorage(
-            prefix=GROUP, key="last-handled-configuration")
+            prefix=f"operator.{GROUP}", key="last-handled-configuration")
 
     @kopf.on.cleanup(registry=registry)
     async def cleanup(**_: Any) -> None:

@@ -1,0 +1,413 @@
+"""The real kopf operator, in-process, against kmock's emulated Kubernetes API; broker pods are real HTTP
+servers on 127.0.0.x playing the admin API.
+
+kmock quirks handled here: ``v1/namespaces`` is declared, objects get ``resourceVersion`` and ``uid``, and
+objects are created only after the operator's watches are open. kmock does no defaulting, validation or
+garbage collection; the real-API suite covers those.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import contextlib
+import itertools
+import threading
+from typing import Any, Callable
+
+import kmock as kmock_lib
+import kopf
+import pytest
+
+from wharf_operator import render, resources
+from wharf_operator.controller import Controller, OperatorConfig
+from wharf_operator.crd import PAUSE_ANNOTATION, defaulted_spec
+from wharf_operator.handlers import build_registry
+from wharf_operator.kube import KubeApi, Resource, SECRETS
+from wharf_operator.signalling import LOOPBACK_ONLY, BrokerAdmin
+
+from operator_pki import make_ca, make_leaf, secret_data, tls_secret
+from operator_support import FakeBrokerPod
+
+NS = "wharf-test"
+BROKERS = Resource("mqtt.wharf.dev", "v1alpha1", "mqttbrokers")
+
+CORE = {
+    "v1/namespaces": ("Namespace", False),
+    "v1/events": ("Event", True),
+    "v1/secrets": ("Secret", True),
+    "v1/configmaps": ("ConfigMap", True),
+    "v1/services": ("Service", True),
+    "v1/serviceaccounts": ("ServiceAccount", True),
+    "v1/pods": ("Pod", True),
+    "apps/v1/statefulsets": ("StatefulSet", True),
+    "policy/v1/poddisruptionbudgets": ("PodDisruptionBudget", True),
+    "cert-manager.io/v1/certificates": ("Certificate", True),
+}
+
+
+_versions = itertools.count(100)
+
+
+class VersioningEmulator(kmock_lib.KubernetesEmulator):
+    """kmock's emulator plus a resourceVersion that changes on every write.
+
+    kopf tells its own writes' echoes from stale events by resourceVersion; with kmock's constant one, every
+    status write looked like an unhandled change and the handlers ran again and again.
+    """
+
+    async def _handle(self, request):
+        if request.resource is not None and request.action in (kmock_lib.action.CREATE, kmock_lib.action.UPDATE):
+            version = str(next(_versions))
+            if isinstance(request.data, dict):
+                request.data.setdefault("metadata", {})["resourceVersion"] = version
+            elif isinstance(request.data, list):  # a JSON patch
+                request.data.append({"op": "add", "path": "/metadata/resourceVersion", "value": version})
+        return await super()._handle(request)
+
+
+pytestmark = pytest.mark.kmock(cls=VersioningEmulator)
+
+
+class RecordingKubeApi(KubeApi):
+    """The operator's API client, recording every write it makes."""
+
+    def __init__(self, server: str) -> None:
+        super().__init__(server)
+        self.writes: list[tuple[str, str]] = []
+
+    async def request(self, method: str, path: str, **kwargs: Any) -> Any:
+        if method != "GET":
+            self.writes.append((method, path))
+        return await super().request(method, path, **kwargs)
+
+
+async def eventually(check: Callable[[], Any], what: str, timeout: float = 15.0) -> Any:
+    """Poll until ``check()`` is truthy (an async check is awaited); fail with ``what`` after ``timeout``."""
+    deadline = asyncio.get_running_loop().time() + timeout
+    while True:
+        result = check()
+        if asyncio.iscoroutine(result):
+            result = await result
+        if result:
+            return result
+        if asyncio.get_running_loop().time() > deadline:
+            pytest.fail(f"timed out waiting for: {what}")
+        await asyncio.sleep(0.05)
+
+
+class Env:
+    def __init__(self, kmock, api: RecordingKubeApi, client: KubeApi, controller: Controller) -> None:
+        self.kmock, self.api, self.client, self.controller = kmock, api, client, controller
+        self.pods: list[FakeBrokerPod] = []
+        self.ca = make_ca()
+        self.leaf = make_leaf(self.ca)
+
+    def obj(self, resource: str, name: str) -> dict | None:
+        try:
+            obj = self.kmock.objects[resource, NS, name]
+        except KeyError:
+            return None
+        return None if obj.deleted else obj.raw
+
+    def status(self, name: str = "wharf") -> dict:
+        return (self.obj("mqtt.wharf.dev/v1alpha1/mqttbrokers", name) or {}).get("status") or {}
+
+    async def reconciled(self) -> None:
+        """Wait until the first reconciliation wrote its whole status."""
+        await eventually(lambda: self.condition("CertificatesReady").get("status") == "True"
+                         and self.condition("Ready"), "the first reconciliation")
+
+    def condition(self, type_: str, name: str = "wharf") -> dict:
+        return next((c for c in self.status(name).get("conditions") or [] if c["type"] == type_), {})
+
+    def listener_status(self, listener: str = "mqtts", name: str = "wharf") -> dict:
+        return next((e for e in self.status(name).get("listeners") or [] if e["name"] == listener), {})
+
+    def events(self, reason: str) -> list[dict]:
+        """Events the operator posted with this reason (from the request log: kmock keys objects by name, and
+        events are created with generateName)."""
+        found = []
+        for request in list(self.kmock):
+            resource = request.resource
+            if resource is not None and resource.plural == "events" and str(request.method).upper().endswith("POST"):
+                data = request.data or {}
+                if data.get("reason") == reason:
+                    found.append(data)
+        return found
+
+    async def add_pods(self, count: int, broker: str = "wharf") -> list[FakeBrokerPod]:
+        token_secret = await eventually(lambda: self.obj("v1/secrets", resources.admin_token_secret_name(broker)),
+                                        "admin token Secret")
+        token = base64.b64decode(token_secret["data"]["token"]).decode()
+        for index in range(count):
+            pod = await FakeBrokerPod(f"{broker}-{index}", f"127.0.0.{len(self.pods) + 2}", token).start()
+            pod.files["ssl:mqtts"] = pod.served["ssl:mqtts"] = self.leaf.fingerprint
+            self.pods.append(pod)
+            await self.client.create(Resource("", "v1", "pods"), NS, pod.pod_object(NS, broker))
+        return self.pods
+
+    async def create_broker(self, spec: dict, name: str = "wharf", annotations: dict | None = None) -> dict:
+        body = {"apiVersion": "mqtt.wharf.dev/v1alpha1", "kind": "MQTTBroker",
+                "metadata": {"name": name, "namespace": NS, "uid": f"uid-{name}", "resourceVersion": "1",
+                             "generation": 1, "annotations": annotations or {}},
+                "spec": spec}
+        return await self.client.create(BROKERS, NS, body)
+
+    async def patch_broker(self, patch: dict, name: str = "wharf") -> None:
+        await self.client.patch(BROKERS, NS, name, patch)
+
+    async def rotate_secret(self, leaf, ca=None, name: str = "broker-tls", project: bool = True) -> None:
+        """Write new material into the Secret, and (as the kubelet would, a little later) into the pods' files."""
+        await self.client.patch(SECRETS, NS, name, {"data": secret_data(leaf, ca or self.ca)})
+        if project:
+            async def kubelet() -> None:
+                await asyncio.sleep(0.2)
+                for pod in self.pods:
+                    pod.files["ssl:mqtts"] = leaf.fingerprint
+            asyncio.get_running_loop().create_task(kubelet())
+
+
+def tls_spec(**extra: Any) -> dict:
+    return {"replicas": 2, "listeners": [
+        {"name": "mqtt", "type": "tcp", "port": 1883},
+        {"name": "mqtts", "type": "ssl", "port": 8883,
+         "tls": {"secretName": "broker-tls", "caRef": {"name": "broker-ca"}}}], **extra}
+
+
+@contextlib.asynccontextmanager
+async def running_operator(kmock, recheck_interval: float = 3600.0):
+    """The operator in its own thread and event loop, as in production (kopf treats every task that appears in
+    its loop after startup as its own and cancels it on exit, which must not hit the test's tasks)."""
+    for resource, (kind, namespaced) in CORE.items():
+        kmock.resources[resource] = kmock_lib.ResourceInfo(kind=kind, namespaced=namespaced,
+                                                           verbs={"list", "watch", "get", "create", "patch",
+                                                                  "delete"})
+    kmock.resources["mqtt.wharf.dev/v1alpha1/mqttbrokers"] = kmock_lib.ResourceInfo(
+        kind="MQTTBroker", namespaced=True, verbs={"list", "watch", "get", "create", "patch", "delete"},
+        subresources={"status", "scale"}, shortnames={"mqb"})
+    server = str(kmock.url).rstrip("/")
+    api = RecordingKubeApi(server)
+    client = KubeApi(server)
+    controller = Controller(api, BrokerAdmin(LOOPBACK_ONLY, connect_timeout=1.0, request_timeout=3.0),
+                            OperatorConfig(recheck_interval=recheck_interval, reload_wait=5.0))
+    registry = build_registry(controller, kopf.ConnectionInfo(server=server))
+    env = Env(kmock, api, client, controller)
+    stop, ready = threading.Event(), threading.Event()
+    failures: list[BaseException] = []
+
+    def run() -> None:
+        try:
+            asyncio.run(kopf.operator(registry=registry, clusterwide=True, standalone=True,
+                                      stop_flag=stop, ready_flag=ready))
+        except BaseException as exc:  # reported by the test below, not lost in the thread
+            failures.append(exc)
+
+    thread = threading.Thread(target=run, name="wharf-operator", daemon=True)
+    thread.start()
+    try:
+        assert await asyncio.to_thread(ready.wait, 15), "the operator did not start"
+        # Watches of MQTTBrokers, Secrets and ConfigMaps must be open before anything is created (kmock replays).
+        await eventually(lambda: len(kmock[kmock_lib.action.WATCH]) >= 3, "the operator's watches")
+        await client.create(SECRETS, NS, tls_secret("broker-tls", NS, env.leaf, env.ca))
+        await client.create(SECRETS, NS, tls_secret("broker-ca", NS, env.ca, env.ca) | {
+            "type": "Opaque", "data": {"ca.crt": base64.b64encode(env.ca.cert_pem).decode()}})
+        yield env
+    finally:
+        stop.set()
+        await asyncio.to_thread(thread.join, 15)
+        for pod in env.pods:
+            await pod.stop()
+        await client.close()
+    assert not thread.is_alive(), "the operator did not stop"
+    assert failures == []
+
+
+@pytest.fixture
+async def env(kmock):
+    async with running_operator(kmock) as environment:
+        yield environment
+
+
+async def test_create_renders_config_and_owns_every_object(env):
+    await env.create_broker(tls_spec())
+    await env.reconciled()
+    sts = env.obj("apps/v1/statefulsets", "wharf")
+
+    config_map = env.obj("v1/configmaps", "wharf-config")
+    assert config_map["data"]["wharf.conf"] == render.render(defaulted_spec(tls_spec()))
+    for resource, name in [("v1/configmaps", "wharf-config"), ("v1/services", "wharf"),
+                           ("v1/services", "wharf-headless"), ("v1/serviceaccounts", "wharf"),
+                           ("policy/v1/poddisruptionbudgets", "wharf"), ("v1/secrets", "wharf-admin-token"),
+                           ("apps/v1/statefulsets", "wharf")]:
+        owners = env.obj(resource, name)["metadata"]["ownerReferences"]
+        assert owners == [{"apiVersion": "mqtt.wharf.dev/v1alpha1", "kind": "MQTTBroker", "name": "wharf",
+                           "uid": "uid-wharf", "controller": True, "blockOwnerDeletion": True}], resource
+    pod = sts["spec"]["template"]
+    assert sts["spec"]["replicas"] == 2
+    mounts = pod["spec"]["containers"][0]["volumeMounts"]
+    assert all("subPath" not in m for m in mounts)
+    volumes = {v["name"]: v for v in pod["spec"]["volumes"]}
+    assert volumes["tls-mqtts"]["secret"]["secretName"] == "broker-tls"
+    assert volumes["ca-mqtts"]["secret"]["secretName"] == "broker-ca"
+    assert list(pod["metadata"]["annotations"]) == [resources.CONFIG_HASH_ANNOTATION]
+    assert env.leaf.fingerprint not in str(sts)
+
+    status = env.status()
+    assert status["selector"] == "app.kubernetes.io/name=wharf,app.kubernetes.io/instance=wharf"
+    assert status["observedGeneration"] == 1
+    assert env.condition("ConfigApplied")["status"] == "True"
+    assert env.listener_status()["fingerprint"] == env.leaf.fingerprint
+    assert status["earliestCertificateExpiry"] == env.listener_status()["notAfter"]
+    assert env.condition("Ready")["status"] == "False"  # no pod is ready in an emulated API
+    assert env.condition("Ready")["reason"] == "WaitingForPods"
+
+
+async def test_reconciling_again_writes_nothing(env):
+    await env.create_broker(tls_spec())
+    await env.reconciled()
+    env.api.writes.clear()
+    # An annotation change makes kopf run the update handler; nothing owned needs to change.
+    await env.patch_broker({"metadata": {"annotations": {"example.com/note": "hello"}}})
+    # kopf records the handled state only after the handler finished: then every write of it has been made.
+    await eventually(lambda: "example.com/note" in env.obj("mqtt.wharf.dev/v1alpha1/mqttbrokers", "wharf")[
+        "metadata"]["annotations"].get("operator.mqtt.wharf.dev/last-handled-configuration", ""),
+        "the second reconciliation")
+    assert any(path.endswith("/mqttbrokers/wharf/status") for _, path in env.api.writes)  # it did run
+    owned_writes = [w for w in env.api.writes if "/mqttbrokers/" not in w[1]]
+    assert owned_writes == []
+
+
+async def test_update_applies_tls_options_live_and_rolls_pods_for_new_listeners(env):
+    await env.create_broker(tls_spec())
+    await env.reconciled()
+    pods = await env.add_pods(2)
+    hash_before = env.obj("apps/v1/statefulsets", "wharf")["spec"]["template"]["metadata"]["annotations"]
+
+    spec = tls_spec()
+    spec["listeners"][1]["tls"]["versions"] = ["tlsv1.3"]
+    await env.patch_broker({"spec": {"listeners": spec["listeners"]}})
+    await eventually(lambda: all(p.updates for p in pods), "ssl_options pushed to every pod")
+    assert pods[0].updates[-1][0] == "ssl:mqtts"
+    assert pods[0].updates[-1][1]["ssl_options"]["versions"] == ["tlsv1.3"]
+    assert "tlsv1.3" in env.obj("v1/configmaps", "wharf-config")["data"]["wharf.conf"]
+    assert env.obj("apps/v1/statefulsets", "wharf")["spec"]["template"]["metadata"]["annotations"] == hash_before
+    await eventually(lambda: env.events("ConfigAppliedLive"), "a ConfigAppliedLive event")
+
+    spec["listeners"].append({"name": "ws", "type": "ws", "port": 8083})
+    await env.patch_broker({"spec": {"listeners": spec["listeners"], "replicas": 3}})
+    sts = await eventually(
+        lambda: (s := env.obj("apps/v1/statefulsets", "wharf")) and s["spec"]["replicas"] == 3 and s, "scale to 3")
+    assert sts["spec"]["template"]["metadata"]["annotations"] != hash_before
+    assert [p["name"] for p in sts["spec"]["template"]["spec"]["containers"][0]["ports"]] == \
+        ["mqtt", "mqtts", "ws", "admin"]
+    await eventually(lambda: env.events("RollingUpdate"), "a RollingUpdate event")
+
+
+async def test_pause_annotation_stops_reconciliation_and_signalling(env):
+    await env.create_broker(tls_spec())
+    await env.reconciled()
+    pods = await env.add_pods(1)
+    await env.patch_broker({"metadata": {"annotations": {PAUSE_ANNOTATION: "true"}}, "spec": {"replicas": 5}})
+    await eventually(lambda: env.condition("Paused").get("status") == "True", "Paused=True")
+    assert env.obj("apps/v1/statefulsets", "wharf")["spec"]["replicas"] == 2
+
+    new_leaf = make_leaf(env.ca)
+    await env.rotate_secret(new_leaf)
+    # The Secret handler ran when the Secret object's new version is seen by the operator; give it that chance
+    # by waiting for a later, unrelated reconciliation that is ordered after it (unpausing).
+    await asyncio.sleep(0.5)
+    assert pods[0].reloads == []
+
+    await env.patch_broker({"metadata": {"annotations": {PAUSE_ANNOTATION: "false"}}})
+    await eventually(lambda: env.obj("apps/v1/statefulsets", "wharf")["spec"]["replicas"] == 5, "resumed scaling")
+    assert env.condition("Paused")["status"] == "False"
+
+
+async def test_valid_secret_rotation_reaches_every_pod_without_touching_the_pod_template(env):
+    await env.create_broker(tls_spec())
+    await env.reconciled()
+    pods = await env.add_pods(2)
+    template_before = env.obj("apps/v1/statefulsets", "wharf")["spec"]["template"]
+
+    new_leaf = make_leaf(env.ca)
+    await env.rotate_secret(new_leaf)
+    await eventually(lambda: env.listener_status().get("lastRotationSeconds") is not None, "the rotation record")
+
+    record = env.listener_status()
+    assert record["fingerprint"] == new_leaf.fingerprint
+    assert record["podsServing"] == 2 and record["podsTotal"] == 2
+    assert "lastError" not in record
+    assert all(p.served["ssl:mqtts"] == new_leaf.fingerprint for p in pods)
+    assert all(r["fingerprint"] == new_leaf.fingerprint for p in pods for r in p.reloads)
+    assert env.condition("CertificatesReady")["status"] == "True"
+    assert env.obj("apps/v1/statefulsets", "wharf")["spec"]["template"] == template_before
+    events = await eventually(lambda: env.events("CertificateRotated"), "a CertificateRotated event")
+    assert "2/2 pods" in events[0]["message"] and events[0]["type"] == "Normal"
+    assert env.controller.metrics.rotations.labels(result="complete").value == 1
+
+
+@pytest.mark.parametrize("breakage, reason", [
+    ("key-mismatch", "KeyMismatch"),
+    ("untrusted", "ChainUntrusted"),
+    ("garbage", "CertificateUnparsable"),
+])
+async def test_invalid_secret_is_refused_and_never_signalled(env, breakage, reason):
+    await env.create_broker(tls_spec())
+    await env.reconciled()
+    pods = await env.add_pods(2)
+
+    if breakage == "key-mismatch":
+        data = secret_data(make_leaf(env.ca), env.ca)
+        data["tls.key"] = base64.b64encode(make_leaf(env.ca).key_pem()).decode()
+    elif breakage == "untrusted":
+        data = secret_data(make_leaf(make_ca("Stranger CA")), env.ca)
+    else:
+        data = {"tls.crt": base64.b64encode(b"not a certificate").decode(),
+                "tls.key": base64.b64encode(b"nor a key").decode()}
+    await env.client.patch(SECRETS, NS, "broker-tls", {"data": data})
+
+    condition = await eventually(
+        lambda: (c := env.condition("CertificatesReady")).get("status") == "False" and c, "CertificatesReady=False")
+    assert reason in condition["message"]
+    warnings = await eventually(lambda: env.events("CertificateRefused"), "a CertificateRefused event")
+    assert warnings[0]["type"] == "Warning" and reason in warnings[0]["message"]
+    assert all(p.reloads == [] for p in pods)
+    assert all(p.served["ssl:mqtts"] == env.leaf.fingerprint for p in pods)
+    # The status still names the certificate the pods keep serving.
+    assert env.listener_status()["fingerprint"] == env.leaf.fingerprint
+
+    # A valid Secret afterwards clears the condition and rotates.
+    good = make_leaf(env.ca)
+    await env.rotate_secret(good)
+    await eventually(lambda: env.condition("CertificatesReady").get("status") == "True", "recovered")
+    assert all(p.served["ssl:mqtts"] == good.fingerprint for p in pods)
+
+
+async def test_deleted_broker_is_forgotten(env):
+    await env.create_broker(tls_spec())
+    await env.reconciled()
+    pods = await env.add_pods(1)
+    await env.client.delete(BROKERS, NS, "wharf")
+    await eventually(lambda: env.obj("mqtt.wharf.dev/v1alpha1/mqttbrokers", "wharf") is None, "the broker gone")
+
+    env.api.writes.clear()
+    await env.rotate_secret(make_leaf(env.ca))
+    await asyncio.sleep(0.5)
+    assert pods[0].reloads == []
+    assert [w for w in env.api.writes if w[0] in ("POST", "PATCH")] == []
+    assert ("default", "wharf") not in env.controller._brokers
+
+
+async def test_timer_resignals_a_pod_that_serves_an_old_certificate(kmock):
+    async with running_operator(kmock, recheck_interval=0.3) as env:
+        await env.create_broker(tls_spec())
+        await env.reconciled()
+        pods = await env.add_pods(2)
+        # Pod 1 came back serving an old certificate (e.g. it missed the signal while restarting).
+        stale = make_leaf(env.ca).fingerprint
+        pods[1].served["ssl:mqtts"] = stale
+        await eventually(lambda: pods[1].reloads, "the timer's reload of pod 1")
+        assert pods[1].served["ssl:mqtts"] == env.leaf.fingerprint
+        assert pods[0].reloads == []  # pod 0 served the right one: left alone
+        await eventually(lambda: env.listener_status().get("podsServing") == 2, "podsServing=2")
