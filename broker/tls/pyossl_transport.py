@@ -86,9 +86,8 @@ class PyOpenSslBridge(asyncio.Protocol, asyncio.Transport):
                 self._fail(_openssl_reason(exc))
                 return
             self._handshake_done()
-            if self._state != "open":
-                self._flush()
-                return
+        # Application data may have come in the same chunk as the handshake's end: read it now (it is held
+        # back while the post-handshake checks run).
         self._read_plaintext()
 
     def _read_plaintext(self) -> None:
