@@ -140,27 +140,45 @@ def _pump(a_in: ssl.MemoryBIO, a_out: ssl.MemoryBIO, b_in: ssl.MemoryBIO, b_out:
     a_in.write(b_out.read())
 
 
-def _smoke_client(policy: TlsPolicy) -> ssl.SSLContext:
+def _smoke_client(policy: TlsPolicy, version: str | None) -> ssl.SSLContext:
+    """A client for the smoke handshake; ``version`` pins one version, else the policy's whole range."""
     client = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
     client.check_hostname, client.verify_mode = False, ssl.CERT_NONE
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", DeprecationWarning)
-        client.minimum_version = STDLIB_VERSIONS[policy.min_version]
-        client.maximum_version = STDLIB_VERSIONS[policy.max_version]
+        client.minimum_version = STDLIB_VERSIONS[version or policy.min_version]
+        client.maximum_version = STDLIB_VERSIONS[version or policy.max_version]
     if policy.legacy_versions or policy.tls12_ciphers:
         client.set_ciphers("ALL:@SECLEVEL=0")
     return client
 
 
+def _smoke_versions(policy: TlsPolicy) -> list[str | None]:
+    # Each legacy version on its own first ("asked for but impossible here" must be an error at start that
+    # says so, not a surprise for the first old client), then the normal negotiation.
+    return [v for v in policy.versions if v in ("tlsv1", "tlsv1.1")] + [None]
+
+
+def _smoke_failed(version: str | None, detail) -> TlsConfigError:
+    if version is not None:
+        return TlsConfigError(f"versions: the local OpenSSL cannot negotiate {version} with this listener's "
+                              f"settings: {detail}")
+    return TlsConfigError(f"smoke handshake with the new certificate failed: {detail}")
+
+
 def smoke_stdlib(ctx: ssl.SSLContext, policy: TlsPolicy) -> str:
     """Handshake in memory with ``ctx`` (proves the key signs and versions/ciphers fit); returns the suite."""
+    return [_smoke_stdlib_once(ctx, policy, version) for version in _smoke_versions(policy)][-1]
+
+
+def _smoke_stdlib_once(ctx: ssl.SSLContext, policy: TlsPolicy, version: str | None) -> str:
     verify_mode = ctx.verify_mode
     # The material context's verify mode is never used for serving (the base context's is), and the smoke
     # client has no certificate to offer.
     ctx.verify_mode = ssl.CERT_NONE
     try:
         c_in, c_out, s_in, s_out = ssl.MemoryBIO(), ssl.MemoryBIO(), ssl.MemoryBIO(), ssl.MemoryBIO()
-        client = _smoke_client(policy).wrap_bio(c_in, c_out)
+        client = _smoke_client(policy, version).wrap_bio(c_in, c_out)
         server = ctx.wrap_bio(s_in, s_out, server_side=True)
         done = [False, False]
         for _ in range(20):
@@ -174,9 +192,9 @@ def smoke_stdlib(ctx: ssl.SSLContext, policy: TlsPolicy) -> str:
             _pump(c_in, c_out, s_in, s_out)
             if all(done):
                 return f"{server.version()} {server.cipher()[0]}"
-        raise TlsConfigError("smoke handshake did not complete")
+        raise _smoke_failed(version, "the handshake did not complete")
     except ssl.SSLError as exc:
-        raise TlsConfigError(f"smoke handshake with the new certificate failed: {exc.reason or exc}") from None
+        raise _smoke_failed(version, exc.reason or exc) from None
     finally:
         ctx.verify_mode = verify_mode
 
@@ -238,11 +256,15 @@ def build_pyopenssl_context(policy: TlsPolicy, material: Material,
 
 
 def smoke_pyopenssl(ctx: SSL.Context, policy: TlsPolicy) -> str:
+    return [_smoke_pyopenssl_once(ctx, policy, version) for version in _smoke_versions(policy)][-1]
+
+
+def _smoke_pyopenssl_once(ctx: SSL.Context, policy: TlsPolicy, version: str | None) -> str:
     server = SSL.Connection(ctx, None)
     server.set_accept_state()
     server.set_verify(SSL.VERIFY_NONE, None)  # the smoke client has no certificate to offer
     c_in, c_out = ssl.MemoryBIO(), ssl.MemoryBIO()
-    client = _smoke_client(policy).wrap_bio(c_in, c_out)
+    client = _smoke_client(policy, version).wrap_bio(c_in, c_out)
     done = [False, False]
     try:
         for _ in range(20):
@@ -268,6 +290,6 @@ def smoke_pyopenssl(ctx: SSL.Context, policy: TlsPolicy) -> str:
             if all(done):
                 return f"{server.get_protocol_version_name()} {server.get_cipher_name()}"
     except (ssl.SSLError, SSL.Error) as exc:
-        raise TlsConfigError(f"smoke handshake with the new certificate failed: {exc}") from None
-    raise TlsConfigError("smoke handshake did not complete")
+        raise _smoke_failed(version, exc) from None
+    raise _smoke_failed(version, "the handshake did not complete")
 

@@ -261,3 +261,12 @@ async def test_partial_chain_trusts_an_intermediate_alone(pki, backend):
                        partial_chain=partial)
         async with serving(opts, backend=backend) as rt:
             assert (await exchange(rt.port, client_context(pki, cert))).ok is accepted, partial
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+async def test_legacy_version_that_cannot_be_negotiated_is_a_start_error(pki, backend):
+    # GCM suites do not exist before TLS 1.2: tlsv1 is asked for but impossible with these ciphers.
+    opts = options(pki, versions=["tlsv1.2", "tlsv1"], ciphers=["ECDHE-ECDSA-AES128-GCM-SHA256"])
+    with pytest.raises(TlsConfigError, match="cannot negotiate tlsv1 "):
+        async with serving(opts, backend=backend):
+            pass
