@@ -1,7 +1,7 @@
 """Setters the stdlib ``ssl`` module lacks (verify depth, TLS 1.3 suites, session cache), through ctypes.
 
-Python 3.11 has no API for ``SSL_CTX_set_verify_depth``, ``SSL_CTX_set_ciphersuites`` or the server session
-cache mode. They are plain setters on the context's ``SSL_CTX*``, which sits right after the object header of
+Python 3.11 has no API for ``SSL_CTX_set_verify_depth``, ``SSL_CTX_set_ciphersuites``, the server session
+cache mode, or forgetting sessions and ticket keys. They are plain setters on the context's ``SSL_CTX*``, which sits right after the object header of
 an ``ssl.SSLContext`` (CPython-internal layout). A wrong guess there would crash the process, so the shim is
 only switched on after a self-test has passed **in a child process** (``python openssl_shim.py --self-test``):
 it checks the pointer against ``SSL_CTX_get_options``, reads every setter back and proves the TLS 1.3 suite
@@ -21,6 +21,8 @@ import sys
 
 log = logging.getLogger("wharf.tls")
 
+SSL_CTRL_SET_TLSEXT_TICKET_KEYS = 59
+TICKET_KEYS_LENGTH = 80  # key name 16 + HMAC secret 32 + AES key 32
 SSL_CTRL_SET_SESS_CACHE_MODE = 44
 SSL_CTRL_GET_SESS_CACHE_MODE = 45
 SSL_SESS_CACHE_OFF = 0x0
@@ -46,6 +48,8 @@ class OpenSslShim:
         self._get_depth.restype, self._get_depth.argtypes = ctypes.c_int, [ctypes.c_void_p]
         self._set_suites = lib.SSL_CTX_set_ciphersuites
         self._set_suites.restype, self._set_suites.argtypes = ctypes.c_int, [ctypes.c_void_p, ctypes.c_char_p]
+        self._flush = lib.SSL_CTX_flush_sessions
+        self._flush.restype, self._flush.argtypes = None, [ctypes.c_void_p, ctypes.c_long]
         self._ctrl = lib.SSL_CTX_ctrl
         self._ctrl.restype = ctypes.c_long
         self._ctrl.argtypes = [ctypes.c_void_p, ctypes.c_int, ctypes.c_long, ctypes.c_void_p]
@@ -77,6 +81,16 @@ class OpenSslShim:
         self._ctrl(pointer, SSL_CTRL_SET_SESS_CACHE_MODE, mode, None)
         if self._ctrl(pointer, SSL_CTRL_GET_SESS_CACHE_MODE, 0, None) != mode:
             raise ShimError("session cache mode did not take")
+
+    def invalidate_sessions(self, ctx: ssl.SSLContext) -> None:
+        """Forget every cached session and issued ticket: nothing made before can be resumed."""
+        import os
+
+        pointer = self._pointer(ctx)
+        self._flush(pointer, 2**62)  # every session "expired" by then
+        keys = ctypes.create_string_buffer(os.urandom(TICKET_KEYS_LENGTH), TICKET_KEYS_LENGTH)
+        if self._ctrl(pointer, SSL_CTRL_SET_TLSEXT_TICKET_KEYS, TICKET_KEYS_LENGTH, keys) != 1:
+            raise ShimError("OpenSSL refused new session ticket keys")
 
 
 _detected: OpenSslShim | None | bool = False  # False = not probed yet
@@ -123,6 +137,7 @@ def _self_test() -> None:
     shim.set_session_cache(server, False)
     shim.set_session_cache(server, True)
     shim.set_tls13_suites(server, "TLS_CHACHA20_POLY1305_SHA256")
+    shim.invalidate_sessions(server)
 
     key = ec.generate_private_key(ec.SECP256R1())
     subject = x509.Name([x509.NameAttribute(x509.oid.NameOID.COMMON_NAME, "shim-self-test")])

@@ -92,6 +92,11 @@ def choose_backend(policy: TlsPolicy, shim: openssl_shim.OpenSslShim | None, wan
     return "stdlib"
 
 
+def _trust_changed(previous: Generation, current: Generation) -> bool:
+    old, new = previous.material.snapshot, current.material.snapshot
+    return (old.ca_pem, old.crl_pem) != (new.ca_pem, new.crl_pem) or previous.policy != current.policy
+
+
 class _StdlibGate(asyncio.Protocol):
     """Sits in front of the application protocol until the post-handshake checks passed, then steps aside."""
 
@@ -242,6 +247,13 @@ class TlsListenerRuntime:
                 self._base_ctx.sslobject_class = observed_sslobject_class(self.metrics)
             elif previous is None or previous.policy != generation.policy:
                 configure_stdlib(self._base_ctx, generation.policy, self._shim)
+            if previous is not None and self._shim is not None and _trust_changed(previous, generation):
+                # Sessions live in the base context: a resumed session skips verification, so none made under
+                # the old CAs/CRLs may be resumed under the new ones.
+                try:
+                    self._shim.invalidate_sessions(self._base_ctx)
+                except openssl_shim.ShimError as exc:
+                    log.warning("TLS %s: could not drop old TLS sessions: %s", self.listener_id, exc)
         self._generation = generation
         self.metrics.expiry_child.set(generation.material.info.not_after.timestamp())
         self._last_error = None

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import socket
 import ssl
 
 import pytest
@@ -11,7 +10,8 @@ from aiohttp import web
 
 from wharf_broker.config.model import CrlCache
 from wharf_broker.tls.devpki import CertificateAuthority
-from wharf_tls_helpers import client_context, eventually, exchange, failures, http_server, options, serving
+from wharf_tls_helpers import (client_context, eventually, exchange, failures, http_server, options, serving,
+                               tls_roundtrip)
 
 BACKENDS = ["stdlib", "pyopenssl"]
 
@@ -54,14 +54,6 @@ async def test_crl_check_without_any_crl_fails_closed(files, crl_ca):
         assert await eventually(lambda: failures(rt).get("crl_unavailable")), failures(rt)
 
 
-def _resume(port: int, ctx: ssl.SSLContext, session):
-    with socket.create_connection(("127.0.0.1", port), timeout=10) as raw:
-        with ctx.wrap_socket(raw, server_hostname="localhost", session=session) as tls:
-            tls.sendall(b"ping")
-            reply = tls.recv(100)
-            return reply, tls.session, tls.session_reused
-
-
 @pytest.mark.parametrize("backend", BACKENDS)
 @pytest.mark.parametrize("tls", ["1.2", "1.3"])
 async def test_reloaded_crl_is_not_bypassed_by_session_resumption(files, crl_ca, backend, tls):
@@ -71,15 +63,15 @@ async def test_reloaded_crl_is_not_bypassed_by_session_resumption(files, crl_ca,
     version = ssl.TLSVersion.TLSv1_3 if tls == "1.3" else ssl.TLSVersion.TLSv1_2
     async with serving(crl_options(files, crl_ca, crlfile=crlfile), backend=backend) as rt:
         ctx = client_context(files, cert, max_version=version)
-        reply, session, _ = await asyncio.to_thread(_resume, rt.port, ctx, None)
+        reply, session, _ = await asyncio.to_thread(tls_roundtrip, rt.port, ctx, None)
         assert reply == b"ping|dev-later-revoked|-"
-        reply, session, reused = await asyncio.to_thread(_resume, rt.port, ctx, session)
+        reply, session, reused = await asyncio.to_thread(tls_roundtrip, rt.port, ctx, session)
         assert reused and reply.startswith(b"ping"), "precondition: sessions resume before the CRL changes"
         crl_ca.revoke(issued.cert)
         files.write("crl.pem", crl_ca.crl_pem() + files.ca.crl_pem())
         assert (await rt.reload()).reloaded
         try:
-            reply, _, _ = await asyncio.to_thread(_resume, rt.port, ctx, session)
+            reply, _, _ = await asyncio.to_thread(tls_roundtrip, rt.port, ctx, session)
         except (ssl.SSLError, OSError):
             reply = b""
         assert reply == b""

@@ -4,14 +4,14 @@ from __future__ import annotations
 
 import asyncio
 import datetime as dt
-import socket
 import ssl
 
 import pytest
 from cryptography.x509.oid import ExtendedKeyUsageOID
 
 from wharf_broker.tls import TlsConfigError
-from wharf_tls_helpers import client_context, eventually, exchange, failures, options, s_client, serving
+from wharf_tls_helpers import (client_context, eventually, exchange, failures, options, s_client, serving,
+                               tls_roundtrip)
 
 BACKENDS = ["stdlib", "pyopenssl"]
 
@@ -174,16 +174,9 @@ async def test_honor_cipher_order(pki, backend, honor):
 
 
 def _resumed(port: int, ctx: ssl.SSLContext) -> bool:
-    """Two blocking connections; the second offers the first one's session. True if it was resumed."""
-    session = None
-    for _ in range(2):
-        with socket.create_connection(("127.0.0.1", port), timeout=10) as raw:
-            with ctx.wrap_socket(raw, server_hostname="localhost", session=session) as tls:
-                tls.sendall(b"ping")
-                tls.recv(100)  # TLS 1.3 tickets arrive after the handshake
-                reused = tls.session_reused
-                session = tls.session
-    return reused
+    """Two connections; the second offers the first one's session. True if it was resumed."""
+    _, session, _ = tls_roundtrip(port, ctx)
+    return tls_roundtrip(port, ctx, session)[2]
 
 
 @pytest.mark.parametrize("backend", BACKENDS)

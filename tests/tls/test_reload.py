@@ -243,3 +243,31 @@ async def test_metrics_are_exposed(files):
         assert 'wharf_tls_reloads_total{listener="ssl:metrics",result="failed"} 1' in registry.exposition()
     finally:
         await rt.stop()
+
+
+@pytest.mark.parametrize("backend", ["stdlib", "pyopenssl"])
+@pytest.mark.parametrize("tls", ["1.2", "1.3"])
+async def test_sessions_do_not_survive_a_change_of_trusted_cas(files, backend, tls):
+    from wharf_tls_helpers import tls_roundtrip
+
+    version = ssl.TLSVersion.TLSv1_3 if tls == "1.3" else ssl.TLSVersion.TLSv1_2
+    opts = options(files, verify="verify_peer", fail_if_no_peer_cert=True, reload_interval=3600)
+    async with serving(opts, backend=backend) as rt:
+        ctx = client_context(files, (files.path("client.pem"), files.path("client.key")), max_version=version)
+        _, session, _ = await asyncio.to_thread(tls_roundtrip, rt.port, ctx)
+        reply, session, reused = await asyncio.to_thread(tls_roundtrip, rt.port, ctx, session)
+        assert reused and reply.startswith(b"ping"), "precondition: sessions resume"
+        if backend == "stdlib":
+            # A new server certificate under the same trust keeps sessions resumable.
+            install(files, files.ca.issue("server-same-trust", server=True, sans=["localhost"]))
+            assert (await rt.reload()).reloaded
+            reply, session, reused = await asyncio.to_thread(tls_roundtrip, rt.port, ctx, session)
+            assert reused and reply.startswith(b"ping")
+        # The client's CA is no longer trusted: its old session must not let it in.
+        files.write("ca.pem", files.new_ca.cert_pem)
+        assert (await rt.reload()).reloaded
+        try:
+            reply, _, reused = await asyncio.to_thread(tls_roundtrip, rt.port, ctx, session)
+        except (ssl.SSLError, OSError):
+            reply, reused = b"", False
+        assert reply == b"" and not reused

@@ -7,6 +7,7 @@ import contextlib
 import dataclasses
 import os
 import ssl
+import warnings
 from pathlib import Path
 
 from wharf_broker.config.model import CrlCache, PskAuthentication, SslOptions
@@ -94,10 +95,12 @@ def client_context(pki: Pki | None = None, cert: tuple[str, str] | None = None, 
         ctx.check_hostname, ctx.verify_mode = False, ssl.CERT_NONE
     if cert is not None:
         ctx.load_cert_chain(*cert)
-    if min_version is not None:
-        ctx.minimum_version = min_version
-    if max_version is not None:
-        ctx.maximum_version = max_version
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", DeprecationWarning)  # TLS 1.0/1.1 clients on purpose
+        if min_version is not None:
+            ctx.minimum_version = min_version
+        if max_version is not None:
+            ctx.maximum_version = max_version
     if ciphers is not None:
         ctx.set_ciphers(ciphers)
     return ctx
@@ -200,3 +203,14 @@ async def http_server(handlers: dict):
         yield f"http://127.0.0.1:{port}"
     finally:
         await runner.cleanup()
+
+
+def tls_roundtrip(port: int, ctx: ssl.SSLContext, session=None) -> tuple[bytes, object, bool]:
+    """A blocking connection offering ``session``; returns (reply, new session, whether it was resumed)."""
+    import socket
+
+    with socket.create_connection(("127.0.0.1", port), timeout=10) as raw:
+        with ctx.wrap_socket(raw, server_hostname="localhost", session=session) as tls:
+            tls.sendall(b"ping")
+            reply = tls.recv(100)  # also lets TLS 1.3 tickets arrive
+            return reply, tls.session, tls.session_reused
