@@ -72,7 +72,10 @@ def configure_stdlib(ctx: ssl.SSLContext, policy: TlsPolicy, shim: OpenSslShim |
         options & ~OP_ALLOW_CLIENT_RENEGOTIATION
     options = options & ~OP_ALLOW_UNSAFE_LEGACY_RENEGOTIATION if policy.secure_renegotiate else \
         options | OP_ALLOW_UNSAFE_LEGACY_RENEGOTIATION
-    ctx.options = options
+    with warnings.catch_warnings():
+        # OP_NO_TLSv1_x is deprecated in Python but is the only way to leave a gap in ``versions``.
+        warnings.simplefilter("ignore", DeprecationWarning)
+        ctx.options = options
     ctx.num_tickets = 2 if policy.reuse_sessions else 0
     try:
         ctx.set_ciphers(tls12_cipher_string(policy))
