@@ -146,6 +146,10 @@ class WebSocketTransport(asyncio.Transport):
                     break
         except (ConnectionError, asyncio.CancelledError) as exc:
             error = exc
+        except Exception as exc:  # a protocol bug: drop this connection, as asyncio's own transports do
+            log.exception("websocket connection %s failed", self.get_extra_info("peername"))
+            error = exc
+            self.abort()
         finally:
             self._closing = True
             self._wakeup.set()
