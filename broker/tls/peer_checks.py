@@ -13,6 +13,7 @@ awaitable for the answer when a CRL has to be fetched first.
 
 from __future__ import annotations
 
+import logging
 from typing import TYPE_CHECKING, Awaitable
 
 from cryptography import x509
@@ -22,6 +23,17 @@ from .material import is_revoked
 
 if TYPE_CHECKING:
     from .runtime import TlsListenerRuntime
+
+log = logging.getLogger("wharf.tls")
+
+
+async def settle(pending) -> str | None:
+    """The verdict of a pending check; an unexpected error refuses the client (fail closed)."""
+    try:
+        return await pending
+    except Exception:  # noqa: BLE001 - logged, and the client is refused rather than let in unchecked
+        log.exception("TLS: post-handshake check failed")
+        return "check_failed"
 
 
 class PeerChecker:

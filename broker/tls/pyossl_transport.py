@@ -18,6 +18,7 @@ from OpenSSL import SSL
 from OpenSSL._util import lib
 
 from .identity import PeerIdentity
+from .peer_checks import settle
 from .psk import used_psk_identity
 
 if TYPE_CHECKING:
@@ -147,7 +148,7 @@ class PyOpenSslBridge(asyncio.Protocol, asyncio.Transport):
         self._decide(verdict)
 
     async def _finish_checks(self, pending) -> None:
-        verdict = await pending
+        verdict = await settle(pending)
         if self._state == "checking":
             self._decide(verdict)
             if self._state == "open":

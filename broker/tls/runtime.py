@@ -34,7 +34,7 @@ from .handshake_metrics import TlsMetrics, observed_sslobject_class
 from .material import Material, Snapshot, leaf_fingerprint, read_snapshot, validate_snapshot
 from .ocsp_cache import OcspStapler
 from .options import TlsPolicy, validate_options
-from .peer_checks import PeerChecker
+from .peer_checks import PeerChecker, settle
 from .psk import enable_psk, parse_psk_file
 from .pyossl_transport import PyOpenSslBridge
 from .reloader import PeriodicReloader
@@ -100,12 +100,11 @@ def _trust_changed(previous: Generation, current: Generation) -> bool:
 class _StdlibGate(asyncio.Protocol):
     """Sits in front of the application protocol until the post-handshake checks passed, then steps aside."""
 
-    __slots__ = ("_runtime", "_app", "_transport", "_buffered", "_eof", "_lost")
+    __slots__ = ("_runtime", "_app", "_buffered", "_eof", "_lost")
 
     def __init__(self, runtime: "TlsListenerRuntime", app: asyncio.Protocol) -> None:
         self._runtime = runtime
         self._app = app
-        self._transport: asyncio.Transport | None = None
         self._buffered: list[bytes] = []
         self._eof = False
         self._lost = False
@@ -118,14 +117,13 @@ class _StdlibGate(asyncio.Protocol):
             sslobj = transport.get_extra_info("ssl_object")
             verdict = runtime.checker.check_now(sslobj.getpeercert(binary_form=True), sslobj.session_reused)
             if verdict is not None and not isinstance(verdict, str):
-                self._transport = transport  # type: ignore[assignment]
                 transport.pause_reading()  # type: ignore[attr-defined]
                 asyncio.get_running_loop().create_task(self._finish(transport, verdict))
                 return
         self._decide(transport, verdict)
 
     async def _finish(self, transport, pending) -> None:
-        verdict = await pending
+        verdict = await settle(pending)
         if self._lost:
             return
         self._decide(transport, verdict)
