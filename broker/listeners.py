@@ -50,7 +50,8 @@ ACCEPTED = metrics.REGISTRY.counter(
     "wharf_listener_connections_accepted_total", "Connections admitted by a listener", ("listener",))
 REFUSED = metrics.REGISTRY.counter(
     "wharf_listener_connections_refused_total",
-    "Connections refused by a listener (reason: max_connections, max_conn_rate)", ("listener", "reason"))
+    "Connections refused by a listener (reason: max_connections, max_conn_rate, proxy_protocol)",
+    ("listener", "reason"))
 
 
 class TlsUnavailable(RuntimeError):
@@ -108,7 +109,7 @@ class Listener:
         self._rate = _TokenBucket(config.max_conn_rate) if config.max_conn_rate else None
         self._accepted = ACCEPTED.labels(listener=self.id)
         self._refused = {reason: REFUSED.labels(listener=self.id, reason=reason)
-                         for reason in ("max_connections", "max_conn_rate")}
+                         for reason in ("max_connections", "max_conn_rate", "proxy_protocol")}
 
     @property
     def enable(self) -> bool:
@@ -133,14 +134,24 @@ class Listener:
         log.debug("listener %s refused a connection: %s", self.id, reason)
         return reason
 
-    def guarded_factory(self) -> ProtocolFactory:
-        inner = self.make_factory(self.context)
+    def guarded_factory(self, inner: ProtocolFactory | None = None) -> ProtocolFactory:
+        """``inner`` (default: the MQTT protocol) behind admission and, if configured, the PROXY header."""
+        inner = inner or self.make_factory(self.context)
         admit = self.admit
+        if self.config.proxy_protocol:
+            inner = self._behind_proxy_header(inner)
 
         def factory() -> asyncio.BaseProtocol:
             return inner() if admit() is None else _Refused()
 
         return factory
+
+    def _behind_proxy_header(self, inner: ProtocolFactory) -> ProtocolFactory:
+        from .proxy_protocol import ProxyProtocolGate
+
+        timeout = self.config.proxy_protocol_timeout
+        refused = self._refused["proxy_protocol"].inc
+        return lambda: ProxyProtocolGate(inner(), timeout, self.id, refused)  # type: ignore[arg-type]
 
     # -- life cycle
     async def start(self) -> None:
@@ -276,8 +287,11 @@ class WsListener(Listener):
 
         self._ws_server = WebSocketServer(self, self.config.websocket, self.broker_config.mqtt.max_packet_size)
         await self._ws_server.setup()
+        factory = self._ws_server.protocol_factory
+        if self.config.proxy_protocol:
+            factory = self._behind_proxy_header(factory)
         try:
-            return await self._listen(self._ws_server.protocol_factory, host, port)
+            return await self._listen(factory, host, port)
         except BaseException:
             await self._ws_server.cleanup()
             raise

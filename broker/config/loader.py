@@ -401,8 +401,11 @@ class _Checker:
             if not listener.enable:
                 continue
             binds.append((f"{key}.bind", host, port))
-            if listener.proxy_protocol:
-                self.issue(f"{key}.proxy_protocol", "the PROXY protocol is not supported by this broker")
+            if listener.proxy_protocol and kind in ("ssl", "wss"):
+                self.issue(f"{key}.proxy_protocol", "is only supported on tcp and ws listeners (on a TLS "
+                                                    "listener the header would have to come before the handshake)")
+            if listener.proxy_protocol_timeout <= 0:
+                self.issue(f"{key}.proxy_protocol_timeout", "must be greater than 0")
             if kind in ("ws", "wss"):
                 self.check_websocket(listener.websocket, f"{key}.websocket")
             if kind in ("ssl", "wss"):
