@@ -14,7 +14,7 @@ import ssl
 from ..metrics import REGISTRY, Registry
 
 # OpenSSL X509_V_ERR codes worth their own label.
-_VERIFY_REASONS = {
+VERIFY_REASONS = {
     10: "certificate_expired", 9: "certificate_not_yet_valid", 23: "certificate_revoked",
     2: "unknown_ca", 20: "unknown_ca", 21: "unknown_ca", 18: "unknown_ca", 19: "unknown_ca",
     22: "chain_too_long", 26: "bad_certificate_purpose", 3: "crl_unavailable", 12: "crl_unavailable",
@@ -25,7 +25,7 @@ _VERIFY_REASONS = {
 def reason_of(exc: BaseException) -> str:
     """A short, bounded label for a handshake failure."""
     if isinstance(exc, ssl.SSLCertVerificationError):
-        return _VERIFY_REASONS.get(exc.verify_code, "certificate_verify_failed")
+        return VERIFY_REASONS.get(exc.verify_code, "certificate_verify_failed")
     reason = getattr(exc, "reason", None)
     if isinstance(reason, str) and reason:
         reason = reason.lower()

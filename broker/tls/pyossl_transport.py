@@ -17,6 +17,7 @@ from cryptography.hazmat.primitives.serialization import Encoding
 from OpenSSL import SSL
 from OpenSSL._util import lib
 
+from .handshake_metrics import VERIFY_REASONS
 from .identity import PeerIdentity
 from .peer_checks import settle
 from .psk import used_psk_identity
@@ -84,7 +85,7 @@ class PyOpenSslBridge(asyncio.Protocol, asyncio.Transport):
                 self._flush()
                 return
             except SSL.Error as exc:
-                self._fail(_openssl_reason(exc))
+                self._fail(self._failure_reason(exc))
                 return
             self._handshake_done()
         # Application data may have come in the same chunk as the handshake's end: read it now (it is held
@@ -117,6 +118,12 @@ class PyOpenSslBridge(asyncio.Protocol, asyncio.Transport):
             keep_open = self._app.eof_received()
             if not keep_open:
                 self.close()
+
+    def _failure_reason(self, exc: SSL.Error) -> str:
+        reason = _openssl_reason(exc)
+        if reason == "certificate_verify_failed":
+            reason = VERIFY_REASONS.get(lib.SSL_get_verify_result(self._conn._ssl), reason)
+        return reason
 
     def _fail(self, reason: str) -> None:
         self._runtime.metrics.failed(reason)

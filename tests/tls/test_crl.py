@@ -43,8 +43,7 @@ async def test_local_crlfile_refuses_revoked_clients(files, crl_ca, backend):
     async with serving(crl_options(files, crl_ca, crlfile=crlfile), backend=backend) as rt:
         assert (await exchange(rt.port, client_context(files, good))).reply == b"ping|dev-good|-"
         assert not (await exchange(rt.port, client_context(files, revoked))).ok
-        if backend == "stdlib":
-            assert await eventually(lambda: failures(rt).get("certificate_revoked")), failures(rt)
+        assert await eventually(lambda: failures(rt).get("certificate_revoked")), failures(rt)
 
 
 async def test_crl_check_without_any_crl_fails_closed(files, crl_ca):
