@@ -266,6 +266,15 @@ def test_embedded_default_binds_come_from_the_environment(monkeypatch):
     assert config.dashboard.listeners.http.bind == "127.0.0.1:0"
 
 
+def test_embedded_default_admin_api_beyond_loopback_needs_the_token_variable(monkeypatch):
+    monkeypatch.setenv("WHARF_DASHBOARD_BIND", "0.0.0.0:18083")
+    monkeypatch.delenv("WHARF_DASHBOARD_TOKEN", raising=False)
+    with pytest.raises(ConfigError, match="set dashboard.token"):
+        embedded_default()
+    monkeypatch.setenv("WHARF_DASHBOARD_TOKEN", "from-the-environment")
+    assert embedded_default().dashboard.token == "from-the-environment"
+
+
 def test_embedded_default_without_certificates(monkeypatch, tmp_path):
     monkeypatch.chdir(tmp_path)
     monkeypatch.setattr(loader, "search_dirs", lambda: [tmp_path])
