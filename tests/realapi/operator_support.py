@@ -1,0 +1,133 @@
+"""Run the real ``wharf-operator`` entry point against the local control plane, as the chart's
+ServiceAccount: the chart's RBAC objects are rendered with the pinned helm and applied, and the
+operator gets a TokenRequest token for that ServiceAccount and nothing else."""
+
+from __future__ import annotations
+
+import datetime
+import os
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Iterator
+
+import kubernetes
+import yaml
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.x509.oid import NameOID
+from realapi_support import REPO, localcluster
+
+CHART = REPO / "charts" / "wharf"
+RBAC_KINDS = {"ServiceAccount", "ClusterRole", "ClusterRoleBinding", "Role", "RoleBinding"}
+
+
+def pinned_helm() -> str:
+    ensure = REPO / "tools" / "helm" / "ensure-helm.sh"
+    proc = subprocess.run([str(ensure)], capture_output=True, text=True, timeout=900)
+    if proc.returncode != 0:
+        raise AssertionError(f"cannot get the pinned helm: {proc.stderr.strip()}")
+    return proc.stdout.strip()
+
+
+def chart_rbac(helm: str, home: Path, release: str, namespace: str, watch: list[str]) -> list[dict]:
+    """The ServiceAccount and RBAC objects the chart ships for this release and scope."""
+    args = [helm, "template", release, str(CHART), "--namespace", namespace]
+    for index, watched in enumerate(watch):
+        args += ["--set", f"operator.watchNamespaces[{index}]={watched}"]
+    proc = subprocess.run(args, capture_output=True, text=True, timeout=120, env={**os.environ, "HOME": str(home)})
+    if proc.returncode != 0:
+        raise AssertionError(f"helm template failed:\n{proc.stderr}")
+    return [doc for doc in yaml.safe_load_all(proc.stdout) if doc and doc.get("kind") in RBAC_KINDS]
+
+
+def apply_objects(api: kubernetes.client.ApiClient, objects: list[dict]) -> None:
+    for obj in objects:
+        kubernetes.utils.create_from_dict(api, obj)
+
+
+def service_account_kubeconfig(controlplane, api, namespace: str, account: str, path: Path) -> Path:
+    token = kubernetes.client.CoreV1Api(api).create_namespaced_service_account_token(
+        account, namespace, {"spec": {"expirationSeconds": 3600}}).status.token
+    return localcluster.write_kubeconfig(path, controlplane.server, controlplane.pki.ca_cert, token=token,
+                                         user=f"{namespace}-{account}")
+
+
+def operator_command() -> list[str]:
+    """The installed console script, next to this interpreter."""
+    script = Path(sys.executable).with_name("wharf-operator")
+    if not script.exists():
+        raise AssertionError(f"{script} is missing: install the project (pip install -e '.[operator,test]')")
+    return [str(script)]
+
+
+@contextmanager
+def running_operator(kubeconfig: Path, log_path: Path, namespaces: list[str]) -> Iterator[subprocess.Popen]:
+    """Start ``wharf-operator``; wait for its liveness endpoint; stop it (SIGTERM) afterwards."""
+    health_port = localcluster.free_loopback_port()
+    args = [*operator_command(), "--kubeconfig", str(kubeconfig), "--verbose",
+            "--liveness", f"http://127.0.0.1:{health_port}/healthz", "--metrics-port", "0",
+            # The fake Pods' IPs: the operator may call only these (nothing listens there yet).
+            "--allow-pod-network", localcluster.POD_CIDR, "--signal-timeout", "2", "--reload-wait", "5"]
+    args += [f"--namespace={ns}" for ns in namespaces] or ["--all-namespaces"]
+    env = {**os.environ, "NO_PROXY": "*", "no_proxy": "*"}
+    for proxy in ("HTTP_PROXY", "HTTPS_PROXY", "http_proxy", "https_proxy", "ALL_PROXY", "all_proxy"):
+        env.pop(proxy, None)
+    with open(log_path, "ab") as log:
+        proc = subprocess.Popen(args, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, env=env)
+    try:
+        _wait_healthy(proc, health_port, log_path)
+        yield proc
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(20)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+
+
+def _wait_healthy(proc: subprocess.Popen, port: int, log_path: Path, timeout: float = 60.0) -> None:
+    opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise AssertionError(f"wharf-operator exited with {proc.returncode}:\n{log_path.read_text()[-3000:]}")
+        try:
+            with opener.open(f"http://127.0.0.1:{port}/healthz", timeout=2) as response:
+                if response.status == 200:
+                    return
+        except (OSError, urllib.error.URLError):
+            pass
+        time.sleep(0.3)
+    raise AssertionError(f"wharf-operator not healthy after {timeout}s:\n{log_path.read_text()[-3000:]}")
+
+
+def tls_secret(name: str, common_name: str) -> dict:
+    """A kubernetes.io/tls Secret as cert-manager writes it: a self-signed leaf, its key, ca.crt."""
+    key = ec.generate_private_key(ec.SECP256R1())
+    subject = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, common_name)])
+    now = datetime.datetime.now(datetime.timezone.utc)
+    cert = (x509.CertificateBuilder().subject_name(subject).issuer_name(subject).public_key(key.public_key())
+            .serial_number(x509.random_serial_number()).not_valid_before(now - datetime.timedelta(minutes=5))
+            .not_valid_after(now + datetime.timedelta(days=30))
+            .add_extension(x509.SubjectAlternativeName([x509.DNSName(common_name)]), critical=False)
+            .sign(key, hashes.SHA256()))
+    cert_pem = cert.public_bytes(serialization.Encoding.PEM).decode()
+    key_pem = key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+                                serialization.NoEncryption()).decode()
+    return {"apiVersion": "v1", "kind": "Secret", "type": "kubernetes.io/tls", "metadata": {"name": name},
+            "stringData": {"tls.crt": cert_pem, "tls.key": key_pem, "ca.crt": cert_pem}}
+
+
+def example_broker(example: str) -> dict:
+    """An MQTTBroker from manifests/examples/."""
+    for document in yaml.safe_load_all((REPO / "manifests" / "examples" / example).read_text()):
+        if document and document.get("kind") == "MQTTBroker":
+            return document
+    raise AssertionError(f"no MQTTBroker in manifests/examples/{example}")

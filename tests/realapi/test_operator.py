@@ -1,0 +1,178 @@
+"""The real operator (the `wharf-operator` entry point) against the real control plane, with the
+chart's RBAC and nothing more: it creates what an MQTTBroker owns, writes status, and deleting
+the MQTTBroker garbage-collects everything. Once cluster-wide, once watching one namespace."""
+
+from __future__ import annotations
+
+import kubernetes
+import pytest
+import yaml
+from kubernetes.client import ApiException
+from operator_support import (apply_objects, chart_rbac, example_broker, pinned_helm, running_operator,
+                              service_account_kubeconfig, tls_secret)
+from realapi_support import is_test_pod_ip, project_crds, unique_name, wait_for
+
+GROUP, VERSION, PLURAL = "mqtt.wharf.dev", "v1alpha1", "mqttbrokers"
+CRD_NAME = f"{PLURAL}.{GROUP}"
+
+
+@pytest.fixture(scope="module")
+def mqttbroker_crd(api) -> None:
+    files = [path for path in project_crds() if path.name == f"{CRD_NAME}.yaml"]
+    if not files:
+        pytest.fail(f"manifests/crds/{CRD_NAME}.yaml is missing")
+    extensions = kubernetes.client.ApiextensionsV1Api(api)
+    try:
+        extensions.create_custom_resource_definition(yaml.safe_load(files[0].read_text()))
+    except ApiException as error:
+        if error.status != 409:  # installed by an earlier test module in this session
+            raise
+    wait_for(lambda: any(c.type == "Established" and c.status == "True"
+                         for c in extensions.read_custom_resource_definition(CRD_NAME).status.conditions or []),
+             "MQTTBroker CRD Established")
+
+
+@pytest.fixture(scope="module")
+def helm(tmp_path_factory) -> tuple[str, object]:
+    return pinned_helm(), tmp_path_factory.mktemp("helm-home")
+
+
+def _operator_setup(controlplane, api, helm, tmp_path, watch: list[str]):
+    """Namespace + chart RBAC for a fresh release; returns (kubeconfig, operator namespace, account)."""
+    binary, home = helm
+    core = kubernetes.client.CoreV1Api(api)
+    operator_namespace = unique_name("wharf-system")
+    core.create_namespace({"metadata": {"name": operator_namespace}})
+    release = unique_name("wharf")
+    objects = chart_rbac(binary, home, release, operator_namespace, watch)
+    kinds = sorted(o["kind"] for o in objects)
+    expected = ["ClusterRole", "ClusterRoleBinding"] if not watch else ["Role", "RoleBinding"] * len(watch)
+    assert kinds == sorted(expected + ["ServiceAccount"]), kinds
+    apply_objects(api, objects)
+    account = next(o["metadata"]["name"] for o in objects if o["kind"] == "ServiceAccount")
+    kubeconfig = service_account_kubeconfig(controlplane, api, operator_namespace, account,
+                                            tmp_path / "operator.kubeconfig")
+    return kubeconfig, operator_namespace, account
+
+
+def _owned_objects(api, namespace: str, name: str) -> dict[str, object]:
+    core, apps = kubernetes.client.CoreV1Api(api), kubernetes.client.AppsV1Api(api)
+    policy = kubernetes.client.PolicyV1Api(api)
+    return {
+        "StatefulSet": lambda: apps.read_namespaced_stateful_set(name, namespace),
+        "Service": lambda: core.read_namespaced_service(name, namespace),
+        "Service/headless": lambda: core.read_namespaced_service(f"{name}-headless", namespace),
+        "ConfigMap": lambda: core.read_namespaced_config_map(f"{name}-config", namespace),
+        "Secret/admin-token": lambda: core.read_namespaced_secret(f"{name}-admin-token", namespace),
+        "ServiceAccount": lambda: core.read_namespaced_service_account(name, namespace),
+        "PodDisruptionBudget": lambda: policy.read_namespaced_pod_disruption_budget(name, namespace),
+    }
+
+
+def _absent(read) -> bool:
+    try:
+        read()
+    except ApiException as error:
+        if error.status == 404:
+            return True
+        raise
+    return False
+
+
+def _condition(status: dict, kind: str) -> dict | None:
+    return next((c for c in status.get("conditions") or [] if c.get("type") == kind), None)
+
+
+def _broker_lifecycle(api, namespace: str, operator_log) -> None:
+    core = kubernetes.client.CoreV1Api(api)
+    brokers = kubernetes.client.CustomObjectsApi(api)
+    core.create_namespaced_secret(namespace, tls_secret("wharf-tls", "wharf.test"))
+    body = example_broker("one-way-tls.yaml")
+    name = body["metadata"]["name"]
+    created = brokers.create_namespaced_custom_object(GROUP, VERSION, namespace, PLURAL, body)
+    uid, generation = created["metadata"]["uid"], created["metadata"]["generation"]
+
+    owned = _owned_objects(api, namespace, name)
+    for kind, read in owned.items():
+        obj = wait_for(read, f"{kind} created by the operator")
+        references = [r for r in obj.metadata.owner_references or [] if r.uid == uid]
+        assert references and references[0].kind == "MQTTBroker" and references[0].controller, kind
+    statefulset = owned["StatefulSet"]()
+    assert statefulset.spec.replicas == 2
+    config = owned["ConfigMap"]()
+    assert any("8883" in text for text in (config.data or {}).values())
+
+    # kwok runs the StatefulSet's Pods on the fake node, with loopback Pod IPs.
+    def running_pods():
+        pods = core.list_namespaced_pod(namespace, label_selector=f"app.kubernetes.io/instance={name}").items
+        running = [p for p in pods if p.status.phase == "Running" and p.status.pod_ip]
+        return running if len(running) == 2 else None
+
+    pods = wait_for(running_pods, "2 broker Pods Running")
+    assert all(is_test_pod_ip(p.status.pod_ip) for p in pods)
+
+    def reconciled_status():
+        status = brokers.get_namespaced_custom_object(GROUP, VERSION, namespace, PLURAL, name).get("status") or {}
+        applied = _condition(status, "ConfigApplied")
+        if status.get("observedGeneration") == generation and applied and applied.get("status") == "True":
+            return status
+        return None
+
+    status = wait_for(reconciled_status, "status.observedGeneration and ConfigApplied=True")
+    assert status["replicas"] == 2
+    assert status["selector"] == f"app.kubernetes.io/name=wharf,app.kubernetes.io/instance={name}"
+    assert _condition(status, "Ready") is not None
+
+    brokers.delete_namespaced_custom_object(GROUP, VERSION, namespace, PLURAL, name)
+    wait_for(lambda: _absent(lambda: brokers.get_namespaced_custom_object(GROUP, VERSION, namespace, PLURAL, name)),
+             "the MQTTBroker to be deleted (operator finalizer released)")
+    # The garbage collector learns a new CRD's kind at its next discovery resync (every 30 s), so
+    # the first collection after the CRD is installed can take that long.
+    for kind, read in owned.items():
+        wait_for(lambda read=read: _absent(read), f"{kind} garbage-collected", timeout=120)
+    wait_for(lambda: not core.list_namespaced_pod(namespace, label_selector=f"app.kubernetes.io/instance={name}").items,
+             "broker Pods garbage-collected", timeout=120)
+    assert core.read_namespaced_secret("wharf-tls", namespace).metadata.name == "wharf-tls"  # not owned: kept
+
+    log = operator_log.read_text()
+    assert " 403" not in log and "Forbidden" not in log, log[-4000:]
+
+
+def _allowed(api, namespace: str | None, account: str, account_namespace: str, verb: str, resource: str,
+             group: str = "") -> bool:
+    review = kubernetes.client.AuthorizationV1Api(api).create_subject_access_review({
+        "apiVersion": "authorization.k8s.io/v1", "kind": "SubjectAccessReview",
+        "spec": {"user": f"system:serviceaccount:{account_namespace}:{account}",
+                 "groups": ["system:serviceaccounts", f"system:serviceaccounts:{account_namespace}",
+                            "system:authenticated"],
+                 "resourceAttributes": {"namespace": namespace, "verb": verb, "resource": resource,
+                                        "group": group}}})
+    return review.status.allowed
+
+
+@pytest.mark.timeout(400)
+def test_operator_cluster_wide_with_chart_rbac(controlplane, api, mqttbroker_crd, helm, namespace, tmp_path):
+    kubeconfig, operator_namespace, account = _operator_setup(controlplane, api, helm, tmp_path, watch=[])
+    log = tmp_path / "operator.log"
+    with running_operator(kubeconfig, log, namespaces=[]):
+        _broker_lifecycle(api, namespace, log)
+    # Least privilege: the broker Pods come from the StatefulSet, never from the operator.
+    assert not _allowed(api, namespace, account, operator_namespace, "create", "pods")
+    assert not _allowed(api, namespace, account, operator_namespace, "create", "deployments", "apps")
+    assert not _allowed(api, None, account, operator_namespace, "delete", "nodes")
+    assert _allowed(api, namespace, account, operator_namespace, "create", "statefulsets", "apps")
+
+
+@pytest.mark.timeout(400)
+def test_operator_in_single_namespace_mode_with_chart_rbac(controlplane, api, mqttbroker_crd, helm, namespace,
+                                                           tmp_path):
+    kubeconfig, operator_namespace, account = _operator_setup(controlplane, api, helm, tmp_path, watch=[namespace])
+    log = tmp_path / "operator.log"
+    with running_operator(kubeconfig, log, namespaces=[namespace]):
+        _broker_lifecycle(api, namespace, log)
+    # The namespaced grant reaches nothing outside the watched namespace.
+    assert _allowed(api, namespace, account, operator_namespace, "list", "secrets")
+    assert not _allowed(api, "default", account, operator_namespace, "list", "secrets")
+    assert not _allowed(api, None, account, operator_namespace, "list", "namespaces")
+    assert not _allowed(api, None, account, operator_namespace, "list", "customresourcedefinitions",
+                        "apiextensions.k8s.io")
