@@ -67,6 +67,7 @@ class Broker:
         # Listener id -> listener object; the application wiring fills this for the admin API.
         self.listeners: dict = {}
         self._loop: asyncio.AbstractEventLoop | None = None
+        self._housekeeping_handle: asyncio.TimerHandle | None = None
         self._received = self.metrics.received.labels()  # the child: a plain attribute add per message
 
     @property
@@ -139,7 +140,22 @@ class Broker:
         session.channel = channel
         self.channels[client_id] = channel
         self.metrics.connected.set(len(self.channels))
+        if self._housekeeping_handle is None:
+            self._schedule_housekeeping()
         return session, present
+
+    def _schedule_housekeeping(self) -> None:
+        # One sweep for all clients instead of a timer per connection (a timer costs ~500 bytes each).
+        settings = self.config.mqtt
+        interval = max(0.05, min(settings.retry_interval, settings.await_rel_timeout) / 2)
+        self._housekeeping_handle = self.loop.call_later(interval, self._housekeeping)
+
+    def _housekeeping(self) -> None:
+        self._housekeeping_handle = None
+        for channel in list(self.channels.values()):
+            channel.housekeeping()
+        if self.channels:
+            self._schedule_housekeeping()
 
     def detach(self, channel: Channel, will) -> None:
         """``channel`` is gone: publish or schedule its will, keep its session for its expiry or end it."""
@@ -207,6 +223,9 @@ class Broker:
     async def shutdown(self, timeout: float = 5.0) -> None:
         """Disconnect every client (5.0: DISCONNECT 0x8B first) and wait for the sockets to close."""
         self.wills.cancel_all()
+        if self._housekeeping_handle is not None:
+            self._housekeeping_handle.cancel()
+            self._housekeeping_handle = None
         for channel in list(self.channels.values()):
             channel.kick(rc.SERVER_SHUTTING_DOWN, "server shutting down")
         for connection in list(self.connections):

@@ -250,7 +250,6 @@ class Channel:
         self.connected_at = time.time()
         self.send(Connack(present, rc.SUCCESS, ack_props))
         self.connection.start_keepalive(keepalive * settings.keepalive_multiplier if keepalive else 0)
-        self.connection.start_housekeeping()
         if present:
             session.resume()
 
@@ -525,7 +524,7 @@ class Channel:
         self.terminate(publish_will=True)
 
     def housekeeping(self) -> None:
-        """Periodic: 3.1.1 retries of unacknowledged messages, and dropping stale QoS 2 receipts."""
+        """Periodic (the broker's sweep): 3.1.1 retries of unacknowledged messages, and dropping stale QoS 2 receipts."""
         session = self.session
         if session is None or not self.connected:
             return

@@ -34,8 +34,7 @@ _CONNACK_BAD_PROTOCOL_V3 = b"\x20\x02\x00\x01"
 class Connection(asyncio.Protocol):
     __slots__ = ("broker", "listener", "transport", "parser", "channel", "peer", "peer_text", "last_received",
                  "backlog_bytes", "_loop", "_time", "_out", "_flush_pending", "_paused", "_closing", "_lost",
-                 "_held", "_idle_handle", "_keepalive_handle", "_keepalive_limit", "_housekeeping_handle",
-                 "_abort_handle")
+                 "_held", "_idle_handle", "_keepalive_handle", "_keepalive_limit", "_abort_handle")
 
     def __init__(self, broker: "Broker", listener: ListenerContext) -> None:
         self.broker = broker
@@ -57,7 +56,6 @@ class Connection(asyncio.Protocol):
         self._idle_handle = None
         self._keepalive_handle = None
         self._keepalive_limit = 0.0
-        self._housekeeping_handle = None
         self._abort_handle = None
         self.channel = Channel(broker, self)
 
@@ -100,7 +98,7 @@ class Connection(asyncio.Protocol):
         self._lost = True
         self._closing = True
         self.listener.current_connections -= 1
-        for handle in (self._idle_handle, self._keepalive_handle, self._housekeeping_handle, self._abort_handle):
+        for handle in (self._idle_handle, self._keepalive_handle, self._abort_handle):
             if handle is not None:
                 handle.cancel()
         self._out.clear()
@@ -256,18 +254,6 @@ class Connection(asyncio.Protocol):
             self.channel.kick(rc.KEEP_ALIVE_TIMEOUT, "keep-alive timeout")
             return
         self._keepalive_handle = self._loop.call_later(self._keepalive_limit - silent, self._check_keepalive)
-
-    def start_housekeeping(self) -> None:
-        settings = self.broker.config.mqtt
-        interval = max(0.05, min(settings.retry_interval, settings.await_rel_timeout))
-        self._housekeeping_handle = self._loop.call_later(interval, self._housekeeping, interval)
-
-    def _housekeeping(self, interval: float) -> None:
-        self._housekeeping_handle = None
-        if self._closing:
-            return
-        self.channel.housekeeping()
-        self._housekeeping_handle = self._loop.call_later(interval, self._housekeeping, interval)
 
     # -------------------------------------------------------------------------------------------- details
 

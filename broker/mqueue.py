@@ -27,10 +27,11 @@ class MessageQueue:
         self.max_len = max_len
         self.drop_oldest = drop_policy == "drop_oldest"
         self.store_qos0 = store_qos0
-        self._items: deque[QueuedMessage] = deque()
+        # Created on first use: most sessions never queue anything, and an empty deque costs ~600 bytes.
+        self._items: deque[QueuedMessage] | None = None
 
     def __len__(self) -> int:
-        return len(self._items)
+        return len(self._items) if self._items else 0
 
     def __bool__(self) -> bool:
         return bool(self._items)
@@ -40,6 +41,8 @@ class MessageQueue:
         if item.qos == 0 and not self.store_qos0:
             return item
         items = self._items
+        if items is None:
+            items = self._items = deque()
         if self.max_len is not None and len(items) >= self.max_len:
             if not self.drop_oldest or not self.max_len:
                 return item
@@ -53,4 +56,4 @@ class MessageQueue:
         return self._items.popleft() if self._items else None
 
     def clear(self) -> None:
-        self._items.clear()
+        self._items = None
