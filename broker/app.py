@@ -99,7 +99,7 @@ class BrokerApp:
         results = await asyncio.gather(*(listener.reload() for listener in targets),  # type: ignore[attr-defined]
                                        return_exceptions=True)
         outcome = {}
-        for listener, result in zip(targets, results):
+        for listener, result in zip(targets, results, strict=True):
             if isinstance(result, BaseException):
                 log.error("certificate reload of %s failed: %s", listener.id, result)
             outcome[listener.id] = result

@@ -97,7 +97,7 @@ class BrokerProcess:
         except subprocess.TimeoutExpired:
             self.proc.kill()
             self.proc.wait(5)
-            raise AssertionError(f"broker did not stop within {timeout}s after signal {signum}:\n{self.log}")
+            raise AssertionError(f"broker did not stop within {timeout}s after signal {signum}:\n{self.log}") from None
 
     def admin(self, method: str, path: str, body: bytes | None = None, token: str | None = "default",
               timeout: float = 10.0) -> tuple[int, bytes]:

@@ -134,7 +134,8 @@ def test_listeners_list_and_show(broker_process, cert_dir):
     by_id = {entry["id"]: entry for entry in listeners}
     assert set(by_id) == {"tcp:default", "tcp:spare", "ssl:default"}
     tcp = by_id["tcp:default"]
-    assert tcp == {"id": "tcp:default", "type": "tcp", "name": "default", "bind": f"127.0.0.1:{broker.port('tcp:default')}",
+    assert tcp == {"id": "tcp:default", "type": "tcp", "name": "default",
+                   "bind": f"127.0.0.1:{broker.port('tcp:default')}",
                    "enable": True, "running": True, "current_connections": 0, "max_connections": 100}
     assert by_id["tcp:spare"]["enable"] is False and by_id["tcp:spare"]["running"] is False
 

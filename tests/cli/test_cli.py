@@ -153,8 +153,9 @@ def test_sighup_reloads_tls_listeners(broker_process, tmp_path):
     cert_dir.mkdir()
     first = write_pair(cert_dir)
     broker = broker_process(f"""
-        listeners.ssl.a {{ bind = "127.0.0.1:0", ssl_options {{ certfile = "{cert_dir}/server.crt", keyfile = "{cert_dir}/server.key" }} }}
-        listeners.ssl.b {{ bind = "127.0.0.1:0", ssl_options {{ certfile = "{cert_dir}/server.crt", keyfile = "{cert_dir}/server.key" }} }}
+        listeners.ssl.a {{ bind = "127.0.0.1:0", ssl_options {{ certfile = "{cert_dir}/server.crt" }} }}
+        listeners.ssl.a.ssl_options.keyfile = "{cert_dir}/server.key"
+        listeners.ssl.b {{ bind = "127.0.0.1:0", ssl_options = ${{listeners.ssl.a.ssl_options}} }}
         dashboard.listeners.http.bind = "127.0.0.1:0"
     """)
 

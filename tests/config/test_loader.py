@@ -80,7 +80,8 @@ def test_literals_lists_optionals_and_scalars():
         mqtt { retain_available = false, keepalive_multiplier = 2, response_information = 42,
                peer_cert_as_username = cn }
         listeners.ssl.x { enable = false, bind = ":0", peer_cert_as_clientid = md5,
-                          ssl_options { versions = [tlsv1.2], ciphers = "ECDHE-RSA-AES128-GCM-SHA256,TLS_AES_128_GCM_SHA256" } }
+                          ssl_options { versions = [tlsv1.2],
+                                        ciphers = "ECDHE-RSA-AES128-GCM-SHA256,TLS_AES_128_GCM_SHA256" } }
         listeners.tcp.y { bind = ":0", peer_cert_as_clientid = null }
     """)
     assert config.node.event_loop == "asyncio"

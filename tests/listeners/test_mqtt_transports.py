@@ -3,7 +3,6 @@ protocol versions), aiomqtt over websockets, and max_connections with real clien
 
 from __future__ import annotations
 
-import ssl
 import threading
 import time
 from pathlib import Path
@@ -43,7 +42,8 @@ def broker(broker_process):
 class Paho:
     """A connected paho client that records what it receives."""
 
-    def __init__(self, port: int, protocol: int, transport: str = "tcp", tls: bool = False, client_id: str = "") -> None:
+    def __init__(self, port: int, protocol: int, transport: str = "tcp", tls: bool = False,
+                 client_id: str = "") -> None:
         self.messages: list[tuple[str, bytes]] = []
         self.connected = threading.Event()
         self.client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=client_id, protocol=protocol,
