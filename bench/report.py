@@ -42,7 +42,8 @@ def machine_description() -> list[str]:
 
 
 def _cell(metric: Metric, values: Sequence[float]) -> float | None:
-    value = median(values)
+    """The median of the runs; for must-be-zero counts the worst run (higher is worse for all of them)."""
+    value = (max(values) if values else None) if metric.worst_case else median(values)
     return None if value is None else value * metric.scale
 
 
@@ -65,7 +66,7 @@ def render_table(scenarios: Sequence[Scenario], brokers: Sequence[str],
             row = [scenario.name, f"{metric.label}" + (f" ({unit})" if unit else "")]
             for broker in brokers:
                 outcome = outcomes.get((scenario.name, broker), Outcome())
-                text = format_value(medians[broker], "")
+                text = format_value(medians[broker], "", metric.integer)
                 if outcome.skipped and medians[broker] is None:
                     text = "n/a"
                 elif outcome.failures and medians[broker] is None:

@@ -192,7 +192,8 @@ def main(argv: list[str] | None = None) -> int:
     print("Brokers: " + "; ".join(f"{name} {version}" for name, version in versions.items()))
     print(f"Command: `{report.command_line()}`\n")
     print(report.render_table(scenarios, broker_names, outcomes))
-    print("\nMedians of the repetitions; `*` = at least one run incomplete (see notes). Ratios are "
+    print("\nMedians of the repetitions (losses and drops: the worst run); `*` = at least one run incomplete "
+          "(see notes). Ratios are "
           "wharf ÷ peer: above 1 is better for rates, below 1 is better for CPU, latency and memory.\n")
     print(report.render_legend(scenarios))
     notes = report.render_notes(scenarios, broker_names, outcomes)

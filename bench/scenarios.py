@@ -53,6 +53,9 @@ class Metric:
     unit: str
     higher_is_better: bool
     scale: float = 1.0  # multiply the stored value by this for display
+    integer: bool = False  # a count: printed as a whole number
+    # Counts that must be zero (losses, drops) are summarised by their worst run, not hidden by a median.
+    worst_case: bool = False
 
 
 @dataclass
@@ -232,7 +235,16 @@ class Throughput(Scenario):
         expected = settings.messages * subs_count
         elapsed = max(ended - started, 1e-6)
         cpu = cpu_after - cpu_before
-        note = "" if complete else f"cut at {settings.run_timeout:.0f} s: {delivered}/{expected} delivered"
+        notes = []
+        if not complete:
+            notes.append(f"cut at {settings.run_timeout:.0f} s")
+        if delivered != expected:
+            notes.append(f"{delivered}/{expected} delivered")
+        failed_subs = [c.name for c in sub_children if c.exit_code not in (0, None) and complete]
+        if failed_subs:
+            notes.append("subscriber(s) " + ", ".join(failed_subs) + " exited with an error: "
+                         + (rundir / "sub0.err").read_text(errors="replace")[:200])
+        note = "; ".join(notes)
         if publisher.exit_code and publisher.exit_code > 0:
             note += f"; publisher exit {publisher.exit_code}: " + (rundir / "pub.err").read_text(errors="replace")[:200]
         if delivered == 0:
@@ -242,7 +254,7 @@ class Throughput(Scenario):
             "broker_cpu_per_msg": cpu / delivered,
             "broker_cpu_util": cpu / elapsed,
             "client_cpu_util": _client_utilisation(sub_children + [publisher]),
-        }, complete=complete, note=note)
+        }, complete=complete and delivered == expected and not failed_subs, note=note)
 
 
 # --- latency ------------------------------------------------------------------------------------------------
@@ -280,7 +292,7 @@ class Latency(Scenario):
         self.metrics = (
             Metric("p50", "latency p50", "µs", False, 1e6),
             Metric("p99", "latency p99", "µs", False, 1e6),
-            Metric("lost", "messages not received", "", False),
+            Metric("lost", "messages not received", "", False, integer=True, worst_case=True),
         )
 
     def run(self, broker: RunningBroker, pki: Pki, settings: Settings, rundir: Path) -> RunResult:
@@ -493,11 +505,11 @@ class Rotation(Scenario):
         self.name = name
         self.description = "certificate rotation under QoS 1 TLS load"
         self.metrics = (
-            Metric("dropped", "dropped connections", "", False),
-            Metric("lost", "lost QoS 1 messages", "", False),
+            Metric("dropped", "dropped connections", "", False, integer=True, worst_case=True),
+            Metric("lost", "lost QoS 1 messages", "", False, integer=True, worst_case=True),
             Metric("new_cert_median", "new cert served after (median)", "ms", False, 1e3),
             Metric("new_cert_max", "new cert served after (max)", "ms", False, 1e3),
-            Metric("unseen", "rotations never served", "", False),
+            Metric("unseen", "rotations never served", "", False, integer=True, worst_case=True),
         )
 
     def unsupported_reason(self, broker: Broker) -> str | None:

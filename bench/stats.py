@@ -33,10 +33,12 @@ def ratio(ours: float | None, theirs: float | None) -> float | None:
     return ours / theirs
 
 
-def format_value(value: float | None, unit: str) -> str:
-    """A value with a sensible number of digits for its size; '—' when missing."""
+def format_value(value: float | None, unit: str = "", integer: bool = False) -> str:
+    """A value with a sensible number of digits for its size (whole numbers for counts); '—' when missing."""
     if value is None:
         return "—"
+    if integer:
+        return f"{value:,.0f} {unit}".rstrip()
     magnitude = abs(value)
     if magnitude >= 100:
         text = f"{value:,.0f}"

@@ -1,0 +1,25 @@
+import pytest
+
+from bench.run import QUICK, parse_args
+
+
+def test_quick_sets_small_counts_and_flags_still_win():
+    args = parse_args(["--quick", "--messages", "1234"])
+    assert args.messages == 1234
+    assert args.repeats == QUICK["repeats"] and args.idle_connections == QUICK["idle_connections"]
+
+
+def test_full_defaults():
+    args = parse_args([])
+    assert (args.messages, args.repeats, args.payload_size) == (200_000, 3, 64)
+    assert args.broker_names == ["wharf", "mosquitto", "amqtt"]
+    assert "rotation" in args.scenario_names and "fanout" in args.scenario_names
+
+
+@pytest.mark.parametrize("argv", [["--brokers", "hivemq"], ["--scenarios", "qos0,nope"], ["--messages", "0"],
+                                  ["--latency-rate", "-1"]])
+def test_bad_arguments_are_refused(argv, capsys):
+    with pytest.raises(SystemExit) as exc:
+        parse_args(argv)
+    assert exc.value.code == 2
+    assert "error" in capsys.readouterr().err

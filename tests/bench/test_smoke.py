@@ -1,0 +1,48 @@
+"""End to end: the harness itself, with tiny counts, against mosquitto (and Wharf), as real processes."""
+
+import json
+import shutil
+import subprocess
+import sys
+
+import pytest
+
+from bench.brokers import REPO_ROOT
+
+pytestmark = pytest.mark.skipif(not (shutil.which("mosquitto") and shutil.which("mosquitto_sub")),
+                                reason="needs the Debian packages mosquitto and mosquitto-clients")
+
+
+def _run(tmp_path, brokers: str, scenarios: str) -> dict:
+    out = tmp_path / "result.json"
+    proc = subprocess.run([sys.executable, "-m", "bench", "--brokers", brokers, "--scenarios", scenarios,
+                           "--repeats", "1", "--messages", "2000", "--connections", "20", "--idle-connections", "30",
+                           "--latency-messages", "100", "--rotations", "1", "--rotation-publishers", "3",
+                           "--run-timeout", "20", "--json", str(out)],
+                          capture_output=True, text=True, cwd=REPO_ROOT, timeout=240)
+    assert proc.returncode == 0, proc.stderr
+    return json.loads(out.read_text())
+
+
+def test_every_kind_of_scenario_measures_mosquitto(tmp_path):
+    result = _run(tmp_path, "mosquitto", "qos1,fanout,latency-qos0,connect-tls-1,memory-tls,rotation")
+    runs = result["runs"]
+    for key, outcome in runs.items():
+        assert outcome["failures"] == [], key
+        assert len(outcome["results"]) == 1, key
+    assert runs["qos1/mosquitto"]["results"][0]["complete"]
+    assert runs["qos1/mosquitto"]["results"][0]["values"]["rate"] > 0
+    assert runs["fanout/mosquitto"]["results"][0]["complete"]
+    latency = runs["latency-qos0/mosquitto"]["results"][0]["values"]
+    assert latency["lost"] == 0 and 0 < latency["p50"] <= latency["p99"]
+    assert runs["connect-tls-1/mosquitto"]["results"][0]["values"]["rate"] > 0
+    assert runs["memory-tls/mosquitto"]["results"][0]["values"]["bytes_per_conn"] > 0
+    rotation = runs["rotation/mosquitto"]["results"][0]["values"]
+    assert rotation["lost"] == 0 and rotation["unseen"] == 0
+
+
+def test_wharf_runs_beside_mosquitto(tmp_path):
+    result = _run(tmp_path, "wharf,mosquitto", "qos0")
+    for broker in ("wharf", "mosquitto"):
+        outcome = result["runs"][f"qos0/{broker}"]
+        assert outcome["failures"] == [] and outcome["results"][0]["complete"], broker
