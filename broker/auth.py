@@ -105,8 +105,11 @@ def peer_identity(transport) -> Any:
 
 def identity_from_certificate(identity, mode: str) -> str | None:
     """The username or client id a certificate yields under ``peer_cert_as_*`` = ``mode`` (None if disabled
-    or not available)."""
+    or not available). ``crt`` (the DER bytes) is rendered as hex, since usernames and client ids are text
+    here. Raises ``ValueError`` for a subject the TLS layer refuses (control characters)."""
     if identity is None or mode == "disabled":
         return None
     value = identity.as_identity(mode)
+    if isinstance(value, bytes):
+        value = value.hex()
     return value or None

@@ -146,10 +146,13 @@ class Channel:
         listener = self.connection.listener
         identity = peer_identity(transport) if transport is not None else None
         username = packet.username
-        cert_username = identity_from_certificate(identity, listener.peer_cert_as_username)
+        try:
+            cert_username = identity_from_certificate(identity, listener.peer_cert_as_username)
+            cert_client_id = identity_from_certificate(identity, listener.peer_cert_as_clientid)
+        except ValueError as error:
+            return self._refuse(rc.BAD_USER_NAME_OR_PASSWORD, f"client certificate refused: {error}")
         if cert_username is not None:
             username = cert_username
-        cert_client_id = identity_from_certificate(identity, listener.peer_cert_as_clientid)
         if cert_client_id is not None:
             client_id = cert_client_id
         info = ConnectInfo(client_id, username, packet.password, listener.id, self.connection.peer,

@@ -262,26 +262,16 @@ class Connection(asyncio.Protocol):
         transport = self.transport
         if transport is None:
             return {}
+        identity = peer_identity(transport)
+        if identity is not None:
+            return {"tls_version": identity.tls_version, "tls_cipher": identity.cipher,
+                    "peer_cert_subject": getattr(identity, "dn", None)}
         ssl_object = transport.get_extra_info("ssl_object")
         if ssl_object is None:
             return {}
-        info: dict = {}
-        try:
-            info["tls_version"] = ssl_object.version()
-            cipher = ssl_object.cipher()
-            info["tls_cipher"] = cipher[0] if cipher else None
-        except Exception:  # noqa: BLE001 - a transport without these details just lists fewer fields
-            pass
-        subject = None
-        identity = peer_identity(transport)
-        if identity is not None:
-            subject = identity.as_identity("dn")
-        else:
-            try:
-                cert = ssl_object.getpeercert()
-            except Exception:  # noqa: BLE001
-                cert = None
-            if cert and cert.get("subject"):
-                subject = ",".join(f"{key}={value}" for rdn in cert["subject"] for key, value in rdn)
-        info["peer_cert_subject"] = subject
-        return info
+        # No TLS layer installed: what the standard library tells.
+        cipher = ssl_object.cipher()
+        cert = ssl_object.getpeercert() or {}
+        subject = ",".join(f"{key}={value}" for rdn in reversed(cert.get("subject", ())) for key, value in rdn)
+        return {"tls_version": ssl_object.version(), "tls_cipher": cipher[0] if cipher else None,
+                "peer_cert_subject": subject or None}

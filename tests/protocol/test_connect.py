@@ -162,6 +162,8 @@ async def test_certificate_identity_maps_username_and_client_id(make_broker, mon
     import wharf_broker.auth as auth_module
 
     class Identity:
+        tls_version, cipher, dn = "TLSv1.3", "TLS_AES_128_GCM_SHA256", "CN=device-7,O=Wharf"
+
         def as_identity(self, mode):
             return {"cn": "device-7", "dn": "CN=device-7,O=Wharf"}[mode]
 

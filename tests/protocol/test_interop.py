@@ -206,3 +206,29 @@ def test_real_process_sigterm_disconnects_v5_clients(broker_process):
     packets = asyncio.run(scenario())
     assert [(p.type, p.reason_code) for p in packets] == [(DISCONNECT, rc.SERVER_SHUTTING_DOWN)]
     assert process.proc.wait(20) == 0
+
+
+def test_runs_on_uvloop():
+    uvloop = pytest.importorskip("uvloop")
+    from .conftest import start_broker, stop_broker
+
+    async def scenario() -> None:
+        assert isinstance(asyncio.get_running_loop(), uvloop.Loop)
+        running = await start_broker()
+        try:
+            sub = await running.client("uv-sub")
+            await sub.subscribe("uv/#", qos=1)
+            pub = await running.client("uv-pub", version=4)
+            for n in range(50):
+                assert (await pub.publish("uv/x", b"%d" % n, qos=1)).type == 4
+            got = []
+            for _ in range(50):
+                message = await sub.recv()
+                got.append(message.payload)
+                await sub.ack(message)
+            assert got == [b"%d" % n for n in range(50)]
+            await pub.close()  # abnormal close: counted out all the same
+        finally:
+            await stop_broker(running)
+
+    uvloop.run(scenario())
