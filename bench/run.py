@@ -51,7 +51,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--latency-messages", type=int, help="messages per latency run (default 5000)")
     parser.add_argument("--latency-rate", type=float, default=1000.0, help="messages/s in latency runs")
     parser.add_argument("--connections", type=int, help="connections per connect-rate run (default 2000)")
-    parser.add_argument("--idle-connections", type=int, help="connections held in memory runs (default 2000)")
+    parser.add_argument("--idle-connections", type=int, help="connections held in memory runs (default 3000)")
     parser.add_argument("--rotations", type=int, help="certificate rotations per rotation run (default 5)")
     parser.add_argument("--rotation-publishers", type=int, default=20)
     parser.add_argument("--amqtt-venv", type=Path, default=DEFAULT_AMQTT_VENV,
@@ -60,7 +60,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--keep", action="store_true", help="keep the work directory (logs, configs, outputs)")
     args = parser.parse_args(argv)
     defaults = dict(messages=200_000, repeats=3, latency_messages=5_000, connections=2_000,
-                    idle_connections=2_000, rotations=5, run_timeout=60.0)
+                    idle_connections=3_000, rotations=5, run_timeout=60.0)
     for key, value in defaults.items():
         if getattr(args, key) is None:
             setattr(args, key, QUICK[key] if args.quick else value)

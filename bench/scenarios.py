@@ -38,7 +38,7 @@ class Settings:
     latency_messages: int = 5_000
     latency_rate: float = 1_000.0
     connections: int = 2_000  # per connect-rate run, split over the client processes
-    idle_connections: int = 2_000
+    idle_connections: int = 3_000
     rotations: int = 5
     rotation_interval: float = 2.0
     rotation_publishers: int = 20
@@ -94,6 +94,11 @@ def _client_utilisation(children: list[Child]) -> float:
         lifetime = max(child.exited_at - child.started_at, 1e-6)
         busiest = max(busiest, child.cpu_seconds / lifetime)
     return busiest
+
+
+def _clients_total_cpu(children: list[Child], elapsed: float) -> float:
+    """All clients' CPU time over the run (in cores): what they took from a machine the broker shares."""
+    return sum(c.cpu_seconds or 0.0 for c in children) / max(elapsed, 1e-6)
 
 
 def _wait_for_file_content(path: Path, minimum: int, deadline: float, child: Child) -> bool:
@@ -205,6 +210,7 @@ class Throughput(Scenario):
             Metric("broker_cpu_per_msg", "broker CPU per delivered msg", "µs", False, 1e6),
             Metric("broker_cpu_util", "broker CPU (1.0 = one core)", "", False),
             Metric("client_cpu_util", "busiest client's CPU (1.0 = one core)", "", False),
+            Metric("client_cpu_total", "all clients' CPU (cores)", "", False),
         )
 
     def run(self, broker: RunningBroker, pki: Pki, settings: Settings, rundir: Path) -> RunResult:
@@ -254,6 +260,7 @@ class Throughput(Scenario):
             "broker_cpu_per_msg": cpu / delivered,
             "broker_cpu_util": cpu / elapsed,
             "client_cpu_util": _client_utilisation(sub_children + [publisher]),
+            "client_cpu_total": _clients_total_cpu(sub_children + [publisher], elapsed),
         }, complete=complete and delivered == expected and not failed_subs, note=note)
 
 
@@ -353,6 +360,7 @@ class ConnectRate(Scenario):
             Metric("rate", "connections/s", "conn/s", True),
             Metric("broker_cpu_per_conn", "broker CPU per connection", "µs", False, 1e6),
             Metric("client_cpu_util", "busiest client's CPU (1.0 = one core)", "", False),
+            Metric("client_cpu_total", "all clients' CPU (cores)", "", False),
         )
 
     def run(self, broker: RunningBroker, pki: Pki, settings: Settings, rundir: Path) -> RunResult:
@@ -396,6 +404,7 @@ class ConnectRate(Scenario):
             "rate": ok / elapsed,
             "broker_cpu_per_conn": (cpu_after - cpu_before) / ok,
             "client_cpu_util": _client_utilisation(children),
+            "client_cpu_total": _clients_total_cpu(children, elapsed),
         }, complete=errors == 0 and ok == per_process * self.processes, note=note)
 
 
