@@ -29,8 +29,10 @@ _NO_VERSION_OPS = {"tlsv1": ssl.OP_NO_TLSv1, "tlsv1.1": ssl.OP_NO_TLSv1_1, "tlsv
                    "tlsv1.3": ssl.OP_NO_TLSv1_3}
 _PYOSSL_VERSIONS = {"tlsv1": SSL.TLS1_VERSION, "tlsv1.1": SSL.TLS1_1_VERSION, "tlsv1.2": SSL.TLS1_2_VERSION,
                     "tlsv1.3": SSL.TLS1_3_VERSION}
-# What PSK listeners offer when no ciphers are configured: OpenSSL's default list leaves PSK suites out.
-PSK_CIPHERS = "DEFAULT:PSK:ECDHE-PSK:RSA-PSK:DHE-PSK"
+# What PSK listeners offer when no ciphers are configured: OpenSSL's default list leaves PSK suites out. PSK
+# suites come first so that a client offering them (it has a key) gets one; clients without a key never offer
+# them and are served from the default list. Forward-secret PSK suites first.
+PSK_CIPHERS = "ECDHE-PSK:DHE-PSK:RSA-PSK:PSK:ALL:!COMPLEMENTOFDEFAULT:!eNULL"  # DEFAULT is only valid first
 SESSION_ID_CONTEXT = b"wharf"
 
 
@@ -162,11 +164,12 @@ def _smoke_versions(policy: TlsPolicy) -> list[str | None]:
     return [v for v in policy.versions if v in ("tlsv1", "tlsv1.1")] + [None]
 
 
-def _smoke_failed(version: str | None, detail) -> TlsConfigError:
+def _smoke_failed(policy: TlsPolicy, version: str | None, detail) -> TlsConfigError:
     if version is not None:
         return TlsConfigError(f"versions: the local OpenSSL cannot negotiate {version} with this listener's "
                               f"settings: {detail}")
-    return TlsConfigError(f"smoke handshake with the new certificate failed: {detail}")
+    return TlsConfigError(f"smoke handshake with the new certificate failed (versions {', '.join(policy.versions)}, "
+                          f"ciphers {tls12_cipher_string(policy)!r} {policy.tls13_suites!r}): {detail}")
 
 
 def smoke_stdlib(ctx: ssl.SSLContext, policy: TlsPolicy) -> str:
@@ -195,9 +198,9 @@ def _smoke_stdlib_once(ctx: ssl.SSLContext, policy: TlsPolicy, version: str | No
             _pump(c_in, c_out, s_in, s_out)
             if all(done):
                 return f"{server.version()} {server.cipher()[0]}"
-        raise _smoke_failed(version, "the handshake did not complete")
+        raise _smoke_failed(policy, version, "the handshake did not complete")
     except ssl.SSLError as exc:
-        raise _smoke_failed(version, exc.reason or exc) from None
+        raise _smoke_failed(policy, version, exc.reason or exc) from None
     finally:
         ctx.verify_mode = verify_mode
 
@@ -293,6 +296,6 @@ def _smoke_pyopenssl_once(ctx: SSL.Context, policy: TlsPolicy, version: str | No
             if all(done):
                 return f"{server.get_protocol_version_name()} {server.get_cipher_name()}"
     except (ssl.SSLError, SSL.Error) as exc:
-        raise _smoke_failed(version, exc) from None
-    raise _smoke_failed(version, "the handshake did not complete")
+        raise _smoke_failed(policy, version, exc) from None
+    raise _smoke_failed(policy, version, "the handshake did not complete")
 

@@ -37,6 +37,52 @@ def _openssl_reason(exc: SSL.Error) -> str:
         return "ssl_error"
 
 
+def _stdlib_name(name) -> tuple:
+    """A cryptography Name in the shape of ``ssl.SSLObject.getpeercert()``'s subject/issuer."""
+    return tuple(tuple((attr.oid._name, str(attr.value)) for attr in rdn) for rdn in name.rdns)
+
+
+class SslObjectView:
+    """``get_extra_info("ssl_object")`` for a pyOpenSSL connection, with the ``ssl.SSLObject`` methods that
+    asyncio-level code reads (version, cipher, peer certificate, ALPN, resumption). ``connection`` is the
+    pyOpenSSL ``SSL.Connection`` itself."""
+
+    def __init__(self, connection: SSL.Connection) -> None:
+        self.connection = connection
+
+    def version(self) -> str | None:
+        return self.connection.get_protocol_version_name()
+
+    def cipher(self) -> tuple[str, str, int] | None:
+        name = self.connection.get_cipher_name()
+        if name is None:
+            return None
+        return name, self.connection.get_cipher_version(), self.connection.get_cipher_bits()
+
+    def getpeercert(self, binary_form: bool = False):
+        cert = self.connection.get_peer_certificate(as_cryptography=True)
+        if cert is None:
+            return None
+        if binary_form:
+            return cert.public_bytes(Encoding.DER)
+        info = {"subject": _stdlib_name(cert.subject), "issuer": _stdlib_name(cert.issuer),
+                "serialNumber": format(cert.serial_number, "X"),
+                "notBefore": cert.not_valid_before_utc.strftime("%b %d %H:%M:%S %Y GMT"),
+                "notAfter": cert.not_valid_after_utc.strftime("%b %d %H:%M:%S %Y GMT")}
+        return info
+
+    def selected_alpn_protocol(self) -> str | None:
+        protocol = self.connection.get_alpn_proto_negotiated()
+        return protocol.decode() if protocol else None
+
+    @property
+    def session_reused(self) -> bool:
+        return lib.SSL_session_reused(self.connection._ssl) == 1
+
+    def compression(self) -> None:
+        return None
+
+
 class PyOpenSslBridge(asyncio.Protocol, asyncio.Transport):
     def __init__(self, runtime: "TlsListenerRuntime", app: asyncio.Protocol) -> None:
         asyncio.Transport.__init__(self)
@@ -168,7 +214,7 @@ class PyOpenSslBridge(asyncio.Protocol, asyncio.Transport):
             self._raw.close()
             return
         self._state = "open"
-        self._runtime.track(self, self._conn)
+        self._runtime.track(self, SslObjectView(self._conn))
         self._app.connection_made(self)
         pending, self._pending_plain = self._pending_plain, []
         for chunk in pending:
@@ -273,12 +319,11 @@ class PyOpenSslBridge(asyncio.Protocol, asyncio.Transport):
         if name == "wharf_peer_identity":
             return self._identity
         if name == "ssl_object":
-            return self._conn
+            return SslObjectView(self._conn) if self._conn is not None else default
         if name == "peercert":
-            cert = self._conn.get_peer_certificate() if self._conn is not None else None
-            return None if cert is None else {"subject": cert.get_subject().get_components()}
-        if name == "cipher" and self._identity is not None:
-            return (self._identity.cipher, self._identity.tls_version, None)
+            return SslObjectView(self._conn).getpeercert() if self._conn is not None else default
+        if name == "cipher":
+            return SslObjectView(self._conn).cipher() if self._conn is not None else default
         if name == "sslcontext":
             return self._generation.pyossl_ctx if self._generation else default
         return self._raw.get_extra_info(name, default) if self._raw is not None else default

@@ -272,10 +272,7 @@ class TlsListenerRuntime:
         generation = self._generation
         if generation is None or not generation.policy.enable_crl_check or sslobj is None:
             return
-        der = sslobj.getpeercert(binary_form=True) if isinstance(sslobj, ssl.SSLObject) else None
-        if der is None and not isinstance(sslobj, ssl.SSLObject):
-            identity = transport.get_extra_info("wharf_peer_identity")
-            der = identity.der if identity is not None else None
+        der = sslobj.getpeercert(binary_form=True)
         if der is None:
             return
         if len(self._live) >= self._prune_at:
