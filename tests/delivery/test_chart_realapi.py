@@ -1,0 +1,160 @@
+"""The chart on a real kube-apiserver: it installs, and its RBAC is enough for the real operator, in both modes.
+
+`helm install --wait` into the local control plane (etcd, kube-apiserver, controller-manager, scheduler, kwok
+for Pods; built by `make controlplane`), then the real `wharf-operator` runs on this machine with the token of
+the chart's ServiceAccount, so every request it makes is authorised by the chart's (Cluster)Role alone. It must
+reconcile an MQTTBroker without a single forbidden request. Skipped when the control plane is not built.
+"""
+
+from __future__ import annotations
+
+import base64
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Iterator
+
+import pytest
+import yaml
+from delivery_support import CHART, ROOT, Helm
+
+pytestmark = [pytest.mark.realapi, pytest.mark.slow]
+
+sys.path.insert(0, str(ROOT / "tools" / "controlplane"))
+import localcluster  # noqa: E402
+
+kubernetes = pytest.importorskip("kubernetes")
+CERTS = ROOT / "etc" / "certs"
+
+
+@pytest.fixture(scope="module")
+def plane(tmp_path_factory: pytest.TempPathFactory) -> Iterator[localcluster.LocalControlPlane]:
+    try:
+        binaries = localcluster.locate_binaries(build=os.environ.get("WHARF_BUILD_CONTROLPLANE") == "1")
+    except localcluster.ControlPlaneUnavailable as reason:
+        pytest.skip(f"real Kubernetes control plane unavailable: {reason}")
+    control_plane = localcluster.LocalControlPlane(tmp_path_factory.mktemp("controlplane"), binaries)
+    control_plane.start()
+    try:
+        yield control_plane
+    finally:
+        control_plane.stop()
+
+
+@pytest.fixture(scope="module")
+def core(plane: localcluster.LocalControlPlane):
+    client = kubernetes.config.new_client_from_config(config_file=str(plane.kubeconfig))
+    try:
+        yield kubernetes.client.CoreV1Api(client)
+    finally:
+        client.close()
+
+
+def wait_for(check, what: str, timeout: float = 90.0):
+    """Poll until check() is truthy (a safety net against hangs, not a speed assertion)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            result = check()
+            if result:
+                return result
+        except kubernetes.client.ApiException as error:
+            if error.status != 404:
+                raise
+        if time.monotonic() > deadline:
+            pytest.fail(f"timed out waiting for {what}")
+        time.sleep(0.5)
+
+
+def service_account_kubeconfig(plane, core, namespace: str, name: str, path: Path) -> Path:
+    """A kubeconfig that authenticates as the ServiceAccount only (bearer token, no client certificate)."""
+    request = kubernetes.client.AuthenticationV1TokenRequest(
+        spec=kubernetes.client.V1TokenRequestSpec(audiences=[], expiration_seconds=3600))
+    token = core.create_namespaced_service_account_token(name, namespace, request).status.token
+    admin = yaml.safe_load(plane.kubeconfig.read_text())
+    cluster = dict(admin["clusters"][0]["cluster"])
+    path.write_text(yaml.safe_dump({
+        "apiVersion": "v1", "kind": "Config", "current-context": "sa",
+        "clusters": [{"name": "plane", "cluster": cluster}],
+        "users": [{"name": "sa", "user": {"token": token}}],
+        "contexts": [{"name": "sa", "context": {"cluster": "plane", "user": "sa"}}]}))
+    return path
+
+
+def create_broker(core, namespace: str, name: str) -> None:
+    core.create_namespaced_secret(namespace, {
+        "metadata": {"name": f"{name}-tls"}, "type": "kubernetes.io/tls",
+        "data": {"tls.crt": base64.b64encode((CERTS / "server.crt").read_bytes()).decode(),
+                 "tls.key": base64.b64encode((CERTS / "server.key").read_bytes()).decode()}})
+    api = kubernetes.client.CustomObjectsApi(core.api_client)
+    api.create_namespaced_custom_object("mqtt.wharf.dev", "v1alpha1", namespace, "mqttbrokers", {
+        "apiVersion": "mqtt.wharf.dev/v1alpha1", "kind": "MQTTBroker", "metadata": {"name": name},
+        "spec": {"replicas": 1, "listeners": [
+            {"name": "mqtts", "type": "ssl", "port": 8883, "tls": {"secretName": f"{name}-tls"}}]}})
+
+
+def run_operator_until_reconciled(kubeconfig: Path, args: list[str], core, namespace: str, name: str,
+                                  log: Path) -> str:
+    env = {k: v for k, v in os.environ.items() if k not in ("KUBECONFIG", "KUBERNETES_SERVICE_HOST")}
+    with log.open("w") as out:
+        process = subprocess.Popen([sys.executable, "-m", "wharf_operator", "--kubeconfig", str(kubeconfig),
+                                    "--liveness", "", "--metrics-port", "0", *args],
+                                   env=env, stdout=out, stderr=subprocess.STDOUT)
+        try:
+            apps = kubernetes.client.AppsV1Api(core.api_client)
+            wait_for(lambda: apps.read_namespaced_stateful_set(name, namespace), f"StatefulSet {namespace}/{name}")
+            api = kubernetes.client.CustomObjectsApi(core.api_client)
+            wait_for(lambda: api.get_namespaced_custom_object("mqtt.wharf.dev", "v1alpha1", namespace,
+                                                              "mqttbrokers", name).get("status", {})
+                     .get("observedGeneration"), "the MQTTBroker's status")
+        finally:
+            process.terminate()
+            try:
+                process.wait(timeout=20)
+            except subprocess.TimeoutExpired:
+                process.kill()
+    return log.read_text()
+
+
+def install(helm: Helm, plane, release: str, namespace: str, *values: str) -> None:
+    args = ["--kubeconfig", str(plane.kubeconfig), "install", release, str(CHART), "--namespace", namespace,
+            "--create-namespace", "--wait", "--timeout", "3m"]
+    for value in values:
+        args += ["--set", value]
+    helm.run(*args)
+
+
+def uninstall(helm: Helm, plane, release: str, namespace: str) -> None:
+    helm.run("--kubeconfig", str(plane.kubeconfig), "uninstall", release, "--namespace", namespace, "--wait")
+
+
+def test_cluster_wide_install_is_enough_for_the_operator(helm: Helm, plane, core, tmp_path: Path) -> None:
+    install(helm, plane, "wharf", "wharf-system")
+    try:
+        kubeconfig = service_account_kubeconfig(plane, core, "wharf-system", "wharf", tmp_path / "sa.kubeconfig")
+        core.create_namespace({"metadata": {"name": "tenant-one"}})
+        create_broker(core, "tenant-one", "broker")
+        log = run_operator_until_reconciled(kubeconfig, [], core, "tenant-one", "broker", tmp_path / "op.log")
+        assert "forbidden" not in log.lower(), log[-3000:]
+    finally:
+        uninstall(helm, plane, "wharf", "wharf-system")
+
+
+def test_namespaced_install_is_enough_for_the_operator(helm: Helm, plane, core, tmp_path: Path) -> None:
+    # The watched namespace exists first: the chart puts its Role there.
+    core.create_namespace({"metadata": {"name": "tenant-two"}})
+    install(helm, plane, "wharf-ns", "wharf-ns-system", "operator.watchNamespaces={tenant-two}")
+    try:
+        rbac = kubernetes.client.RbacAuthorizationV1Api(core.api_client)
+        assert rbac.list_cluster_role(label_selector="app.kubernetes.io/instance=wharf-ns").items == []
+        assert [r.metadata.name for r in rbac.list_namespaced_role("tenant-two").items] == ["wharf-ns"]
+        kubeconfig = service_account_kubeconfig(plane, core, "wharf-ns-system", "wharf-ns",
+                                                tmp_path / "sa.kubeconfig")
+        create_broker(core, "tenant-two", "broker")
+        log = run_operator_until_reconciled(kubeconfig, ["--namespace", "tenant-two"], core, "tenant-two",
+                                            "broker", tmp_path / "op.log")
+        assert "forbidden" not in log.lower(), log[-3000:]
+    finally:
+        uninstall(helm, plane, "wharf-ns", "wharf-ns-system")
