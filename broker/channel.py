@@ -446,7 +446,9 @@ class Channel:
                 codes.append(rc.QUOTA_EXCEEDED if v5 else failure)
                 continue
             qos = min(options.qos, settings.max_qos_allowed)
-            subscription = Subscription(topic_filter, qos, options.no_local, options.retain_as_published,
+            # ignore_loop_deliver (EMQX): no client gets its own messages back, whatever its version.
+            no_local = options.no_local or settings.ignore_loop_deliver
+            subscription = Subscription(topic_filter, qos, no_local, options.retain_as_published,
                                         options.retain_handling, sub_id, shared[0] if shared else None)
             self.broker.subscribe(session, full_filter, subscription)
             codes.append(qos)

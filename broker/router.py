@@ -24,7 +24,8 @@ class Message:
     None. ``wire`` caches encoded PUBLISH forms shared by every subscriber that gets the same bytes.
     """
 
-    __slots__ = ("topic", "payload", "qos", "retain", "properties", "publisher", "expires_at", "_wire")
+    __slots__ = ("topic", "payload", "qos", "retain", "properties", "publisher", "expires_at", "_wire_key",
+                 "_wire_parts", "_wire_more")
 
     def __init__(self, topic: str, payload: bytes, qos: int = 0, retain: bool = False,
                  properties: dict | None = None, publisher: str | None = None,
@@ -36,7 +37,10 @@ class Message:
         self.properties = properties
         self.publisher = publisher
         self.expires_at = expires_at
-        self._wire: dict | None = None
+        # The first encoded form lives in two slots (most messages have only one); any others in a dict.
+        self._wire_key: tuple | None = None
+        self._wire_parts: tuple[bytes, bytes] | None = None
+        self._wire_more: dict | None = None
 
     def wire(self, version: int, qos: int, retain: bool, sub_ids: tuple, expiry: int | None) -> tuple[bytes, bytes]:
         """(head, tail) of this message as a PUBLISH (see ``encode_publish_parts``), encoded once per form.
@@ -45,11 +49,11 @@ class Message:
             key = (5, qos, retain, sub_ids, expiry)
         else:
             key = (version, qos, retain)
-        cache = self._wire
-        if cache is None:
-            cache = self._wire = {}
-        else:
-            parts = cache.get(key)
+        if self._wire_key == key:
+            return self._wire_parts
+        more = self._wire_more
+        if more is not None:
+            parts = more.get(key)
             if parts is not None:
                 return parts
         properties = self.properties
@@ -62,7 +66,14 @@ class Message:
         head, tail = encode_publish_parts(self.topic, self.payload, qos, retain, False, properties, version)
         if not qos:  # QoS 0 has no packet id to splice in: keep it as one buffer
             head, tail = head + tail, b""
-        parts = cache[key] = (head, tail)
+        parts = (head, tail)
+        if self._wire_key is None:
+            self._wire_key = key
+            self._wire_parts = parts
+        else:
+            if more is None:
+                more = self._wire_more = {}
+            more[key] = parts
         return parts
 
 

@@ -370,11 +370,15 @@ def encode_publish_parts(topic: str, payload: bytes, qos: int, retain: bool, dup
     This lets one encoding serve every subscriber that gets the same wire form.
     """
     topic_raw = topic.encode("utf-8")
-    props = encode_properties(properties) if version == MQTT_5 else b""
-    length = 2 + len(topic_raw) + (2 if qos else 0) + len(props) + len(payload)
+    topic_len = len(topic_raw)
+    props = (encode_properties(properties) if properties else b"\x00") if version == MQTT_5 else b""
+    length = 2 + topic_len + (2 if qos else 0) + len(props) + len(payload)
     first = 0x30 | (qos << 1) | (1 if retain else 0) | (8 if dup else 0)
-    head = fixed_header(first, length) + pack("!H", len(topic_raw)) + topic_raw
-    return head, props + payload
+    if length < 0x80 and topic_len < 0x100:  # the common small message: one bytes() call for the header
+        head = bytes((first, length, 0, topic_len)) + topic_raw
+    else:
+        head = fixed_header(first, length) + pack("!H", topic_len) + topic_raw
+    return head, props + payload if props else payload
 
 
 def encode_publish(packet: Publish, version: int) -> bytes:

@@ -196,3 +196,14 @@ def test_router_matches_reference(filters, topics, removals):
         assert [t for t, _, _ in session.got] == expected, (filters[index], topics)
     if not sessions:
         assert len(router.trie) == 0
+
+
+async def test_ignore_loop_deliver(make_broker):
+    running = await make_broker(ignore_loop_deliver=True)
+    client = await running.client("loop", version=4)
+    await client.subscribe("echo")
+    other = await running.client("other", version=4)
+    await other.subscribe("echo")
+    await client.publish("echo", b"x")
+    assert (await other.recv()).payload == b"x"
+    await client.expect_nothing()
