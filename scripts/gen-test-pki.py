@@ -30,6 +30,8 @@ def main() -> int:
     parser.add_argument("--out", default=str(Path(__file__).resolve().parents[1] / "etc" / "certs"))
     parser.add_argument("--days", type=int, default=3650)
     args = parser.parse_args()
+    if args.days < 1:
+        parser.error("--days must be at least 1")
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     root = CertificateAuthority("Wharf Test Root CA", days=args.days + 30, key_kind="rsa")
