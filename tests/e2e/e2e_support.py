@@ -91,14 +91,15 @@ def pod_uids(pod_list: dict) -> dict[str, str]:
     return {pod["metadata"]["name"]: pod["metadata"]["uid"] for pod in pod_list.get("items", [])}
 
 
-def renewal_status_patch(now: datetime | None = None) -> dict:
-    """The status patch that makes cert-manager reissue a Certificate now (what `cmctl renew` sends)."""
+def renewal_status_patch(now: datetime | None = None) -> list[dict]:
+    """A JSON patch for a Certificate's status that makes cert-manager reissue it now: it appends the
+    Issuing=True condition that `cmctl renew` sets, keeping the other conditions."""
     now = now or datetime.now(timezone.utc)
-    return {"status": {"conditions": [{
+    return [{"op": "add", "path": "/status/conditions/-", "value": {
         "type": "Issuing", "status": "True", "reason": "ManuallyTriggered",
         "message": "Certificate re-issuance manually triggered by the Wharf e2e suite",
         "lastTransitionTime": now.strftime("%Y-%m-%dT%H:%M:%SZ"),
-    }]}}
+    }}]
 
 
 FORWARDING = re.compile(r"^Forwarding from 127\.0\.0\.1:(\d+) -> (\d+)$")

@@ -186,7 +186,7 @@ def test_renewal_is_served_live_without_restarts(broker: Broker) -> None:
         early.loop_start()
         early.subscribe("e2e/renewal", qos=1)
         try:
-            k.run("-n", NAMESPACE, "patch", "certificate", "e2e-server", "--subresource=status", "--type=merge",
+            k.run("-n", NAMESPACE, "patch", "certificate", "e2e-server", "--subresource=status", "--type=json",
                   "-p", json.dumps(renewal_status_patch()))
             new = wait_until(lambda: (fp := broker.secret_fingerprint()) != old and fp, timeout=120,
                              what="cert-manager reissued the certificate")

@@ -90,7 +90,9 @@ def test_condition_and_pod_bookkeeping() -> None:
 
 def test_renewal_patch_is_what_cert_manager_acts_on() -> None:
     patch = renewal_status_patch(datetime(2026, 11, 26, 22, 0, 5, tzinfo=timezone.utc))
-    (issuing,) = patch["status"]["conditions"]
+    (operation,) = patch
+    assert operation["op"] == "add" and operation["path"] == "/status/conditions/-"  # keeps Ready
+    issuing = operation["value"]
     assert issuing["type"] == "Issuing" and issuing["status"] == "True"
     assert issuing["reason"] == "ManuallyTriggered"
     assert issuing["lastTransitionTime"] == "2026-11-26T22:00:05Z"
