@@ -1,4 +1,4 @@
-"""A broker pod's admin API played by a real aiohttp server on a loopback address (127.0.0.x, ephemeral port).
+"""Test support. A broker pod's admin API played by a real aiohttp server on a loopback address (127.0.0.x, ephemeral port).
 
 It speaks the contract in docs/architecture.md: bearer token, ``POST /api/v5/listeners/{id}/reload`` with an
 expected fingerprint (waits until its "files" carry it, else 409; 422 for material it refuses),
@@ -8,7 +8,10 @@ expected fingerprint (waits until its "files" carry it, else 409; 422 for materi
 from __future__ import annotations
 
 import asyncio
+import itertools
 from dataclasses import dataclass, field
+
+import kmock as kmock_lib
 
 from aiohttp import web
 
@@ -90,3 +93,63 @@ class FakeBrokerPod:
             "spec": {"containers": [{"name": "broker", "ports": [{"name": "admin", "containerPort": self.port}]}]},
             "status": {"phase": "Running", "podIP": self.ip},
         }
+
+
+# --- kmock: the emulated Kubernetes API ----------------------------------------------------------------
+
+CORE = {
+    "v1/namespaces": ("Namespace", False),
+    "v1/events": ("Event", True),
+    "v1/secrets": ("Secret", True),
+    "v1/configmaps": ("ConfigMap", True),
+    "v1/services": ("Service", True),
+    "v1/serviceaccounts": ("ServiceAccount", True),
+    "v1/pods": ("Pod", True),
+    "apps/v1/statefulsets": ("StatefulSet", True),
+    "policy/v1/poddisruptionbudgets": ("PodDisruptionBudget", True),
+    "cert-manager.io/v1/certificates": ("Certificate", True),
+}
+
+
+_versions = itertools.count(100)
+
+
+class VersioningEmulator(kmock_lib.KubernetesEmulator):
+    """kmock's emulator plus a resourceVersion that changes on every write.
+
+    kopf tells its own writes' echoes from stale events by resourceVersion; with kmock's constant one, every
+    status write looked like an unhandled change and the handlers ran again and again.
+    """
+
+    async def _handle(self, request):
+        if request.resource is not None and request.action in (kmock_lib.action.CREATE, kmock_lib.action.UPDATE):
+            version = str(next(_versions))
+            if isinstance(request.data, dict):
+                request.data.setdefault("metadata", {})["resourceVersion"] = version
+            elif isinstance(request.data, list):  # a JSON patch
+                request.data.append({"op": "add", "path": "/metadata/resourceVersion", "value": version})
+        return await super()._handle(request)
+
+
+def declare_resources(kmock) -> None:
+    """Discovery for every resource the operator touches (kopf waits for v1/namespaces even when unused)."""
+    verbs = {"list", "watch", "get", "create", "patch", "delete"}
+    for resource, (kind, namespaced) in CORE.items():
+        kmock.resources[resource] = kmock_lib.ResourceInfo(kind=kind, namespaced=namespaced, verbs=verbs)
+    kmock.resources["mqtt.wharf.dev/v1alpha1/mqttbrokers"] = kmock_lib.ResourceInfo(
+        kind="MQTTBroker", namespaced=True, verbs=verbs, subresources={"status", "scale"}, shortnames={"mqb"})
+
+
+def parse_path_with_namespaces(original):
+    """kmock 0.8 reads ``/api/v1/namespaces[/<name>]`` as "namespace <name> of no resource" (and fails on the
+    bare list). kopf lists and watches namespaces when scoped to namespaces; parse those paths as the
+    cluster-scoped ``namespaces`` resource."""
+    from kmock._internal import parsing
+
+    def parse_path(path: str):
+        parts = path.split("?", 1)[0].strip("/").split("/")
+        if parts[:3] == ["api", "v1", "namespaces"] and len(parts) <= 4:
+            return parsing.ParsedPath("", "v1", "namespaces", None, parts[3] if len(parts) == 4 else None, None)
+        return original(path)
+
+    return parse_path

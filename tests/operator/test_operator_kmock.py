@@ -11,7 +11,6 @@ from __future__ import annotations
 import asyncio
 import base64
 import contextlib
-import itertools
 import threading
 from typing import Any, Callable
 
@@ -27,47 +26,12 @@ from wharf_operator.kube import KubeApi, Resource, SECRETS
 from wharf_operator.signalling import LOOPBACK_ONLY, BrokerAdmin
 
 from operator_pki import make_ca, make_leaf, secret_data, tls_secret
-from operator_support import FakeBrokerPod
+from operator_support import FakeBrokerPod, VersioningEmulator, declare_resources
 
 NS = "wharf-test"
 BROKERS = Resource("mqtt.wharf.dev", "v1alpha1", "mqttbrokers")
 
-CORE = {
-    "v1/namespaces": ("Namespace", False),
-    "v1/events": ("Event", True),
-    "v1/secrets": ("Secret", True),
-    "v1/configmaps": ("ConfigMap", True),
-    "v1/services": ("Service", True),
-    "v1/serviceaccounts": ("ServiceAccount", True),
-    "v1/pods": ("Pod", True),
-    "apps/v1/statefulsets": ("StatefulSet", True),
-    "policy/v1/poddisruptionbudgets": ("PodDisruptionBudget", True),
-    "cert-manager.io/v1/certificates": ("Certificate", True),
-}
-
-
-_versions = itertools.count(100)
-
-
-class VersioningEmulator(kmock_lib.KubernetesEmulator):
-    """kmock's emulator plus a resourceVersion that changes on every write.
-
-    kopf tells its own writes' echoes from stale events by resourceVersion; with kmock's constant one, every
-    status write looked like an unhandled change and the handlers ran again and again.
-    """
-
-    async def _handle(self, request):
-        if request.resource is not None and request.action in (kmock_lib.action.CREATE, kmock_lib.action.UPDATE):
-            version = str(next(_versions))
-            if isinstance(request.data, dict):
-                request.data.setdefault("metadata", {})["resourceVersion"] = version
-            elif isinstance(request.data, list):  # a JSON patch
-                request.data.append({"op": "add", "path": "/metadata/resourceVersion", "value": version})
-        return await super()._handle(request)
-
-
 pytestmark = pytest.mark.kmock(cls=VersioningEmulator)
-
 
 class RecordingKubeApi(KubeApi):
     """The operator's API client, recording every write it makes."""
@@ -179,13 +143,7 @@ def tls_spec(**extra: Any) -> dict:
 async def running_operator(kmock, recheck_interval: float = 3600.0):
     """The operator in its own thread and event loop, as in production (kopf treats every task that appears in
     its loop after startup as its own and cancels it on exit, which must not hit the test's tasks)."""
-    for resource, (kind, namespaced) in CORE.items():
-        kmock.resources[resource] = kmock_lib.ResourceInfo(kind=kind, namespaced=namespaced,
-                                                           verbs={"list", "watch", "get", "create", "patch",
-                                                                  "delete"})
-    kmock.resources["mqtt.wharf.dev/v1alpha1/mqttbrokers"] = kmock_lib.ResourceInfo(
-        kind="MQTTBroker", namespaced=True, verbs={"list", "watch", "get", "create", "patch", "delete"},
-        subresources={"status", "scale"}, shortnames={"mqb"})
+    declare_resources(kmock)
     server = str(kmock.url).rstrip("/")
     api = RecordingKubeApi(server)
     client = KubeApi(server)

@@ -1,0 +1,131 @@
+"""``wharf-operator`` as a real process, given a kubeconfig, scoped to one namespace, against kmock's API."""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import os
+import signal
+import socket
+import subprocess
+import sys
+import urllib.request
+
+import kmock as kmock_lib
+import pytest
+import yaml
+
+from wharf_operator.cli import parse_args
+from wharf_operator.kube import KubeApi, Resource, SECRETS
+
+from operator_pki import make_ca, make_leaf, tls_secret
+from operator_support import VersioningEmulator, declare_resources, parse_path_with_namespaces
+
+NS = "wharf-cli"
+TOKEN = "kubeconfig-token"
+pytestmark = pytest.mark.kmock(cls=VersioningEmulator)
+
+
+def _free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+def _get(url: str) -> tuple[int, str]:
+    with urllib.request.urlopen(url, timeout=5) as response:
+        return response.status, response.read().decode()
+
+
+async def _until(check, what: str, timeout: float = 30.0):
+    deadline = asyncio.get_running_loop().time() + timeout
+    while True:
+        try:
+            result = check()
+            if asyncio.iscoroutine(result) or isinstance(result, asyncio.Future):
+                result = await result
+        except OSError:
+            result = None
+        if result:
+            return result
+        if asyncio.get_running_loop().time() > deadline:
+            pytest.fail(f"timed out waiting for: {what}")
+        await asyncio.sleep(0.1)
+
+
+def test_defaults_watch_every_namespace():
+    args = parse_args([])
+    assert args.namespace == [] and args.kubeconfig is None
+    assert args.recheck_interval == 60.0 and args.metrics_port == 9090
+    scoped = parse_args(["-n", "a", "--namespace", "b", "--allow-pod-network", "127.0.0.0/8"])
+    assert scoped.namespace == ["a", "b"] and scoped.allow_pod_network == ["127.0.0.0/8"]
+
+
+async def test_entry_point_runs_against_a_kubeconfig(kmock, tmp_path, monkeypatch):
+    from kmock._internal import parsing
+
+    monkeypatch.setattr(parsing, "parse_path", parse_path_with_namespaces(parsing.parse_path))
+    declare_resources(kmock)
+    kmock.objects["v1/namespaces", None, NS] = {"apiVersion": "v1", "kind": "Namespace",
+                                                "metadata": {"name": NS, "uid": "uid-ns", "resourceVersion": "1"}}
+    server = str(kmock.url).rstrip("/")
+    kubeconfig = tmp_path / "kubeconfig"
+    kubeconfig.write_text(yaml.safe_dump({
+        "apiVersion": "v1", "kind": "Config", "current-context": "test",
+        "clusters": [{"name": "test", "cluster": {"server": server}}],
+        "users": [{"name": "operator", "user": {"token": TOKEN}}],
+        "contexts": [{"name": "test", "context": {"cluster": "test", "user": "operator", "namespace": NS}}],
+    }))
+    liveness, metrics = _free_port(), _free_port()
+    env = {k: v for k, v in os.environ.items() if k not in ("KUBERNETES_SERVICE_HOST", "KUBECONFIG")}
+    process = subprocess.Popen(
+        [sys.executable, "-m", "wharf_operator", "--kubeconfig", str(kubeconfig), "--namespace", NS,
+         "--liveness", f"http://127.0.0.1:{liveness}/healthz", "--metrics-bind", "127.0.0.1",
+         "--metrics-port", str(metrics), "--allow-pod-network", "127.0.0.0/8"],
+        env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    client = KubeApi(server)
+    try:
+        await _until(lambda: len(kmock[kmock_lib.action.WATCH]) >= 3, "the operator's watches")
+        watched = {str(request.url.path) for request in kmock[kmock_lib.action.WATCH]}
+        # Scoped to its namespace: Secrets, ConfigMaps and MQTTBrokers there only (kopf may watch namespaces too).
+        assert watched - {"/api/v1/namespaces"} == {f"/api/v1/namespaces/{NS}/secrets",
+                           f"/api/v1/namespaces/{NS}/configmaps",
+                           f"/apis/mqtt.wharf.dev/v1alpha1/namespaces/{NS}/mqttbrokers"}
+
+        ca = make_ca()
+        await client.create(SECRETS, NS, tls_secret("broker-tls", NS, make_leaf(ca), ca))
+        await client.create(Resource("mqtt.wharf.dev", "v1alpha1", "mqttbrokers"), NS, {
+            "apiVersion": "mqtt.wharf.dev/v1alpha1", "kind": "MQTTBroker",
+            "metadata": {"name": "cli", "namespace": NS, "uid": "uid-cli", "resourceVersion": "1"},
+            "spec": {"listeners": [{"name": "mqtts", "type": "ssl", "port": 8883,
+                                    "tls": {"secretName": "broker-tls"}}]}})
+        sts = await _until(lambda: client.get(Resource("apps", "v1", "statefulsets"), NS, "cli"), "the StatefulSet")
+        assert sts["spec"]["template"]["spec"]["volumes"][2]["secret"]["secretName"] == "broker-tls"
+
+        status, _ = await asyncio.to_thread(_get, f"http://127.0.0.1:{liveness}/healthz")
+        assert status == 200
+        text = await _until(lambda: asyncio.to_thread(_get, f"http://127.0.0.1:{metrics}/metrics"), "metrics")
+        await _until(lambda: 'wharf_operator_reconciles_total{result="success"}' in
+                     _get(f"http://127.0.0.1:{metrics}/metrics")[1], "a counted reconciliation")
+        assert "# TYPE wharf_operator_rotations_total counter" in text[1]
+
+        # Both kopf and the handlers' own client used the kubeconfig's credentials.
+        agents = {(r.headers.get("User-Agent", "").split("/")[0], r.headers.get("Authorization"))
+                  for r in list(kmock) if r.resource is not None}
+        assert ("kopf", f"Bearer {TOKEN}") in agents
+        assert any(agent != "kopf" and auth == f"Bearer {TOKEN}" for agent, auth in agents)
+    finally:
+        await client.close()
+        process.send_signal(signal.SIGTERM)
+        try:
+            output, _ = await asyncio.to_thread(process.communicate, timeout=30)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            output, _ = process.communicate()
+        print(output.decode()[-5000:])  # shown when the test fails
+    assert process.returncode == 0, output.decode()[-3000:]
+
+
+def test_secret_data_is_base64_as_the_api_returns_it():
+    secret = tls_secret("x", NS, make_leaf(make_ca()))
+    assert base64.b64decode(secret["data"]["tls.crt"]).startswith(b"-----BEGIN CERTIFICATE-----")
