@@ -59,6 +59,7 @@ def ocsp_options(files, url: str, refresh: float = 300.0):
         refresh_http_timeout=5))
 
 
+@pytest.mark.uvloop_too
 async def test_staple_is_served_refreshed_and_follows_reloads(files, ocsp_setup):
     responder = ocsp_setup
     async with http_server({"/ocsp": responder.handle}) as base:

@@ -23,6 +23,7 @@ def psk_client(port: int, identity: str, secret: bytes, *args: str) -> bytes:
     return s_client(port, "-psk_identity", identity, "-psk", secret.hex(), *args, expect=b"ping|")
 
 
+@pytest.mark.uvloop_too
 async def test_tls12_psk_suites_authenticate_the_identity(files, psk):
     async with serving(options(files, reload_interval=3600), psk=psk) as rt:
         assert rt.backend == "pyopenssl"
@@ -44,6 +45,7 @@ async def test_tls12_psk_suites_authenticate_the_identity(files, psk):
         assert (await exchange(rt.port, client_context(files))).reply == b"ping|-|-"
 
 
+@pytest.mark.uvloop_too
 async def test_tls13_offered_but_unused_psk_authenticates_nobody(files, psk):
     async with serving(options(files, reload_interval=3600), psk=psk) as rt:
         # Default TLS 1.3 suites: the legacy PSK callback sees the identity, but the handshake falls back to the

@@ -102,6 +102,7 @@ def _bad_material(files):
     }
 
 
+@pytest.mark.uvloop_too
 @pytest.mark.parametrize("backend", ["stdlib", "pyopenssl"])
 async def test_bad_material_is_refused_and_the_old_certificate_keeps_serving(files, caplog, backend):
     caplog.set_level(logging.ERROR, logger="wharf.tls")
