@@ -147,7 +147,8 @@ class CertificateAuthority:
     def revoke(self, cert: x509.Certificate) -> None:
         self._revoked.append((cert.serial_number, _now() - dt.timedelta(minutes=1)))
 
-    def crl(self, *, next_update_days: float = 7, last_update: dt.datetime | None = None) -> x509.CertificateRevocationList:
+    def crl(self, *, next_update_days: float = 7,
+            last_update: dt.datetime | None = None) -> x509.CertificateRevocationList:
         last = last_update or _now() - dt.timedelta(minutes=5)
         builder = (x509.CertificateRevocationListBuilder().issuer_name(self.cert.subject)
                    .last_update(last).next_update(last + dt.timedelta(days=next_update_days)))

@@ -239,7 +239,8 @@ def validate_snapshot(policy: TlsPolicy, snapshot: Snapshot, now: dt.datetime | 
             raise TlsConfigError("ocsp.issuer_pem: not the issuer of the certificate in certfile")
 
     return Material(snapshot=snapshot, chain=chain, ca_certs=ca_certs, crls=crls, ocsp_issuer=ocsp_issuer,
-                    info=CertificateInfo.of(leaf), chain_verified=chain_verified, private_key=key, warnings=tuple(warnings))
+                    info=CertificateInfo.of(leaf), chain_verified=chain_verified, private_key=key,
+                    warnings=tuple(warnings))
 
 
 def is_revoked(cert: x509.Certificate, crls: tuple[x509.CertificateRevocationList, ...]) -> bool | None:

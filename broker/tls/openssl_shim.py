@@ -1,8 +1,8 @@
-"""Setters the stdlib ``ssl`` module lacks (verify depth, TLS 1.3 suites, session cache), through ctypes.
+"""What the stdlib ``ssl`` module lacks (verify depth, TLS 1.3 suites, session cache control), via ctypes.
 
 Python 3.11 has no API for ``SSL_CTX_set_verify_depth``, ``SSL_CTX_set_ciphersuites``, the server session
-cache mode, or forgetting sessions and ticket keys. They are plain setters on the context's ``SSL_CTX*``, which sits right after the object header of
-an ``ssl.SSLContext`` (CPython-internal layout). A wrong guess there would crash the process, so the shim is
+cache mode, or forgetting sessions and ticket keys. They are plain calls on the context's ``SSL_CTX*``, which
+sits right after the object header of an ``ssl.SSLContext`` (CPython-internal layout). A wrong guess there would crash the process, so the shim is
 only switched on after a self-test has passed **in a child process** (``python openssl_shim.py --self-test``):
 it checks the pointer against ``SSL_CTX_get_options``, reads every setter back and proves the TLS 1.3 suite
 choice with a real in-memory handshake. Every later use re-checks the pointer the same cheap way first.

@@ -264,7 +264,8 @@ class TlsListenerRuntime:
             log.warning("TLS %s: %s", self.listener_id, warning)
         if self._ocsp is not None and (previous is None or previous.fingerprint != generation.fingerprint):
             self._ocsp.certificate_changed()
-        if self._live and (previous is None or previous.material.snapshot.crl_pem != generation.material.snapshot.crl_pem):
+        crls_changed = previous is None or previous.material.snapshot.crl_pem != generation.material.snapshot.crl_pem
+        if self._live and crls_changed:
             self.kick_revoked()
 
     def track(self, transport: Any, sslobj: Any) -> None:

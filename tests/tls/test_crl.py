@@ -7,6 +7,7 @@ import ssl
 
 import pytest
 from aiohttp import web
+from cryptography.hazmat.primitives.serialization import Encoding
 
 from wharf_broker.config.model import CrlCache
 from wharf_broker.tls.devpki import CertificateAuthority
@@ -87,9 +88,7 @@ class CrlServer:
         if self.down:
             return web.Response(status=503)
         self.hits += 1
-        return web.Response(body=self.ca.crl().public_bytes(__import__("cryptography").hazmat.primitives
-                                                            .serialization.Encoding.DER),
-                            content_type="application/pkix-crl")
+        return web.Response(body=self.ca.crl().public_bytes(Encoding.DER), content_type="application/pkix-crl")
 
 
 @pytest.mark.uvloop_too

@@ -7,9 +7,11 @@ import datetime as dt
 import ssl
 
 import pytest
+from cryptography.hazmat.primitives.serialization import Encoding
 from cryptography.x509.oid import ExtendedKeyUsageOID
 
 from wharf_broker.tls import TlsConfigError
+from wharf_broker.tls.devpki import CertificateAuthority
 from wharf_tls_helpers import (client_context, eventually, exchange, failures, options, s_client, serving,
                                tls_roundtrip)
 
@@ -28,8 +30,9 @@ def clients(pki):
         "server_eku": pki.issued_files("c-server-eku", pki.ca.issue("dev-eku", eku=[ExtendedKeyUsageOID.SERVER_AUTH])),
         "rotated": pki.issued_files("c-rotated", pki.new_ca.issue("dev-rotated", client=True)),
     }
-    self_signed = pki.other_ca.__class__("dev-self-signed")
-    made["self_signed"] = (pki.write("c-self.pem", self_signed.cert_pem), pki.write("c-self.key", self_signed.key_pem()))
+    self_signed = CertificateAuthority("dev-self-signed")
+    made["self_signed"] = (pki.write("c-self.pem", self_signed.cert_pem),
+                           pki.write("c-self.key", self_signed.key_pem()))
     return made
 
 
@@ -227,7 +230,7 @@ async def test_peer_identity_through_the_listener(pki, clients):
     identity = seen[0]
     assert identity.cn == "client-good" and identity.tls_version == "TLSv1.3"
     assert identity.as_identity("dn") == "CN=client-good,O=Wharf Test,C=SE"
-    assert identity.as_identity("crt") == pki.client.cert.public_bytes(__import__("cryptography").hazmat.primitives.serialization.Encoding.DER)
+    assert identity.as_identity("crt") == pki.client.cert.public_bytes(Encoding.DER)
 
 
 @pytest.mark.parametrize("backend", BACKENDS)
