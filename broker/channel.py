@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING
 
 from .auth import ConnectInfo, identity_from_certificate, peer_identity
 from .mqtt import reason_codes as rc
-from .mqtt.frame import encode
+from .mqtt.frame import encode, encode_publish_parts
 from .mqtt.packets import (AUTH, CONNACK, CONNECT, DISCONNECT, MQTT_5, NAMES, PINGREQ, PINGRESP, PUBACK,
                            PUBCOMP, PUBLISH, PUBREC, PUBREL, SUBACK, SUBSCRIBE, UNSUBACK, UNSUBSCRIBE, Connack,
                            Disconnect, PubAck, Suback, Unsuback)
@@ -48,8 +48,8 @@ class ProtocolViolation(Exception):
 class Channel:
     __slots__ = ("broker", "connection", "settings", "version", "v5", "client_id", "username", "session",
                  "connected", "connect_received", "will", "keepalive", "send_window", "client_max_packet",
-                 "topic_aliases", "session_expiry", "problem_information", "connected_at", "_disconnected",
-                 "_sent", "_loop")
+                 "topic_aliases", "session_expiry", "problem_information", "connected_at", "mountpoint",
+                 "_disconnected", "_sent", "_loop")
 
     def __init__(self, broker: "Broker", connection: "Connection") -> None:
         self.broker = broker
@@ -70,6 +70,9 @@ class Channel:
         self.session_expiry = 0.0
         self.problem_information = True
         self.connected_at: float | None = None
+        # The listener's mountpoint with placeholders filled in: prefixed to the client's topics inside the
+        # broker, stripped again on the way out.
+        self.mountpoint = ""
         self._disconnected = False
         self._sent = broker.metrics.sent.labels()
         self._loop = broker.loop
@@ -242,8 +245,14 @@ class Channel:
             ack_props["server_keep_alive"] = keepalive
         self.keepalive = keepalive
 
+        mountpoint = self.connection.listener.mountpoint
+        if mountpoint:
+            self.mountpoint = mountpoint.replace("${clientid}", client_id).replace("${username}",
+                                                                                  info.username or "")
         if packet.will is not None:
             self.will = packet.will
+            if self.mountpoint:
+                self.will.topic = self.mountpoint + self.will.topic
 
         broker = self.broker
         session, present = broker.attach(self, client_id, packet.clean_start)
@@ -277,6 +286,8 @@ class Channel:
             raise ProtocolViolation(rc.TOPIC_NAME_INVALID, f"invalid topic name {topic!r}")
         if topic.count("/") >= settings.max_topic_levels:
             raise ProtocolViolation(rc.TOPIC_NAME_INVALID, "too many topic levels")
+        if self.mountpoint:
+            topic = self.mountpoint + topic
         qos = packet.qos
         if qos > settings.max_qos_allowed:
             raise ProtocolViolation(rc.QOS_NOT_SUPPORTED, f"QoS {qos} not supported")
@@ -359,7 +370,9 @@ class Channel:
         if qos == 0 and connection.backlog_bytes > SLOW_CONSUMER_BYTES:
             self.broker.count_dropped(message, "slow_consumer")
             return False
-        if self.v5:
+        if self.mountpoint:
+            head, tail = self._wire_unmounted(message, qos, retain, sub_ids, expiry)
+        elif self.v5:
             head, tail = message.wire(5, qos, retain, sub_ids, expiry)
         else:
             head, tail = message.wire(self.version, qos, retain, (), None)
@@ -375,6 +388,22 @@ class Channel:
             connection.write(head)
         self._sent.value += 1
         return True
+
+    def _wire_unmounted(self, message, qos: int, retain: bool, sub_ids: tuple, expiry: int | None):
+        """The PUBLISH for a client behind a mountpoint: its own view of the topic, encoded for it alone."""
+        topic = message.topic
+        if topic.startswith(self.mountpoint):
+            topic = topic[len(self.mountpoint):]
+        properties = message.properties
+        if self.v5 and (sub_ids or expiry is not None):
+            properties = dict(properties) if properties else {}
+            if expiry is not None:
+                properties["message_expiry_interval"] = expiry
+            if sub_ids:
+                properties["subscription_identifier"] = list(sub_ids)
+        head, tail = encode_publish_parts(topic, message.payload, qos, retain, False,
+                                          properties if self.v5 else None, self.version)
+        return (head + tail, b"") if not qos else (head, tail)
 
     def write_pubrel(self, packet_id: int) -> None:
         self.connection.write(b"\x62\x02" + packet_id.to_bytes(2, "big"))
@@ -432,6 +461,9 @@ class Channel:
             if not valid_topic_filter(topic_filter, settings.max_topic_levels):
                 codes.append(rc.TOPIC_FILTER_INVALID if v5 else failure)
                 continue
+            if self.mountpoint:
+                topic_filter = self.mountpoint + topic_filter
+                full_filter = f"$share/{shared[0]}/{topic_filter}" if shared else topic_filter
             if shared and options.no_local:
                 raise ProtocolViolation(rc.PROTOCOL_ERROR, "no-local on a shared subscription")
             if shared and not settings.shared_subscription:
@@ -461,6 +493,10 @@ class Channel:
     def handle_unsubscribe(self, packet) -> None:
         codes = []
         for full_filter in packet.filters:
+            if self.mountpoint:
+                shared = _shared_or_none(full_filter)
+                full_filter = (f"$share/{shared[0]}/{self.mountpoint}{shared[1]}" if shared
+                               else self.mountpoint + full_filter)
             found = self.broker.unsubscribe(self.session, full_filter)
             codes.append(rc.SUCCESS if found else rc.NO_SUBSCRIPTION_EXISTED)
         self.send(Unsuback(packet.packet_id, codes if self.v5 else None))
@@ -557,6 +593,13 @@ class Channel:
         }
         out.update(connection.tls_info())
         return out
+
+
+def _shared_or_none(topic_filter: str):
+    try:
+        return parse_shared(topic_filter)
+    except ValueError:
+        return None
 
 
 def _is_utf8(payload: bytes) -> bool:

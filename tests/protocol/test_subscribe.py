@@ -207,3 +207,23 @@ async def test_ignore_loop_deliver(make_broker):
     await client.publish("echo", b"x")
     assert (await other.recv()).payload == b"x"
     await client.expect_nothing()
+
+
+async def test_listener_mountpoint(make_broker):
+    running = await make_broker()
+    running.listener.mountpoint = "tenant/${clientid}/"
+    inside = await running.client("dev1", version=5)
+    await inside.subscribe("cmd/#", qos=1)
+    assert "tenant/dev1/cmd/#" in running.broker.sessions["dev1"].subscriptions
+    running.listener.mountpoint = ""
+    outside = await running.client("ops", version=4)
+    await outside.subscribe("tenant/+/status")
+    # From outside into the mounted client's space: it sees its own topic names.
+    await outside.publish("tenant/dev1/cmd/reboot", b"now", qos=1)
+    message = await inside.recv()
+    assert (message.topic, message.payload) == ("cmd/reboot", b"now")
+    await inside.ack(message)
+    # The mounted client's publications land under its mountpoint.
+    await inside.publish("status", b"up")
+    assert (await outside.recv()).topic == "tenant/dev1/status"
+    assert (await inside.unsubscribe("cmd/#")).reason_codes == [0]
