@@ -31,7 +31,8 @@ from bench.brokers import ALL_BROKERS, DEFAULT_AMQTT_VENV, Amqtt, Broker
 from bench.pki import copy_pki, create_pki
 from bench.scenarios import ScenarioError, Settings, all_scenarios
 
-QUICK = dict(messages=5_000, repeats=1, latency_messages=500, connections=200, idle_connections=200,
+# Big enough that a rate run is not all process start-up, small enough for a smoke run of a few minutes.
+QUICK = dict(messages=20_000, repeats=1, latency_messages=500, connections=200, idle_connections=200,
              rotations=2, run_timeout=20.0)
 
 
@@ -190,7 +191,11 @@ def main(argv: list[str] | None = None) -> int:
           f"{elapsed:.0f} s{', interrupted' if interrupted else ''})\n")
     print("Machine: " + "; ".join(report.machine_description()))
     print("Brokers: " + "; ".join(f"{name} {version}" for name, version in versions.items()))
-    print(f"Command: `{report.command_line()}`\n")
+    print(f"Command: `{report.command_line()}`")
+    print(f"Sizes: {settings.messages} messages of {settings.payload_size} bytes per rate run; latency "
+          f"{settings.latency_messages} messages at {settings.latency_rate:g}/s; {settings.connections} connections "
+          f"per connect-rate run; {settings.idle_connections} idle connections; {settings.rotations} rotations "
+          f"under {settings.rotation_publishers} publishers × {settings.rotation_rate:g} msg/s\n")
     print(report.render_table(scenarios, broker_names, outcomes))
     print("\nMedians of the repetitions (losses and drops: the worst run); `*` = at least one run incomplete "
           "(see notes). Ratios are "

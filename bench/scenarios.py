@@ -203,8 +203,10 @@ class Throughput(Scenario):
         self.mode = mode
         self.qos = qos
         self.subscribers = subscribers
-        fan = f"1 → {subscribers}" if subscribers > 1 else "1 → 1"
-        self.description = f"{fan}, QoS {qos}, {'plain TCP' if mode == 'plain' else mode.upper() + ' 1.3'}"
+        fan = f"1 → {subscribers}"
+        transport = {"plain": "plain TCP", "tls": "TLS 1.3 (server certificate)",
+                     "mtls": "mutual TLS 1.3 (client certificate required)"}[mode]
+        self.description = f"{fan}, QoS {qos}, {transport}"
         self.metrics = (
             Metric("rate", "delivered msg/s", "msg/s", True),
             Metric("broker_cpu_per_msg", "broker CPU per delivered msg", "µs", False, 1e6),
