@@ -14,6 +14,9 @@ from .trie import SharedGroup, TopicTrie
 
 # Cached topics beyond this are dropped wholesale (a broker with endless distinct topics gains nothing).
 TOPIC_CACHE_LIMIT = 50_000
+# A new or vanished wildcard filter invalidates the cached topics it matches; in a cache bigger than this,
+# finding them costs more than rebuilding, so the whole cache goes instead.
+INVALIDATE_SCAN_LIMIT = 2_000
 
 
 class Message:
@@ -125,7 +128,7 @@ class LocalRouter(Router):
             group = node.shared.get(group_name)
             if group is None:
                 group = node.shared[group_name] = SharedGroup()
-            group.members[session] = subscription
+            group.add(session, subscription)
         if not was_active:
             self._invalidate(node.filter)
 
@@ -139,7 +142,7 @@ class LocalRouter(Router):
         else:
             group = node.shared.get(group_name)
             if group is not None:
-                group.members.pop(session, None)
+                group.remove(session)
                 if not group.members:
                     del node.shared[group_name]
         if not node.active:
@@ -150,6 +153,9 @@ class LocalRouter(Router):
         cache = self._cache
         if not has_wildcard(topic_filter):
             cache.pop(topic_filter, None)
+            return
+        if len(cache) > INVALIDATE_SCAN_LIMIT:
+            cache.clear()
             return
         for topic in [t for t in cache if matches(t, topic_filter)]:
             del cache[topic]

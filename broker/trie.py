@@ -11,27 +11,38 @@ from __future__ import annotations
 class SharedGroup:
     """The members of one ``$share/group/filter``: each message goes to one of them, round-robin."""
 
-    __slots__ = ("members", "_next")
+    __slots__ = ("members", "_order", "_next")
 
     def __init__(self) -> None:
-        self.members: dict = {}  # session -> subscription, in join order
+        self.members: dict = {}  # session -> subscription
+        self._order: list = []  # sessions in join order, for the round-robin
         self._next = 0
+
+    def add(self, session, subscription) -> None:
+        if session not in self.members:
+            self._order.append(session)
+        self.members[session] = subscription
+
+    def remove(self, session) -> None:
+        if self.members.pop(session, None) is not None:
+            self._order.remove(session)
 
     def pick(self):
         """The next member as (session, subscription), preferring connected ones; None when empty."""
-        members = list(self.members.items())
-        count = len(members)
+        order = self._order
+        count = len(order)
         if not count:
             return None
         start = self._next % count
         for offset in range(count):
-            session, subscription = members[(start + offset) % count]
+            session = order[(start + offset) % count]
             if session.channel is not None:
                 self._next = start + offset + 1
-                return session, subscription
+                return session, self.members[session]
         # Nobody is connected: queue it in the next member's session.
         self._next = start + 1
-        return members[start]
+        session = order[start]
+        return session, self.members[session]
 
 
 class TrieNode:

@@ -227,3 +227,21 @@ async def test_listener_mountpoint(make_broker):
     await inside.publish("status", b"up")
     assert (await outside.recv()).topic == "tenant/dev1/status"
     assert (await inside.unsubscribe("cmd/#")).reason_codes == [0]
+
+
+def test_router_cache_rebuilt_when_too_big_to_scan(monkeypatch):
+    import wharf_broker.router as router_module
+    monkeypatch.setattr(router_module, "INVALIDATE_SCAN_LIMIT", 3)
+    router = LocalRouter()
+    first = _Recorder("first")
+    router.subscribe(first, Subscription("t/1", 0))
+    for n in range(10):  # ten cached topics: more than the scan limit
+        router.publish(Message(f"t/{n}", b"x"))
+    late = _Recorder("late")
+    router.subscribe(late, Subscription("t/+", 0))
+    for n in range(10):
+        router.publish(Message(f"t/{n}", b"x"))
+    assert [t for t, _, _ in late.got] == [f"t/{n}" for n in range(10)]
+    router.unsubscribe(late, Subscription("t/+", 0))
+    router.publish(Message("t/2", b"x"))
+    assert len(late.got) == 10
