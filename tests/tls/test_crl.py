@@ -163,3 +163,13 @@ async def test_open_connections_of_newly_revoked_certificates_are_closed(files, 
         assert await reader.readexactly(len(b"still|dev-fine|-")) == b"still|dev-fine|-"
         for _, w in streams.values():
             w.close()
+
+
+async def test_distribution_point_crl_is_fetched_once_and_served_from_the_cache(files, crl_ca):
+    server = CrlServer(crl_ca)
+    async with http_server({"/ca.crl": server.handle}) as base:
+        cert = client_files(files, crl_ca, "dev-cached", crl_urls=[f"{base}/ca.crl"])
+        async with serving(crl_options(files, crl_ca), crl=CrlCache(refresh_interval=600, http_timeout=5)) as rt:
+            clients = [exchange(rt.port, client_context(files, cert)) for _ in range(5)]
+            assert all(result.ok for result in await asyncio.gather(*clients))
+            assert server.hits == 1  # five handshakes (some at the same time), one download
