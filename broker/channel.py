@@ -512,7 +512,8 @@ class Channel:
                 cap = self.settings.session_expiry_interval
                 self.session_expiry = cap if requested == _NEVER_EXPIRES else min(float(requested), cap)
                 self.session.expiry_interval = self.session_expiry
-            if packet.reason_code != rc.DISCONNECT_WITH_WILL:
+            # Only a normal disconnection (0x00) discards the will; 0x04 and the error codes publish it.
+            if packet.reason_code == rc.NORMAL_DISCONNECTION:
                 self.will = None
         else:
             self.will = None

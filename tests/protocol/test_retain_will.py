@@ -114,10 +114,11 @@ async def test_no_will_on_normal_disconnect(broker):
     await watcher.expect_nothing(0.5)
 
 
-async def test_will_on_disconnect_with_will(broker):
+@pytest.mark.parametrize("reason", [rc.DISCONNECT_WITH_WILL, rc.UNSPECIFIED_ERROR])
+async def test_will_on_disconnect_with_will_or_error(broker, reason):
     watcher = await _watcher(broker)
     client = await broker.client("asked", version=5, will=Will("will/asked", b"please"))
-    await client.disconnect(rc.DISCONNECT_WITH_WILL)
+    await client.disconnect(reason)
     assert (await watcher.recv()).payload == b"please"
 
 
