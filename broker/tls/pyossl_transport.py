@@ -261,7 +261,13 @@ class PyOpenSslBridge(asyncio.Protocol, asyncio.Transport):
             return
         view = memoryview(data)
         while view:
-            sent = self._conn.send(view[:16384])
+            try:
+                sent = self._conn.send(view[:16384])
+            except SSL.Error as exc:
+                # With memory BIOs a send cannot block; an error here means the TLS session is broken.
+                log.debug("TLS write error on %s: %s", self._runtime.listener_id, exc)
+                self.abort()
+                return
             view = view[sent:]
             self._flush()
 
