@@ -289,7 +289,13 @@ class Wharf(Broker):
             "sighup": lambda fingerprint: child.signal(signal.SIGHUP),
             "admin-api": lambda fingerprint: _wharf_api_reload(dashboard_port, "ssl:default", fingerprint),
         }
-        return _wait_ready(running)
+        _wait_ready(running)
+        try:
+            net.wait_for_port(dashboard_port, time.monotonic() + STARTUP_TIMEOUT, alive=lambda: child.running)
+        except (TimeoutError, RuntimeError) as exc:
+            running.stop()
+            raise RuntimeError(f"wharf's admin API did not start: {exc}\n{running.log_tail()}") from exc
+        return running
 
 
 def _wharf_env() -> dict[str, str]:

@@ -166,8 +166,10 @@ def main(argv: list[str] | None = None) -> int:
                         result = scenario.run(running, run_pki, settings, rundir)
                         outcome.results.append(result)
                         log(f"{label} {_summary(scenario, result)}")
-                    except (ScenarioError, RuntimeError, OSError) as exc:
+                    except Exception as exc:  # noqa: BLE001 - one failed run must not end the benchmark
                         message = str(exc).strip().replace("\n", " | ")[:500]
+                        if not isinstance(exc, (ScenarioError, RuntimeError, OSError)):
+                            message = f"{type(exc).__name__}: {message}"
                         outcome.failures.append(message)
                         log(f"{label} FAILED: {message}")
                     finally:

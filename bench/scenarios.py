@@ -8,6 +8,8 @@ and its rate is what was delivered until then.
 from __future__ import annotations
 
 import json
+import os
+import select
 import shutil
 import socket
 import ssl
@@ -27,6 +29,7 @@ from bench.processes import Child
 from bench.stats import percentile
 
 READY_TIMEOUT = 15.0
+STALL_TIMEOUT = 10.0
 
 
 @dataclass
@@ -285,6 +288,16 @@ def parse_latency_line(line: str) -> tuple[int, int] | None:
         return None
 
 
+def _write_within(fd: int, data: bytes, timeout: float) -> None:
+    """Write all of ``data`` to a non-blocking pipe, or raise TimeoutError if the reader stalls that long."""
+    view = memoryview(data)
+    while view:
+        _, writable, _ = select.select([], [fd], [], timeout)
+        if not writable:
+            raise TimeoutError
+        view = view[os.write(fd, view):]
+
+
 class Latency(Scenario):
     """End-to-end latency at a fixed, moderate rate that the broker and clients keep up with easily.
 
@@ -315,7 +328,8 @@ class Latency(Scenario):
             publisher = Child(clients.publisher_argv(broker.ports[mode], mode, pki, topic=topic, qos=self.qos,
                                                      client_id=f"bench-pub-{uuid.uuid4().hex[:6]}", nodelay=True),
                               name="pub", stdin=subprocess.PIPE, stderr=stderr)
-        pipe = publisher.popen.stdin
+        pipe_fd = publisher.popen.stdin.fileno()
+        os.set_blocking(pipe_fd, False)
         interval = 1.0 / settings.latency_rate
         # Give the publisher time to connect before the first stamp (its lines would otherwise queue up).
         time.sleep(0.3)
@@ -326,10 +340,14 @@ class Latency(Scenario):
                 if delay > 0:
                     time.sleep(delay)
                 line = f"{time.time_ns()} {seq}".ljust(settings.payload_size) + "\n"
-                pipe.write(line.encode())
-                pipe.flush()
+                _write_within(pipe_fd, line.encode(), STALL_TIMEOUT)
         except BrokenPipeError:
             pass
+        except TimeoutError:
+            sub.kill()
+            _close_input(publisher)
+            raise ScenarioError(f"the publisher stopped reading its input for {STALL_TIMEOUT:.0f} s "
+                                f"(not connected?): {(rundir / 'pub.err').read_text(errors='replace')[:200]}")
         complete = sub.wait(max(1.0, settings.run_timeout - (time.monotonic() - started)))
         if not complete:
             sub.kill()
