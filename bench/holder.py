@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import os
 import ssl
 import sys
 
@@ -22,7 +23,8 @@ async def _open(port: int, ctx: ssl.SSLContext | None, index: int, limit: asynci
     async with limit:
         reader, writer = await asyncio.wait_for(
             asyncio.open_connection(HOST, port, ssl=ctx, server_hostname=HOST if ctx else None), 30)
-        writer.write(mqtt_wire.connect_packet(f"bench-idle-{index}"))
+        # Client ids unique across holder processes: a duplicate id would take the other connection over.
+        writer.write(mqtt_wire.connect_packet(f"bench-idle-{os.getpid()}-{index}"))
         mqtt_wire.check_connack(await asyncio.wait_for(reader.readexactly(mqtt_wire.CONNACK_LENGTH), 30))
         return writer
 
