@@ -228,9 +228,9 @@ async def test_keepalive_timeout(make_broker):
 
 
 async def test_keepalive_kept_by_pings(make_broker):
-    running = await make_broker(keepalive_multiplier=0.5)
+    running = await make_broker()  # 1.5 x keep-alive
     client = await running.client("awake", keepalive=1)
-    for _ in range(4):
+    for _ in range(8):  # 2 s of pings: longer than the 1.5 s limit
         await asyncio.sleep(0.25)
         assert (await client.ping()).type == 13
     assert "awake" in running.broker.channels
