@@ -4,6 +4,8 @@ process and as a real ``python -m wharf_broker`` process."""
 from __future__ import annotations
 
 import asyncio
+import json
+import re
 import shutil
 import signal
 import subprocess
@@ -187,6 +189,14 @@ def test_real_process_with_mosquitto_and_paho(broker_process):
     subprocess.run(["mosquitto_pub", "-h", HOST, "-p", str(port), "-t", "proc/x", "-q", "1", "-l"],
                    input=b"".join(b"%d\n" % n for n in range(100)), check=True, timeout=20)
     probe.wait_messages(100)
+    # The admin API lists the connected clients from ``Broker.clients()``, and the counters moved.
+    status, body = process.admin("GET", "/api/v5/clients")
+    assert status == 200
+    listed = {client["clientid"]: client for client in json.loads(body)}
+    assert listed["probe"]["proto_ver"] == 5 and listed["probe"]["listener"] == "tcp:default"
+    status, body = process.admin("GET", "/metrics")
+    received = re.search(rb"^wharf_messages_received_total (\d+)", body, re.M)
+    assert status == 200 and received and int(received[1]) >= 100
     probe.stop()
     out, _ = sub.communicate(timeout=20)
     assert sub.returncode == 0
