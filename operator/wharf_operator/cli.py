@@ -77,13 +77,8 @@ async def run(args: argparse.Namespace) -> None:
     for signum in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(signum, stop.set)
     try:
-        settings = kopf.OperatorSettings()
-        # Namespaced mode runs on a Role per namespace: kopf must not watch namespaces or CRDs cluster-wide
-        # (it would retry the forbidden requests instead of starting); the namespaces are taken as given.
-        settings.scanning.disabled = bool(args.namespace)
         await kopf.operator(
             registry=registry,
-            settings=settings,
             standalone=True,  # one operator replica; no peering objects needed (nor RBAC for them)
             clusterwide=not args.namespace,
             namespaces=args.namespace,
