@@ -5,5 +5,5 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
-# Test modules import operator_pki / operator_support by name (pytest runs with --import-mode=importlib).
+# Test modules import operator_pki / kmock_support by name (pytest runs with --import-mode=importlib).
 sys.path.insert(0, str(Path(__file__).resolve().parent))

@@ -19,7 +19,7 @@ from wharf_operator.cli import parse_args
 from wharf_operator.kube import KubeApi, Resource, SECRETS
 
 from operator_pki import make_ca, make_leaf, tls_secret
-from operator_support import VersioningEmulator, declare_resources, parse_path_with_namespaces
+from kmock_support import VersioningEmulator, declare_resources, parse_path_with_namespaces
 
 NS = "wharf-cli"
 TOKEN = "kubeconfig-token"

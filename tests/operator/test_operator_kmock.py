@@ -26,7 +26,7 @@ from wharf_operator.kube import KubeApi, Resource, SECRETS
 from wharf_operator.signalling import LOOPBACK_ONLY, BrokerAdmin
 
 from operator_pki import make_ca, make_leaf, secret_data, tls_secret
-from operator_support import FakeBrokerPod, VersioningEmulator, declare_resources
+from kmock_support import FakeBrokerPod, VersioningEmulator, declare_resources
 
 NS = "wharf-test"
 BROKERS = Resource("mqtt.wharf.dev", "v1alpha1", "mqttbrokers")

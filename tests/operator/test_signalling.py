@@ -9,7 +9,7 @@ import pytest
 
 from wharf_operator.signalling import LOOPBACK_ONLY, AddressNotAllowed, BrokerAdmin, PodTarget
 
-from operator_support import FakeBrokerPod
+from kmock_support import FakeBrokerPod
 
 FP_OLD, FP_NEW = "a" * 64, "b" * 64
 
