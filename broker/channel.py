@@ -176,8 +176,8 @@ class Channel:
             return
         error = task.exception()
         if error is not None:
-            log.warning("authentication of client %r from %s failed: %r", info.client_id, self.connection.peer,
-                        error)
+            log.warning("authentication of client %r from %s failed: %r", info.client_id,
+                        self.connection.peer_text, error)
             self._refuse(rc.UNSPECIFIED_ERROR, "authentication failed")
         else:
             try:
@@ -190,7 +190,7 @@ class Channel:
 
     def _connect_authenticated(self, packet, info: ConnectInfo, result) -> None:
         if not result.allowed:
-            log.info("client %r from %s refused: %s", info.client_id, self.connection.peer,
+            log.info("client %r from %s refused: %s", info.client_id, self.connection.peer_text,
                      result.reason or "not authorized")
             self._refuse(result.reason_code or rc.NOT_AUTHORIZED, result.reason or "not authorized")
             return
@@ -566,7 +566,7 @@ class Channel:
         self.terminate(publish_will=True)
 
     def housekeeping(self) -> None:
-        """Periodic (the broker's sweep): 3.1.1 retries of unacknowledged messages, and dropping stale QoS 2 receipts."""
+        """Periodic (the broker's sweep): 3.1.1 retries of unacknowledged messages; stale QoS 2 receipts go."""
         session = self.session
         if session is None or not self.connected:
             return

@@ -12,7 +12,7 @@ before the bad packet.
 
 from __future__ import annotations
 
-from struct import pack, unpack_from
+from struct import pack
 
 from . import reason_codes as rc
 from .packets import (AUTH, CONNACK, CONNECT, DISCONNECT, MQTT_3_1, MQTT_3_1_1, MQTT_5, PINGREQ, PINGRESP,
@@ -20,7 +20,7 @@ from .packets import (AUTH, CONNACK, CONNECT, DISCONNECT, MQTT_3_1, MQTT_3_1_1, 
                       Connack, Connect, Disconnect, FrameError, PingReq, PingResp, PubAck, Publish, Suback,
                       SubOptions, Subscribe, Unsuback, Unsubscribe, Will)
 from .properties import (WILL, decode_properties, encode_binary, encode_properties, encode_string,
-                         encode_varint, read_binary, read_string, read_varint)
+                         encode_varint, read_binary, read_string)
 
 __all__ = ["FrameError", "Parser", "encode", "encode_publish_parts", "fixed_header"]
 

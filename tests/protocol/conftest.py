@@ -10,7 +10,7 @@ import logging
 import pytest
 
 from wharf_broker.broker import Broker
-from wharf_broker.config.model import BrokerConfig, MqttSettings
+from wharf_broker.config.model import BrokerConfig
 from wharf_broker.listener_context import ListenerContext
 from wharf_broker.metrics import Registry
 from wharf_broker.mqtt.frame import Parser, encode

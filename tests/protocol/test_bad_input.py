@@ -9,9 +9,8 @@ import random
 import pytest
 
 from wharf_broker.mqtt import reason_codes as rc
-from wharf_broker.mqtt.packets import CONNACK, DISCONNECT, Connack, Connect
+from wharf_broker.mqtt.packets import CONNACK, DISCONNECT
 
-from .conftest import RawClient
 
 
 @pytest.mark.parametrize("raw, code", [

@@ -3,7 +3,6 @@ trie router against a reference matcher."""
 
 from __future__ import annotations
 
-import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
