@@ -55,3 +55,27 @@ async def test_metrics(broker):
     await asyncio.sleep(0.05)
     assert metrics.connections.value == 0 and metrics.connected.value == 0
     assert metrics.sessions.value == 1  # the persistent one stays
+
+
+async def test_fan_out_encodes_each_wire_form_once(broker, monkeypatch):
+    from wharf_broker import router as router_module
+    calls = []
+    real = router_module.encode_publish_parts
+
+    def counting(*args):
+        calls.append(args[2:4] + (args[6],))  # qos, retain, version
+        return real(*args)
+
+    monkeypatch.setattr(router_module, "encode_publish_parts", counting)
+    subscribers = [await broker.client(f"s{n}", version=4) for n in range(3)]
+    subscribers += [await broker.client(f"v{n}", version=5) for n in range(2)]
+    for client in subscribers:
+        await client.subscribe("fan")
+    qos1 = await broker.client("q1", version=4)
+    await qos1.subscribe("fan", qos=1)
+    pub = await broker.client("pub")
+    await pub.publish("fan", b"shared", qos=1)
+    for client in subscribers + [qos1]:
+        assert (await client.recv()).payload == b"shared"
+    # One encoding per distinct wire form: 3.1.1 QoS 0, 5.0 QoS 0, 3.1.1 QoS 1 -- not one per subscriber.
+    assert sorted(calls) == [(0, False, 4), (0, False, 5), (1, False, 4)]
