@@ -3,7 +3,18 @@
 
 PYTHON ?= python3
 
-.PHONY: controlplane controlplane-up controlplane-down test-realapi e2e-local
+.PHONY: run test controlplane controlplane-up controlplane-down test-realapi e2e-local
+
+# The README's two commands. `run`: the broker on its embedded default config (bundled test certificates).
+run:
+	scripts/bootstrap run
+	$(PYTHON) -m wharf_broker
+
+# `test`: installs what the tests need (Debian packages, Python extras, the local control plane, helm) and runs
+# the whole suite. .ci/run calls this.
+test:
+	scripts/bootstrap test
+	$(PYTHON) -m pytest
 
 # Build (or find in the cache) etcd, kube-apiserver, kube-controller-manager, kube-scheduler
 # and kwok. Niced: a cold build keeps both cores busy for a long while.
