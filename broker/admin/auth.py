@@ -19,6 +19,8 @@ log = logging.getLogger("wharf.admin")
 
 # Reachable without a token: probes must work before anyone has a token.
 PUBLIC_PATHS = frozenset({"/healthz", "/readyz"})
+# The web Dashboard logs people in itself (session cookie + CSRF; see broker/dashboard/sessions.py).
+DASHBOARD_PATHS = frozenset({"/", "/dashboard"})  # redirects to /dashboard/; below it: the pages
 
 
 class TokenSource:
@@ -59,7 +61,8 @@ class TokenSource:
 def auth_middleware(tokens: TokenSource):
     @web.middleware
     async def middleware(request: web.Request, handler):
-        if tokens.configured and request.path not in PUBLIC_PATHS:
+        dashboard = request.path in DASHBOARD_PATHS or request.path.startswith("/dashboard/")
+        if tokens.configured and request.path not in PUBLIC_PATHS and not dashboard:
             if not tokens.accepts(request.headers.get("Authorization")):
                 return web.json_response({"code": "UNAUTHORIZED", "message": "a valid bearer token is required"},
                                          status=401, headers={"WWW-Authenticate": 'Bearer realm="wharf"'})

@@ -25,6 +25,8 @@ def build_application(broker_app: "BrokerApp") -> web.Application:
     app = web.Application(middlewares=[auth_middleware(tokens)], client_max_size=1024 * 1024)
     app[APP_KEY] = broker_app
     add_routes(app)
+    from ..dashboard.views import mount
+    mount(app, broker_app)  # the web Dashboard, under /dashboard/ (its own session login)
     return app
 
 

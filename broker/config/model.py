@@ -206,7 +206,7 @@ class DashboardListeners:
 
 @dataclass
 class Dashboard:
-    """``dashboard { ... }``: the admin API (and later the web Dashboard) on aiohttp."""
+    """``dashboard { ... }``: the admin API and the web Dashboard on aiohttp."""
 
     enable: bool = True
     listeners: DashboardListeners = field(default_factory=DashboardListeners)
@@ -214,6 +214,20 @@ class Dashboard:
     # ``token`` (the operator mounts it from a Secret).
     token: str = ""
     token_file: str = ""
+    # Web Dashboard login besides the token (EMQX's names). No password and no hash: only the token logs in.
+    default_username: str = "admin"
+    default_password: str = ""
+    # ``pbkdf2_sha256$<iterations>$<salt>$<hash>`` (``python -m wharf_broker.dashboard.passwords``); wins over
+    # ``default_password``.
+    default_password_hash: str = ""
+    # Idle time after which a Dashboard session ends.
+    session_timeout: Duration = 1800.0
+    # Where certificates, keys and CAs uploaded through the Dashboard are written (relative: to the working
+    # directory), one folder per listener.
+    upload_dir: str = "data/certs"
+    # "<namespace>/<name>" of the MQTTBroker resource when the operator runs this broker: the Dashboard then
+    # shows the fields that resource owns read-only.
+    managed_by: str = ""
 
 
 @dataclass
