@@ -48,8 +48,8 @@ class ProtocolViolation(Exception):
 class Channel:
     __slots__ = ("broker", "connection", "settings", "version", "v5", "client_id", "username", "session",
                  "connected", "connect_received", "will", "keepalive", "send_window", "client_max_packet",
-                 "topic_aliases", "session_expiry", "problem_information", "connected_at", "mountpoint",
-                 "_disconnected", "_sent", "_loop")
+                 "topic_aliases", "aliases_out", "aliases_out_max", "session_expiry", "problem_information",
+                 "connected_at", "mountpoint", "_disconnected", "_sent", "_loop")
 
     def __init__(self, broker: "Broker", connection: "Connection") -> None:
         self.broker = broker
@@ -66,7 +66,10 @@ class Channel:
         self.keepalive = 0
         self.send_window = self.settings.max_inflight or 65535
         self.client_max_packet: int | None = None
-        self.topic_aliases: dict[int, str] | None = None
+        self.topic_aliases: dict[int, str] | None = None  # inbound: alias -> topic
+        # Outbound (5.0, when the client allows them): topic -> alias, first come first served.
+        self.aliases_out: dict[str, int] | None = None
+        self.aliases_out_max = 0
         self.session_expiry = 0.0
         self.problem_information = True
         self.connected_at: float | None = None
@@ -224,6 +227,7 @@ class Channel:
             receive_maximum = props.get("receive_maximum", 65535)
             self.send_window = min(settings.max_inflight or 65535, receive_maximum)
             self.client_max_packet = props.get("maximum_packet_size")
+            self.aliases_out_max = props.get("topic_alias_maximum", 0)
             if settings.max_topic_alias:
                 ack_props["topic_alias_maximum"] = min(settings.max_topic_alias, 65535)
             if settings.max_awaiting_rel is not None:
@@ -373,7 +377,8 @@ class Channel:
         if self.mountpoint:
             head, tail = self._wire_unmounted(message, qos, retain, sub_ids, expiry)
         elif self.v5:
-            head, tail = message.wire(5, qos, retain, sub_ids, expiry)
+            alias = self._alias_for(message.topic) if self.aliases_out_max else 0
+            head, tail = message.wire(5, qos, retain, sub_ids, expiry, alias)
         else:
             head, tail = message.wire(self.version, qos, retain, (), None)
         limit = self.client_max_packet
@@ -388,6 +393,20 @@ class Channel:
             connection.write(head)
         self._sent.value += 1
         return True
+
+    def _alias_for(self, topic: str) -> int:
+        """The outbound alias form for ``topic``: +n announces alias n (with the topic), -n uses it alone,
+        0 sends the topic plainly (all aliases taken)."""
+        aliases = self.aliases_out
+        if aliases is None:
+            aliases = self.aliases_out = {}
+        alias = aliases.get(topic)
+        if alias is not None:
+            return -alias
+        if len(aliases) >= self.aliases_out_max:
+            return 0
+        alias = aliases[topic] = len(aliases) + 1
+        return alias
 
     def _wire_unmounted(self, message, qos: int, retain: bool, sub_ids: tuple, expiry: int | None):
         """The PUBLISH for a client behind a mountpoint: its own view of the topic, encoded for it alone."""

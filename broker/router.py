@@ -45,11 +45,15 @@ class Message:
         self._wire_parts: tuple[bytes, bytes] | None = None
         self._wire_more: dict | None = None
 
-    def wire(self, version: int, qos: int, retain: bool, sub_ids: tuple, expiry: int | None) -> tuple[bytes, bytes]:
+    def wire(self, version: int, qos: int, retain: bool, sub_ids: tuple, expiry: int | None,
+             alias: int = 0) -> tuple[bytes, bytes]:
         """(head, tail) of this message as a PUBLISH (see ``encode_publish_parts``), encoded once per form.
-        At QoS 0 the whole packet is ``head`` and ``tail`` is empty."""
+        At QoS 0 the whole packet is ``head`` and ``tail`` is empty.
+
+        ``alias`` (5.0 outbound topic alias): positive to announce the alias with the topic, negative to send
+        the alias alone instead of the topic."""
         if version == 5:
-            key = (5, qos, retain, sub_ids, expiry)
+            key = (5, qos, retain, sub_ids, expiry, alias)
         else:
             key = (version, qos, retain)
         if self._wire_key == key:
@@ -60,13 +64,18 @@ class Message:
             if parts is not None:
                 return parts
         properties = self.properties
-        if version == 5 and (sub_ids or expiry is not None):
+        topic = self.topic
+        if version == 5 and (sub_ids or expiry is not None or alias):
             properties = dict(properties) if properties else {}
             if expiry is not None:
                 properties["message_expiry_interval"] = expiry
             if sub_ids:
                 properties["subscription_identifier"] = list(sub_ids)
-        head, tail = encode_publish_parts(self.topic, self.payload, qos, retain, False, properties, version)
+            if alias:
+                properties["topic_alias"] = abs(alias)
+                if alias < 0:
+                    topic = ""
+        head, tail = encode_publish_parts(topic, self.payload, qos, retain, False, properties, version)
         if not qos:  # QoS 0 has no packet id to splice in: keep it as one buffer
             head, tail = head + tail, b""
         parts = (head, tail)

@@ -77,3 +77,21 @@ async def test_server_maximum_packet_size(make_broker):
     old = await running.client("old", version=4)
     await old.send_raw(b"\x30\x80\x08")
     assert await old.closed() == []
+
+
+async def test_outbound_topic_aliases(broker):
+    """A client allowing topic aliases gets each topic once, then only its alias (up to its maximum)."""
+    sub = await broker.client("sub", version=5, properties={"topic_alias_maximum": 2})
+    await sub.subscribe("al/#")
+    plain = await broker.client("plain", version=5)
+    await plain.subscribe("al/#")
+    pub = await broker.client("pub")
+    for topic in ("al/one", "al/one", "al/two", "al/three", "al/two", "al/three"):
+        await pub.publish(topic, b"x")
+    got = [await sub.recv() for _ in range(6)]
+    assert [(m.topic, (m.properties or {}).get("topic_alias")) for m in got] == [
+        ("al/one", 1), ("", 1), ("al/two", 2), ("al/three", None), ("", 2), ("al/three", None)]
+    # The alias map is the client's own: another subscriber gets plain topics.
+    assert [(await plain.recv()).topic for _ in range(6)] == ["al/one", "al/one", "al/two", "al/three", "al/two",
+                                                              "al/three"]
+
