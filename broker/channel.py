@@ -374,15 +374,19 @@ class Channel:
         if qos == 0 and connection.backlog_bytes > SLOW_CONSUMER_BYTES:
             self.broker.count_dropped(message, "slow_consumer")
             return False
+        alias = 0
         if self.mountpoint:
             head, tail = self._wire_unmounted(message, qos, retain, sub_ids, expiry)
         elif self.v5:
-            alias = self._alias_for(message.topic) if self.aliases_out_max else 0
+            if self.aliases_out_max:
+                alias = self._alias_for(message.topic)
             head, tail = message.wire(5, qos, retain, sub_ids, expiry, alias)
         else:
             head, tail = message.wire(self.version, qos, retain, (), None)
         limit = self.client_max_packet
         if limit is not None and len(head) + len(tail) + (2 if qos else 0) > limit:
+            if alias > 0:  # the client never learns this alias: forget it again
+                del self.aliases_out[message.topic]
             self.broker.count_dropped(message, "too_large")
             return False
         if qos:

@@ -95,3 +95,13 @@ async def test_outbound_topic_aliases(broker):
     assert [(await plain.recv()).topic for _ in range(6)] == ["al/one", "al/one", "al/two", "al/three", "al/two",
                                                               "al/three"]
 
+
+
+async def test_outbound_alias_not_used_when_its_announcement_was_dropped(broker):
+    sub = await broker.client("sub", version=5, properties={"topic_alias_maximum": 5, "maximum_packet_size": 60})
+    await sub.subscribe("t")
+    pub = await broker.client("pub")
+    await pub.publish("t", b"x" * 100)  # too big: dropped, with the alias it would have announced
+    await pub.publish("t", b"small")
+    message = await sub.recv()
+    assert (message.topic, message.properties["topic_alias"], message.payload) == ("t", 1, b"small")
