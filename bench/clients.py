@@ -69,9 +69,15 @@ def write_payload_file(path: Path, messages: int, payload_size: int) -> Path:
     return path
 
 
-def count_received(output_size: int, payload_size: int) -> int:
-    """Messages in a subscriber's output file: the READY marker line, then one line per payload."""
-    body = output_size - (len(READY_MARKER) + 1)
+def count_received(output_size: int, payload_size: int, markers: int = 1) -> int:
+    """Messages in a subscriber's output file: ``markers`` READY lines, then one line per payload."""
+    body = output_size - markers * (len(READY_MARKER) + 1)
     if body <= 0:
         return 0
     return body // (payload_size + 1)
+
+
+def count_markers(path: Path) -> int:
+    """READY lines a subscriber printed (a broker may deliver the retained marker more than once)."""
+    with open(path, "rb") as f:
+        return f.read().count(READY_MARKER + b"\n")

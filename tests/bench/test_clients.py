@@ -37,6 +37,13 @@ def test_received_count_from_output_size():
     assert clients.count_received(marker + 3 * 65, 64) == 3
     assert clients.count_received(marker, 64) == 0
     assert clients.count_received(0, 64) == 0
+    assert clients.count_received(2 * marker + 3 * 65, 64, markers=2) == 3
+
+
+def test_markers_are_counted_in_the_output(tmp_path):
+    out = tmp_path / "sub.out"
+    out.write_bytes(b"READY\nREADY\n" + b"x" * 64 + b"\n")
+    assert clients.count_markers(out) == 2
 
 
 def test_latency_lines_from_the_subscriber_format():
