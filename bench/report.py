@@ -37,7 +37,16 @@ def machine_description() -> list[str]:
                     break
     except OSError:
         pass
-    return [f"{os.cpu_count()} × {model}", f"Linux {platform.release()}",
+    memory = ""
+    try:
+        with open("/proc/meminfo") as f:
+            for line in f:
+                if line.startswith("MemTotal:"):
+                    memory = f"{int(line.split()[1]) / 1024 / 1024:.0f} GiB RAM"
+                    break
+    except (OSError, ValueError, IndexError):
+        pass
+    return [f"{os.cpu_count()} × {model}"] + ([memory] if memory else []) + [f"Linux {platform.release()}",
             f"Python {platform.python_version()}", ssl.OPENSSL_VERSION]
 
 

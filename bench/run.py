@@ -85,6 +85,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return args
 
 
+def run_order(items: list, repetition: int) -> list:
+    """ABC, BCA, CAB, ...: no broker always runs first, or always right after the same neighbour."""
+    shift = repetition % len(items) if items else 0
+    return items[shift:] + items[:shift]
+
+
 def _make_broker(name: str, args: argparse.Namespace) -> Broker:
     return Amqtt(args.amqtt_venv) if name == "amqtt" else ALL_BROKERS[name]()
 
@@ -148,9 +154,7 @@ def main(argv: list[str] | None = None) -> int:
         pki = create_pki(workdir / "pki")
         for repetition in range(args.repeats):
             for scenario in scenarios:
-                # ABC, BCA, CAB, ...: no broker always runs first (or right after the same neighbour).
-                shift = repetition % len(brokers)
-                for broker in brokers[shift:] + brokers[:shift]:
+                for broker in run_order(brokers, repetition):
                     outcome = outcomes.setdefault((scenario.name, broker.name), report.Outcome())
                     reason = scenario.unsupported_reason(broker)
                     if reason:

@@ -1,6 +1,6 @@
 import pytest
 
-from bench.run import QUICK, parse_args
+from bench.run import QUICK, parse_args, run_order
 
 
 def test_quick_sets_small_counts_and_flags_still_win():
@@ -23,3 +23,9 @@ def test_bad_arguments_are_refused(argv, capsys):
         parse_args(argv)
     assert exc.value.code == 2
     assert "error" in capsys.readouterr().err
+
+
+def test_brokers_take_turns_going_first():
+    assert [run_order(["a", "b", "c"], r) for r in range(4)] == [
+        ["a", "b", "c"], ["b", "c", "a"], ["c", "a", "b"], ["a", "b", "c"]]
+    assert run_order([], 3) == []
