@@ -264,7 +264,7 @@ class Throughput(Scenario):
         failed_subs = [c.name for c in sub_children if c.exit_code not in (0, None) and complete]
         if failed_subs:
             notes.append("subscriber(s) " + ", ".join(failed_subs) + " exited with an error: "
-                         + (rundir / "sub0.err").read_text(errors="replace")[:200])
+                         + (rundir / f"{failed_subs[0]}.err").read_text(errors="replace")[:200])
         note = "; ".join(notes)
         if publisher.exit_code and publisher.exit_code > 0:
             note += f"; publisher exit {publisher.exit_code}: " + (rundir / "pub.err").read_text(errors="replace")[:200]
