@@ -80,11 +80,9 @@ class Broker:
 
 def _spawn(name: str, argv: list[str], workdir: Path, env: dict[str, str] | None = None) -> tuple[Child, Path]:
     log_path = workdir / f"{name}.log"
-    log = open(log_path, "wb")
-    try:
+    # The child keeps its own copy of the descriptor.
+    with open(log_path, "wb") as log:
         child = Child(argv, name=name, stdout=log, stderr=subprocess.STDOUT, env=env, cwd=workdir)
-    finally:
-        log.close()
     return child, log_path
 
 
@@ -142,7 +140,7 @@ class Mosquitto(Broker):
         return None
 
     def version(self) -> str:
-        out = subprocess.run(["mosquitto", "-h"], capture_output=True, text=True).stdout
+        out = subprocess.run(["mosquitto", "-h"], capture_output=True, text=True, check=False).stdout
         match = re.search(r"mosquitto version (\S+)", out)
         return match.group(1) if match else "unknown"
 
@@ -198,7 +196,7 @@ class Amqtt(Broker):
     def version(self) -> str:
         out = subprocess.run([str(self.venv / "bin" / "python"), "-c",
                               "import importlib.metadata as m; print(m.version('amqtt'))"],
-                             capture_output=True, text=True).stdout.strip()
+                             capture_output=True, text=True, check=False).stdout.strip()
         return out or "unknown"
 
     def start(self, workdir: Path, pki: Pki) -> RunningBroker:
@@ -260,7 +258,7 @@ class Wharf(Broker):
 
     def unavailable_reason(self) -> str | None:
         probe = subprocess.run([self.python, "-m", "wharf_broker", "--version"], capture_output=True,
-                               text=True, cwd=REPO_ROOT, timeout=60, env=_wharf_env())
+                               text=True, cwd=REPO_ROOT, timeout=60, env=_wharf_env(), check=False)
         if probe.returncode != 0:
             last = (probe.stderr.strip().splitlines() or ["no output"])[-1]
             return f"python -m wharf_broker is not runnable yet ({last})"
@@ -268,9 +266,9 @@ class Wharf(Broker):
 
     def version(self) -> str:
         out = subprocess.run([self.python, "-c", "import importlib.metadata as m; print(m.version('wharf'))"],
-                             capture_output=True, text=True, cwd=REPO_ROOT).stdout.strip()
+                             capture_output=True, text=True, cwd=REPO_ROOT, check=False).stdout.strip()
         commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True,
-                                cwd=REPO_ROOT).stdout.strip()
+                                cwd=REPO_ROOT, check=False).stdout.strip()
         return f"{out or 'unknown'} ({commit})" if commit else (out or "unknown")
 
     @property

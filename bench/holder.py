@@ -51,7 +51,7 @@ async def run(args: argparse.Namespace) -> None:
         print(f"first error: {type(failures[0]).__name__}: {failures[0]}", file=sys.stderr, flush=True)
     try:
         await asyncio.wait_for(_stdin_closed(), args.hold)
-    except asyncio.TimeoutError:
+    except TimeoutError:
         pass
     for writer in writers:
         writer.close()

@@ -52,7 +52,7 @@ def _key_pem(key: ec.EllipticCurvePrivateKey) -> bytes:
 
 def _issue(subject: str, key: ec.EllipticCurvePrivateKey, ca_name: x509.Name,
            ca_key: ec.EllipticCurvePrivateKey, *, server: bool) -> x509.Certificate:
-    now = datetime.datetime.now(datetime.timezone.utc)
+    now = datetime.datetime.now(datetime.UTC)
     builder = (x509.CertificateBuilder()
                .subject_name(_name(subject))
                .issuer_name(ca_name)
@@ -81,7 +81,7 @@ def create_pki(directory: Path) -> Pki:
     directory.mkdir(parents=True, exist_ok=True)
     ca_key = ec.generate_private_key(ec.SECP256R1())
     ca_name = _name("Wharf bench CA")
-    now = datetime.datetime.now(datetime.timezone.utc)
+    now = datetime.datetime.now(datetime.UTC)
     ca_cert = (x509.CertificateBuilder()
                .subject_name(ca_name).issuer_name(ca_name)
                .public_key(ca_key.public_key())

@@ -16,7 +16,7 @@ import time
 from collections.abc import Sequence
 from pathlib import Path
 
-_live: dict[int, "Child"] = {}
+_live: dict[int, Child] = {}
 _live_lock = threading.Lock()
 
 

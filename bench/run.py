@@ -32,8 +32,8 @@ from bench.pki import copy_pki, create_pki
 from bench.scenarios import ScenarioError, Settings, all_scenarios
 
 # Big enough that a rate run is not all process start-up, small enough for a smoke run of a few minutes.
-QUICK = dict(messages=20_000, repeats=1, latency_messages=500, connections=200, idle_connections=200,
-             rotations=2, run_timeout=20.0)
+QUICK = {"messages": 20_000, "repeats": 1, "latency_messages": 500, "connections": 200, "idle_connections": 200,
+             "rotations": 2, "run_timeout": 20.0}
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -60,8 +60,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--json", type=Path, help="also write every run's values to this file")
     parser.add_argument("--keep", action="store_true", help="keep the work directory (logs, configs, outputs)")
     args = parser.parse_args(argv)
-    defaults = dict(messages=200_000, repeats=3, latency_messages=5_000, connections=2_000,
-                    idle_connections=3_000, rotations=5, run_timeout=60.0)
+    defaults = {"messages": 200_000, "repeats": 3, "latency_messages": 5_000, "connections": 2_000,
+                    "idle_connections": 3_000, "rotations": 5, "run_timeout": 60.0}
     for key, value in defaults.items():
         if getattr(args, key) is None:
             setattr(args, key, QUICK[key] if args.quick else value)

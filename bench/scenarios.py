@@ -134,8 +134,9 @@ class Scenario:
 # --- helpers shared by the message scenarios ---------------------------------------------------------------
 
 def _publish_ready_marker(broker: RunningBroker, mode: str, pki: Pki, topic: str, rundir: Path) -> None:
-    marker = Child(clients.retained_marker_argv(broker.ports[mode], mode, pki, topic=topic), name="marker",
-                   stderr=open(rundir / "marker.err", "wb"))
+    with open(rundir / "marker.err", "wb") as stderr:
+        marker = Child(clients.retained_marker_argv(broker.ports[mode], mode, pki, topic=topic), name="marker",
+                       stderr=stderr)
     if not marker.wait(READY_TIMEOUT) or marker.exit_code != 0:
         marker.kill()
         raise ScenarioError(f"could not publish the retained READY marker: "
@@ -151,7 +152,8 @@ def _start_subscribers(broker: RunningBroker, mode: str, pki: Pki, *, topic: str
         out = rundir / f"sub{index}.out"
         with open(out, "wb") as stdout, open(rundir / f"sub{index}.err", "wb") as stderr:
             child = Child(clients.subscriber_argv(broker.ports[mode], mode, pki, topic=topic, qos=qos,
-                                                  count=count + 1, client_id=f"bench-sub-{index}-{uuid.uuid4().hex[:6]}",
+                                                  count=count + 1,
+                                                  client_id=f"bench-sub-{index}-{uuid.uuid4().hex[:6]}",
                                                   output_format=output_format, nodelay=nodelay),
                           name=f"sub{index}", stdout=stdout, stderr=stderr)
         started.append((child, out))
@@ -522,18 +524,18 @@ class IdleMemory(Scenario):
 
 def served_fingerprint(port: int, ctx: ssl.SSLContext) -> str:
     """Fingerprint of the certificate a new connection is served (after a full MQTT CONNECT/CONNACK)."""
-    with socket.create_connection((net.HOST, port), timeout=5) as raw:
-        with ctx.wrap_socket(raw, server_hostname=net.HOST) as tls:
-            der = tls.getpeercert(binary_form=True)
-            tls.sendall(mqtt_wire.connect_packet(f"bench-probe-{uuid.uuid4().hex[:8]}"))
-            data = b""
-            while len(data) < mqtt_wire.CONNACK_LENGTH:
-                chunk = tls.recv(mqtt_wire.CONNACK_LENGTH - len(data))
-                if not chunk:
-                    raise ConnectionError("closed before CONNACK")
-                data += chunk
-            mqtt_wire.check_connack(data)
-            tls.sendall(mqtt_wire.DISCONNECT)
+    with socket.create_connection((net.HOST, port), timeout=5) as raw, \
+            ctx.wrap_socket(raw, server_hostname=net.HOST) as tls:
+        der = tls.getpeercert(binary_form=True)
+        tls.sendall(mqtt_wire.connect_packet(f"bench-probe-{uuid.uuid4().hex[:8]}"))
+        data = b""
+        while len(data) < mqtt_wire.CONNACK_LENGTH:
+            chunk = tls.recv(mqtt_wire.CONNACK_LENGTH - len(data))
+            if not chunk:
+                raise ConnectionError("closed before CONNACK")
+            data += chunk
+        mqtt_wire.check_connack(data)
+        tls.sendall(mqtt_wire.DISCONNECT)
     return fingerprint_of_der(der)
 
 
@@ -579,7 +581,8 @@ class Rotation(Scenario):
             time.sleep(0.05)
         if "ready" not in out.read_text(errors="replace"):
             load.kill()
-            raise ScenarioError("rotation load did not connect: " + (out.read_text() + (rundir / "load.err").read_text())[-400:])
+            output = out.read_text(errors="replace") + (rundir / "load.err").read_text(errors="replace")
+            raise ScenarioError("rotation load did not connect: " + output[-400:])
         ctx = net.client_tls_context(pki, mutual=False)
         methods = list(broker.reloaders.items())
         seen_after: list[float] = []

@@ -37,11 +37,11 @@ def _serve_once(pki, *, require_client_cert: bool):
 
 
 def _handshake(port, client_ctx):
-    with socket.create_connection((net.HOST, port), timeout=10) as raw:
-        with client_ctx.wrap_socket(raw, server_hostname=net.HOST) as tls:
-            assert tls.version() == "TLSv1.3"
-            assert tls.recv(2) == b"ok"
-            return fingerprint_of_der(tls.getpeercert(binary_form=True))
+    with socket.create_connection((net.HOST, port), timeout=10) as raw, \
+            client_ctx.wrap_socket(raw, server_hostname=net.HOST) as tls:
+        assert tls.version() == "TLSv1.3"
+        assert tls.recv(2) == b"ok"
+        return fingerprint_of_der(tls.getpeercert(binary_form=True))
 
 
 def test_mutual_tls_handshake_with_the_generated_material(tmp_path):
@@ -60,7 +60,7 @@ def test_rotation_issues_a_new_certificate_that_clients_still_trust(tmp_path):
     old = server_fingerprint(pki)
     new = rotate_server_certificate(pki)
     assert new != old and new == server_fingerprint(pki)
-    port, thread, outcome = _serve_once(pki, require_client_cert=False)
+    port, thread, _outcome = _serve_once(pki, require_client_cert=False)
     assert _handshake(port, net.client_tls_context(pki, mutual=False)) == new
     thread.join(10)
 

@@ -19,7 +19,7 @@ def _run(tmp_path, brokers: str, scenarios: str) -> dict:
                            "--repeats", "1", "--messages", "2000", "--connections", "20", "--idle-connections", "30",
                            "--latency-messages", "100", "--rotations", "1", "--rotation-publishers", "3",
                            "--run-timeout", "20", "--json", str(out)],
-                          capture_output=True, text=True, cwd=REPO_ROOT, timeout=240)
+                          capture_output=True, text=True, cwd=REPO_ROOT, timeout=240, check=False)
     assert proc.returncode == 0, proc.stderr
     return json.loads(out.read_text())
 
