@@ -8,6 +8,7 @@ WHARF_BUILD_CONTROLPLANE=1 to let the fixture build them itself (a cold build ta
 
 from __future__ import annotations
 
+import ipaddress
 import os
 import sys
 from pathlib import Path
@@ -19,6 +20,7 @@ import pytest
 # Test modules import realapi_support by name (pytest runs with --import-mode=importlib).
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
+import realapi_support  # noqa: E402
 from realapi_support import admin_client, localcluster, unique_name, wait_for  # noqa: E402
 
 
@@ -43,6 +45,7 @@ def controlplane(controlplane_binaries: Path, tmp_path_factory: pytest.TempPathF
                  ) -> Iterator[localcluster.LocalControlPlane]:
     plane = localcluster.LocalControlPlane(tmp_path_factory.mktemp("controlplane"), controlplane_binaries)
     plane.start()
+    realapi_support.pod_network = ipaddress.ip_network(plane.pod_cidr)
     try:
         yield plane
     finally:

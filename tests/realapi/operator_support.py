@@ -58,6 +58,44 @@ def service_account_kubeconfig(controlplane, api, namespace: str, account: str, 
                                          user=f"{namespace}-{account}")
 
 
+def install_operator_identity(controlplane, api, helm: str, helm_home: Path, workdir: Path,
+                              watch: list[str], namespace_prefix: str = "wharf-system") -> tuple[Path, str, str]:
+    """A fresh namespace and release with the chart's ServiceAccount and RBAC for ``watch`` (empty:
+    cluster-wide); returns (a kubeconfig with that ServiceAccount's token, its namespace, its name)."""
+    from realapi_support import unique_name, wait_for
+
+    operator_namespace = unique_name(namespace_prefix)
+    kubernetes.client.CoreV1Api(api).create_namespace({"metadata": {"name": operator_namespace}})
+    objects = chart_rbac(helm, helm_home, unique_name("wharf"), operator_namespace, watch)
+    kinds = sorted(o["kind"] for o in objects)
+    expected = ["ClusterRole", "ClusterRoleBinding"] if not watch else ["Role", "RoleBinding"] * len(watch)
+    assert kinds == sorted(expected + ["ServiceAccount"]), kinds
+    apply_objects(api, objects)
+    account = next(o["metadata"]["name"] for o in objects if o["kind"] == "ServiceAccount")
+    # The RBAC authorizer serves from an informer cache that follows new bindings shortly after
+    # they are written (as after any `helm install`); start the operator once they are in force.
+    for namespace in watch or [None]:
+        wait_for(lambda namespace=namespace: service_account_may(api, operator_namespace, account, namespace,
+                                                                 "create", "statefulsets", "apps"),
+                 f"the chart's RBAC for {account} to be in force", timeout=30)
+    kubeconfig = service_account_kubeconfig(controlplane, api, operator_namespace, account,
+                                            workdir / "operator.kubeconfig")
+    return kubeconfig, operator_namespace, account
+
+
+def service_account_may(api, account_namespace: str, account: str, namespace: str | None, verb: str,
+                        resource: str, group: str = "") -> bool:
+    """Ask the apiserver's authorizer (SubjectAccessReview) whether the ServiceAccount may do this."""
+    review = kubernetes.client.AuthorizationV1Api(api).create_subject_access_review({
+        "apiVersion": "authorization.k8s.io/v1", "kind": "SubjectAccessReview",
+        "spec": {"user": f"system:serviceaccount:{account_namespace}:{account}",
+                 "groups": ["system:serviceaccounts", f"system:serviceaccounts:{account_namespace}",
+                            "system:authenticated"],
+                 "resourceAttributes": {"namespace": namespace, "verb": verb, "resource": resource,
+                                        "group": group}}})
+    return bool(review.status.allowed)
+
+
 def operator_command() -> list[str]:
     """The installed console script, next to this interpreter."""
     script = Path(sys.executable).with_name("wharf-operator")
@@ -67,13 +105,14 @@ def operator_command() -> list[str]:
 
 
 @contextmanager
-def running_operator(kubeconfig: Path, log_path: Path, namespaces: list[str]) -> Iterator[subprocess.Popen]:
+def running_operator(kubeconfig: Path, log_path: Path, namespaces: list[str], pod_cidr: str
+                     ) -> Iterator[subprocess.Popen]:
     """Start ``wharf-operator``; wait for its liveness endpoint; stop it (SIGTERM) afterwards."""
     health_port = localcluster.free_loopback_port()
     args = [*operator_command(), "--kubeconfig", str(kubeconfig), "--verbose",
             "--liveness", f"http://127.0.0.1:{health_port}/healthz", "--metrics-port", "0",
             # The fake Pods' IPs: the operator may call only these (nothing listens there yet).
-            "--allow-pod-network", localcluster.POD_CIDR, "--signal-timeout", "2", "--reload-wait", "5"]
+            "--allow-pod-network", pod_cidr, "--signal-timeout", "2", "--reload-wait", "5"]
     args += [f"--namespace={ns}" for ns in namespaces] or ["--all-namespaces"]
     env = {**os.environ, "NO_PROXY": "*", "no_proxy": "*"}
     for proxy in ("HTTP_PROXY", "HTTPS_PROXY", "http_proxy", "https_proxy", "ALL_PROXY", "all_proxy"):

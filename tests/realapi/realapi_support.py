@@ -59,9 +59,14 @@ def token_client(server: str, ca_cert: Path, token: str) -> kubernetes.client.Ap
     return kubernetes.client.ApiClient(configuration)
 
 
+# The running control plane's Pod range; set by the session fixture (one control plane per session).
+pod_network: ipaddress.IPv4Network | None = None
+
+
 def is_test_pod_ip(address: str) -> bool:
-    """True when ``address`` lies in the loopback Pod range that kwok hands out."""
-    return ipaddress.ip_address(address) in ipaddress.ip_network(localcluster.POD_CIDR)
+    """True when ``address`` lies in the loopback Pod range that this session's kwok hands out."""
+    assert pod_network is not None and pod_network.subnet_of(ipaddress.ip_network("127.0.0.0/8"))
+    return ipaddress.ip_address(address) in pod_network
 
 
 def project_crds() -> list[Path]:

@@ -8,9 +8,9 @@ import kubernetes
 import pytest
 import yaml
 from kubernetes.client import ApiException
-from operator_support import (apply_objects, chart_rbac, example_broker, pinned_helm, running_operator,
-                              service_account_kubeconfig, tls_secret)
-from realapi_support import is_test_pod_ip, project_crds, unique_name, wait_for
+from operator_support import (example_broker, install_operator_identity, pinned_helm, running_operator,
+                              service_account_may, tls_secret)
+from realapi_support import is_test_pod_ip, project_crds, wait_for
 
 GROUP, VERSION, PLURAL = "mqtt.wharf.dev", "v1alpha1", "mqttbrokers"
 CRD_NAME = f"{PLURAL}.{GROUP}"
@@ -38,21 +38,8 @@ def helm(tmp_path_factory) -> tuple[str, object]:
 
 
 def _operator_setup(controlplane, api, helm, tmp_path, watch: list[str]):
-    """Namespace + chart RBAC for a fresh release; returns (kubeconfig, operator namespace, account)."""
     binary, home = helm
-    core = kubernetes.client.CoreV1Api(api)
-    operator_namespace = unique_name("wharf-system")
-    core.create_namespace({"metadata": {"name": operator_namespace}})
-    release = unique_name("wharf")
-    objects = chart_rbac(binary, home, release, operator_namespace, watch)
-    kinds = sorted(o["kind"] for o in objects)
-    expected = ["ClusterRole", "ClusterRoleBinding"] if not watch else ["Role", "RoleBinding"] * len(watch)
-    assert kinds == sorted(expected + ["ServiceAccount"]), kinds
-    apply_objects(api, objects)
-    account = next(o["metadata"]["name"] for o in objects if o["kind"] == "ServiceAccount")
-    kubeconfig = service_account_kubeconfig(controlplane, api, operator_namespace, account,
-                                            tmp_path / "operator.kubeconfig")
-    return kubeconfig, operator_namespace, account
+    return install_operator_identity(controlplane, api, binary, home, tmp_path, watch)
 
 
 def _owned_objects(api, namespace: str, name: str) -> dict[str, object]:
@@ -140,21 +127,14 @@ def _broker_lifecycle(api, namespace: str, operator_log) -> None:
 
 def _allowed(api, namespace: str | None, account: str, account_namespace: str, verb: str, resource: str,
              group: str = "") -> bool:
-    review = kubernetes.client.AuthorizationV1Api(api).create_subject_access_review({
-        "apiVersion": "authorization.k8s.io/v1", "kind": "SubjectAccessReview",
-        "spec": {"user": f"system:serviceaccount:{account_namespace}:{account}",
-                 "groups": ["system:serviceaccounts", f"system:serviceaccounts:{account_namespace}",
-                            "system:authenticated"],
-                 "resourceAttributes": {"namespace": namespace, "verb": verb, "resource": resource,
-                                        "group": group}}})
-    return review.status.allowed
+    return service_account_may(api, account_namespace, account, namespace, verb, resource, group)
 
 
 @pytest.mark.timeout(400)
 def test_operator_cluster_wide_with_chart_rbac(controlplane, api, mqttbroker_crd, helm, namespace, tmp_path):
     kubeconfig, operator_namespace, account = _operator_setup(controlplane, api, helm, tmp_path, watch=[])
     log = tmp_path / "operator.log"
-    with running_operator(kubeconfig, log, namespaces=[]):
+    with running_operator(kubeconfig, log, namespaces=[], pod_cidr=controlplane.pod_cidr):
         _broker_lifecycle(api, namespace, log)
     # Least privilege: the broker Pods come from the StatefulSet, never from the operator.
     assert not _allowed(api, namespace, account, operator_namespace, "create", "pods")
@@ -168,7 +148,7 @@ def test_operator_in_single_namespace_mode_with_chart_rbac(controlplane, api, mq
                                                            tmp_path):
     kubeconfig, operator_namespace, account = _operator_setup(controlplane, api, helm, tmp_path, watch=[namespace])
     log = tmp_path / "operator.log"
-    with running_operator(kubeconfig, log, namespaces=[namespace]):
+    with running_operator(kubeconfig, log, namespaces=[namespace], pod_cidr=controlplane.pod_cidr):
         _broker_lifecycle(api, namespace, log)
     # The namespaced grant reaches nothing outside the watched namespace.
     assert _allowed(api, namespace, account, operator_namespace, "list", "secrets")

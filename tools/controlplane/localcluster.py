@@ -5,8 +5,10 @@ RBAC authorization), kube-controller-manager, kube-scheduler and kwok with one f
 The binaries come from ``build.sh`` (pinned, cached); this module only runs them.
 
 Addresses: every component listens on 127.0.0.1, on ports found free at start time. kwok
-hands out Pod IPs from ``POD_CIDR`` and the node's own address is 127.0.0.1; the Service
-cluster IP range ``SERVICE_CIDR`` is loopback too. Nothing in this setup points at a private
+hands out Pod IPs from a /16 inside 127.0.0.0/8 chosen at start (``choose_pod_cidr``: control
+planes of concurrent test sessions must not hand out the same Pod IPs, since a harness binds
+real processes to them); the node's own address is 127.0.0.1; the Service cluster IP range
+``SERVICE_CIDR`` is loopback too. Nothing in this setup points at a private
 or public address, so nothing can ever connect to one by accident.
 
 Standard library plus ``cryptography`` only, so that the ``scripts/controlplane`` command
@@ -40,9 +42,9 @@ HERE = Path(__file__).resolve().parent
 BUILD_SCRIPT = HERE / "build.sh"
 KWOK_STAGES = HERE / "kwok-stages.yaml"
 
-# Loopback ranges: Pods get 127.100.x.y, Services 127.64.x.y. Nothing listens on a Service IP
-# (there is no kube-proxy), and tests never connect to one.
-POD_CIDR = "127.100.0.0/16"
+# Loopback ranges: Pods get 127.<n>.x.y with n in POD_CIDR_SECOND_OCTETS, Services 127.64.x.y.
+# Nothing listens on a Service IP (there is no kube-proxy), and tests never connect to one.
+POD_CIDR_SECOND_OCTETS = range(100, 255)
 SERVICE_CIDR = "127.64.0.0/16"
 NODE_IP = "127.0.0.1"
 NODE_NAME = "wharf-kwok-node"
@@ -85,6 +87,31 @@ def pinned_versions() -> dict[str, str]:
             key, value = line.split("=", 1)
             versions[key.strip()] = value.strip()
     return versions
+
+
+def _listening_ipv4_addresses() -> set[ipaddress.IPv4Address]:
+    addresses = set()
+    try:
+        lines = Path("/proc/net/tcp").read_text().splitlines()[1:]
+    except OSError:
+        return addresses
+    for line in lines:
+        fields = line.split()
+        local, state = fields[1], fields[3]
+        if state == "0A":  # LISTEN
+            addresses.add(ipaddress.IPv4Address(bytes.fromhex(local.split(":")[0])[::-1]))
+    return addresses
+
+
+def choose_pod_cidr() -> str:
+    """A loopback /16 for Pod IPs in which nothing listens yet (another session's Pods would)."""
+    import random
+
+    busy = {address.packed[1] for address in _listening_ipv4_addresses() if address.packed[0] == 127}
+    candidates = [octet for octet in POD_CIDR_SECOND_OCTETS if octet not in busy]
+    if not candidates:
+        raise ControlPlaneError("no free loopback /16 for Pod IPs")
+    return f"127.{random.choice(candidates)}.0.0/16"
 
 
 def free_loopback_port() -> int:
@@ -262,6 +289,7 @@ class ControlPlaneState:
     workdir: str
     kubeconfig: str
     server: str
+    pod_cidr: str
     ports: dict[str, int]
     processes: list[ComponentProcess]
 
@@ -285,6 +313,7 @@ class LocalControlPlane:
         self.logs = self.workdir / "logs"
         self.pki: Pki | None = None
         self.ports: dict[str, int] = {}
+        self.pod_cidr = choose_pod_cidr()
         self.processes: list[tuple[ComponentProcess, subprocess.Popen | None]] = []
         self.kubeconfig = self.workdir / "admin.kubeconfig"
 
@@ -404,7 +433,7 @@ class LocalControlPlane:
         self._spawn("kwok", [
             f"--kubeconfig={kubeconfig}", f"--config={KWOK_STAGES}",
             f"--manage-nodes-with-annotation-selector={KWOK_NODE_ANNOTATION[0]}={KWOK_NODE_ANNOTATION[1]}",
-            f"--node-ip={NODE_IP}", f"--cidr={POD_CIDR}", "--node-lease-duration-seconds=40",
+            f"--node-ip={NODE_IP}", f"--cidr={self.pod_cidr}", "--node-lease-duration-seconds=40",
         ])
 
     def _wait_for_cluster(self, deadline: float) -> None:
@@ -417,7 +446,7 @@ class LocalControlPlane:
             "metadata": {"name": NODE_NAME, "annotations": {KWOK_NODE_ANNOTATION[0]: KWOK_NODE_ANNOTATION[1]},
                          "labels": {"kubernetes.io/hostname": NODE_NAME, "kubernetes.io/os": "linux",
                                     "kubernetes.io/arch": "amd64", "type": "kwok"}},
-            "spec": {"podCIDR": POD_CIDR, "podCIDRs": [POD_CIDR]},
+            "spec": {"podCIDR": self.pod_cidr, "podCIDRs": [self.pod_cidr]},
         }
         self._request("POST", "/api/v1/nodes", node)
         components = {component.name: component for component, _ in self.processes}
@@ -457,7 +486,7 @@ class LocalControlPlane:
 
     def _save_state(self) -> None:
         ControlPlaneState(workdir=str(self.workdir), kubeconfig=str(self.kubeconfig), server=self.server,
-                          ports=self.ports, processes=[component for component, _ in self.processes]).save()
+                          pod_cidr=self.pod_cidr, ports=self.ports, processes=[component for component, _ in self.processes]).save()
 
     # -- admin HTTP, standard library only --
 
