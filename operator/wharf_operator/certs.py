@@ -1,8 +1,8 @@
 """Validation of TLS Secret material before any broker is told to load it.
 
 A rotation is only signalled when the new material would work: the chain and key parse, the key belongs to
-the leaf certificate, the leaf chains (through the intermediates in ``tls.crt``) to the trusted CA bundle, and
-the leaf is inside its validity window. Anything else is refused with a reason code and a message that say
+the leaf certificate, the leaf chains (through the intermediates in ``tls.crt``) to a trusted CA (the caller
+passes the Secret's ``ca.crt`` and the listener's CA bundle), and the leaf is inside its validity window. Anything else is refused with a reason code and a message that say
 what is wrong, and the brokers keep what they serve.
 """
 

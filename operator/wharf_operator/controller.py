@@ -253,13 +253,16 @@ class Controller:
         secret = await self.api.get(SECRETS, namespace, tls["secretName"])
         if secret is None:
             raise certs.InvalidMaterial(certs.MISSING, f"Secret {tls['secretName']} not found")
-        ca_pem = certs.secret_bytes(secret, "ca.crt")
+        # The server chain must lead to its issuer as cert-manager records it (the Secret's ca.crt) or to the
+        # listener's CA bundle; which one depends on whether servers and clients share a CA.
+        ca_pem = certs.secret_bytes(secret, "ca.crt") or b""
         if "caRef" in tls:
             ref = tls["caRef"]
-            ca_pem = await self._read(ref.get("kind", "Secret"), namespace, ref["name"], ref.get("key", "ca.crt"))
-            if not ca_pem:
+            bundle = await self._read(ref.get("kind", "Secret"), namespace, ref["name"], ref.get("key", "ca.crt"))
+            if not bundle:
                 raise certs.InvalidMaterial(certs.MISSING, f"CA bundle {ref.get('kind', 'Secret')} {ref['name']} "
                                                            f"key {ref.get('key', 'ca.crt')} not found")
+            ca_pem = ca_pem.rstrip(b"\n") + b"\n" + bundle if ca_pem else bundle
         password = None
         if "keyPasswordSecretRef" in tls:
             ref = tls["keyPasswordSecretRef"]
@@ -268,7 +271,7 @@ class Controller:
                 raise certs.InvalidMaterial(certs.MISSING, f"key password Secret {ref['name']} not found")
             password = password.rstrip(b"\r\n")
         return certs.validate(certs.secret_bytes(secret, "tls.crt"), certs.secret_bytes(secret, "tls.key"),
-                              ca_pem, password)
+                              ca_pem or None, password)
 
     async def _pods_and_token(self, namespace: str, name: str) -> tuple[list[PodTarget], str]:
         pods = await self.api.list(PODS, namespace, resources.selector_labels(name))

@@ -138,9 +138,10 @@ def _tls_schema() -> Schema:
                 "writes it. When it changes, the operator validates it and tells every pod to reload.",
                 max_length=253),
             "caRef": _object(
-                "Trusted CA bundle for verifying client certificates and for checking the server chain. Kept "
-                "apart from the server Secret's ca.crt, so that a bundle can hold the old and the new CA "
-                "during a CA rotation (for example a trust-manager Bundle written to a ConfigMap).",
+                "Trusted CA bundle for verifying client certificates (verify: verify_peer). Kept apart from the "
+                "server Secret's ca.crt, so that a bundle can hold the old and the new CA during a CA rotation "
+                "(for example a trust-manager Bundle written to a ConfigMap). Before a rotation, the new server "
+                "certificate must chain to the Secret's ca.crt or to this bundle.",
                 {
                     "name": _string("Name of the Secret or ConfigMap, in the MQTTBroker's namespace.",
                                     max_length=253),

@@ -369,3 +369,25 @@ async def test_timer_resignals_a_pod_that_serves_an_old_certificate(kmock):
         assert pods[1].served["ssl:mqtts"] == env.leaf.fingerprint
         assert pods[0].reloads == []  # pod 0 served the right one: left alone
         await eventually(lambda: env.listener_status().get("podsServing") == 2, "podsServing=2")
+
+
+async def test_mtls_listener_with_a_separate_client_ca_rotates_server_certificates(env):
+    """caRef holds the clients' CA; the server certificate chains to its issuer in the Secret's ca.crt."""
+    client_ca = make_ca("Clients CA")
+    await env.client.create(SECRETS, NS, {
+        "apiVersion": "v1", "kind": "Secret", "type": "Opaque",
+        "metadata": {"name": "client-ca", "namespace": NS, "uid": "uid-client-ca", "resourceVersion": "1"},
+        "data": {"ca.crt": base64.b64encode(client_ca.cert_pem).decode()}})
+    spec = tls_spec()
+    spec["listeners"][1]["tls"].update(caRef={"name": "client-ca"}, verify="verify_peer", failIfNoPeerCert=True)
+    await env.create_broker(spec)
+    await env.reconciled()
+    pods = await env.add_pods(2)
+
+    new_leaf = make_leaf(env.ca)
+    await env.rotate_secret(new_leaf)
+    await eventually(lambda: env.listener_status().get("fingerprint") == new_leaf.fingerprint
+                     and env.listener_status().get("podsServing") == 2, "the rotation")
+    assert all(p.served["ssl:mqtts"] == new_leaf.fingerprint for p in pods)
+    volumes = {v["name"]: v for v in env.obj("apps/v1/statefulsets", "wharf")["spec"]["template"]["spec"]["volumes"]}
+    assert volumes["ca-mqtts"]["secret"]["secretName"] == "client-ca"
