@@ -1,0 +1,136 @@
+"""The operator's signalling against a real ``wharf-broker`` process running the config the operator renders.
+
+Certificates sit in a directory laid out as the kubelet projects a Secret volume (files are symlinks into
+``..data``, which is swapped atomically), the broker listens on 127.0.0.1 with ephemeral ports, and every
+served certificate is checked with a real TLS handshake.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import os
+import socket
+import ssl
+import time
+from pathlib import Path
+
+import pytest
+
+from wharf_operator import render
+from wharf_operator.crd import defaulted_spec
+from wharf_operator.signalling import LOOPBACK_ONLY, BrokerAdmin, PodTarget
+
+from operator_pki import make_ca, make_leaf
+
+TOKEN = "broker-admin-token"
+
+
+def project(directory: Path, files: dict[str, bytes]) -> None:
+    """Write a Secret volume the way the kubelet does: a new timestamped dir, then an atomic ``..data`` swap."""
+    directory.mkdir(parents=True, exist_ok=True)
+    stamp = directory / f"..{time.time_ns()}"
+    stamp.mkdir()
+    for name, data in files.items():
+        (stamp / name).write_bytes(data)
+    staging = directory / "..data_tmp"
+    staging.symlink_to(stamp.name)
+    os.replace(staging, directory / "..data")
+    for name in files:
+        link = directory / name
+        if not link.is_symlink():
+            link.symlink_to(f"..data/{name}")
+
+
+def served_fingerprint(port: int) -> str:
+    context = ssl.create_default_context()
+    context.check_hostname = False
+    context.verify_mode = ssl.CERT_NONE
+    with socket.create_connection(("127.0.0.1", port), timeout=5) as raw:
+        with context.wrap_socket(raw) as tls:
+            return hashlib.sha256(tls.getpeercert(binary_form=True)).hexdigest()
+
+
+@pytest.fixture
+def rendered_broker(tmp_path, broker_process):
+    """A real broker started from the operator's rendering of an MQTTBroker with one ssl listener."""
+    pytest.importorskip("wharf_broker.cli", reason="the broker's CLI is not there yet")
+    ca = make_ca()
+    first = make_leaf(ca, sans=["localhost"])
+    root = tmp_path / "wharf"
+    project(root / "certs" / "mqtts", {"tls.crt": first.cert_pem, "tls.key": first.key_pem(),
+                                       "ca.crt": ca.cert_pem})
+    project(root / "admin", {"token": TOKEN.encode()})
+    spec = defaulted_spec({"listeners": [{"name": "mqtts", "type": "ssl", "port": 8883,
+                                          "tls": {"secretName": "broker-tls"}}],
+                           # The broker's own poll stays out of the way: every swap here is the operator's.
+                           "reloadInterval": "3600s"})
+    tree = render.config_tree(spec, root=str(root))
+    # In a pod the broker binds 0.0.0.0 on fixed ports; here only loopback with ephemeral ports.
+    tree["listeners"]["ssl"]["mqtts"]["bind"] = "127.0.0.1:0"
+    tree["dashboard"]["listeners"]["http"]["bind"] = "127.0.0.1:0"
+    broker = broker_process(render.to_hocon(tree), token=TOKEN)
+    admin_port = int(broker.admin_url.rsplit(":", 1)[1])
+    return broker, ca, first, root, PodTarget("wharf-0", "127.0.0.1", admin_port)
+
+
+async def test_signalled_rotation_is_served_without_restart(rendered_broker):
+    broker, ca, first, root, pod = rendered_broker
+    port = broker.port("ssl:mqtts")
+    assert await asyncio.to_thread(served_fingerprint, port) == first.fingerprint
+    admin = BrokerAdmin(LOOPBACK_ONLY, connect_timeout=2.0, request_timeout=10.0)
+    try:
+        assert (await admin.served_certificate(pod, TOKEN, "ssl:mqtts"))["fingerprint_sha256"] == first.fingerprint
+
+        second = make_leaf(ca, sans=["localhost"])
+
+        async def kubelet_later() -> None:
+            await asyncio.sleep(0.3)  # the signal arrives before the files change, as it does in a cluster
+            project(root / "certs" / "mqtts", {"tls.crt": second.cert_pem, "tls.key": second.key_pem(),
+                                               "ca.crt": ca.cert_pem})
+
+        swap = asyncio.create_task(kubelet_later())
+        result = await admin.rotate([pod], TOKEN, "ssl:mqtts", second.fingerprint, wait_seconds=10)
+        await swap
+        assert result.serving == 1, result.errors
+        assert await asyncio.to_thread(served_fingerprint, port) == second.fingerprint
+        assert (await admin.served_certificate(pod, TOKEN, "ssl:mqtts"))["fingerprint_sha256"] == second.fingerprint
+
+        # Material the broker must refuse: the certificate of one key with another key.
+        third = make_leaf(ca, sans=["localhost"])
+        project(root / "certs" / "mqtts", {"tls.crt": third.cert_pem, "tls.key": second.key_pem(),
+                                           "ca.crt": ca.cert_pem})
+        refused = await admin.reload(pod, TOKEN, "ssl:mqtts", third.fingerprint, wait_seconds=3)
+        assert not refused.ok and refused.status in (409, 422), refused
+        assert await asyncio.to_thread(served_fingerprint, port) == second.fingerprint
+
+        wrong_token = await admin.reload(pod, "not-the-token", "ssl:mqtts", None, wait_seconds=0)
+        assert not wrong_token.ok and wrong_token.status == 401
+    finally:
+        await admin.close()
+    assert broker.running()  # never restarted
+
+
+def negotiated_version(port: int) -> str:
+    context = ssl.create_default_context()
+    context.check_hostname = False
+    context.verify_mode = ssl.CERT_NONE
+    with socket.create_connection(("127.0.0.1", port), timeout=5) as raw:
+        with context.wrap_socket(raw) as tls:
+            return tls.version()
+
+
+async def test_live_ssl_options_update_reaches_the_broker(rendered_broker):
+    broker, _, first, _, pod = rendered_broker
+    assert await asyncio.to_thread(negotiated_version, broker.port("ssl:mqtts")) == "TLSv1.3"
+    admin = BrokerAdmin(LOOPBACK_ONLY, connect_timeout=2.0, request_timeout=10.0)
+    spec = defaulted_spec({"listeners": [{"name": "mqtts", "type": "ssl", "port": 8883,
+                                          "tls": {"secretName": "broker-tls", "versions": ["tlsv1.2"]}}],
+                           "reloadInterval": "3600s"})
+    options = render.live_ssl_options(render.config_tree(spec, root=str(Path(broker.config_path).parent / "wharf")))
+    try:
+        await admin.update_ssl_options(pod, TOKEN, "ssl:mqtts", options["ssl:mqtts"])
+    finally:
+        await admin.close()
+    assert await asyncio.to_thread(negotiated_version, broker.port("ssl:mqtts")) == "TLSv1.2"
+    assert broker.running()
