@@ -424,6 +424,7 @@ class _Checker:
                 if not is_loopback(host) and not (dashboard.token or dashboard.token_file):
                     self.issue(key, f"the admin API is bound to {dashboard.listeners.http.bind!r}, beyond "
                                     "loopback: set dashboard.token or dashboard.token_file")
+            self.check_dashboard_login(dashboard)
         self.check_bind_conflicts(binds)
         psk = config.psk_authentication
         if psk.enable:
@@ -513,6 +514,19 @@ class _Checker:
         if Path(value).expanduser().is_absolute():
             return "absolute path"
         return "looked in " + ", ".join(str(d) for d in search_dirs())
+
+    def check_dashboard_login(self, dashboard: model.Dashboard) -> None:
+        from ..dashboard.passwords import check_hash_format
+
+        if dashboard.default_password_hash:
+            problem = check_hash_format(dashboard.default_password_hash)
+            if problem:
+                self.issue("dashboard.default_password_hash", problem)
+        if dashboard.session_timeout <= 0:
+            self.issue("dashboard.session_timeout", "must be greater than 0")
+        if dashboard.managed_by and not re.fullmatch(r"[a-z0-9]([-a-z0-9]*[a-z0-9])?/[a-z0-9]([-.a-z0-9]*[a-z0-9])?",
+                                                     dashboard.managed_by):
+            self.issue("dashboard.managed_by", "must be <namespace>/<name> of the MQTTBroker resource")
 
     def check_bind_conflicts(self, binds: list[tuple[str, str, int]]) -> None:
         wildcard = {"", "0.0.0.0", "::"}

@@ -27,16 +27,18 @@ UPLOADS: dict[str, tuple[str, str, str]] = {
     "ocsp_issuer_pem": ("ocsp.issuer_pem", "issuer certificate", "-----BEGIN CERTIFICATE-----"),
 }
 
-# The form fields an MQTTBroker resource renders into ssl_options (operator/wharf_operator/render.py): shown
-# read-only when the operator runs the broker, and refused if posted.
+# Under the operator, the MQTTBroker resource renders every listener (operator/wharf_operator/render.py manages
+# the whole ``listeners`` root and pushes ssl_options live), so every field of this form is its: shown read-only,
+# and refused if posted. A change made here would also be lost when the pod restarts from the rendered config.
 OPERATOR_OWNED = frozenset({
     "verify", "fail_if_no_peer_cert", "certfile", "keyfile", "cacertfile", "password", "versions", "ciphers",
-    "depth", "enable_crl_check", "enable_ocsp_stapling", "ocsp_responder_url", "ocsp_issuer_pem",
+    "depth", "enable_crl_check", "crlfile", "enable_ocsp_stapling", "ocsp_responder_url", "ocsp_issuer_pem",
     "ocsp_refresh_interval", "reload_interval",
 })
 
 _CIPHER_NAME = re.compile(r"[A-Za-z0-9_+\-.!@=]+")
 _URL = re.compile(r"https?://[^\s/]+(/\S*)?")
+_LOADER_KEY = re.compile(r"listeners\.\w+\.[\w-]+\.ssl_options\.")
 
 
 @dataclass
@@ -184,11 +186,9 @@ _PREFIXES = (
 
 
 def field_of(message: str) -> str:
-    """The form field a TLS-layer or config message is about (``_form`` when none)."""
-    text = message
-    marker = text.find("ssl_options.")
-    if marker >= 0:  # config loader: "<source>: listeners.ssl.x.ssl_options.depth: ..."
-        text = text[marker + len("ssl_options."):]
+    """The form field a TLS-layer message (or a config issue's dotted key) is about (``_form`` when none)."""
+    loader_key = _LOADER_KEY.search(message)  # config loader: "<source>: listeners.ssl.x.ssl_options.depth: ..."
+    text = message[loader_key.end():] if loader_key else message
     for prefix, name in _PREFIXES:
         if text.startswith(prefix):
             return name

@@ -73,8 +73,21 @@ def fingerprint(value: object) -> str:
     if not value:
         return "—"
     text = str(value)
-    pairs = ":".join(text[i:i + 2] for i in range(0, len(text), 2)).upper()
-    return f'<code class="fingerprint" title="SHA-256 of the certificate (DER)">{h(pairs)}</code>'
+    pairs = ":<wbr>".join(h(text[i:i + 2].upper()) for i in range(0, len(text), 2))  # breaks only between pairs
+    return f'<code class="fingerprint" title="SHA-256 of the certificate (DER)">{pairs}</code>'
+
+
+def subject(value: object) -> str:
+    """An RFC 4514 subject with its common name first and bold, the rest quieter."""
+    if not value:
+        return "—"
+    parts = str(value).split(",")
+    common = [p for p in parts if p.startswith("CN=")]
+    rest = [p for p in parts if not p.startswith("CN=")]
+    if not common:
+        return h(value)
+    return (f'<span class="subject" title="{h(value)}"><strong>{h(common[0][3:])}</strong>'
+            f'<span class="muted small">{h(", ".join(rest))}</span></span>')
 
 
 def table(headers: Iterable[str], rows: Iterable[Iterable[str]], empty: str, table_id: str = "") -> str:

@@ -249,7 +249,7 @@ class Dashboard:
             rows.append([
                 f'<a href="{_listener_link(view["id"])}">{ui.h(view["id"])}</a>', ui.h(view["type"]).upper(),
                 f'<code>{ui.h(view["bind"])}</code>', _state(view), _connections(view),
-                ui.h(tls.get("subject")) if tls else '<span class="muted">—</span>',
+                ui.subject(tls.get("subject")) if tls else '<span class="muted">—</span>',
                 ui.expiry(tls.get("not_after")) if tls else '<span class="muted">—</span>',
                 ui.fingerprint(tls.get("fingerprint_sha256")) if tls else '<span class="muted">—</span>',
             ])
@@ -390,8 +390,7 @@ class Dashboard:
         if form and form.errors and not general:
             general_html = ('<div class="flash flash-bad" id="error-summary" role="alert">Nothing was changed: '
                             "fix the fields marked below.</div>")
-        all_owned = all(name in self.owned for name in ("verify", "certfile", "versions", "depth", "ciphers"))
-        actions = ("" if all_owned else
+        actions = ("" if self.owned >= OPERATOR_OWNED else
                    '<div class="actions"><button class="primary" type="submit" id="update">Update</button>'
                    f'<a class="button" href="{_listener_link(listener.id)}">Cancel</a></div>')
         return (f'<section class="card"><h2>SSL options</h2>{general_html}'
@@ -449,7 +448,7 @@ class Dashboard:
             await listener.update_ssl_options(options)
         except ConfigError as exc:
             for issue in exc.issues:
-                form.errors.setdefault(field_of(str(issue)), str(issue).split(": ", 1)[-1])
+                form.errors.setdefault(field_of(issue.key or ""), issue.message)
         except (TlsConfigError, ValueError) as exc:
             form.errors.setdefault(_upload_field(field_of(str(exc)), form), str(exc))
         if form.errors:
