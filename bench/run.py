@@ -53,6 +53,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--latency-rate", type=float, default=1000.0, help="messages/s in latency runs")
     parser.add_argument("--connections", type=int, help="connections per connect-rate run (default 2000)")
     parser.add_argument("--idle-connections", type=int, help="connections held in memory runs (default 3000)")
+    parser.add_argument("--connect-client", choices=("auto", "c", "python"), default="auto",
+                        help="connect-rate client: the C one (built with cc and OpenSSL), the Python one, or C "
+                             "when it builds (default)")
     parser.add_argument("--rotations", type=int, help="certificate rotations per rotation run (default 5)")
     parser.add_argument("--rotation-publishers", type=int, default=20)
     parser.add_argument("--amqtt-venv", type=Path, default=DEFAULT_AMQTT_VENV,
@@ -144,7 +147,8 @@ def main(argv: list[str] | None = None) -> int:
     workdir = Path(tempfile.mkdtemp(prefix="wharf-bench-", dir=base))
     settings = Settings(messages=args.messages, payload_size=args.payload_size, run_timeout=args.run_timeout,
                         latency_messages=args.latency_messages, latency_rate=args.latency_rate,
-                        connections=args.connections, idle_connections=args.idle_connections,
+                        connections=args.connections, connect_client=args.connect_client,
+                        idle_connections=args.idle_connections,
                         rotations=args.rotations, rotation_publishers=args.rotation_publishers, workdir=workdir)
     outcomes: dict[tuple[str, str], report.Outcome] = {}
     broker_names = [b.name for b in brokers]

@@ -22,7 +22,7 @@ import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from bench import clients, mqtt_wire, net, procstat
+from bench import clients, mqtt_wire, native, net, procstat
 from bench.brokers import Broker, RunningBroker
 from bench.pki import Pki, fingerprint_of_der, rotate_server_certificate
 from bench.processes import Child
@@ -42,6 +42,7 @@ class Settings:
     latency_messages: int = 5_000
     latency_rate: float = 1_000.0
     connections: int = 2_000  # per connect-rate run, split over the client processes
+    connect_client: str = "auto"  # "c" (bench/connect_rate.c), "python" (bench/connector.py) or "auto"
     idle_connections: int = 3_000
     rotations: int = 5
     rotation_interval: float = 2.0
@@ -381,7 +382,10 @@ class Latency(Scenario):
 # --- TLS connection rate ----------------------------------------------------------------------------------
 
 class ConnectRate(Scenario):
-    """New TCP + TLS 1.3 handshake + CONNECT/CONNACK + DISCONNECT, back to back, from K client processes."""
+    """New TCP + TLS 1.3 handshake + CONNECT/CONNACK + DISCONNECT, back to back, from K client processes.
+
+    The clients are the small C program ``connect_rate.c`` when it can be built, else ``connector.py``.
+    """
 
     def __init__(self, name: str, *, processes: int, mode: str = "tls") -> None:
         self.name = name
@@ -397,20 +401,31 @@ class ConnectRate(Scenario):
 
     def run(self, broker: RunningBroker, pki: Pki, settings: Settings, rundir: Path) -> RunResult:
         per_process = max(1, settings.connections // self.processes)
-        tls_args = []
-        if self.mode != "plain":
-            tls_args = ["--cafile", str(pki.ca_cert)]
+        port = broker.ports[self.mode]
+        client_note = ""
+        try:
+            if settings.connect_client == "python" or self.mode == "plain":
+                raise native.BuildError("asked for")
+            binary = native.connect_client()
+            argv = [str(binary), str(port), str(per_process), str(settings.run_timeout), str(pki.ca_cert)]
             if self.mode == "mtls":
-                tls_args += ["--cert", str(pki.client_cert), "--key", str(pki.client_key)]
+                argv += [str(pki.client_cert), str(pki.client_key)]
+        except native.BuildError as exc:
+            if settings.connect_client == "c":
+                raise ScenarioError(f"the C connect client cannot be built: {exc}") from exc
+            client_note = "" if settings.connect_client == "python" else f"Python connect client ({exc})"
+            argv = _python_module_argv("bench.connector") + [
+                "--port", str(port), "--count", str(per_process), "--deadline", str(settings.run_timeout)]
+            if self.mode != "plain":
+                argv += ["--cafile", str(pki.ca_cert)]
+                if self.mode == "mtls":
+                    argv += ["--cert", str(pki.client_cert), "--key", str(pki.client_key)]
         cpu_before = procstat.cpu_seconds(broker.pid)
         children, outputs = [], []
         for index in range(self.processes):
             out = rundir / f"connector{index}.out"
             with open(out, "wb") as stdout, open(rundir / f"connector{index}.err", "wb") as stderr:
-                children.append(Child(_python_module_argv("bench.connector") + [
-                    "--port", str(broker.ports[self.mode]), "--count", str(per_process),
-                    "--deadline", str(settings.run_timeout)] + tls_args,
-                    name=f"connector{index}", stdout=stdout, stderr=stderr))
+                children.append(Child(argv, name=f"connector{index}", stdout=stdout, stderr=stderr))
             outputs.append(out)
         complete = _wait_all(children, time.monotonic() + settings.run_timeout + 15)
         cpu_after = procstat.cpu_seconds(broker.pid)
@@ -429,9 +444,11 @@ class ConnectRate(Scenario):
         if ok == 0:
             raise ScenarioError(f"no connection succeeded: {reports[0]['first_error']}")
         elapsed = max(r["elapsed"] for r in reports)
-        note = ""
+        notes = [client_note] if client_note else []
         if errors:
-            note = f"{errors} failed connections (first: {next(r['first_error'] for r in reports if r['errors'])})"
+            notes.append(f"{errors} failed connections "
+                         f"(first: {next(r['first_error'] for r in reports if r['errors'])})")
+        note = "; ".join(notes)
         return RunResult(values={
             "rate": ok / elapsed,
             "broker_cpu_per_conn": (cpu_after - cpu_before) / ok,

@@ -1,0 +1,112 @@
+"""The connect-rate clients (C and Python) against a small real TLS 1.3 server that answers CONNECT."""
+
+import json
+import shutil
+import socket
+import ssl
+import subprocess
+import sys
+import threading
+
+import pytest
+
+from bench import native, net
+from bench.brokers import REPO_ROOT
+from bench.pki import create_pki
+
+
+def _mqtt_tls_server(pki, connections: int, *, mutual: bool):
+    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    ctx.minimum_version = ssl.TLSVersion.TLSv1_3
+    ctx.load_cert_chain(str(pki.server_cert), str(pki.server_key))
+    if mutual:
+        ctx.verify_mode = ssl.CERT_REQUIRED
+        ctx.load_verify_locations(str(pki.ca_cert))
+    listener = socket.create_server((net.HOST, 0))
+    listener.settimeout(30)
+    seen = {"connects": 0, "disconnects": 0, "client_certs": 0, "handshake_errors": []}
+
+    def serve():
+        try:
+            for _ in range(connections):
+                conn, _ = listener.accept()
+                try:
+                    tls = ctx.wrap_socket(conn, server_side=True)
+                except ssl.SSLError as exc:
+                    seen["handshake_errors"].append(exc)
+                    conn.close()
+                    continue
+                with tls:
+                    if tls.getpeercert():
+                        seen["client_certs"] += 1
+                    header = tls.recv(2)
+                    assert header[0] == 0x10
+                    body = b""
+                    while len(body) < header[1]:
+                        body += tls.recv(header[1] - len(body))
+                    assert body[2:6] == b"MQTT"
+                    seen["connects"] += 1
+                    tls.sendall(b"\x20\x02\x00\x00")
+                    if tls.recv(2) == b"\xe0\x00":
+                        seen["disconnects"] += 1
+        finally:
+            listener.close()
+
+    thread = threading.Thread(target=serve, daemon=True)
+    thread.start()
+    return listener.getsockname()[1], thread, seen
+
+
+def _c_client():
+    try:
+        return native.connect_client()
+    except native.BuildError as exc:
+        pytest.skip(f"C connect client cannot be built here: {exc}")
+
+
+@pytest.mark.parametrize("mutual", [False, True])
+def test_c_client_makes_full_mqtt_connections(tmp_path, mutual):
+    binary = _c_client()
+    pki = create_pki(tmp_path / "pki")
+    port, thread, seen = _mqtt_tls_server(pki, 3, mutual=mutual)
+    argv = [str(binary), str(port), "3", "30", str(pki.ca_cert)]
+    if mutual:
+        argv += [str(pki.client_cert), str(pki.client_key)]
+    result = subprocess.run(argv, capture_output=True, text=True, timeout=60, check=False)
+    thread.join(30)
+    report = json.loads(result.stdout)
+    assert (report["ok"], report["errors"]) == (3, 0), report
+    assert seen["connects"] == 3 and seen["disconnects"] == 3
+    assert seen["client_certs"] == (3 if mutual else 0)
+
+
+def test_c_client_refuses_a_server_it_does_not_trust(tmp_path):
+    binary = _c_client()
+    served, other = create_pki(tmp_path / "served"), create_pki(tmp_path / "other")
+    port, thread, seen = _mqtt_tls_server(served, 1, mutual=False)
+    result = subprocess.run([str(binary), str(port), "1", "30", str(other.ca_cert)], capture_output=True,
+                            text=True, timeout=60, check=False)
+    thread.join(30)
+    report = json.loads(result.stdout)
+    assert (report["ok"], report["errors"]) == (0, 1)
+    assert "handshake" in report["first_error"]
+    assert seen["connects"] == 0 and len(seen["handshake_errors"]) == 1
+
+
+def test_python_client_makes_full_mqtt_connections(tmp_path):
+    pki = create_pki(tmp_path / "pki")
+    port, thread, seen = _mqtt_tls_server(pki, 2, mutual=True)
+    result = subprocess.run([sys.executable, "-m", "bench.connector", "--port", str(port), "--count", "2",
+                             "--deadline", "30", "--cafile", str(pki.ca_cert), "--cert", str(pki.client_cert),
+                             "--key", str(pki.client_key)],
+                            capture_output=True, text=True, timeout=60, cwd=REPO_ROOT, check=False)
+    thread.join(30)
+    assert json.loads(result.stdout)["ok"] == 2, result.stderr
+    assert seen["connects"] == 2 and seen["client_certs"] == 2
+
+
+@pytest.mark.skipif(shutil.which("cc") is None, reason="needs a C compiler")
+def test_the_build_is_cached_by_source_hash():
+    first = native.connect_client()
+    assert native.connect_client() == first
+    assert first.name.startswith("connect_rate-")
