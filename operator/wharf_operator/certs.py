@@ -42,6 +42,12 @@ class Material:
     not_before: datetime.datetime
     not_after: datetime.datetime
     chain_checked: bool  # False when no CA bundle was available to check against
+    trust_digest: str = ""  # SHA-256 of the CA bundle checked against: a CA-only change changes it
+
+    @property
+    def signature(self) -> str:
+        """What the pods must have loaded: the leaf and the trusted CAs."""
+        return f"{self.fingerprint}/{self.trust_digest}"
 
 
 def fingerprint(cert: x509.Certificate) -> str:
@@ -142,4 +148,5 @@ def validate(cert_pem: bytes | None, key_pem: bytes | None, ca_pem: bytes | None
         raise InvalidMaterial(EXPIRED, f"the certificate expired at {leaf.not_valid_after_utc.isoformat()}")
     return Material(fingerprint=fingerprint(leaf), subject=leaf.subject.rfc4514_string(),
                     not_before=leaf.not_valid_before_utc, not_after=leaf.not_valid_after_utc,
-                    chain_checked=chain_checked)
+                    chain_checked=chain_checked,
+                    trust_digest=hashlib.sha256(ca_pem).hexdigest() if ca_pem else "")

@@ -75,7 +75,7 @@ def _owner_ref(body: dict) -> dict:
 @dataclass
 class _BrokerState:
     lock: asyncio.Lock = field(default_factory=asyncio.Lock)
-    # listener id -> fingerprint every pod was last told to serve
+    # listener id -> material (leaf fingerprint and CA bundle digest) every pod was last told to load
     signalled: dict[str, str] = field(default_factory=dict)
     # listener id -> the refusal last reported, so a Secret that stays invalid is not reported on every event
     refused: dict[str, str] = field(default_factory=dict)
@@ -311,7 +311,7 @@ class Controller:
             state.refused.pop(listener.listener_id, None)
             record: dict[str, Any] = {"secretName": tls["secretName"], "fingerprint": material.fingerprint,
                                       "notAfter": st.iso(material.not_after), "lastError": None}
-            if signal and state.signalled.get(listener.listener_id) != material.fingerprint:
+            if signal and state.signalled.get(listener.listener_id) != material.signature:
                 if pods is None:
                     pods, token = await self._pods_and_token(namespace, name)
                 result = await self.admin.rotate(pods, token, listener.listener_id, material.fingerprint,
@@ -321,7 +321,7 @@ class Controller:
                 record.update(podsServing=result.serving, podsTotal=len(pods))
                 self.metrics.rotation_finished(namespace, name, listener.name, seconds, complete)
                 if complete:
-                    state.signalled[listener.listener_id] = material.fingerprint
+                    state.signalled[listener.listener_id] = material.signature
                     record.update(lastRotationTime=st.now_iso(), lastRotationSeconds=seconds)
                     kopf.event(body, type="Normal", reason="CertificateRotated",
                                message=f"{listener.listener_id} serves {material.fingerprint[:16]}… on "
@@ -394,7 +394,7 @@ class Controller:
                     except SignalError as exc:
                         errors.append(str(exc))
                 if serving == len(pods):
-                    self._state(namespace, name).signalled[listener.listener_id] = material.fingerprint
+                    self._state(namespace, name).signalled[listener.listener_id] = material.signature
                 records[listener.name] = {"secretName": listener.spec["tls"]["secretName"],
                                           "fingerprint": material.fingerprint, "notAfter": st.iso(material.not_after),
                                           "podsServing": serving, "podsTotal": len(pods),

@@ -391,3 +391,16 @@ async def test_mtls_listener_with_a_separate_client_ca_rotates_server_certificat
     assert all(p.served["ssl:mqtts"] == new_leaf.fingerprint for p in pods)
     volumes = {v["name"]: v for v in env.obj("apps/v1/statefulsets", "wharf")["spec"]["template"]["spec"]["volumes"]}
     assert volumes["ca-mqtts"]["secret"]["secretName"] == "client-ca"
+
+
+async def test_ca_bundle_change_is_signalled_to_the_pods(env):
+    """A CA rotation (the bundle now holds the old and the new CA) reaches the pods without a new leaf."""
+    await env.create_broker(tls_spec())
+    await env.reconciled()
+    pods = await env.add_pods(2)
+    bundle = env.ca.cert_pem + make_ca("Next CA").cert_pem
+    await env.client.patch(SECRETS, NS, "broker-ca", {"data": {"ca.crt": base64.b64encode(bundle).decode()}})
+    await eventually(lambda: all(p.reloads for p in pods), "a reload signal to every pod")
+    assert all(r["fingerprint"] == env.leaf.fingerprint for p in pods for r in p.reloads)
+    await eventually(lambda: env.listener_status().get("podsServing") == 2, "the status record")
+    assert env.condition("CertificatesReady")["status"] == "True"
