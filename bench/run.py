@@ -20,6 +20,7 @@ import atexit
 import json
 import shutil
 import signal
+import subprocess
 import sys
 import tempfile
 import time
@@ -60,6 +61,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--rotation-publishers", type=int, default=20)
     parser.add_argument("--amqtt-venv", type=Path, default=DEFAULT_AMQTT_VENV,
                         help="virtualenv with amqtt installed (default %(default)s)")
+    parser.add_argument("--install-amqtt", action="store_true",
+                        help="create the amqtt virtualenv (--amqtt-venv) with pip, then exit")
     parser.add_argument("--json", type=Path, help="also write every run's values to this file")
     parser.add_argument("--keep", action="store_true", help="keep the work directory (logs, configs, outputs)")
     args = parser.parse_args(argv)
@@ -112,11 +115,31 @@ def _summary(scenario, result) -> str:
         value = result.values.get(metric.key)
         if value is not None:
             parts.append(f"{metric.key}={value * metric.scale:.4g}{metric.unit and ' ' + metric.unit}")
-    return ", ".join(parts) + ("" if result.complete else "  (incomplete: " + result.note + ")")
+    suffix = ""
+    if not result.complete:
+        suffix = f"  (incomplete: {result.note})"
+    elif result.note:
+        suffix = f"  ({result.note})"
+    return ", ".join(parts) + suffix
+
+
+def install_amqtt(venv: Path) -> int:
+    """amqtt pins its own dependencies, so it gets a virtualenv of its own."""
+    log(f"creating {venv} and installing amqtt into it")
+    steps = [[sys.executable, "-m", "venv", str(venv)],
+             [str(venv / "bin" / "python"), "-m", "pip", "install", "--quiet", "amqtt"]]
+    for step in steps:
+        if subprocess.run(step, check=False).returncode != 0:
+            log(f"failed: {' '.join(step)}")
+            return 1
+    log(f"amqtt {Amqtt(venv).version()} is ready")
+    return 0
 
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
+    if args.install_amqtt:
+        return install_amqtt(args.amqtt_venv)
     signal.signal(signal.SIGTERM, _on_sigterm)
     atexit.register(processes.terminate_all)
     nofile = processes.raise_open_files_limit(args.idle_connections * 2 + 1024)

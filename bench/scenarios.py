@@ -101,6 +101,18 @@ def _client_utilisation(children: list[Child]) -> float:
     return busiest
 
 
+MIN_CPU_TICKS = 5
+
+
+def _cpu_or_none(cpu_seconds: float, notes: list[str]) -> float | None:
+    """The broker's CPU time, or None (with a note) when it is too few clock ticks to divide meaningfully."""
+    ticks = round(cpu_seconds * procstat.CLOCK_TICKS_PER_SECOND)
+    if ticks < MIN_CPU_TICKS:
+        notes.append(f"broker CPU not reported: {ticks} clock tick(s) is below /proc's resolution for this run")
+        return None
+    return cpu_seconds
+
+
 def _clients_total_cpu(children: list[Child], elapsed: float) -> float:
     """All clients' CPU time over the run (in cores): what they took from a machine the broker shares."""
     return sum(c.cpu_seconds or 0.0 for c in children) / max(elapsed, 1e-6)
@@ -254,8 +266,8 @@ class Throughput(Scenario):
                         for (_, out), marker_count in zip(subs, markers))
         expected = sum(settings.messages + 1 - marker_count for marker_count in markers)
         elapsed = max(ended - started, 1e-6)
-        cpu = cpu_after - cpu_before
         notes = []
+        cpu = _cpu_or_none(cpu_after - cpu_before, notes)
         repeated = sum(1 for marker_count in markers if marker_count > 1)
         if repeated:
             notes.append(f"the retained marker was delivered more than once to {repeated} of {subs_count} "
@@ -275,8 +287,8 @@ class Throughput(Scenario):
             raise ScenarioError(note or "nothing delivered")
         return RunResult(values={
             "rate": delivered / elapsed,
-            "broker_cpu_per_msg": cpu / delivered,
-            "broker_cpu_util": cpu / elapsed,
+            "broker_cpu_per_msg": None if cpu is None else cpu / delivered,
+            "broker_cpu_util": None if cpu is None else cpu / elapsed,
             "client_cpu_util": _client_utilisation(sub_children + [publisher]),
             "client_cpu_total": _clients_total_cpu(sub_children + [publisher], elapsed),
         }, complete=complete and delivered == expected and not failed_subs, note=note)
@@ -445,13 +457,14 @@ class ConnectRate(Scenario):
             raise ScenarioError(f"no connection succeeded: {reports[0]['first_error']}")
         elapsed = max(r["elapsed"] for r in reports)
         notes = [client_note] if client_note else []
+        cpu = _cpu_or_none(cpu_after - cpu_before, notes)
         if errors:
             notes.append(f"{errors} failed connections "
                          f"(first: {next(r['first_error'] for r in reports if r['errors'])})")
         note = "; ".join(notes)
         return RunResult(values={
             "rate": ok / elapsed,
-            "broker_cpu_per_conn": (cpu_after - cpu_before) / ok,
+            "broker_cpu_per_conn": None if cpu is None else cpu / ok,
             "client_cpu_util": _client_utilisation(children),
             "client_cpu_total": _clients_total_cpu(children, elapsed),
         }, complete=errors == 0 and ok == per_process * self.processes, note=note)
