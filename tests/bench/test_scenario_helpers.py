@@ -44,3 +44,16 @@ def test_scenario_names_are_unique_and_cover_the_issue():
     for required in ("qos0", "qos1", "tls-qos0", "mtls-qos1", "fanout", "latency-qos0", "connect-tls-1",
                      "connect-tls-4", "memory-plain", "memory-tls", "rotation"):
         assert required in names
+
+
+def test_too_few_clock_ticks_give_no_cpu_figure():
+    from bench import procstat
+    from bench.scenarios import MIN_CPU_TICKS, _cpu_or_none
+
+    tick = 1 / procstat.CLOCK_TICKS_PER_SECOND
+    notes: list[str] = []
+    assert _cpu_or_none((MIN_CPU_TICKS - 1) * tick, notes) is None
+    assert "resolution" in notes[0]
+    notes.clear()
+    assert _cpu_or_none(MIN_CPU_TICKS * tick, notes) == pytest.approx(MIN_CPU_TICKS * tick)
+    assert notes == []
