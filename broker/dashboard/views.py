@@ -467,12 +467,10 @@ class Dashboard:
             tls = listener.tls_status()
             state = (ui.badge("last reload failed", "bad") if tls.get("last_error") else ui.badge("serving", "good"))
             extra = []
-            ocsp = tls.get("ocsp")
-            if ocsp:
-                extra.append(("OCSP stapling", _status_text(ocsp)))
-            crl = tls.get("crl")
-            if crl:
-                extra.append(("CRL check", _status_text(crl)))
+            if tls.get("ocsp"):
+                extra.append(("OCSP stapling", _ocsp_text(tls["ocsp"])))
+            if tls.get("crl"):
+                extra.append(("CRL check", _crl_text(tls["crl"])))
             reload_form = (f'<form method="post" action="/dashboard/certificates/{quote(listener.id, safe="")}/reload">'
                            f'<input type="hidden" name="csrf" value="{ui.h(session.csrf)}">'
                            f'<button type="submit" class="primary" id="reload-{ui.h(listener.id.replace(":", "-"))}">'
@@ -528,18 +526,34 @@ def _upload_field(name: str, form: SslForm) -> str:
     return name
 
 
-def _status_text(status: Any) -> str:
-    if not isinstance(status, dict):
-        return ui.h(status)
-    parts = []
-    for key, item in status.items():
-        if isinstance(item, dict):
-            item = ", ".join(f"{k}: {v}" for k, v in item.items())
-        elif isinstance(item, list):
-            item = f"{len(item)} item(s)"
-        parts.append(f'<span class="kv"><span class="muted">{ui.h(key.replace("_", " "))}</span> '
-                     f'{ui.h(item if item not in (None, "") else "—")}</span>')
-    return " ".join(parts)
+def _kv(items: list[tuple[str, Any]]) -> str:
+    return " ".join(f'<span class="kv"><span class="muted">{ui.h(key)}</span> {value}</span>' for key, value in items)
+
+
+def _ocsp_text(ocsp: dict[str, Any]) -> str:
+    staple = ocsp.get("staple_status")
+    tone = "good" if staple == "good" else "bad" if staple else "warn"
+    items: list[tuple[str, Any]] = [
+        ("staple", ui.badge(staple or "none yet", tone)),
+        ("responder", f'<code>{ui.h(ocsp.get("responder_url"))}</code>'),
+        ("fetched", ui.when(ocsp.get("fetched_at"))),
+        ("next update", ui.when(ocsp.get("next_update"))),
+    ]
+    if ocsp.get("last_error"):
+        items.append(("last error", f'<span class="error-text">{ui.h(ocsp["last_error"])}</span>'))
+    return _kv(items)
+
+
+def _crl_text(crl: dict[str, Any]) -> str:
+    items: list[tuple[str, Any]] = [("local crls", ui.h(crl.get("local_crls", 0)))]
+    points = crl.get("distribution_points") or {}
+    urls = points.get("urls") or {}
+    items.append(("distribution points cached", ui.h(len(urls))))
+    for url, entry in urls.items():
+        items.append((url, f'fetched {ui.h(entry.get("age_s"))} s ago, next update {ui.when(entry.get("next_update"))}'))
+    for url, error in (points.get("errors") or {}).items():
+        items.append((url, f'<span class="error-text">{ui.h(error)}</span>'))
+    return _kv(items)
 
 
 def _certificate_facts(tls: dict[str, Any], extra: list[tuple[str, str]] | None = None) -> str:

@@ -196,3 +196,24 @@ def test_managed_listener_refuses_owned_fields(broker_process, pki, tmp_path):
                                              {"certfile": pki.server.cert_pem()})
     assert status == 400 and "owned by the MQTTBroker resource" in body
     assert ssl_options(broker) == before
+
+
+def test_crl_check_with_an_uploaded_crl(dashboard_broker, pki):
+    session = logged_in(dashboard_broker)
+    revoked = pki.ca.issue("device-revoked", client=True)
+    pki.ca.revoke(revoked.cert)
+    _, _, page = session.get(SSL_PAGE)
+    fields = DEFAULT_FIELDS + [("csrf", csrf_of(page)), ("verify", "on"), ("enable_crl_check", "on")]
+    # A CRL the CA did not sign is refused next to the CRL field.
+    from wharf_broker.tls.devpki import CertificateAuthority
+    stranger_crl = CertificateAuthority("Some Other CA").crl_pem()
+    status, _, body = session.post_multipart(SSL_PAGE, fields, {"crlfile": stranger_crl})
+    assert status == 400 and re.search(r'id="error-crlfile"[^>]*>crlfile: no CA in cacertfile issued the CRL', body)
+    port = dashboard_broker.port("ssl:default")
+    assert tls_probe(port, pki, client=revoked).connected  # nothing changed
+    status, _, body = session.post_multipart(SSL_PAGE, fields, {"crlfile": pki.ca.crl_pem()})
+    assert status == 303, body
+    assert not tls_probe(port, pki, client=revoked).connected
+    assert tls_probe(port, pki, client=pki.client).connected
+    status, _, page = session.get("/dashboard/certificates")
+    assert re.search(r"<dt>CRL check</dt><dd>.*local crls</span> 1", page), page
