@@ -217,3 +217,28 @@ def test_crl_check_with_an_uploaded_crl(dashboard_broker, pki):
     assert tls_probe(port, pki, client=pki.client).connected
     status, _, page = session.get("/dashboard/certificates")
     assert re.search(r"<dt>CRL check</dt><dd>.*local crls</span> 1", page), page
+
+
+def test_a_certificate_near_expiry_is_highlighted(dashboard_broker, pki):
+    session = logged_in(dashboard_broker)
+    _, _, page = session.get(SSL_PAGE)
+    short = pki.ca.issue("broker-short-lived", server=True, sans=["localhost"], days=3)
+    status, _, body = session.post_multipart(SSL_PAGE, DEFAULT_FIELDS + [("csrf", csrf_of(page))],
+                                             {"certfile": short.cert_pem(), "keyfile": short.key_pem()})
+    assert status == 303, body
+    _, _, page = session.get("/dashboard/listeners")
+    assert re.search(r'badge-bad">expires in 2d 23h', page), page
+
+
+def test_an_unwritable_upload_dir_changes_nothing(broker_process, pki, tmp_path):
+    blocker = tmp_path / "not-a-dir"
+    blocker.write_text("a file where the upload folder should be")
+    broker = broker_process(broker_config(pki, blocker), token=TOKEN)
+    session = logged_in(broker)
+    _, _, page = session.get(SSL_PAGE)
+    new = pki.ca.issue("broker-new", server=True)
+    status, _, body = session.post_multipart(SSL_PAGE, DEFAULT_FIELDS + [("csrf", csrf_of(page)), ("verify", "on")],
+                                             {"certfile": new.cert_pem(), "keyfile": new.key_pem()})
+    assert status == 400 and "cannot write the uploaded files" in body
+    assert ssl_options(broker)["verify"] == "verify_none"
+    assert tls_probe(broker.port("ssl:default"), pki).fingerprint == pki.server.fingerprint
