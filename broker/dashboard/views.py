@@ -282,7 +282,8 @@ class Dashboard:
         body = f'<section class="card"><h2>{ui.h(listener.id)}</h2>{ui.definition_list(facts)}</section>'
         if hasattr(listener, "tls_status"):
             tls = listener.tls_status()
-            body += ('<section class="card"><h2>Served certificate</h2>' + _certificate_facts(tls) + "</section>")
+            body = (f'<div class="columns">{body}<section class="card"><h2>Served certificate</h2>'
+                    f'{_certificate_facts(tls)}</section></div>')
             body += self._ssl_form(listener, session.csrf, form, posted)
         back = '<p><a href="/dashboard/listeners">← All listeners</a></p>'
         return self._page(request, session, f"Listener {listener.id}", "listeners", back + body, status)
