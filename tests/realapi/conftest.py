@@ -11,8 +11,8 @@ from __future__ import annotations
 import ipaddress
 import os
 import sys
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Iterator
 
 import kubernetes
 import pytest
@@ -20,8 +20,8 @@ import pytest
 # Test modules import realapi_support by name (pytest runs with --import-mode=importlib).
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-import realapi_support  # noqa: E402
-from realapi_support import admin_client, localcluster, unique_name, wait_for  # noqa: E402
+import realapi_support
+from realapi_support import admin_client, localcluster, unique_name, wait_for
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:

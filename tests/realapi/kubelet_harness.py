@@ -20,12 +20,12 @@ import base64
 import datetime
 import ipaddress
 import os
-import signal
 import subprocess
 import sys
 import threading
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Self
 
 import kubernetes
 from kubernetes.client import ApiException
@@ -45,7 +45,7 @@ class AtomicVolume:
         if files == self.current:
             return False
         self.directory.mkdir(parents=True, exist_ok=True)
-        stamp = datetime.datetime.now(datetime.timezone.utc).strftime("..%Y_%m_%d_%H_%M_%S.%f")
+        stamp = datetime.datetime.now(datetime.UTC).strftime("..%Y_%m_%d_%H_%M_%S.%f")
         payload = self.directory / stamp
         payload.mkdir()
         for name, content in files.items():
@@ -87,10 +87,14 @@ class PodRuntime:
     exit_reported: bool = False
 
 
-def _die_with_parent() -> None:
-    import ctypes
-
-    ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+# Runs in the child before it becomes the broker: SIGTERM when the harness dies (a killed pytest
+# leaves no broker behind). The death signal survives exec; it replaces a preexec_fn, which is
+# unsafe in a process with threads (the harness and the MQTT clients run threads).
+DIE_WITH_PARENT_EXEC = (
+    "import ctypes, os, signal, sys; "
+    "ctypes.CDLL('libc.so.6', use_errno=True).prctl(1, signal.SIGTERM); "  # PR_SET_PDEATHSIG
+    "os.execv(sys.argv[1], sys.argv[1:])"
+)
 
 
 class KubeletHarness:
@@ -108,7 +112,7 @@ class KubeletHarness:
         self._lock = threading.Lock()
         self._thread = threading.Thread(target=self._run, name="kubelet-harness", daemon=True)
 
-    def __enter__(self) -> "KubeletHarness":
+    def __enter__(self) -> Self:
         self._thread.start()
         return self
 
@@ -134,7 +138,7 @@ class KubeletHarness:
         while not self._stop.is_set():
             try:
                 self._sync_once()
-            except Exception as error:  # recorded for the test to report; the loop keeps going
+            except Exception as error:  # noqa: BLE001 - recorded for the test to report; the loop keeps going
                 self.errors.append(f"{type(error).__name__}: {error}")
             self._stop.wait(self.sync_interval)
 
@@ -236,8 +240,9 @@ class KubeletHarness:
         assert ipaddress.ip_address(runtime.ip).is_loopback, runtime.ip
         runtime.log = self.workdir / runtime.name / "broker.log"
         with open(runtime.log, "ab") as log:
-            runtime.process = subprocess.Popen(args, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                                               env=env, cwd=runtime.root, preexec_fn=_die_with_parent)
+            runtime.process = subprocess.Popen([sys.executable, "-c", DIE_WITH_PARENT_EXEC, *args], stdout=log,
+                                               stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, env=env,
+                                               cwd=runtime.root)
 
 
 def _terminate(process: subprocess.Popen | None) -> None:

@@ -11,9 +11,9 @@ import sys
 import time
 import urllib.error
 import urllib.request
+from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Iterator
 
 import kubernetes
 import yaml
@@ -29,7 +29,7 @@ RBAC_KINDS = {"ServiceAccount", "ClusterRole", "ClusterRoleBinding", "Role", "Ro
 
 def pinned_helm() -> str:
     ensure = REPO / "tools" / "helm" / "ensure-helm.sh"
-    proc = subprocess.run([str(ensure)], capture_output=True, text=True, timeout=900)
+    proc = subprocess.run([str(ensure)], capture_output=True, text=True, timeout=900, check=False)
     if proc.returncode != 0:
         raise AssertionError(f"cannot get the pinned helm: {proc.stderr.strip()}")
     return proc.stdout.strip()
@@ -40,7 +40,8 @@ def chart_rbac(helm: str, home: Path, release: str, namespace: str, watch: list[
     args = [helm, "template", release, str(CHART), "--namespace", namespace]
     for index, watched in enumerate(watch):
         args += ["--set", f"operator.watchNamespaces[{index}]={watched}"]
-    proc = subprocess.run(args, capture_output=True, text=True, timeout=120, env={**os.environ, "HOME": str(home)})
+    proc = subprocess.run(args, capture_output=True, text=True, timeout=120, env={**os.environ, "HOME": str(home)},
+                          check=False)
     if proc.returncode != 0:
         raise AssertionError(f"helm template failed:\n{proc.stderr}")
     return [doc for doc in yaml.safe_load_all(proc.stdout) if doc and doc.get("kind") in RBAC_KINDS]
@@ -151,7 +152,7 @@ def tls_secret(name: str, common_name: str) -> dict:
     """A kubernetes.io/tls Secret as cert-manager writes it: a self-signed leaf, its key, ca.crt."""
     key = ec.generate_private_key(ec.SECP256R1())
     subject = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, common_name)])
-    now = datetime.datetime.now(datetime.timezone.utc)
+    now = datetime.datetime.now(datetime.UTC)
     cert = (x509.CertificateBuilder().subject_name(subject).issuer_name(subject).public_key(key.public_key())
             .serial_number(x509.random_serial_number()).not_valid_before(now - datetime.timedelta(minutes=5))
             .not_valid_after(now + datetime.timedelta(days=30))

@@ -6,15 +6,18 @@ import ipaddress
 import sys
 import time
 import uuid
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable, TypeVar
+from typing import TypeVar
 
 import kubernetes
 
 REPO = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(REPO / "tools" / "controlplane"))
 
-import localcluster  # noqa: E402  (tools/controlplane is not a package)
+import localcluster  # tools/controlplane is not a package; re-exported for the tests
+
+__all__ = ["localcluster"]
 
 CRD_DIR = REPO / "manifests" / "crds"
 T = TypeVar("T")

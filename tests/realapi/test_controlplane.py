@@ -9,7 +9,13 @@ import ipaddress
 import kubernetes
 import pytest
 from kubernetes.client import ApiException
-from realapi_support import is_test_pod_ip, localcluster, token_client, unique_name, wait_for
+from realapi_support import (
+    is_test_pod_ip,
+    localcluster,
+    token_client,
+    unique_name,
+    wait_for,
+)
 
 
 def test_every_component_runs_and_the_node_is_ready_on_loopback(controlplane, api):

@@ -76,10 +76,10 @@ INVALID = {
     "verify-peer-without-ca": (lambda s: s["listeners"][1]["tls"].update(verify="verify_peer"),
                                "verify: verify_peer needs caRef (a trusted CA bundle)"),
     "too-many-replicas": (lambda s: s.update(replicas=101),
-                          "spec.replicas: Invalid value: 101: spec.replicas in body should be less than or "
-                          "equal to 100"),
-    "no-listeners": (lambda s: s.update(listeners=[]), "spec.listeners: Invalid value: 0: spec.listeners in body "
-                                                      "should have at least 1 items"),
+                          ("spec.replicas: Invalid value: 101: spec.replicas in body should be less than or "
+                           "equal to 100")),
+    "no-listeners": (lambda s: s.update(listeners=[]),
+                     "spec.listeners: Invalid value: 0: spec.listeners in body should have at least 1 items"),
 }
 
 

@@ -8,8 +8,14 @@ import kubernetes
 import pytest
 import yaml
 from kubernetes.client import ApiException
-from operator_support import (example_broker, install_operator_identity, pinned_helm, running_operator,
-                              service_account_may, tls_secret)
+from operator_support import (
+    example_broker,
+    install_operator_identity,
+    pinned_helm,
+    running_operator,
+    service_account_may,
+    tls_secret,
+)
 from realapi_support import is_test_pod_ip, project_crds, wait_for
 
 GROUP, VERSION, PLURAL = "mqtt.wharf.dev", "v1alpha1", "mqttbrokers"
@@ -121,8 +127,10 @@ def _broker_lifecycle(api, namespace: str, operator_log) -> None:
              "broker Pods garbage-collected", timeout=120)
     assert core.read_namespaced_secret("wharf-tls", namespace).metadata.name == "wharf-tls"  # not owned: kept
 
-    log = operator_log.read_text()
-    assert " 403" not in log and "Forbidden" not in log, log[-4000:]
+    # Sufficient RBAC: the authorizer never refused the operator anything. (Other 403s can occur:
+    # a cluster-wide operator also meets MQTTBrokers of other tests in namespaces being deleted.)
+    refusals = [line for line in operator_log.read_text().splitlines() if 'forbidden: User "system:serviceaccount' in line]
+    assert not refusals, "\n".join(refusals[:5])
 
 
 def _allowed(api, namespace: str | None, account: str, account_namespace: str, verb: str, resource: str,

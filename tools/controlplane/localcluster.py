@@ -32,6 +32,7 @@ import urllib.error
 import urllib.request
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import Self
 
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
@@ -66,7 +67,8 @@ def locate_binaries(build: bool = True) -> Path:
     if shutil.which("go") is None:
         raise ControlPlaneUnavailable("no Go toolchain on PATH: the control plane binaries cannot be built")
     command = [str(BUILD_SCRIPT)] if build else [str(BUILD_SCRIPT), "--check"]
-    result = subprocess.run(command, stdout=subprocess.PIPE, stderr=None if build else subprocess.DEVNULL, text=True)
+    result = subprocess.run(command, stdout=subprocess.PIPE, stderr=None if build else subprocess.DEVNULL, text=True,
+                            check=False)
     if result.returncode != 0:
         if build:
             raise ControlPlaneUnavailable(f"{BUILD_SCRIPT} failed with exit code {result.returncode}")
@@ -166,7 +168,7 @@ CLIENT_IDENTITIES = (
 def generate_pki(directory: Path) -> Pki:
     directory.mkdir(parents=True, exist_ok=True)
     pki = Pki(directory)
-    now = datetime.datetime.now(datetime.timezone.utc)
+    now = datetime.datetime.now(datetime.UTC)
     not_before, not_after = now - datetime.timedelta(minutes=5), now + datetime.timedelta(days=30)
 
     ca_key = ec.generate_private_key(ec.SECP256R1())
@@ -297,7 +299,7 @@ class ControlPlaneState:
         (Path(self.workdir) / "state.json").write_text(json.dumps(asdict(self), indent=2) + "\n")
 
     @classmethod
-    def load(cls, workdir: Path) -> "ControlPlaneState":
+    def load(cls, workdir: Path) -> ControlPlaneState:
         data = json.loads((workdir / "state.json").read_text())
         data["processes"] = [ComponentProcess(**process) for process in data["processes"]]
         return cls(**data)
@@ -323,7 +325,7 @@ class LocalControlPlane:
 
     # -- lifecycle --
 
-    def start(self, timeout: float = 120.0) -> "LocalControlPlane":
+    def start(self, timeout: float = 120.0) -> LocalControlPlane:
         deadline = time.monotonic() + timeout
         self.workdir.mkdir(parents=True, exist_ok=True)
         self.logs.mkdir(exist_ok=True)
@@ -350,7 +352,7 @@ class LocalControlPlane:
             _terminate(component, popen, grace)
         self.processes.clear()
 
-    def __enter__(self) -> "LocalControlPlane":
+    def __enter__(self) -> Self:
         return self.start()
 
     def __exit__(self, *exc_info) -> None:
@@ -365,7 +367,8 @@ class LocalControlPlane:
             popen = subprocess.Popen(
                 [binary, *args], stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
                 cwd=self.workdir, env=_child_environment(self.workdir / "home"), start_new_session=True,
-                preexec_fn=_die_with_parent if self.die_with_parent else None,
+                # Started from the main thread (the session fixture, the CLI), where preexec_fn is safe.
+                preexec_fn=_die_with_parent if self.die_with_parent else None,  # noqa: PLW1509
             )
         component = ComponentProcess(name=name, pid=popen.pid, binary=binary, log=str(log_path))
         self.processes.append((component, popen))
