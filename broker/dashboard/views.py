@@ -294,13 +294,16 @@ class Dashboard:
         errors = form.errors if form else {}
         psk = self.broker_app.config.psk_authentication.enable
 
+        # After a refused post the form shows what was posted, except for fields it did not read (owned ones).
         def value(name: str, default: str) -> str:
-            if posted is not None and name in posted:
+            if posted is not None and name in posted and name not in self.owned:
                 return _text(posted.get(name))
             return default
 
         def checked(name: str, default: bool) -> bool:
-            return (_text(posted.get(name)) == "on") if posted is not None else default
+            if posted is None or name in self.owned:
+                return default
+            return _text(posted.get(name)) == "on"
 
         def field(name: str, label: str, control: str, help_text: str = "") -> str:
             owned = name in self.owned
@@ -328,7 +331,8 @@ class Dashboard:
 
         tls = listener.tls_status()
         verify_on = checked("verify", current.verify == "verify_peer")
-        versions = (posted.getall("versions", []) if posted is not None else current.versions)
+        versions = (posted.getall("versions", []) if posted is not None and "versions" not in self.owned
+                    else current.versions)
         version_boxes = "".join(
             f'<label class="check"><input type="checkbox" name="versions" value="{v}"'
             f'{" checked" if v in versions else ""}{disabled("versions")}> {v.replace("tlsv", "TLS ")}</label>'

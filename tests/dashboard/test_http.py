@@ -195,6 +195,8 @@ def test_managed_listener_refuses_owned_fields(broker_process, pki, tmp_path):
     status, _, body = session.post_multipart(SSL_PAGE, [("csrf", csrf_of(page)), ("verify", "on"), ("depth", "3")],
                                              {"certfile": pki.server.cert_pem()})
     assert status == 400 and "owned by the MQTTBroker resource" in body
+    # The refused page shows the live values, not what was posted.
+    assert re.search(r'id="depth"[^>]*value="10"', body)
     assert ssl_options(broker) == before
 
 
