@@ -343,7 +343,7 @@ class Dashboard:
             field("verify", "TLS Verify", toggle("verify", verify_on),
                   "Ask clients for a certificate and verify it against the CA certificate."),
             field("certfile", "TLS Cert", upload("certfile", current.certfile, tls.get("subject") or ""),
-                  "PEM, the full chain allowed (leaf first). Replaced by uploading a new file."),
+                  "PEM, the full chain allowed (leaf first). To reset it, choose a new file and press Update."),
             field("keyfile", "TLS Key", upload("keyfile", current.keyfile, "private key (never shown)"),
                   "PEM private key of the certificate; it must match the certificate."),
             field("cacertfile", "CA Cert", upload("cacertfile", current.cacertfile, "client CA bundle"),

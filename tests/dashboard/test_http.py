@@ -244,3 +244,26 @@ def test_an_unwritable_upload_dir_changes_nothing(broker_process, pki, tmp_path)
     assert status == 400 and "cannot write the uploaded files" in body
     assert ssl_options(broker)["verify"] == "verify_none"
     assert tls_probe(broker.port("ssl:default"), pki).fingerprint == pki.server.fingerprint
+
+
+def test_the_wss_listener_has_the_same_form(broker_process, pki, tmp_path):
+    wss = f"""
+listeners.wss.default {{
+  bind = "127.0.0.1:0"
+  ssl_options {{ certfile = "{pki.dir / 'server.crt'}", keyfile = "{pki.dir / 'server.key'}" }}
+}}
+"""
+    broker = broker_process(broker_config(pki, tmp_path / "up") + wss, token=TOKEN)
+    session = logged_in(broker)
+    _, _, listeners = session.get("/dashboard/listeners")
+    assert "wss:default" in listeners and "WSS" in listeners
+    page_path = "/dashboard/listeners/wss%3Adefault"
+    _, _, page = session.get(page_path)
+    assert 'id="ssl-form"' in page
+    new = pki.ca.issue("wss-after", server=True, sans=["localhost"])
+    status, _, body = session.post_multipart(page_path, DEFAULT_FIELDS + [("csrf", csrf_of(page))],
+                                             {"certfile": new.cert_pem(), "keyfile": new.key_pem()})
+    assert status == 303, body
+    assert tls_probe(broker.port("wss:default"), pki).fingerprint == new.fingerprint
+    # The ssl listener next to it still serves its own certificate.
+    assert tls_probe(broker.port("ssl:default"), pki).fingerprint == pki.server.fingerprint
