@@ -3,7 +3,8 @@ kube-scheduler, kwok) on 127.0.0.1 for every test in this folder.
 
 The binaries are built by `make controlplane` (tools/controlplane/build.sh). When they are
 not built and cannot be (no Go toolchain), every test here is skipped with the reason; set
-WHARF_BUILD_CONTROLPLANE=1 to let the fixture build them itself (a cold build takes long).
+WHARF_BUILD_CONTROLPLANE=1 to let the fixture build them itself (a cold build takes long), and
+WHARF_REQUIRE_REALAPI=1 (CI) to fail instead of skipping.
 """
 
 from __future__ import annotations
@@ -37,6 +38,8 @@ def controlplane_binaries() -> Path:
     try:
         return localcluster.locate_binaries(build=build)
     except localcluster.ControlPlaneUnavailable as reason:
+        if os.environ.get("WHARF_REQUIRE_REALAPI") == "1":  # CI: a missing build is a failure, not a skip
+            pytest.fail(f"real Kubernetes control plane unavailable: {reason}")
         pytest.skip(f"real Kubernetes control plane unavailable: {reason}")
 
 
