@@ -141,7 +141,7 @@ def validate(cert_pem: bytes | None, key_pem: bytes | None, ca_pem: bytes | None
     if ca_pem:
         _check_chain(chain, _load_chain(ca_pem, "the CA bundle"))
         chain_checked = True
-    now = now or datetime.datetime.now(datetime.timezone.utc)
+    now = now or datetime.datetime.now(datetime.UTC)
     if now < leaf.not_valid_before_utc:
         raise InvalidMaterial(NOT_YET_VALID, f"the certificate is not valid before {leaf.not_valid_before_utc.isoformat()}")
     if now > leaf.not_valid_after_utc:

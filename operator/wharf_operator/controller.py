@@ -16,10 +16,22 @@ from typing import Any
 
 import kopf
 
-from . import certs, render, resources, status as st
+from . import certs, render, resources
+from . import status as st
 from .crd import GROUP, PAUSE_ANNOTATION, PLURAL, VERSION, defaulted_spec
-from .kube import (CERTIFICATES, CONFIGMAPS, PDBS, PODS, SECRETS, SERVICEACCOUNTS, SERVICES, STATEFULSETS, ApiError,
-                   KubeApi, Resource)
+from .kube import (
+    CERTIFICATES,
+    CONFIGMAPS,
+    PDBS,
+    PODS,
+    SECRETS,
+    SERVICEACCOUNTS,
+    SERVICES,
+    STATEFULSETS,
+    ApiError,
+    KubeApi,
+    Resource,
+)
 from .metrics import OperatorMetrics
 from .signalling import BrokerAdmin, PodTarget, SignalError
 
@@ -431,4 +443,4 @@ def _check_loads(hocon: str) -> None:
                                      + "; ".join(str(i) for i in issues)) from None
 
 
-__all__ = ["Controller", "OperatorConfig", "MQTTBROKERS", "ApiError", "referenced_objects", "is_paused"]
+__all__ = ["MQTTBROKERS", "ApiError", "Controller", "OperatorConfig", "is_paused", "referenced_objects"]

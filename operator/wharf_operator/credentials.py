@@ -68,7 +68,10 @@ def load(kubeconfig: str | None = None, context: str | None = None) -> Credentia
             cert_filename=config.incluster_config.SERVICE_CERT_FILENAME)
         loader.load_and_set(configuration)
         namespace_file = "/var/run/secrets/kubernetes.io/serviceaccount/namespace"
-        namespace = open(namespace_file, encoding="utf-8").read().strip() if os.path.exists(namespace_file) else None
+        namespace = None
+        if os.path.exists(namespace_file):
+            with open(namespace_file, encoding="utf-8") as handle:
+                namespace = handle.read().strip()
         return Credentials(server=configuration.host, ca_path=configuration.ssl_ca_cert,
                            token_file=config.incluster_config.SERVICE_TOKEN_FILENAME,
                            default_namespace=namespace)

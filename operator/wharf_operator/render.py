@@ -100,9 +100,9 @@ def config_tree(spec: dict[str, Any], root: str = layout.ROOT) -> Tree:
     extra = spec.get("config") or {}
     if not isinstance(extra, dict):
         raise RenderError("spec.config must be an object of broker config keys")
-    for root in MANAGED_ROOTS:
-        if root in extra:
-            raise RenderError(f"spec.config.{root} is managed by the operator; use the MQTTBroker's fields")
+    for managed in MANAGED_ROOTS:
+        if managed in extra:
+            raise RenderError(f"spec.config.{managed} is managed by the operator; use the MQTTBroker's fields")
     _merge(tree, extra, "spec.config")
     return tree
 

@@ -10,8 +10,9 @@ from __future__ import annotations
 import asyncio
 import ipaddress
 import time
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Iterable, Sequence
+from typing import Any
 
 import aiohttp
 
@@ -41,7 +42,7 @@ class PodTarget:
     port: int = ADMIN_PORT
 
     @classmethod
-    def from_pod(cls, pod: dict) -> "PodTarget | None":
+    def from_pod(cls, pod: dict) -> PodTarget | None:
         """A Running pod with an IP, else None. The admin port is the container port named "admin"."""
         status = pod.get("status") or {}
         metadata = pod.get("metadata") or {}
@@ -114,7 +115,7 @@ class BrokerAdmin:
                 except ValueError:
                     payload = {"message": (await response.text())[:300]}
                 return response.status, payload
-        except asyncio.TimeoutError:
+        except TimeoutError:
             raise SignalError(pod.name, f"no answer from {url} in time") from None
         except aiohttp.ClientError as exc:
             raise SignalError(pod.name, f"{url}: {exc}") from None

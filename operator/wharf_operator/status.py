@@ -12,7 +12,7 @@ PAUSED = "Paused"
 
 
 def now_iso() -> str:
-    return datetime.datetime.now(datetime.timezone.utc).replace(microsecond=0).isoformat().replace("+00:00", "Z")
+    return datetime.datetime.now(datetime.UTC).replace(microsecond=0).isoformat().replace("+00:00", "Z")
 
 
 def set_condition(conditions: list[dict] | None, type_: str, status: bool | str, reason: str, message: str,
@@ -56,4 +56,4 @@ def earliest_expiry(listeners: list[dict]) -> str | None:
 
 
 def iso(moment: datetime.datetime) -> str:
-    return moment.astimezone(datetime.timezone.utc).replace(microsecond=0).isoformat().replace("+00:00", "Z")
+    return moment.astimezone(datetime.UTC).replace(microsecond=0).isoformat().replace("+00:00", "Z")

@@ -12,7 +12,6 @@ import itertools
 from dataclasses import dataclass, field
 
 import kmock as kmock_lib
-
 from aiohttp import web
 
 
@@ -67,7 +66,7 @@ class FakeBrokerPod:
         self.updates.append((request.match_info["id"], await request.json()))
         return web.json_response({"id": request.match_info["id"]})
 
-    async def start(self) -> "FakeBrokerPod":
+    async def start(self) -> FakeBrokerPod:
         app = web.Application()
         app.router.add_post("/api/v5/listeners/{id}/reload", self._reload)
         app.router.add_get("/api/v5/listeners/{id}/certificate", self._certificate)

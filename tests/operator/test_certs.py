@@ -5,10 +5,8 @@ from __future__ import annotations
 import datetime
 
 import pytest
-
-from wharf_operator import certs
-
 from operator_pki import NOW, make_ca, make_leaf
+from wharf_operator import certs
 
 
 @pytest.fixture(scope="module")

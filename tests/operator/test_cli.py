@@ -14,12 +14,14 @@ import urllib.request
 import kmock as kmock_lib
 import pytest
 import yaml
-
-from wharf_operator.cli import parse_args
-from wharf_operator.kube import KubeApi, Resource, SECRETS
-
+from kmock_support import (
+    VersioningEmulator,
+    declare_resources,
+    parse_path_with_namespaces,
+)
 from operator_pki import make_ca, make_leaf, tls_secret
-from kmock_support import VersioningEmulator, declare_resources, parse_path_with_namespaces
+from wharf_operator.cli import parse_args
+from wharf_operator.kube import SECRETS, KubeApi, Resource
 
 NS = "wharf-cli"
 TOKEN = "kubeconfig-token"

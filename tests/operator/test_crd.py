@@ -11,7 +11,6 @@ from pathlib import Path
 import jsonschema
 import pytest
 import yaml
-
 from wharf_operator import crd
 
 REPO = Path(__file__).resolve().parents[2]

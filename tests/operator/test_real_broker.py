@@ -16,12 +16,10 @@ import time
 from pathlib import Path
 
 import pytest
-
+from operator_pki import make_ca, make_leaf
 from wharf_operator import render
 from wharf_operator.crd import defaulted_spec
 from wharf_operator.signalling import LOOPBACK_ONLY, BrokerAdmin, PodTarget
-
-from operator_pki import make_ca, make_leaf
 
 TOKEN = "broker-admin-token"
 

@@ -5,11 +5,9 @@ from __future__ import annotations
 import random
 
 import pytest
-
+from operator_pki import make_ca, make_leaf
 from wharf_operator import layout, render
 from wharf_operator.crd import defaulted_spec
-
-from operator_pki import make_ca, make_leaf
 
 FULL_SPEC = {
     "listeners": [

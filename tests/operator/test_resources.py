@@ -5,11 +5,9 @@ from __future__ import annotations
 import base64
 
 import yaml
-
+from operator_pki import make_ca, make_leaf
 from wharf_operator import credentials, render, resources
 from wharf_operator.crd import defaulted_spec
-
-from operator_pki import make_ca, make_leaf
 
 SPEC = defaulted_spec({
     "replicas": 3,

@@ -6,10 +6,13 @@ import asyncio
 import socket
 
 import pytest
-
-from wharf_operator.signalling import LOOPBACK_ONLY, AddressNotAllowed, BrokerAdmin, PodTarget
-
 from kmock_support import FakeBrokerPod
+from wharf_operator.signalling import (
+    LOOPBACK_ONLY,
+    AddressNotAllowed,
+    BrokerAdmin,
+    PodTarget,
+)
 
 FP_OLD, FP_NEW = "a" * 64, "b" * 64
 
