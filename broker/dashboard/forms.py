@@ -8,8 +8,9 @@ checks everything again before it applies anything; ``field_of`` puts its messag
 from __future__ import annotations
 
 import re
+from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Any, Mapping
+from typing import Any
 
 from ..config.loader import parse_duration
 from ..config.model import SslOptions

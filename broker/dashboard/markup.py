@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import datetime as dt
+from collections.abc import Iterable
 from html import escape
-from typing import Iterable
 
 NAV = (("overview", "Overview", "/dashboard/"), ("listeners", "Listeners", "/dashboard/listeners"),
        ("certificates", "Certificates", "/dashboard/certificates"), ("clients", "Clients", "/dashboard/clients"))

@@ -13,8 +13,9 @@ import dataclasses
 import logging
 import secrets
 import time
+from collections.abc import Awaitable, Callable
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Awaitable, Callable
+from typing import TYPE_CHECKING, Any
 from urllib.parse import quote
 
 from aiohttp import web
@@ -68,7 +69,7 @@ def _listener_link(listener_id: str) -> str:
 
 
 class Dashboard:
-    def __init__(self, broker_app: "BrokerApp") -> None:
+    def __init__(self, broker_app: BrokerApp) -> None:
         self.broker_app = broker_app
         self.settings = broker_app.config.dashboard
         self.gate = LoginGate(self.settings, TokenSource(self.settings))
@@ -585,7 +586,7 @@ def _certificate_facts(tls: dict[str, Any], extra: list[tuple[str, str]] | None 
     return ui.definition_list(items + (extra or []))
 
 
-def mount(admin_app: web.Application, broker_app: "BrokerApp") -> Dashboard:
+def mount(admin_app: web.Application, broker_app: BrokerApp) -> Dashboard:
     """Serve the Dashboard under ``/dashboard/`` of ``admin_app`` (``/`` and ``/dashboard`` redirect there)."""
     dashboard = Dashboard(broker_app)
     admin_app.add_subapp("/dashboard", dashboard.application())

@@ -21,7 +21,6 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
-
 from wharf_broker.tls.devpki import CertificateAuthority, Issued
 
 SCREENSHOTS = Path(__file__).with_name("screenshots")

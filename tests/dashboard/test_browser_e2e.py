@@ -17,7 +17,6 @@ import pytest
 from selenium.webdriver.common.by import By
 from selenium.webdriver.support import expected_conditions as EC
 from selenium.webdriver.support.ui import WebDriverWait
-
 from wharf_broker.tls.devpki import new_key
 
 from .conftest import DOCS_IMAGES, PASSWORD, TOKEN, screenshot, tls_probe
@@ -164,6 +163,7 @@ def test_dashboard_end_to_end(browser, dashboard_broker, pki, tmp_path):
         probe = tls_probe(ssl_port, pki)
         assert probe.fingerprint == old_fingerprint and probe.connected, (what, probe)
         status, body = broker.admin("GET", "/api/v5/listeners/ssl:default")
+        assert status == 200
         options = json.loads(body)["ssl_options"]
         assert options["verify"] == "verify_none" and options["certfile"] == str(pki.dir / "server.crt"), what
 
@@ -182,6 +182,7 @@ def test_dashboard_end_to_end(browser, dashboard_broker, pki, tmp_path):
     admitted = tls_probe(ssl_port, pki, client=pki.client)
     assert admitted.fingerprint == new_server.fingerprint and admitted.connected, admitted
     status, body = broker.admin("GET", "/api/v5/listeners/ssl:default")
+    assert status == 200
     options = json.loads(body)["ssl_options"]
     assert options["verify"] == "verify_peer" and options["fail_if_no_peer_cert"] is True
     # The uploads live in the upload dir, the key readable only by the broker's user.

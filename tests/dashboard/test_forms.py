@@ -3,9 +3,8 @@
 from __future__ import annotations
 
 import pytest
-
 from wharf_broker.config.model import OcspOptions, SslOptions
-from wharf_broker.dashboard.forms import (MAX_UPLOAD_BYTES, OPERATOR_OWNED, field_of, parse_ssl_form)
+from wharf_broker.dashboard.forms import MAX_UPLOAD_BYTES, OPERATOR_OWNED, field_of, parse_ssl_form
 
 CERT = b"-----BEGIN CERTIFICATE-----\nMIIB\n-----END CERTIFICATE-----\n"
 KEY = b"-----BEGIN PRIVATE KEY-----\nMIIE\n-----END PRIVATE KEY-----\n"

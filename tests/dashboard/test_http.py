@@ -74,7 +74,7 @@ def test_wrong_credentials_and_login_csrf(dashboard_broker):
 
 def test_token_logs_in_with_any_username(dashboard_broker):
     session = HttpSession(dashboard_broker.admin_url)
-    status, headers, _ = session.login(username="", password=TOKEN)
+    status, _, _ = session.login(username="", password=TOKEN)
     assert status == 303
     assert session.get("/dashboard/listeners")[0] == 200
 
@@ -135,7 +135,7 @@ def test_encrypted_key_with_key_password_and_nothing_secret_comes_back(dashboard
     assert status == 400
     assert re.search(r'id="error-keyfile"[^>]*>keyfile: the key is encrypted and no password is set', refused)
     assert tls_probe(dashboard_broker.port("ssl:default"), pki).fingerprint == pki.server.fingerprint
-    status, headers, _ = session.post_multipart(SSL_PAGE, fields, {
+    status, _, _ = session.post_multipart(SSL_PAGE, fields, {
         "certfile": new.cert_pem(), "keyfile": new.key_pem(password=key_password.encode())})
     assert status == 303, _
     assert tls_probe(dashboard_broker.port("ssl:default"), pki).fingerprint == new.fingerprint

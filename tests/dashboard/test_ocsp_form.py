@@ -23,7 +23,7 @@ def ocsp_responder(pki):
     served = {pki.server.cert.serial_number: pki.server.cert}
 
     class Handler(BaseHTTPRequestHandler):
-        def do_POST(self):  # noqa: N802 (http.server's name)
+        def do_POST(self):
             request = ocsp.load_der_ocsp_request(self.rfile.read(int(self.headers["Content-Length"])))
             now = dt.datetime.now(dt.timezone.utc)
             body = (ocsp.OCSPResponseBuilder().add_response(
