@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import logging
+import os
 import signal
 import sys
 
@@ -21,6 +22,10 @@ from .controller import Controller, OperatorConfig
 from .handlers import build_registry
 from .metrics import OperatorMetrics
 from .signalling import ALL_NETWORKS, BrokerAdmin
+
+# Networks the operator may call pods in, when --allow-pod-network is not given. The test suite sets it to
+# 127.0.0.0/8 for every process it starts, so no test can ever reach a real address.
+ALLOW_ENV = "WHARF_OPERATOR_ALLOW_POD_NETWORKS"
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -43,10 +48,14 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--signal-timeout", type=float, default=10.0,
                         help="timeout in seconds of a call to a broker's admin API (plus --reload-wait for reloads)")
     parser.add_argument("--allow-pod-network", action="append", default=[],
-                        help="CIDR the operator may call broker pods in (repeatable; default: any)")
+                        help=f"CIDR the operator may call broker pods in (repeatable; default: ${ALLOW_ENV} "
+                             "(comma-separated), else any)")
     parser.add_argument("--verbose", action="store_true", help="debug logging")
     parser.add_argument("--version", action="version", version=f"wharf-operator {__version__}")
-    return parser.parse_args(argv)
+    args = parser.parse_args(argv)
+    if not args.allow_pod_network:
+        args.allow_pod_network = [n.strip() for n in os.environ.get(ALLOW_ENV, "").split(",") if n.strip()]
+    return args
 
 
 async def _serve_metrics(metrics: OperatorMetrics, host: str, port: int) -> web.AppRunner:

@@ -55,7 +55,16 @@ async def _until(check, what: str, timeout: float = 30.0):
         await asyncio.sleep(0.1)
 
 
-def test_defaults_watch_every_namespace():
+def test_allowed_pod_networks_come_from_the_flag_or_the_environment(monkeypatch):
+    monkeypatch.setenv("WHARF_OPERATOR_ALLOW_POD_NETWORKS", "127.0.0.0/8, ::1/128")
+    assert parse_args([]).allow_pod_network == ["127.0.0.0/8", "::1/128"]
+    assert parse_args(["--allow-pod-network", "127.0.0.2/32"]).allow_pod_network == ["127.0.0.2/32"]
+    monkeypatch.delenv("WHARF_OPERATOR_ALLOW_POD_NETWORKS")
+    assert parse_args([]).allow_pod_network == []  # any, in production
+
+
+def test_defaults_watch_every_namespace(monkeypatch):
+    monkeypatch.delenv("WHARF_OPERATOR_ALLOW_POD_NETWORKS", raising=False)
     args = parse_args([])
     assert args.namespace == [] and args.kubeconfig is None
     assert args.recheck_interval == 60.0 and args.metrics_port == 9090
