@@ -23,6 +23,10 @@ from pathlib import Path
 import pytest
 
 REPO = Path(__file__).resolve().parents[1]
+
+# A wharf-operator started by a test may only call broker pods on loopback addresses (unless the test passes
+# its own --allow-pod-network).
+os.environ.setdefault("WHARF_OPERATOR_ALLOW_POD_NETWORKS", "127.0.0.0/8")
 CERTS = REPO / "etc" / "certs"
 
 LISTENER_LINE = re.compile(r"listener (?P<id>\w+:[\w-]+) on (?P<host>\[[^\]]+\]|[^\s:]+):(?P<port>\d+)")
