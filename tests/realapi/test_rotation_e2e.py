@@ -58,15 +58,17 @@ class Authority:
                 .sign(key, hashes.SHA256()))
         return cls(key, cert)
 
-    def issue(self, common_name: str, usage, *, key: ec.EllipticCurvePrivateKey | None = None
+    def issue(self, common_name: str, usage, *, expired: bool = False
               ) -> tuple[ec.EllipticCurvePrivateKey, x509.Certificate]:
-        key = key or ec.generate_private_key(ec.SECP256R1())
+        key = ec.generate_private_key(ec.SECP256R1())
         now = datetime.datetime.now(datetime.UTC)
+        not_before, not_after = ((now - datetime.timedelta(days=3), now - datetime.timedelta(days=1)) if expired
+                                 else (now - datetime.timedelta(minutes=5), now + datetime.timedelta(days=2)))
         cert = (x509.CertificateBuilder()
                 .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, common_name)]))
                 .issuer_name(self.cert.subject).public_key(key.public_key())
-                .serial_number(x509.random_serial_number()).not_valid_before(now - datetime.timedelta(minutes=5))
-                .not_valid_after(now + datetime.timedelta(days=2))
+                .serial_number(x509.random_serial_number()).not_valid_before(not_before)
+                .not_valid_after(not_after)
                 .add_extension(x509.SubjectAlternativeName([x509.DNSName(common_name)]), critical=False)
                 .add_extension(x509.ExtendedKeyUsage([usage]), critical=False)
                 .sign(self.key, hashes.SHA256()))
@@ -319,29 +321,33 @@ def test_certificate_rotation_end_to_end(controlplane, api, mqttbroker_crd, name
             assert client.disconnects == [], f"{client.label} was disconnected: {client.disconnects}"
             assert client.client.is_connected(), client.label
 
-        # An invalid certificate (its key belongs to another certificate) is refused and never served.
+        # Invalid material is refused and never served: a key that belongs to another certificate,
+        # then an expired certificate. The Pods' projected files hold it; they keep serving `current`.
         wrong_key, _ = server_ca.issue("rotor.e2e.test", ExtendedKeyUsageOID.SERVER_AUTH)
-        _, third_cert = server_ca.issue("rotor.e2e.test", ExtendedKeyUsageOID.SERVER_AUTH)
-        core.patch_namespaced_secret("rotor-tls", namespace,
-                                     {"stringData": tls_secret_data(server_ca, wrong_key, third_cert)})
-        refused_seen = False
-        checks = 0
-        settle_until = time.monotonic() + 180
-        while time.monotonic() < settle_until:
-            for name, ip, listener, port in targets:
-                served = probe.served(ip, port)
-                assert served == current, f"{name} {listener} serves {served}, not the last valid certificate"
-                checks += 1
-            if not refused_seen and _events(core, namespace, "CertificateRefused"):
-                refused_seen = True
-                # Keep checking a while after the refusal: the projected files are bad by now.
-                settle_until = min(settle_until, time.monotonic() + 3 * kubelet.sync_interval + 3)
-            time.sleep(0.1)
-        assert refused_seen, f"no CertificateRefused event\n{operator_log.read_text()[-3000:]}"
-        assert checks >= len(targets) * 5
-        status = _status(brokers, namespace)
-        for listener in LISTENERS:
-            assert _listener_status(status, listener).get("lastError"), _listener_status(status, listener)
+        _, mismatched_cert = server_ca.issue("rotor.e2e.test", ExtendedKeyUsageOID.SERVER_AUTH)
+        expired_key, expired_cert = server_ca.issue("rotor.e2e.test", ExtendedKeyUsageOID.SERVER_AUTH, expired=True)
+        invalid = [("mismatched key", tls_secret_data(server_ca, wrong_key, mismatched_cert), "does not belong"),
+                   ("expired", tls_secret_data(server_ca, expired_key, expired_cert), "expired at")]
+        for label, data, refusal in invalid:
+            core.patch_namespaced_secret("rotor-tls", namespace, {"stringData": data})
+            refused_at, checks = None, 0
+            settle_until = time.monotonic() + 120
+            while time.monotonic() < settle_until:
+                for name, ip, listener, port in targets:
+                    served = probe.served(ip, port)
+                    assert served == current, f"{label}: {name} {listener} serves {served}, not the valid certificate"
+                    checks += 1
+                status = _status(brokers, namespace)
+                if refused_at is None and all(refusal in (_listener_status(status, name).get("lastError") or "")
+                                              for name in LISTENERS):
+                    # Keep checking a while after the refusal: by then the projected files are the bad ones.
+                    refused_at = time.monotonic()
+                    settle_until = refused_at + 3 * kubelet.sync_interval + 3
+                time.sleep(0.1)
+            assert refused_at is not None, (f"{label}: not refused in status: {_status(brokers, namespace)}\n"
+                                            f"{operator_log.read_text()[-3000:]}")
+            assert checks >= len(targets) * 5
+        assert _events(core, namespace, "CertificateRefused")
         for client in held:
             assert client.disconnects == [], f"{client.label} was disconnected: {client.disconnects}"
             client.client.disconnect()
