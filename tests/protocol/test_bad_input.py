@@ -61,13 +61,15 @@ async def test_garbage_never_hurts_the_broker(broker):
             await client.connect(f"g{n}")
         await client.send_raw(bytes(rng.randrange(256) for _ in range(rng.randrange(1, 200))))
         clients.append(client)
-    for client in clients:
+    async def finish(client) -> None:
         # Either closed by the broker, or waiting for the rest of a packet: we hang up ourselves then.
         try:
             await client.closed(timeout=0.3)
         except asyncio.TimeoutError:
             pass
         await client.close()
+
+    await asyncio.gather(*(finish(client) for client in clients))
     for _ in range(100):
         if broker.listener.current_connections == 1:
             break

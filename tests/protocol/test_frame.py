@@ -100,7 +100,7 @@ def test_round_trip_every_packet_type(version, data):
 
 
 @pytest.mark.parametrize("version", [4, 5])
-@settings(max_examples=150, suppress_health_check=[HealthCheck.too_slow])
+@settings(max_examples=100, suppress_health_check=[HealthCheck.too_slow])
 @given(data=st.data())
 def test_stream_split_anywhere(version, data):
     """Packets fed in arbitrary chunks come out whole and in order."""
@@ -129,7 +129,7 @@ def test_random_bytes_raise_only_frame_error(version, blob):
 
 
 @pytest.mark.parametrize("version", [4, 5])
-@settings(max_examples=400, suppress_health_check=[HealthCheck.too_slow])
+@settings(max_examples=250, suppress_health_check=[HealthCheck.too_slow])
 @given(data=st.data())
 def test_mutated_packets_raise_only_frame_error(version, data):
     """Valid packets with flipped, dropped or inserted bytes: decoded or FrameError, nothing else."""
