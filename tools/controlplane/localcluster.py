@@ -275,7 +275,8 @@ class ComponentProcess:
                 state = handle.read().rsplit(")", 1)[1].split()[0]
         except OSError:
             return False
-        return argv0 == self.binary and state != "Z"
+        # An empty command line: the process is inside execve (vfork-based spawning returns early).
+        return argv0 in (self.binary, "") and state != "Z"
 
     def log_tail(self, lines: int = 30) -> str:
         try:
@@ -478,7 +479,8 @@ class LocalControlPlane:
         last_error: Exception | None = None
         while time.monotonic() < deadline:
             if not component.alive():
-                raise ControlPlaneError(f"{component.name} exited before {what}:\n{component.log_tail()}")
+                raise ControlPlaneError(f"{component.name} exited ({self._exit_status(component)}) before {what}:\n"
+                                        f"{component.log_tail()}")
             try:
                 if check():
                     return
@@ -486,6 +488,15 @@ class LocalControlPlane:
                 last_error = error
             time.sleep(0.25)
         raise ControlPlaneError(f"timed out waiting for {what} (last error: {last_error}):\n{component.log_tail()}")
+
+    def _exit_status(self, component: ComponentProcess) -> str:
+        for candidate, popen in self.processes:
+            if candidate is component and popen is not None:
+                code = popen.poll()
+                if code is None:
+                    return "still running, but no longer the expected program"
+                return f"killed by signal {-code}" if code < 0 else f"exit status {code}"
+        return "status unknown"
 
     def _save_state(self) -> None:
         ControlPlaneState(workdir=str(self.workdir), kubeconfig=str(self.kubeconfig), server=self.server,
