@@ -415,6 +415,14 @@ class Controller:
                 await self._write_certificate_status(namespace, name, records, spec)
             await self._refresh_readiness(namespace, name, spec)
 
+    async def on_statefulset_change(self, namespace: str, name: str) -> None:
+        """The brokers' StatefulSet changed (pods became ready or not): refresh Ready and readyReplicas."""
+        body = await self.api.get(MQTTBROKERS, namespace, name)
+        if body is None or is_paused(body):
+            return
+        async with self._state(namespace, name).lock:
+            await self._refresh_readiness(namespace, name, defaulted_spec(body.get("spec") or {}))
+
     def forget(self, namespace: str, name: str, spec: dict) -> None:
         self._brokers.pop((namespace, name), None)
         self.metrics.forget(namespace, name, [l.name for l in tls_listeners(defaulted_spec(spec))])

@@ -4,6 +4,7 @@
 - An index maps each referenced Secret/ConfigMap to the MQTTBrokers that load it; event handlers on Secrets
   and ConfigMaps (silent: no state written onto objects the operator does not own) look a changed object up
   in it and hand it to the controller.
+- Changes of the brokers' StatefulSets (pods becoming ready) refresh the MQTTBroker's Ready condition.
 - A timer per MQTTBroker re-checks what every pod serves.
 - Deletion forgets the in-memory state; owned objects go with their ownerReferences.
 
@@ -88,6 +89,20 @@ def build_registry(controller: Controller, connection: kopf.ConnectionInfo | Non
     @kopf.on.event("v1", "configmaps", registry=registry)
     async def configmap_event(event: dict, wharf_references: kopf.Index, **_: Any) -> None:
         await referenced_changed("ConfigMap", event, wharf_references)
+
+    @kopf.on.event("apps", "v1", "statefulsets", registry=registry,
+                   labels={"app.kubernetes.io/managed-by": "wharf-operator"})
+    async def statefulset_event(event: dict, **_: Any) -> None:
+        obj = event.get("object") or {}
+        owner = next((ref for ref in (obj.get("metadata") or {}).get("ownerReferences") or []
+                      if ref.get("kind") == "MQTTBroker" and ref.get("controller")), None)
+        if owner is None or event.get("type") in (None, "DELETED"):
+            return
+        try:
+            await controller.on_statefulset_change(obj["metadata"]["namespace"], owner["name"])
+        except Exception:
+            controller.metrics.errors.labels(handler="statefulset-event").inc()
+            raise
 
     @kopf.timer(GROUP, VERSION, PLURAL, registry=registry, interval=controller.config.recheck_interval,
                 initial_delay=controller.config.recheck_interval, when=lambda body, **_: not is_paused(body))

@@ -164,8 +164,9 @@ async def running_operator(kmock, recheck_interval: float = 3600.0):
     thread.start()
     try:
         assert await asyncio.to_thread(ready.wait, 15), "the operator did not start"
-        # Watches of MQTTBrokers, Secrets and ConfigMaps must be open before anything is created (kmock replays).
-        await eventually(lambda: len(kmock[kmock_lib.action.WATCH]) >= 3, "the operator's watches")
+        # Watches of MQTTBrokers, Secrets, ConfigMaps and StatefulSets must be open before anything is created
+        # (kmock replays).
+        await eventually(lambda: len(kmock[kmock_lib.action.WATCH]) >= 4, "the operator's watches")
         await client.create(SECRETS, NS, tls_secret("broker-tls", NS, env.leaf, env.ca))
         await client.create(SECRETS, NS, tls_secret("broker-ca", NS, env.ca, env.ca) | {
             "type": "Opaque", "data": {"ca.crt": base64.b64encode(env.ca.cert_pem).decode()}})
@@ -403,3 +404,14 @@ async def test_ca_bundle_change_is_signalled_to_the_pods(env):
     assert all(r["fingerprint"] == env.leaf.fingerprint for p in pods for r in p.reloads)
     await eventually(lambda: env.listener_status().get("podsServing") == 2, "the status record")
     assert env.condition("CertificatesReady")["status"] == "True"
+
+
+async def test_ready_follows_the_statefulset(env):
+    await env.create_broker(tls_spec())
+    await env.reconciled()
+    assert env.condition("Ready")["status"] == "False"
+    # The StatefulSet controller reports both pods ready.
+    await env.client.patch(Resource("apps", "v1", "statefulsets"), NS, "wharf",
+                           {"status": {"replicas": 2, "readyReplicas": 2}})
+    ready = await eventually(lambda: (c := env.condition("Ready")).get("status") == "True" and c, "Ready=True")
+    assert ready["reason"] == "AllPodsReady" and env.status()["readyReplicas"] == 2
