@@ -41,8 +41,18 @@ class BrokerApp:
         if factory is None:
             from .broker import Broker
             factory = Broker
+            if self.config.cluster.enable:  # only then is the NATS client imported
+                from .cluster import ClusterBroker
+                factory = ClusterBroker
         self.broker = factory(self.config)
-        await _maybe_await(getattr(self.broker, "start", None))
+        try:
+            await _maybe_await(getattr(self.broker, "start", None))
+        except (OSError, asyncio.TimeoutError) as exc:
+            raise StartupError(f"cannot start: {exc!r}") from exc
+        except Exception as exc:
+            if type(exc).__module__.startswith("nats"):  # the cluster backplane refused us
+                raise StartupError(f"cluster backplane (NATS): {exc!r}") from exc
+            raise
         self.listeners = build_listeners(self.config, self.broker.protocol_factory)
         try:
             for listener in self.listeners.values():

@@ -305,6 +305,9 @@ class Channel:
         packet_id = packet.packet_id
         if qos == 1:
             delivered = broker.publish(message)
+            if delivered.__class__ is not int:  # a cluster node acknowledges once the backplane has it
+                self._ack_when_routed(PUBACK, packet_id, delivered)
+                return
             if self.v5 and not delivered:
                 self.connection.write(encode(PubAck(PUBACK, packet_id, rc.NO_MATCHING_SUBSCRIBERS), 5))
             else:
@@ -325,10 +328,37 @@ class Channel:
             return
         delivered = broker.publish(message)
         awaiting[packet_id] = self._loop.time()
+        if delivered.__class__ is not int:  # a cluster node acknowledges once the backplane has it
+            self._ack_when_routed(PUBREC, packet_id, delivered)
+            return
         if self.v5 and not delivered:
             self.connection.write(encode(PubAck(PUBREC, packet_id, rc.NO_MATCHING_SUBSCRIBERS), 5))
         else:
             self.connection.write(b"\x50\x02" + packet_id.to_bytes(2, "big"))
+
+    def _ack_when_routed(self, kind: int, packet_id: int, pending) -> None:
+        """PUBACK/PUBREC once ``pending`` (a future of the delivery count) resolves. When it fails, a 5.0
+        client hears "unspecified error" (a QoS 2 message may then be sent again); a 3.1.1 client, which has
+        no negative acknowledgement, is disconnected so that it sends the message again."""
+        def done(future) -> None:
+            if self._disconnected:
+                return
+            error = None if future.cancelled() else future.exception()
+            if future.cancelled() or error is not None:
+                if kind == PUBREC:
+                    self.session.awaiting_rel.pop(packet_id, None)
+                log.warning("client %r: message refused: %s", self.client_id, error or "cancelled")
+                if not self.v5:
+                    self.connection.close()
+                    return
+                props = {"reason_string": str(error)[:200]} if self.problem_information and error else None
+                self.send(PubAck(kind, packet_id, rc.UNSPECIFIED_ERROR, props))
+            elif self.v5 and not future.result():
+                self.send(PubAck(kind, packet_id, rc.NO_MATCHING_SUBSCRIBERS))
+            else:
+                self.connection.write((b"\x40\x02" if kind == PUBACK else b"\x50\x02") + packet_id.to_bytes(2, "big"))
+
+        pending.add_done_callback(done)
 
     def _publish_properties(self, topic: str, properties: dict):
         """Resolve the topic alias and split off the per-delivery properties: (topic, passed-through

@@ -213,15 +213,32 @@ async def metrics_text(request: web.Request) -> web.Response:
 
 
 async def healthz(request: web.Request) -> web.Response:
-    return _json({"status": "ok"})
+    cluster = _cluster_status(request)
+    if cluster is None:
+        return _json({"status": "ok"})
+    # A node cut off from the cluster backplane is alive (a restart would not help) but says it is degraded;
+    # /readyz takes it out of the Service meanwhile.
+    healthy = cluster["backplane"]["connected"]
+    return _json({"status": "ok" if healthy else "degraded", "cluster": cluster})
+
+
+def _cluster_status(request: web.Request) -> dict | None:
+    broker = _app(request).broker
+    status = getattr(broker, "cluster_status", None)
+    return status() if status is not None else None
 
 
 async def readyz(request: web.Request) -> web.Response:
     app = _app(request)
     down = [listener.id for listener in app.listeners.values() if not listener.running]
-    if app.ready and not down:
-        return _json({"status": "ready"})
-    return _json({"status": "not ready", "listeners_down": down, "stopping": app.stopping}, status=503)
+    cluster = _cluster_status(request)
+    backplane_down = cluster is not None and not cluster["backplane"]["connected"]
+    if app.ready and not down and not backplane_down:
+        return _json({"status": "ready"} if cluster is None else {"status": "ready", "cluster": cluster})
+    body = {"status": "not ready", "listeners_down": down, "stopping": app.stopping}
+    if cluster is not None:
+        body["cluster"] = cluster
+    return _json(body, status=503)
 
 
 def add_routes(app: web.Application) -> None:

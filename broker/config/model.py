@@ -244,6 +244,47 @@ class Node:
 
 
 @dataclass
+class ClusterNatsTls:
+    """``cluster.nats.tls { ... }``: TLS from this node to the NATS servers."""
+
+    enable: bool = False
+    cacertfile: str = ""
+    certfile: str = ""
+    keyfile: str = ""
+    # Name checked against the NATS server's certificate (empty: the host of the server URL).
+    server_name: str = ""
+
+
+@dataclass
+class ClusterNats:
+    """``cluster.nats { ... }``: the NATS (JetStream) servers this node joins the cluster through."""
+
+    servers: list[str] = field(default_factory=lambda: ["nats://127.0.0.1:4222"])
+    tls: ClusterNatsTls = field(default_factory=ClusterNatsTls)
+    # A NATS credentials file (JWT + NKey seed); empty for none.
+    credentials: str = ""
+    connect_timeout: Duration = 5.0
+
+
+@dataclass
+class Cluster:
+    """``cluster { ... }``: run as one node of a cluster on NATS. Off: a standalone broker, no NATS needed."""
+
+    enable: bool = False
+    nats: ClusterNats = field(default_factory=ClusterNats)
+    # Replicas of the JetStream stream and key-value buckets (at most the number of NATS servers).
+    replicas: int = 3
+    # How long QoS 1/2 messages stay in the JetStream stream.
+    stream_max_age: Duration = 3600.0
+    # A node's interest entry lives this long without a refresh (a dead node's interest then disappears).
+    interest_ttl: Duration = 30.0
+    # How long a node waits for the previous node of a session to hand it over.
+    takeover_timeout: Duration = 5.0
+    # Wait this long for the backplane to accept a QoS 1/2 message before answering the publisher with an error.
+    publish_timeout: Duration = 5.0
+
+
+@dataclass
 class BrokerConfig:
     """The whole config file."""
 
@@ -255,3 +296,4 @@ class BrokerConfig:
     psk_authentication: PskAuthentication = field(default_factory=PskAuthentication)
     crl_cache: CrlCache = field(default_factory=CrlCache)
     dashboard: Dashboard = field(default_factory=Dashboard)
+    cluster: Cluster = field(default_factory=Cluster)

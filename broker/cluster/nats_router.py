@@ -1,0 +1,297 @@
+"""``NatsRouter``: the ``Router`` of a cluster node. Local sessions are matched by a ``LocalRouter`` as in a
+standalone broker; what some other node subscribes to also goes to NATS, and what NATS brings in from other
+nodes is matched against the local sessions.
+
+- Interest: this node's plain filters and shared groups are published in the ``wharf_interest`` bucket (see
+  ``interest.py``); a message goes to NATS only when another node's filter, or any node's shared group,
+  matches its topic.
+- Subscriptions: for each local filter the node holds NATS subscriptions on the filter's subjects (see
+  ``subjects.py``), reference-counted, so NATS routes to this node only what it asked for.
+- Ordering: every message carries (origin, sequence). Overlapping filters (``a/+`` and ``a/#``) are two NATS
+  subscriptions, each delivering in the publisher's order but independently of each other: the first copy of a
+  message is delivered and later copies are dropped, which keeps the publisher's order.
+- QoS 1/2 to other nodes is a JetStream publish; ``publish`` then returns a future that resolves when the
+  stream acknowledged it, and the channel acknowledges the publisher only then. Cut off from NATS, such a
+  publish fails with ``BackplaneUnavailable`` instead of pretending.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import logging
+import os
+
+from ..router import LocalRouter, Message, Router, Subscription
+from .backplane import INTEREST_BUCKET, Backplane, BackplaneUnavailable
+from .interest import InterestView, encode_interest
+from .shared import LocalSharedGroups, queue_name
+from .subjects import decode_message, encode_message, filter_subjects, kv_key, topic_subject
+
+log = logging.getLogger("wharf_broker.cluster")
+
+
+class NatsRouter(Router):
+    def __init__(self, backplane: Backplane, node_name: str, metrics, loop: asyncio.AbstractEventLoop) -> None:
+        self.local = LocalRouter()
+        self.shared = LocalSharedGroups()
+        self.backplane = backplane
+        self.node_name = node_name
+        # Sequence numbers restart with the process: the origin includes a per-start nonce.
+        self.origin = f"{node_name}#{os.urandom(4).hex()}"
+        self.interest = InterestView(node_name)
+        self.metrics = metrics
+        self.loop = loop
+        self._seq = 0
+        self._seen: dict[str, RecentSet] = {}  # origin -> sequence numbers recently delivered
+        self._filter_refs: dict[str, int] = {}  # plain filter -> local subscriptions
+        self._subject_refs: dict[str, int] = {}  # NATS subject -> local filters needing it
+        self._nats_subs: dict = {}  # subject or (queue, subject) -> nats Subscription (or pending task)
+        self._interest_dirty = False
+        self._interest_task: asyncio.Task | None = None
+        self._tasks: set[asyncio.Task] = set()
+        self._watcher = None
+
+    # ------------------------------------------------------------------------------------------ life cycle
+
+    async def start(self) -> None:
+        kv = self.backplane.kv[INTEREST_BUCKET]
+        self._watcher = await kv.watchall()
+        first_done = asyncio.Event()
+        self._spawn(self._watch_interest(first_done))
+        await first_done.wait()
+        await self._publish_interest()
+        self._spawn(self._heartbeat())
+        self.backplane.on_reconnect.append(self._mark_interest)
+
+    async def stop(self) -> None:
+        for task in list(self._tasks):
+            task.cancel()
+        try:
+            await self.backplane.kv[INTEREST_BUCKET].delete(kv_key(self.node_name))
+        except Exception as exc:  # noqa: BLE001 - the entry expires by itself anyway
+            log.info("cluster: interest entry not removed: %s", exc)
+        if self._watcher is not None:
+            try:
+                await self._watcher.stop()
+            except Exception:  # noqa: BLE001
+                pass
+
+    def _spawn(self, coroutine) -> asyncio.Task:
+        task = self.loop.create_task(coroutine)
+        self._tasks.add(task)
+        task.add_done_callback(self._task_done)
+        return task
+
+    def _task_done(self, task: asyncio.Task) -> None:
+        self._tasks.discard(task)
+        if not task.cancelled() and task.exception() is not None:
+            log.warning("cluster: background task failed: %r", task.exception())
+
+    async def _watch_interest(self, first_done: asyncio.Event) -> None:
+        async for entry in self._watcher:
+            if entry is None:  # the initial values are all in
+                first_done.set()
+                continue
+            deleted = entry.operation in ("DEL", "PURGE") or entry.value is None
+            self.interest.apply(entry.key, None if deleted else entry.value)
+            self.metrics.members.set(len(self.interest.nodes))
+            first_done.set()
+
+    async def _heartbeat(self) -> None:
+        interval = max(0.5, self.backplane.settings.interest_ttl / 3)
+        while True:
+            await asyncio.sleep(interval)
+            if self.backplane.connected:
+                try:
+                    await self._publish_interest()
+                except Exception as exc:  # noqa: BLE001 - retried next beat
+                    log.warning("cluster: interest refresh failed: %s", exc)
+
+    def _mark_interest(self) -> None:
+        self._interest_dirty = True
+        if self._interest_task is None or self._interest_task.done():
+            self._interest_task = self._spawn(self._flush_interest())
+
+    async def _flush_interest(self) -> None:
+        while self._interest_dirty:
+            self._interest_dirty = False
+            await asyncio.sleep(0)  # coalesce a burst of (un)subscribes into one write
+            try:
+                # Our NATS subscriptions reach the server before others learn they may send to us.
+                await self.backplane.nc.flush(timeout=self.backplane.settings.publish_timeout)
+                await self._publish_interest()
+            except Exception as exc:  # noqa: BLE001 - written again by the heartbeat
+                log.warning("cluster: interest update failed: %s", exc)
+
+    async def _publish_interest(self) -> None:
+        value = encode_interest(self._filter_refs, self.shared.groups)
+        await self.backplane.kv[INTEREST_BUCKET].put(kv_key(self.node_name), value)
+
+    async def interest_settled(self) -> None:
+        """Wait until this node's interest is written (tests, take-over)."""
+        while self._interest_task is not None and not self._interest_task.done():
+            await asyncio.wait({self._interest_task})
+
+    # ------------------------------------------------------------------------------------ Router: subscribe
+
+    def subscribe(self, session, subscription: Subscription) -> None:
+        if subscription.share_group is not None:
+            if self.shared.add(session, subscription):
+                queue = queue_name(subscription.share_group, subscription.topic_filter)
+                key = (subscription.share_group, subscription.topic_filter)
+                for subject in filter_subjects(subscription.topic_filter):
+                    self._nats_subscribe((queue, subject), subject, queue, key)
+                self._mark_interest()
+            return
+        self.local.subscribe(session, subscription)
+        topic_filter = subscription.topic_filter
+        count = self._filter_refs.get(topic_filter, 0)
+        self._filter_refs[topic_filter] = count + 1
+        if count == 0:
+            for subject in filter_subjects(topic_filter):
+                refs = self._subject_refs.get(subject, 0)
+                self._subject_refs[subject] = refs + 1
+                if refs == 0:
+                    self._nats_subscribe(subject, subject, None, None)
+            self._mark_interest()
+
+    def unsubscribe(self, session, subscription: Subscription) -> None:
+        if subscription.share_group is not None:
+            if self.shared.remove(session, subscription):
+                queue = queue_name(subscription.share_group, subscription.topic_filter)
+                for subject in filter_subjects(subscription.topic_filter):
+                    self._nats_unsubscribe((queue, subject))
+                self._mark_interest()
+            return
+        node = self.local.trie.node(subscription.topic_filter)
+        if node is None or session not in node.subscribers:
+            return
+        self.local.unsubscribe(session, subscription)
+        topic_filter = subscription.topic_filter
+        count = self._filter_refs.get(topic_filter, 0) - 1
+        if count > 0:
+            self._filter_refs[topic_filter] = count
+            return
+        self._filter_refs.pop(topic_filter, None)
+        for subject in filter_subjects(topic_filter):
+            refs = self._subject_refs.get(subject, 0) - 1
+            if refs > 0:
+                self._subject_refs[subject] = refs
+            else:
+                self._subject_refs.pop(subject, None)
+                self._nats_unsubscribe(subject)
+        self._mark_interest()
+
+    def _nats_subscribe(self, key, subject: str, queue: str | None, shared_key) -> None:
+        if shared_key is None:
+            handler = self._on_message
+        else:
+            async def handler(msg, _key=shared_key):
+                self._on_shared(_key, msg)
+
+        async def subscribe():
+            sub = await self.backplane.nc.subscribe(subject, queue=queue or "", cb=handler,
+                                                    pending_msgs_limit=1_000_000,
+                                                    pending_bytes_limit=512 * 1024 * 1024)
+            if self._nats_subs.get(key) is task:
+                self._nats_subs[key] = sub
+            else:  # unsubscribed meanwhile
+                await sub.unsubscribe()
+
+        task = self._spawn(subscribe())
+        self._nats_subs[key] = task
+        self._interest_dirty = True
+
+    def _nats_unsubscribe(self, key) -> None:
+        sub = self._nats_subs.pop(key, None)
+        if sub is None or isinstance(sub, asyncio.Task):
+            return  # a pending subscribe sees it is no longer wanted
+        self._spawn(sub.unsubscribe())
+
+    # -------------------------------------------------------------------------------------- Router: publish
+
+    def publish(self, message: Message):
+        """Deliver to local sessions and, when another node is interested, through NATS. Returns the number
+        of local deliveries, plus one for the cluster; or, for QoS 1/2 sent to NATS, a future of that number
+        resolved once JetStream acknowledged the message. Raises ``BackplaneUnavailable`` for a QoS 1/2
+        message other nodes need while NATS is unreachable (nothing is delivered then)."""
+        remote, shared = self.interest.forward(message.topic)
+        backplane = self.backplane
+        if message.qos and (remote or shared):
+            backplane.require()
+        count = self.local.publish(message)
+        if not (remote or shared):
+            return count
+        if not backplane.connected:  # QoS 0: local delivery only
+            self.metrics.unforwarded.inc()
+            if shared:
+                count += self.shared.deliver_locally(message)
+            return count
+        self._seq += 1
+        payload = encode_message(message, self.origin, self._seq, self.loop.time())
+        subject = topic_subject(message.topic, message.qos)
+        self.metrics.forwarded.inc()
+        if not message.qos:
+            self._spawn(backplane.nc.publish(subject, payload))
+            return count + 1
+        return self._spawn(self._publish_durable(subject, payload, count + 1))
+
+    async def _publish_durable(self, subject: str, payload: bytes, delivered: int) -> int:
+        try:
+            await self.backplane.js.publish(subject, payload, timeout=self.backplane.settings.publish_timeout)
+        except Exception as exc:
+            self.metrics.publish_failures.inc()
+            raise BackplaneUnavailable(f"cluster backplane did not accept the message: {exc!r}") from exc
+        return delivered
+
+    # ------------------------------------------------------------------------------------------- receiving
+
+    def _accept(self, data: bytes):
+        try:
+            message, origin, seq = decode_message(data, self.loop.time())
+        except ValueError as exc:
+            log.warning("cluster: dropped an unreadable message from NATS: %s", exc)
+            return None, None, None
+        return message, origin, seq
+
+    async def _on_message(self, msg) -> None:
+        message, origin, seq = self._accept(msg.data)
+        if message is None or origin == self.origin:
+            return
+        seen = self._seen.get(origin)
+        if seen is None:
+            seen = self._seen[origin] = RecentSet()
+        if not seen.add(seq):
+            return  # another of our subscriptions already brought this one
+        self.metrics.received.inc()
+        self.local.publish(message)
+
+    def _on_shared(self, key, msg) -> None:
+        message, _origin, _seq = self._accept(msg.data)
+        if message is not None:
+            self.shared.deliver(key, message)
+
+
+class RecentSet:
+    """The last ``limit`` sequence numbers seen from one origin."""
+
+    __slots__ = ("_set", "_order", "_limit")
+
+    def __init__(self, limit: int = 65536) -> None:
+        self._set: set[int] = set()
+        self._order: collections.deque = collections.deque()
+        self._limit = limit
+
+    def add(self, seq: int) -> bool:
+        """False when ``seq`` was seen already."""
+        if seq in self._set:
+            return False
+        self._set.add(seq)
+        self._order.append(seq)
+        if len(self._order) > self._limit:
+            self._set.discard(self._order.popleft())
+        return True
+
+
+__all__ = ["NatsRouter", "BackplaneUnavailable"]

@@ -1,0 +1,233 @@
+"""The cluster's session registry and session take-over between nodes.
+
+The JetStream key-value bucket ``wharf_sessions`` holds one entry per persistent session: the node that has it,
+its subscriptions, whether its client is connected and, when not, when it expires. Every node mirrors the
+bucket. A client connecting to node B with a session that node A holds:
+
+1. B restores the session's subscriptions from the entry right away (so CONNACK says "session present" and
+   new messages are routed to B from then on);
+2. B asks A (NATS request on ``wharf.node.<A>.takeover``) to hand the session over. A disconnects the old
+   connection (5.0: "session taken over"), cancels the client's pending will, like a reconnection does on a
+   single node, and replies with the session's unacknowledged and queued messages, which B delivers; A then
+   forgets the session without firing anything;
+3. B records itself as the session's node.
+
+A clean start asks A to discard the session instead (its pending will fires then, once, on A). When A does
+not answer (it is gone), B keeps the restored subscriptions; what A had queued in memory is lost with it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import json
+import logging
+import time
+
+from ..mqtt import reason_codes as rc
+from ..router import Subscription
+from .backplane import SESSIONS_BUCKET
+from .subjects import decode_message, encode_message, from_kv_key, kv_key
+
+log = logging.getLogger("wharf_broker.cluster")
+
+# A take-over reply is sent in chunks of at most this many bytes (NATS' default payload limit is 1 MiB).
+CHUNK_BYTES = 512 * 1024
+
+
+def takeover_subject(node_name: str) -> str:
+    return f"wharf.node.{kv_key(node_name)}.takeover"
+
+
+class SessionRegistry:
+    def __init__(self, broker) -> None:
+        self.broker = broker
+        self.backplane = broker.backplane
+        self.node_name = broker.config.node.name
+        self.loop = broker.loop
+        self.entries: dict[str, dict] = {}
+        self._dirty: set[str] = set()
+        self._flush_task: asyncio.Task | None = None
+        self._watcher = None
+        self._tasks: set[asyncio.Task] = set()
+        self._sub = None
+
+    async def start(self) -> None:
+        self._watcher = await self.backplane.kv[SESSIONS_BUCKET].watchall()
+        loaded = asyncio.Event()
+        self._spawn(self._watch(loaded))
+        await loaded.wait()
+        self._sub = await self.backplane.nc.subscribe(takeover_subject(self.node_name), cb=self._on_takeover)
+
+    async def stop(self) -> None:
+        if self._flush_task is not None and not self._flush_task.done():
+            try:
+                await asyncio.wait_for(asyncio.shield(self._flush_task), 2)
+            except Exception:  # noqa: BLE001
+                pass
+        for task in list(self._tasks):
+            task.cancel()
+        if self._watcher is not None:
+            try:
+                await self._watcher.stop()
+            except Exception:  # noqa: BLE001
+                pass
+
+    def _spawn(self, coroutine) -> asyncio.Task:
+        task = self.loop.create_task(coroutine)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+        return task
+
+    async def _watch(self, loaded: asyncio.Event) -> None:
+        async for entry in self._watcher:
+            if entry is None:
+                loaded.set()
+                continue
+            try:
+                client_id = from_kv_key(entry.key)
+            except ValueError:
+                continue
+            if entry.operation in ("DEL", "PURGE") or not entry.value:
+                self.entries.pop(client_id, None)
+            else:
+                try:
+                    self.entries[client_id] = json.loads(entry.value)
+                except ValueError:
+                    continue
+            loaded.set()
+
+    # ------------------------------------------------------------------------------------- recording
+
+    def owner(self, client_id: str) -> dict | None:
+        """The registry entry of a live session another node holds, or None."""
+        entry = self.entries.get(client_id)
+        if entry is None or entry.get("node") == self.node_name:
+            return None
+        expires = entry.get("expires")
+        if expires is not None and expires <= time.time():
+            return None
+        return entry
+
+    def record(self, client_id: str) -> None:
+        """Write (soon) this node's view of ``client_id``'s session: present, or gone."""
+        self._dirty.add(client_id)
+        if self._flush_task is None or self._flush_task.done():
+            self._flush_task = self._spawn(self._flush())
+
+    async def _flush(self) -> None:
+        kv = self.backplane.kv[SESSIONS_BUCKET]
+        while self._dirty:
+            await asyncio.sleep(0)
+            batch, self._dirty = self._dirty, set()
+            for client_id in batch:
+                session = self.broker.sessions.get(client_id)
+                try:
+                    if session is None:
+                        entry = self.entries.get(client_id)
+                        if entry is not None and entry.get("node") == self.node_name:
+                            self.entries.pop(client_id, None)
+                            await kv.delete(kv_key(client_id))
+                    else:
+                        value = self._entry(session)
+                        self.entries[client_id] = value
+                        await kv.put(kv_key(client_id), json.dumps(value).encode())
+                except Exception as exc:  # noqa: BLE001 - rewritten on the next change
+                    log.warning("cluster: session registry update for %r failed: %s", client_id, exc)
+
+    def _entry(self, session) -> dict:
+        subscriptions = [[full, sub.topic_filter, sub.qos, sub.no_local, sub.retain_as_published,
+                          sub.retain_handling, sub.sub_ids[0] if sub.sub_ids else None, sub.share_group]
+                         for full, sub in session.subscriptions.items()]
+        connected = session.channel is not None
+        return {"node": self.node_name, "subs": subscriptions, "expiry": session.expiry_interval,
+                "connected": connected,
+                "expires": None if connected else time.time() + session.expiry_interval}
+
+    # ------------------------------------------------------------------------------------- take-over
+
+    def restore(self, session, entry: dict) -> None:
+        """Give ``session`` the subscriptions of the registry entry."""
+        for full, topic_filter, qos, no_local, rap, rh, sub_id, group in entry.get("subs", ()):
+            if full in session.subscriptions:
+                continue
+            self.broker.subscribe(session, full, Subscription(topic_filter, qos, no_local, rap, rh, sub_id, group))
+
+    def take_over(self, client_id: str, entry: dict, discard: bool) -> None:
+        self._spawn(self._take_over(client_id, entry["node"], discard))
+
+    async def _take_over(self, client_id: str, node: str, discard: bool) -> None:
+        nc = self.backplane.nc
+        inbox = nc.new_inbox()
+        chunks: asyncio.Queue = asyncio.Queue()
+        sub = await nc.subscribe(inbox, cb=chunks.put)
+        delivered = 0
+        try:
+            await nc.publish(takeover_subject(node), json.dumps({"client": client_id, "discard": discard,
+                                                                 "by": self.node_name}).encode(), reply=inbox)
+            timeout = self.broker.config.cluster.takeover_timeout
+            while True:
+                msg = await asyncio.wait_for(chunks.get(), timeout)
+                reply = json.loads(msg.data)
+                delivered += self._deliver_handed_over(client_id, reply.get("messages", ()))
+                if reply.get("end"):
+                    break
+            log.info("client %r: session taken over from node %s (%d messages handed over)", client_id, node,
+                     delivered)
+        except (asyncio.TimeoutError, ValueError) as exc:
+            log.warning("client %r: node %s did not hand the session over (%s); subscriptions restored, its "
+                        "queued messages are lost", client_id, node, type(exc).__name__)
+        finally:
+            await sub.unsubscribe()
+        self.record(client_id)
+
+    def _deliver_handed_over(self, client_id: str, messages) -> int:
+        session = self.broker.sessions.get(client_id)
+        if session is None:
+            return 0
+        now = self.loop.time()
+        count = 0
+        for item in messages:
+            try:
+                message, _origin, _seq = decode_message(base64.b64decode(item["m"]), now)
+            except (ValueError, KeyError) as exc:
+                log.warning("client %r: unreadable handed-over message: %s", client_id, exc)
+                continue
+            session.deliver(message, int(item["q"]), bool(item["r"]), tuple(item["i"]))
+            count += 1
+        return count
+
+    async def _on_takeover(self, msg) -> None:
+        try:
+            request = json.loads(msg.data)
+            client_id = str(request["client"])
+            discard = bool(request.get("discard"))
+        except (ValueError, KeyError, TypeError):
+            return
+        broker = self.broker
+        channel = broker.channels.get(client_id)
+        if channel is not None:
+            log.info("client %r: session taken over by node %s", client_id, request.get("by"))
+            channel.kick(rc.SESSION_TAKEN_OVER, "session taken over")
+        broker.wills.cancel(client_id)  # the client is back (elsewhere): as a reconnection on one node does
+        session = broker.sessions.get(client_id)
+        chunk: list = []
+        size = 0
+        if session is not None:
+            if not discard:
+                now = broker.loop.time()
+                pending = [(e.message, e.qos, e.retain, e.sub_ids) for e in session.inflight.entries.values()
+                           if e.message is not None]
+                items = session.mqueue._items or ()
+                pending += [(q.message, q.qos, q.retain, q.sub_ids) for q in items]
+                for message, qos, retain, sub_ids in pending:
+                    encoded = base64.b64encode(encode_message(message, "", 0, now)).decode()
+                    if size + len(encoded) > CHUNK_BYTES and chunk:
+                        await msg.respond(json.dumps({"messages": chunk}).encode())
+                        chunk, size = [], 0
+                    chunk.append({"m": encoded, "q": qos, "r": retain, "i": list(sub_ids)})
+                    size += len(encoded)
+                broker.hand_over_session(session)
+            else:
+                broker.discard_session(session)
+        await msg.respond(json.dumps({"messages": chunk, "end": True}).encode())

@@ -1,0 +1,178 @@
+"""A three-node NATS cluster with JetStream on loopback, and three wharf-broker processes joined through it.
+
+``nats_cluster`` starts ``nats-server`` processes on ports found free at run time (client, route and
+monitoring ports on 127.0.0.1), JetStream stores under the test's tmp dir, and waits until each answers its
+``/healthz`` (JetStream included). ``cluster_nodes(count)`` then starts broker processes with
+``cluster.enable`` pointed at all NATS servers, each with its own node name.
+"""
+
+from __future__ import annotations
+
+import shutil
+import signal
+import socket
+import subprocess
+import time
+import urllib.error
+import urllib.request
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+NATS_SERVER = shutil.which("nats-server") or "/usr/sbin/nats-server"
+
+if not Path(NATS_SERVER).exists():
+    pytest.skip("nats-server is not installed (apt-get install nats-server)", allow_module_level=True)
+pytest.importorskip("nats", reason="nats-py is not installed")
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+@dataclass
+class NatsNode:
+    name: str
+    client_port: int
+    route_port: int
+    monitor_port: int
+    config_path: Path
+    log_path: Path
+    proc: subprocess.Popen | None = None
+
+    @property
+    def url(self) -> str:
+        return f"nats://127.0.0.1:{self.client_port}"
+
+    def start(self) -> None:
+        self.proc = subprocess.Popen([NATS_SERVER, "-c", str(self.config_path)], stdout=subprocess.DEVNULL,
+                                     stderr=subprocess.DEVNULL)
+
+    def running(self) -> bool:
+        return self.proc is not None and self.proc.poll() is None
+
+    def healthy(self) -> bool:
+        try:
+            url = f"http://127.0.0.1:{self.monitor_port}/healthz?js-enabled-only=true"
+            with urllib.request.urlopen(url, timeout=2) as response:
+                return response.status == 200
+        except (OSError, urllib.error.URLError):
+            return False
+
+    def kill(self) -> None:
+        if self.running():
+            self.proc.send_signal(signal.SIGKILL)
+            self.proc.wait(10)
+
+    def stop(self) -> None:
+        if self.running():
+            self.proc.terminate()
+            try:
+                self.proc.wait(10)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait(5)
+
+
+class NatsCluster:
+    def __init__(self, base: Path, size: int = 3) -> None:
+        self.nodes: list[NatsNode] = []
+        ports = [(free_port(), free_port(), free_port()) for _ in range(size)]
+        routes = ", ".join(f'"nats-route://127.0.0.1:{route}"' for _client, route, _mon in ports)
+        for index, (client, route, monitor) in enumerate(ports):
+            name = f"nats-{index}"
+            store = base / name
+            store.mkdir(parents=True, exist_ok=True)
+            config = base / f"{name}.conf"
+            log = base / f"{name}.log"
+            config.write_text(f"""
+server_name: {name}
+listen: "127.0.0.1:{client}"
+http: "127.0.0.1:{monitor}"
+log_file: "{log}"
+jetstream {{ store_dir: "{store}", max_memory_store: 64MB, max_file_store: 512MB }}
+cluster {{
+  name: wharf-test
+  listen: "127.0.0.1:{route}"
+  routes: [{routes}]
+}}
+""")
+            self.nodes.append(NatsNode(name, client, route, monitor, config, log))
+
+    @property
+    def urls(self) -> list[str]:
+        return [node.url for node in self.nodes]
+
+    def start(self, timeout: float = 30.0) -> None:
+        for node in self.nodes:
+            node.start()
+        deadline = time.monotonic() + timeout
+        for node in self.nodes:
+            while not node.healthy():
+                if not node.running():
+                    raise AssertionError(f"{node.name} exited:\n{node.log_path.read_text(errors='replace')}")
+                if time.monotonic() > deadline:
+                    raise AssertionError(f"{node.name} not healthy in {timeout}s")
+                time.sleep(0.1)
+        # JetStream needs its meta leader before streams can be created.
+        while not self._meta_leader():
+            if time.monotonic() > deadline:
+                raise AssertionError("no JetStream meta leader elected")
+            time.sleep(0.2)
+
+    def _meta_leader(self) -> bool:
+        import json
+        for node in self.nodes:
+            try:
+                with urllib.request.urlopen(f"http://127.0.0.1:{node.monitor_port}/jsz", timeout=2) as response:
+                    info = json.load(response)
+                if info.get("meta_cluster", {}).get("leader"):
+                    return True
+            except (OSError, ValueError):
+                continue
+        return False
+
+    def stop(self) -> None:
+        for node in self.nodes:
+            node.stop()
+
+
+@pytest.fixture
+def nats_cluster(tmp_path):
+    cluster = NatsCluster(tmp_path / "nats")
+    try:
+        cluster.start()
+        yield cluster
+    finally:
+        cluster.stop()
+
+
+def node_config(name: str, nats_urls: list[str], extra: str = "") -> str:
+    servers = ", ".join(f'"{url}"' for url in nats_urls)
+    return f"""
+node.name = "{name}"
+listeners.tcp.default {{ bind = "127.0.0.1:0" }}
+dashboard.listeners.http.bind = "127.0.0.1:0"
+cluster {{
+  enable = true
+  nats {{ servers = [{servers}], connect_timeout = 5s }}
+  replicas = 3
+  interest_ttl = 6s
+  takeover_timeout = 5s
+}}
+{extra}
+"""
+
+
+@pytest.fixture
+def cluster_nodes(broker_process, nats_cluster):
+    """Factory: ``cluster_nodes(count=3, extra="")`` -> list of BrokerProcess joined through ``nats_cluster``."""
+
+    def start(count: int = 3, extra: str = "", names=None):
+        names = names or [f"wharf-{index}@127.0.0.1" for index in range(count)]
+        return [broker_process(node_config(name, nats_cluster.urls, extra), timeout=60) for name in names]
+
+    return start
