@@ -2,7 +2,7 @@
 
 Signals: SIGTERM and SIGINT stop gracefully (no new connections, then ``Broker.shutdown()`` disconnects every
 client: 5.0 clients get DISCONNECT "server shutting down"); SIGHUP reloads the certificates of every TLS
-listener at once.
+listener at once, and the password and ACL files.
 """
 
 from __future__ import annotations
@@ -53,6 +53,9 @@ class BrokerApp:
             if type(exc).__module__.startswith("nats"):  # the cluster backplane refused us
                 raise StartupError(f"cluster backplane (NATS): {exc!r}") from exc
             raise
+        access = getattr(self.broker, "access", None)
+        if access is not None:
+            access.start()  # password / ACL file watchers
         self.listeners = build_listeners(self.config, self.broker.protocol_factory)
         try:
             for listener in self.listeners.values():
@@ -95,6 +98,9 @@ class BrokerApp:
                 await listener.stop()
             except Exception:
                 log.exception("listener %s did not stop cleanly", listener.id)
+        access = getattr(self.broker, "access", None)
+        if access is not None:
+            await access.stop()
         if self.admin is not None:
             await self.admin.stop()
         log.info("broker stopped")
@@ -145,8 +151,11 @@ async def serve(config: BrokerConfig, broker_factory: Callable[[BrokerConfig], A
     app = BrokerApp(config, broker_factory)
 
     def on_hangup() -> None:
-        log.info("SIGHUP: reloading certificates of every TLS listener")
+        log.info("SIGHUP: reloading certificates of every TLS listener, the password and ACL files")
         loop.create_task(app.reload_certificates())
+        access = getattr(app.broker, "access", None)
+        if access is not None:
+            access.reload()
 
     def on_stop(signame: str) -> None:
         log.info("%s: shutting down", signame)

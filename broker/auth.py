@@ -30,6 +30,8 @@ class ConnectInfo:
     protocol_version: int
     # The TLS peer identity (``wharf_broker.tls.PeerIdentity``) when the client presented a certificate.
     peer_identity: Any = None
+    # The client certificate's CN: from the TLS handshake, or from a PROXY v2 header's TLS TLV.
+    cert_common_name: str | None = None
 
 
 @dataclass(frozen=True)
@@ -72,7 +74,7 @@ class AuthChain:
     def fallback(self, info: ConnectInfo) -> AuthResult:
         """The decision when no hook decided."""
         if self.allow_anonymous:
-            return AuthResult.allow()
+            return AuthResult.allow(anonymous=True)
         if info.username is not None or info.password is not None:
             return AuthResult.deny(rc.BAD_USER_NAME_OR_PASSWORD, "no authenticator accepted the credentials")
         return AuthResult.deny(rc.NOT_AUTHORIZED, "anonymous access is disabled")

@@ -12,6 +12,7 @@ import functools
 import logging
 from typing import Callable
 
+from .access import AccessControl
 from .auth import AuthChain, Authenticator
 from .channel import Channel
 from .config.model import BrokerConfig
@@ -63,6 +64,9 @@ class Broker:
         self.connections: set[Connection] = set()
         self.wills = WillScheduler(self.publish)
         self.auth = AuthChain(self.config.authentication.allow_anonymous, auth_hooks)
+        # Password file / HTTP authenticators, the ACL and flapping detection, as configured.
+        self.access = AccessControl(self.config, registry)
+        self.auth.hooks.extend(self.access.authenticators)
         self.metrics = BrokerMetrics(registry)
         # Listener id -> listener object; the application wiring fills this for the admin API.
         self.listeners: dict = {}

@@ -49,7 +49,7 @@ class Channel:
     __slots__ = ("broker", "connection", "settings", "version", "v5", "client_id", "username", "session",
                  "connected", "connect_received", "will", "keepalive", "send_window", "client_max_packet",
                  "topic_aliases", "aliases_out", "aliases_out_max", "session_expiry", "problem_information",
-                 "connected_at", "mountpoint", "_disconnected", "_sent", "_loop")
+                 "connected_at", "mountpoint", "acl", "_disconnected", "_sent", "_loop")
 
     def __init__(self, broker: "Broker", connection: "Connection") -> None:
         self.broker = broker
@@ -76,6 +76,8 @@ class Channel:
         # The listener's mountpoint with placeholders filled in: prefixed to the client's topics inside the
         # broker, stripped again on the way out.
         self.mountpoint = ""
+        # This client's ACL view (``authz.ClientAcl``), None when authorization cannot refuse anything.
+        self.acl = None
         self._disconnected = False
         self._sent = broker.metrics.sent.labels()
         self._loop = broker.loop
@@ -161,8 +163,16 @@ class Channel:
             username = cert_username
         if cert_client_id is not None:
             client_id = cert_client_id
+        flapping = self.broker.access.flapping
+        if flapping.enabled and client_id and (flapping.is_banned(client_id) or flapping.connected(client_id)):
+            self.broker.access.authn["banned"].inc()
+            log.info("client %r from %s refused: banned for flapping", client_id, self.connection.peer_text)
+            return self._refuse(rc.BANNED, "banned for flapping")
+        cert_cn = getattr(identity, "cn", None) if identity is not None else None
+        if cert_cn is None and transport is not None:
+            cert_cn = transport.get_extra_info("proxy_ssl_cn")  # the load balancer's word (PROXY v2 TLV)
         info = ConnectInfo(client_id, username, packet.password, listener.id, self.connection.peer,
-                           packet.version, identity)
+                           packet.version, identity, cert_cn)
         chain = self.broker.auth
         if not chain.hooks:
             self._connect_authenticated(packet, info, chain.fallback(info))
@@ -181,6 +191,7 @@ class Channel:
         if error is not None:
             log.warning("authentication of client %r from %s failed: %r", info.client_id,
                         self.connection.peer_text, error)
+            self.broker.access.authn["error"].inc()
             self._refuse(rc.UNSPECIFIED_ERROR, "authentication failed")
         else:
             try:
@@ -192,7 +203,9 @@ class Channel:
         self.connection.resume_processing()
 
     def _connect_authenticated(self, packet, info: ConnectInfo, result) -> None:
+        access = self.broker.access
         if not result.allowed:
+            access.authn["deny"].inc()
             log.info("client %r from %s refused: %s", info.client_id, self.connection.peer_text,
                      result.reason or "not authorized")
             self._refuse(result.reason_code or rc.NOT_AUTHORIZED, result.reason or "not authorized")
@@ -211,6 +224,11 @@ class Channel:
                 ack_props["assigned_client_identifier"] = client_id
         self.client_id = client_id
         self.username = info.username
+        access.authn["anonymous" if result.attributes.get("anonymous") else "allow"].inc()
+        self.acl = acl = access.client_acl(info.username, client_id, info.cert_common_name, info.peer)
+        if acl is not None and packet.will is not None and not acl.may_publish(packet.will.topic):
+            log.info("client %r: will on %r dropped: not authorized", client_id, packet.will.topic)
+            packet.will = None
 
         # Session lifetime: 5.0 asks for one (capped); 3.1.1 persistent sessions get the configured one.
         cap = settings.session_expiry_interval
@@ -290,6 +308,10 @@ class Channel:
             raise ProtocolViolation(rc.TOPIC_NAME_INVALID, f"invalid topic name {topic!r}")
         if topic.count("/") >= settings.max_topic_levels:
             raise ProtocolViolation(rc.TOPIC_NAME_INVALID, "too many topic levels")
+        acl = self.acl
+        if acl is not None and not acl.may_publish(topic):
+            self._publish_refused(packet, topic)
+            return
         if self.mountpoint:
             topic = self.mountpoint + topic
         qos = packet.qos
@@ -335,6 +357,21 @@ class Channel:
             self.connection.write(encode(PubAck(PUBREC, packet_id, rc.NO_MATCHING_SUBSCRIBERS), 5))
         else:
             self.connection.write(b"\x50\x02" + packet_id.to_bytes(2, "big"))
+
+    def _publish_refused(self, packet, topic: str) -> None:
+        """The ACL refused this PUBLISH: 5.0 hears "not authorized" in its PUBACK/PUBREC, 3.1.1 gets the
+        usual acknowledgement (it has no way to hear a refusal) and the message is dropped."""
+        self.broker.metrics.dropped("not_authorized").value += 1
+        if self.acl.authorizer.disconnect_on_deny:
+            raise ProtocolViolation(rc.NOT_AUTHORIZED, f"not authorized to publish to {topic!r}")
+        qos = packet.qos
+        if qos == 0:
+            return
+        kind = PUBACK if qos == 1 else PUBREC
+        if self.v5:
+            self.connection.write(encode(PubAck(kind, packet.packet_id, rc.NOT_AUTHORIZED), 5))
+        else:
+            self.connection.write(bytes((kind << 4, 2)) + packet.packet_id.to_bytes(2, "big"))
 
     def _ack_when_routed(self, kind: int, packet_id: int, pending) -> None:
         """PUBACK/PUBREC once ``pending`` (a future of the delivery count) resolves. When it fails, a 5.0
@@ -513,6 +550,9 @@ class Channel:
             topic_filter = shared[1] if shared else full_filter
             if not valid_topic_filter(topic_filter, settings.max_topic_levels):
                 codes.append(rc.TOPIC_FILTER_INVALID if v5 else failure)
+                continue
+            if self.acl is not None and not self.acl.may_subscribe(topic_filter):
+                codes.append(rc.NOT_AUTHORIZED if v5 else failure)
                 continue
             if self.mountpoint:
                 topic_filter = self.mountpoint + topic_filter

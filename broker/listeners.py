@@ -134,11 +134,12 @@ class Listener:
         log.debug("listener %s refused a connection: %s", self.id, reason)
         return reason
 
-    def guarded_factory(self, inner: ProtocolFactory | None = None) -> ProtocolFactory:
-        """``inner`` (default: the MQTT protocol) behind admission and, if configured, the PROXY header."""
+    def guarded_factory(self, inner: ProtocolFactory | None = None, proxy_header: bool = True) -> ProtocolFactory:
+        """``inner`` (default: the MQTT protocol) behind admission and, if configured (and ``proxy_header``),
+        the PROXY header."""
         inner = inner or self.make_factory(self.context)
         admit = self.admit
-        if self.config.proxy_protocol:
+        if self.config.proxy_protocol and proxy_header:
             inner = self._behind_proxy_header(inner)
 
         def factory() -> asyncio.BaseProtocol:
@@ -260,8 +261,11 @@ class SslListener(_TlsMixin, Listener):
     async def _create_server(self, host: str | None, port: int) -> asyncio.AbstractServer:
         self.runtime = self._new_runtime()
         await self.runtime.start()
+        # The PROXY header comes before the TLS handshake: the runtime puts it ahead of TLS.
+        pre_tls = self._behind_proxy_header if self.config.proxy_protocol else None
         try:
-            return await self.runtime.create_server(self.guarded_factory(), host, port)
+            return await self.runtime.create_server(self.guarded_factory(proxy_header=False), host, port,
+                                                    pre_tls=pre_tls)
         except BaseException:
             await self.runtime.stop()
             raise

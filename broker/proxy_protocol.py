@@ -1,9 +1,15 @@
-"""The PROXY protocol (HAProxy's, versions 1 and 2) in front of tcp and ws listeners (``proxy_protocol = true``).
+"""The PROXY protocol (HAProxy's, versions 1 and 2) in front of tcp, ssl and ws listeners (``proxy_protocol = true``).
 
 A load balancer that terminates nothing but TCP prepends one header naming the real client. ``ProxyProtocolGate``
 reads that header (within ``proxy_protocol_timeout``), then hands the connection to the real protocol with a
 transport whose ``peername`` is the client's address. A connection without a valid header is dropped: with the
-option on, only the load balancer may connect.
+option on, only the load balancer may connect. On an ssl listener the header comes before the TLS handshake
+(the TLS runtime's ``pre_tls`` hook puts the gate in front of TLS).
+
+A v2 header may carry TLVs; when the balancer terminated TLS itself and says the client presented a certificate
+it verified (``PP2_TYPE_SSL`` with ``PP2_CLIENT_CERT_CONN`` and verify = 0), its CN
+(``PP2_SUBTYPE_SSL_CN``) is offered to the broker as the transport's ``proxy_ssl_cn`` extra, usable by
+authenticators and ACL rules like a certificate CN seen by the broker itself.
 """
 
 from __future__ import annotations
@@ -85,11 +91,70 @@ def _parse_v2(data: bytes) -> tuple[int, Address | None] | None:
     raise ProxyHeaderError(f"unsupported PROXY v2 address family {family:#x}")
 
 
+PP2_TYPE_SSL = 0x20
+PP2_SUBTYPE_SSL_CN = 0x22
+PP2_CLIENT_SSL = 0x01
+PP2_CLIENT_CERT_CONN = 0x02
+_ADDRESS_BLOCK = {0x00: 0, 0x11: 12, 0x12: 12, 0x21: 36, 0x22: 36, 0x31: 216, 0x32: 216}
+
+
+def _iter_tlvs(data: bytes):
+    position = 0
+    while position + 3 <= len(data):
+        kind, length = data[position], int.from_bytes(data[position + 1:position + 3], "big")
+        value = data[position + 3:position + 3 + length]
+        if len(value) != length:
+            raise ProxyHeaderError("truncated PROXY v2 TLV")
+        yield kind, value
+        position += 3 + length
+    if position != len(data):
+        raise ProxyHeaderError("truncated PROXY v2 TLV")
+
+
+def v2_tls_extras(header: bytes) -> dict[str, Any]:
+    """Transport extras from a complete v2 header's TLVs: ``proxy_ssl_cn`` (the verified client certificate's
+    CN) when the balancer sent one. Raises ``ProxyHeaderError`` for malformed TLVs."""
+    if not header.startswith(V2_SIGNATURE) or len(header) < 16:
+        return {}
+    skip = _ADDRESS_BLOCK.get(header[13])
+    if skip is None or 16 + skip > len(header):
+        return {}
+    extras: dict[str, Any] = {}
+    for kind, value in _iter_tlvs(header[16 + skip:]):
+        if kind != PP2_TYPE_SSL or len(value) < 5:
+            continue
+        client, verify = value[0], int.from_bytes(value[1:5], "big")
+        extras["proxy_ssl"] = True
+        if not (client & PP2_CLIENT_SSL and client & PP2_CLIENT_CERT_CONN and verify == 0):
+            continue  # no certificate, or one the balancer could not verify: no identity
+        for sub_kind, sub_value in _iter_tlvs(value[5:]):
+            if sub_kind == PP2_SUBTYPE_SSL_CN:
+                common_name = sub_value.decode("utf-8", "replace")
+                if common_name and common_name.isprintable():
+                    extras["proxy_ssl_cn"] = common_name
+    return extras
+
+
+def _feed(protocol: asyncio.BaseProtocol, data: bytes) -> None:
+    """Hand bytes read ahead to a protocol, buffered (asyncio's TLS protocol) or not."""
+    if isinstance(protocol, asyncio.BufferedProtocol):
+        view = memoryview(data)
+        while view:
+            buffer = protocol.get_buffer(len(view))
+            size = min(len(buffer), len(view))
+            buffer[:size] = view[:size]
+            protocol.buffer_updated(size)
+            view = view[size:]
+    else:
+        protocol.data_received(data)  # type: ignore[attr-defined]
+
+
 class ProxiedTransport(asyncio.Transport):
     """The accepted transport, except that ``peername`` is the client the PROXY header named."""
 
-    def __init__(self, transport: asyncio.Transport, peername: Address) -> None:
-        super().__init__({"peername": peername, "proxy_peername": transport.get_extra_info("peername")})
+    def __init__(self, transport: asyncio.Transport, peername: Address, extras: dict | None = None) -> None:
+        super().__init__({**(extras or {}), "peername": peername,
+                          "proxy_peername": transport.get_extra_info("peername")})
         self._transport = transport
         # The hot path goes straight to the real transport.
         self.write = transport.write  # type: ignore[method-assign]
@@ -167,15 +232,20 @@ class ProxyProtocolGate(asyncio.Protocol):
         if parsed is None:
             return
         used, client = parsed
+        try:
+            extras = v2_tls_extras(self._buffer[:used]) if client is not None else {}
+        except ProxyHeaderError as exc:
+            self._refuse(str(exc))
+            return
         self._cancel_timer()
         transport = self._transport
         assert transport is not None
         rest, self._buffer = self._buffer[used:], b""
-        handed = ProxiedTransport(transport, client) if client is not None else transport
+        handed = ProxiedTransport(transport, client, extras) if client is not None else transport
         transport.set_protocol(self._inner)
         self._inner.connection_made(handed)
         if rest and not transport.is_closing():
-            self._inner.data_received(rest)
+            _feed(self._inner, rest)
 
     def eof_received(self) -> bool:
         self._cancel_timer()

@@ -401,9 +401,8 @@ class _Checker:
             if not listener.enable:
                 continue
             binds.append((f"{key}.bind", host, port))
-            if listener.proxy_protocol and kind in ("ssl", "wss"):
-                self.issue(f"{key}.proxy_protocol", "is only supported on tcp and ws listeners (on a TLS "
-                                                    "listener the header would have to come before the handshake)")
+            if listener.proxy_protocol and kind == "wss":
+                self.issue(f"{key}.proxy_protocol", "is only supported on tcp, ssl and ws listeners")
             if listener.proxy_protocol_timeout <= 0:
                 self.issue(f"{key}.proxy_protocol_timeout", "must be greater than 0")
             if kind in ("ws", "wss"):
@@ -434,6 +433,35 @@ class _Checker:
                 self.check_file(psk, "init_file", "psk_authentication.init_file")
             if not psk.separator:
                 self.issue("psk_authentication.separator", "must not be empty")
+        self.check_access_control(config)
+
+    def check_access_control(self, config: model.BrokerConfig) -> None:
+        """authentication / authorization / flapping_detect: files that exist, positive limits."""
+        authn = config.authentication
+        if authn.password_file.enable:
+            if not authn.password_file.path:
+                self.issue("authentication.password_file.path", "is required when password_file.enable = true")
+            else:
+                self.check_file(authn.password_file, "path", "authentication.password_file.path")
+        http = authn.http
+        if http.enable and not http.url.startswith(("http://", "https://")):
+            self.issue("authentication.http.url", "must be an http:// or https:// URL")
+        for name in ("request_timeout", "connect_timeout"):
+            if getattr(http, name) <= 0:
+                self.issue(f"authentication.http.{name}", "must be greater than 0")
+        if http.pool_size < 1 or http.cache_max_size < 0:
+            self.issue("authentication.http", "pool_size must be at least 1 and cache_max_size at least 0")
+        acl = config.authorization.file
+        if acl.enable:
+            if not acl.path:
+                self.issue("authorization.file.path", "is required when file.enable = true")
+            else:
+                self.check_file(acl, "path", "authorization.file.path")
+        if config.authorization.cache.max_size < 1:
+            self.issue("authorization.cache.max_size", "must be at least 1")
+        flapping = config.flapping_detect
+        if flapping.max_count < 1 or flapping.window_time <= 0 or flapping.ban_time <= 0 or flapping.max_tracked < 1:
+            self.issue("flapping_detect", "max_count, max_tracked, window_time and ban_time must be positive")
 
     def check_mqtt(self, mqtt: model.MqttSettings) -> None:
         if not 0 <= mqtt.max_qos_allowed <= 2:

@@ -188,10 +188,84 @@ class CrlCache:
 
 
 @dataclass
+class PasswordFileAuthn:
+    """``authentication.password_file { ... }``: users with salted slow hashes, one ``user:hash`` a line
+    (``python -m wharf_broker.authn.passwd``)."""
+
+    enable: bool = False
+    path: str = ""
+    # The file's content digest is re-checked this often (SIGHUP re-reads at once); a bad file keeps the old users.
+    reload_interval: Duration = 10.0
+
+
+@dataclass
+class HttpAuthn:
+    """``authentication.http { ... }``: ask an HTTP service (POST JSON, answer ``{"result": "allow|deny|ignore"}``)."""
+
+    enable: bool = False
+    url: str = ""
+    # Whole-request timeout (EMQX: ``request_timeout``); a timeout or error means ``ignore``.
+    request_timeout: Duration = 5.0
+    connect_timeout: Duration = 2.0
+    # Answers (allow and deny) are kept this long, for at most ``cache_max_size`` credentials; 0 = no cache.
+    cache_ttl: Duration = 60.0
+    cache_max_size: int = 10000
+    # At most this many requests in flight; more CONNECTs wait.
+    pool_size: int = 8
+
+
+@dataclass
 class Authentication:
     """``authentication { ... }``: who may connect."""
 
     allow_anonymous: bool = True
+    # Authenticators asked in this order (EMQX chain: ignore -> next, allow/deny decides).
+    chain: list[Literal["password_file", "http"]] = field(default_factory=lambda: ["password_file", "http"])
+    password_file: PasswordFileAuthn = field(default_factory=PasswordFileAuthn)
+    http: HttpAuthn = field(default_factory=HttpAuthn)
+
+
+@dataclass
+class AclFile:
+    """``authorization.file { ... }``: rules in an ``acl.conf``-like file (``docs/configuration.md``)."""
+
+    enable: bool = False
+    path: str = ""
+    reload_interval: Duration = 10.0
+
+
+@dataclass
+class AuthzCache:
+    """``authorization.cache { ... }`` (EMQX): per-client decisions kept until the ACL changes."""
+
+    enable: bool = True
+    max_size: int = 32
+    ttl: Duration = 60.0
+
+
+@dataclass
+class Authorization:
+    """``authorization { ... }``: what a client may publish and subscribe to."""
+
+    # The decision when no rule matches (EMQX's name and default; the operator renders ``deny``).
+    no_match: Literal["allow", "deny"] = "allow"
+    # What a refused PUBLISH costs the client besides the refusal: nothing, or the connection.
+    deny_action: Literal["ignore", "disconnect"] = "ignore"
+    cache: AuthzCache = field(default_factory=AuthzCache)
+    file: AclFile = field(default_factory=AclFile)
+
+
+@dataclass
+class FlappingDetect:
+    """``flapping_detect { ... }`` (EMQX): a client id that connects ``max_count`` times within ``window_time``
+    is refused (CONNACK "banned") for ``ban_time``."""
+
+    enable: bool = False
+    max_count: int = 15
+    window_time: Duration = 60.0
+    ban_time: Duration = 300.0
+    # Client ids tracked at most (oldest forgotten first), so a flood of random ids cannot grow memory.
+    max_tracked: int = 100000
 
 
 @dataclass
@@ -293,6 +367,8 @@ class BrokerConfig:
     mqtt: MqttSettings = field(default_factory=MqttSettings)
     listeners: Listeners = field(default_factory=Listeners)
     authentication: Authentication = field(default_factory=Authentication)
+    authorization: Authorization = field(default_factory=Authorization)
+    flapping_detect: FlappingDetect = field(default_factory=FlappingDetect)
     psk_authentication: PskAuthentication = field(default_factory=PskAuthentication)
     crl_cache: CrlCache = field(default_factory=CrlCache)
     dashboard: Dashboard = field(default_factory=Dashboard)

@@ -351,14 +351,27 @@ class TlsListenerRuntime:
                             backlog: int = 1024, **kwargs: Any) -> TlsServer:
         if not self._started:
             raise RuntimeError(f"TLS listener {self.listener_id}: start() first")
-        server = TlsServer(self, protocol_factory, host, port, backlog, kwargs)
+        # ``pre_tls``: wraps the TLS protocol factory with something that reads plain bytes before the
+        # handshake (the PROXY protocol header).
+        pre_tls = kwargs.pop("pre_tls", None)
+        server = TlsServer(self, protocol_factory, host, port, backlog, kwargs, pre_tls=pre_tls)
         await server.bind()
         self._servers.append(server)
         return server
 
-    def _server_args(self, protocol_factory: Callable[[], asyncio.Protocol]) -> tuple[Callable, dict]:
-        """What ``loop.create_server`` needs for the current backend."""
+    def _server_args(self, protocol_factory: Callable[[], asyncio.Protocol],
+                     plain_socket: bool = False) -> tuple[Callable, dict]:
+        """What ``loop.create_server`` needs for the current backend. ``plain_socket``: the server accepts
+        plain TCP and the returned factory makes the TLS protocol itself (for something ahead of TLS)."""
         generation = self.current_generation
+        if generation.backend == "stdlib" and plain_socket:
+            from asyncio import sslproto
+
+            def tls_protocol() -> asyncio.BaseProtocol:
+                return sslproto.SSLProtocol(asyncio.get_running_loop(), _StdlibGate(self, protocol_factory()),
+                                            self._base_ctx, None, server_side=True,
+                                            ssl_handshake_timeout=generation.policy.handshake_timeout)
+            return tls_protocol, {}
         if generation.backend == "stdlib":
             return (lambda: _StdlibGate(self, protocol_factory()),
                     {"ssl": self._base_ctx, "ssl_handshake_timeout": generation.policy.handshake_timeout})

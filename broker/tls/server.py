@@ -16,20 +16,24 @@ if TYPE_CHECKING:
 
 class TlsServer:
     def __init__(self, runtime: "TlsListenerRuntime", protocol_factory: Callable[[], asyncio.Protocol], host: Any,
-                 port: int, backlog: int, kwargs: dict) -> None:
+                 port: int, backlog: int, kwargs: dict,
+                 pre_tls: Callable[[Callable[[], asyncio.BaseProtocol]], Callable] | None = None) -> None:
         self._runtime = runtime
         self._protocol_factory = protocol_factory
         self._host = host
         self._port = port
         self._backlog = backlog
         self._kwargs = kwargs
+        self._pre_tls = pre_tls
         self._server: asyncio.AbstractServer | None = None
         self._retired: list[asyncio.AbstractServer] = []
         self._closed = False
         self._forever: asyncio.Future | None = None
 
     async def bind(self) -> None:
-        factory, tls_kwargs = self._runtime._server_args(self._protocol_factory)
+        factory, tls_kwargs = self._runtime._server_args(self._protocol_factory, self._pre_tls is not None)
+        if self._pre_tls is not None:
+            factory = self._pre_tls(factory)
         loop = asyncio.get_running_loop()
         self._server = await loop.create_server(factory, self._host, self._port, backlog=self._backlog,
                                                 **tls_kwargs, **self._kwargs)

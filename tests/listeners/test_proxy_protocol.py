@@ -73,9 +73,9 @@ def test_bad_headers(data):
         parse_header(data)
 
 
-def test_not_on_tls_listeners():
-    with pytest.raises(ConfigError, match="listeners.ssl.a.proxy_protocol: is only supported on tcp and ws"):
-        load_string('listeners.ssl.a { bind = ":0", proxy_protocol = true, '
+def test_not_on_wss_listeners():
+    with pytest.raises(ConfigError, match="listeners.wss.a.proxy_protocol: is only supported on tcp, ssl and ws"):
+        load_string('listeners.wss.a { bind = ":0", proxy_protocol = true, '
                     'ssl_options { certfile = "/dev/null", keyfile = "/dev/null" } }')
 
 

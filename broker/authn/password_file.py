@@ -1,0 +1,123 @@
+"""The password-file authenticator: ``username:hash`` lines, reloaded live.
+
+Lines are ``<username>:<hash>`` (``hashing.py`` formats); ``#`` starts a comment line. A username not in the
+file is ``ignore`` (the next authenticator may know it), a wrong password is ``deny`` (bad user name or
+password). The file's SHA-256 is re-checked every ``reload_interval`` and on ``reload()`` (SIGHUP); a file that
+does not parse is logged and the previous users stay.
+
+Hash checks are slow by design, so they run in a thread, and a bounded cache remembers recent successful
+checks (keyed by a salted digest of the password, never the password itself) so that reconnecting clients do
+not pay the hash again; the cache is dropped whenever the file changes.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import logging
+import os
+from collections import OrderedDict
+
+from ..auth import AuthResult, ConnectInfo
+from ..config.model import PasswordFileAuthn
+from ..mqtt import reason_codes as rc
+from . import hashing
+
+log = logging.getLogger("wharf_broker.authn")
+
+_VERIFIED_MAX = 4096
+
+
+class PasswordFileError(ValueError):
+    pass
+
+
+def parse_password_file(text: str, source: str = "<password file>") -> dict[str, str]:
+    """username -> hash; raises ``PasswordFileError`` naming the first bad line."""
+    users: dict[str, str] = {}
+    for number, raw in enumerate(text.splitlines(), 1):
+        line = raw.strip()
+        if not line or line.startswith("#"):
+            continue
+        username, sep, encoded = line.rpartition(":")
+        if not sep or not username:
+            raise PasswordFileError(f"{source}:{number}: expected <username>:<hash>")
+        try:
+            hashing.check_format(encoded)
+        except hashing.HashFormatError as error:
+            raise PasswordFileError(f"{source}:{number}: user {username!r}: {error}") from None
+        if username in users:
+            raise PasswordFileError(f"{source}:{number}: user {username!r} appears twice")
+        users[username] = encoded
+    return users
+
+
+class PasswordFileAuthenticator:
+    name = "password_file"
+
+    def __init__(self, config: PasswordFileAuthn) -> None:
+        self.path = config.path
+        self.reload_interval = config.reload_interval
+        self.users: dict[str, str] = {}
+        self.digest = ""
+        self._pepper = os.urandom(16)  # the cache keys are useless outside this process
+        self._verified: OrderedDict[tuple[str, bytes], str] = OrderedDict()
+        self._watcher: asyncio.Task | None = None
+        self.reload()
+
+    # -- loading
+    def reload(self) -> bool:
+        """Re-read the file if its content changed; True when new users are in force. The first load raises
+        ``PasswordFileError`` / ``OSError``; later failures are logged and keep the old users."""
+        first = not self.digest
+        try:
+            with open(self.path, "rb") as handle:
+                data = handle.read()
+            digest = hashlib.sha256(data).hexdigest()
+            if digest == self.digest:
+                return False
+            users = parse_password_file(data.decode("utf-8"), self.path)
+        except (OSError, UnicodeDecodeError, PasswordFileError) as error:
+            if first:
+                raise PasswordFileError(f"password file {self.path}: {error}") from None
+            log.error("password file %s not reloaded, keeping %d users: %s", self.path, len(self.users), error)
+            return False
+        self.users, self.digest = users, digest
+        self._verified.clear()
+        log.info("password file %s: %d users", self.path, len(users))
+        return True
+
+    def start(self) -> None:
+        if self._watcher is None and self.reload_interval > 0:
+            self._watcher = asyncio.get_running_loop().create_task(self._watch())
+
+    async def _watch(self) -> None:
+        while True:
+            await asyncio.sleep(self.reload_interval)
+            self.reload()
+
+    async def stop(self) -> None:
+        if self._watcher is not None:
+            self._watcher.cancel()
+            self._watcher = None
+
+    # -- the hook
+    async def authenticate(self, info: ConnectInfo) -> AuthResult:
+        if info.username is None:
+            return AuthResult.ignore()
+        encoded = self.users.get(info.username)
+        if encoded is None:
+            return AuthResult.ignore()
+        password = info.password or b""
+        key = (info.username, hashlib.sha256(self._pepper + password).digest())
+        if self._verified.get(key) == encoded:
+            self._verified.move_to_end(key)
+            return AuthResult.allow(source=self.name)
+        ok = await asyncio.get_running_loop().run_in_executor(None, hashing.verify_password, password, encoded)
+        if not ok:
+            return AuthResult.deny(rc.BAD_USER_NAME_OR_PASSWORD, "bad user name or password")
+        if self.users.get(info.username) == encoded:  # still the same entry after the wait
+            self._verified[key] = encoded
+            if len(self._verified) > _VERIFIED_MAX:
+                self._verified.popitem(last=False)
+        return AuthResult.allow(source=self.name)
