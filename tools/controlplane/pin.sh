@@ -17,7 +17,9 @@ k8s_minor_patch="${KUBERNETES_VERSION#1.}"   # 1.34.4 -> 34.4
 
 write_module() {  # dir module-path
     rm -f "$1/go.mod" "$1/go.sum"
-    (cd "$1" && go mod init "$2" >/dev/null 2>&1)
+    # The lowest go line; `go get` raises it to what the dependencies need, no more, so that
+    # the pin does not demand the exact toolchain that happened to write it.
+    (cd "$1" && go mod init "$2" >/dev/null 2>&1 && go mod edit -go=1.22)
 }
 
 echo "pin: kubernetes v$KUBERNETES_VERSION (staging v0.$k8s_minor_patch)"

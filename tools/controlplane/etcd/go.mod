@@ -1,6 +1,6 @@
 module wharf.local/controlplane/etcd
 
-go 1.26.8
+go 1.24
 
 tool go.etcd.io/etcd/server/v3
 
