@@ -132,3 +132,23 @@ async def test_live_ssl_options_update_reaches_the_broker(rendered_broker):
         await admin.close()
     assert await asyncio.to_thread(negotiated_version, broker.port("ssl:mqtts")) == "TLSv1.2"
     assert broker.running()
+
+
+async def test_encrypted_key_with_the_password_from_its_own_secret(tmp_path, broker_process):
+    """keyPasswordSecretRef: the password reaches the broker as a mounted file, never in the rendered config."""
+    pytest.importorskip("wharf_broker.cli", reason="the broker's CLI is not there yet")
+    ca = make_ca()
+    leaf = make_leaf(ca, sans=["localhost"])
+    root = tmp_path / "wharf"
+    project(root / "certs" / "mqtts", {"tls.crt": leaf.cert_pem, "tls.key": leaf.key_pem(b"k3y-pass")})
+    project(root / "keypass" / "mqtts", {"password": b"k3y-pass\n"})
+    project(root / "admin", {"token": TOKEN.encode()})
+    spec = defaulted_spec({"listeners": [{"name": "mqtts", "type": "ssl", "port": 8883, "tls": {
+        "secretName": "broker-tls", "keyPasswordSecretRef": {"name": "broker-key-password"}}}]})
+    tree = render.config_tree(spec, root=str(root))
+    tree["listeners"]["ssl"]["mqtts"]["bind"] = "127.0.0.1:0"
+    tree["dashboard"]["listeners"]["http"]["bind"] = "127.0.0.1:0"
+    text = render.to_hocon(tree)
+    assert "k3y-pass" not in text
+    broker = broker_process(text, token=TOKEN)
+    assert await asyncio.to_thread(served_fingerprint, broker.port("ssl:mqtts")) == leaf.fingerprint
