@@ -68,6 +68,18 @@ def filter_covers(rule_filter: str, requested: str) -> bool:
     return len(rule) == len(wanted)
 
 
+def _fill(text: str, facts: ClientFacts) -> str | None:
+    """``text`` with ``${username}`` / ``${clientid}`` filled in, or None when the rule cannot apply: no
+    username, or a value holding ``+``, ``#`` or ``/`` (it would widen the filter beyond the client's own
+    level, e.g. a user named ``+`` reaching every user's topics)."""
+    for placeholder, value in (("${username}", facts.username), ("${clientid}", facts.client_id)):
+        if placeholder in text:
+            if not value or "+" in value or "#" in value or "/" in value:
+                return None
+            text = text.replace(placeholder, value)
+    return text
+
+
 class Authorizer:
     def __init__(self, config: Authorization, registry: Registry = REGISTRY) -> None:
         self.config = config
@@ -159,12 +171,9 @@ class ClientAcl:
                 for pattern in rule.topics:
                     text = pattern.text
                     if pattern.placeholders:
-                        if "${username}" in text:
-                            if facts.username is None:
-                                continue  # no username: the rule cannot be about this client's topics
-                            text = text.replace("${username}", facts.username)
-                        if "${clientid}" in text:
-                            text = text.replace("${clientid}", facts.client_id)
+                        text = _fill(text, facts)
+                        if text is None:
+                            continue
                     topics.append(TopicPattern(text, pattern.exact, False))
                 if not topics:
                     continue

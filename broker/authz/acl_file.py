@@ -238,7 +238,7 @@ def parse_acl(text: str, source: str = "<acl>") -> list[Rule]:
     while reader.peek() is not None:
         line = reader.tokens[reader.index][0]
         term = reader.term()
-        if reader.take() != ".":
+        if reader.peek() is None or reader.take() != ".":
             raise reader.error("a rule must end with '.'")
         if not isinstance(term, tuple) or len(term) not in (2, 4):
             raise reader.error("a rule is {Permission, Who} or {Permission, Who, Action, Topics}")
