@@ -326,6 +326,11 @@ class Controller:
             if signal and state.signalled.get(listener.listener_id) != material.signature:
                 if pods is None:
                     pods, token = await self._pods_and_token(namespace, name)
+                if not pods:  # nothing runs yet: pods that start later load the current files
+                    state.signalled[listener.listener_id] = material.signature
+                    record.update(podsServing=0, podsTotal=0)
+                    records[listener.name] = record
+                    continue
                 result = await self.admin.rotate(pods, token, listener.listener_id, material.fingerprint,
                                                  self.config.reload_wait)
                 seconds = round(time.monotonic() - started, 3)

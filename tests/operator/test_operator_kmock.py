@@ -415,3 +415,13 @@ async def test_ready_follows_the_statefulset(env):
                            {"status": {"replicas": 2, "readyReplicas": 2}})
     ready = await eventually(lambda: (c := env.condition("Ready")).get("status") == "True" and c, "Ready=True")
     assert ready["reason"] == "AllPodsReady" and env.status()["readyReplicas"] == 2
+
+
+async def test_rotation_before_any_pod_runs_signals_nobody(env):
+    await env.create_broker(tls_spec())
+    await env.reconciled()
+    new_leaf = make_leaf(env.ca)
+    await env.rotate_secret(new_leaf, project=False)
+    await eventually(lambda: env.listener_status().get("fingerprint") == new_leaf.fingerprint, "the new record")
+    assert env.listener_status()["podsTotal"] == 0
+    assert env.events("CertificateRotated") == [] and env.events("RotationIncomplete") == []
