@@ -1,0 +1,125 @@
+"""The HTTP authenticator (a real aiohttp service on loopback: decisions, cache, timeouts, errors) and the
+PROXY protocol on an ssl listener (header before the TLS handshake; the v2 TLS TLV's certificate CN used by
+the ACL; the real client address in the admin API)."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import ssl
+
+import pytest
+from aiohttp import web
+
+from wharf_broker.mqtt import reason_codes as rc
+from wharf_broker.mqtt.packets import PUBACK
+
+from .conftest import metric
+from .mqtt_wire import WireClient, connack_code, proxy_v2_header
+
+
+@pytest.fixture
+async def auth_service():
+    """An HTTP authenticator service: allow for password "open-sesame", deny for user "blocked", a 500 for
+    user "broken", a slow answer for user "slow", ignore otherwise."""
+    requests: list[dict] = []
+
+    async def handle(request: web.Request) -> web.Response:
+        body = await request.json()
+        requests.append(body)
+        if body["username"] == "slow":
+            await asyncio.sleep(3)
+        if body["username"] == "broken":
+            return web.Response(status=500)
+        if body["username"] == "blocked":
+            return web.json_response({"result": "deny"})
+        if body["password"] == "open-sesame":
+            return web.json_response({"result": "allow"})
+        return web.json_response({"result": "ignore"})
+
+    app = web.Application()
+    app.router.add_post("/auth", handle)
+    runner = web.AppRunner(app)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    port = site._server.sockets[0].getsockname()[1]
+    yield f"http://127.0.0.1:{port}/auth", requests
+    await runner.cleanup()
+
+
+async def test_http_authenticator(broker_process, auth_service):
+    url, requests = auth_service
+    broker = broker_process(f"""
+listeners.tcp.default {{ bind = "127.0.0.1:0" }}
+dashboard.listeners.http.bind = "127.0.0.1:0"
+authentication {{
+  allow_anonymous = false
+  http {{ enable = true, url = "{url}", request_timeout = 500ms, cache_ttl = 1m, cache_max_size = 100 }}
+}}
+""")
+    port = broker.port("tcp:default")
+    code = await connack_code(port, "h1", username="carol", password=b"open-sesame")
+    assert code == rc.SUCCESS
+    assert requests[-1] == {"clientid": "h1", "username": "carol", "password": "open-sesame",
+                            "peerhost": "127.0.0.1", "listener": "tcp:default", "proto_ver": 5,
+                            "cert_common_name": None}
+    asked = len(requests)
+    assert await connack_code(port, "h1", username="carol", password=b"open-sesame") == rc.SUCCESS
+    assert len(requests) == asked  # answered from the cache
+    assert await connack_code(port, "h2", username="blocked", password=b"open-sesame") == rc.NOT_AUTHORIZED
+    # ignore, a 500 and a timeout all fall through to the chain's end: credentials nobody accepted.
+    for username in ("carol-wrong", "broken", "slow"):
+        password = b"nope" if username == "carol-wrong" else b"x"
+        assert await connack_code(port, "h3", username=username, password=password) == \
+            rc.BAD_USER_NAME_OR_PASSWORD, username
+    assert "open-sesame" not in broker.log
+    _, body = broker.admin("GET", "/metrics")
+    assert metric(body.decode(), "wharf_authn_total", result="deny") == 4
+
+
+async def test_proxy_protocol_before_tls(tmp_path, broker_process, certs):
+    acl = tmp_path / "acl.conf"
+    acl.write_text('{allow, {cert_common_name, "meter-1"}, publish, ["meters/1/#"]}.\n')
+    broker = broker_process(f"""
+listeners.ssl.lb {{
+  bind = "127.0.0.1:0"
+  proxy_protocol = true
+  proxy_protocol_timeout = 2s
+  ssl_options {{ certfile = "{certs / 'server.crt'}", keyfile = "{certs / 'server.key'}" }}
+}}
+dashboard.listeners.http.bind = "127.0.0.1:0"
+authorization {{
+  no_match = deny
+  file {{ enable = true, path = "{acl}" }}
+}}
+""")
+    port = broker.port("ssl:lb")
+    tls = ssl.create_default_context(cafile=str(certs / "rootCA.crt"))
+    # The load balancer verified a client certificate with CN "meter-1" and says so in a TLV.
+    meter = await WireClient.open(port, tls=tls, proxy_header=proxy_v2_header("203.0.113.5", 40001, "meter-1"))
+    unverified = await WireClient.open(port, tls=tls,
+                                       proxy_header=proxy_v2_header("203.0.113.6", 40002, "meter-1", verified=False))
+    try:
+        assert (await meter.connect("m1")).reason_code == 0
+        assert (await unverified.connect("m2")).reason_code == 0
+        ack = await meter.publish("meters/1/reading", b"42")
+        assert ack.type == PUBACK and ack.reason_code in (rc.SUCCESS, rc.NO_MATCHING_SUBSCRIBERS)
+        ack = await unverified.publish("meters/1/reading", b"42")
+        assert ack.reason_code == rc.NOT_AUTHORIZED  # an unverified certificate gives no identity
+        status, body = broker.admin("GET", "/api/v5/clients")
+        assert status == 200
+        peers = {client["clientid"]: client["peer"] for client in json.loads(body)}
+        assert peers["m1"] == "203.0.113.5:40001" and peers["m2"] == "203.0.113.6:40002"
+    finally:
+        await meter.close()
+        await unverified.close()
+    # No header: TLS straight away is refused (and counted).
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    writer.write(b"\x16\x03\x01\x02\x00\x01\x00\x01\xfc\x03\x03" + b"\x00" * 64)
+    assert await asyncio.wait_for(reader.read(), 5) == b""
+    writer.close()
+    _, body = broker.admin("GET", "/metrics")
+    assert metric(body.decode(), "wharf_listener_connections_refused_total", listener="ssl:lb",
+                  reason="proxy_protocol") == 1
+
