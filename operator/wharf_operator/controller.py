@@ -91,6 +91,8 @@ class _BrokerState:
     signalled: dict[str, str] = field(default_factory=dict)
     # listener id -> the refusal last reported, so a Secret that stays invalid is not reported on every event
     refused: dict[str, str] = field(default_factory=dict)
+    # TLS options some running pod has not accepted yet; the timer pushes them again
+    live_pending: dict[str, dict] | None = None
 
 
 class Controller:
@@ -178,6 +180,7 @@ class Controller:
             config_message = "config rendered and applied"
             if previous_live and previous_live != live_hash and previous_restart == restart:
                 errors = await self._push_live_options(namespace, name, live_options)
+                self._state(namespace, name).live_pending = live_options if errors else None
                 if errors:
                     config_message = "some pods refused the new TLS options: " + "; ".join(errors)
                 else:
@@ -388,8 +391,16 @@ class Controller:
         namespace, name = meta["namespace"], meta["name"]
         if is_paused(body):
             return
-        async with self._state(namespace, name).lock:
+        state = self._state(namespace, name)
+        async with state.lock:
             spec = defaulted_spec(body.get("spec") or {})
+            if state.live_pending is not None:
+                errors = await self._push_live_options(namespace, name, state.live_pending)
+                if not errors:
+                    state.live_pending = None
+                    await self._patch_status(namespace, name, lambda s: {"conditions": st.set_condition(
+                        s.get("conditions"), st.CONFIG_APPLIED, True, "Applied",
+                        "TLS options applied live to the running pods", (body.get("metadata") or {}).get("generation"))})
             pods, token = await self._pods_and_token(namespace, name)
             records: dict[str, dict] = {}
             for listener in tls_listeners(spec):

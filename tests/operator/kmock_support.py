@@ -25,6 +25,7 @@ class FakeBrokerPod:
     # listener id -> fingerprint served
     served: dict[str, str] = field(default_factory=dict)
     refuse: set[str] = field(default_factory=set)  # listener ids whose reload answers 422
+    refuse_updates: int = 0  # how many of the next PUTs answer 400
     reloads: list[dict] = field(default_factory=list)
     updates: list[tuple[str, dict]] = field(default_factory=list)
     unauthorized: int = 0
@@ -63,6 +64,9 @@ class FakeBrokerPod:
     async def _update(self, request: web.Request) -> web.Response:
         if not self._authorized(request):
             return web.json_response({"code": "UNAUTHORIZED"}, status=401)
+        if self.refuse_updates > 0:
+            self.refuse_updates -= 1
+            return web.json_response({"code": "BAD_REQUEST", "message": "not now"}, status=400)
         self.updates.append((request.match_info["id"], await request.json()))
         return web.json_response({"id": request.match_info["id"]})
 

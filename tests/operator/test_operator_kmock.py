@@ -425,3 +425,23 @@ async def test_rotation_before_any_pod_runs_signals_nobody(env):
     await eventually(lambda: env.listener_status().get("fingerprint") == new_leaf.fingerprint, "the new record")
     assert env.listener_status()["podsTotal"] == 0
     assert env.events("CertificateRotated") == [] and env.events("RotationIncomplete") == []
+
+
+async def test_timer_pushes_tls_options_a_pod_refused(kmock):
+    async with running_operator(kmock, recheck_interval=0.3) as env:
+        await env.create_broker(tls_spec())
+        await env.reconciled()
+        pods = await env.add_pods(2)
+        pods[1].refuse_updates = 1
+        spec = tls_spec()
+        spec["listeners"][1]["tls"]["versions"] = ["tlsv1.3"]
+        await env.patch_broker({"spec": {"listeners": spec["listeners"]}})
+        await eventually(lambda: pods[1].updates, "the timer's second push to pod 1")
+        await eventually(lambda: env.condition("ConfigApplied").get("status") == "True", "ConfigApplied=True")
+        assert pods[1].updates[-1][1]["ssl_options"]["versions"] == ["tlsv1.3"]
+        # On the way, the status said why (the timer may have fixed it before a poll here could see it).
+        history = env.kmock.objects["mqtt.wharf.dev/v1alpha1/mqttbrokers", NS, "wharf"].history
+        refusals = [c for version in history if version is not None
+                    for c in (version.raw.get("status") or {}).get("conditions") or []
+                    if c["type"] == "ConfigApplied" and c["reason"] == "LiveUpdateRefused"]
+        assert refusals and "not now" in refusals[0]["message"]
