@@ -44,7 +44,10 @@ class BrokerApp:
             if self.config.cluster.enable:  # only then is the NATS client imported
                 from .cluster import ClusterBroker
                 factory = ClusterBroker
-        self.broker = factory(self.config)
+        try:
+            self.broker = factory(self.config)
+        except (ValueError, OSError) as exc:  # e.g. a password or ACL file that does not parse
+            raise StartupError(str(exc)) from exc
         try:
             await _maybe_await(getattr(self.broker, "start", None))
         except (OSError, asyncio.TimeoutError) as exc:

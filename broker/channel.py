@@ -14,6 +14,7 @@ import time
 from typing import TYPE_CHECKING
 
 from .auth import ConnectInfo, identity_from_certificate, peer_identity
+from .limits import exceeded
 from .mqtt import reason_codes as rc
 from .mqtt.frame import encode, encode_publish_parts
 from .mqtt.packets import (AUTH, CONNACK, CONNECT, DISCONNECT, MQTT_5, NAMES, PINGREQ, PINGRESP, PUBACK,
@@ -32,8 +33,6 @@ log = logging.getLogger("wharf_broker.channel")
 _PASSED_THROUGH = ("payload_format_indicator", "content_type", "response_topic", "correlation_data",
                    "user_property")
 _PINGRESP = b"\xd0\x00"
-# QoS 0 messages for a client whose socket is backed up beyond this are dropped (slow consumer).
-SLOW_CONSUMER_BYTES = 16 * 1024 * 1024
 _NEVER_EXPIRES = 0xFFFFFFFF
 
 
@@ -138,6 +137,7 @@ class Channel:
                 return self._refuse(rc.BAD_AUTHENTICATION_METHOD, "enhanced authentication is not supported")
         client_id = packet.client_id
         if len(client_id) > settings.max_clientid_len:
+            exceeded("max_clientid_len")
             return self._refuse(rc.CLIENT_IDENTIFIER_NOT_VALID, "client id too long")
         will = packet.will
         if will is not None:
@@ -307,6 +307,7 @@ class Channel:
         if not topic or "+" in topic or "#" in topic:
             raise ProtocolViolation(rc.TOPIC_NAME_INVALID, f"invalid topic name {topic!r}")
         if topic.count("/") >= settings.max_topic_levels:
+            exceeded("max_topic_levels")
             raise ProtocolViolation(rc.TOPIC_NAME_INVALID, "too many topic levels")
         acl = self.acl
         if acl is not None and not acl.may_publish(topic):
@@ -341,6 +342,7 @@ class Channel:
             return
         limit = settings.max_awaiting_rel
         if limit is not None and len(awaiting) >= limit:
+            exceeded("max_awaiting_rel")
             if self.v5:
                 raise ProtocolViolation(rc.RECEIVE_MAXIMUM_EXCEEDED, "too many QoS 2 messages awaiting PUBREL")
             broker.count_dropped(message, "awaiting_rel_full")
@@ -438,7 +440,7 @@ class Channel:
                 return False
             expiry = int(remaining) + 1 if remaining % 1 else int(remaining)
         connection = self.connection
-        if qos == 0 and connection.backlog_bytes > SLOW_CONSUMER_BYTES:
+        if qos == 0 and connection.backlog_bytes > self.settings.max_send_buffer:
             self.broker.count_dropped(message, "slow_consumer")
             return False
         alias = 0
@@ -549,6 +551,8 @@ class Channel:
                 continue
             topic_filter = shared[1] if shared else full_filter
             if not valid_topic_filter(topic_filter, settings.max_topic_levels):
+                if topic_filter.count("/") >= settings.max_topic_levels:
+                    exceeded("max_topic_levels")
                 codes.append(rc.TOPIC_FILTER_INVALID if v5 else failure)
                 continue
             if self.acl is not None and not self.acl.may_subscribe(topic_filter):
@@ -568,6 +572,7 @@ class Channel:
             is_new = full_filter not in session.subscriptions
             limit = settings.max_subscriptions
             if is_new and limit is not None and len(session.subscriptions) >= limit:
+                exceeded("max_subscriptions")
                 codes.append(rc.QUOTA_EXCEEDED if v5 else failure)
                 continue
             qos = min(options.qos, settings.max_qos_allowed)

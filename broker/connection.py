@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING
 
 from .auth import peer_identity
 from .channel import Channel, ProtocolViolation
+from .limits import exceeded
 from .listener_context import ListenerContext
 from .mqtt import reason_codes as rc
 from .mqtt.frame import FrameError, Parser
@@ -157,6 +158,8 @@ class Connection(asyncio.Protocol):
     def _frame_error(self, error: FrameError) -> None:
         channel = self.channel
         self._log_close(f"bad packet: {error}", error.reason_code)
+        if error.reason_code == rc.PACKET_TOO_LARGE:
+            exceeded("max_packet_size")
         if not channel.connect_received:
             if error.reason_code == rc.UNSUPPORTED_PROTOCOL_VERSION:
                 # We cannot speak its version, so answer the way every version understands.
@@ -232,6 +235,7 @@ class Connection(asyncio.Protocol):
     def _idle_timeout(self) -> None:
         self._idle_handle = None
         if not self.channel.connect_received and not self._closing:
+            exceeded("idle_timeout")
             self._log_close("no CONNECT within the idle timeout")
             self.close()
 

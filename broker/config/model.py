@@ -52,6 +52,9 @@ class MqttSettings:
     # When the queue is full: drop the oldest message (EMQX's behaviour) or refuse the newest.
     mqueue_drop_policy: Literal["drop_oldest", "drop_newest"] = "drop_oldest"
     mqueue_store_qos0: bool = True
+    # Output waiting for a client that stopped reading; beyond it, QoS 0 messages to that client are dropped
+    # (slow consumer; QoS 1/2 are bounded by max_inflight and max_mqueue_len instead).
+    max_send_buffer: ByteSize = 16 * 1024 * 1024
     upgrade_qos: bool = False
     ignore_loop_deliver: bool = False
     response_information: str = ""

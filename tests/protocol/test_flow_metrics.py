@@ -4,13 +4,11 @@ from __future__ import annotations
 
 import asyncio
 
-from wharf_broker import channel as channel_module
 
-
-async def test_slow_qos0_consumer_is_shed_not_buffered(broker, monkeypatch):
+async def test_slow_qos0_consumer_is_shed_not_buffered(make_broker):
     """A subscriber that stops reading: the socket backs up, the transport pauses us, and QoS 0 beyond the
     backlog limit is dropped (counted) instead of growing memory; the client itself stays connected."""
-    monkeypatch.setattr(channel_module, "SLOW_CONSUMER_BYTES", 256 * 1024)
+    broker = await make_broker(max_send_buffer=256 * 1024)
     slow = await broker.client("slow", version=4)
     await slow.subscribe("flood")
     slow.writer.transport.pause_reading()  # stop reading: the kernel buffers fill up
