@@ -187,8 +187,11 @@ class Controller:
                     config_message = "TLS options applied live to the running pods"
                     kopf.event(body, type="Normal", reason="ConfigAppliedLive", message=config_message)
             elif previous_restart and previous_restart != restart:
+                self._state(namespace, name).live_pending = None  # new pods start with the new config
                 kopf.event(body, type="Normal", reason="RollingUpdate",
                            message="config change needs new pods; rolling them one at a time")
+            elif self._state(namespace, name).live_pending is not None:
+                config_message = "some pods refused the new TLS options; retrying"
             applied_ok = not config_message.startswith("some pods")
             await self._patch_status(namespace, name, lambda s: {
                 "observedGeneration": generation,
