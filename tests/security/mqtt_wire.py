@@ -92,6 +92,18 @@ class WireClient:
                 return packet
             deliveries.append(packet)
 
+    async def send_publish_qos0(self, topic: str, payload: bytes) -> None:
+        self.writer.write(encode(Publish(topic, payload, 0, False, False, None, None), self.version))
+        await self.writer.drain()
+
+    async def ping(self):
+        self.writer.write(b"\xc0\x00")
+        await self.writer.drain()
+        while True:
+            packet = await self.recv(timeout=60)
+            if packet.type == 13:
+                return packet
+
     async def ack(self, packet) -> None:
         if packet.qos == 1:
             await self.send(PubAck(4, packet.packet_id))
