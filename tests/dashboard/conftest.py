@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import http.cookiejar
+import os
 import re
 import shutil
 import socket
@@ -216,14 +217,18 @@ def browser(tmp_path):
 
 
 def screenshot(driver, name: str, *, also: Path | None = None) -> Path:
-    """A full-page screenshot under ``tests/dashboard/screenshots/`` (and a copy at ``also``)."""
+    """A full-page screenshot under ``tests/dashboard/screenshots/``.
+
+    With ``WHARF_UPDATE_DOCS_IMAGES=1`` it is also copied to ``also`` (the README's picture), so that an ordinary
+    test run leaves the checkout unchanged.
+    """
     SCREENSHOTS.mkdir(exist_ok=True)
     height = driver.execute_script("return Math.max(document.body.scrollHeight, document.documentElement.scrollHeight)")
     driver.set_window_size(1440, max(760, min(int(height) + 160, 4000)))
     path = SCREENSHOTS / f"{name}.png"
     driver.save_screenshot(str(path))
     driver.set_window_size(1440, 1000)
-    if also is not None:
+    if also is not None and os.environ.get("WHARF_UPDATE_DOCS_IMAGES") == "1":
         also.parent.mkdir(parents=True, exist_ok=True)
         shutil.copyfile(path, also)
     return path

@@ -1,6 +1,6 @@
 """End to end in headless Chromium: log in, walk every page, change the SSL listener through its form, and prove
 each change (or refusal) with real TLS clients against the running broker. Screenshots of every page are written
-to ``tests/dashboard/screenshots/``; the Listeners page also to ``docs/images/dashboard-listeners.png``.
+to ``tests/dashboard/screenshots/``; the Listeners page also to ``docs/images/dashboard-listeners.png`` when ``WHARF_UPDATE_DOCS_IMAGES=1``.
 """
 
 from __future__ import annotations
