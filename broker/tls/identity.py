@@ -32,6 +32,9 @@ class PeerIdentity:
     cipher: str
     # The PSK identity, only when the handshake really used that pre-shared key.
     psk_identity: str | None = None
+    # The subject as the stdlib already decoded it during the handshake (``getpeercert()``'s RDN tuples), when
+    # at hand: the CN then costs no certificate parsing, which every CONNECT would otherwise pay.
+    subject: tuple | None = None
 
     @cached_property
     def certificate(self) -> x509.Certificate | None:
@@ -39,8 +42,11 @@ class PeerIdentity:
 
     @cached_property
     def cn(self) -> str | None:
-        if self.certificate is None:
+        if not self.der:
             return None
+        if self.subject is not None:
+            values = [value for rdn in self.subject for name, value in rdn if name == "commonName"]
+            return ",".join(values) if values else None
         values = [str(a.value) for a in self.certificate.subject.get_attributes_for_oid(NameOID.COMMON_NAME)]
         return ",".join(values) if values else None
 
@@ -86,5 +92,9 @@ def peer_identity(transport) -> PeerIdentity | None:
     if sslobj is None or sslobj.version() is None:
         return None
     cipher = sslobj.cipher()
-    return PeerIdentity(der=sslobj.getpeercert(binary_form=True), tls_version=sslobj.version() or "",
-                        cipher=cipher[0] if cipher else "")
+    der = sslobj.getpeercert(binary_form=True)
+    # asyncio and uvloop keep the decoded certificate of a verified peer as "peercert".
+    decoded = transport.get_extra_info("peercert") if der is not None else None
+    subject = decoded.get("subject") if isinstance(decoded, dict) else None
+    return PeerIdentity(der=der, tls_version=sslobj.version() or "", cipher=cipher[0] if cipher else "",
+                        subject=subject)

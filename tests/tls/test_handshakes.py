@@ -228,6 +228,7 @@ async def test_peer_identity_through_the_listener(pki, clients):
         assert await reader.read(2) == b"ok"
         writer.close()
     identity = seen[0]
+    assert identity.subject is not None  # the CN came from the handshake's decoding, not a second parse
     assert identity.cn == "client-good" and identity.tls_version == "TLSv1.3"
     assert identity.as_identity("dn") == "CN=client-good,O=Wharf Test,C=SE"
     assert identity.as_identity("crt") == pki.client.cert.public_bytes(Encoding.DER)

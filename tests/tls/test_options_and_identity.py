@@ -90,3 +90,25 @@ def test_identity_with_control_characters_is_refused():
     with pytest.raises(ValueError, match="control characters"):
         identity.as_identity("dn")
     assert identity.as_identity("md5") == hashlib.md5(der).hexdigest()
+
+
+def test_cn_from_the_decoded_subject_matches_the_parsed_certificate(tmp_path):
+    # Several CNs, a multi-valued RDN and non-ASCII text: the stdlib's decoding must give what parsing gives.
+    import ssl
+
+    ca = CertificateAuthority("Identity CA 3")
+    subject = x509.Name([
+        x509.RelativeDistinguishedName([x509.NameAttribute(NameOID.COMMON_NAME, "gateway-ä"),
+                                        x509.NameAttribute(NameOID.ORGANIZATION_NAME, "Acme")]),
+        x509.RelativeDistinguishedName([x509.NameAttribute(NameOID.COMMON_NAME, "dev-002")]),
+    ])
+    cert = ca.issue("x", client=True, subject=subject).cert
+    pem = tmp_path / "client.pem"
+    pem.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    decoded = ssl._ssl._test_decode_cert(str(pem))["subject"]
+    der = cert.public_bytes(serialization.Encoding.DER)
+    parsed = PeerIdentity(der=der, tls_version="TLSv1.3", cipher="x")
+    fast = PeerIdentity(der=der, tls_version="TLSv1.3", cipher="x", subject=decoded)
+    assert parsed.cn == "gateway-ä,dev-002"
+    assert fast.cn == parsed.cn
+    assert fast.as_identity("dn") == parsed.as_identity("dn")
