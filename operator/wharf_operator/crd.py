@@ -325,9 +325,49 @@ def spec_schema() -> Schema:
                 "enabled": _boolean("Turn PSK authentication on.", default=False),
                 "secretRef": _secret_key_ref("Secret with lines of identity:secret.", "psk.txt"),
             }, rules=[_rule("!self.enabled || has(self.secretRef)", "pskAuthentication.enabled needs secretRef")]),
+            "authentication": _object(
+                "Who may connect. Without passwordFile or http, only allowAnonymous lets clients in.", {
+                    "allowAnonymous": _boolean(
+                        "Let in clients that no authenticator accepted or refused (EMQX's allow_anonymous).",
+                        default=False),
+                    "passwordFile": _object(
+                        "Users with salted slow hashes, one user:hash a line (made with python -m "
+                        "wharf_broker.authn.passwd), from a Secret mounted as a whole volume: edits reach the "
+                        "running brokers without a restart.", {
+                            "secretRef": _secret_key_ref("Secret holding the password file.", "passwd"),
+                            "reloadInterval": _duration("How often the brokers re-check the file.",
+                                                        default="10s"),
+                        }, required=["secretRef"]),
+                    "http": _object(
+                        "An HTTP service asked after the password file (POST JSON; answers allow, deny or "
+                        "ignore).", {
+                            "url": _string("The service's URL.", max_length=2048, pattern=r"^https?://"),
+                            "requestTimeout": _duration("Timeout of one request; a timeout means ignore.",
+                                                        default="5s"),
+                            "cacheTTL": _duration("How long an answer is reused.", default="60s"),
+                        }, required=["url"]),
+                }, default={}),
+            "authorization": _object(
+                "Topic ACLs: what clients may publish and subscribe to.", {
+                    "noMatch": _string("The decision when no ACL rule matches.", default="deny",
+                                       enum=["allow", "deny"]),
+                    "denyAction": _string("What a refused PUBLISH costs the client besides the refusal.",
+                                          default="ignore", enum=["ignore", "disconnect"]),
+                    "aclRef": _object(
+                        "A ConfigMap or Secret holding the rules in EMQX acl.conf syntax, mounted as a whole "
+                        "volume: edits reach the running brokers without a restart.", {
+                            "kind": _string("ConfigMap or Secret.", default="ConfigMap",
+                                            enum=["ConfigMap", "Secret"]),
+                            "name": _string("Its name, in the MQTTBroker's namespace.", max_length=253),
+                            "key": _string("The key holding the rules.", default="acl.conf", max_length=253),
+                            "reloadInterval": _duration("How often the brokers re-check the rules.",
+                                                        default="10s"),
+                        }, required=["name"]),
+                }, default={}),
             "config": _free_object(
                 "Extra broker configuration (EMQX-style keys, e.g. {mqtt: {max_packet_size: 2MB}}) merged "
-                "into the rendered config. listeners, dashboard and node are managed by the operator."),
+                "into the rendered config. listeners, dashboard, node, authentication and authorization are "
+                "managed by the operator."),
             "certificate": _object(
                 "Let the operator create a cert-manager Certificate (owned by this MQTTBroker) whose DNS names "
                 "come from the Services.",

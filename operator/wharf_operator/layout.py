@@ -32,6 +32,16 @@ def psk_dir(root: str = ROOT) -> str:
     return f"{root}/psk"
 
 
+def users_dir(root: str = ROOT) -> str:
+    """The password file's Secret (authentication.passwordFile), mounted whole so edits reach the broker."""
+    return f"{root}/users"
+
+
+def acl_dir(root: str = ROOT) -> str:
+    """The ACL's ConfigMap or Secret (authorization.aclRef), mounted whole so edits reach the broker."""
+    return f"{root}/acl"
+
+
 def cert_dir(listener: str, root: str = ROOT) -> str:
     """The listener's server Secret (tls.crt, tls.key, maybe ca.crt)."""
     return f"{root}/certs/{listener}"

@@ -16,7 +16,7 @@ from . import layout
 from .crd import ADMIN_PORT
 
 # Roots of the broker config that the operator manages itself; spec.config may not set them.
-MANAGED_ROOTS = ("listeners", "dashboard", "node")
+MANAGED_ROOTS = ("listeners", "dashboard", "node", "authentication", "authorization")
 
 Tree = dict[str, Any]
 
@@ -97,6 +97,8 @@ def config_tree(spec: dict[str, Any], root: str = layout.ROOT) -> Tree:
             "enable": True,
             "init_file": f"{layout.psk_dir(root)}/{psk['secretRef'].get('key', 'psk.txt')}",
         }
+    tree["authentication"] = _authentication(spec.get("authentication") or {}, root)
+    tree["authorization"] = _authorization(spec.get("authorization") or {}, root)
     extra = spec.get("config") or {}
     if not isinstance(extra, dict):
         raise RenderError("spec.config must be an object of broker config keys")
@@ -104,6 +106,31 @@ def config_tree(spec: dict[str, Any], root: str = layout.ROOT) -> Tree:
         if managed in extra:
             raise RenderError(f"spec.config.{managed} is managed by the operator; use the MQTTBroker's fields")
     _merge(tree, extra, "spec.config")
+    return tree
+
+
+def _authentication(spec: dict[str, Any], root: str) -> Tree:
+    """Anonymous clients are refused unless the MQTTBroker asks for them (the broker's own default is on)."""
+    tree: Tree = {"allow_anonymous": bool(spec.get("allowAnonymous", False))}
+    password_file = spec.get("passwordFile")
+    if password_file:
+        ref = password_file["secretRef"]
+        tree["password_file"] = {"enable": True, "path": f"{layout.users_dir(root)}/{ref.get('key', 'passwd')}",
+                                 "reload_interval": password_file.get("reloadInterval", "10s")}
+    http = spec.get("http")
+    if http:
+        tree["http"] = {"enable": True, "url": http["url"], "request_timeout": http.get("requestTimeout", "5s"),
+                        "cache_ttl": http.get("cacheTTL", "60s")}
+    return tree
+
+
+def _authorization(spec: dict[str, Any], root: str) -> Tree:
+    """No rule matching means deny unless the MQTTBroker says otherwise."""
+    tree: Tree = {"no_match": spec.get("noMatch", "deny"), "deny_action": spec.get("denyAction", "ignore")}
+    acl = spec.get("aclRef")
+    if acl:
+        tree["file"] = {"enable": True, "path": f"{layout.acl_dir(root)}/{acl.get('key', 'acl.conf')}",
+                        "reload_interval": acl.get("reloadInterval", "10s")}
     return tree
 
 

@@ -135,6 +135,19 @@ def _volumes(spec: dict) -> tuple[list[dict], list[dict]]:
     if psk.get("enabled"):
         volumes.append({"name": "psk", "secret": {"secretName": psk["secretRef"]["name"], "defaultMode": 0o440}})
         mounts.append({"name": "psk", "mountPath": layout.psk_dir(), "readOnly": True})
+    # Users and ACL: whole volumes (never subPath) so that edits reach the brokers, which reload them live.
+    password_file = (spec.get("authentication") or {}).get("passwordFile")
+    if password_file:
+        volumes.append({"name": "users", "secret": {"secretName": password_file["secretRef"]["name"],
+                                                    "defaultMode": 0o440}})
+        mounts.append({"name": "users", "mountPath": layout.users_dir(), "readOnly": True})
+    acl = (spec.get("authorization") or {}).get("aclRef")
+    if acl:
+        if acl.get("kind", "ConfigMap") == "Secret":
+            volumes.append({"name": "acl", "secret": {"secretName": acl["name"], "defaultMode": 0o440}})
+        else:
+            volumes.append({"name": "acl", "configMap": {"name": acl["name"], "defaultMode": 0o444}})
+        mounts.append({"name": "acl", "mountPath": layout.acl_dir(), "readOnly": True})
     return volumes, mounts
 
 

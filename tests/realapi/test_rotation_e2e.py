@@ -196,7 +196,8 @@ def mqttbroker_crd(api) -> None:
 def _broker_body() -> dict:
     return {
         "apiVersion": f"{GROUP}/{VERSION}", "kind": "MQTTBroker", "metadata": {"name": BROKER},
-        "spec": {"replicas": REPLICAS, "image": "wharf:e2e", "listeners": [
+        "spec": {"replicas": REPLICAS, "image": "wharf:e2e", "authentication": {"allowAnonymous": True},
+                 "listeners": [
             {"name": "tls", "type": "ssl", "port": LISTENERS["tls"], "tls": {"secretName": "rotor-tls"}},
             {"name": "mtls", "type": "ssl", "port": LISTENERS["mtls"],
              "tls": {"secretName": "rotor-tls", "verify": "verify_peer", "failIfNoPeerCert": True,
