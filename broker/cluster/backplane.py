@@ -11,7 +11,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import ssl
-from typing import Callable
+from collections.abc import Callable
 
 import nats
 from nats.js.api import KeyValueConfig, StorageType, StreamConfig
@@ -42,14 +42,15 @@ class Backplane:
         self.last_error = ""
         self._metrics = metrics
         self.on_reconnect: list[Callable[[], object]] = []
+        self.on_disconnect: list[Callable[[], object]] = []
 
     async def start(self) -> None:
         nats_settings = self.settings.nats
-        options = dict(servers=list(nats_settings.servers), name=self.node_name,
-                       connect_timeout=nats_settings.connect_timeout, allow_reconnect=True,
-                       max_reconnect_attempts=-1, reconnect_time_wait=0.5, ping_interval=5, max_outstanding_pings=2,
-                       disconnected_cb=self._disconnected, reconnected_cb=self._reconnected,
-                       error_cb=self._error, closed_cb=self._closed)
+        options = {"servers": list(nats_settings.servers), "name": self.node_name,
+                   "connect_timeout": nats_settings.connect_timeout, "allow_reconnect": True,
+                   "max_reconnect_attempts": -1, "reconnect_time_wait": 0.5, "ping_interval": 5,
+                   "max_outstanding_pings": 2, "disconnected_cb": self._disconnected,
+                   "reconnected_cb": self._reconnected, "error_cb": self._error, "closed_cb": self._closed}
         tls = nats_settings.tls
         if tls.enable:
             context = ssl.create_default_context(ssl.Purpose.SERVER_AUTH, cafile=tls.cacertfile or None)
@@ -85,6 +86,8 @@ class Backplane:
     async def stop(self) -> None:
         if self.nc is not None and not self.nc.is_closed:
             try:
+                if not self.connected:
+                    raise BackplaneUnavailable("nothing to drain")
                 await asyncio.wait_for(self.nc.drain(), 5)
             except Exception:  # noqa: BLE001 - closing anyway
                 await self.nc.close()
@@ -109,6 +112,8 @@ class Backplane:
     async def _disconnected(self) -> None:
         if self.connected:
             log.warning("cluster: disconnected from NATS")
+            for callback in self.on_disconnect:
+                callback()
         self._set_connected(False)
         self.last_error = self.last_error or "disconnected"
 

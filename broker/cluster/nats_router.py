@@ -13,22 +13,43 @@ nodes is matched against the local sessions.
 - QoS 1/2 to other nodes is a JetStream publish; ``publish`` then returns a future that resolves when the
   stream acknowledged it, and the channel acknowledges the publisher only then. Cut off from NATS, such a
   publish fails with ``BackplaneUnavailable`` instead of pretending.
+- Gaps: plain NATS subscriptions miss what is published while this node's NATS connection is down (its NATS
+  server died, a partition). After a reconnection the node replays the stream's QoS 1/2 messages from shortly
+  before the disconnection (``REPLAY_MARGIN``); the (origin, sequence) check drops those it already delivered,
+  so subscribers here get the missed ones -- possibly after newer ones.
 """
 
 from __future__ import annotations
 
 import asyncio
 import collections
+import datetime
 import logging
 import os
+import time
+
+import nats
+from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
 
 from ..router import LocalRouter, Message, Router, Subscription
-from .backplane import INTEREST_BUCKET, Backplane, BackplaneUnavailable
+from .backplane import INTEREST_BUCKET, STREAM, Backplane, BackplaneUnavailable
 from .interest import InterestView, encode_interest
 from .shared import LocalSharedGroups, queue_name
-from .subjects import decode_message, encode_message, filter_subjects, kv_key, topic_subject
+from .subjects import (
+    DURABLE_SUBJECTS,
+    decode_message,
+    encode_message,
+    filter_subjects,
+    kv_key,
+    topic_subject,
+)
 
 log = logging.getLogger("wharf_broker.cluster")
+
+# A broken connection may go unnoticed for up to two pings: replay from this long before it was noticed.
+REPLAY_MARGIN = 15.0
+REPLAY_BATCH = 512
+REPLAY_ATTEMPTS = 30
 
 
 class NatsRouter(Router):
@@ -51,6 +72,7 @@ class NatsRouter(Router):
         self._interest_task: asyncio.Task | None = None
         self._tasks: set[asyncio.Task] = set()
         self._watcher = None
+        self._gap_since: float | None = None  # wall-clock time the NATS connection was lost
 
     # ------------------------------------------------------------------------------------------ life cycle
 
@@ -63,19 +85,23 @@ class NatsRouter(Router):
         await self._publish_interest()
         self._spawn(self._heartbeat())
         self.backplane.on_reconnect.append(self._mark_interest)
+        self.backplane.on_reconnect.append(self._replay_gap)
+        self.backplane.on_disconnect.append(self._note_gap)
 
     async def stop(self) -> None:
         for task in list(self._tasks):
             task.cancel()
+        if not self.backplane.connected:
+            return
         try:
-            await self.backplane.kv[INTEREST_BUCKET].delete(kv_key(self.node_name))
+            await asyncio.wait_for(self.backplane.kv[INTEREST_BUCKET].delete(kv_key(self.node_name)), 2)
         except Exception as exc:  # noqa: BLE001 - the entry expires by itself anyway
             log.info("cluster: interest entry not removed: %s", exc)
         if self._watcher is not None:
             try:
                 await self._watcher.stop()
-            except Exception:  # noqa: BLE001
-                pass
+            except Exception as exc:  # noqa: BLE001 - stopping anyway
+                log.debug("cluster: watcher not stopped cleanly: %r", exc)
 
     def _spawn(self, coroutine) -> asyncio.Task:
         task = self.loop.create_task(coroutine)
@@ -247,25 +273,76 @@ class NatsRouter(Router):
 
     # ------------------------------------------------------------------------------------------- receiving
 
+    def _note_gap(self) -> None:
+        if self._gap_since is None:
+            self._gap_since = time.time()
+
+    def _replay_gap(self) -> None:
+        since, self._gap_since = self._gap_since, None
+        if since is not None and self._filter_refs:
+            self._spawn(self._replay(since - REPLAY_MARGIN))
+
+    async def _replay(self, since: float) -> None:
+        """Deliver the stream's QoS 1/2 messages from ``since`` that this node has not delivered yet. Retried
+        while the stream is unavailable (a new stream leader is being elected after a NATS node died)."""
+        for attempt in range(REPLAY_ATTEMPTS):
+            try:
+                replayed = await self._replay_once(since)
+            except Exception as exc:  # noqa: BLE001 - retried, then reported
+                log.warning("cluster: replay after reconnection failed (attempt %d): %r", attempt + 1, exc)
+                await asyncio.sleep(1.0)
+                continue
+            log.info("cluster: replay after reconnection: %d missed QoS 1/2 messages delivered", replayed)
+            return
+        log.error("cluster: QoS 1/2 messages published while this node was disconnected may be missing here")
+
+    async def _replay_once(self, since: float) -> int:
+        js = self.backplane.js
+        start = datetime.datetime.fromtimestamp(since, datetime.UTC)
+        config = ConsumerConfig(deliver_policy=DeliverPolicy.BY_START_TIME, opt_start_time=start,
+                                ack_policy=AckPolicy.NONE, inactive_threshold=60.0)
+        info = await js.stream_info(STREAM)
+        last = info.state.last_seq
+        replayed = 0
+        sub = await js.pull_subscribe(DURABLE_SUBJECTS, stream=STREAM, config=config)
+        try:
+            done = False
+            while not done:
+                try:
+                    batch = await sub.fetch(REPLAY_BATCH, timeout=2)
+                except nats.errors.TimeoutError:
+                    break
+                for msg in batch:
+                    if self._deliver_remote(msg.data):
+                        replayed += 1
+                    if msg.metadata.sequence.stream >= last:
+                        done = True
+        finally:
+            await sub.unsubscribe()
+        return replayed
+
     def _accept(self, data: bytes):
         try:
-            message, origin, seq = decode_message(data, self.loop.time())
+            return decode_message(data, self.loop.time())
         except ValueError as exc:
             log.warning("cluster: dropped an unreadable message from NATS: %s", exc)
             return None, None, None
-        return message, origin, seq
 
     async def _on_message(self, msg) -> None:
-        message, origin, seq = self._accept(msg.data)
+        self._deliver_remote(msg.data)
+
+    def _deliver_remote(self, data: bytes) -> bool:
+        """Deliver a message from another node unless it is ours or already delivered."""
+        message, origin, seq = self._accept(data)
         if message is None or origin == self.origin:
-            return
+            return False
         seen = self._seen.get(origin)
         if seen is None:
             seen = self._seen[origin] = RecentSet()
         if not seen.add(seq):
-            return  # another of our subscriptions already brought this one
+            return False  # another of our subscriptions (or the replay) already brought this one
         self.metrics.received.inc()
-        self.local.publish(message)
+        return self.local.publish(message) > 0
 
     def _on_shared(self, key, msg) -> None:
         message, _origin, _seq = self._accept(msg.data)
@@ -276,7 +353,7 @@ class NatsRouter(Router):
 class RecentSet:
     """The last ``limit`` sequence numbers seen from one origin."""
 
-    __slots__ = ("_set", "_order", "_limit")
+    __slots__ = ("_limit", "_order", "_set")
 
     def __init__(self, limit: int = 65536) -> None:
         self._set: set[int] = set()
@@ -294,4 +371,4 @@ class RecentSet:
         return True
 
 
-__all__ = ["NatsRouter", "BackplaneUnavailable"]
+__all__ = ["BackplaneUnavailable", "NatsRouter"]

@@ -20,7 +20,7 @@ log = logging.getLogger("wharf_broker.cluster")
 
 
 class ClusterRetainedStore(RetainedStore):
-    __slots__ = ("backplane", "origin", "loop", "on_change", "_watcher", "_task")
+    __slots__ = ("_task", "_watcher", "backplane", "loop", "on_change", "origin")
 
     def __init__(self, backplane: Backplane, origin: str, loop: asyncio.AbstractEventLoop, on_change) -> None:
         super().__init__()
@@ -43,8 +43,8 @@ class ClusterRetainedStore(RetainedStore):
         if self._watcher is not None:
             try:
                 await self._watcher.stop()
-            except Exception:  # noqa: BLE001
-                pass
+            except Exception as exc:  # noqa: BLE001 - stopping anyway
+                log.debug("cluster: watcher not stopped cleanly: %r", exc)
 
     async def _watch(self, loaded: asyncio.Event) -> None:
         async for entry in self._watcher:

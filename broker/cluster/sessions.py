@@ -60,18 +60,18 @@ class SessionRegistry:
         self._sub = await self.backplane.nc.subscribe(takeover_subject(self.node_name), cb=self._on_takeover)
 
     async def stop(self) -> None:
-        if self._flush_task is not None and not self._flush_task.done():
+        if self._flush_task is not None and not self._flush_task.done() and self.backplane.connected:
             try:
                 await asyncio.wait_for(asyncio.shield(self._flush_task), 2)
-            except Exception:  # noqa: BLE001
-                pass
+            except Exception as exc:  # noqa: BLE001 - stopping anyway
+                log.debug("cluster: watcher not stopped cleanly: %r", exc)
         for task in list(self._tasks):
             task.cancel()
         if self._watcher is not None:
             try:
                 await self._watcher.stop()
-            except Exception:  # noqa: BLE001
-                pass
+            except Exception as exc:  # noqa: BLE001 - stopping anyway
+                log.debug("cluster: watcher not stopped cleanly: %r", exc)
 
     def _spawn(self, coroutine) -> asyncio.Task:
         task = self.loop.create_task(coroutine)
@@ -174,7 +174,7 @@ class SessionRegistry:
                     break
             log.info("client %r: session taken over from node %s (%d messages handed over)", client_id, node,
                      delivered)
-        except (asyncio.TimeoutError, ValueError) as exc:
+        except (TimeoutError, ValueError) as exc:
             log.warning("client %r: node %s did not hand the session over (%s); subscriptions restored, its "
                         "queued messages are lost", client_id, node, type(exc).__name__)
         finally:

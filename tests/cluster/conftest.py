@@ -168,7 +168,7 @@ cluster {{
 
 
 @pytest.fixture
-def cluster_nodes(broker_process, nats_cluster):
+def cluster_nodes(nats_cluster, broker_process):  # NATS set up first, so torn down after the brokers
     """Factory: ``cluster_nodes(count=3, extra="")`` -> list of BrokerProcess joined through ``nats_cluster``."""
 
     def start(count: int = 3, extra: str = "", names=None):
