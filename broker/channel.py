@@ -163,14 +163,20 @@ class Channel:
             username = cert_username
         if cert_client_id is not None:
             client_id = cert_client_id
+        cert_cn = getattr(identity, "cn", None) if identity is not None else None
+        if cert_cn is None and transport is not None:
+            # No certificate here, but a load balancer vouches for one in a PROXY v2 TLV.
+            cert_cn = transport.get_extra_info("proxy_ssl_cn")
+            if cert_cn is not None:
+                if listener.peer_cert_as_username == "cn" and cert_username is None:
+                    username = cert_cn
+                if listener.peer_cert_as_clientid == "cn" and cert_client_id is None:
+                    client_id = cert_cn
         flapping = self.broker.access.flapping
         if flapping.enabled and client_id and (flapping.is_banned(client_id) or flapping.connected(client_id)):
             self.broker.access.authn["banned"].inc()
             log.info("client %r from %s refused: banned for flapping", client_id, self.connection.peer_text)
             return self._refuse(rc.BANNED, "banned for flapping")
-        cert_cn = getattr(identity, "cn", None) if identity is not None else None
-        if cert_cn is None and transport is not None:
-            cert_cn = transport.get_extra_info("proxy_ssl_cn")  # the load balancer's word (PROXY v2 TLV)
         info = ConnectInfo(client_id, username, packet.password, listener.id, self.connection.peer,
                            packet.version, identity, cert_cn)
         chain = self.broker.auth

@@ -88,6 +88,12 @@ listeners.ssl.lb {{
   proxy_protocol_timeout = 2s
   ssl_options {{ certfile = "{certs / 'server.crt'}", keyfile = "{certs / 'server.key'}" }}
 }}
+listeners.tcp.lbplain {{
+  bind = "127.0.0.1:0"
+  proxy_protocol = true
+  peer_cert_as_username = cn
+  peer_cert_as_clientid = cn
+}}
 dashboard.listeners.http.bind = "127.0.0.1:0"
 authorization {{
   no_match = deny
@@ -114,6 +120,18 @@ authorization {{
     finally:
         await meter.close()
         await unverified.close()
+    # TLS ended at the balancer, plain TCP to the broker: peer_cert_as_* take the TLV's CN.
+    plain = await WireClient.open(broker.port("tcp:lbplain"),
+                                  proxy_header=proxy_v2_header("203.0.113.7", 40003, "meter-1"))
+    try:
+        assert (await plain.connect("")).reason_code == 0
+        status, body = broker.admin("GET", "/api/v5/clients")
+        found = [client for client in json.loads(body) if client["listener"] == "tcp:lbplain"]
+        assert [(c["clientid"], c["username"]) for c in found] == [("meter-1", "meter-1")]
+        ack = await plain.publish("meters/1/reading", b"42")
+        assert ack.reason_code in (rc.SUCCESS, rc.NO_MATCHING_SUBSCRIBERS)
+    finally:
+        await plain.close()
     # No header: TLS straight away is refused (and counted).
     reader, writer = await asyncio.open_connection("127.0.0.1", port)
     writer.write(b"\x16\x03\x01\x02\x00\x01\x00\x01\xfc\x03\x03" + b"\x00" * 64)
