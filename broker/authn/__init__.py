@@ -20,4 +20,4 @@ def build_authenticators(config: Authentication) -> list:
     return hooks
 
 
-__all__ = ["build_authenticators", "HttpAuthenticator", "PasswordFileAuthenticator"]
+__all__ = ["HttpAuthenticator", "PasswordFileAuthenticator", "build_authenticators"]

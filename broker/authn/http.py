@@ -123,7 +123,7 @@ class HttpAuthenticator:
                         log.warning("HTTP authenticator: %s answered %d for client %r: ignored", self.url,
                                     response.status, info.client_id)
                         return AuthResult.ignore()
-        except (aiohttp.ClientError, asyncio.TimeoutError, ValueError) as error:
+        except (TimeoutError, aiohttp.ClientError, ValueError) as error:
             log.warning("HTTP authenticator: %s failed for client %r: %s: ignored", self.url, info.client_id,
                         type(error).__name__)
             return AuthResult.ignore()

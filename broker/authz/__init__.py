@@ -35,7 +35,7 @@ class ClientFacts:
     address: object  # ipaddress.IPv4Address | IPv6Address | None
 
     @classmethod
-    def of(cls, username, client_id, cert_common_name, peer) -> "ClientFacts":
+    def of(cls, username, client_id, cert_common_name, peer) -> ClientFacts:
         address = None
         if peer:
             try:
@@ -138,14 +138,14 @@ class Authorizer:
             self._watcher.cancel()
             self._watcher = None
 
-    def for_client(self, facts: ClientFacts) -> "ClientAcl":
+    def for_client(self, facts: ClientFacts) -> ClientAcl:
         return ClientAcl(self, facts)
 
 
 class ClientAcl:
     """One client's view of the ACL, with its decision cache."""
 
-    __slots__ = ("authorizer", "facts", "generation", "rules", "cache", "max_size", "ttl", "cache_enabled")
+    __slots__ = ("authorizer", "cache", "cache_enabled", "facts", "generation", "max_size", "rules", "ttl")
 
     def __init__(self, authorizer: Authorizer, facts: ClientFacts) -> None:
         self.authorizer = authorizer
@@ -217,4 +217,4 @@ class ClientAcl:
         return self.decide(SUBSCRIBE, topic_filter)
 
 
-__all__ = ["Authorizer", "ClientAcl", "ClientFacts", "filter_covers", "parse_acl", "AclSyntaxError"]
+__all__ = ["AclSyntaxError", "Authorizer", "ClientAcl", "ClientFacts", "filter_covers", "parse_acl"]

@@ -7,8 +7,18 @@ import hashlib
 from pathlib import Path
 
 from wharf_broker.mqtt.frame import encode
-from wharf_broker.mqtt.packets import (Auth, Connect, Disconnect, PingReq, PubAck, Publish, Subscribe, SubOptions,
-                                       Unsubscribe, Will)
+from wharf_broker.mqtt.packets import (
+    Auth,
+    Connect,
+    Disconnect,
+    PingReq,
+    PubAck,
+    Publish,
+    SubOptions,
+    Subscribe,
+    Unsubscribe,
+    Will,
+)
 
 CORPUS = Path(__file__).resolve().parent / "corpus"
 

@@ -8,7 +8,15 @@ import ipaddress
 import ssl
 
 from wharf_broker.mqtt.frame import Parser, encode
-from wharf_broker.mqtt.packets import CONNACK, PUBLISH, Connect, PubAck, Publish, Subscribe, SubOptions
+from wharf_broker.mqtt.packets import (
+    CONNACK,
+    PUBLISH,
+    Connect,
+    PubAck,
+    Publish,
+    SubOptions,
+    Subscribe,
+)
 
 HOST = "127.0.0.1"
 V2_SIGNATURE = b"\r\n\r\n\x00\r\nQUIT\n"
@@ -40,7 +48,7 @@ class WireClient:
 
     @classmethod
     async def open(cls, port: int, version: int = 5, *, tls: ssl.SSLContext | None = None,
-                   proxy_header: bytes | None = None) -> "WireClient":
+                   proxy_header: bytes | None = None) -> WireClient:
         reader, writer = await asyncio.open_connection(HOST, port)
         if proxy_header is not None:
             writer.write(proxy_header)

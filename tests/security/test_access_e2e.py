@@ -102,7 +102,7 @@ async def test_publish_and_subscribe_acl(tmp_path, broker_process, user_file):
         await bob3.publish("users/alice/inbox", b"forged", qos=0)
         try:
             packet = await bob.recv(timeout=0.5)
-        except asyncio.TimeoutError:
+        except TimeoutError:
             packet = None
         assert packet is None, f"a refused message was delivered: {packet!r}"
         _, body = broker.admin("GET", "/metrics")

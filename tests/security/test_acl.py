@@ -4,7 +4,6 @@
 from __future__ import annotations
 
 import pytest
-
 from wharf_broker.authz import Authorizer, ClientFacts, filter_covers
 from wharf_broker.authz.acl_file import AclSyntaxError, parse_acl
 from wharf_broker.config.model import AclFile, Authorization, AuthzCache

@@ -72,7 +72,7 @@ class MemoryWatch:
             self.ceiling = max(self.ceiling, rss_bytes(self.pid))
             await asyncio.sleep(0.1)
 
-    def __enter__(self) -> "MemoryWatch":
+    def __enter__(self) -> MemoryWatch:
         self._task = asyncio.get_running_loop().create_task(self._run())
         return self
 
@@ -156,7 +156,7 @@ async def idle_connections(port: int, count: int) -> dict:
     async def closed_by_broker(reader) -> bool:
         try:
             return await asyncio.wait_for(reader.read(1), 60) == b""
-        except (ConnectionError, asyncio.TimeoutError):
+        except (TimeoutError, ConnectionError):
             return False
     results = await asyncio.gather(*(closed_by_broker(reader) for reader in readers))
     for writer in writers:
@@ -203,7 +203,7 @@ async def tls_garbage(port: int, connections: int = 200) -> dict:
             return True
         except ConnectionError:
             return True
-        except asyncio.TimeoutError:
+        except TimeoutError:
             return False
         finally:
             writer.close()

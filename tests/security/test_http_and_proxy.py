@@ -10,7 +10,6 @@ import ssl
 
 import pytest
 from aiohttp import web
-
 from wharf_broker.mqtt import reason_codes as rc
 from wharf_broker.mqtt.packets import PUBACK
 

@@ -7,11 +7,14 @@ import subprocess
 import sys
 
 import pytest
-
 from wharf_broker.auth import ConnectInfo
 from wharf_broker.authn import hashing
 from wharf_broker.authn.http import TtlCache
-from wharf_broker.authn.password_file import PasswordFileAuthenticator, PasswordFileError, parse_password_file
+from wharf_broker.authn.password_file import (
+    PasswordFileAuthenticator,
+    PasswordFileError,
+    parse_password_file,
+)
 from wharf_broker.config.model import FlappingDetect, PasswordFileAuthn
 from wharf_broker.flapping import FlappingDetector
 from wharf_broker.metrics import Registry
