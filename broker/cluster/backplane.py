@@ -25,9 +25,10 @@ STREAM = "WHARF_MESSAGES"
 INTEREST_BUCKET = "wharf_interest"
 RETAINED_BUCKET = "wharf_retained"
 SESSIONS_BUCKET = "wharf_sessions"
+STARTUP_TRIES = 3
 
 
-class BackplaneUnavailable(RuntimeError):
+class BackplaneUnavailable(ConnectionError):
     """The node is cut off from NATS: cluster-wide delivery cannot be honoured."""
 
 
@@ -61,7 +62,12 @@ class Backplane:
                 options["tls_hostname"] = tls.server_name
         if nats_settings.credentials:
             options["user_credentials"] = nats_settings.credentials
-        self.nc = await nats.connect(**options)
+        # The first connection gets a bounded number of tries: a node that cannot join says so and exits.
+        try:
+            self.nc = await asyncio.wait_for(nats.connect(**options), STARTUP_TRIES * nats_settings.connect_timeout)
+        except (asyncio.TimeoutError, OSError, nats.errors.Error) as exc:
+            raise BackplaneUnavailable(f"cannot reach NATS at {', '.join(nats_settings.servers)}: "
+                                       f"{self.last_error or exc!r}") from None
         self._set_connected(True)
         self.js = self.nc.jetstream(timeout=self.settings.publish_timeout)
         await self._ensure_storage()
