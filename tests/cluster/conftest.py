@@ -78,10 +78,14 @@ class NatsNode:
 
 
 class NatsCluster:
-    def __init__(self, base: Path, size: int = 3) -> None:
+    def __init__(self, base: Path, size: int = 3, tls: dict | None = None) -> None:
         self.nodes: list[NatsNode] = []
         ports = [(free_port(), free_port(), free_port()) for _ in range(size)]
         routes = ", ".join(f'"nats-route://127.0.0.1:{route}"' for _client, route, _mon in ports)
+        self.scheme = "tls" if tls else "nats"
+        # Clients (the brokers) must present a certificate the CA signed: mutual TLS.
+        tls_block = (f'tls {{ cert_file: "{tls["cert"]}", key_file: "{tls["key"]}", ca_file: "{tls["ca"]}", '
+                     f'verify: true, timeout: 5 }}') if tls else ""
         for index, (client, route, monitor) in enumerate(ports):
             name = f"nats-{index}"
             store = base / name
@@ -94,6 +98,7 @@ listen: "127.0.0.1:{client}"
 http: "127.0.0.1:{monitor}"
 log_file: "{log}"
 jetstream {{ store_dir: "{store}", max_memory_store: 64MB, max_file_store: 512MB }}
+{tls_block}
 cluster {{
   name: wharf-test
   listen: "127.0.0.1:{route}"
@@ -104,7 +109,7 @@ cluster {{
 
     @property
     def urls(self) -> list[str]:
-        return [node.url for node in self.nodes]
+        return [node.url.replace("nats://", f"{self.scheme}://") for node in self.nodes]
 
     def start(self, timeout: float = 30.0) -> None:
         for node in self.nodes:
@@ -150,7 +155,7 @@ def nats_cluster(tmp_path):
         cluster.stop()
 
 
-def node_config(name: str, nats_urls: list[str], extra: str = "") -> str:
+def node_config(name: str, nats_urls: list[str], extra: str = "", nats_extra: str = "") -> str:
     servers = ", ".join(f'"{url}"' for url in nats_urls)
     return f"""
 node.name = "{name}"
@@ -158,7 +163,8 @@ listeners.tcp.default {{ bind = "127.0.0.1:0" }}
 dashboard.listeners.http.bind = "127.0.0.1:0"
 cluster {{
   enable = true
-  nats {{ servers = [{servers}], connect_timeout = 5s }}
+  nats {{ servers = [{servers}], connect_timeout = 5s
+    {nats_extra} }}
   replicas = 3
   interest_ttl = 6s
   takeover_timeout = 5s
