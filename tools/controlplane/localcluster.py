@@ -326,7 +326,19 @@ class LocalControlPlane:
 
     # -- lifecycle --
 
-    def start(self, timeout: float = 120.0) -> LocalControlPlane:
+    def start(self, timeout: float = 120.0, attempts: int = 3) -> LocalControlPlane:
+        """Start every component and wait until the cluster works. A port found free can be taken
+        by another process before a component binds it; then start again on other ports."""
+        for attempt in range(1, attempts + 1):
+            try:
+                return self._start_once(timeout)
+            except ControlPlaneError as error:
+                if attempt == attempts or "address already in use" not in str(error):
+                    raise
+                shutil.rmtree(self.workdir / "etcd", ignore_errors=True)
+        raise AssertionError("unreachable")
+
+    def _start_once(self, timeout: float) -> LocalControlPlane:
         deadline = time.monotonic() + timeout
         self.workdir.mkdir(parents=True, exist_ok=True)
         self.logs.mkdir(exist_ok=True)
