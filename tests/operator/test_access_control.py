@@ -126,3 +126,17 @@ async def test_rendered_broker_reloads_users_and_acl_from_updated_volumes(tmp_pa
         await asyncio.sleep(0.2)
     _kubelet_write(root / "acl", {"acl.conf": "{deny, all}.\n"}, 2)
     broker.wait_for_log("acl.conf: 1 rules", timeout=15)
+
+
+def test_example_acl_parses_and_renders():
+    import yaml
+    from wharf_broker.authz.acl_file import parse_acl
+
+    path = Path(__file__).resolve().parents[2] / "manifests" / "examples" / "users-and-acl.yaml"
+    docs = [doc for doc in yaml.safe_load_all(path.read_text()) if doc]
+    (acl,) = [doc for doc in docs if doc["kind"] == "ConfigMap"]
+    assert len(parse_acl(acl["data"]["acl.conf"], path.name)) == 4
+    (broker,) = [doc for doc in docs if doc["kind"] == "MQTTBroker"]
+    tree = render.config_tree(defaulted_spec(broker["spec"]))
+    assert tree["authorization"]["file"]["path"].endswith("/acl/acl.conf")
+    assert tree["authentication"]["password_file"]["path"].endswith("/users/passwd")
