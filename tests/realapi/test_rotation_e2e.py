@@ -142,7 +142,10 @@ def held_client(label: str, ip: str, port: int, probe: Probe) -> HeldClient:
             held.connected.set()
             _client.subscribe(TOPIC, qos=1)
 
-    def on_subscribe(*_args):
+    def on_subscribe(_client, _userdata, _mid, reason_codes, _properties):
+        refused = [code for code in reason_codes if code.is_failure]
+        if refused:
+            held.disconnects.append(f"subscription refused: {refused}")
         held.subscribed.set()
 
     def on_disconnect(_client, _userdata, _flags, reason_code, _properties):
@@ -196,7 +199,9 @@ def mqttbroker_crd(api) -> None:
 def _broker_body() -> dict:
     return {
         "apiVersion": f"{GROUP}/{VERSION}", "kind": "MQTTBroker", "metadata": {"name": BROKER},
+        # Clients here are anonymous and may use any topic: this test is about certificates.
         "spec": {"replicas": REPLICAS, "image": "wharf:e2e", "authentication": {"allowAnonymous": True},
+                 "authorization": {"noMatch": "allow"},
                  "listeners": [
             {"name": "tls", "type": "ssl", "port": LISTENERS["tls"], "tls": {"secretName": "rotor-tls"}},
             {"name": "mtls", "type": "ssl", "port": LISTENERS["mtls"],
@@ -263,6 +268,7 @@ def test_certificate_rotation_end_to_end(controlplane, api, mqttbroker_crd, name
         held = [*subscribers.values(), *publishers.values()]
         for client in held:
             assert client.connected.wait(30) and client.subscribed.wait(30), client.label
+            assert client.disconnects == [], f"{client.label}: {client.disconnects}"
 
         # The operator has seen the first material (status), before anything rotates.
         wait_for(lambda: _listener_status(_status(brokers, namespace), "tls").get("fingerprint") == first,
