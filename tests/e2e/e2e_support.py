@@ -218,7 +218,8 @@ def mqtt_broker(name: str, namespace: str, *, image: str, port: int, server_secr
     return {"apiVersion": "mqtt.wharf.dev/v1alpha1", "kind": "MQTTBroker",
             "metadata": {"name": name, "namespace": namespace},
             "spec": {"replicas": replicas, "image": image, "imagePullPolicy": "Never",
-                     "authentication": {"allowAnonymous": True},
+                     # The clients here are anonymous and use any topic: these tests are about TLS.
+                     "authentication": {"allowAnonymous": True}, "authorization": {"noMatch": "allow"},
                      "listeners": [{"name": "default", "type": "ssl", "port": port, "tls": {
                          "secretName": server_secret,
                          "caRef": {"kind": "Secret", "name": ca_secret, "key": "ca.crt"},
