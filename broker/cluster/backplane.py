@@ -25,6 +25,7 @@ STREAM = "WHARF_MESSAGES"
 INTEREST_BUCKET = "wharf_interest"
 RETAINED_BUCKET = "wharf_retained"
 SESSIONS_BUCKET = "wharf_sessions"
+CHECKPOINTS_BUCKET = "wharf_checkpoints"
 STARTUP_TRIES = 3
 
 
@@ -65,7 +66,7 @@ class Backplane:
         # The first connection gets a bounded number of tries: a node that cannot join says so and exits.
         try:
             self.nc = await asyncio.wait_for(nats.connect(**options), STARTUP_TRIES * nats_settings.connect_timeout)
-        except (asyncio.TimeoutError, OSError, nats.errors.Error) as exc:
+        except (TimeoutError, OSError, nats.errors.Error) as exc:
             raise BackplaneUnavailable(f"cannot reach NATS at {', '.join(nats_settings.servers)}: "
                                        f"{self.last_error or exc!r}") from None
         self._set_connected(True)
@@ -82,7 +83,7 @@ class Backplane:
         except nats.js.errors.BadRequestError:
             await self.js.update_stream(stream)  # an existing stream with other limits: ours win
         for bucket, ttl in ((INTEREST_BUCKET, settings.interest_ttl), (RETAINED_BUCKET, None),
-                            (SESSIONS_BUCKET, None)):
+                            (SESSIONS_BUCKET, None), (CHECKPOINTS_BUCKET, None)):
             try:
                 self.kv[bucket] = await self.js.key_value(bucket)
             except nats.js.errors.BucketNotFoundError:

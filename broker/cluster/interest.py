@@ -27,6 +27,7 @@ class InterestView:
         self._remote_filters: set[str] = set()
         self._shared_filters: set[str] = set()
         self._cache: dict[str, tuple[bool, bool]] = {}
+        self.version = 0  # bumped on every change
 
     def apply(self, key: str, value: bytes | None) -> None:
         """A bucket entry changed: ``value`` None when it was deleted or expired."""
@@ -53,6 +54,7 @@ class InterestView:
         self._remote_filters = remote
         self._shared_filters = shared
         self._cache.clear()
+        self.version += 1
 
     def forward(self, topic: str) -> tuple[bool, bool]:
         """(another node has a matching plain filter, some node has a matching shared subscription)."""

@@ -31,6 +31,7 @@ import time
 import nats
 from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
 
+from ..mqtt.topic import matches
 from ..router import LocalRouter, Message, Router, Subscription
 from .backplane import INTEREST_BUCKET, STREAM, Backplane, BackplaneUnavailable
 from .interest import InterestView, encode_interest
@@ -73,6 +74,10 @@ class NatsRouter(Router):
         self._tasks: set[asyncio.Task] = set()
         self._watcher = None
         self._gap_since: float | None = None  # wall-clock time the NATS connection was lost
+        self.sessions = None  # the SessionRegistry, once started
+        self._orphans: set[str] = set()
+        self._orphans_key = None
+        self._orphan_topics: dict[str, bool] = {}
 
     # ------------------------------------------------------------------------------------------ life cycle
 
@@ -243,11 +248,15 @@ class NatsRouter(Router):
         resolved once JetStream acknowledged the message. Raises ``BackplaneUnavailable`` for a QoS 1/2
         message other nodes need while NATS is unreachable (nothing is delivered then)."""
         remote, shared = self.interest.forward(message.topic)
+        # A QoS 1/2 message for a persistent session here goes to the stream too, so that it outlives this
+        # node (the session's next node replays it, see sessions.py).
+        durable = message.qos and (remote or shared or self._persistent_match(message.topic)
+                                   or self._orphan_match(message.topic))
         backplane = self.backplane
-        if message.qos and (remote or shared):
+        if durable:
             backplane.require()
         count = self.local.publish(message)
-        if not (remote or shared):
+        if not (remote or shared or durable):
             return count
         if not backplane.connected:  # QoS 0: local delivery only
             self.metrics.unforwarded.inc()
@@ -262,6 +271,35 @@ class NatsRouter(Router):
             self._spawn(backplane.nc.publish(subject, payload))
             return count + 1
         return self._spawn(self._publish_durable(subject, payload, count + 1))
+
+    def _persistent_match(self, topic: str) -> bool:
+        for node in self.local.match(topic):
+            for session, sub in node.subscribers.items():
+                if sub.qos and session.expiry_interval > 0:
+                    return True
+        return False
+
+    def _orphan_match(self, topic: str) -> bool:
+        """Whether a persistent session whose node is gone subscribes to ``topic``: its next node replays
+        the stream for it, so the message must be there."""
+        registry = self.sessions
+        if registry is None:
+            return False
+        key = (registry.version, self.interest.version)
+        if key != self._orphans_key:
+            alive = self.interest.nodes
+            self._orphans = {sub[1] for entry in registry.entries.values() if entry.get("node") not in alive
+                             for sub in entry.get("subs", ()) if sub[2] and sub[7] is None}
+            self._orphans_key = key
+            self._orphan_topics.clear()
+        if not self._orphans:
+            return False
+        found = self._orphan_topics.get(topic)
+        if found is None:
+            if len(self._orphan_topics) > 50_000:
+                self._orphan_topics.clear()
+            found = self._orphan_topics[topic] = any(matches(topic, f) for f in self._orphans)
+        return found
 
     async def _publish_durable(self, subject: str, payload: bytes, delivered: int) -> int:
         try:

@@ -56,6 +56,7 @@ class ClusterBroker(Broker):
         await self.retained.start()
         self.registry = SessionRegistry(self)
         await self.registry.start()
+        router.sessions = self.registry
         log.info("cluster: node %s joined through NATS %s (members: %s)", self.config.node.name,
                  self.backplane.status()["server"], ", ".join(router.interest.members()))
 

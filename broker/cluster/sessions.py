@@ -12,27 +12,48 @@ bucket. A client connecting to node B with a session that node A holds:
    forgets the session without firing anything;
 3. B records itself as the session's node.
 
-A clean start asks A to discard the session instead (its pending will fires then, once, on A). When A does
-not answer (it is gone), B keeps the restored subscriptions; what A had queued in memory is lost with it.
+A clean start asks A to discard the session instead (its pending will fires then, once, on A).
+
+When A does not answer (it is gone), B keeps the restored subscriptions and replays from the JetStream stream
+what A may not have delivered: every node writes a checkpoint to ``wharf_checkpoints`` every second -- a time
+before which all QoS 1/2 messages for its persistent sessions were acknowledged by their clients (it only
+advances while nothing is in flight or queued for them). Every QoS 1/2 message for a persistent session is in
+the stream (see ``nats_router.py``), so B replays the stream's messages from A's last checkpoint up to the
+moment B restored the subscriptions, matched against the session's subscriptions: at least once, with
+duplicates of what A had delivered after its checkpoint.
 """
 
 from __future__ import annotations
 
 import asyncio
 import base64
+import datetime
 import json
 import logging
 import time
 
+import nats
+from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
+
 from ..mqtt import reason_codes as rc
-from ..router import Subscription
-from .backplane import SESSIONS_BUCKET
-from .subjects import decode_message, encode_message, from_kv_key, kv_key
+from ..router import LocalRouter, Subscription
+from .backplane import CHECKPOINTS_BUCKET, SESSIONS_BUCKET, STREAM
+from .subjects import (
+    DURABLE_SUBJECTS,
+    decode_message,
+    encode_message,
+    from_kv_key,
+    kv_key,
+)
 
 log = logging.getLogger("wharf_broker.cluster")
 
 # A take-over reply is sent in chunks of at most this many bytes (NATS' default payload limit is 1 MiB).
 CHUNK_BYTES = 512 * 1024
+CHECKPOINT_INTERVAL = 1.0
+# Messages published this long before a checkpoint may still be on their way to this node.
+CHECKPOINT_MARGIN = 5.0
+REPLAY_BATCH = 512
 
 
 def takeover_subject(node_name: str) -> str:
@@ -46,6 +67,7 @@ class SessionRegistry:
         self.node_name = broker.config.node.name
         self.loop = broker.loop
         self.entries: dict[str, dict] = {}
+        self.version = 0  # bumped on every change of ``entries``
         self._dirty: set[str] = set()
         self._flush_task: asyncio.Task | None = None
         self._watcher = None
@@ -58,6 +80,8 @@ class SessionRegistry:
         self._spawn(self._watch(loaded))
         await loaded.wait()
         self._sub = await self.backplane.nc.subscribe(takeover_subject(self.node_name), cb=self._on_takeover)
+        self._safe_since = time.time()
+        self._spawn(self._checkpoints())
 
     async def stop(self) -> None:
         if self._flush_task is not None and not self._flush_task.done() and self.backplane.connected:
@@ -95,6 +119,7 @@ class SessionRegistry:
                     self.entries[client_id] = json.loads(entry.value)
                 except ValueError:
                     continue
+            self.version += 1
             loaded.set()
 
     # ------------------------------------------------------------------------------------- recording
@@ -144,6 +169,79 @@ class SessionRegistry:
                 "connected": connected,
                 "expires": None if connected else time.time() + session.expiry_interval}
 
+    # ------------------------------------------------------------------------------------- checkpoints
+
+    def _drained(self) -> bool:
+        """No QoS 1/2 message in flight or queued for any persistent session of this node."""
+        for session in self.broker.sessions.values():
+            if session.expiry_interval <= 0:
+                continue
+            if session.inflight.entries:
+                return False
+            for item in session.mqueue._items or ():
+                if item.qos:
+                    return False
+        return True
+
+    async def _checkpoints(self) -> None:
+        kv = self.backplane.kv[CHECKPOINTS_BUCKET]
+        key = kv_key(self.node_name)
+        while True:
+            await asyncio.sleep(CHECKPOINT_INTERVAL)
+            if self._drained():
+                self._safe_since = time.time() - CHECKPOINT_MARGIN
+            if self.backplane.connected:
+                try:
+                    await kv.put(key, json.dumps({"safe_since": self._safe_since}).encode())
+                except Exception as exc:  # noqa: BLE001 - written again next time
+                    log.debug("cluster: checkpoint not written: %r", exc)
+
+    async def _replay_for(self, client_id: str, node: str, until: float) -> int:
+        """Deliver to ``client_id``'s session the stream's QoS 1/2 messages matching its subscriptions, from
+        ``node``'s last checkpoint to ``until`` (when this node restored the subscriptions)."""
+        session = self.broker.sessions.get(client_id)
+        if session is None:
+            return 0
+        try:
+            entry = await self.backplane.kv[CHECKPOINTS_BUCKET].get(kv_key(node))
+            since = float(json.loads(entry.value)["safe_since"])
+        except Exception:  # noqa: BLE001 - no checkpoint: the whole stream
+            since = until - self.broker.config.cluster.stream_max_age
+        router = LocalRouter()  # this session's plain subscriptions only
+        for sub in session.subscriptions.values():
+            if sub.share_group is None and sub.qos:
+                router.subscribe(session, sub)
+        js = self.backplane.js
+        config = ConsumerConfig(deliver_policy=DeliverPolicy.BY_START_TIME, ack_policy=AckPolicy.NONE,
+                                opt_start_time=datetime.datetime.fromtimestamp(since, datetime.UTC),
+                                inactive_threshold=60.0)
+        info = await js.stream_info(STREAM)
+        last = info.state.last_seq
+        delivered = 0
+        sub = await js.pull_subscribe(DURABLE_SUBJECTS, stream=STREAM, config=config)
+        try:
+            done = last == 0
+            while not done:
+                try:
+                    batch = await sub.fetch(REPLAY_BATCH, timeout=2)
+                except nats.errors.TimeoutError:
+                    break
+                for msg in batch:
+                    metadata = msg.metadata
+                    if metadata.sequence.stream >= last:
+                        done = True
+                    if metadata.timestamp.timestamp() > until:
+                        done = True
+                        break
+                    try:
+                        message, _origin, _seq = decode_message(msg.data, self.loop.time())
+                    except ValueError:
+                        continue
+                    delivered += router.publish(message)
+        finally:
+            await sub.unsubscribe()
+        return delivered
+
     # ------------------------------------------------------------------------------------- take-over
 
     def restore(self, session, entry: dict) -> None:
@@ -157,6 +255,7 @@ class SessionRegistry:
         self._spawn(self._take_over(client_id, entry["node"], discard))
 
     async def _take_over(self, client_id: str, node: str, discard: bool) -> None:
+        restored_at = time.time()
         nc = self.backplane.nc
         inbox = nc.new_inbox()
         chunks: asyncio.Queue = asyncio.Queue()
@@ -168,15 +267,24 @@ class SessionRegistry:
             timeout = self.broker.config.cluster.takeover_timeout
             while True:
                 msg = await asyncio.wait_for(chunks.get(), timeout)
+                if not msg.data:  # NATS' "no responders" status: nobody serves that node's subject
+                    raise LookupError("no responders")
                 reply = json.loads(msg.data)
                 delivered += self._deliver_handed_over(client_id, reply.get("messages", ()))
                 if reply.get("end"):
                     break
             log.info("client %r: session taken over from node %s (%d messages handed over)", client_id, node,
                      delivered)
-        except (TimeoutError, ValueError) as exc:
-            log.warning("client %r: node %s did not hand the session over (%s); subscriptions restored, its "
-                        "queued messages are lost", client_id, node, type(exc).__name__)
+        except (TimeoutError, ValueError, LookupError) as exc:
+            log.warning("client %r: node %s did not hand the session over (%s); subscriptions restored, "
+                        "replaying its messages from the stream", client_id, node, exc or type(exc).__name__)
+            if not discard:
+                try:
+                    replayed = await self._replay_for(client_id, node, restored_at)
+                    log.info("client %r: %d messages replayed from the stream", client_id, replayed)
+                except Exception as exc2:  # noqa: BLE001 - nothing more to be done than saying so
+                    log.error("client %r: replay from the stream failed, messages node %s held may be lost: %r",
+                              client_id, node, exc2)
         finally:
             await sub.unsubscribe()
         self.record(client_id)

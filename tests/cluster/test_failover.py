@@ -105,3 +105,44 @@ def test_no_acknowledged_message_lost_when_a_broker_and_a_nats_node_die(cluster_
     publisher.close()
     for sub in subscribers:
         sub.close()
+
+
+def test_no_acknowledged_message_lost_when_the_subscribers_node_dies(cluster_nodes):
+    """The persistent subscriber's node is killed mid-load; the subscriber comes back on another node and
+    gets every acknowledged message (from the session hand-over replay of the stream)."""
+    nodes = cluster_nodes(3)
+    collector = Client(tcp(nodes[2]), "collector", clean=False, session_expiry=600)
+    collector.connect()
+    collector.subscribe("load/#", 1)
+    publisher = Client(tcp(nodes[0]), "loader")
+    publisher.connect()
+    await_route(publisher, [collector], "load/probe")
+
+    acked: set[int] = set()
+    killed = False
+    deadline = time.monotonic() + 150
+    for start in range(0, TOTAL, BATCH):
+        assert time.monotonic() < deadline, "publishing did not finish"
+        if not killed and len(acked) >= KILL_BROKER_AT:
+            nodes[2].stop(signal.SIGKILL)
+            collector.paho.loop_stop()
+            killed = True
+        infos = [(seq, publisher.publish(f"load/{seq % 4}", str(seq), 1)) for seq in range(start, start + BATCH)]
+        for seq, info in infos:
+            info.wait_for_publish(20)
+            if publisher.acks.get(info.mid) in (0, 0x10):  # success, or "no matching subscribers"
+                acked.add(seq)
+    assert killed and len(acked) == TOTAL
+
+    back = Client(tcp(nodes[1]), "collector", clean=False, session_expiry=600)
+    assert back.connect() is True, "the session survived its node"
+    seen: set[int] = {int(m.payload) for m in collector.drain() if m.topic != "load/probe"}
+    deadline = time.monotonic() + 90
+    while not acked <= seen and time.monotonic() < deadline:
+        for message in back.take(TOTAL, timeout=2):
+            if message.topic != "load/probe":
+                seen.add(int(message.payload))
+    lost = sorted(acked - seen)
+    assert not lost, f"{len(lost)} acknowledged messages lost, first {lost[:20]}\n{nodes[1].log[-3000:]}"
+    back.close()
+    publisher.close()
