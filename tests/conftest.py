@@ -51,6 +51,22 @@ def have_tls() -> bool:
 requires_tls = pytest.mark.skipif(not have_tls(), reason="wharf_broker.tls.TlsListenerRuntime is not available")
 
 
+# In CI (WHARF_STRICT_SKIPS=1, set by .ci/run) a skipped test is a failure: a missing tool or package must not
+# turn a requirement into a silent skip. Only the kind suite may skip, since no kind node image exists on our
+# machines.
+STRICT_SKIPS = os.environ.get("WHARF_STRICT_SKIPS") == "1"
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_makereport(item, call):
+    outcome = yield
+    report = outcome.get_result()
+    if STRICT_SKIPS and report.skipped and not hasattr(report, "wasxfail") and "e2e" not in item.keywords:
+        reason = report.longrepr[2] if isinstance(report.longrepr, tuple) else str(report.longrepr)
+        report.outcome = "failed"
+        report.longrepr = f"skipped, and skips are failures under WHARF_STRICT_SKIPS=1: {reason}"
+
+
 class BrokerStartError(AssertionError):
     pass
 
