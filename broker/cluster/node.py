@@ -11,8 +11,10 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import socket
 
 from ..broker import Broker
+from ..config.model import Node
 from ..metrics import REGISTRY, Registry
 from .backplane import Backplane, BackplaneUnavailable
 from .nats_router import NatsRouter
@@ -20,6 +22,14 @@ from .retained import ClusterRetainedStore
 from .sessions import SessionRegistry
 
 log = logging.getLogger("wharf_broker.cluster")
+
+
+def member_name(config) -> str:
+    """This node's name in the cluster: ``node.name``, or, left at its default (every replica of a
+    StatefulSet shares one config), ``wharf@<host name>`` -- the Pod's name on Kubernetes."""
+    if config.node.name != Node().name:
+        return config.node.name
+    return f"wharf@{socket.gethostname()}"
 
 
 class ClusterMetrics:
@@ -42,14 +52,15 @@ class ClusterBroker(Broker):
     def __init__(self, config=None, *, registry: Registry = REGISTRY, **kwargs) -> None:
         super().__init__(config, registry=registry, **kwargs)
         self.cluster_metrics = ClusterMetrics(registry)
-        self.backplane = Backplane(self.config.cluster, self.config.node.name, self.cluster_metrics)
+        self.node_name = member_name(self.config)
+        self.backplane = Backplane(self.config.cluster, self.node_name, self.cluster_metrics)
         self.registry: SessionRegistry | None = None
         self._handing_over: set[str] = set()
 
     async def start(self) -> None:
         loop = self.loop
         await self.backplane.start()
-        router = NatsRouter(self.backplane, self.config.node.name, self.cluster_metrics, loop)
+        router = NatsRouter(self.backplane, self.node_name, self.cluster_metrics, loop)
         await router.start()
         self.router = router
         self.retained = ClusterRetainedStore(self.backplane, router.origin, loop, self.metrics.retained.set)
@@ -57,7 +68,7 @@ class ClusterBroker(Broker):
         self.registry = SessionRegistry(self)
         await self.registry.start()
         router.sessions = self.registry
-        log.info("cluster: node %s joined through NATS %s (members: %s)", self.config.node.name,
+        log.info("cluster: node %s joined through NATS %s (members: %s)", self.node_name,
                  self.backplane.status()["server"], ", ".join(router.interest.members()))
 
     async def shutdown(self, timeout: float = 5.0) -> None:
@@ -72,7 +83,7 @@ class ClusterBroker(Broker):
 
     def cluster_status(self) -> dict:
         router = self.router
-        return {"node": self.config.node.name, "backplane": self.backplane.status(),
+        return {"node": self.node_name, "backplane": self.backplane.status(),
                 "members": router.interest.members() if isinstance(router, NatsRouter) else []}
 
     # ------------------------------------------------------------------------------------- messages
@@ -93,6 +104,7 @@ class ClusterBroker(Broker):
             self.cluster_metrics.publish_failures.inc()
             failed = self.loop.create_future()
             failed.set_exception(exc)
+            failed.add_done_callback(_retrieved)
             return failed
         if not message.qos or (stored is None and isinstance(delivered, int)):
             if isinstance(delivered, asyncio.Future):  # pragma: no cover - QoS 0 never waits
@@ -100,7 +112,9 @@ class ClusterBroker(Broker):
             if not delivered:
                 self.metrics.dropped("no_subscribers").value += 1
             return delivered
-        return self.loop.create_task(_settle(delivered, stored))
+        settled = self.loop.create_task(_settle(delivered, stored))
+        settled.add_done_callback(_retrieved)  # a will's publish has nobody waiting for it
+        return settled
 
     # ------------------------------------------------------------------------------------- sessions
 
@@ -165,6 +179,11 @@ async def _settle(delivered, stored) -> int:
     if isinstance(delivered, asyncio.Future):
         delivered = await delivered
     return max(1, delivered) if stored is not None else delivered
+
+
+def _retrieved(future: asyncio.Future) -> None:
+    if not future.cancelled():
+        future.exception()
 
 
 def _log_failure(task: asyncio.Task) -> None:

@@ -64,7 +64,7 @@ class SessionRegistry:
     def __init__(self, broker) -> None:
         self.broker = broker
         self.backplane = broker.backplane
-        self.node_name = broker.config.node.name
+        self.node_name = broker.node_name
         self.loop = broker.loop
         self.entries: dict[str, dict] = {}
         self.version = 0  # bumped on every change of ``entries``
@@ -237,10 +237,20 @@ class SessionRegistry:
                         message, _origin, _seq = decode_message(msg.data, self.loop.time())
                     except ValueError:
                         continue
+                    await self._room_in_queue(session)
                     delivered += router.publish(message)
         finally:
             await sub.unsubscribe()
         return delivered
+
+    async def _room_in_queue(self, session) -> None:
+        """Replay no faster than a connected client takes messages: a replay must not overflow the session's
+        queue (whose limit and drop policy still apply to an offline client)."""
+        limit = session.mqueue.max_len
+        if limit is None:
+            return
+        while session.channel is not None and len(session.mqueue) >= max(1, limit // 2):
+            await asyncio.sleep(0.005)
 
     # ------------------------------------------------------------------------------------- take-over
 
