@@ -27,6 +27,7 @@ RETAINED_BUCKET = "wharf_retained"
 SESSIONS_BUCKET = "wharf_sessions"
 CHECKPOINTS_BUCKET = "wharf_checkpoints"
 STARTUP_TRIES = 3
+STORAGE_SETUP_TRIES = 12
 
 
 class BackplaneUnavailable(ConnectionError):
@@ -71,7 +72,18 @@ class Backplane:
                                        f"{self.last_error or exc!r}") from None
         self._set_connected(True)
         self.js = self.nc.jetstream(timeout=self.settings.publish_timeout)
-        await self._ensure_storage()
+        # JetStream may still be forming (a NATS cluster starting with us): retry its setup for a while.
+        deadline = asyncio.get_running_loop().time() + STORAGE_SETUP_TRIES * nats_settings.connect_timeout
+        while True:
+            try:
+                await self._ensure_storage()
+                return
+            except (TimeoutError, nats.errors.Error) as exc:
+                if asyncio.get_running_loop().time() > deadline:
+                    await self.nc.close()
+                    raise BackplaneUnavailable(f"JetStream storage unavailable: {exc!r}") from None
+                log.warning("cluster: JetStream not ready yet (%r); retrying", exc)
+                await asyncio.sleep(1.0)
 
     async def _ensure_storage(self) -> None:
         settings = self.settings

@@ -159,11 +159,6 @@ class NatsRouter(Router):
         value = encode_interest(self._filter_refs, self.shared.groups)
         await self.backplane.kv[INTEREST_BUCKET].put(kv_key(self.node_name), value)
 
-    async def interest_settled(self) -> None:
-        """Wait until this node's interest is written (tests, take-over)."""
-        while self._interest_task is not None and not self._interest_task.done():
-            await asyncio.wait({self._interest_task})
-
     # ------------------------------------------------------------------------------------ Router: subscribe
 
     def subscribe(self, session, subscription: Subscription) -> None:
