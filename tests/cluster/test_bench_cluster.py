@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from .conftest import NATS_SERVER
+from .conftest import require_nats
 
 pytestmark = pytest.mark.timeout(240)
 
@@ -19,7 +19,7 @@ REPO = Path(__file__).resolve().parents[2]
 
 @pytest.mark.skipif(not shutil.which("mosquitto_pub"), reason="mosquitto-clients is not installed")
 def test_cross_node_scenario_reports_single_and_cross_rates_and_latencies(tmp_path):
-    assert NATS_SERVER
+    require_nats()
     out = tmp_path / "cluster.json"
     result = subprocess.run([sys.executable, "-m", "bench.cluster", "--messages", "2000", "--latency-messages",
                              "100", "--latency-rate", "200", "--run-timeout", "40", "--json", str(out)],

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from .conftest import NatsCluster, node_config
+from .conftest import NatsCluster, node_config, require_nats
 from .mqtt_client import Client, await_route
 
 pytestmark = pytest.mark.timeout(180)
@@ -12,6 +12,7 @@ pytestmark = pytest.mark.timeout(180)
 
 @pytest.fixture
 def tls_nats(tmp_path, certs):
+    require_nats()
     cluster = NatsCluster(tmp_path / "nats-tls", tls={"cert": certs / "server.crt", "key": certs / "server.key",
                                                       "ca": certs / "rootCA.crt"})
     try:
