@@ -30,6 +30,7 @@ import base64
 import datetime
 import json
 import logging
+import os
 import time
 
 import nats
@@ -67,6 +68,8 @@ class SessionRegistry:
         self.node_name = broker.node_name
         self.loop = broker.loop
         self.entries: dict[str, dict] = {}
+        self.boot = os.urandom(6).hex()  # tells this run's registry entries from a previous run's
+        self.previous_safe_since: float | None = None
         self.version = 0  # bumped on every change of ``entries``
         self._dirty: set[str] = set()
         self._flush_task: asyncio.Task | None = None
@@ -79,6 +82,13 @@ class SessionRegistry:
         loaded = asyncio.Event()
         self._spawn(self._watch(loaded))
         await loaded.wait()
+        # A node restarted under the same name (a StatefulSet Pod) lost its sessions; its previous run's last
+        # checkpoint says from when to replay them.
+        try:
+            entry = await self.backplane.kv[CHECKPOINTS_BUCKET].get(kv_key(self.node_name))
+            self.previous_safe_since = float(json.loads(entry.value)["safe_since"])
+        except Exception:  # noqa: BLE001 - a first start: nothing to recover
+            self.previous_safe_since = None
         self._sub = await self.backplane.nc.subscribe(takeover_subject(self.node_name), cb=self._on_takeover)
         self._safe_since = time.time()
         self._spawn(self._checkpoints())
@@ -125,9 +135,12 @@ class SessionRegistry:
     # ------------------------------------------------------------------------------------- recording
 
     def owner(self, client_id: str) -> dict | None:
-        """The registry entry of a live session another node holds, or None."""
+        """The registry entry of a live session another node -- or a previous run of this one -- holds."""
         entry = self.entries.get(client_id)
-        if entry is None or entry.get("node") == self.node_name:
+        if entry is None:
+            return None
+        if entry.get("node") == self.node_name and (entry.get("boot") == self.boot
+                                                    or client_id in self.broker.sessions):
             return None
         expires = entry.get("expires")
         if expires is not None and expires <= time.time():
@@ -165,7 +178,7 @@ class SessionRegistry:
                           sub.retain_handling, sub.sub_ids[0] if sub.sub_ids else None, sub.share_group]
                          for full, sub in session.subscriptions.items()]
         connected = session.channel is not None
-        return {"node": self.node_name, "subs": subscriptions, "expiry": session.expiry_interval,
+        return {"node": self.node_name, "boot": self.boot, "subs": subscriptions, "expiry": session.expiry_interval,
                 "connected": connected,
                 "expires": None if connected else time.time() + session.expiry_interval}
 
@@ -196,17 +209,20 @@ class SessionRegistry:
                 except Exception as exc:  # noqa: BLE001 - written again next time
                     log.debug("cluster: checkpoint not written: %r", exc)
 
-    async def _replay_for(self, client_id: str, node: str, until: float) -> int:
+    async def _replay_for(self, client_id: str, node: str, until: float, since: float | None = None) -> int:
         """Deliver to ``client_id``'s session the stream's QoS 1/2 messages matching its subscriptions, from
-        ``node``'s last checkpoint to ``until`` (when this node restored the subscriptions)."""
+        ``since`` (default: ``node``'s last checkpoint) to ``until`` (when this node restored the
+        subscriptions)."""
         session = self.broker.sessions.get(client_id)
         if session is None:
             return 0
-        try:
-            entry = await self.backplane.kv[CHECKPOINTS_BUCKET].get(kv_key(node))
-            since = float(json.loads(entry.value)["safe_since"])
-        except Exception:  # noqa: BLE001 - no checkpoint: the whole stream
-            since = until - self.broker.config.cluster.stream_max_age
+        if since is None:
+            try:
+                entry = await self.backplane.kv[CHECKPOINTS_BUCKET].get(kv_key(node))
+                since = float(json.loads(entry.value)["safe_since"])
+            except Exception:  # noqa: BLE001 - no checkpoint: the whole stream
+                since = 0.0
+        since = max(since, until - self.broker.config.cluster.stream_max_age)
         router = LocalRouter()  # this session's plain subscriptions only
         for sub in session.subscriptions.values():
             if sub.share_group is None and sub.qos:
@@ -266,6 +282,11 @@ class SessionRegistry:
 
     async def _take_over(self, client_id: str, node: str, discard: bool) -> None:
         restored_at = time.time()
+        if node == self.node_name:  # a previous run of this node held it
+            if not discard:
+                await self._replay_logged(client_id, node, restored_at, self.previous_safe_since or 0.0)
+            self.record(client_id)
+            return
         nc = self.backplane.nc
         inbox = nc.new_inbox()
         chunks: asyncio.Queue = asyncio.Queue()
@@ -285,19 +306,24 @@ class SessionRegistry:
                     break
             log.info("client %r: session taken over from node %s (%d messages handed over)", client_id, node,
                      delivered)
+            if "lost_since" in reply and not discard:  # that node restarted since: it lost the session
+                await self._replay_logged(client_id, node, restored_at, float(reply["lost_since"]))
         except (TimeoutError, ValueError, LookupError) as exc:
             log.warning("client %r: node %s did not hand the session over (%s); subscriptions restored, "
                         "replaying its messages from the stream", client_id, node, exc or type(exc).__name__)
             if not discard:
-                try:
-                    replayed = await self._replay_for(client_id, node, restored_at)
-                    log.info("client %r: %d messages replayed from the stream", client_id, replayed)
-                except Exception as exc2:  # noqa: BLE001 - nothing more to be done than saying so
-                    log.error("client %r: replay from the stream failed, messages node %s held may be lost: %r",
-                              client_id, node, exc2)
+                await self._replay_logged(client_id, node, restored_at, None)
         finally:
             await sub.unsubscribe()
         self.record(client_id)
+
+    async def _replay_logged(self, client_id: str, node: str, until: float, since: float | None) -> None:
+        try:
+            replayed = await self._replay_for(client_id, node, until, since)
+            log.info("client %r: %d messages replayed from the stream", client_id, replayed)
+        except Exception as exc:  # noqa: BLE001 - nothing more to be done than saying so
+            log.error("client %r: replay from the stream failed, messages node %s held may be lost: %r",
+                      client_id, node, exc)
 
     def _deliver_handed_over(self, client_id: str, messages) -> int:
         session = self.broker.sessions.get(client_id)
@@ -348,4 +374,7 @@ class SessionRegistry:
                 broker.hand_over_session(session)
             else:
                 broker.discard_session(session)
-        await msg.respond(json.dumps({"messages": chunk, "end": True}).encode())
+        final = {"messages": chunk, "end": True}
+        if session is None:  # the registry names this node, but a previous run of it had the session
+            final["lost_since"] = self.previous_safe_since or 0.0
+        await msg.respond(json.dumps(final).encode())

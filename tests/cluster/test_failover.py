@@ -146,3 +146,41 @@ def test_no_acknowledged_message_lost_when_the_subscribers_node_dies(cluster_nod
     assert not lost, f"{len(lost)} acknowledged messages lost, first {lost[:20]}\n{nodes[1].log[-3000:]}"
     back.close()
     publisher.close()
+
+
+def test_sessions_of_a_node_restarted_under_its_name_are_recovered(nats_cluster, broker_process):
+    """A StatefulSet Pod comes back with its name but without its memory: its persistent sessions are restored
+    from the registry and the stream, whether the client returns to it or goes to another node."""
+    from .conftest import node_config
+
+    other = broker_process(node_config("steady@127.0.0.1", nats_cluster.urls), timeout=60)
+    restarting_config = node_config("phoenix@127.0.0.1", nats_cluster.urls)
+    phoenix = broker_process(restarting_config, timeout=60)
+    clients = {}
+    for name in ("stays", "moves"):
+        client = Client(tcp(phoenix), name, clean=False, session_expiry=600)
+        client.connect()
+        client.subscribe(f"news/{name}", 1)
+        clients[name] = client
+    publisher = Client(tcp(other), "pub")
+    publisher.connect()
+    for name, client in clients.items():
+        await_route(publisher, [client], f"news/{name}")
+    phoenix.stop(signal.SIGKILL)
+    for client in clients.values():
+        client.paho.loop_stop()
+    for n in range(30):
+        for name in clients:
+            assert publisher.publish_acked(f"news/{name}", f"{name}-{n}", 1) in (0, 0x10)
+    reborn = broker_process(restarting_config, timeout=60)
+    back = {"stays": Client(tcp(reborn), "stays", clean=False, session_expiry=600),
+            "moves": Client(tcp(other), "moves", clean=False, session_expiry=600)}
+    for name, client in back.items():
+        assert client.connect() is True, f"{name}: session present"
+        seen = set()
+        deadline = time.monotonic() + 60
+        while len(seen) < 30 and time.monotonic() < deadline:
+            seen |= {m.payload.decode() for m in client.take(30, timeout=2)}
+        assert {f"{name}-{n}" for n in range(30)} <= seen, f"{name} got {sorted(seen)}"
+        client.close()
+    publisher.close()
