@@ -5,9 +5,14 @@ from __future__ import annotations
 import re
 
 import pytest
-
-from wharf_broker.cluster.subjects import (decode_message, encode_message, filter_subjects, from_kv_key, kv_key,
-                                           topic_subject)
+from wharf_broker.cluster.subjects import (
+    decode_message,
+    encode_message,
+    filter_subjects,
+    from_kv_key,
+    kv_key,
+    topic_subject,
+)
 from wharf_broker.mqtt.topic import matches
 from wharf_broker.router import Message
 
