@@ -125,6 +125,8 @@ class VersioningEmulator(kmock_lib.KubernetesEmulator):
     """
 
     async def _handle(self, request):
+        if isinstance(request.data, list) and request.action == kmock_lib.action.UPDATE:
+            self._check_patch_tests(request)
         if request.resource is not None and request.action in (kmock_lib.action.CREATE, kmock_lib.action.UPDATE):
             version = str(next(_versions))
             if isinstance(request.data, dict):
@@ -132,6 +134,21 @@ class VersioningEmulator(kmock_lib.KubernetesEmulator):
             elif isinstance(request.data, list):  # a JSON patch
                 request.data.append({"op": "add", "path": "/metadata/resourceVersion", "value": version})
         return await super()._handle(request)
+
+
+    def _check_patch_tests(self, request) -> None:
+        """A JSON patch whose resourceVersion ``test`` fails is a 422, as the real API answers (kmock answers
+        500, which kopf retries with the same stale patch instead of waiting for the next event)."""
+        from kmock._internal.k8s import KubernetesError
+
+        key = (request.resource, request.namespace, request.name)
+        if key not in self._objects or self._objects[key].deleted:
+            return
+        version = self._objects[key].raw.get("metadata", {}).get("resourceVersion")
+        for op in request.data:
+            if op.get("op") == "test" and op.get("path") == "/metadata/resourceVersion" and op.get("value") != version:
+                raise KubernetesError(status=422, reason="Invalid",
+                                      message=f"the object has been modified (resourceVersion {version})")
 
 
 def declare_resources(kmock) -> None:
