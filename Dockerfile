@@ -18,7 +18,8 @@ WORKDIR /src
 # Dependencies first, read from pyproject.toml, so this layer is rebuilt only when they change.
 COPY pyproject.toml ./
 RUN python3 -c "import tomllib; p = tomllib.load(open('pyproject.toml', 'rb'))['project']; \
-print('\n'.join(p['dependencies'] + p['optional-dependencies']['operator']))" > requirements.txt \
+print('\n'.join(p['dependencies'] + p['optional-dependencies']['operator'] + p['optional-dependencies']['cluster']))" \
+    > requirements.txt \
     && /opt/wharf/venv/bin/pip install --no-cache-dir -r requirements.txt
 COPY README.md ./
 COPY broker/ broker/
@@ -27,7 +28,7 @@ COPY operator/ operator/
 # pip itself is removed afterwards, so the final image cannot install anything.
 RUN /opt/wharf/venv/bin/pip install --no-cache-dir --no-deps . \
     && /opt/wharf/venv/bin/python -m pip uninstall --yes pip \
-    && /opt/wharf/venv/bin/python -c "import wharf_broker, wharf_operator"
+    && /opt/wharf/venv/bin/python -c "import wharf_broker, wharf_operator, nats"
 
 # --- run: the base image plus the virtualenv, as an unprivileged user ---
 FROM ${BASE_IMAGE}
