@@ -6,6 +6,10 @@ when every hook ignores (or there are none), ``authentication.allow_anonymous`` 
 A hook is any object with ``async authenticate(info) -> AuthResult``. For X.509 listeners configured with
 ``peer_cert_as_username`` / ``peer_cert_as_clientid``, the client's username / client id are taken from its
 certificate before the chain runs (``identity_from_certificate``).
+
+A client whose TLS handshake ran on a pre-shared key gets its PSK identity as its username (mosquitto's
+``use_identity_as_username``) and is authenticated by the key itself: the chain is not asked, so no password
+authenticator can refuse it for lacking a password.
 """
 
 from __future__ import annotations
@@ -32,6 +36,8 @@ class ConnectInfo:
     peer_identity: Any = None
     # The client certificate's CN: from the TLS handshake, or from a PROXY v2 header's TLS TLV.
     cert_common_name: str | None = None
+    # The PSK identity when the TLS handshake really used that pre-shared key (then also the username).
+    psk_identity: str | None = None
 
 
 @dataclass(frozen=True)
@@ -73,6 +79,8 @@ class AuthChain:
 
     def fallback(self, info: ConnectInfo) -> AuthResult:
         """The decision when no hook decided."""
+        if info.psk_identity is not None:
+            return AuthResult.allow(source="psk")
         if self.allow_anonymous:
             return AuthResult.allow(anonymous=True)
         if info.username is not None or info.password is not None:
@@ -80,6 +88,8 @@ class AuthChain:
         return AuthResult.deny(rc.NOT_AUTHORIZED, "anonymous access is disabled")
 
     async def authenticate(self, info: ConnectInfo) -> AuthResult:
+        if info.psk_identity is not None:  # the key already proved who it is
+            return self.fallback(info)
         for hook in self.hooks:
             result = await hook.authenticate(info)
             if result.decision != IGNORE:

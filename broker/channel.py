@@ -163,6 +163,9 @@ class Channel:
             username = cert_username
         if cert_client_id is not None:
             client_id = cert_client_id
+        psk_identity = getattr(identity, "psk_identity", None)
+        if psk_identity is not None:
+            username = psk_identity  # authenticated by the pre-shared key (mosquitto's use_identity_as_username)
         cert_cn = getattr(identity, "cn", None) if identity is not None else None
         if cert_cn is None and transport is not None:
             # No certificate here, but a load balancer vouches for one in a PROXY v2 TLV.
@@ -178,9 +181,9 @@ class Channel:
             log.info("client %r from %s refused: banned for flapping", client_id, self.connection.peer_text)
             return self._refuse(rc.BANNED, "banned for flapping")
         info = ConnectInfo(client_id, username, packet.password, listener.id, self.connection.peer,
-                           packet.version, identity, cert_cn)
+                           packet.version, identity, cert_cn, psk_identity)
         chain = self.broker.auth
-        if not chain.hooks:
+        if not chain.hooks or psk_identity is not None:
             self._connect_authenticated(packet, info, chain.fallback(info))
             return False
         task = self._loop.create_task(chain.authenticate(info))
