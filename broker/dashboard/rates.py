@@ -7,6 +7,7 @@ import time
 from collections import deque
 
 from .. import metrics
+from ..tasks import cancel_and_wait
 
 SAMPLE_EVERY = 2.0
 WINDOW = 30.0
@@ -54,10 +55,5 @@ class MessageRates:
             self._task = asyncio.get_running_loop().create_task(self._run())
 
     async def stop(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            try:
-                await self._task
-            except asyncio.CancelledError:
-                pass
-            self._task = None
+        await cancel_and_wait(self._task)
+        self._task = None

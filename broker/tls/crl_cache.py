@@ -21,6 +21,7 @@ import aiohttp
 from cryptography import x509
 
 from ..config.model import CrlCache as CrlCacheConfig
+from ..tasks import cancel_and_wait
 
 log = logging.getLogger("wharf.tls")
 
@@ -94,13 +95,8 @@ class CrlDistributionCache:
             await self.close()
 
     async def close(self) -> None:
-        if self._refresher is not None:
-            self._refresher.cancel()
-            try:
-                await self._refresher
-            except asyncio.CancelledError:
-                pass
-            self._refresher = None
+        await cancel_and_wait(self._refresher)
+        self._refresher = None
         if self._session is not None:
             await self._session.close()
             self._session = None
