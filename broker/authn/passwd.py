@@ -4,7 +4,8 @@
     python -m wharf_broker.authn.passwd -f users.txt -D alice       # removes alice
     echo secret | python -m wharf_broker.authn.passwd --stdin alice # prints the line instead
 
-The file is rewritten atomically (a temporary file renamed over it), so a running broker never reads half a
+Comment lines, blank lines and the order of the other entries are kept as they are. The file is rewritten
+atomically (a temporary file renamed over it), so a running broker never reads half a
 file; it picks the change up at its next digest check or on SIGHUP.
 """
 
@@ -45,6 +46,33 @@ def _write_atomically(path: str, text: str) -> None:
         raise
 
 
+def _entry_name(line: str) -> str | None:
+    """The username of an entry line, None for a comment or blank line (the file already parsed)."""
+    stripped = line.strip()
+    if not stripped or stripped.startswith("#"):
+        return None
+    return stripped.rpartition(":")[0]
+
+
+def updated_text(text: str, username: str, encoded: str | None) -> str:
+    """``text`` with ``username``'s line replaced by ``encoded`` (appended if new) or removed (``encoded`` None);
+    every other line, comments and blank lines included, stays as it was."""
+    lines = text.splitlines(keepends=True)
+    if lines and not lines[-1].endswith("\n"):
+        lines[-1] += "\n"
+    out: list[str] = []
+    for line in lines:
+        if _entry_name(line) == username:
+            if encoded is not None:
+                out.append(f"{username}:{encoded}\n")
+                encoded = None
+            continue
+        out.append(line)
+    if encoded is not None:
+        out.append(f"{username}:{encoded}\n")
+    return "".join(out)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m wharf_broker.authn.passwd", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -60,10 +88,12 @@ def main(argv: list[str] | None = None) -> int:
     if args.delete and not args.file:
         parser.error("--delete needs --file")
     users: dict[str, str] = {}
+    text = ""
     if args.file and os.path.exists(args.file):
         with open(args.file, encoding="utf-8") as handle:
+            text = handle.read()
             try:
-                users = parse_password_file(handle.read(), args.file)
+                users = parse_password_file(text, args.file)
             except PasswordFileError as error:
                 print(f"refusing to rewrite a broken file: {error}", file=sys.stderr)
                 return 2
@@ -80,7 +110,7 @@ def main(argv: list[str] | None = None) -> int:
     if not args.file:
         print(f"{args.username}:{users[args.username]}")
         return 0
-    _write_atomically(args.file, "".join(f"{name}:{encoded}\n" for name, encoded in users.items()))
+    _write_atomically(args.file, updated_text(text, args.username, users.get(args.username)))
     return 0
 
 
