@@ -16,7 +16,7 @@ from typing import Any
 
 import kopf
 
-from . import certs, render, resources
+from . import certs, nats, render, resources
 from . import status as st
 from .crd import GROUP, PAUSE_ANNOTATION, PLURAL, VERSION, defaulted_spec
 from .kube import (
@@ -142,7 +142,7 @@ class Controller:
                 return
             spec = defaulted_spec(body.get("spec") or {})
             try:
-                tree = render.config_tree(spec)
+                tree = render.config_tree(spec, broker=name, namespace=namespace)
                 hocon = render.to_hocon(tree)
                 _check_loads(hocon)
             except render.RenderError as exc:
@@ -171,6 +171,7 @@ class Controller:
             certificate = resources.certificate(name, namespace, spec)
             if certificate is not None:
                 results["certificate"] = await self._apply(CERTIFICATES, certificate, owner)
+            results.update(await self._reconcile_nats(namespace, name, spec, owner))
             changed = [kind for kind, result in results.items() if result != "unchanged"]
             log.info("MQTTBroker %s/%s reconciled; changed: %s", namespace, name, ", ".join(changed) or "nothing")
 
@@ -202,9 +203,91 @@ class Controller:
                     st.CONFIG_APPLIED, applied_ok, "Applied" if applied_ok else "LiveUpdateRefused",
                     config_message, generation),
             })
+            if spec["replicas"] > 1 and not spec.get("cluster"):
+                kopf.warn(body, reason="IndependentBrokers",
+                          message=f"{spec['replicas']} replicas without spec.cluster run as independent brokers")
             await self._check_certificates(body, spec, signal=False)
             await self._refresh_readiness(namespace, name, spec)
             self.metrics.reconciles.labels(result="success").inc()
+
+    async def _reconcile_nats(self, namespace: str, name: str, spec: dict, owner: dict) -> dict[str, str]:
+        """The deployed NATS cluster's objects when spec.cluster.nats.deploy is true; otherwise none of them."""
+        wanted = ((spec.get("cluster") or {}).get("nats") or {}).get("deploy", False)
+        objects = [(CONFIGMAPS, nats.config_map_name(name)), (SERVICES, nats.headless_service_name(name)),
+                   (SERVICES, nats.name(name)), (PDBS, nats.name(name)), (STATEFULSETS, nats.name(name))]
+        if not wanted:
+            results: dict[str, str] = {}
+            for resource, obj_name in objects:
+                existing = await self.api.get(resource, namespace, obj_name)
+                owners = ((existing or {}).get("metadata") or {}).get("ownerReferences") or []
+                # Only what this MQTTBroker owns: a same-named object of someone else's is left alone.
+                if existing is not None and any(ref.get("uid") == owner["uid"] for ref in owners):
+                    await self.api.delete(resource, namespace, obj_name)
+                    results[f"nats-{resource.plural}-{obj_name}"] = "deleted"
+            return results
+        statefulset = nats.stateful_set(name, namespace, spec)
+        if await self.api.get(STATEFULSETS, namespace, nats.name(name)) is not None:
+            # volumeClaimTemplates cannot change on a live StatefulSet; a new size applies to new volumes only
+            # if the StatefulSet is recreated (documented).
+            statefulset["spec"].pop("volumeClaimTemplates")
+        return {
+            "nats-config": await self._apply(CONFIGMAPS, nats.config_map(name, namespace, spec), owner),
+            "nats-headless": await self._apply(SERVICES, nats.headless_service(name, namespace), owner),
+            "nats-service": await self._apply(SERVICES, nats.client_service(name, namespace), owner),
+            "nats-pdb": await self._apply(PDBS, nats.pod_disruption_budget(name, namespace), owner),
+            "nats-statefulset": await self._apply(STATEFULSETS, statefulset, owner),
+        }
+
+    async def _cluster_status(self, namespace: str, name: str, spec: dict) -> tuple[dict, bool, str, str]:
+        """status.cluster and the Clustered condition (status, reason, message), from the NATS StatefulSet's
+        readiness and what every running broker pod's /healthz says about its cluster."""
+        nats_spec = spec["cluster"]["nats"]
+        cluster: dict[str, Any] = {}
+        if nats_spec.get("deploy"):
+            sts = await self.api.get(STATEFULSETS, namespace, nats.name(name))
+            ready = int(((sts or {}).get("status") or {}).get("readyReplicas") or 0)
+            cluster["natsReadyReplicas"] = ready
+        pods, token = await self._pods_and_token(namespace, name)
+        members: set[str] = set()
+        connected, errors = 0, []
+        for pod in pods:
+            try:
+                reported = await self.admin.cluster_status(pod, token)
+            except SignalError as exc:
+                errors.append(str(exc))
+                continue
+            if reported is None:
+                errors.append(f"{pod.name}: runs without a cluster")
+                continue
+            if (reported.get("backplane") or {}).get("connected"):
+                connected += 1
+            members.update(str(m) for m in reported.get("members") or [])
+        if nats_spec.get("deploy"):
+            nats_ready = cluster["natsReadyReplicas"] >= nats.SERVERS
+        else:
+            nats_ready = bool(pods) and connected == len(pods)
+        cluster.update(natsReady=nats_ready, members=sorted(members), podsConnected=connected,
+                       lastError="; ".join(errors) or None)
+        if not nats_ready:
+            return cluster, False, "NatsNotReady", (
+                f"{cluster.get('natsReadyReplicas', 0)}/{nats.SERVERS} NATS pods ready" if nats_spec.get("deploy")
+                else f"{connected}/{len(pods)} broker pods connected to NATS")
+        if connected < spec["replicas"]:
+            return cluster, False, "Forming", f"{connected}/{spec['replicas']} broker pods connected to NATS"
+        return cluster, True, "Joined", f"{len(members)} members: {', '.join(sorted(members))}"
+
+    async def _refresh_cluster(self, namespace: str, name: str, spec: dict) -> None:
+        if spec.get("cluster"):
+            cluster, ok, reason, message = await self._cluster_status(namespace, name, spec)
+        elif spec["replicas"] > 1:
+            cluster, ok, reason, message = None, False, "IndependentBrokers", (
+                f"{spec['replicas']} replicas without spec.cluster: each pod is an independent broker, and clients "
+                "on different pods do not receive each other's messages")
+        else:
+            cluster, ok, reason, message = None, False, "Standalone", "one broker; spec.cluster is not set"
+        await self._patch_status(namespace, name, lambda s: {
+            "cluster": cluster,
+            "conditions": st.set_condition(s.get("conditions"), st.CLUSTERED, ok, reason, message)})
 
     async def _refuse_config(self, body: dict, message: str, generation: int | None) -> None:
         meta = body["metadata"]
@@ -236,6 +319,7 @@ class Controller:
         await self.api.patch(MQTTBROKERS, namespace, name, {"status": changes}, subresource="status")
 
     async def _refresh_readiness(self, namespace: str, name: str, spec: dict) -> None:
+        await self._refresh_cluster(namespace, name, spec)
         sts = await self.api.get(STATEFULSETS, namespace, name)
         ready = int(((sts or {}).get("status") or {}).get("readyReplicas") or 0)
         wanted = spec["replicas"]

@@ -236,7 +236,7 @@ def _listener_schema() -> Schema:
 
 def _status_schema() -> Schema:
     condition = _object("A standard Kubernetes condition.", {
-        "type": _string("Ready, CertificatesReady, ConfigApplied or Paused."),
+        "type": _string("Ready, CertificatesReady, ConfigApplied, Clustered or Paused."),
         "status": _string("True, False or Unknown.", enum=["True", "False", "Unknown"]),
         "reason": _string("Machine-readable reason in CamelCase."),
         "message": _string("Human-readable explanation."),
@@ -261,10 +261,19 @@ def _status_schema() -> Schema:
         "selector": _string("Label selector of the broker pods (for the scale subresource)."),
         "earliestCertificateExpiry": _string("The soonest notAfter among the listeners' certificates.",
                                              fmt="date-time"),
-        "conditions": _array("Ready, CertificatesReady, ConfigApplied and Paused.", condition,
+        "conditions": _array("Ready, CertificatesReady, ConfigApplied, Clustered and Paused.", condition,
                              map_keys=["type"]),
         "listeners": _array("Per TLS listener: the certificate served and its last rotation.", listener,
                             map_keys=["name"]),
+        "cluster": _object("Cluster membership, when spec.cluster is set.", {
+            "natsReady": _boolean("Whether the NATS servers are ready (a deployed NATS: all 3 pods ready; an "
+                                  "existing NATS: every asked broker is connected to it)."),
+            "natsReadyReplicas": _integer("Ready pods of the deployed NATS StatefulSet."),
+            "members": _array("Member names of the cluster, as the brokers report them.",
+                              _string("A member name.")),
+            "podsConnected": _integer("Broker pods connected to NATS."),
+            "lastError": _string("Why a broker pod could not be asked, if one could not."),
+        }),
     })
     # kopf keeps its own bookkeeping under status.kopf; do not let the API server prune it.
     schema["x-kubernetes-preserve-unknown-fields"] = True
@@ -273,6 +282,65 @@ def _status_schema() -> Schema:
 
 def _number(description: str) -> Schema:
     return {"type": "number", "description": description}
+
+
+NATS_IMAGE = "nats:2.10-alpine"
+
+
+def _cluster_schema() -> Schema:
+    return _object(
+        "Run the brokers as one cluster on NATS with JetStream (docs/cluster.md): a client on one pod receives "
+        "what a client on another publishes. Either the operator deploys a NATS cluster for this MQTTBroker "
+        "(nats.deploy) or the brokers join an existing one (nats.servers).",
+        {
+            "nats": _object("The NATS cluster the brokers share.", {
+                "deploy": _boolean(
+                    "Deploy a NATS cluster owned by this MQTTBroker: a StatefulSet of 3 nats-server with "
+                    "JetStream, its config, a client and a headless Service and a PodDisruptionBudget.",
+                    default=False),
+                "servers": _array("URLs of an existing NATS with JetStream (nats:// or tls://).",
+                                  _string("A NATS server URL.", pattern=r"^(nats|tls)://.+$", max_length=512),
+                                  max_items=16),
+                "image": _string("Container image of the deployed nats-server.", default=NATS_IMAGE,
+                                 max_length=512),
+                "storage": _object("Persistent JetStream storage of each deployed NATS pod "
+                                   "(a volumeClaimTemplate).", {
+                    "size": _string("Size of each pod's volume.", default="1Gi",
+                                    pattern=r"^[0-9]+(\.[0-9]+)?(Ki|Mi|Gi|Ti|k|M|G|T)?$", max_length=32),
+                    "storageClassName": _string("StorageClass of the volumes; unset means the default.",
+                                                max_length=253),
+                }, default={}),
+                "resources": _free_object("Compute resources of the nats-server container "
+                                          "(core/v1 ResourceRequirements)."),
+                "tls": _object(
+                    "Mutual TLS between the brokers and NATS. Secrets are mounted as whole volumes.", {
+                        "serverSecretName": _string(
+                            "kubernetes.io/tls Secret (tls.crt, tls.key, ca.crt) the deployed NATS servers "
+                            "present; its names must cover <name>-nats.<namespace>.svc and "
+                            "*.<name>-nats-headless.<namespace>.svc. Needed with deploy.", max_length=253),
+                        "clientSecretName": _string(
+                            "Secret (tls.crt, tls.key, ca.crt) the brokers present to NATS; ca.crt verifies "
+                            "the NATS servers.", max_length=253),
+                        "serverName": _string("Name checked against the NATS servers' certificates; unset "
+                                              "means the host of each server URL.", max_length=253),
+                    }, required=["clientSecretName"]),
+                "credentialsSecretRef": _secret_key_ref(
+                    "Secret holding a NATS credentials file (JWT + NKey seed) for an existing NATS.", "nats.creds"),
+            }, rules=[
+                _rule("self.deploy != (has(self.servers) && size(self.servers) > 0)",
+                      "set exactly one of nats.deploy: true and nats.servers"),
+                _rule("!self.deploy || !has(self.tls) || has(self.tls.serverSecretName)",
+                      "nats.deploy with tls needs tls.serverSecretName"),
+                _rule("!self.deploy || !has(self.credentialsSecretRef)",
+                      "credentialsSecretRef is for an existing NATS (nats.servers), not a deployed one"),
+            ]),
+            "streamReplicas": _integer(
+                "JetStream replicas of the broker's stream and key-value buckets (at most the number of NATS "
+                "servers; 3 for a deployed NATS).", default=3, minimum=1, maximum=5),
+        },
+        required=["nats"],
+        rules=[_rule("!self.nats.deploy || self.streamReplicas <= 3",
+                     "streamReplicas is at most 3 with a deployed NATS (it has 3 servers)")])
 
 
 def spec_schema() -> Schema:
@@ -368,6 +436,7 @@ def spec_schema() -> Schema:
                 "Extra broker configuration (EMQX-style keys, e.g. {mqtt: {max_packet_size: 2MB}}) merged "
                 "into the rendered config. listeners, dashboard, node, authentication and authorization are "
                 "managed by the operator."),
+            "cluster": _cluster_schema(),
             "certificate": _object(
                 "Let the operator create a cert-manager Certificate (owned by this MQTTBroker) whose DNS names "
                 "come from the Services.",

@@ -42,6 +42,16 @@ def acl_dir(root: str = ROOT) -> str:
     return f"{root}/acl"
 
 
+def nats_tls_dir(root: str = ROOT) -> str:
+    """The brokers' client certificate for NATS (spec.cluster.nats.tls.clientSecretName)."""
+    return f"{root}/nats/tls"
+
+
+def nats_credentials_dir(root: str = ROOT) -> str:
+    """The NATS credentials file's Secret (spec.cluster.nats.credentialsSecretRef)."""
+    return f"{root}/nats/creds"
+
+
 def cert_dir(listener: str, root: str = ROOT) -> str:
     """The listener's server Secret (tls.crt, tls.key, maybe ca.crt)."""
     return f"{root}/certs/{listener}"

@@ -12,7 +12,7 @@ import hashlib
 import json
 from typing import Any
 
-from . import layout
+from . import layout, nats
 from .crd import ADMIN_PORT
 
 # Roots of the broker config that the operator manages itself; spec.config may not set them.
@@ -77,8 +77,11 @@ def _listener(listener: dict[str, Any], reload_interval: str, root: str) -> Tree
     return entry
 
 
-def config_tree(spec: dict[str, Any], root: str = layout.ROOT) -> Tree:
-    """The broker config as nested dicts, from a spec with the CRD's defaults applied; files under ``root``."""
+def config_tree(spec: dict[str, Any], root: str = layout.ROOT, *, broker: str = "", namespace: str = "") -> Tree:
+    """The broker config as nested dicts, from a spec with the CRD's defaults applied; files under ``root``.
+
+    ``broker`` and ``namespace`` name the MQTTBroker: a deployed NATS is reached by its pods' DNS names.
+    """
     reload_interval = spec.get("reloadInterval", "120s")
     listeners: Tree = {}
     for listener in spec.get("listeners", []):
@@ -105,8 +108,46 @@ def config_tree(spec: dict[str, Any], root: str = layout.ROOT) -> Tree:
     for managed in MANAGED_ROOTS:
         if managed in extra:
             raise RenderError(f"spec.config.{managed} is managed by the operator; use the MQTTBroker's fields")
+    if spec.get("cluster"):
+        tree["cluster"] = cluster(spec["cluster"], root, broker, namespace)
+        extra_cluster = extra.get("cluster")
+        if isinstance(extra_cluster, dict):
+            for managed in CLUSTER_MANAGED_KEYS:
+                if managed in extra_cluster:
+                    raise RenderError(f"spec.config.cluster.{managed} is managed by the operator with "
+                                      f"spec.cluster; use spec.cluster's fields")
     _merge(tree, extra, "spec.config")
     return tree
+
+
+# With spec.cluster, spec.config.cluster may still tune the rest (stream_max_age, interest_ttl, ...).
+CLUSTER_MANAGED_KEYS = ("enable", "nats", "replicas")
+
+
+def cluster(spec: dict[str, Any], root: str, broker: str, namespace: str) -> Tree:
+    """The broker's ``cluster {}`` section for spec.cluster; the member name is the broker's default, the pod's
+    host name (its pod name), so every replica shares this config."""
+    wanted = spec["nats"]
+    tls = wanted.get("tls")
+    if wanted.get("deploy"):
+        if not broker or not namespace:
+            raise RenderError("a deployed NATS needs the MQTTBroker's name and namespace")
+        servers = nats.client_urls(broker, namespace, tls is not None)
+    else:
+        servers = list(wanted.get("servers") or [])
+        if not servers:
+            raise RenderError("spec.cluster.nats needs deploy: true or servers")
+    section: Tree = {"servers": servers}
+    if tls:
+        client = layout.nats_tls_dir(root)
+        section["tls"] = {"enable": True, "cacertfile": f"{client}/ca.crt", "certfile": f"{client}/tls.crt",
+                          "keyfile": f"{client}/tls.key"}
+        if tls.get("serverName"):
+            section["tls"]["server_name"] = tls["serverName"]
+    creds = wanted.get("credentialsSecretRef")
+    if creds:
+        section["credentials"] = f"{layout.nats_credentials_dir(root)}/{creds.get('key', 'nats.creds')}"
+    return {"enable": True, "nats": section, "replicas": int(spec.get("streamReplicas", 3))}
 
 
 def _authentication(spec: dict[str, Any], root: str) -> Tree:
@@ -190,8 +231,8 @@ def _write(tree: Tree, depth: int, lines: list[str], where: str) -> None:
             lines.append(f"{pad}{_key(key)} = {_scalar(value, path)}")
 
 
-def render(spec: dict[str, Any], root: str = layout.ROOT) -> str:
-    return to_hocon(config_tree(spec, root))
+def render(spec: dict[str, Any], root: str = layout.ROOT, *, broker: str = "", namespace: str = "") -> str:
+    return to_hocon(config_tree(spec, root, broker=broker, namespace=namespace))
 
 
 def live_ssl_options(tree: Tree) -> dict[str, Tree]:

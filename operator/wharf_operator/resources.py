@@ -148,6 +148,15 @@ def _volumes(spec: dict) -> tuple[list[dict], list[dict]]:
         else:
             volumes.append({"name": "acl", "configMap": {"name": acl["name"], "defaultMode": 0o444}})
         mounts.append({"name": "acl", "mountPath": layout.acl_dir(), "readOnly": True})
+    nats = (spec.get("cluster") or {}).get("nats") or {}
+    if nats.get("tls"):
+        volumes.append({"name": "nats-tls", "secret": {"secretName": nats["tls"]["clientSecretName"],
+                                                       "defaultMode": 0o440}})
+        mounts.append({"name": "nats-tls", "mountPath": layout.nats_tls_dir(), "readOnly": True})
+    if nats.get("credentialsSecretRef"):
+        volumes.append({"name": "nats-creds", "secret": {"secretName": nats["credentialsSecretRef"]["name"],
+                                                         "defaultMode": 0o440}})
+        mounts.append({"name": "nats-creds", "mountPath": layout.nats_credentials_dir(), "readOnly": True})
     return volumes, mounts
 
 

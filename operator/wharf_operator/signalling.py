@@ -96,7 +96,9 @@ class BrokerAdmin:
     def _url(self, pod: PodTarget, path: str) -> str:
         self.check_address(pod.ip)
         host = f"[{pod.ip}]" if ":" in pod.ip else pod.ip
-        return f"http://{host}:{pod.port}/api/v5{path}"
+        # Health paths sit beside the API, not under it.
+        prefix = "" if path in ("/healthz", "/readyz") else "/api/v5"
+        return f"http://{host}:{pod.port}{prefix}{path}"
 
     def _client(self) -> aiohttp.ClientSession:
         if self._session is None or self._session.closed:
@@ -147,6 +149,14 @@ class BrokerAdmin:
         if status != 200 or not isinstance(payload, dict):
             raise SignalError(pod.name, f"certificate of {listener_id}: HTTP {status}", status)
         return payload
+
+    async def cluster_status(self, pod: PodTarget, token: str) -> dict | None:
+        """The pod's cluster status from /healthz (node, backplane, members); None for a standalone broker."""
+        status, payload = await self._call("GET", pod, "/healthz", token)
+        if status != 200 or not isinstance(payload, dict):
+            raise SignalError(pod.name, f"health: HTTP {status}", status)
+        cluster = payload.get("cluster")
+        return cluster if isinstance(cluster, dict) else None
 
     async def update_ssl_options(self, pod: PodTarget, token: str, listener_id: str, options: dict) -> None:
         status, payload = await self._call("PUT", pod, f"/listeners/{listener_id}", token,

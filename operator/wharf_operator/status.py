@@ -9,6 +9,8 @@ READY = "Ready"
 CERTIFICATES_READY = "CertificatesReady"
 CONFIG_APPLIED = "ConfigApplied"
 PAUSED = "Paused"
+# Whether the broker pods form one cluster on NATS (False with IndependentBrokers: replicas > 1, no spec.cluster).
+CLUSTERED = "Clustered"
 
 
 def now_iso() -> str:

@@ -284,7 +284,9 @@ def test_rbac_covers_every_resource_the_operator_uses(helm: Helm, values: list[s
             if resource.plural != "pods":  # pods are only read (the StatefulSet makes them)
                 assert "create" in verbs, (role["kind"], resource)
         assert {"get", "list", "watch", "patch"} <= {v for g, r, v in grants if (g, r) == (crd.GROUP, crd.PLURAL)}
-        # The broker pods are never created, exec'd into or deleted by the operator; nothing is deleted at all.
+        # The broker pods are never created, exec'd into or deleted by the operator; the only deletions are a
+        # deployed NATS' objects when spec.cluster stops deploying it.
         assert {v for g, r, v in grants if r == "pods"} == {"list"}
         assert not any(r == "pods/exec" for _, r, _ in grants)
-        assert not any(v == "delete" for _, _, v in grants)
+        assert {r for _, r, v in grants if v == "delete"} == {"configmaps", "services", "statefulsets",
+                                                              "poddisruptionbudgets"}

@@ -29,6 +29,8 @@ class FakeBrokerPod:
     reloads: list[dict] = field(default_factory=list)
     updates: list[tuple[str, dict]] = field(default_factory=list)
     unauthorized: int = 0
+    # what /healthz reports under "cluster" (None: a standalone broker)
+    cluster: dict | None = None
     port: int = 0
     _runner: web.AppRunner | None = None
 
@@ -70,8 +72,15 @@ class FakeBrokerPod:
         self.updates.append((request.match_info["id"], await request.json()))
         return web.json_response({"id": request.match_info["id"]})
 
+    async def _healthz(self, request: web.Request) -> web.Response:
+        if self.cluster is None:
+            return web.json_response({"status": "ok"})
+        connected = self.cluster["backplane"]["connected"]
+        return web.json_response({"status": "ok" if connected else "degraded", "cluster": self.cluster})
+
     async def start(self) -> FakeBrokerPod:
         app = web.Application()
+        app.router.add_get("/healthz", self._healthz)
         app.router.add_post("/api/v5/listeners/{id}/reload", self._reload)
         app.router.add_get("/api/v5/listeners/{id}/certificate", self._certificate)
         app.router.add_put("/api/v5/listeners/{id}", self._update)
