@@ -64,7 +64,6 @@ class Connection(asyncio.Protocol):
 
     def connection_made(self, transport) -> None:
         self.transport = transport
-        self.listener.current_connections += 1
         peer = transport.get_extra_info("peername")
         if isinstance(peer, tuple) and len(peer) >= 2:
             self.peer = (peer[0], peer[1])
@@ -98,7 +97,6 @@ class Connection(asyncio.Protocol):
             return
         self._lost = True
         self._closing = True
-        self.listener.current_connections -= 1
         for handle in (self._idle_handle, self._keepalive_handle, self._abort_handle):
             if handle is not None:
                 handle.cancel()

@@ -1,8 +1,9 @@
 """What a connection knows about the listener that accepted it.
 
-The listener layer creates one ``ListenerContext`` per listener and hands it to every connection it accepts;
-connections count themselves in and out (``current_connections``) so that the listener can enforce
-``max_connections`` in its protocol factory without any other bookkeeping.
+The listener layer creates one ``ListenerContext`` per listener and hands it to every connection it accepts.
+``current_connections`` counts the connection slots in use: reserved when a connection is accepted (before any
+PROXY header or TLS handshake) and released when it ends, however it ends (``listener_slots.py``), so that
+``max_connections`` is exact.
 """
 
 from __future__ import annotations
@@ -19,3 +20,13 @@ class ListenerContext:
     peer_cert_as_username: str = "disabled"
     peer_cert_as_clientid: str = "disabled"
     current_connections: int = 0
+
+    def reserve(self, limit: int | None) -> bool:
+        """Take a slot unless ``limit`` (None: no limit) slots are in use already."""
+        if limit is not None and self.current_connections >= limit:
+            return False
+        self.current_connections += 1
+        return True
+
+    def release(self) -> None:
+        self.current_connections -= 1

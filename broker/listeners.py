@@ -11,9 +11,10 @@ When a listener is up it logs, at INFO on the ``wharf.listeners`` logger, exactl
 with the address really bound (port 0 in the config shows the port the kernel chose; IPv6 hosts in brackets).
 Tests and tools parse this line: keep the format stable.
 
-Connections count themselves in and out of ``context.current_connections`` (connection_made/connection_lost),
-so the limit is checked against connections that completed their transport set-up; a burst of simultaneous
-accepts (or TLS handshakes in flight) can overshoot it by the size of that burst.
+``max_connections`` is exact: the protocol factory takes a slot when the connection is accepted, before any
+PROXY header or TLS handshake, and the connection's outermost protocol gives it back when the connection ends,
+however it ends (``listener_slots.py``). Connections in a TLS handshake count, so a burst of handshakes cannot
+overshoot the limit. ws/wss connections take their slot at the WebSocket upgrade.
 """
 
 from __future__ import annotations
@@ -29,6 +30,7 @@ from .config.loader import format_bind, parse_bind
 from .config.model import BrokerConfig, SslOptions
 from .config.model import TcpListener as TcpListenerConfig
 from .listener_context import ListenerContext
+from .listener_slots import hold_slot
 
 log = logging.getLogger("wharf.listeners")
 
@@ -121,29 +123,38 @@ class Listener:
 
     # -- admission
     def admit(self) -> str | None:
-        """None when a new connection may proceed, else the reason it is refused (and counted)."""
+        """None when a new connection may proceed, its slot taken (``release()`` gives it back), else the reason
+        it is refused (and counted)."""
         limit = self.config.max_connections
         if limit is not None and self.context.current_connections >= limit:
             reason = "max_connections"
         elif self._rate is not None and not self._rate.take():
             reason = "max_conn_rate"
         else:
+            self.context.reserve(None)
             self._accepted.inc()
             return None
         self._refused[reason].inc()
         log.debug("listener %s refused a connection: %s", self.id, reason)
         return reason
 
-    def guarded_factory(self, inner: ProtocolFactory | None = None, proxy_header: bool = True) -> ProtocolFactory:
-        """``inner`` (default: the MQTT protocol) behind admission and, if configured (and ``proxy_header``),
-        the PROXY header."""
+    def release(self) -> None:
+        """Give back the slot of a connection ``admit()`` let in."""
+        self.context.release()
+
+    def guarded_factory(self, inner: ProtocolFactory | None = None) -> ProtocolFactory:
+        """``inner`` (default: the MQTT protocol; on ssl listeners the TLS protocol) behind admission and, if
+        configured, the PROXY header; each admitted connection holds its slot until it ends."""
         inner = inner or self.make_factory(self.context)
-        admit = self.admit
-        if self.config.proxy_protocol and proxy_header:
+        admit, release = self.admit, self.release
+        steps_aside = bool(self.config.proxy_protocol)
+        if steps_aside:
             inner = self._behind_proxy_header(inner)
 
         def factory() -> asyncio.BaseProtocol:
-            return inner() if admit() is None else _Refused()
+            if admit() is not None:
+                return _Refused()
+            return hold_slot(inner(), release, steps_aside)
 
         return factory
 
@@ -261,11 +272,11 @@ class SslListener(_TlsMixin, Listener):
     async def _create_server(self, host: str | None, port: int) -> asyncio.AbstractServer:
         self.runtime = self._new_runtime()
         await self.runtime.start()
-        # The PROXY header comes before the TLS handshake: the runtime puts it ahead of TLS.
-        pre_tls = self._behind_proxy_header if self.config.proxy_protocol else None
+        # Admission (and the PROXY header, which comes before the TLS handshake) sit ahead of TLS, so that a
+        # connection holds its slot from accept on and gives it back even if its handshake fails.
         try:
-            return await self.runtime.create_server(self.guarded_factory(proxy_header=False), host, port,
-                                                    pre_tls=pre_tls)
+            return await self.runtime.create_server(self.make_factory(self.context), host, port,
+                                                    pre_tls=self.guarded_factory)
         except BaseException:
             await self.runtime.stop()
             raise

@@ -174,6 +174,14 @@ class ProxiedTransport(asyncio.Transport):
     def abort(self) -> None:
         self._transport.abort()
 
+    def _force_close(self, exc: BaseException | None) -> None:
+        # asyncio's TLS protocol closes its transport this way on a fatal error, e.g. a handshake timeout.
+        force_close = getattr(self._transport, "_force_close", None)
+        if force_close is not None:
+            force_close(exc)
+        else:
+            self._transport.abort()
+
     def set_protocol(self, protocol: asyncio.BaseProtocol) -> None:
         self._transport.set_protocol(protocol)
 

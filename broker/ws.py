@@ -229,7 +229,10 @@ class WebSocketServer:
             return web.Response(status=400, text="expected a websocket upgrade\n")
         if self.listener.admit() is not None:
             return web.Response(status=503, text="listener is at its connection limit\n")
-        await ws.prepare(request)
-        transport = WebSocketTransport(ws, request)
-        await transport.run(self._factory())  # type: ignore[arg-type]
+        try:
+            await ws.prepare(request)
+            transport = WebSocketTransport(ws, request)
+            await transport.run(self._factory())  # type: ignore[arg-type]
+        finally:
+            self.listener.release()
         return ws

@@ -90,14 +90,13 @@ class PeerEcho(asyncio.Protocol):
 
     def connection_made(self, transport) -> None:
         self.transport = transport
-        self.context.current_connections += 1
 
     def data_received(self, data: bytes) -> None:
         self.transport.write(json.dumps({"peer": list(self.transport.get_extra_info("peername")[:2]),
                                          "data": data.decode()}).encode())
 
     def connection_lost(self, exc) -> None:
-        self.context.current_connections -= 1
+        pass
 
 
 class PeerEchoBroker:

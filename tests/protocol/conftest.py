@@ -12,6 +12,7 @@ import pytest
 from wharf_broker.broker import Broker
 from wharf_broker.config.model import BrokerConfig
 from wharf_broker.listener_context import ListenerContext
+from wharf_broker.listener_slots import counted_factory
 from wharf_broker.metrics import Registry
 from wharf_broker.mqtt.frame import Parser, encode
 from wharf_broker.mqtt.packets import (CONNACK, Connect, Disconnect, PingReq, PubAck, Publish, Subscribe,
@@ -47,7 +48,8 @@ async def start_broker(config: BrokerConfig | None = None, **mqtt_overrides) -> 
         config = dataclasses.replace(config, mqtt=dataclasses.replace(config.mqtt, **mqtt_overrides))
     broker = Broker(config, registry=Registry())
     listener = ListenerContext(id="tcp:default", type="tcp")
-    server = await asyncio.get_running_loop().create_server(broker.protocol_factory(listener), HOST, 0)
+    factory = counted_factory(listener, broker.protocol_factory(listener))
+    server = await asyncio.get_running_loop().create_server(factory, HOST, 0)
     return RunningBroker(broker, server, listener)
 
 

@@ -10,6 +10,7 @@ import pytest
 
 from wharf_broker.broker import Broker
 from wharf_broker.listener_context import ListenerContext
+from wharf_broker.listener_slots import counted_factory
 from wharf_broker.metrics import Registry
 from wharf_broker.mqtt import reason_codes as rc
 
@@ -25,8 +26,8 @@ async def tls_broker(certs):
     broker = Broker(registry=Registry())
     listener = ListenerContext(id="ssl:default", type="ssl", peer_cert_as_username="dn",
                                peer_cert_as_clientid="cn")
-    server = await asyncio.get_running_loop().create_server(broker.protocol_factory(listener), HOST, 0,
-                                                            ssl=server_context)
+    factory = counted_factory(listener, broker.protocol_factory(listener))
+    server = await asyncio.get_running_loop().create_server(factory, HOST, 0, ssl=server_context)
     yield broker, server.sockets[0].getsockname()[1]
     server.close()
     await broker.shutdown(timeout=2)
