@@ -25,6 +25,14 @@ class RenderError(ValueError):
     """The spec cannot be turned into a broker config (the message says why)."""
 
 
+class EnvSubstitution(str):
+    """A value the broker's HOCON loader takes from the environment (``${?NAME}``): left out when unset."""
+
+
+# The pod's environment carries the member name (wharf@<pod name>, see resources.stateful_set).
+NODE_NAME_ENV = "WHARF_NODE_NAME"
+
+
 def ssl_options(listener: dict[str, Any], reload_interval: str, root: str = layout.ROOT) -> Tree:
     """A TLS listener's ``ssl_options`` with paths into the pod's Secret volumes."""
     name, tls = listener["name"], listener["tls"]
@@ -110,6 +118,8 @@ def config_tree(spec: dict[str, Any], root: str = layout.ROOT, *, broker: str = 
             raise RenderError(f"spec.config.{managed} is managed by the operator; use the MQTTBroker's fields")
     if spec.get("cluster"):
         tree["cluster"] = cluster(spec["cluster"], root, broker, namespace)
+        # Every replica shares this file; each one's member name comes from its own pod.
+        tree["node"] = {"name": EnvSubstitution(NODE_NAME_ENV)}
         extra_cluster = extra.get("cluster")
         if isinstance(extra_cluster, dict):
             for managed in CLUSTER_MANAGED_KEYS:
@@ -125,8 +135,7 @@ CLUSTER_MANAGED_KEYS = ("enable", "nats", "replicas")
 
 
 def cluster(spec: dict[str, Any], root: str, broker: str, namespace: str) -> Tree:
-    """The broker's ``cluster {}`` section for spec.cluster; the member name is the broker's default, the pod's
-    host name (its pod name), so every replica shares this config."""
+    """The broker's ``cluster {}`` section for spec.cluster."""
     wanted = spec["nats"]
     tls = wanted.get("tls")
     if wanted.get("deploy"):
@@ -189,6 +198,8 @@ def _merge(into: Tree, extra: Tree, where: str) -> None:
 
 
 def _scalar(value: Any, where: str) -> str:
+    if isinstance(value, EnvSubstitution):
+        return f"${{?{value}}}"
     if isinstance(value, bool):
         return "true" if value else "false"
     if isinstance(value, (int, float)):

@@ -176,6 +176,8 @@ def stateful_set(broker: str, namespace: str, spec: dict, config_hash: str) -> d
         "env": [
             {"name": "POD_NAME", "valueFrom": {"fieldRef": {"fieldPath": "metadata.name"}}},
             {"name": "POD_IP", "valueFrom": {"fieldRef": {"fieldPath": "status.podIP"}}},
+            # The cluster member name (render.NODE_NAME_ENV); the kubelet expands $(POD_NAME).
+            {"name": "WHARF_NODE_NAME", "value": "wharf@$(POD_NAME)"},
         ],
         "readinessProbe": {"httpGet": {"path": "/readyz", "port": "admin"}, "periodSeconds": 5},
         "livenessProbe": {"httpGet": {"path": "/healthz", "port": "admin"}, "periodSeconds": 10,

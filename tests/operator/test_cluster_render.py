@@ -44,8 +44,26 @@ def test_deployed_nats_section_loads_in_the_broker_with_real_files(tmp_path):
     assert cluster.nats.tls.enable is True
     assert cluster.nats.tls.certfile == f"{layout.nats_tls_dir(str(tmp_path))}/tls.crt"
     assert cluster.nats.tls.cacertfile == f"{layout.nats_tls_dir(str(tmp_path))}/ca.crt"
-    # The member name is the broker's default (wharf@<host name>, the pod's name): every replica shares this.
-    assert "node" not in render.config_tree(defaulted_spec(DEPLOY), broker="wharf", namespace="mq")
+    assert config.node.name == "wharf@127.0.0.1"  # no pod environment here: the broker's default
+
+
+def test_member_name_comes_from_the_pod(tmp_path, monkeypatch):
+    from wharf_broker.config import loader
+
+    ca = make_ca()
+    _write_pem_files(tmp_path / "nats" / "tls", ca, make_leaf(ca, "wharf-0"))
+    hocon = render.render(defaulted_spec(DEPLOY), root=str(tmp_path), broker="wharf", namespace="mq")
+    assert "name = ${?WHARF_NODE_NAME}" in hocon
+    env = resources.stateful_set("wharf", "mq", defaulted_spec(DEPLOY), "h")["spec"]["template"]["spec"][
+        "containers"][0]["env"]
+    names = [e["name"] for e in env]
+    # $(POD_NAME) expands only when POD_NAME is defined before it.
+    assert names.index("POD_NAME") < names.index("WHARF_NODE_NAME")
+    assert next(e for e in env if e["name"] == "WHARF_NODE_NAME")["value"] == "wharf@$(POD_NAME)"
+    monkeypatch.setenv("WHARF_NODE_NAME", "wharf@wharf-2")
+    assert loader.load_string(hocon, "rendered").node.name == "wharf@wharf-2"
+    # Standalone brokers keep the broker's own default.
+    assert "node" not in render.config_tree(defaulted_spec({"replicas": 1}))
 
 
 def test_existing_nats_section_with_credentials_and_server_name(tmp_path):
