@@ -229,8 +229,8 @@ def test_image_runs_the_config_the_operator_renders(image: str, docker_env: dict
     import yaml
     from wharf_operator import crd, layout, render
 
-    broker = next(d for d in yaml.safe_load_all((ROOT / "manifests" / "examples" / "mtls.yaml").read_text())
-                  if d and d["kind"] == "MQTTBroker")
+    example = [d for d in yaml.safe_load_all((ROOT / "manifests" / "examples" / "mtls.yaml").read_text()) if d]
+    broker = next(d for d in example if d["kind"] == "MQTTBroker")
     spec = crd.defaulted_spec(broker["spec"])
     config = render.render(spec)
     assert "etc/certs" not in config.replace(layout.ROOT, "")
@@ -246,6 +246,12 @@ def test_image_runs_the_config_the_operator_renders(image: str, docker_env: dict
         Path(target).parent.mkdir(parents=True, exist_ok=True)
         if source is not None:
             shutil.copy(source, target)
+    acl_ref = spec.get("authorization", {}).get("aclRef")
+    if acl_ref:  # the example's ACL ConfigMap, mounted whole
+        acl_map = next(d for d in example if d["kind"] == "ConfigMap" and d["metadata"]["name"] == acl_ref["name"])
+        acl_path = Path(layout.acl_dir(str(root))) / acl_ref.get("key", "acl.conf")
+        acl_path.parent.mkdir(parents=True, exist_ok=True)
+        acl_path.write_text(acl_map["data"][acl_ref.get("key", "acl.conf")])
     Path(layout.config_file(str(root))).write_text(config)
     Path(layout.admin_token_file(str(root))).write_text("test-token\n")
     for path in [root, *root.rglob("*")]:

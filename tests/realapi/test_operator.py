@@ -16,7 +16,7 @@ from operator_support import (
     service_account_may,
     tls_secret,
 )
-from realapi_support import is_test_pod_ip, project_crds, wait_for
+from realapi_support import REPO, is_test_pod_ip, project_crds, wait_for
 
 GROUP, VERSION, PLURAL = "mqtt.wharf.dev", "v1alpha1", "mqttbrokers"
 CRD_NAME = f"{PLURAL}.{GROUP}"
@@ -80,6 +80,12 @@ def _broker_lifecycle(api, namespace: str, operator_log) -> None:
     core = kubernetes.client.CoreV1Api(api)
     brokers = kubernetes.client.CustomObjectsApi(api)
     core.create_namespaced_secret(namespace, tls_secret("wharf-tls", "wharf.test"))
+    # What the example refers to besides its certificate: the users Secret and its ACL ConfigMap.
+    core.create_namespaced_secret(namespace, kubernetes.client.V1Secret(
+        metadata=kubernetes.client.V1ObjectMeta(name="wharf-users"), string_data={"passwd": "# no users yet\n"}))
+    for document in yaml.safe_load_all((REPO / "manifests" / "examples" / "one-way-tls.yaml").read_text()):
+        if document and document["kind"] == "ConfigMap":
+            core.create_namespaced_config_map(namespace, document)
     body = example_broker("one-way-tls.yaml")
     name = body["metadata"]["name"]
     created = brokers.create_namespaced_custom_object(GROUP, VERSION, namespace, PLURAL, body)
