@@ -20,6 +20,8 @@ import base64
 import datetime
 import ipaddress
 import os
+import re
+import shutil
 import subprocess
 import sys
 import threading
@@ -74,6 +76,10 @@ def _remove_tree(path: Path) -> None:
     for child in path.iterdir():
         child.unlink()
     path.rmdir()
+
+
+class NotYet(Exception):
+    """Something a Pod needs is not there yet; the next sync tries again."""
 
 
 @dataclass
@@ -157,7 +163,10 @@ class KubeletHarness:
                     runtime = None
                 if runtime is None:
                     runtime = self.pods[name] = PodRuntime(name, pod.status.pod_ip, self.workdir / name / "etc-wharf")
-            self._project_volumes(pod, runtime)
+            try:
+                self._project_volumes(pod, runtime)
+            except NotYet:
+                continue  # a Pod its config names has no address yet: wait, as DNS would not resolve it either
             if runtime.process is None:
                 self._start_container(pod, runtime)
             elif runtime.process.poll() is not None and not runtime.exit_reported:
@@ -170,17 +179,47 @@ class KubeletHarness:
                 _terminate(self.pods.pop(name).process)
 
     def _host_path(self, runtime: PodRuntime, mount_path: str) -> Path:
-        if not mount_path.startswith(CONTAINER_ROOT):
-            raise ValueError(f"mount path {mount_path} is outside {CONTAINER_ROOT}")
-        return runtime.root / mount_path[len(CONTAINER_ROOT):].lstrip("/")
+        # Broker mounts live under /etc/wharf; other images' mounts (NATS: /etc/nats, /data) keep their path
+        # below the Pod's directory.
+        if mount_path.startswith(CONTAINER_ROOT):
+            return runtime.root / mount_path[len(CONTAINER_ROOT):].lstrip("/")
+        return runtime.root / mount_path.lstrip("/")
 
-    def translate(self, runtime: PodRuntime, text: str) -> str:
-        return text.replace(f'"{CONTAINER_ROOT}/', f'"{runtime.root}/').replace('"0.0.0.0:', f'"{runtime.ip}:')
+    def translate(self, runtime: PodRuntime, text: str, mount_paths: list[str] | None = None) -> str:
+        text = text.replace(f'"{CONTAINER_ROOT}/', f'"{runtime.root}/').replace('"0.0.0.0:', f'"{runtime.ip}:')
+        for mount_path in mount_paths or []:
+            if not mount_path.startswith(CONTAINER_ROOT):
+                text = text.replace(f'"{mount_path}/', f'"{self._host_path(runtime, mount_path)}/')
+        # Unquoted listen addresses (nats.conf) and the Pods' DNS names (<pod>.<service>.<namespace>.svc),
+        # which only a cluster DNS would resolve.
+        text = re.sub(r"(?m)^(\s*(?:listen|http):\s*)0\.0\.0\.0:", lambda m: f"{m.group(1)}{runtime.ip}:", text)
+        return self._pod_names_pattern().sub(lambda m: self._pod_ip(m.group(1)), text)
+
+    def _pod_names_pattern(self) -> re.Pattern:
+        return re.compile(r"\b([a-z0-9](?:[-a-z0-9]*[a-z0-9])?)\.[a-z0-9](?:[-a-z0-9]*[a-z0-9])?\."
+                          + re.escape(self.namespace) + r"\.svc\b")
+
+    def _pod_ip(self, pod_name: str) -> str:
+        try:
+            pod = self.core.read_namespaced_pod(pod_name, self.namespace)
+        except ApiException as error:
+            if error.status == 404:
+                raise NotYet(f"Pod {pod_name} does not exist yet") from None
+            raise
+        if not pod.status.pod_ip:
+            raise NotYet(f"Pod {pod_name} has no IP yet")
+        return pod.status.pod_ip
 
     def _project_volumes(self, pod, runtime: PodRuntime) -> None:
         mounts = {m.name: m.mount_path for c in pod.spec.containers for m in c.volume_mounts or []}
         for volume in pod.spec.volumes or []:
             if volume.name not in mounts:
+                continue
+            if volume.persistent_volume_claim is not None:
+                # The claim's volume: a plain directory of the Pod's own.
+                if volume.name not in runtime.volumes:
+                    claim = runtime.volumes[volume.name] = AtomicVolume(self._host_path(runtime, mounts[volume.name]))
+                    claim.directory.mkdir(parents=True, exist_ok=True)
                 continue
             if volume.secret is not None:
                 files, mode = self._secret_files(volume.secret.secret_name), volume.secret.default_mode or 0o644
@@ -191,7 +230,8 @@ class KubeletHarness:
             if files is None:
                 continue  # not there yet: the kubelet waits too
             if volume.name == "config":
-                files = {key: self.translate(runtime, value.decode()).encode() for key, value in files.items()}
+                files = {key: self.translate(runtime, value.decode(), list(mounts.values())).encode()
+                         for key, value in files.items()}
             target = runtime.volumes.get(volume.name)
             if target is None:
                 target = runtime.volumes[volume.name] = AtomicVolume(self._host_path(runtime, mounts[volume.name]))
@@ -225,14 +265,28 @@ class KubeletHarness:
             return  # some volume is not projected yet
         command = [*(container.command or []), *(container.args or [])]
         executable = Path(sys.executable).with_name(command[0])
-        if not executable.exists():
-            raise FileNotFoundError(f"{executable} (the container command {command[0]}) is not installed")
-        args = [str(executable)] + [arg.replace(CONTAINER_ROOT, str(runtime.root)) for arg in command[1:]]
+        if not executable.exists():  # not a Python entry point of this environment (e.g. nats-server)
+            found = shutil.which(command[0])
+            if found is None:
+                raise FileNotFoundError(f"{executable} (the container command {command[0]}) is not installed")
+            executable = Path(found)
+        other_mounts = [m.mount_path for m in container.volume_mounts or []
+                        if not m.mount_path.startswith(CONTAINER_ROOT)]
+
+        def host_arg(arg: str) -> str:
+            for mount_path in other_mounts:
+                if arg.startswith(f"{mount_path}/"):
+                    return str(self._host_path(runtime, mount_path)) + arg[len(mount_path):]
+            return arg.replace(CONTAINER_ROOT, str(runtime.root))
+
+        args = [str(executable)] + [host_arg(arg) for arg in command[1:]]
         env = {key: os.environ[key] for key in ("PATH", "LANG", "HOME") if key in os.environ}
         env.update(NO_PROXY="*", no_proxy="*", PYTHONUNBUFFERED="1")
         for variable in container.env or []:
             if variable.value is not None:
-                env[variable.name] = variable.value
+                # The kubelet expands $(NAME) of variables defined before this one.
+                env[variable.name] = re.sub(r"\$\(([A-Za-z_][A-Za-z0-9_]*)\)",
+                                            lambda m: env.get(m.group(1), m.group(0)), variable.value)
             elif variable.value_from and variable.value_from.field_ref:
                 path = variable.value_from.field_ref.field_path
                 env[variable.name] = {"metadata.name": pod.metadata.name, "status.podIP": runtime.ip,
