@@ -159,8 +159,8 @@ def test_nats_server_accepts_the_rendered_config(tmp_path, with_tls):
     conf = tmp_path / "nats.conf"
     conf.write_text(nats.server_config("wharf", "mq", spec, tls_dir=str(tls_dir),
                                        data_dir=str(tmp_path / "data")))
-    result = subprocess.run(["nats-server", "-t", "-c", str(conf)], capture_output=True, text=True, timeout=30, check=False,
-                            env={**os.environ, "POD_NAME": "wharf-nats-0"})
+    result = subprocess.run(["nats-server", "-t", "-c", str(conf)], capture_output=True, text=True, timeout=30,
+                            check=False, env={**os.environ, "POD_NAME": "wharf-nats-0"})
     assert result.returncode == 0, result.stdout + result.stderr
 
 
