@@ -365,10 +365,10 @@ class TlsListenerRuntime:
         plain TCP and the returned factory makes the TLS protocol itself (for something ahead of TLS)."""
         generation = self.current_generation
         if generation.backend == "stdlib" and plain_socket:
-            from asyncio import sslproto
+            from .lean_sslproto import LeanSSLProtocol
 
             def tls_protocol() -> asyncio.BaseProtocol:
-                return sslproto.SSLProtocol(asyncio.get_running_loop(), _StdlibGate(self, protocol_factory()),
+                return LeanSSLProtocol(asyncio.get_running_loop(), _StdlibGate(self, protocol_factory()),
                                             self._base_ctx, None, server_side=True,
                                             ssl_handshake_timeout=generation.policy.handshake_timeout)
             return tls_protocol, {}
