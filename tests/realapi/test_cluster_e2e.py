@@ -21,7 +21,7 @@ from operator_support import (
 )
 from realapi_support import unique_name, wait_for
 from test_cluster_operator import _volumes_for
-from test_operator import GROUP, PLURAL, VERSION, mqttbroker_crd  # noqa: F401 (fixture)
+from test_operator import GROUP, PLURAL, VERSION, _absent, mqttbroker_crd  # noqa: F401 (fixture)
 from test_rotation_e2e import Authority, tls_secret_data
 
 NATS_NAME = "nats.e2e.test"
@@ -109,6 +109,16 @@ def test_operator_deployed_nats_joins_three_real_brokers(controlplane, api, mqtt
             wait_for(lambda: [p for p in received if p != b"probe"] == payloads,
                      "every QoS 1 message, in order, on the other pod", timeout=60)
             assert not kubelet.errors, kubelet.errors
+
+            # Deleting the MQTTBroker takes the deployed NATS with it (ownerReferences, garbage collector).
+            brokers.delete_namespaced_custom_object(GROUP, VERSION, namespace, PLURAL, name)
+            apps = kubernetes.client.AppsV1Api(api)
+            for read in (lambda: apps.read_namespaced_stateful_set(f"{name}-nats", namespace),
+                         lambda: core.read_namespaced_service(f"{name}-nats", namespace),
+                         lambda: core.read_namespaced_service(f"{name}-nats-headless", namespace),
+                         lambda: core.read_namespaced_config_map(f"{name}-nats-config", namespace)):
+                wait_for(lambda read=read: _absent(read), "the NATS objects garbage-collected", timeout=120)
+            wait_for(lambda: not kubelet.running(), "every Pod's process stopped with its Pod", timeout=120)
     finally:
         for client in clients:
             client.loop_stop()
