@@ -87,6 +87,7 @@ def _broker_lifecycle(api, namespace: str, operator_log) -> None:
         if document and document["kind"] == "ConfigMap":
             core.create_namespaced_config_map(namespace, document)
     body = example_broker("one-way-tls.yaml")
+    body["spec"]["replicas"] = 2  # two Pods, so that every owned object and status is checked with more than one
     name = body["metadata"]["name"]
     created = brokers.create_namespaced_custom_object(GROUP, VERSION, namespace, PLURAL, body)
     uid, generation = created["metadata"]["uid"], created["metadata"]["generation"]
