@@ -489,7 +489,8 @@ def crd_manifest() -> dict[str, Any]:
                      "description": "Desired broker pods."},
                     {"name": "Available", "type": "integer", "jsonPath": ".status.readyReplicas",
                      "description": "Ready broker pods."},
-                    {"name": "Cert-Expiry", "type": "date", "jsonPath": ".status.earliestCertificateExpiry",
+                    # A string, not a date: kubectl prints future dates as "<invalid>".
+                    {"name": "Cert-Expiry", "type": "string", "jsonPath": ".status.earliestCertificateExpiry",
                      "description": "The soonest certificate expiry among the TLS listeners."},
                     {"name": "Age", "type": "date", "jsonPath": ".metadata.creationTimestamp"},
                 ],

@@ -20,12 +20,14 @@ BROKER_UID = 10001  # the image's non-root user
 
 
 def selector_labels(name: str) -> dict[str, str]:
-    return {"app.kubernetes.io/name": "wharf", "app.kubernetes.io/instance": name}
+    # The component keeps a broker named like the Helm release (same name and instance labels) from selecting
+    # the operator's own pod.
+    return {"app.kubernetes.io/name": "wharf", "app.kubernetes.io/instance": name,
+            "app.kubernetes.io/component": "broker"}
 
 
 def labels(name: str) -> dict[str, str]:
-    return {**selector_labels(name), "app.kubernetes.io/component": "broker",
-            "app.kubernetes.io/managed-by": "wharf-operator"}
+    return {**selector_labels(name), "app.kubernetes.io/managed-by": "wharf-operator"}
 
 
 def selector_string(name: str) -> str:

@@ -101,7 +101,8 @@ class FakeBrokerPod:
             "apiVersion": "v1", "kind": "Pod",
             "metadata": {"name": self.name, "namespace": namespace, "uid": f"uid-{self.name}",
                          "resourceVersion": "1",
-                         "labels": {"app.kubernetes.io/name": "wharf", "app.kubernetes.io/instance": broker}},
+                         "labels": {"app.kubernetes.io/name": "wharf", "app.kubernetes.io/instance": broker,
+                                    "app.kubernetes.io/component": "broker"}},
             "spec": {"containers": [{"name": "broker", "ports": [{"name": "admin", "containerPort": self.port}]}]},
             "status": {"phase": "Running", "podIP": self.ip},
         }

@@ -212,7 +212,7 @@ async def test_create_renders_config_and_owns_every_object(env):
     assert env.leaf.fingerprint not in str(sts)
 
     status = env.status()
-    assert status["selector"] == "app.kubernetes.io/name=wharf,app.kubernetes.io/instance=wharf"
+    assert status["selector"] == "app.kubernetes.io/name=wharf,app.kubernetes.io/instance=wharf,app.kubernetes.io/component=broker"
     assert status["observedGeneration"] == 1
     assert env.condition("ConfigApplied")["status"] == "True"
     assert env.listener_status()["fingerprint"] == env.leaf.fingerprint

@@ -120,7 +120,7 @@ def _broker_lifecycle(api, namespace: str, operator_log) -> None:
 
     status = wait_for(reconciled_status, "status.observedGeneration and ConfigApplied=True")
     assert status["replicas"] == 2
-    assert status["selector"] == f"app.kubernetes.io/name=wharf,app.kubernetes.io/instance={name}"
+    assert status["selector"] == f"app.kubernetes.io/name=wharf,app.kubernetes.io/instance={name},app.kubernetes.io/component=broker"
     assert _condition(status, "Ready") is not None
 
     brokers.delete_namespaced_custom_object(GROUP, VERSION, namespace, PLURAL, name)
