@@ -26,8 +26,7 @@ INTEREST_BUCKET = "wharf_interest"
 RETAINED_BUCKET = "wharf_retained"
 SESSIONS_BUCKET = "wharf_sessions"
 CHECKPOINTS_BUCKET = "wharf_checkpoints"
-# How long a starting node keeps trying to reach NATS, and JetStream, in units of nats.connect_timeout.
-STARTUP_TRIES = 12
+STARTUP_TRIES = 3
 STORAGE_SETUP_TRIES = 12
 
 
@@ -65,21 +64,12 @@ class Backplane:
                 options["tls_hostname"] = tls.server_name
         if nats_settings.credentials:
             options["user_credentials"] = nats_settings.credentials
-        # The first connection is retried for a bounded time (NATS may be starting beside us, as pods of a
-        # StatefulSet do): a node that still cannot join then says so and exits.
-        loop = asyncio.get_running_loop()
-        deadline = loop.time() + STARTUP_TRIES * nats_settings.connect_timeout
-        while True:
-            try:
-                remaining = max(nats_settings.connect_timeout, deadline - loop.time())
-                self.nc = await asyncio.wait_for(nats.connect(**options), remaining)
-                break
-            except (TimeoutError, OSError, nats.errors.Error) as exc:
-                if loop.time() > deadline:
-                    raise BackplaneUnavailable(f"cannot reach NATS at {', '.join(nats_settings.servers)}: "
-                                               f"{self.last_error or exc!r}") from None
-                log.warning("cluster: NATS not reachable yet (%r); retrying", self.last_error or exc)
-                await asyncio.sleep(min(1.0, nats_settings.connect_timeout))
+        # The first connection gets a bounded number of tries: a node that cannot join says so and exits.
+        try:
+            self.nc = await asyncio.wait_for(nats.connect(**options), STARTUP_TRIES * nats_settings.connect_timeout)
+        except (TimeoutError, OSError, nats.errors.Error) as exc:
+            raise BackplaneUnavailable(f"cannot reach NATS at {', '.join(nats_settings.servers)}: "
+                                       f"{self.last_error or exc!r}") from None
         self._set_connected(True)
         self.js = self.nc.jetstream(timeout=self.settings.publish_timeout)
         # JetStream may still be forming (a NATS cluster starting with us): retry its setup for a while.
