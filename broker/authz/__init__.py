@@ -25,6 +25,7 @@ log = logging.getLogger("wharf_broker.authz")
 
 PUBLISH = "publish"
 SUBSCRIBE = "subscribe"
+DELIVER = "deliver"  # a message refused to a subscriber by the per-message read check
 
 
 @dataclass
@@ -68,16 +69,55 @@ def filter_covers(rule_filter: str, requested: str) -> bool:
     return len(rule) == len(wanted)
 
 
-def _fill(text: str, facts: ClientFacts) -> str | None:
-    """``text`` with ``${username}`` / ``${clientid}`` filled in, or None when the rule cannot apply: no
-    username, or a value holding ``+``, ``#`` or ``/`` (it would widen the filter beyond the client's own
-    level, e.g. a user named ``+`` reaching every user's topics)."""
-    for placeholder, value in (("${username}", facts.username), ("${clientid}", facts.client_id)):
-        if placeholder in text:
-            if not value or "+" in value or "#" in value or "/" in value:
-                return None
-            text = text.replace(placeholder, value)
-    return text
+def filters_overlap(first: str, second: str) -> bool:
+    """Whether some topic name matches both filters (``+``/``#`` in either; MQTT's rule that wildcards at the
+    first level never match ``$``-topics holds)."""
+    a = first.split("/")
+    b = second.split("/")
+    if (a[0] in ("+", "#") and b[0].startswith("$")) or (b[0] in ("+", "#") and a[0].startswith("$")):
+        return False
+    for index in range(max(len(a), len(b))):
+        left = a[index] if index < len(a) else None
+        right = b[index] if index < len(b) else None
+        if left == "#" or right == "#":
+            return True  # "x/#" also matches "x": a shorter filter ending here still overlaps it
+        if left is None or right is None:
+            return False
+        if left != right and left != "+" and right != "+":
+            return False
+    return True
+
+
+PLACEHOLDERS = (("${username}", "username"), ("${clientid}", "client_id"),
+                ("${cert_common_name}", "cert_common_name"))
+
+
+def unsafe_value(value: str | None) -> bool:
+    """Whether a placeholder value could widen a topic filter or a mountpoint: missing or empty, or holding a
+    wildcard (``+``, ``#``), a level separator (``/``) or NUL."""
+    return not value or "+" in value or "#" in value or "/" in value or "\0" in value
+
+
+def _fill(text: str, facts: ClientFacts, allow: bool) -> tuple[str | None, bool]:
+    """``text`` with ``${username}`` / ``${clientid}`` / ``${cert_common_name}`` filled in.
+
+    A value that could widen the filter (``unsafe_value``: e.g. a user named ``+`` reaching every user's topics)
+    is never substituted. An allow rule then does not apply to this client (None); a deny rule applies from that
+    level on to everything (``prefix/#``), so that it can only grow stricter, never looser. Returns (the filter
+    or None, whether it was widened so)."""
+    if not any(placeholder in text for placeholder, _field in PLACEHOLDERS):
+        return text, False
+    levels = text.split("/")
+    for index, level in enumerate(levels):
+        for placeholder, field in PLACEHOLDERS:
+            if placeholder not in level:
+                continue
+            value = getattr(facts, field)
+            if unsafe_value(value):
+                return (None, False) if allow else ("/".join(levels[:index] + ["#"]), True)
+            level = level.replace(placeholder, value)
+        levels[index] = level
+    return "/".join(levels), False
 
 
 class Authorizer:
@@ -90,9 +130,10 @@ class Authorizer:
         self.rules: list[Rule] = []
         self.digest = ""
         self.generation = 0
-        denied = registry.counter("wharf_authz_denied_total", "PUBLISH and SUBSCRIBE refused by the ACL",
-                                  ("action",))
-        self.denied = {PUBLISH: denied.labels(action=PUBLISH), SUBSCRIBE: denied.labels(action=SUBSCRIBE)}
+        denied = registry.counter("wharf_authz_denied_total",
+                                  "PUBLISH and SUBSCRIBE refused by the ACL, and messages not delivered through a "
+                                  "subscription because a deny rule covers their topic (deliver)", ("action",))
+        self.denied = {action: denied.labels(action=action) for action in (PUBLISH, SUBSCRIBE, DELIVER)}
         self._watcher: asyncio.Task | None = None
         if self.path:
             self.reload()
@@ -169,12 +210,13 @@ class ClientAcl:
             if rule.topics is not None:
                 topics = []
                 for pattern in rule.topics:
-                    text = pattern.text
+                    text, exact = pattern.text, pattern.exact
                     if pattern.placeholders:
-                        text = _fill(text, facts)
+                        text, widened = _fill(text, facts, rule.allow)
                         if text is None:
                             continue
-                    topics.append(TopicPattern(text, pattern.exact, False))
+                        exact = exact and not widened
+                    topics.append(TopicPattern(text, exact, False))
                 if not topics:
                     continue
             compiled.append((rule.allow, rule.publish, rule.subscribe, topics))
@@ -182,15 +224,13 @@ class ClientAcl:
         self.generation = self.authorizer.generation
         self.cache.clear()
 
-    def decide(self, action: str, topic: str) -> bool:
+    def _decide(self, action: str, topic: str) -> bool:
         if self.generation != self.authorizer.generation:
             self._compile()
         key = (action, topic)
         if self.cache_enabled:
             hit = self.cache.get(key)
             if hit is not None and hit[1] > time.monotonic():
-                if not hit[0]:
-                    self.authorizer.denied[action].inc()
                 return hit[0]
         publish = action == PUBLISH
         allowed = self.authorizer.allow_by_default
@@ -206,6 +246,10 @@ class ClientAcl:
             self.cache[key] = (allowed, time.monotonic() + self.ttl)
             if len(self.cache) > self.max_size:
                 self.cache.popitem(last=False)
+        return allowed
+
+    def decide(self, action: str, topic: str) -> bool:
+        allowed = self._decide(action, topic)
         if not allowed:
             self.authorizer.denied[action].inc()
         return allowed
@@ -216,5 +260,65 @@ class ClientAcl:
     def may_subscribe(self, topic_filter: str) -> bool:
         return self.decide(SUBSCRIBE, topic_filter)
 
+    def may_read(self, topic: str) -> bool:
+        """Whether a message on ``topic`` may be delivered to this client: the subscribe rules asked about the
+        topic itself (mosquitto's per-message read check). Refusals count as ``action="deliver"``."""
+        allowed = self._decide(SUBSCRIBE, topic)
+        if not allowed:
+            self.authorizer.denied[DELIVER].inc()
+        return allowed
 
-__all__ = ["AclSyntaxError", "Authorizer", "ClientAcl", "ClientFacts", "filter_covers", "parse_acl"]
+    def needs_read_check(self, topic_filter: str) -> bool:
+        """Whether messages delivered through ``topic_filter`` need ``may_read`` one by one: True when a deny
+        rule for subscribing that comes before the rule granting the filter overlaps it (``{deny, all,
+        subscribe, ["secret/#"]}`` before an allow of ``+/status``: ``secret/status`` matches both), and when
+        the filter is not granted at all (a session inherited from another identity). False for a filter that
+        overlaps no such deny rule: every topic it matches is allowed by the same rule, so nothing is checked."""
+        if self.generation != self.authorizer.generation:
+            self._compile()
+        for allow, _on_publish, on_subscribe, topics in self.rules:
+            if not on_subscribe:
+                continue
+            if topics is None:
+                return not allow
+            if any((pattern.text == topic_filter) if pattern.exact else filter_covers(pattern.text, topic_filter)
+                   for pattern in topics):
+                return not allow  # the rule that decides the filter: everything it matches is decided alike
+            if not allow and any(_pattern_overlaps(pattern, topic_filter) for pattern in topics):
+                return True
+        return not self.authorizer.allow_by_default
+
+
+def _pattern_overlaps(pattern: TopicPattern, topic_filter: str) -> bool:
+    """Whether a rule's topic pattern can match a topic that ``topic_filter`` matches too. ``{eq, "t"}`` matches
+    only the literal text, which is a topic (and so can be delivered) only without wildcards."""
+    if pattern.exact:
+        text = pattern.text
+        return "+" not in text and "#" not in text and filters_overlap(text, topic_filter)
+    return filters_overlap(pattern.text, topic_filter)
+
+
+class ReadGuard:
+    """The per-message check a subscription carries when ``needs_read_check`` said so: called with each
+    topic about to be delivered through it (the mounted topic; the mountpoint is stripped before the ACL sees
+    it, and a topic outside the mountpoint is never readable)."""
+
+    __slots__ = ("acl", "mountpoint")
+
+    def __init__(self, acl: ClientAcl | None, mountpoint: str = "") -> None:
+        self.acl = acl
+        self.mountpoint = mountpoint
+
+    def __call__(self, topic: str) -> bool:
+        mountpoint = self.mountpoint
+        if mountpoint:
+            if not topic.startswith(mountpoint):
+                if self.acl is not None:
+                    self.acl.authorizer.denied[DELIVER].inc()
+                return False
+            topic = topic[len(mountpoint):]
+        return self.acl is None or self.acl.may_read(topic)
+
+
+__all__ = ["AclSyntaxError", "Authorizer", "ClientAcl", "ClientFacts", "ReadGuard", "filter_covers",
+           "filters_overlap", "parse_acl", "unsafe_value"]
