@@ -14,7 +14,7 @@ from typing import Callable
 
 from .access import AccessControl
 from .auth import AuthChain, Authenticator
-from .authz import ReadGuard
+from .authz import read_guard
 from .channel import Channel
 from .config.model import BrokerConfig
 from .connection import Connection
@@ -176,7 +176,7 @@ class Broker:
         """``session_owner_check = off``: ``channel``'s identity takes another identity's session. What waits in
         it is delivered only if the new identity may read it; its subscriptions get the new identity's read
         checks when the channel resumes them (``Channel.guard_subscriptions``)."""
-        session.read_check = ReadGuard(channel.acl, channel.mountpoint)
+        session.read_check = read_guard(channel.acl, channel.mountpoint)
         dropped = session.purge(session.read_check)
         if dropped:
             self.metrics.dropped("not_authorized").value += dropped

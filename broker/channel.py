@@ -14,7 +14,7 @@ import time
 from typing import TYPE_CHECKING
 
 from .auth import ConnectInfo, identity_from_certificate, peer_identity
-from .authz import ReadGuard
+from .authz import read_guard
 from .limits import exceeded
 from .mqtt import reason_codes as rc
 from .mqtt.frame import encode, encode_publish_parts
@@ -356,11 +356,11 @@ class Channel:
         rule: whatever it matches is allowed)."""
         mountpoint = self.mountpoint
         if mountpoint and not mounted_filter.startswith(mountpoint):
-            return ReadGuard(self.acl, mountpoint)  # outside this client's namespace: nothing is readable
+            return read_guard(self.acl, mountpoint)  # outside this client's namespace: nothing is readable
         acl = self.acl
         if acl is None or not acl.needs_read_check(mounted_filter[len(mountpoint):]):
             return None
-        return ReadGuard(acl, mountpoint)
+        return read_guard(acl, mountpoint)
 
     def _refuse(self, reason_code: int, reason: str) -> bool:
         """Answer the CONNECT with a refusal and close."""

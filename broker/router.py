@@ -93,7 +93,7 @@ class Subscription:
     """One session's subscription to one filter (shared or not), with its 5.0 options.
 
     ``guard`` is None, or a per-message read check ``guard(topic) -> bool`` for a filter that overlaps a deny
-    rule of the subscriber's ACL (``authz.ReadGuard``): routing skips this subscription for a message it refuses.
+    rule of the subscriber's ACL (``authz.read_guard``): routing skips this subscription for a message it refuses.
     Subscriptions that overlap nothing denied carry None and pay one attribute test."""
 
     __slots__ = ("topic_filter", "qos", "no_local", "retain_as_published", "retain_handling", "sub_ids",

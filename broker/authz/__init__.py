@@ -186,7 +186,8 @@ class Authorizer:
 class ClientAcl:
     """One client's view of the ACL, with its decision cache."""
 
-    __slots__ = ("authorizer", "cache", "cache_enabled", "facts", "generation", "max_size", "rules", "ttl")
+    __slots__ = ("authorizer", "cache", "cache_enabled", "facts", "generation", "max_size", "rules", "ttl",
+                 "readable")
 
     def __init__(self, authorizer: Authorizer, facts: ClientFacts) -> None:
         self.authorizer = authorizer
@@ -196,6 +197,9 @@ class ClientAcl:
         self.max_size = cache.max_size
         self.ttl = cache.ttl
         self.cache: OrderedDict = OrderedDict()
+        # The read check's own decisions (topic -> bool), looked up by ``read_guard`` without a call: a decision
+        # only changes with the rules, so no TTL; emptied by a reload, oldest first out beyond ``max_size``.
+        self.readable: dict[str, bool] = {}
         self.generation = -1
         self.rules: list = []
 
@@ -223,6 +227,7 @@ class ClientAcl:
         self.rules = compiled
         self.generation = self.authorizer.generation
         self.cache.clear()
+        self.readable.clear()
 
     def _decide(self, action: str, topic: str) -> bool:
         if self.generation != self.authorizer.generation:
@@ -264,6 +269,11 @@ class ClientAcl:
         """Whether a message on ``topic`` may be delivered to this client: the subscribe rules asked about the
         topic itself (mosquitto's per-message read check). Refusals count as ``action="deliver"``."""
         allowed = self._decide(SUBSCRIBE, topic)
+        if self.cache_enabled:
+            readable = self.readable
+            if len(readable) >= self.max_size:
+                del readable[next(iter(readable))]
+            readable[topic] = allowed
         if not allowed:
             self.authorizer.denied[DELIVER].inc()
         return allowed
@@ -298,27 +308,36 @@ def _pattern_overlaps(pattern: TopicPattern, topic_filter: str) -> bool:
     return filters_overlap(pattern.text, topic_filter)
 
 
-class ReadGuard:
-    """The per-message check a subscription carries when ``needs_read_check`` said so: called with each
-    topic about to be delivered through it (the mounted topic; the mountpoint is stripped before the ACL sees
-    it, and a topic outside the mountpoint is never readable)."""
+def read_guard(acl: ClientAcl | None, mountpoint: str = ""):
+    """The per-message check a subscription carries when ``needs_read_check`` said so: ``check(topic) -> bool``
+    for each (mounted) topic about to be delivered through it. The mountpoint is stripped before the ACL sees
+    the topic, and a topic outside the mountpoint is never readable. A closure rather than an object with
+    ``__call__``: it runs once per delivery, and a known topic costs one dict lookup."""
+    strip = len(mountpoint)
+    if acl is None:
+        def namespace_only(topic: str) -> bool:
+            return topic.startswith(mountpoint)
+        return namespace_only
+    authorizer = acl.authorizer
+    readable = acl.readable
+    may_read = acl.may_read
+    denied = authorizer.denied[DELIVER]
 
-    __slots__ = ("acl", "mountpoint")
-
-    def __init__(self, acl: ClientAcl | None, mountpoint: str = "") -> None:
-        self.acl = acl
-        self.mountpoint = mountpoint
-
-    def __call__(self, topic: str) -> bool:
-        mountpoint = self.mountpoint
-        if mountpoint:
+    def check(topic: str) -> bool:
+        if strip:
             if not topic.startswith(mountpoint):
-                if self.acl is not None:
-                    self.acl.authorizer.denied[DELIVER].inc()
+                denied.value += 1
                 return False
-            topic = topic[len(mountpoint):]
-        return self.acl is None or self.acl.may_read(topic)
+            topic = topic[strip:]
+        if acl.generation == authorizer.generation:
+            allowed = readable.get(topic)
+            if allowed is not None:
+                if not allowed:
+                    denied.value += 1
+                return allowed
+        return may_read(topic)
+    return check
 
 
-__all__ = ["AclSyntaxError", "Authorizer", "ClientAcl", "ClientFacts", "ReadGuard", "filter_covers",
-           "filters_overlap", "parse_acl", "unsafe_value"]
+__all__ = ["AclSyntaxError", "Authorizer", "ClientAcl", "ClientFacts", "filter_covers", "filters_overlap",
+           "parse_acl", "read_guard", "unsafe_value"]

@@ -5,7 +5,7 @@ routing (plain, overlapping and shared subscriptions) and the session owner's id
 from __future__ import annotations
 
 import pytest
-from wharf_broker.authz import Authorizer, ClientFacts, ReadGuard, filters_overlap
+from wharf_broker.authz import Authorizer, ClientFacts, read_guard, filters_overlap
 from wharf_broker.config.model import AclFile, Authorization, AuthzCache
 from wharf_broker.metrics import Registry
 from wharf_broker.router import LocalRouter, Message, Subscription
@@ -64,7 +64,7 @@ def test_read_check_is_the_subscribe_rules_asked_about_the_topic(tmp_path):
     assert acl.may_read("public/status") and not acl.may_read("secret/status") and not acl.may_read("root/status")
     assert acl.may_read("root/x")
     assert auth.denied["deliver"].value == 2 and auth.denied["subscribe"].value == 0
-    mounted = ReadGuard(acl, "tenants/t1/")
+    mounted = read_guard(acl, "tenants/t1/")
     assert mounted("tenants/t1/public/status")
     assert not mounted("tenants/t1/secret/status")
     assert not mounted("tenants/t2/public/status")  # outside the mountpoint: never readable
@@ -139,12 +139,12 @@ def test_routing_skips_subscriptions_whose_read_check_refuses(tmp_path):
     router = LocalRouter()
     checked, free, overlapping = FakeSession("a"), FakeSession("b"), FakeSession("c")
     sub = Subscription("+/status", 1)
-    sub.guard = ReadGuard(acl)
+    sub.guard = read_guard(acl)
     router.subscribe(checked, sub)
     router.subscribe(free, Subscription("+/status", 1))
     # A session with a checked filter and an unchecked one matching the same message gets it once.
     both = Subscription("+/status", 1)
-    both.guard = ReadGuard(acl)
+    both.guard = read_guard(acl)
     router.subscribe(overlapping, both)
     router.subscribe(overlapping, Subscription("secret/status", 1))
     for topic in ("secret/status", "public/status"):
@@ -159,7 +159,7 @@ def test_shared_group_passes_over_members_that_may_not_read(tmp_path):
     router = LocalRouter()
     guarded, open_member, offline = FakeSession("g"), FakeSession("o"), FakeSession("off", connected=False)
     sub = Subscription("+/status", 1, share_group="g")
-    sub.guard = ReadGuard(acl)
+    sub.guard = read_guard(acl)
     router.subscribe(guarded, sub)
     router.subscribe(open_member, Subscription("+/status", 1, share_group="g"))
     for _ in range(4):
@@ -171,7 +171,7 @@ def test_shared_group_passes_over_members_that_may_not_read(tmp_path):
     # Only members that may not read it: the message goes to nobody in the group.
     lone = LocalRouter()
     only = Subscription("+/status", 1, share_group="h")
-    only.guard = ReadGuard(acl)
+    only.guard = read_guard(acl)
     lone.subscribe(offline, only)
     assert lone.publish(Message("secret/status", b"x", 1)) == 0 and offline.got == []
     assert lone.publish(Message("public/status", b"x", 1)) == 1 and offline.got == ["public/status"]
@@ -193,3 +193,12 @@ def test_session_owner_identity():
     assert session_owner(None, False, None, "sensor-7", "") == ("cert", "CN=sensor-7", "")
     # The same user under another mountpoint is another tenant's identity.
     assert session_owner("alice", True, None, None, "t1/") != session_owner("alice", True, None, None, "t2/")
+
+
+def test_read_check_decisions_follow_an_acl_reload(tmp_path):
+    auth = authorizer(tmp_path, OVERLAP)
+    check = read_guard(client(auth))
+    assert check("public/status") and check("public/status")  # the second from the read check's own cache
+    (tmp_path / "acl.conf").write_text('{deny, all, subscribe, ["public/#"]}.\n{allow, all}.\n')
+    assert auth.reload()
+    assert not check("public/status") and check("secret/status")
