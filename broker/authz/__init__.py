@@ -5,6 +5,11 @@
 (its username, client id, certificate CN and address decided once, placeholders filled in) and a small cache of
 decisions, so that the check on every PUBLISH is one dict lookup after the first. A reload bumps the
 authorizer's generation, which empties every client's cache and rule list at its next check.
+
+Placeholder values that could widen a rule (``unsafe_value``) are never filled in: an allow rule then does not
+apply, a deny rule applies from that level on to everything. A granted subscription whose filter overlaps a deny
+rule ranked before the rule granting it (``needs_read_check``) carries ``read_guard``: each message delivered
+through it is checked against the subscribe rules (``may_read``); other subscriptions are not checked at all.
 """
 
 from __future__ import annotations
