@@ -14,7 +14,7 @@ from typing import Callable
 
 from .access import AccessControl
 from .auth import AuthChain, Authenticator
-from .authz import read_guard
+from .authz import guard_for, read_guard
 from .channel import Channel
 from .config.model import BrokerConfig
 from .connection import Connection
@@ -73,6 +73,7 @@ class Broker:
         self.auth.hooks.extend(self.access.authenticators)
         self.metrics = BrokerMetrics(registry)
         self.owner_check = OwnerCheck(self.config.mqtt.session_owner_check, registry)
+        self.access.authorizer.on_reload.append(self.guard_all_subscriptions)
         # Listener id -> listener object; the application wiring fills this for the admin API.
         self.listeners: dict = {}
         self._loop: asyncio.AbstractEventLoop | None = None
@@ -171,6 +172,17 @@ class Broker:
         """``tenancy.RESUME``, ``REFUSE`` or ``GUEST`` for ``channel`` asking for the session that ``current``
         owns (None: no session)."""
         return self.owner_check.verdict(client_id, current, channel.owner, channel.connection.peer_text)
+
+    def guard_all_subscriptions(self) -> None:
+        """The ACL changed: re-decide which subscriptions need a read check (a new deny rule may overlap a filter
+        granted before it), for every session, connected or not."""
+        sessions = [*self.sessions.values(), *(channel.session for channel in self.guests)]
+        for session in sessions:
+            if session is None or session.acl is None:
+                continue
+            mountpoint = session.owner[2] if session.owner else ""
+            for subscription in session.subscriptions.values():
+                subscription.guard = guard_for(session.acl, mountpoint, subscription.topic_filter)
 
     def inherit(self, session: Session, channel: Channel) -> None:
         """``session_owner_check = off``: ``channel``'s identity takes another identity's session. What waits in

@@ -14,7 +14,7 @@ import time
 from typing import TYPE_CHECKING
 
 from .auth import ConnectInfo, identity_from_certificate, peer_identity
-from .authz import read_guard
+from .authz import guard_for
 from .limits import exceeded
 from .mqtt import reason_codes as rc
 from .mqtt.frame import encode, encode_publish_parts
@@ -306,6 +306,7 @@ class Channel:
                 ack_props["session_expiry_interval"] = 0
         if present:
             self.guard_subscriptions(session)
+        session.acl = self.acl
         self.session = session
         session.expiry_interval = expiry
         self.connected = True
@@ -346,21 +347,9 @@ class Channel:
 
     def guard_subscriptions(self, session) -> None:
         """Resumed subscriptions get this client's read checks: its ACL may not be the one they were granted
-        under (another identity's session under ``session_owner_check = off``, a reloaded ACL, another
-        address)."""
+        under (another identity's session under ``session_owner_check = off``, another address)."""
         for subscription in session.subscriptions.values():
-            subscription.guard = self._read_guard(subscription.topic_filter)
-
-    def _read_guard(self, mounted_filter: str):
-        """The per-message read check a subscription to ``mounted_filter`` needs, or None (it overlaps no deny
-        rule: whatever it matches is allowed)."""
-        mountpoint = self.mountpoint
-        if mountpoint and not mounted_filter.startswith(mountpoint):
-            return read_guard(self.acl, mountpoint)  # outside this client's namespace: nothing is readable
-        acl = self.acl
-        if acl is None or not acl.needs_read_check(mounted_filter[len(mountpoint):]):
-            return None
-        return read_guard(acl, mountpoint)
+            subscription.guard = guard_for(self.acl, self.mountpoint, subscription.topic_filter)
 
     def _refuse(self, reason_code: int, reason: str) -> bool:
         """Answer the CONNECT with a refusal and close."""
@@ -655,7 +644,7 @@ class Channel:
             no_local = options.no_local or settings.ignore_loop_deliver
             subscription = Subscription(topic_filter, qos, no_local, options.retain_as_published,
                                         options.retain_handling, sub_id, shared[0] if shared else None)
-            subscription.guard = self._read_guard(topic_filter)
+            subscription.guard = guard_for(self.acl, self.mountpoint, topic_filter)
             self.broker.subscribe(session, full_filter, subscription)
             codes.append(qos)
             if not shared and (options.retain_handling == 0 or (options.retain_handling == 1 and is_new)):

@@ -14,7 +14,7 @@ from .mqueue import MessageQueue, QueuedMessage
 
 class Session:
     __slots__ = ("client_id", "subscriptions", "inflight", "mqueue", "awaiting_rel", "channel", "expiry_interval",
-                 "expiry_handle", "upgrade_qos", "owner", "guest", "read_check", "_on_drop", "_clock")
+                 "expiry_handle", "upgrade_qos", "owner", "guest", "read_check", "acl", "_on_drop", "_clock")
 
     def __init__(self, client_id: str, settings, on_drop, clock) -> None:
         self.client_id = client_id
@@ -34,6 +34,9 @@ class Session:
         # Set when the session passed to another identity (``session_owner_check = off``): that identity's read
         # check, for messages that reach the session without a subscription's (handed over by another node).
         self.read_check = None
+        # The ACL view of the client that last attached (``authz.ClientAcl``), for re-deciding the subscriptions'
+        # read checks when the ACL is reloaded.
+        self.acl = None
         self._on_drop = on_drop  # (message, reason) -> None, for metrics
         self._clock = clock
 

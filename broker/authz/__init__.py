@@ -140,6 +140,9 @@ class Authorizer:
                                   "subscription because a deny rule covers their topic (deliver)", ("action",))
         self.denied = {action: denied.labels(action=action) for action in (PUBLISH, SUBSCRIBE, DELIVER)}
         self._watcher: asyncio.Task | None = None
+        # Called after each reload that changed the rules (the broker re-decides which subscriptions need a read
+        # check).
+        self.on_reload: list = []
         if self.path:
             self.reload()
 
@@ -168,6 +171,8 @@ class Authorizer:
         self.rules, self.digest = rules, digest
         self.generation += 1
         log.info("ACL file %s: %d rules", self.path, len(rules))
+        for callback in self.on_reload:
+            callback()
         return True
 
     def start(self) -> None:
@@ -313,6 +318,17 @@ def _pattern_overlaps(pattern: TopicPattern, topic_filter: str) -> bool:
     return filters_overlap(pattern.text, topic_filter)
 
 
+def guard_for(acl: ClientAcl | None, mountpoint: str, mounted_filter: str):
+    """The read check a subscription to ``mounted_filter`` needs for a client with ``acl`` behind ``mountpoint``,
+    or None (it overlaps no deny rule: whatever it matches is allowed). A filter outside the mountpoint (a session
+    inherited from another tenant) reads nothing."""
+    if mountpoint and not mounted_filter.startswith(mountpoint):
+        return read_guard(acl, mountpoint)
+    if acl is None or not acl.needs_read_check(mounted_filter[len(mountpoint):]):
+        return None
+    return read_guard(acl, mountpoint)
+
+
 def read_guard(acl: ClientAcl | None, mountpoint: str = ""):
     """The per-message check a subscription carries when ``needs_read_check`` said so: ``check(topic) -> bool``
     for each (mounted) topic about to be delivered through it. The mountpoint is stripped before the ACL sees
@@ -345,4 +361,4 @@ def read_guard(acl: ClientAcl | None, mountpoint: str = ""):
 
 
 __all__ = ["AclSyntaxError", "Authorizer", "ClientAcl", "ClientFacts", "filter_covers", "filters_overlap",
-           "parse_acl", "read_guard", "unsafe_value"]
+           "guard_for", "parse_acl", "read_guard", "unsafe_value"]

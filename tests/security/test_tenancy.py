@@ -17,6 +17,7 @@ same subscriber arrives after anything published before it.
 from __future__ import annotations
 
 import asyncio
+import signal
 
 import pytest
 from wharf_broker.mqtt import reason_codes as rc
@@ -338,3 +339,41 @@ authorization {{
     _, body = broker.admin("GET", "/metrics")
     # The retained secret to the plain subscriber, the live one to each.
     assert metric(body.decode(), "wharf_authz_denied_total", action="deliver") == 3
+
+
+async def test_a_deny_rule_added_by_a_reload_covers_existing_subscriptions(tmp_path, broker_process):
+    acl = tmp_path / "acl.conf"
+    acl.write_text('{allow, all, subscribe, ["+/status"]}.\n{allow, all, publish, ["#"]}.\n')
+    broker = broker_process(f"""
+listeners.tcp.default {{ bind = "127.0.0.1:0" }}
+dashboard.listeners.http.bind = "127.0.0.1:0"
+authorization {{
+  no_match = deny
+  file {{ enable = true, path = "{acl}", reload_interval = 0s }}
+}}
+""")
+    port = broker.port("tcp:default")
+    publisher = await WireClient.open(port)
+    await publisher.connect("publisher")
+    online = await WireClient.open(port)
+    await online.connect("online")
+    assert (await online.subscribe("+/status", qos=1)).reason_codes == [1]
+    offline, ack = await persistent(port, "offline")
+    assert (await offline.subscribe("+/status", qos=1)).reason_codes == [1]
+    await offline.close()
+    assert (await publisher.publish("secret/status", b"before")).reason_code == 0
+    assert [p.payload for p in await receive_until(online, b"before")] == [b"before"]
+
+    acl.write_text(ACL_OVERLAP)
+    mark = len(broker.log)
+    broker.send_signal(signal.SIGHUP)
+    broker.wait_for_log(r"ACL file .*: 3 rules", start=mark)
+    # Neither the connected subscriber nor the offline session may read it any more.
+    assert (await publisher.publish("secret/status", b"after")).reason_code == rc.NO_MATCHING_SUBSCRIBERS
+    assert (await publisher.publish("public/status", b"public")).reason_code == 0
+    assert [p.payload for p in await receive_until(online, b"public")] == [b"public"]
+    offline, ack = await persistent(port, "offline")
+    assert ack.session_present
+    assert [p.payload for p in await receive_until(offline, b"public")] == [b"before", b"public"]
+    for client in (publisher, online, offline):
+        await client.close()
