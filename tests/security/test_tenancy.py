@@ -17,7 +17,10 @@ same subscriber arrives after anything published before it.
 from __future__ import annotations
 
 import asyncio
+import shutil
 import signal
+import subprocess
+import time
 
 import pytest
 from wharf_broker.mqtt import reason_codes as rc
@@ -208,6 +211,10 @@ async def test_another_identity_gets_a_fresh_session_and_leaves_the_owners_alone
     assert (await feed.publish("users/alice/inbox", b"live-1")).reason_code == 0
     await bob_sees_nothing_of_alice(bob, b"b1")
     await bob.close()
+    # A clean start from Bob does not wipe her session either.
+    bob = await WireClient.open(port)
+    assert (await bob.connect("alice-dev", clean_start=True, **BOB)).reason_code == 0
+    await bob.close()
 
     # Alice's session is intact: both messages are waiting for her.
     alice, ack = await persistent(port, "alice-dev", **ALICE)
@@ -228,7 +235,7 @@ async def test_another_identity_gets_a_fresh_session_and_leaves_the_owners_alone
     assert_nothing_lost(await good.stop())
     _, body = broker.admin("GET", "/metrics")
     text = body.decode()
-    assert metric(text, "wharf_session_owner_mismatch_total", action="discard") == 2
+    assert metric(text, "wharf_session_owner_mismatch_total", action="discard") == 3
     assert "wonderland" not in broker.log and "builder" not in broker.log
     assert "the session belongs to user:'alice'" in broker.log
 
@@ -377,3 +384,53 @@ authorization {{
     assert [p.payload for p in await receive_until(offline, b"public")] == [b"before", b"public"]
     for client in (publisher, online, offline):
         await client.close()
+
+
+needs_mosquitto = pytest.mark.skipif(shutil.which("mosquitto_pub") is None or shutil.which("mosquitto_sub") is None,
+                                     reason="mosquitto clients not installed")
+
+
+def sub_until_published(sub_args: list[str], pub_args: list[str], timeout: float = 15.0) -> str:
+    """Run ``mosquitto_sub`` (which exits after one message) while ``mosquitto_pub`` publishes until it has."""
+    sub = subprocess.Popen(["mosquitto_sub", *sub_args], stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    try:
+        deadline = time.monotonic() + timeout
+        while sub.poll() is None and time.monotonic() < deadline:
+            subprocess.run(["mosquitto_pub", *pub_args], check=True, timeout=10)
+            time.sleep(0.2)
+        out, _ = sub.communicate(timeout=5)
+    finally:
+        if sub.poll() is None:
+            sub.kill()
+            sub.wait()
+    return out.decode()
+
+
+@needs_mosquitto
+async def test_real_clients_cannot_escape_a_mountpoint_or_take_a_session(tmp_path, broker_process, user_file):
+    acl = tmp_path / "acl.conf"
+    acl.write_text(ACL_OWN)
+    broker = broker_process(MOUNTED.format() + f"""
+authentication {{ allow_anonymous = true, password_file {{ enable = true, path = "{user_file}" }} }}
+authorization {{ no_match = allow, file {{ enable = true, path = "{acl}" }} }}
+""")
+    by_id, port = str(broker.port("tcp:byid")), str(broker.port("tcp:default"))
+    for version, refusal in (("mqttv311", "identifier rejected"), ("mqttv5", "client identifier not valid")):
+        run = subprocess.run(["mosquitto_sub", "-h", "127.0.0.1", "-p", by_id, "-V", version, "-i", "+", "-t", "#",
+                              "-C", "1", "-W", "5"], capture_output=True, timeout=20)
+        assert run.returncode != 0 and refusal in (run.stdout + run.stderr).decode().lower(), run
+
+    alice = ["-h", "127.0.0.1", "-p", port, "-u", "alice", "-P", "wonderland"]
+    bob = ["-h", "127.0.0.1", "-p", port, "-u", "bob", "-P", "builder"]
+    persistent_sub = ["-V", "mqttv5", "-c", "-x", "600", "-i", "alice-dev", "-q", "1", "-C", "1", "-W", "15"]
+    subprocess.run(["mosquitto_sub", *alice, *persistent_sub, "-t", "users/alice/#", "-W", "1"], timeout=20)
+    subprocess.run(["mosquitto_pub", *alice, "-q", "1", "-t", "users/alice/inbox", "-m", "queued-1"], check=True,
+                   timeout=10)
+    # Bob with Alice's client id: his own message comes first, nothing of hers.
+    out = sub_until_published([*bob, *persistent_sub, "-t", "users/bob/#"],
+                              [*bob, "-q", "1", "-t", "users/bob/x", "-m", "bob-msg"])
+    assert out.splitlines() == ["bob-msg"], out
+    # Alice gets her queued message.
+    out = sub_until_published([*alice, *persistent_sub, "-t", "users/alice/#"],
+                              [*alice, "-q", "1", "-t", "users/alice/other", "-m", "later"])
+    assert out.splitlines()[0] == "queued-1", out
