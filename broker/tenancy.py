@@ -14,6 +14,7 @@
 from __future__ import annotations
 
 import logging
+import re
 
 from .authz import unsafe_value
 from .metrics import REGISTRY, Registry
@@ -26,17 +27,17 @@ REFUSE = "refuse"  # CONNACK "client identifier not valid"; the owner's session 
 GUEST = "guest"  # a fresh session of its own, ended with the connection; the owner's is untouched
 
 MOUNTPOINT_PLACEHOLDERS = (("${clientid}", "clientid"), ("${username}", "username"))
+_PLACEHOLDER = re.compile(r"\$\{(clientid|username)\}")
 
 
 def fill_mountpoint(mountpoint: str, client_id: str, username: str | None) -> tuple[str, str | None]:
     """(the mountpoint with its placeholders filled in, None) or ("", the placeholder whose value is refused)."""
     values = {"clientid": client_id, "username": username}
     for placeholder, name in MOUNTPOINT_PLACEHOLDERS:
-        if placeholder in mountpoint:
-            if unsafe_value(values[name]):
-                return "", name
-            mountpoint = mountpoint.replace(placeholder, values[name])
-    return mountpoint, None
+        if placeholder in mountpoint and unsafe_value(values[name]):
+            return "", name
+    # One pass: a value that itself reads "${username}" stays as it is.
+    return _PLACEHOLDER.sub(lambda match: values.get(match.group(1), match.group(0)), mountpoint), None
 
 
 def session_owner(username: str | None, username_vouched: bool, peer_identity, cert_common_name: str | None,

@@ -18,6 +18,7 @@ import asyncio
 import hashlib
 import ipaddress
 import logging
+import re
 import time
 from collections import OrderedDict
 from dataclasses import dataclass
@@ -97,6 +98,10 @@ PLACEHOLDERS = (("${username}", "username"), ("${clientid}", "client_id"),
                 ("${cert_common_name}", "cert_common_name"))
 
 
+_PLACEHOLDER = re.compile(r"\$\{(username|clientid|cert_common_name)\}")
+_FIELDS_BY_NAME = {"username": "username", "clientid": "client_id", "cert_common_name": "cert_common_name"}
+
+
 def unsafe_value(value: str | None) -> bool:
     """Whether a placeholder value could widen a topic filter or a mountpoint: missing or empty, or holding a
     wildcard (``+``, ``#``), a level separator (``/``) or NUL."""
@@ -115,14 +120,10 @@ def _fill(text: str, facts: ClientFacts, allow: bool) -> tuple[str | None, bool]
     levels = text.split("/")
     for index, level in enumerate(levels):
         for placeholder, field in PLACEHOLDERS:
-            if placeholder not in level:
-                continue
-            value = getattr(facts, field)
-            if unsafe_value(value):
+            if placeholder in level and unsafe_value(getattr(facts, field)):
                 return (None, False) if allow else ("/".join(levels[:index] + ["#"]), True)
-            level = level.replace(placeholder, value)
-        levels[index] = level
-    return "/".join(levels), False
+    # One pass: a value that itself reads "${clientid}" stays as it is.
+    return _PLACEHOLDER.sub(lambda match: getattr(facts, _FIELDS_BY_NAME[match.group(1)]), text), False
 
 
 class Authorizer:

@@ -16,11 +16,11 @@ import socket
 from ..broker import Broker
 from ..config.model import Node
 from ..metrics import REGISTRY, Registry
+from ..tenancy import GUEST, REFUSE
 from .backplane import Backplane, BackplaneUnavailable
 from .nats_router import NatsRouter
 from .retained import ClusterRetainedStore
 from .sessions import SessionRegistry
-from ..tenancy import GUEST, REFUSE
 
 log = logging.getLogger("wharf_broker.cluster")
 

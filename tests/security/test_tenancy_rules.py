@@ -202,3 +202,10 @@ def test_read_check_decisions_follow_an_acl_reload(tmp_path):
     (tmp_path / "acl.conf").write_text('{deny, all, subscribe, ["public/#"]}.\n{allow, all}.\n')
     assert auth.reload()
     assert not check("public/status") and check("secret/status")
+
+
+def test_placeholder_values_are_not_filled_in_again(tmp_path):
+    assert fill_mountpoint("t/${clientid}/${username}/", "${username}", "bob") == ("t/${username}/bob/", None)
+    acl = client(authorizer(tmp_path, '{allow, all, all, ["u/${username}/${clientid}/#"]}.\n'),
+                 username="${clientid}", client_id="c1")
+    assert acl.may_publish("u/${clientid}/c1/x") and not acl.may_publish("u/c1/c1/x")
