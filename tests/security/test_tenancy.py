@@ -243,8 +243,11 @@ async def test_another_identity_gets_a_fresh_session_and_leaves_the_owners_alone
 async def test_refuse_mode_refuses_another_identity(tmp_path, broker_process, user_file):
     acl = tmp_path / "acl.conf"
     acl.write_text(ACL_OWN)
+    add_user(user_file, "carol", "good")
     broker = broker_process(authenticated(user_file, acl, "refuse"))
     port = broker.port("tcp:default")
+    good = GoodClient(port, "users/carol/stream", username="carol", password=b"good")
+    await good.start()
     alice, ack = await persistent(port, "alice-dev", **ALICE)
     assert (await alice.subscribe("users/alice/#", qos=1)).reason_codes == [1]
     for version, expected in ((5, rc.CLIENT_IDENTIFIER_NOT_VALID), (4, 2)):
@@ -262,6 +265,7 @@ async def test_refuse_mode_refuses_another_identity(tmp_path, broker_process, us
     assert ack.reason_code == 0 and ack.session_present
     for client in (alice, feed):
         await client.close()
+    assert_nothing_lost(await good.stop())
     _, body = broker.admin("GET", "/metrics")
     assert metric(body.decode(), "wharf_session_owner_mismatch_total", action="refuse") == 2
 
@@ -270,8 +274,11 @@ async def test_off_mode_inherits_but_delivers_only_what_the_new_identity_may_rea
                                                                                   user_file):
     acl = tmp_path / "acl.conf"
     acl.write_text(ACL_OWN)
+    add_user(user_file, "carol", "good")
     broker = broker_process(authenticated(user_file, acl, "off"))
     port = broker.port("tcp:default")
+    good = GoodClient(port, "users/carol/stream", username="carol", password=b"good")
+    await good.start()
     alice, ack = await persistent(port, "alice-dev", **ALICE)
     assert (await alice.subscribe("users/alice/#", qos=1)).reason_codes == [1]
     await alice.close()
@@ -285,6 +292,7 @@ async def test_off_mode_inherits_but_delivers_only_what_the_new_identity_may_rea
     await bob_sees_nothing_of_alice(bob, b"b1")  # neither the queued message nor the live one
     for client in (bob, feed):
         await client.close()
+    assert_nothing_lost(await good.stop())
     _, body = broker.admin("GET", "/metrics")
     text = body.decode()
     assert metric(text, "wharf_session_owner_mismatch_total", action="off") == 1
