@@ -14,6 +14,7 @@ from typing import Callable
 
 from .access import AccessControl
 from .auth import AuthChain, Authenticator
+from .authz import guard_for, read_guard
 from .channel import Channel
 from .config.model import BrokerConfig
 from .connection import Connection
@@ -23,6 +24,7 @@ from .mqtt import reason_codes as rc
 from .retain import RetainedStore
 from .router import LocalRouter, Message, Router, Subscription
 from .session import Session
+from .tenancy import GUEST, REFUSE, OwnerCheck
 from .will import WillScheduler
 
 log = logging.getLogger("wharf_broker.broker")
@@ -61,6 +63,8 @@ class Broker:
         self.retained = RetainedStore()
         self.sessions: dict[str, Session] = {}
         self.channels: dict[str, Channel] = {}  # connected clients by client id
+        # Connected clients on guest sessions (``tenancy``): under a client id whose session is someone else's.
+        self.guests: set[Channel] = set()
         self.connections: set[Connection] = set()
         self.wills = WillScheduler(self.publish)
         self.auth = AuthChain(self.config.authentication.allow_anonymous, auth_hooks)
@@ -68,6 +72,8 @@ class Broker:
         self.access = AccessControl(self.config, registry)
         self.auth.hooks.extend(self.access.authenticators)
         self.metrics = BrokerMetrics(registry)
+        self.owner_check = OwnerCheck(self.config.mqtt.session_owner_check, registry)
+        self.access.authorizer.on_reload.append(self.guard_all_subscriptions)
         # Listener id -> listener object; the application wiring fills this for the admin API.
         self.listeners: dict = {}
         self._loop: asyncio.AbstractEventLoop | None = None
@@ -112,24 +118,35 @@ class Broker:
         return True
 
     def deliver_retained(self, session: Session, subscription: Subscription) -> None:
-        """The retained messages a new subscription receives (RETAIN flag set)."""
+        """The retained messages a new subscription receives (RETAIN flag set), each through the
+        subscription's read check if it has one."""
+        guard = subscription.guard
         for message in self.retained.matching(subscription.topic_filter, self.loop.time()):
             if subscription.no_local and message.publisher == session.client_id:
+                continue
+            if guard is not None and not guard(message.topic):
                 continue
             session.deliver(message, subscription.qos, True, subscription.sub_ids)
 
     # ------------------------------------------------------------------------------------- sessions
 
-    def attach(self, channel: Channel, client_id: str, clean_start: bool) -> tuple[Session, bool]:
+    def attach(self, channel: Channel, client_id: str, clean_start: bool) -> tuple[Session | None, bool]:
         """Give ``channel`` its session: take over a connected one, resume a kept one or start afresh.
-        Returns (session, session present)."""
+        Returns (session, session present); (None, False) when the client id's session belongs to another
+        identity and ``mqtt.session_owner_check = refuse``, and a guest session when it is ``discard`` -- in
+        both cases the owner's session and connection are left as they are (no take-over, will kept)."""
+        session = self.sessions.get(client_id)
+        verdict = self.owner_verdict(channel, client_id, session.owner if session is not None else None)
+        if verdict == REFUSE:
+            return None, False
+        if verdict == GUEST:
+            return self.guest_session(channel, client_id), False
         old = self.channels.get(client_id)
         if old is not None and old is not channel:
             log.info("client %r: session taken over by a new connection from %s (old one from %s)", client_id,
                      channel.connection.peer_text, old.connection.peer_text)
             old.kick(rc.SESSION_TAKEN_OVER, "session taken over")
         self.wills.cancel(client_id)
-        session = self.sessions.get(client_id)
         if session is not None and clean_start:
             self.discard_session(session)
             session = None
@@ -141,12 +158,53 @@ class Broker:
         elif session.expiry_handle is not None:
             session.expiry_handle.cancel()
             session.expiry_handle = None
+        if session.owner is not None and session.owner != channel.owner:
+            self.inherit(session, channel)
+        session.owner = channel.owner
         session.channel = channel
         self.channels[client_id] = channel
-        self.metrics.connected.set(len(self.channels))
+        self.metrics.connected.set(len(self.channels) + len(self.guests))
         if self._housekeeping_handle is None:
             self._schedule_housekeeping()
         return session, present
+
+    def owner_verdict(self, channel: Channel, client_id: str, current) -> str:
+        """``tenancy.RESUME``, ``REFUSE`` or ``GUEST`` for ``channel`` asking for the session that ``current``
+        owns (None: no session)."""
+        return self.owner_check.verdict(client_id, current, channel.owner, channel.connection.peer_text)
+
+    def guard_all_subscriptions(self) -> None:
+        """The ACL changed: re-decide which subscriptions need a read check (a new deny rule may overlap a filter
+        granted before it), for every session, connected or not."""
+        sessions = [*self.sessions.values(), *(channel.session for channel in self.guests)]
+        for session in sessions:
+            if session is None or session.acl is None:
+                continue
+            mountpoint = session.owner[2] if session.owner else ""
+            for subscription in session.subscriptions.values():
+                subscription.guard = guard_for(session.acl, mountpoint, subscription.topic_filter)
+
+    def inherit(self, session: Session, channel: Channel) -> None:
+        """``session_owner_check = off``: ``channel``'s identity takes another identity's session. What waits in
+        it is delivered only if the new identity may read it; its subscriptions get the new identity's read
+        checks when the channel resumes them (``Channel.guard_subscriptions``)."""
+        session.read_check = read_guard(channel.acl, channel.mountpoint)
+        dropped = session.purge(session.read_check)
+        if dropped:
+            self.metrics.dropped("not_authorized").value += dropped
+
+    def guest_session(self, channel: Channel, client_id: str) -> Session:
+        """A fresh session for ``channel`` that leaves ``client_id``'s owner alone: not registered under the
+        client id, not in ``channels``, and ended with the connection."""
+        session = Session(client_id, self.config.mqtt, self.count_dropped, self.loop.time)
+        session.owner = channel.owner
+        session.guest = True
+        session.channel = channel
+        self.guests.add(channel)
+        self.metrics.connected.set(len(self.channels) + len(self.guests))
+        if self._housekeeping_handle is None:
+            self._schedule_housekeeping()
+        return session
 
     def _schedule_housekeeping(self) -> None:
         # One sweep for all clients instead of a timer per connection (a timer costs ~500 bytes each).
@@ -156,18 +214,21 @@ class Broker:
 
     def _housekeeping(self) -> None:
         self._housekeeping_handle = None
-        for channel in list(self.channels.values()):
+        for channel in [*self.channels.values(), *self.guests]:
             channel.housekeeping()
-        if self.channels:
+        if self.channels or self.guests:
             self._schedule_housekeeping()
 
     def detach(self, channel: Channel, will) -> None:
         """``channel`` is gone: publish or schedule its will, keep its session for its expiry or end it."""
         client_id = channel.client_id
+        session = channel.session
+        if session is not None and session.guest:
+            self._detach_guest(channel, will)
+            return
         if self.channels.get(client_id) is channel:
             del self.channels[client_id]
-            self.metrics.connected.set(len(self.channels))
-        session = channel.session
+            self.metrics.connected.set(len(self.channels) + len(self.guests))
         expiry = channel.session_expiry
         if will is not None:
             delay = float(will.properties.get("will_delay_interval", 0)) if will.properties else 0.0
@@ -179,6 +240,17 @@ class Broker:
             self.discard_session(session)
         else:
             session.expiry_handle = self.loop.call_later(expiry, self._expire_session, session)
+
+    def _detach_guest(self, channel: Channel, will) -> None:
+        """A guest's connection ended: its session ends with it, and its will (no delay: the session it could
+        wait for is gone) is published now, without touching the owner's pending will."""
+        self.guests.discard(channel)
+        self.metrics.connected.set(len(self.channels) + len(self.guests))
+        session = channel.session
+        session.channel = None
+        self.discard_session(session)
+        if will is not None:
+            self.publish(self._will_message(channel.client_id, will, 0.0))
 
     def _will_message(self, client_id: str, will, delay: float) -> Message:
         props = will.properties or {}
@@ -203,6 +275,8 @@ class Broker:
         if session.expiry_handle is not None:
             session.expiry_handle.cancel()
             session.expiry_handle = None
+        if session.guest:
+            return  # the client id's pending will, if any, is the owner's
         if self.sessions.get(session.client_id) is session:
             del self.sessions[session.client_id]
             self.metrics.sessions.set(len(self.sessions))
@@ -222,7 +296,7 @@ class Broker:
     def clients(self) -> list[dict]:
         """Connected clients: client id, username, listener id, peer, protocol version, connected-at, and the
         TLS version, cipher and peer certificate subject on TLS connections."""
-        return [channel.info() for channel in self.channels.values()]
+        return [channel.info() for channel in [*self.channels.values(), *self.guests]]
 
     async def shutdown(self, timeout: float = 5.0) -> None:
         """Disconnect every client (5.0: DISCONNECT 0x8B first) and wait for the sockets to close."""
@@ -230,7 +304,7 @@ class Broker:
         if self._housekeeping_handle is not None:
             self._housekeeping_handle.cancel()
             self._housekeeping_handle = None
-        for channel in list(self.channels.values()):
+        for channel in [*self.channels.values(), *self.guests]:
             channel.kick(rc.SERVER_SHUTTING_DOWN, "server shutting down")
         for connection in list(self.connections):
             connection.close()

@@ -14,6 +14,7 @@ import time
 from typing import TYPE_CHECKING
 
 from .auth import ConnectInfo, identity_from_certificate, peer_identity
+from .authz import guard_for
 from .limits import exceeded
 from .mqtt import reason_codes as rc
 from .mqtt.frame import encode, encode_publish_parts
@@ -22,6 +23,7 @@ from .mqtt.packets import (AUTH, CONNACK, CONNECT, DISCONNECT, MQTT_5, NAMES, PI
                            Disconnect, PubAck, Suback, Unsuback)
 from .mqtt.topic import has_wildcard, parse_shared, valid_topic_filter
 from .router import Message, Subscription
+from .tenancy import fill_mountpoint, session_owner
 
 if TYPE_CHECKING:
     from .broker import Broker
@@ -48,7 +50,7 @@ class Channel:
     __slots__ = ("broker", "connection", "settings", "version", "v5", "client_id", "username", "session",
                  "connected", "connect_received", "will", "keepalive", "send_window", "client_max_packet",
                  "topic_aliases", "aliases_out", "aliases_out_max", "session_expiry", "problem_information",
-                 "connected_at", "mountpoint", "acl", "_disconnected", "_sent", "_loop")
+                 "connected_at", "mountpoint", "acl", "owner", "_disconnected", "_sent", "_loop")
 
     def __init__(self, broker: "Broker", connection: "Connection") -> None:
         self.broker = broker
@@ -77,6 +79,8 @@ class Channel:
         self.mountpoint = ""
         # This client's ACL view (``authz.ClientAcl``), None when authorization cannot refuse anything.
         self.acl = None
+        # The identity this client's session belongs to (``tenancy.session_owner``).
+        self.owner: tuple | None = None
         self._disconnected = False
         self._sent = broker.metrics.sent.labels()
         self._loop = broker.loop
@@ -278,8 +282,13 @@ class Channel:
 
         mountpoint = self.connection.listener.mountpoint
         if mountpoint:
-            self.mountpoint = mountpoint.replace("${clientid}", client_id).replace("${username}",
-                                                                                  info.username or "")
+            mountpoint, refused = fill_mountpoint(mountpoint, client_id, info.username)
+            if refused is not None:
+                self._refuse_placeholder(refused, info)
+                return
+            self.mountpoint = mountpoint
+        self.owner = session_owner(info.username, self._username_vouched(info, result), info.peer_identity,
+                                   info.cert_common_name, self.mountpoint)
         if packet.will is not None:
             self.will = packet.will
             if self.mountpoint:
@@ -287,6 +296,17 @@ class Channel:
 
         broker = self.broker
         session, present = broker.attach(self, client_id, packet.clean_start)
+        if session is None:  # the session belongs to another identity (session_owner_check = refuse)
+            self.will = None
+            self._refuse(rc.CLIENT_IDENTIFIER_NOT_VALID, "client id in use by another identity")
+            return
+        if session.guest and expiry:  # another identity's client id: a session of its own, ending with it
+            self.session_expiry = expiry = 0.0
+            if v5:
+                ack_props["session_expiry_interval"] = 0
+        if present:
+            self.guard_subscriptions(session)
+        session.acl = self.acl
         self.session = session
         session.expiry_interval = expiry
         self.connected = True
@@ -295,6 +315,41 @@ class Channel:
         self.connection.start_keepalive(keepalive * settings.keepalive_multiplier if keepalive else 0)
         if present:
             session.resume()
+
+    def _refuse_placeholder(self, placeholder: str, info: ConnectInfo) -> None:
+        """The listener's mountpoint would take this client's ``placeholder`` value, which could widen it."""
+        self.broker.owner_check.mountpoint_refused[placeholder].inc()
+        log.warning("client %r from %s refused: its %s cannot fill the mountpoint %r (empty, or holding + # / "
+                    "or NUL)", info.client_id, self.connection.peer_text, placeholder,
+                    self.connection.listener.mountpoint)
+        if placeholder == "clientid":
+            self._refuse(rc.CLIENT_IDENTIFIER_NOT_VALID, "client id not usable in this listener's mountpoint")
+        else:
+            self._refuse(rc.NOT_AUTHORIZED, "user name not usable in this listener's mountpoint")
+
+    def _username_vouched(self, info: ConnectInfo, result) -> bool:
+        """Whether the username is more than a claim: an authenticator accepted it, or the client's certificate
+        (or the load balancer's word for it) or pre-shared key yielded it."""
+        if info.username is None:
+            return False
+        if not result.attributes.get("anonymous") or info.psk_identity is not None:
+            return True
+        mode = self.connection.listener.peer_cert_as_username
+        if mode == "disabled":
+            return False
+        try:
+            from_certificate = identity_from_certificate(info.peer_identity, mode)
+        except ValueError:
+            from_certificate = None
+        if from_certificate is None and mode == "cn":
+            from_certificate = info.cert_common_name
+        return from_certificate == info.username
+
+    def guard_subscriptions(self, session) -> None:
+        """Resumed subscriptions get this client's read checks: its ACL may not be the one they were granted
+        under (another identity's session under ``session_owner_check = off``, another address)."""
+        for subscription in session.subscriptions.values():
+            subscription.guard = guard_for(self.acl, self.mountpoint, subscription.topic_filter)
 
     def _refuse(self, reason_code: int, reason: str) -> bool:
         """Answer the CONNECT with a refusal and close."""
@@ -589,6 +644,7 @@ class Channel:
             no_local = options.no_local or settings.ignore_loop_deliver
             subscription = Subscription(topic_filter, qos, no_local, options.retain_as_published,
                                         options.retain_handling, sub_id, shared[0] if shared else None)
+            subscription.guard = guard_for(self.acl, self.mountpoint, topic_filter)
             self.broker.subscribe(session, full_filter, subscription)
             codes.append(qos)
             if not shared and (options.retain_handling == 0 or (options.retain_handling == 1 and is_new)):

@@ -90,10 +90,14 @@ class Message:
 
 
 class Subscription:
-    """One session's subscription to one filter (shared or not), with its 5.0 options."""
+    """One session's subscription to one filter (shared or not), with its 5.0 options.
+
+    ``guard`` is None, or a per-message read check ``guard(topic) -> bool`` for a filter that overlaps a deny
+    rule of the subscriber's ACL (``authz.read_guard``): routing skips this subscription for a message it refuses.
+    Subscriptions that overlap nothing denied carry None and pay one attribute test."""
 
     __slots__ = ("topic_filter", "qos", "no_local", "retain_as_published", "retain_handling", "sub_ids",
-                 "share_group")
+                 "share_group", "guard")
 
     def __init__(self, topic_filter: str, qos: int, no_local: bool = False, retain_as_published: bool = False,
                  retain_handling: int = 0, sub_id: int | None = None, share_group: str | None = None) -> None:
@@ -104,6 +108,7 @@ class Subscription:
         self.retain_handling = retain_handling
         self.sub_ids = (sub_id,) if sub_id else ()
         self.share_group = share_group
+        self.guard = None
 
 
 class Router:
@@ -192,6 +197,8 @@ class LocalRouter(Router):
             for session, sub in nodes[0].subscribers.items():
                 if sub.no_local and session.client_id == publisher:
                     continue
+                if sub.guard is not None and not sub.guard(message.topic):
+                    continue
                 session.deliver(message, sub.qos, retain and sub.retain_as_published, sub.sub_ids)
                 count += 1
             return count
@@ -201,6 +208,8 @@ class LocalRouter(Router):
         for node in nodes:
             for session, sub in node.subscribers.items():
                 if sub.no_local and session.client_id == publisher:
+                    continue
+                if sub.guard is not None and not sub.guard(message.topic):
                     continue
                 entry = merged.get(session)
                 if entry is None:
@@ -212,7 +221,7 @@ class LocalRouter(Router):
                     if sub.sub_ids:
                         entry[2] = entry[2] + sub.sub_ids
             for group in node.shared.values():
-                pick = group.pick()
+                pick = group.pick(message.topic)
                 if pick is not None:
                     shared_picks.append(pick)
         for session, (qos, retain_as_published, sub_ids) in merged.items():

@@ -14,7 +14,7 @@ from .mqueue import MessageQueue, QueuedMessage
 
 class Session:
     __slots__ = ("client_id", "subscriptions", "inflight", "mqueue", "awaiting_rel", "channel", "expiry_interval",
-                 "expiry_handle", "upgrade_qos", "_on_drop", "_clock")
+                 "expiry_handle", "upgrade_qos", "owner", "guest", "read_check", "acl", "_on_drop", "_clock")
 
     def __init__(self, client_id: str, settings, on_drop, clock) -> None:
         self.client_id = client_id
@@ -26,6 +26,17 @@ class Session:
         self.expiry_interval = 0.0
         self.expiry_handle = None
         self.upgrade_qos = settings.upgrade_qos
+        # The identity this session belongs to (``tenancy.session_owner``), None until a channel attaches.
+        self.owner: tuple | None = None
+        # A guest session: another identity's connection under a client id whose session belongs to someone else
+        # (``session_owner_check = discard``). Not registered under the client id; it ends with its connection.
+        self.guest = False
+        # Set when the session passed to another identity (``session_owner_check = off``): that identity's read
+        # check, for messages that reach the session without a subscription's (handed over by another node).
+        self.read_check = None
+        # The ACL view of the client that last attached (``authz.ClientAcl``), for re-deciding the subscriptions'
+        # read checks when the ACL is reloaded.
+        self.acl = None
         self._on_drop = on_drop  # (message, reason) -> None, for metrics
         self._clock = clock
 
@@ -136,6 +147,22 @@ class Session:
         for packet_id in stale:
             del self.awaiting_rel[packet_id]
         return len(stale)
+
+    def purge(self, readable) -> int:
+        """Drop queued and unacknowledged messages whose topic ``readable(topic)`` refuses (the session passed to
+        another identity); returns how many."""
+        dropped = 0
+        items = self.mqueue._items
+        if items:
+            kept = [item for item in items if readable(item.message.topic)]
+            dropped = len(items) - len(kept)
+            items.clear()
+            items.extend(kept)
+        for packet_id, entry in list(self.inflight.entries.items()):
+            if entry.message is not None and not readable(entry.message.topic):
+                self.inflight.pop(packet_id)
+                dropped += 1
+        return dropped
 
     def clear(self) -> None:
         self.subscriptions.clear()

@@ -9,7 +9,10 @@ from __future__ import annotations
 
 
 class SharedGroup:
-    """The members of one ``$share/group/filter``: each message goes to one of them, round-robin."""
+    """The members of one ``$share/group/filter``: each message goes to one of them, round-robin.
+
+    A member whose subscription carries a read check (``Subscription.guard``) that refuses the message's topic
+    is passed over for that message."""
 
     __slots__ = ("members", "_order", "_next")
 
@@ -27,22 +30,32 @@ class SharedGroup:
         if self.members.pop(session, None) is not None:
             self._order.remove(session)
 
-    def pick(self):
-        """The next member as (session, subscription), preferring connected ones; None when empty."""
+    def pick(self, topic: str | None = None):
+        """The next member as (session, subscription) that may read ``topic``, preferring connected ones; None
+        when there is none."""
         order = self._order
         count = len(order)
         if not count:
             return None
+        members = self.members
         start = self._next % count
+        fallback = -1
         for offset in range(count):
             session = order[(start + offset) % count]
+            guard = members[session].guard
+            if guard is not None and topic is not None and not guard(topic):
+                continue
             if session.channel is not None:
                 self._next = start + offset + 1
-                return session, self.members[session]
-        # Nobody is connected: queue it in the next member's session.
-        self._next = start + 1
-        session = order[start]
-        return session, self.members[session]
+                return session, members[session]
+            if fallback < 0:
+                fallback = start + offset
+        if fallback < 0:
+            return None
+        # Nobody (allowed) is connected: queue it in the next such member's session.
+        self._next = fallback + 1
+        session = order[fallback % count]
+        return session, members[session]
 
 
 class TrieNode:

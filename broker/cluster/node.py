@@ -16,6 +16,7 @@ import socket
 from ..broker import Broker
 from ..config.model import Node
 from ..metrics import REGISTRY, Registry
+from ..tenancy import GUEST, REFUSE
 from .backplane import Backplane, BackplaneUnavailable
 from .nats_router import NatsRouter
 from .retained import ClusterRetainedStore
@@ -131,7 +132,21 @@ class ClusterBroker(Broker):
     def attach(self, channel, client_id: str, clean_start: bool):
         registry = self.registry
         remote = registry.owner(client_id) if registry is not None else None
+        inherited = False
+        if remote is not None and client_id not in self.sessions:
+            # The session is on another node: its registry entry says whose it is (the same check as here).
+            current = remote.get("owner")
+            verdict = self.owner_verdict(channel, client_id, tuple(current) if current else None)
+            if verdict == REFUSE:
+                return None, False
+            if verdict == GUEST:
+                return self.guest_session(channel, client_id), False
+            inherited = current is not None and tuple(current) != channel.owner and not clean_start
         session, present = super().attach(channel, client_id, clean_start)
+        if session is None or session.guest:
+            return session, present
+        if inherited:
+            self.inherit(session, channel)
         if remote is not None:
             if not clean_start and not present:
                 registry.restore(session, remote)
@@ -163,6 +178,8 @@ class ClusterBroker(Broker):
             self._handing_over.discard(session.client_id)
 
     def _record(self, session) -> None:
+        if session.guest:  # not the client id's session: the registry entry stays the owner's
+            return
         if self.registry is not None and session.client_id not in self._handing_over:
             self.registry.record(session.client_id)
 

@@ -1,7 +1,9 @@
 """The cluster's session registry and session take-over between nodes.
 
 The JetStream key-value bucket ``wharf_sessions`` holds one entry per persistent session: the node that has it,
-its subscriptions, whether its client is connected and, when not, when it expires. Every node mirrors the
+the identity it belongs to (``owner``, see ``tenancy.py``: every node applies ``mqtt.session_owner_check`` to
+it as to its own sessions; an entry written without one, by an older node, is taken by the first identity to
+connect), its subscriptions, whether its client is connected and, when not, when it expires. Every node mirrors the
 bucket. A client connecting to node B with a session that node A holds:
 
 1. B restores the session's subscriptions from the entry right away (so CONNACK says "session present" and
@@ -179,7 +181,7 @@ class SessionRegistry:
                          for full, sub in session.subscriptions.items()]
         connected = session.channel is not None
         return {"node": self.node_name, "boot": self.boot, "subs": subscriptions, "expiry": session.expiry_interval,
-                "connected": connected,
+                "owner": list(session.owner) if session.owner else None, "connected": connected,
                 "expires": None if connected else time.time() + session.expiry_interval}
 
     # ------------------------------------------------------------------------------------- checkpoints
@@ -337,6 +339,8 @@ class SessionRegistry:
             except (ValueError, KeyError) as exc:
                 log.warning("client %r: unreadable handed-over message: %s", client_id, exc)
                 continue
+            if session.read_check is not None and not session.read_check(message.topic):
+                continue  # queued for the identity this session belonged to before (session_owner_check = off)
             session.deliver(message, int(item["q"]), bool(item["r"]), tuple(item["i"]))
             count += 1
         return count

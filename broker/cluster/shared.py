@@ -65,7 +65,7 @@ class LocalSharedGroups:
 
 
 def _deliver_pick(group: SharedGroup, message) -> int:
-    pick = group.pick()
+    pick = group.pick(message.topic)
     if pick is None:
         return 0
     session, sub = pick

@@ -60,6 +60,9 @@ class MqttSettings:
     response_information: str = ""
     peer_cert_as_username: PeerCertAs = "disabled"
     peer_cert_as_clientid: PeerCertAs = "disabled"
+    # A client id whose session belongs to another identity (docs/security.md, "Tenancy"): the newcomer gets a
+    # fresh session of its own (discard), is refused (refuse), or inherits the session (off).
+    session_owner_check: Literal["discard", "refuse", "off"] = "discard"
 
 
 @dataclass

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 import time
 
 import pytest
@@ -295,3 +297,48 @@ def test_node_cut_off_from_nats_says_so_and_refuses_qos1(three, nats_cluster):
         time.sleep(0.5)
     payloads = [m.payload for m in sub.take(1)]
     assert payloads == [b"back"]
+
+
+def test_session_owner_travels_with_the_session_between_nodes(cluster_nodes, tmp_path):
+    """A session created by alice on node 0 is not bob's on node 1 (he gets a fresh one, and alice's queue
+    stays hers), and alice resumes it on node 1 with her queued message."""
+    users = tmp_path / "users.txt"
+    for name, password in (("alice", "wonderland"), ("bob", "builder")):
+        subprocess.run([sys.executable, "-m", "wharf_broker.authn.passwd", "-f", str(users), "--stdin",
+                        "--iterations", "1000", name], input=password.encode() + b"\n", check=True, timeout=60)
+    acl = tmp_path / "acl.conf"
+    acl.write_text('{allow, all, all, ["users/${username}/#"]}.\n{deny, all}.\n')
+    nodes = cluster_nodes(2, extra=f"""
+authentication {{ allow_anonymous = false, password_file {{ enable = true, path = "{users}" }} }}
+authorization {{ no_match = deny, file {{ enable = true, path = "{acl}" }} }}
+""")
+
+    def client(node, client_id, user, password, **options):
+        made = Client(tcp(node), client_id, **options)
+        made.paho.username_pw_set(user, password)
+        return made
+
+    alice = client(nodes[0], "alice-dev", "alice", "wonderland", clean=False, session_expiry=600)
+    assert alice.connect() is False
+    alice.subscribe("users/alice/#", 1)
+    feed = client(nodes[0], "alice-feed", "alice", "wonderland")
+    feed.connect()
+    await_route(feed, [alice], "users/alice/probe")
+    alice.close()
+    time.sleep(0.5)
+    assert feed.publish_acked("users/alice/inbox", "queued-1", 1) == 0
+    # Bob, with his own password, asks node 1 for alice's session: a fresh one of his own, nothing of hers.
+    bob = client(nodes[1], "alice-dev", "bob", "builder", clean=False, session_expiry=600)
+    assert bob.connect() is False
+    bob.subscribe("users/bob/#", 1)
+    assert bob.publish_acked("users/bob/sentinel", "b1", 1) == 0
+    assert [(m.topic, m.payload) for m in bob.take(1)] == [("users/bob/sentinel", b"b1")]
+    bob.close()
+    # Alice's session moves to node 1 with its queued message.
+    again = client(nodes[1], "alice-dev", "alice", "wonderland", clean=False, session_expiry=600)
+    assert again.connect() is True
+    assert [m.payload for m in again.take(1)] == [b"queued-1"]
+    again.close()
+    feed.close()
+    status, body = nodes[1].admin("GET", "/metrics")
+    assert status == 200 and 'wharf_session_owner_mismatch_total{action="discard"} 1' in body.decode()
