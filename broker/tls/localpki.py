@@ -25,6 +25,7 @@ Contracts:
 from __future__ import annotations
 
 import datetime as dt
+import errno
 import ipaddress
 import os
 import re
@@ -281,14 +282,21 @@ def _clean_temporaries(directory: Path) -> None:
 
 
 class _Lock:
-    """An exclusive ``flock`` on a file, held while the PKI is checked and completed (no-op without fcntl)."""
+    """An exclusive ``flock`` on a file, held while the PKI is checked and completed (no-op without fcntl, or
+    where the lock file cannot be made: a read-only directory)."""
 
     def __init__(self, path: Path) -> None:
         self.path = path
         self.fd: int | None = None
 
     def __enter__(self) -> "_Lock":
-        self.fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o600)
+        try:
+            self.fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o600)
+        except OSError as exc:
+            if exc.errno not in (errno.EACCES, errno.EPERM, errno.EROFS):
+                raise
+            # A read-only state directory (a mounted volume) still serves a complete PKI; making one fails anyway.
+            return self
         try:
             import fcntl
         except ImportError:  # pragma: no cover - not POSIX

@@ -201,3 +201,25 @@ def test_an_existing_state_directory_keeps_its_mode(tmp_path, monkeypatch):
     assert stat.S_IMODE(home.stat().st_mode) == 0o755
     assert stat.S_IMODE(pki.directory.stat().st_mode) == 0o700
     assert os.listdir(home) == ["certs"]
+
+
+def test_a_read_only_state_directory_still_serves_a_complete_pki(tmp_path, monkeypatch):
+    """The lock file cannot be made (a read-only volume): a complete PKI is used as it is; a missing one is an
+    error saying where."""
+    import errno
+
+    pki = localpki.ensure(tmp_path)
+    (tmp_path / ".lock").unlink()
+    real_open = os.open
+
+    def read_only(path, flags, *args):
+        if str(path).endswith(".lock") or flags & os.O_CREAT:
+            raise OSError(errno.EROFS, "Read-only file system", str(path))
+        return real_open(path, flags, *args)
+
+    monkeypatch.setattr(localpki.os, "open", read_only)
+    monkeypatch.setattr(localpki.tempfile, "mkstemp", lambda **kw: read_only(kw["dir"] / "x", os.O_CREAT))
+    assert localpki.ensure(tmp_path).generated == []
+    pki.server[0].unlink()
+    with pytest.raises(localpki.LocalPkiError, match=f"in {tmp_path}: Read-only file system"):
+        localpki.ensure(tmp_path)
