@@ -5,7 +5,7 @@ collected and raised together as one ``ConfigError`` so that an operator fixes a
 broker never starts half-configured.
 
 File paths in the config (certificates, keys, CRLs, the PSK file, the token file) are resolved when the config is
-loaded and written back as absolute paths. ``${WHARF_STATE_DIR}`` in a path (quoted, as EMQX writes
+loaded and written back as absolute paths. ``${WHARF_STATE_DIR}`` in a path (and in ``dashboard.upload_dir``) (quoted, as EMQX writes
 ``${EMQX_ETC_DIR}``; it is not an environment variable) stands for the state directory, ``state_dir()``: where the
 embedded default's generated certificates live (``tls/localpki.py``). A relative path is looked up, in order,
 under ``$WHARF_HOME`` (when set), the working directory, and the directory the package was installed from (the
@@ -433,6 +433,7 @@ class _Checker:
             if kind in ("ssl", "wss"):
                 self.check_ssl_options(listener.ssl_options, f"{key}.ssl_options")
         dashboard = config.dashboard
+        dashboard.upload_dir = expand_path(dashboard.upload_dir)
         if dashboard.enable:
             key = "dashboard.listeners.http.bind"
             try:

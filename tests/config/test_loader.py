@@ -269,6 +269,8 @@ def test_embedded_default(monkeypatch, tmp_path, default_pki):
         assert options.keyfile == str(default_pki.server[1])
         assert options.cacertfile == str(default_pki.ca)
     assert config.dashboard.listeners.http.bind == "127.0.0.1:18083"
+    # Dashboard uploads go to the state directory too, not to the working directory.
+    assert config.dashboard.upload_dir == str(default_pki.directory.parent / "uploads")
     assert config.authentication.allow_anonymous is True
 
 
