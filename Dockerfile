@@ -2,11 +2,13 @@
 #
 #   docker build -t wharf:dev .                                    # official slim Python 3.11 base
 #   docker build --network host --build-arg BASE_IMAGE="$(scripts/build-base-image.sh)" -t wharf:dev .
-#   docker run --rm -p 127.0.0.1:8883:8883 wharf:dev               # broker with its built-in config
+#   docker run --rm -p 127.0.0.1:8883:8883 -v wharf-state:/var/lib/wharf wharf:dev   # broker, built-in config
 #   docker run --rm wharf:dev wharf-operator --help
 #
-# In Kubernetes the operator renders each broker's config into a ConfigMap and mounts the certificates from
-# Secrets, so the test certificates bundled under /opt/wharf/etc/certs are only used by a bare `docker run`.
+# The image holds no private key. With its built-in config the broker generates a local CA, a server and a client
+# certificate on its first start in $WHARF_HOME/certs (/var/lib/wharf/certs, private to the wharf user; a volume
+# there keeps them across containers) and logs where they are. In Kubernetes the operator renders each broker's
+# config into a ConfigMap and mounts the certificates from Secrets: nothing is generated there.
 ARG BASE_IMAGE=python:3.11-slim
 
 # --- build: a virtualenv with Wharf and its dependencies (wheels only, no compiler needed) ---
@@ -36,17 +38,17 @@ ARG WHARF_UID=10001
 LABEL org.opencontainers.image.title="wharf" \
       org.opencontainers.image.description="Kubernetes-native MQTT 3.1.1/5.0 broker and its operator" \
       org.opencontainers.image.licenses="Apache-2.0"
+# The state directory (WHARF_HOME): the only place the broker writes, owned by the wharf user, 0700.
 RUN groupadd --system --gid "${WHARF_UID}" wharf \
-    && useradd --system --uid "${WHARF_UID}" --gid wharf --home-dir /opt/wharf --no-create-home \
-       --shell /usr/sbin/nologin wharf
+    && useradd --system --uid "${WHARF_UID}" --gid wharf --home-dir /var/lib/wharf --no-create-home \
+       --shell /usr/sbin/nologin wharf \
+    && install -d -o "${WHARF_UID}" -g "${WHARF_UID}" -m 0700 /var/lib/wharf
 COPY --from=build /opt/wharf/venv /opt/wharf/venv
-# Test certificates for a bare `docker run` (the built-in config's ssl/wss listeners); never the CA's key.
-COPY etc/certs/server.crt etc/certs/server.key etc/certs/rootCA.crt /opt/wharf/etc/certs/
 WORKDIR /opt/wharf
 ENV PATH=/opt/wharf/venv/bin:/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin \
     PYTHONUNBUFFERED=1 \
     PYTHONDONTWRITEBYTECODE=1 \
-    WHARF_HOME=/opt/wharf
+    WHARF_HOME=/var/lib/wharf
 # Numeric, so Kubernetes can verify runAsNonRoot without reading /etc/passwd.
 USER ${WHARF_UID}:${WHARF_UID}
 # MQTT over TCP, TLS, WebSocket, secure WebSocket; the admin API.

@@ -5,7 +5,8 @@ PYTHON ?= python3
 
 .PHONY: run test controlplane controlplane-up controlplane-down test-realapi e2e-local
 
-# The README's two commands. `run`: the broker on its embedded default config (bundled test certificates).
+# The README's two commands. `run`: the broker on its embedded default config, as `wharf-broker` runs it anywhere
+# (a local CA and certificates generated on the first start in ~/.local/state/wharf/certs, or $WHARF_HOME/certs).
 run:
 	scripts/bootstrap run
 	$(PYTHON) -m wharf_broker

@@ -1,7 +1,9 @@
 """``wharf-broker [--config FILE] [--check-config] [--log-level LEVEL]``
 
-With no ``--config`` the broker runs its embedded default (``config/default.conf``); ``--config FILE`` is the
-whole config, nothing is merged underneath it. Exit status: 0 after a clean stop or a good ``--check-config``,
+With no ``--config`` the broker runs its embedded default (``config/default.conf``), whose TLS listeners use a
+local CA, server and client certificate that are generated on the first start and reused afterwards
+(``tls/localpki.py``); ``--config FILE`` is the whole config, nothing is merged underneath it, and nothing is
+generated. Exit status: 0 after a clean stop or a good ``--check-config``,
 1 when the broker could not start, 2 for a bad config or bad arguments.
 """
 
@@ -53,8 +55,20 @@ def check_tls_material(config) -> list[str]:
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     source = args.config or "the embedded default config"
+    pki = None
     try:
-        config = load_file(args.config) if args.config else embedded_default()
+        if args.config:
+            config = load_file(args.config)
+        else:
+            from .tls import localpki
+
+            try:
+                # The embedded default's CA and certificates: made on the first start, then reused.
+                pki = localpki.ensure()
+            except localpki.LocalPkiError as exc:
+                print(f"wharf-broker: {exc}", file=sys.stderr)
+                return EXIT_START_FAILED
+            config = embedded_default()
     except ConfigError as exc:
         print(f"wharf-broker: {source}: {exc}", file=sys.stderr)
         return EXIT_BAD_CONFIG
@@ -73,9 +87,19 @@ def main(argv: list[str] | None = None) -> int:
         print("listeners: " + (", ".join(enabled) if enabled else "none"))
         if config.dashboard.enable:
             print(f"admin api: {config.dashboard.listeners.http.bind}")
+        if pki is not None:
+            for _, line in pki.generated:
+                print(line)
+            print(pki.summary())
         return EXIT_OK
 
     setup_logging(config.log.level, config.log.format)
+    if pki is not None:
+        log = logging.getLogger("wharf")
+        for why, line in pki.generated:
+            # Made for the first time is expected; made again (expired, unusable) is worth a look.
+            log.log(logging.INFO if why == "missing" else logging.WARNING, "%s", line)
+        log.info("%s", pki.summary())
     from .app import StartupError, run
 
     try:

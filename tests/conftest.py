@@ -147,6 +147,9 @@ def _start_broker(tmp_path: Path, config_text: str | None, args: list[str], env:
     command += args
     log_path = tmp_path / f"broker-{index}.log"
     full_env = {**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})}
+    if config_text is None and "WHARF_HOME" not in (env or {}):
+        # The embedded default generates its CA in the state directory: never in the real home of the test user.
+        full_env["WHARF_HOME"] = str(tmp_path / "wharf-home")
     with open(log_path, "wb") as log_file:
         proc = subprocess.Popen(command, stdout=log_file, stderr=subprocess.STDOUT, cwd=tmp_path, env=full_env)
     broker = BrokerProcess(proc, config_path, log_path, token=token)
@@ -184,7 +187,8 @@ def _start_broker(tmp_path: Path, config_text: str | None, args: list[str], env:
 def broker_process(tmp_path):
     """Factory: ``broker_process(config_text=MINIMAL_CONFIG, args=(), env=None, token=None)``.
 
-    ``config_text=None`` runs the embedded default (no ``--config``). Every broker still running at the end of
+    ``config_text=None`` runs the embedded default (no ``--config``), with ``WHARF_HOME`` in ``tmp_path`` unless
+    ``env`` names one (its generated certificates go there). Every broker still running at the end of
     the test is stopped with SIGTERM and must exit with status 0.
     """
     started: list[BrokerProcess] = []

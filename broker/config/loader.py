@@ -4,11 +4,12 @@ Every problem becomes a ``ConfigIssue`` naming the dotted key and its ``file:lin
 collected and raised together as one ``ConfigError`` so that an operator fixes a file in one round, and the
 broker never starts half-configured.
 
-Relative file paths in the config (certificates, keys, CRLs, the PSK file, the token file) are resolved when the
-config is loaded and written back as absolute paths. They are looked up, in order, under ``$WHARF_HOME`` (when
-set), the working directory, and the directory the package was installed from (the checkout, for an editable
-install). That is how the embedded default finds the bundled ``etc/certs`` both from a checkout and in the
-container image (which sets ``WHARF_HOME``).
+File paths in the config (certificates, keys, CRLs, the PSK file, the token file) are resolved when the config is
+loaded and written back as absolute paths. ``${WHARF_STATE_DIR}`` in a path (and in ``dashboard.upload_dir``) (quoted, as EMQX writes
+``${EMQX_ETC_DIR}``; it is not an environment variable) stands for the state directory, ``state_dir()``: where the
+embedded default's generated certificates live (``tls/localpki.py``). A relative path is looked up, in order,
+under ``$WHARF_HOME`` (when set), the working directory, and the directory the package was installed from (the
+checkout, for an editable install).
 """
 
 from __future__ import annotations
@@ -127,9 +128,31 @@ def is_loopback(host: str) -> bool:
         return False
 
 
+STATE_DIR_PLACEHOLDER = "${WHARF_STATE_DIR}"
+
+
+def state_dir() -> Path:
+    """Where Wharf keeps what it generates: ``$WHARF_HOME``, else ``$XDG_STATE_HOME/wharf``, else
+    ``~/.local/state/wharf`` (absolute; it may not exist yet)."""
+    home = os.environ.get("WHARF_HOME")
+    if home:
+        return Path(home).expanduser().absolute()
+    xdg = os.environ.get("XDG_STATE_HOME")
+    # The XDG spec: a relative $XDG_STATE_HOME is invalid and must be ignored.
+    base = Path(xdg) if xdg and Path(xdg).is_absolute() else Path.home() / ".local" / "state"
+    return base / "wharf"
+
+
+def expand_path(value: str) -> str:
+    """``value`` with ``${WHARF_STATE_DIR}`` replaced by the state directory."""
+    if STATE_DIR_PLACEHOLDER in value:
+        return value.replace(STATE_DIR_PLACEHOLDER, str(state_dir()))
+    return value
+
+
 def resolve_file(value: str) -> Path | None:
     """The existing file a config path refers to, or None (see the module doc for the search order)."""
-    path = Path(value).expanduser()
+    path = Path(expand_path(value)).expanduser()
     if path.is_absolute():
         return path if path.exists() else None
     for base in search_dirs():
@@ -410,6 +433,7 @@ class _Checker:
             if kind in ("ssl", "wss"):
                 self.check_ssl_options(listener.ssl_options, f"{key}.ssl_options")
         dashboard = config.dashboard
+        dashboard.upload_dir = expand_path(dashboard.upload_dir)
         if dashboard.enable:
             key = "dashboard.listeners.http.bind"
             try:
@@ -539,6 +563,8 @@ class _Checker:
 
     @staticmethod
     def searched(value: str) -> str:
+        if STATE_DIR_PLACEHOLDER in value:
+            return f"that is {expand_path(value)}"
         if Path(value).expanduser().is_absolute():
             return "absolute path"
         return "looked in " + ", ".join(str(d) for d in search_dirs())

@@ -14,14 +14,28 @@ import os
 import signal
 import sys
 
-import kopf
 from aiohttp import web
 
-from . import __version__, credentials
-from .controller import Controller, OperatorConfig
-from .handlers import build_registry
+from . import __version__
 from .metrics import OperatorMetrics
 from .signalling import ALL_NETWORKS, BrokerAdmin
+
+# kopf (and the kubernetes client) come with the `operator` extra: without it, say what to install in one line
+# instead of a traceback (main() checks this after parsing, so --help and --version still work).
+EXTRA_MODULES = ("kopf", "kubernetes")
+INSTALL_HINT = "pip install 'wharf[operator]'"
+try:
+    import kopf
+
+    from . import credentials
+    from .controller import Controller, OperatorConfig
+    from .handlers import build_registry
+except ModuleNotFoundError as exc:
+    if (exc.name or "").split(".")[0] not in EXTRA_MODULES:
+        raise
+    MISSING_MODULE: str | None = exc.name
+else:
+    MISSING_MODULE = None
 
 # Networks the operator may call pods in, when --allow-pod-network is not given. The test suite sets it to
 # 127.0.0.0/8 for every process it starts, so no test can ever reach a real address.
@@ -101,6 +115,10 @@ async def run(args: argparse.Namespace) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
+    if MISSING_MODULE:
+        print(f"wharf-operator: the operator's dependencies are not installed (no module {MISSING_MODULE!r}): "
+              f"{INSTALL_HINT}", file=sys.stderr)
+        return 1
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stderr)
     try:

@@ -30,11 +30,42 @@ def test_check_config_accepts_a_good_file(tmp_path):
 
 
 def test_check_config_on_the_embedded_default(tmp_path):
-    result = run_cli("--check-config", cwd=tmp_path)
+    home = tmp_path / "state"
+    result = run_cli("--check-config", cwd=tmp_path, env={"WHARF_HOME": str(home)})
     assert result.returncode == 0, result.stderr
     for expected in ("tcp:default (0.0.0.0:1883)", "ssl:default (0.0.0.0:8883)", "ws:default (0.0.0.0:8083)",
-                     "wss:default (0.0.0.0:8084)", "admin api: 127.0.0.1:18083"):
+                     "wss:default (0.0.0.0:8084)", "admin api: 127.0.0.1:18083",
+                     f"generated a local CA {home}/certs/rootCA.crt", f"trust the CA {home}/certs/rootCA.crt",
+                     f"client certificate {home}/certs/client.crt and key {home}/certs/client.key"):
         assert expected in result.stdout
+    # The check loaded the material the broker will serve; a second check reuses it.
+    again = run_cli("--check-config", cwd=tmp_path, env={"WHARF_HOME": str(home)})
+    assert again.returncode == 0, again.stderr
+    assert "generated a " not in again.stdout and f"trust the CA {home}/certs/rootCA.crt" in again.stdout
+
+
+def test_embedded_default_cannot_write_its_state_directory(tmp_path):
+    """An unwritable state directory is one line and exit 1, not a traceback."""
+    blocker = tmp_path / "not-a-directory"
+    blocker.write_text("")
+    result = run_cli("--check-config", cwd=tmp_path, env={"WHARF_HOME": str(blocker)})
+    assert result.returncode == 1
+    assert result.stderr.startswith(f"wharf-broker: cannot keep the embedded default's certificates in {blocker}")
+    assert "set WHARF_HOME to a writable directory" in result.stderr
+    assert "Traceback" not in result.stderr and len(result.stderr.splitlines()) == 1
+
+
+def test_explicit_config_never_generates_certificates(tmp_path):
+    """--config with certificate paths of its own: missing files are an error, nothing is made."""
+    home = tmp_path / "state"
+    config = tmp_path / "tls.conf"
+    config.write_text('listeners.ssl.x { bind = "127.0.0.1:0", ssl_options { certfile = "${WHARF_STATE_DIR}/certs/'
+                      'server.crt", keyfile = "${WHARF_STATE_DIR}/certs/server.key" } }\n')
+    result = run_cli("--config", str(config), "--check-config", cwd=tmp_path, env={"WHARF_HOME": str(home)})
+    assert result.returncode == 2
+    assert (f"listeners.ssl.x.ssl_options.certfile: file '${{WHARF_STATE_DIR}}/certs/server.crt' not found "
+            f"(that is {home}/certs/server.crt)") in result.stderr
+    assert not home.exists()
 
 
 def test_bad_config_exits_2_naming_every_problem(tmp_path):
@@ -203,14 +234,18 @@ def test_check_config_loads_tls_material(tmp_path, certs):
     assert result.returncode == 0, result.stderr
 
 
-def test_embedded_default_serves_one_way_and_mutual_tls(broker_process, certs, tmp_path):
-    """The README's promise: the default config serves TLS to clients with and without a certificate."""
+def test_embedded_default_serves_one_way_and_mutual_tls(broker_process, tmp_path):
+    """The README's promise: the default config serves TLS to clients with and without a certificate, with the
+    CA and client certificate it generated on its first start (and logged)."""
     pytest.importorskip("wharf_broker.tls")
     import shutil
     import ssl
 
+    certs = tmp_path / "wharf-home" / "certs"
     env = {f"WHARF_{kind}_BIND": "127.0.0.1:0" for kind in ("TCP", "SSL", "WS", "WSS", "DASHBOARD")}
-    broker = broker_process(None, env=env)
+    broker = broker_process(None, env={**env, "WHARF_HOME": str(certs.parent)})
+    assert f"trust the CA {certs}/rootCA.crt; client certificate {certs}/client.crt and key {certs}/client.key" \
+        in broker.log
     port = broker.port("ssl:default")
 
     def handshake(with_cert: bool, cert_dir=certs) -> bytes:

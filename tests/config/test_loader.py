@@ -245,8 +245,17 @@ def test_listener_names():
     assert "listener name 'bad name'" in error
 
 
-def test_embedded_default(monkeypatch, tmp_path):
-    monkeypatch.chdir(tmp_path)  # certificates are found from the checkout, not the working dir
+@pytest.fixture
+def default_pki(monkeypatch, tmp_path):
+    """A state directory in tmp_path holding the embedded default's generated certificates."""
+    from wharf_broker.tls import localpki
+
+    monkeypatch.setenv("WHARF_HOME", str(tmp_path / "state"))
+    return localpki.ensure()
+
+
+def test_embedded_default(monkeypatch, tmp_path, default_pki):
+    monkeypatch.chdir(tmp_path)
     config = embedded_default()
     assert config.listeners.tcp["default"].bind == "0.0.0.0:1883"
     assert config.listeners.ws["default"].bind == "0.0.0.0:8083"
@@ -254,12 +263,18 @@ def test_embedded_default(monkeypatch, tmp_path):
     ssl = config.listeners.ssl["default"]
     assert ssl.bind == "0.0.0.0:8883"
     assert ssl.ssl_options.verify == "verify_peer" and ssl.ssl_options.fail_if_no_peer_cert is False
-    assert ssl.ssl_options.certfile.endswith("etc/certs/server.crt")
+    # The generated PKI in the state directory, never a certificate from the checkout.
+    for options in (ssl.ssl_options, config.listeners.wss["default"].ssl_options):
+        assert options.certfile == str(default_pki.server[0])
+        assert options.keyfile == str(default_pki.server[1])
+        assert options.cacertfile == str(default_pki.ca)
     assert config.dashboard.listeners.http.bind == "127.0.0.1:18083"
+    # Dashboard uploads go to the state directory too, not to the working directory.
+    assert config.dashboard.upload_dir == str(default_pki.directory.parent / "uploads")
     assert config.authentication.allow_anonymous is True
 
 
-def test_embedded_default_binds_come_from_the_environment(monkeypatch):
+def test_embedded_default_binds_come_from_the_environment(monkeypatch, default_pki):
     monkeypatch.setenv("WHARF_TCP_BIND", "127.0.0.1:0")
     monkeypatch.setenv("WHARF_DASHBOARD_BIND", "127.0.0.1:0")
     config = embedded_default()
@@ -267,7 +282,7 @@ def test_embedded_default_binds_come_from_the_environment(monkeypatch):
     assert config.dashboard.listeners.http.bind == "127.0.0.1:0"
 
 
-def test_embedded_default_admin_api_beyond_loopback_needs_the_token_variable(monkeypatch):
+def test_embedded_default_admin_api_beyond_loopback_needs_the_token_variable(monkeypatch, default_pki):
     monkeypatch.setenv("WHARF_DASHBOARD_BIND", "0.0.0.0:18083")
     monkeypatch.delenv("WHARF_DASHBOARD_TOKEN", raising=False)
     with pytest.raises(ConfigError, match="set dashboard.token"):
@@ -277,12 +292,36 @@ def test_embedded_default_admin_api_beyond_loopback_needs_the_token_variable(mon
 
 
 def test_embedded_default_without_certificates(monkeypatch, tmp_path):
+    """The checkout's etc/certs are not a fallback: without the generated files the default does not load."""
     monkeypatch.chdir(tmp_path)
-    monkeypatch.setattr(loader, "search_dirs", lambda: [tmp_path])
+    monkeypatch.setenv("WHARF_HOME", str(tmp_path / "empty"))
     with pytest.raises(ConfigError) as info:
         embedded_default()
-    assert "listeners.ssl.default.ssl_options.certfile: file 'etc/certs/server.crt' not found" in str(info.value)
+    assert ("listeners.ssl.default.ssl_options.certfile: file '${WHARF_STATE_DIR}/certs/server.crt' not found "
+            f"(that is {tmp_path}/empty/certs/server.crt)") in str(info.value)
     assert "default.conf:" in str(info.value)
+
+
+def test_state_dir_order(monkeypatch, tmp_path):
+    """$WHARF_HOME, else $XDG_STATE_HOME/wharf (when absolute, as the XDG spec says), else ~/.local/state/wharf."""
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))
+    monkeypatch.delenv("WHARF_HOME", raising=False)
+    monkeypatch.delenv("XDG_STATE_HOME", raising=False)
+    assert loader.state_dir() == tmp_path / "home" / ".local" / "state" / "wharf"
+    monkeypatch.setenv("XDG_STATE_HOME", "relative/state")
+    assert loader.state_dir() == tmp_path / "home" / ".local" / "state" / "wharf"
+    monkeypatch.setenv("XDG_STATE_HOME", str(tmp_path / "xdg"))
+    assert loader.state_dir() == tmp_path / "xdg" / "wharf"
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("WHARF_HOME", "relative-home")
+    assert loader.state_dir() == tmp_path / "relative-home"
+
+
+def test_state_dir_placeholder_in_any_path(monkeypatch, tmp_path):
+    (tmp_path / "acl.conf").write_text("{allow, all}.\n")
+    monkeypatch.setenv("WHARF_HOME", str(tmp_path))
+    config = load_string('authorization.file { enable = true, path = "${WHARF_STATE_DIR}/acl.conf" }')
+    assert config.authorization.file.path == str(tmp_path / "acl.conf")
 
 
 def test_load_file(tmp_path):

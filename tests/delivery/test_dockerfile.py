@@ -58,4 +58,18 @@ def test_dockerignore_keeps_the_context_small() -> None:
     lines = [line for line in (ROOT / ".dockerignore").read_text().splitlines()
              if line and not line.startswith("#")]
     assert lines[0] == "*"
-    assert {"!pyproject.toml", "!README.md", "!broker/", "!operator/", "!etc/certs/"} <= set(lines)
+    assert {"!pyproject.toml", "!README.md", "!broker/", "!operator/"} <= set(lines)
+    # No certificates or keys in the build context: the image must not carry the repository's test keys.
+    assert not [line for line in lines if line.startswith("!") and "etc" in line], lines
+
+
+def test_image_carries_no_key_and_has_a_private_state_directory() -> None:
+    """The built-in config generates its PKI at first start into WHARF_HOME, writable only by the wharf user."""
+    final = stages()[-1]
+    copies = [i for i in final if i.startswith(("COPY", "ADD"))]
+    assert copies == ["COPY --from=build /opt/wharf/venv /opt/wharf/venv"], copies
+    assert not any(re.search(r"etc/certs|\.key\b|\.pem\b", i) for i in " ".join(stages()[0]).split("&&"))
+    env = " ".join(i for i in final if i.startswith("ENV "))
+    assert re.search(r"\bWHARF_HOME=/var/lib/wharf\b", env), env
+    assert any('install -d -o "${WHARF_UID}" -g "${WHARF_UID}" -m 0700 /var/lib/wharf' in i
+               for i in final if i.startswith("RUN ")), final

@@ -83,12 +83,39 @@ def free_port() -> int:
 def test_image_runs_unprivileged_without_build_tools(image: str, docker_env: dict) -> None:
     out = docker("run", "--rm", "--network", "none", image, "sh", "-c",
                  "id -u; for t in pip pip3 gcc cc make; do command -v $t || true; done; "
-                 "ls /opt/wharf/etc/certs; wharf-operator --version; wharf-broker --version",
+                 "wharf-operator --version; wharf-broker --version",
                  env=docker_env).stdout.split()
     assert out[0] == "10001"
     assert not any(word.endswith(("/pip", "/pip3", "/gcc", "/cc", "/make")) for word in out), out
-    assert "rootCA.key" not in out and "rootCA.crt" in out
     assert "wharf-operator" in out and "wharf-broker" in out
+
+
+def test_image_carries_no_private_key_of_the_repository(image: str, docker_env: dict) -> None:
+    """Anyone has the repository's test keys: no file in the image may hold one. The state directory is empty,
+    private and the unprivileged user's."""
+    needles = []
+    for key in CERTS.glob("*.key"):
+        body = [line for line in key.read_text().splitlines() if line and not line.startswith("-----")]
+        needles += ["-e", body[1] if len(body) > 1 else body[0]]
+    script = ("grep -rlF " + " ".join(f"'{n}'" for n in needles) +
+              " / --exclude-dir=proc --exclude-dir=sys --exclude-dir=dev 2>/dev/null; "
+              "echo \"home=$WHARF_HOME\"; stat -c 'state=%u:%g:%a' /var/lib/wharf; ls -A /var/lib/wharf | wc -l; "
+              "test ! -e /opt/wharf/etc && echo no-etc")
+    out = docker("run", "--rm", "--network", "none", "--user", "0", image, "sh", "-c", script,
+                 env=docker_env, timeout=300).stdout.split()
+    assert out == ["home=/var/lib/wharf", "state=10001:10001:700", "0", "no-etc"], out
+
+
+def test_state_survives_in_a_volume(image: str, docker_env: dict, tmp_path: Path) -> None:
+    """With /var/lib/wharf on a volume, the next container reuses the CA the first one generated."""
+    state = tmp_path / "state"
+    state.mkdir(mode=0o700)
+    os.chown(state, 10001, 10001)
+    runs = [docker("run", "--rm", "--network", "none", "-v", f"{state}:/var/lib/wharf", image, "wharf-broker",
+                   "--check-config", env=docker_env).stdout for _ in range(2)]
+    assert "generated a local CA /var/lib/wharf/certs/rootCA.crt" in runs[0]
+    assert "generated a " not in runs[1] and "trust the CA /var/lib/wharf/certs/rootCA.crt" in runs[1]
+    assert (state / "certs" / "rootCA.key").stat().st_mode & 0o077 == 0
 
 
 def test_default_command_is_the_broker(image: str, docker_env: dict) -> None:
@@ -98,8 +125,9 @@ def test_default_command_is_the_broker(image: str, docker_env: dict) -> None:
 
 
 @pytest.fixture
-def broker_container(image: str, docker_env: dict):
-    """The image's default command (the broker, built-in config, bundled test certificates) on loopback ports."""
+def broker_container(image: str, docker_env: dict, tmp_path: Path):
+    """The image's default command (the broker, built-in config) on loopback ports; ``["certs"]`` is a copy of the
+    CA and client certificate it generated (read from the container, where the log says they are)."""
     ports = {name: free_port() for name in ("TCP", "SSL", "WS", "WSS", "DASHBOARD")}
     name = f"wharf-test-{uuid.uuid4().hex[:8]}"
     args = ["run", "-d", "--name", name, "--network", "host"]
@@ -118,16 +146,24 @@ def broker_container(image: str, docker_env: dict):
                 assert state == "true", f"the broker container exited:\n{logs.stdout}{logs.stderr}"
                 assert time.monotonic() < deadline, f"the broker never listened:\n{logs.stderr[-2000:]}"
                 time.sleep(0.5)
-        yield ports
+        logs = docker("logs", name, env=docker_env)
+        assert "trust the CA /var/lib/wharf/certs/rootCA.crt; client certificate /var/lib/wharf/certs/client.crt " \
+               "and key /var/lib/wharf/certs/client.key" in logs.stdout + logs.stderr
+        certs = tmp_path / "generated"
+        certs.mkdir()
+        for file in ("rootCA.crt", "server.crt", "client.crt", "client.key"):
+            (certs / file).write_text(docker("exec", name, "cat", f"/var/lib/wharf/certs/{file}",
+                                             env=docker_env).stdout)
+        yield {**ports, "certs": certs}
     finally:
         docker("rm", "-f", name, env=docker_env, check=False)
 
 
-def tls_client(client_id: str, with_client_cert: bool) -> mqtt.Client:
+def tls_client(client_id: str, certs: Path, with_client_cert: bool) -> mqtt.Client:
     client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=client_id, protocol=mqtt.MQTTv5)
-    context = ssl.create_default_context(cafile=str(CERTS / "rootCA.crt"))
+    context = ssl.create_default_context(cafile=str(certs / "rootCA.crt"))
     if with_client_cert:
-        context.load_cert_chain(str(CERTS / "client.crt"), str(CERTS / "client.key"))
+        context.load_cert_chain(str(certs / "client.crt"), str(certs / "client.key"))
     client.tls_set_context(context)
     return client
 
@@ -135,21 +171,23 @@ def tls_client(client_id: str, with_client_cert: bool) -> mqtt.Client:
 @pytest.mark.parametrize("with_client_cert", [False, True], ids=["one-way", "mutual"])
 def test_host_exchanges_messages_with_the_container_over_tls(broker_container: dict,
                                                              with_client_cert: bool) -> None:
-    port = broker_container["SSL"]
-    # The certificate served is the bundled test certificate, verified against its CA for "localhost".
-    context = ssl.create_default_context(cafile=str(CERTS / "rootCA.crt"))
+    port, certs = broker_container["SSL"], broker_container["certs"]
+    # The certificate served is the one generated in the container, verified against its CA for "localhost".
+    context = ssl.create_default_context(cafile=str(certs / "rootCA.crt"))
     with socket.create_connection(("127.0.0.1", port), timeout=10) as raw, \
             context.wrap_socket(raw, server_hostname="localhost") as tls:
         served = hashlib.sha256(tls.getpeercert(binary_form=True)).hexdigest()
-    expected = hashlib.sha256(ssl.PEM_cert_to_DER_cert((CERTS / "server.crt").read_text())).hexdigest()
+    expected = hashlib.sha256(ssl.PEM_cert_to_DER_cert((certs / "server.crt").read_text())).hexdigest()
     assert served == expected
+    repository = hashlib.sha256(ssl.PEM_cert_to_DER_cert((CERTS / "server.crt").read_text())).hexdigest()
+    assert served != repository
 
     received: queue.Queue = queue.Queue()
-    subscriber = tls_client("image-sub", with_client_cert)
+    subscriber = tls_client("image-sub", certs, with_client_cert)
     subscriber.on_message = lambda _c, _u, message: received.put((message.topic, message.payload))
     subscriber.connect("localhost", port)
     subscriber.loop_start()
-    publisher = tls_client("image-pub", with_client_cert)
+    publisher = tls_client("image-pub", certs, with_client_cert)
     publisher.connect("localhost", port)
     publisher.loop_start()
     try:
@@ -193,7 +231,7 @@ def untrusted_client_certificate(directory: Path) -> tuple[str, str]:
     return str(cert_path), str(key_path)
 
 
-def mqtt_connect_over_tls(port: int, client_cert: tuple[str, str]) -> bytes:
+def mqtt_connect_over_tls(port: int, cafile: Path, client_cert: tuple[str, str]) -> bytes:
     """Send an MQTT 3.1.1 CONNECT with this client certificate; return the first bytes of the answer.
 
     b"" (or an SSL error) means the broker closed the connection; a CONNACK starts with 0x20.
@@ -201,7 +239,7 @@ def mqtt_connect_over_tls(port: int, client_cert: tuple[str, str]) -> bytes:
     client_id = b"image-test"
     variable = b"\x00\x04MQTT\x04\x02\x00\x3c" + len(client_id).to_bytes(2, "big") + client_id
     connect = bytes([0x10, len(variable)]) + variable
-    context = ssl.create_default_context(cafile=str(CERTS / "rootCA.crt"))
+    context = ssl.create_default_context(cafile=str(cafile))
     context.load_cert_chain(*client_cert)
     with socket.create_connection(("127.0.0.1", port), timeout=10) as raw, \
             context.wrap_socket(raw, server_hostname="localhost") as tls:
@@ -213,18 +251,20 @@ def mqtt_connect_over_tls(port: int, client_cert: tuple[str, str]) -> bytes:
 
 
 def test_container_verifies_client_certificates(broker_container: dict, tmp_path: Path) -> None:
-    """verify_peer in the built-in config: a presented certificate must chain to the bundled CA."""
-    port = broker_container["SSL"]
-    trusted = (str(CERTS / "client.crt"), str(CERTS / "client.key"))
-    assert mqtt_connect_over_tls(port, trusted)[:1] == b"\x20"  # CONNACK
+    """verify_peer in the built-in config: a presented certificate must chain to the generated CA."""
+    port, certs = broker_container["SSL"], broker_container["certs"]
+    cafile = certs / "rootCA.crt"
+    trusted = (str(certs / "client.crt"), str(certs / "client.key"))
+    assert mqtt_connect_over_tls(port, cafile, trusted)[:1] == b"\x20"  # CONNACK
     # With TLS 1.3 the server's verdict comes after the client's handshake completes: the broker then
-    # closes the connection instead of answering the CONNECT.
-    assert mqtt_connect_over_tls(port, untrusted_client_certificate(tmp_path)) == b""
+    # closes the connection instead of answering the CONNECT. The repository's test client is a stranger too.
+    assert mqtt_connect_over_tls(port, cafile, untrusted_client_certificate(tmp_path)) == b""
+    assert mqtt_connect_over_tls(port, cafile, (str(CERTS / "client.crt"), str(CERTS / "client.key"))) == b""
 
 
 def test_image_runs_the_config_the_operator_renders(image: str, docker_env: dict, tmp_path: Path) -> None:
     """In Kubernetes the broker gets the operator's config (the whole config) and Secret volumes, so the
-    bundled test certificates are not used: the rendered config names only the mounted files, and the image's
+    generated certificates are not used: the rendered config names only the mounted files, and the image's
     broker accepts it with those files in place (--check-config loads the certificate material)."""
     import yaml
     from wharf_operator import crd, layout, render
