@@ -405,6 +405,7 @@ class _Checker:
                 self.issue(f"{key}.proxy_protocol", "is only supported on tcp, ssl and ws listeners")
             if listener.proxy_protocol_timeout <= 0:
                 self.issue(f"{key}.proxy_protocol_timeout", "must be greater than 0")
+            self.check_proxy_trust(listener, f"{key}.proxy_protocol_trusted_cidrs")
             if kind in ("ws", "wss"):
                 self.check_websocket(listener.websocket, f"{key}.websocket")
             if kind in ("ssl", "wss"):
@@ -480,6 +481,18 @@ class _Checker:
             self.issue("mqtt.keepalive_multiplier", "must be greater than 0")
         if mqtt.server_keepalive is not None and mqtt.server_keepalive > 65535:
             self.issue("mqtt.server_keepalive", "must be at most 65535 seconds")
+
+    def check_proxy_trust(self, listener: model.TcpListener, key: str) -> None:
+        from ..proxy_protocol import parse_cidr
+
+        for index, cidr in enumerate(listener.proxy_protocol_trusted_cidrs):
+            try:
+                parse_cidr(cidr)
+            except ValueError as exc:
+                self.issue(f"{key}[{index}]", f"{cidr!r} is not an IP address or network: {exc}")
+        if listener.proxy_protocol and not listener.proxy_protocol_trusted_cidrs:
+            self.issue(key, "must list the load balancers' addresses (e.g. [\"192.0.2.10/32\"]) when "
+                            "proxy_protocol = true: only they may send a PROXY header")
 
     def check_websocket(self, ws: model.WebsocketOptions, key: str) -> None:
         if not ws.mqtt_path.startswith("/"):

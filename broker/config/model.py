@@ -133,6 +133,9 @@ class TcpListener:
     max_conn_rate: Limit = None
     proxy_protocol: bool = False
     proxy_protocol_timeout: Duration = 3.0
+    # The load balancers (CIDRs, or single addresses) whose connections may carry a PROXY header; anyone else is
+    # closed before a byte is read. Required (non-empty) with ``proxy_protocol = true``.
+    proxy_protocol_trusted_cidrs: list[str] = field(default_factory=list)
     mountpoint: str = ""
     # Overrides of the global ``mqtt.peer_cert_as_*`` for this listener (ssl/wss only).
     peer_cert_as_username: PeerCertAs | None = None
