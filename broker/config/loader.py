@@ -565,6 +565,15 @@ class _Checker:
                 self.issue("dashboard.default_password_hash", problem)
         if dashboard.session_timeout <= 0:
             self.issue("dashboard.session_timeout", "must be greater than 0")
+        throttle = dashboard.login_throttle
+        for name in ("max_failures_per_user", "max_failures_per_address"):
+            if getattr(throttle, name) < 1:
+                self.issue(f"dashboard.login_throttle.{name}", "must be at least 1")
+        for name in ("initial_backoff", "max_backoff", "forget_after"):
+            if getattr(throttle, name) <= 0:
+                self.issue(f"dashboard.login_throttle.{name}", "must be greater than 0")
+        if throttle.max_backoff < throttle.initial_backoff:
+            self.issue("dashboard.login_throttle.max_backoff", "must not be shorter than initial_backoff")
         if dashboard.managed_by and not re.fullmatch(r"[a-z0-9]([-a-z0-9]*[a-z0-9])?/[a-z0-9]([-.a-z0-9]*[a-z0-9])?",
                                                      dashboard.managed_by):
             self.issue("dashboard.managed_by", "must be <namespace>/<name> of the MQTTBroker resource")
