@@ -236,6 +236,36 @@ async def test_a_direct_client_with_a_forged_header_is_closed(kind, caplog):
         await app.stop()
 
 
+def _ipv6_loopback() -> bool:
+    try:
+        with socket.socket(socket.AF_INET6) as probe:
+            probe.bind(("::1", 0))
+        return True
+    except OSError:
+        return False
+
+
+@pytest.mark.skipif(not _ipv6_loopback(), reason="no IPv6 loopback")
+@pytest.mark.parametrize("trusted, believed", [("::1/128", True), ("2001:db8::/64", False), ("127.0.0.1/32", False)])
+async def test_ipv6_peers(trusted, believed):
+    app = BrokerApp(load_string(f'listeners.tcp.px {{ bind = "[::1]:0", proxy_protocol = true, '
+                                f'proxy_protocol_trusted_cidrs = ["{trusted}"] }}\ndashboard.enable = false'),
+                    PeerEchoBroker)
+    await app.start()
+    try:
+        port = int(app.listeners["tcp:px"].bind.rsplit(":", 1)[1])
+        reader, writer = await asyncio.open_connection("::1", port)
+        writer.write(V1 + b"hello")
+        if believed:
+            assert json.loads(await asyncio.wait_for(reader.read(1000), 5))["peer"] == ["203.0.113.7", 51234]
+        else:
+            with _eof_or_reset():
+                assert await asyncio.wait_for(reader.read(1000), 5) == b""
+        writer.close()
+    finally:
+        await app.stop()
+
+
 async def test_the_balancer_must_send_a_header():
     """A trusted peer without a header is not taken for a direct client (HAProxy's accept-proxy)."""
     app = await proxied_app()
