@@ -238,10 +238,12 @@ def _listener_schema() -> Schema:
                   "ssl and wss listeners need tls; tcp and ws listeners must not have it"),
             _rule("!has(self.websocket) || self.type == 'ws' || self.type == 'wss'",
                   "websocket settings only apply to ws and wss listeners"),
-            _rule("!self.proxyProtocol || (has(self.proxyProtocolTrustedCIDRs) && "
+            # has(): the API server also checks the listeners' default, which it does not default itself.
+            _rule("!has(self.proxyProtocol) || !self.proxyProtocol || (has(self.proxyProtocolTrustedCIDRs) && "
                   "size(self.proxyProtocolTrustedCIDRs) > 0)",
                   "proxyProtocol needs proxyProtocolTrustedCIDRs (the load balancers' addresses)"),
-            _rule("!self.proxyProtocol || self.type != 'wss'", "proxyProtocol is not supported on wss listeners"),
+            _rule("!has(self.proxyProtocol) || !self.proxyProtocol || self.type != 'wss'",
+                  "proxyProtocol is not supported on wss listeners"),
             _rule(f"self.port != {ADMIN_PORT}", f"port {ADMIN_PORT} is the broker's admin API"),
             _rule("self.name != 'admin' && !self.name.contains('--')",
                   "listener name must not be 'admin' nor contain '--'"),
