@@ -15,6 +15,10 @@ Tests and tools parse this line: keep the format stable.
 PROXY header or TLS handshake, and the connection's outermost protocol gives it back when the connection ends,
 however it ends (``listener_slots.py``). Connections in a TLS handshake count, so a burst of handshakes cannot
 overshoot the limit. ws/wss connections take their slot at the WebSocket upgrade.
+
+``proxy_protocol = true`` puts ``proxy_protocol.ProxyProtocolGate`` first (after admission): only peers in
+``proxy_protocol_trusted_cidrs`` may connect and must send a header. A listener without a trusted list refuses to
+start (the loader refuses the config first); a /0 in the list is allowed and logged as a WARNING at start.
 """
 
 from __future__ import annotations
@@ -54,6 +58,11 @@ REFUSED = metrics.REGISTRY.counter(
     "wharf_listener_connections_refused_total",
     "Connections refused by a listener (reason: max_connections, max_conn_rate, proxy_protocol)",
     ("listener", "reason"))
+PROXY_REFUSED = metrics.REGISTRY.counter(
+    "wharf_proxy_protocol_refused_total",
+    "Connections dropped by a listener's PROXY protocol gate (reason: untrusted_peer, bad_header, timeout)",
+    ("listener", "reason"))
+PROXY_REASONS = ("untrusted_peer", "bad_header", "timeout")
 
 
 class TlsUnavailable(RuntimeError):
@@ -112,6 +121,7 @@ class Listener:
         self._accepted = ACCEPTED.labels(listener=self.id)
         self._refused = {reason: REFUSED.labels(listener=self.id, reason=reason)
                          for reason in ("max_connections", "max_conn_rate", "proxy_protocol")}
+        self._proxy_trust: Any = None  # proxy_protocol.TrustedPeers, built at the first start
 
     @property
     def enable(self) -> bool:
@@ -158,12 +168,37 @@ class Listener:
 
         return factory
 
+    def _trusted_proxies(self):
+        """The listener's ``proxy_protocol_trusted_cidrs``, parsed once; raises ``ValueError`` when empty."""
+        from .proxy_protocol import TrustedPeers
+
+        if self._proxy_trust is None:
+            trusted = TrustedPeers(self.config.proxy_protocol_trusted_cidrs)
+            if not trusted:
+                raise ValueError(f"listener {self.id}: proxy_protocol = true needs proxy_protocol_trusted_cidrs "
+                                 "(the load balancers' addresses)")
+            if trusted.open_to_all:
+                log.warning("listener %s: proxy_protocol_trusted_cidrs holds a /0: any client that reaches this "
+                            "listener can send a PROXY header and choose its source address and TLS identity",
+                            self.id)
+            self._proxy_trust = trusted
+        return self._proxy_trust
+
     def _behind_proxy_header(self, inner: ProtocolFactory) -> ProtocolFactory:
-        from .proxy_protocol import ProxyProtocolGate
+        from .proxy_protocol import ProxyProtocolGate, RefusalLog
 
         timeout = self.config.proxy_protocol_timeout
-        refused = self._refused["proxy_protocol"].inc
-        return lambda: ProxyProtocolGate(inner(), timeout, self.id, refused)  # type: ignore[arg-type]
+        trusted = self._trusted_proxies()
+        refusal_log = RefusalLog(self.id)
+        total = self._refused["proxy_protocol"]
+        by_reason = {reason: PROXY_REFUSED.labels(listener=self.id, reason=reason) for reason in PROXY_REASONS}
+
+        def refused(reason: str) -> None:
+            total.inc()
+            by_reason[reason].inc()
+
+        return lambda: ProxyProtocolGate(inner(), timeout, self.id, trusted,  # type: ignore[arg-type]
+                                         refused, refusal_log)
 
     # -- life cycle
     async def start(self) -> None:

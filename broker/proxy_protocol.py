@@ -2,9 +2,17 @@
 
 A load balancer that terminates nothing but TCP prepends one header naming the real client. ``ProxyProtocolGate``
 reads that header (within ``proxy_protocol_timeout``), then hands the connection to the real protocol with a
-transport whose ``peername`` is the client's address. A connection without a valid header is dropped: with the
-option on, only the load balancer may connect. On an ssl listener the header comes before the TLS handshake
-(the TLS runtime's ``pre_tls`` hook puts the gate in front of TLS).
+transport whose ``peername`` is the client's address. On an ssl listener the header comes before the TLS
+handshake (the TLS runtime's ``pre_tls`` hook puts the gate in front of TLS).
+
+Who may send a header: only peers inside the listener's ``proxy_protocol_trusted_cidrs`` (``TrustedPeers``). The
+TCP peer address is checked in ``connection_made``, before a single byte is read: a connection from anywhere
+else is aborted (reason ``untrusted_peer``), whatever it would have sent, so a client that reaches the listener
+directly can neither forge its source address nor a TLS identity. A trusted peer must send a valid header, like
+HAProxy's ``accept-proxy``: a connection from the balancer without one is dropped too (``bad_header``,
+``timeout``); it is never taken as a direct client, which would give every client behind a misconfigured
+balancer the balancer's own address. Refusals go to ``on_refused(reason)``; untrusted peers are logged at
+WARNING, at most once per ``LOG_EVERY`` seconds per listener with the number left out in between.
 
 A v2 header may carry TLVs; when the balancer terminated TLS itself and says the client presented a certificate
 it verified (``PP2_TYPE_SSL`` with ``PP2_CLIENT_CERT_CONN`` and verify = 0), its CN
@@ -17,7 +25,9 @@ from __future__ import annotations
 import asyncio
 import ipaddress
 import logging
-from typing import Any, Callable
+import socket
+import time
+from typing import Any, Callable, Iterable
 
 log = logging.getLogger("wharf.listeners")
 
@@ -28,6 +38,89 @@ V2_MAX_PAYLOAD = 512
 
 class ProxyHeaderError(ValueError):
     pass
+
+
+Network = ipaddress.IPv4Network | ipaddress.IPv6Network
+LOG_EVERY = 10.0
+
+
+def parse_cidr(text: str) -> Network:
+    """One entry of ``proxy_protocol_trusted_cidrs``: ``10.0.0.0/8``, ``2001:db8::/32``, or one address (a /32 or
+    /128). Host bits may be set (``10.1.2.3/8`` means ``10.0.0.0/8``). Raises ``ValueError``."""
+    if not isinstance(text, str) or not text.strip():
+        raise ValueError("an empty entry is not a network")
+    return ipaddress.ip_network(text.strip(), strict=False)
+
+
+class TrustedPeers:
+    """The networks whose connections may carry a PROXY header (the load balancers). ``admits`` runs once per
+    accepted connection, on integers (several times cheaper than ``ipaddress`` objects)."""
+
+    __slots__ = ("networks", "_v4", "_v6")
+
+    def __init__(self, cidrs: Iterable[str]) -> None:
+        self.networks: tuple[Network, ...] = tuple(parse_cidr(cidr) for cidr in cidrs)
+        self._v4 = tuple((int(n.network_address), int(n.netmask)) for n in self.networks if n.version == 4)
+        self._v6 = tuple((int(n.network_address), int(n.netmask)) for n in self.networks if n.version == 6)
+
+    def __bool__(self) -> bool:
+        return bool(self.networks)
+
+    @property
+    def open_to_all(self) -> bool:
+        """True when a /0 is listed: every address may send a header."""
+        return any(network.prefixlen == 0 for network in self.networks)
+
+    def admits(self, peername: Any) -> bool:
+        """Whether the TCP peer ``peername`` (a socket address tuple) is inside a trusted network."""
+        if not isinstance(peername, tuple) or not peername or not isinstance(peername[0], str):
+            return False  # not an IP socket: nothing to match
+        host = peername[0]
+        try:
+            if ":" in host:
+                packed = socket.inet_pton(socket.AF_INET6, host.split("%", 1)[0])
+                if packed[:12] == _V4_MAPPED and _inside(int.from_bytes(packed[12:], "big"), self._v4):
+                    return True  # ::ffff:a.b.c.d on a dual-stack socket
+                return _inside(int.from_bytes(packed, "big"), self._v6)
+            return _inside(int.from_bytes(socket.inet_pton(socket.AF_INET, host), "big"), self._v4)
+        except OSError:
+            return False
+
+
+_V4_MAPPED = b"\x00" * 10 + b"\xff\xff"
+
+
+def _inside(address: int, networks: tuple[tuple[int, int], ...]) -> bool:
+    return any(address & mask == network for network, mask in networks)
+
+
+class RefusalLog:
+    """Logs refused untrusted peers with their address, at most once per ``every`` seconds per listener."""
+
+    __slots__ = ("listener_id", "every", "_next", "_skipped")
+
+    def __init__(self, listener_id: str, every: float = LOG_EVERY) -> None:
+        self.listener_id = listener_id
+        self.every = every
+        self._next = 0.0
+        self._skipped = 0
+
+    def untrusted(self, peername: Any) -> None:
+        now = time.monotonic()
+        if now < self._next:
+            self._skipped += 1
+            return
+        skipped, self._skipped, self._next = self._skipped, 0, now + self.every
+        more = f" ({skipped} more since the last such line)" if skipped else ""
+        log.warning("listener %s: closed a connection from %s, which is not in proxy_protocol_trusted_cidrs: "
+                    "only the load balancer may send a PROXY header%s", self.listener_id, _peer_text(peername), more)
+
+
+def _peer_text(peername: Any) -> str:
+    if isinstance(peername, tuple) and len(peername) >= 2:
+        host = str(peername[0])
+        return f"[{host}]:{peername[1]}" if ":" in host else f"{host}:{peername[1]}"
+    return repr(peername)
 
 
 Address = tuple[str, int]
@@ -214,28 +307,42 @@ class ProxiedTransport(asyncio.Transport):
 
 
 class ProxyProtocolGate(asyncio.Protocol):
-    """Reads the PROXY header, then steps aside for ``inner``."""
+    """Admits only trusted peers, reads their PROXY header, then steps aside for ``inner``."""
 
-    def __init__(self, inner: asyncio.Protocol, timeout: float, listener_id: str,
-                 on_refused: Callable[[], None] | None = None) -> None:
+    __slots__ = ("_inner", "_timeout", "_listener_id", "_trusted", "_on_refused", "_refusal_log", "_buffer",
+                 "_transport", "_timer")
+
+    def __init__(self, inner: asyncio.Protocol, timeout: float, listener_id: str, trusted: TrustedPeers,
+                 on_refused: Callable[[str], None] | None = None, refusal_log: RefusalLog | None = None) -> None:
         self._inner = inner
         self._timeout = timeout
         self._listener_id = listener_id
+        self._trusted = trusted
         self._on_refused = on_refused
+        self._refusal_log = refusal_log
         self._buffer = b""
         self._transport: asyncio.Transport | None = None
         self._timer: asyncio.TimerHandle | None = None
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self._transport = transport  # type: ignore[assignment]
-        self._timer = asyncio.get_running_loop().call_later(self._timeout, self._refuse, "no PROXY header in time")
+        peername = transport.get_extra_info("peername")
+        if not self._trusted.admits(peername):
+            # Before any byte is read: whatever header it sends, a direct client is not believed.
+            if self._refusal_log is not None:
+                self._refusal_log.untrusted(peername)
+            self._refuse("untrusted_peer", quiet=True)
+            return
+        self._timer = asyncio.get_running_loop().call_later(self._timeout, self._refuse, "timeout")
 
     def data_received(self, data: bytes) -> None:
+        if self._transport is None or self._transport.is_closing():
+            return
         self._buffer += data
         try:
             parsed = parse_header(self._buffer)
         except ProxyHeaderError as exc:
-            self._refuse(str(exc))
+            self._refuse("bad_header", str(exc))
             return
         if parsed is None:
             return
@@ -243,7 +350,7 @@ class ProxyProtocolGate(asyncio.Protocol):
         try:
             extras = v2_tls_extras(self._buffer[:used]) if client is not None else {}
         except ProxyHeaderError as exc:
-            self._refuse(str(exc))
+            self._refuse("bad_header", str(exc))
             return
         self._cancel_timer()
         transport = self._transport
@@ -262,13 +369,15 @@ class ProxyProtocolGate(asyncio.Protocol):
     def connection_lost(self, exc: Exception | None) -> None:
         self._cancel_timer()
 
-    def _refuse(self, reason: str) -> None:
+    def _refuse(self, reason: str, detail: str = "no PROXY header in time", quiet: bool = False) -> None:
+        """Abort the connection; ``reason`` (untrusted_peer, bad_header, timeout) goes to ``on_refused``."""
         self._cancel_timer()
         if self._transport is not None and not self._transport.is_closing():
-            log.info("listener %s: dropped %s: %s", self._listener_id, self._transport.get_extra_info("peername"),
-                     reason)
+            if not quiet:
+                log.info("listener %s: dropped %s: %s", self._listener_id,
+                         _peer_text(self._transport.get_extra_info("peername")), detail)
             if self._on_refused is not None:
-                self._on_refused()
+                self._on_refused(reason)
             self._transport.abort()
 
     def _cancel_timer(self) -> None:

@@ -12,7 +12,7 @@ from aiohttp import web
 
 from ..config.loader import format_bind, is_loopback, parse_bind
 from .api import APP_KEY, add_routes
-from .auth import TokenSource, auth_middleware
+from .auth import TokenSource, auth_middleware, loopback_guard_middleware
 
 if TYPE_CHECKING:
     from ..app import BrokerApp
@@ -22,7 +22,8 @@ log = logging.getLogger("wharf.admin")
 
 def build_application(broker_app: "BrokerApp") -> web.Application:
     tokens = TokenSource(broker_app.config.dashboard)
-    app = web.Application(middlewares=[auth_middleware(tokens)], client_max_size=1024 * 1024)
+    app = web.Application(middlewares=[loopback_guard_middleware(tokens), auth_middleware(tokens)],
+                          client_max_size=1024 * 1024)
     app[APP_KEY] = broker_app
     add_routes(app)
     from ..dashboard.views import mount

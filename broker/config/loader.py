@@ -428,6 +428,7 @@ class _Checker:
                 self.issue(f"{key}.proxy_protocol", "is only supported on tcp, ssl and ws listeners")
             if listener.proxy_protocol_timeout <= 0:
                 self.issue(f"{key}.proxy_protocol_timeout", "must be greater than 0")
+            self.check_proxy_trust(listener, f"{key}.proxy_protocol_trusted_cidrs")
             if kind in ("ws", "wss"):
                 self.check_websocket(listener.websocket, f"{key}.websocket")
             if kind in ("ssl", "wss"):
@@ -505,6 +506,18 @@ class _Checker:
         if mqtt.server_keepalive is not None and mqtt.server_keepalive > 65535:
             self.issue("mqtt.server_keepalive", "must be at most 65535 seconds")
 
+    def check_proxy_trust(self, listener: model.TcpListener, key: str) -> None:
+        from ..proxy_protocol import parse_cidr
+
+        for index, cidr in enumerate(listener.proxy_protocol_trusted_cidrs):
+            try:
+                parse_cidr(cidr)
+            except ValueError as exc:
+                self.issue(f"{key}[{index}]", f"{cidr!r} is not an IP address or network: {exc}")
+        if listener.proxy_protocol and not listener.proxy_protocol_trusted_cidrs:
+            self.issue(key, "must list the load balancers' addresses (e.g. [\"192.0.2.10/32\"]) when "
+                            "proxy_protocol = true: only they may send a PROXY header")
+
     def check_websocket(self, ws: model.WebsocketOptions, key: str) -> None:
         if not ws.mqtt_path.startswith("/"):
             self.issue(f"{key}.mqtt_path", f"must start with '/', not {ws.mqtt_path!r}")
@@ -578,6 +591,15 @@ class _Checker:
                 self.issue("dashboard.default_password_hash", problem)
         if dashboard.session_timeout <= 0:
             self.issue("dashboard.session_timeout", "must be greater than 0")
+        throttle = dashboard.login_throttle
+        for name in ("max_failures_per_user", "max_failures_per_address"):
+            if getattr(throttle, name) < 1:
+                self.issue(f"dashboard.login_throttle.{name}", "must be at least 1")
+        for name in ("initial_backoff", "max_backoff", "forget_after"):
+            if getattr(throttle, name) <= 0:
+                self.issue(f"dashboard.login_throttle.{name}", "must be greater than 0")
+        if throttle.max_backoff < throttle.initial_backoff:
+            self.issue("dashboard.login_throttle.max_backoff", "must not be shorter than initial_backoff")
         if dashboard.managed_by and not re.fullmatch(r"[a-z0-9]([-a-z0-9]*[a-z0-9])?/[a-z0-9]([-.a-z0-9]*[a-z0-9])?",
                                                      dashboard.managed_by):
             self.issue("dashboard.managed_by", "must be <namespace>/<name> of the MQTTBroker resource")

@@ -136,6 +136,9 @@ class TcpListener:
     max_conn_rate: Limit = None
     proxy_protocol: bool = False
     proxy_protocol_timeout: Duration = 3.0
+    # The load balancers (CIDRs, or single addresses) whose connections may carry a PROXY header; anyone else is
+    # closed before a byte is read. Required (non-empty) with ``proxy_protocol = true``.
+    proxy_protocol_trusted_cidrs: list[str] = field(default_factory=list)
     mountpoint: str = ""
     # Overrides of the global ``mqtt.peer_cert_as_*`` for this listener (ssl/wss only).
     peer_cert_as_username: PeerCertAs | None = None
@@ -285,6 +288,23 @@ class DashboardListeners:
 
 
 @dataclass
+class DashboardLoginThrottle:
+    """``dashboard.login_throttle { ... }``: exponential backoff after failed Dashboard logins."""
+
+    # Failures of one user name from one address before it must wait ``initial_backoff`` (doubling per failure).
+    max_failures_per_user: int = 5
+    # Failures from one address, whatever the user names, before the whole address must wait (token logins take
+    # any user name, so guessing must be throttled per address too). Higher, so one name's failures do not block
+    # another name.
+    max_failures_per_address: int = 20
+    initial_backoff: Duration = 1.0
+    # The longest wait: a correct login is never refused for longer than this.
+    max_backoff: Duration = 60.0
+    # Failures are forgotten this long after the last one.
+    forget_after: Duration = 900.0
+
+
+@dataclass
 class Dashboard:
     """``dashboard { ... }``: the admin API and the web Dashboard on aiohttp."""
 
@@ -308,6 +328,7 @@ class Dashboard:
     # "<namespace>/<name>" of the MQTTBroker resource when the operator runs this broker: the Dashboard then
     # shows the fields that resource owns read-only.
     managed_by: str = ""
+    login_throttle: DashboardLoginThrottle = field(default_factory=DashboardLoginThrottle)
 
 
 @dataclass

@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import logging
+import math
 import secrets
 import time
 from collections.abc import Awaitable, Callable
@@ -31,7 +32,7 @@ from . import markup as ui
 from . import uploads
 from .forms import OPERATOR_OWNED, TLS_VERSIONS, UPLOADS, SslForm, field_of, parse_ssl_form
 from .rates import MessageRates
-from .sessions import COOKIE, LOGIN_COOKIE, LoginGate, Session, SessionStore, csrf_ok
+from .sessions import COOKIE, LOGIN_COOKIE, LOGINS, LoginGate, Session, SessionStore, csrf_ok
 
 if TYPE_CHECKING:
     from ..app import BrokerApp
@@ -191,13 +192,25 @@ class Dashboard:
         if not csrf_ok(request.cookies.get(LOGIN_COOKIE, ""), _text(form.get("csrf"))):
             return self._login_response("The login form expired: try again.", 403)
         address = request.remote or "?"
-        if self.gate.throttled(address):
-            return self._login_response("Too many failed logins from this address: wait a few minutes.", 429)
-        user = self.gate.check(_text(form.get("username")).strip(), _text(form.get("password")))
+        username = _text(form.get("username")).strip()
+        throttle = self.gate.throttle
+        wait = throttle.wait(username, address)
+        if wait is not None:
+            scope, seconds = wait
+            LOGINS.labels(result=f"throttled_{scope}").inc()
+            whom = "this user name from this address" if scope == "user" else "this address"
+            retry = max(1, math.ceil(seconds))
+            response = self._login_response(f"Too many failed logins for {whom}: try again in {retry} s.", 429)
+            response.headers["Retry-After"] = str(retry)
+            return response
+        user = self.gate.check(username, _text(form.get("password")))
         if user is None:
-            self.gate.failed(address)
-            log.warning("dashboard: failed login from %s", address)
+            throttle.failed(username, address)
+            LOGINS.labels(result="failed").inc()
+            log.warning("dashboard: failed login for %.64r from %s", username, address)
             return self._login_response("Wrong username, password or token.", 401)
+        throttle.succeeded(username, address)
+        LOGINS.labels(result="ok").inc()
         session = self.sessions.create(user)
         log.info("dashboard: %s logged in from %s", user, address)
         response = web.HTTPSeeOther("/dashboard/")

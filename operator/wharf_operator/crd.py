@@ -29,6 +29,9 @@ ADMIN_PORT = 18083
 DURATION_PATTERN = r"^[0-9]+(\.[0-9]+)?(ms|s|m|h|d)?$"
 PEER_CERT_AS = ["disabled", "cn", "dn", "crt", "pem", "md5"]
 TLS_VERSIONS = ["tlsv1.3", "tlsv1.2", "tlsv1.1", "tlsv1"]
+# The shape of an IPv4 or IPv6 address with an optional prefix length; the operator and the broker parse it fully.
+CIDR_PATTERN = (r"^(([0-9]{1,3}\.){3}[0-9]{1,3}(/([0-9]|[12][0-9]|3[0-2]))?"
+                r"|[0-9a-fA-F:.]*:[0-9a-fA-F:.]*(/([0-9]|[1-9][0-9]|1[01][0-9]|12[0-8]))?)$")
 
 Schema = dict[str, Any]
 
@@ -214,8 +217,15 @@ def _listener_schema() -> Schema:
                                        minimum=1),
             "maxConnRate": _integer("New connections accepted per second per pod; unset means unlimited.",
                                     minimum=1),
-            "proxyProtocol": _boolean("Expect a PROXY protocol header (behind a load balancer that sends one).",
-                                      default=False),
+            "proxyProtocol": _boolean("Expect a PROXY protocol header (behind a load balancer that sends one). "
+                                      "Needs proxyProtocolTrustedCIDRs; not on wss listeners.", default=False),
+            "proxyProtocolTrustedCIDRs": _array(
+                "The load balancers' addresses: only connections from these networks may carry a PROXY header "
+                "(others are closed before a byte is read). Required with proxyProtocol. A header can claim any "
+                "client address and, through its TLS TLV, a verified certificate CN: list the balancers only.",
+                _string("An IPv4 or IPv6 network (192.0.2.10/32, 10.0.0.0/8, 2001:db8::/64) or one address.",
+                        pattern=CIDR_PATTERN, max_length=49),
+                max_items=64),
             "websocket": _object("WebSocket settings of a ws or wss listener.", {
                 "path": _string("HTTP path that accepts MQTT WebSocket connections.", default="/mqtt",
                                 pattern=r"^/.*$", max_length=256),
@@ -228,6 +238,12 @@ def _listener_schema() -> Schema:
                   "ssl and wss listeners need tls; tcp and ws listeners must not have it"),
             _rule("!has(self.websocket) || self.type == 'ws' || self.type == 'wss'",
                   "websocket settings only apply to ws and wss listeners"),
+            # has(): the API server also checks the listeners' default, which it does not default itself.
+            _rule("!has(self.proxyProtocol) || !self.proxyProtocol || (has(self.proxyProtocolTrustedCIDRs) && "
+                  "size(self.proxyProtocolTrustedCIDRs) > 0)",
+                  "proxyProtocol needs proxyProtocolTrustedCIDRs (the load balancers' addresses)"),
+            _rule("!has(self.proxyProtocol) || !self.proxyProtocol || self.type != 'wss'",
+                  "proxyProtocol is not supported on wss listeners"),
             _rule(f"self.port != {ADMIN_PORT}", f"port {ADMIN_PORT} is the broker's admin API"),
             _rule("self.name != 'admin' && !self.name.contains('--')",
                   "listener name must not be 'admin' nor contain '--'"),

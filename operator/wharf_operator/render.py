@@ -9,6 +9,7 @@ rolls the pods, while a change to a listener's ``ssl_options`` only is pushed to
 from __future__ import annotations
 
 import hashlib
+import ipaddress
 import json
 from typing import Any
 
@@ -66,6 +67,20 @@ def ssl_options(listener: dict[str, Any], reload_interval: str, root: str = layo
     return options
 
 
+def _trusted_cidrs(listener: dict[str, Any]) -> list[str]:
+    """``proxyProtocolTrustedCIDRs``, each checked as the broker will (a bad one would stop the broker)."""
+    where = f"spec.listeners[{listener['name']}].proxyProtocolTrustedCIDRs"
+    cidrs = [str(cidr) for cidr in listener.get("proxyProtocolTrustedCIDRs") or []]
+    for cidr in cidrs:
+        try:
+            ipaddress.ip_network(cidr, strict=False)
+        except ValueError as exc:
+            raise RenderError(f"{where}: {cidr!r} is not an IP address or network: {exc}") from None
+    if listener.get("proxyProtocol") and not cidrs:
+        raise RenderError(f"{where}: proxyProtocol needs the load balancers' addresses")
+    return cidrs
+
+
 def _listener(listener: dict[str, Any], reload_interval: str, root: str) -> Tree:
     entry: Tree = {"enable": True, "bind": f"0.0.0.0:{listener['port']}"}
     if listener.get("maxConnections") is not None:
@@ -73,6 +88,9 @@ def _listener(listener: dict[str, Any], reload_interval: str, root: str) -> Tree
     if listener.get("maxConnRate") is not None:
         entry["max_conn_rate"] = int(listener["maxConnRate"])
     entry["proxy_protocol"] = bool(listener.get("proxyProtocol", False))
+    trusted = _trusted_cidrs(listener)
+    if trusted:
+        entry["proxy_protocol_trusted_cidrs"] = trusted
     if listener["type"] in ("ws", "wss"):
         entry["websocket"] = {"mqtt_path": (listener.get("websocket") or {}).get("path", "/mqtt")}
     if listener["type"] in ("ssl", "wss"):

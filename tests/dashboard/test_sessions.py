@@ -8,7 +8,8 @@ from wharf_broker.admin.auth import TokenSource
 from wharf_broker.config.model import Dashboard
 from wharf_broker.dashboard import markup
 from wharf_broker.dashboard.passwords import check_hash_format, hash_password, verify_password
-from wharf_broker.dashboard.sessions import MAX_FAILURES, LoginGate, SessionStore, csrf_ok
+from wharf_broker.config.model import DashboardLoginThrottle
+from wharf_broker.dashboard.sessions import MAX_TRACKED, LoginGate, LoginThrottle, SessionStore, csrf_ok
 
 
 def test_sessions_end_after_the_idle_timeout_and_can_be_dropped():
@@ -47,14 +48,80 @@ def test_login_checks():
     assert hashed.check("ops", "new") == "ops" and hashed.check("ops", "old") is None
 
 
-def test_failed_logins_are_counted_per_address_within_a_window():
+def throttle(**settings) -> LoginThrottle:
+    return LoginThrottle(DashboardLoginThrottle(**settings), clock=lambda: 0.0)
+
+
+def test_backoff_per_user_name_and_address_grows_and_is_capped():
+    limiter = throttle(max_failures_per_user=3, max_failures_per_address=100, initial_backoff=1.0, max_backoff=8.0)
+    now = 1000.0
+    for _ in range(2):
+        limiter.failed("admin", "10.0.0.1", now)
+        assert limiter.wait("admin", "10.0.0.1", now) is None  # below the threshold: no wait at all
+    waits = []
+    for _ in range(6):
+        limiter.failed("admin", "10.0.0.1", now)
+        scope, seconds = limiter.wait("admin", "10.0.0.1", now)
+        assert scope == "user"
+        waits.append(seconds)
+        now += seconds  # the attacker (or the admin) comes back exactly when the wait ends
+        assert limiter.wait("admin", "10.0.0.1", now) is None  # never longer than the current backoff
+    assert waits == [1.0, 2.0, 4.0, 8.0, 8.0, 8.0]
+
+
+def test_attempts_during_a_wait_do_not_extend_it():
+    limiter = throttle(max_failures_per_user=1, initial_backoff=10.0, max_backoff=100.0)
+    limiter.failed("admin", "10.0.0.1", 0.0)
+    for t in range(0, 10):
+        assert limiter.wait("admin", "10.0.0.1", float(t)) == ("user", 10.0 - t)  # refused, not counted
+    assert limiter.wait("admin", "10.0.0.1", 10.0) is None
+
+
+def test_one_names_failures_leave_other_names_and_addresses_alone():
+    limiter = throttle(max_failures_per_user=5, max_failures_per_address=20)
+    for _ in range(10):
+        limiter.failed("admin", "127.0.0.1", 0.0)
+    assert limiter.wait("admin", "127.0.0.1", 0.5)[0] == "user"
+    assert limiter.wait("ADMIN", "127.0.0.1", 0.5)[0] == "user"  # the same name in other case
+    assert limiter.wait("ops", "127.0.0.1", 0.5) is None  # another name from the same address
+    assert limiter.wait("admin", "10.0.0.2", 0.5) is None  # the same name from another address
+
+
+def test_spraying_user_names_from_one_address_throttles_the_address():
+    limiter = throttle(max_failures_per_user=5, max_failures_per_address=20, initial_backoff=2.0)
+    for index in range(20):
+        assert limiter.wait(f"user{index}", "192.0.2.1", 0.0) is None
+        limiter.failed(f"user{index}", "192.0.2.1", 0.0)
+    assert limiter.wait("anyone", "192.0.2.1", 1.0) == ("address", 1.0)
+    assert limiter.wait("anyone", "192.0.2.1", 2.0) is None
+    assert limiter.wait("anyone", "192.0.2.2", 1.0) is None
+
+
+def test_success_clears_and_old_failures_are_forgotten():
+    limiter = throttle(max_failures_per_user=2, forget_after=60.0)
+    limiter.failed("admin", "10.0.0.1", 0.0)
+    limiter.failed("admin", "10.0.0.1", 100.0)  # the first one is forgotten: still one failure
+    assert limiter.wait("admin", "10.0.0.1", 100.0) is None
+    limiter.failed("admin", "10.0.0.1", 101.0)
+    assert limiter.wait("admin", "10.0.0.1", 101.0) is not None
+    limiter.succeeded("admin", "10.0.0.1")
+    assert len(limiter) == 0
+
+
+def test_records_are_bounded():
+    limiter = throttle(max_failures_per_user=1, initial_backoff=1000.0, max_backoff=1000.0)
+    limiter.failed("admin", "10.9.9.9", 0.0)
+    for index in range(MAX_TRACKED):
+        limiter.failed("x", f"10.{index // 65536}.{index // 256 % 256}.{index % 256}", 1.0)
+    assert len(limiter) <= MAX_TRACKED
+    last = MAX_TRACKED - 1
+    assert limiter.wait("x", f"10.{last // 65536}.{last // 256 % 256}.{last % 256}", 1.0) is not None  # kept
+    assert limiter.wait("admin", "10.9.9.9", 1.0) is None  # the least recently failed went first
+
+
+def test_the_gate_uses_the_configured_throttle():
     login = gate(default_password="pw")
-    for _ in range(MAX_FAILURES):
-        assert not login.throttled("10.0.0.1")
-        login.failed("10.0.0.1")
-    assert login.throttled("10.0.0.1")
-    assert not login.throttled("10.0.0.2")
-    assert not login.throttled("10.0.0.1", now=login.failures["10.0.0.1"][-1] + 301)
+    assert login.throttle.settings.max_failures_per_user == 5 and login.throttle.settings.max_backoff == 60.0
 
 
 def test_password_hashes():

@@ -1,5 +1,5 @@
-"""PROXY protocol v1/v2 in front of tcp and ws listeners: the parser, in-process listeners, and a real broker
-that reports the proxied client address."""
+"""PROXY protocol v1/v2 in front of tcp and ws listeners: the parser, the trusted balancer networks, in-process
+listeners, and a real broker that reports the proxied client address."""
 
 from __future__ import annotations
 
@@ -7,6 +7,7 @@ import asyncio
 import base64
 import ipaddress
 import json
+import logging
 import os
 import socket
 import struct
@@ -17,7 +18,7 @@ from wharf_broker.app import BrokerApp
 from wharf_broker.config.errors import ConfigError
 from wharf_broker.config.loader import load_string
 from wharf_broker.metrics import REGISTRY
-from wharf_broker.proxy_protocol import V2_SIGNATURE, ProxyHeaderError, parse_header
+from wharf_broker.proxy_protocol import V2_SIGNATURE, ProxyHeaderError, TrustedPeers, parse_header
 
 V1 = b"PROXY TCP4 203.0.113.7 198.51.100.1 51234 1883\r\n"
 
@@ -79,6 +80,39 @@ def test_not_on_wss_listeners():
                     'ssl_options { certfile = "/dev/null", keyfile = "/dev/null" } }')
 
 
+@pytest.mark.parametrize("kind", ["tcp", "ssl", "ws"])
+def test_proxy_protocol_needs_trusted_balancers(kind):
+    ssl = ', ssl_options { certfile = "/dev/null", keyfile = "/dev/null" }' if kind == "ssl" else ""
+    with pytest.raises(ConfigError, match=rf"listeners.{kind}.a.proxy_protocol_trusted_cidrs: must list the load "
+                                          r"balancers' addresses"):
+        load_string(f'listeners.{kind}.a {{ bind = ":0", proxy_protocol = true {ssl} }}')
+    with pytest.raises(ConfigError, match=r"listeners.tcp.a.proxy_protocol_trusted_cidrs\[1\]: 'lb.example' is "
+                                          r"not an IP address or network"):
+        load_string('listeners.tcp.a { bind = ":0", proxy_protocol = true, '
+                    'proxy_protocol_trusted_cidrs = ["10.0.0.0/8", "lb.example"] }')
+    config = load_string('listeners.tcp.a { bind = ":0", proxy_protocol = true, '
+                         'proxy_protocol_trusted_cidrs = ["192.0.2.10/32", "2001:db8::/64", "10.1.2.3/8"] }')
+    assert config.listeners.tcp["a"].proxy_protocol_trusted_cidrs == ["192.0.2.10/32", "2001:db8::/64", "10.1.2.3/8"]
+    # The default: no PROXY protocol, nobody trusted.
+    assert load_string('listeners.tcp.a { bind = ":0" }').listeners.tcp["a"].proxy_protocol_trusted_cidrs == []
+
+
+def test_trusted_peers():
+    trusted = TrustedPeers(["192.0.2.10/32", "2001:db8::/64", "10.1.2.3/8", "198.51.100.7"])
+    assert trusted.admits(("192.0.2.10", 40000))
+    assert not trusted.admits(("192.0.2.11", 40000))
+    assert trusted.admits(("10.200.0.1", 1))
+    assert trusted.admits(("198.51.100.7", 1)) and not trusted.admits(("198.51.100.8", 1))
+    assert trusted.admits(("2001:db8::5", 1, 0, 0)) and not trusted.admits(("2001:db8:1::5", 1, 0, 0))
+    assert trusted.admits(("::ffff:192.0.2.10", 1, 0, 0))  # a dual-stack socket's view of an IPv4 peer
+    assert trusted.admits(("fe80::1%eth0", 1, 0, 2)) is False
+    assert not trusted.admits(None) and not trusted.admits("/tmp/socket") and not trusted.admits(("x", 1))
+    assert not trusted.open_to_all and TrustedPeers(["::/0"]).open_to_all
+    assert not TrustedPeers([])
+    with pytest.raises(ValueError):
+        TrustedPeers(["192.0.2.300/32"])
+
+
 # -- in-process listeners
 
 
@@ -120,9 +154,17 @@ def refused(listener_id: str) -> float:
     return 0
 
 
-async def proxied_app(kind: str = "tcp") -> BrokerApp:
+def gate_refused(listener_id: str, reason: str) -> float:
+    for labels, value in REGISTRY.get("wharf_proxy_protocol_refused_total").samples():
+        if labels == {"listener": listener_id, "reason": reason}:
+            return value
+    return 0
+
+
+async def proxied_app(kind: str = "tcp", trusted: str = "127.0.0.1/32") -> BrokerApp:
     app = BrokerApp(load_string(f'listeners.{kind}.px {{ bind = "127.0.0.1:0", proxy_protocol = true, '
-                                'proxy_protocol_timeout = 2s }\ndashboard.enable = false'), PeerEchoBroker)
+                                f'proxy_protocol_timeout = 2s, proxy_protocol_trusted_cidrs = ["{trusted}"] }}\n'
+                                'dashboard.enable = false'), PeerEchoBroker)
     await app.start()
     return app
 
@@ -171,6 +213,92 @@ async def test_tcp_listener_drops_connections_without_a_header():
         await app.stop()
 
 
+@pytest.mark.parametrize("kind", ["tcp", "ws"])
+async def test_a_direct_client_with_a_forged_header_is_closed(kind, caplog):
+    """The balancer is 192.0.2.10; a client on 127.0.0.1 that sends its own header is not believed."""
+    app = await proxied_app(kind, trusted="192.0.2.10/32")
+    listener_id = f"{kind}:px"
+    try:
+        host, port = app.listeners[listener_id].bind.rsplit(":", 1)
+        before = gate_refused(listener_id, "untrusted_peer")
+        with caplog.at_level(logging.WARNING, logger="wharf.listeners"):
+            for header in (V1, v2()):
+                reader, writer = await asyncio.open_connection(host, int(port))
+                writer.write(header + b"hello")
+                with _eof_or_reset():
+                    assert await asyncio.wait_for(reader.read(1000), 5) == b""  # never echoed: closed
+                writer.close()
+        assert gate_refused(listener_id, "untrusted_peer") == before + 2
+        assert app.listeners[listener_id].context.current_connections == 0
+        [line] = [r.getMessage() for r in caplog.records if "proxy_protocol_trusted_cidrs" in r.getMessage()]
+        assert line.startswith(f"listener {listener_id}: closed a connection from 127.0.0.1:")  # then rate-limited
+    finally:
+        await app.stop()
+
+
+def _ipv6_loopback() -> bool:
+    try:
+        with socket.socket(socket.AF_INET6) as probe:
+            probe.bind(("::1", 0))
+        return True
+    except OSError:
+        return False
+
+
+@pytest.mark.skipif(not _ipv6_loopback(), reason="no IPv6 loopback")
+@pytest.mark.parametrize("trusted, believed", [("::1/128", True), ("2001:db8::/64", False), ("127.0.0.1/32", False)])
+async def test_ipv6_peers(trusted, believed):
+    app = BrokerApp(load_string(f'listeners.tcp.px {{ bind = "[::1]:0", proxy_protocol = true, '
+                                f'proxy_protocol_trusted_cidrs = ["{trusted}"] }}\ndashboard.enable = false'),
+                    PeerEchoBroker)
+    await app.start()
+    try:
+        port = int(app.listeners["tcp:px"].bind.rsplit(":", 1)[1])
+        reader, writer = await asyncio.open_connection("::1", port)
+        writer.write(V1 + b"hello")
+        if believed:
+            assert json.loads(await asyncio.wait_for(reader.read(1000), 5))["peer"] == ["203.0.113.7", 51234]
+        else:
+            with _eof_or_reset():
+                assert await asyncio.wait_for(reader.read(1000), 5) == b""
+        writer.close()
+    finally:
+        await app.stop()
+
+
+async def test_the_balancer_must_send_a_header():
+    """A trusted peer without a header is not taken for a direct client (HAProxy's accept-proxy)."""
+    app = await proxied_app()
+    try:
+        host, port = app.listeners["tcp:px"].bind.rsplit(":", 1)
+        before = gate_refused("tcp:px", "bad_header")
+        reader, writer = await asyncio.open_connection(host, int(port))
+        writer.write(b"\x10\x0c\x00\x04MQTT\x04\x02\x00\x3c\x00\x00")
+        with _eof_or_reset():
+            assert await asyncio.wait_for(reader.read(100), 5) == b""
+        writer.close()
+        assert gate_refused("tcp:px", "bad_header") == before + 1
+    finally:
+        await app.stop()
+
+
+async def test_open_to_all_is_a_warning(caplog):
+    with caplog.at_level(logging.WARNING, logger="wharf.listeners"):
+        app = await proxied_app(trusted="0.0.0.0/0")
+        await app.stop()
+    assert any("holds a /0" in r.getMessage() and r.levelno == logging.WARNING for r in caplog.records)
+
+
+async def test_a_listener_without_trusted_balancers_does_not_start():
+    """Even a config that skipped the loader's checks: the listener refuses to start."""
+    config = load_string('listeners.tcp.px { bind = "127.0.0.1:0" }\ndashboard.enable = false')
+    config.listeners.tcp["px"].proxy_protocol = True
+    app = BrokerApp(config, PeerEchoBroker)
+    with pytest.raises(Exception, match="proxy_protocol_trusted_cidrs"):
+        await app.start()
+    await app.stop()
+
+
 class _eof_or_reset:
     """An abort may show as EOF or as a reset, depending on timing."""
 
@@ -210,7 +338,8 @@ async def test_ws_listener_behind_a_proxy_header():
 
 
 def test_real_broker_lists_the_proxied_client(broker_process):
-    broker = broker_process('listeners.tcp.default { bind = "127.0.0.1:0", proxy_protocol = true }\n'
+    broker = broker_process('listeners.tcp.default { bind = "127.0.0.1:0", proxy_protocol = true,\n'
+                            '  proxy_protocol_trusted_cidrs = ["127.0.0.0/8"] }\n'
                             'dashboard.listeners.http.bind = "127.0.0.1:0"\n')
     client_id = b"behind-balancer"
     body = b"\x00\x04MQTT\x04\x02\x00\x3c" + struct.pack("!H", len(client_id)) + client_id

@@ -125,6 +125,14 @@ def _ssl(**tls) -> dict:
     ({"listeners": [{"name": "m", "type": "tcp", "port": 18083}]}, "port 18083 is the broker's admin API"),
     ({"listeners": [{"name": "a", "type": "tcp", "port": 1883}, {"name": "b", "type": "ws", "port": 1883}]},
      "listener ports must be unique"),
+    ({"listeners": [{"name": "m", "type": "tcp", "port": 1883, "proxyProtocol": True}]},
+     "proxyProtocol needs proxyProtocolTrustedCIDRs (the load balancers' addresses)"),
+    ({"listeners": [{"name": "m", "type": "tcp", "port": 1883, "proxyProtocol": True,
+                     "proxyProtocolTrustedCIDRs": []}]},
+     "proxyProtocol needs proxyProtocolTrustedCIDRs (the load balancers' addresses)"),
+    ({"listeners": [{"name": "m", "type": "wss", "port": 8084, "tls": {"secretName": "x"}, "proxyProtocol": True,
+                     "proxyProtocolTrustedCIDRs": ["10.0.0.0/8"]}]},
+     "proxyProtocol is not supported on wss listeners"),
     ({"pskAuthentication": {"enabled": True}}, "pskAuthentication.enabled needs secretRef"),
     ({**_ssl(), "certificate": {"issuerRef": {"name": "ca"}, "secretName": "other"}},
      "certificate.secretName must be the tls.secretName of a listener"),
@@ -140,6 +148,8 @@ def test_invalid_combinations_are_refused(spec, message):
          peerCertAsUsername="cn"),
     _ssl(ciphers=["PSK-AES128-GCM-SHA256"], versions=["tlsv1.3", "tlsv1.2"]),
     {**_ssl(), "certificate": {"issuerRef": {"name": "ca"}, "secretName": "x"}},
+    {"listeners": [{"name": "m", "type": "tcp", "port": 1883, "proxyProtocol": True,
+                    "proxyProtocolTrustedCIDRs": ["192.0.2.10/32", "2001:db8::/64"]}]},
 ])
 def test_valid_specs_pass_every_rule(spec):
     assert cel_violations(spec) == []
@@ -159,3 +169,18 @@ def test_schema_refuses_wrong_types():
         jsonschema.validate({"spec": {"listeners": [{"name": "m", "type": "tcp", "port": 70000}]}}, _schema())
     with pytest.raises(jsonschema.ValidationError):
         jsonschema.validate({"spec": {"listeners": [{"name": "m", "type": "quic", "port": 1}]}}, _schema())
+
+
+@pytest.mark.parametrize("cidr, valid", [
+    ("192.0.2.10/32", True), ("10.0.0.0/8", True), ("192.0.2.10", True), ("2001:db8::/64", True), ("::/0", True),
+    ("::ffff:192.0.2.1/128", True), ("lb.example", False), ("10.0.0.0/33", False), ("2001:db8::/129", False),
+    ("", False), ("10.0.0.0/8 ", False),
+])
+def test_trusted_cidrs_have_the_shape_of_networks(cidr, valid):
+    spec = {"listeners": [{"name": "m", "type": "tcp", "port": 1883, "proxyProtocol": True,
+                           "proxyProtocolTrustedCIDRs": [cidr]}]}
+    if valid:
+        jsonschema.validate({"spec": spec}, _schema())
+    else:
+        with pytest.raises(jsonschema.ValidationError):
+            jsonschema.validate({"spec": spec}, _schema())

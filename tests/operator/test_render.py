@@ -119,3 +119,29 @@ def test_default_spec_loads_in_the_broker(tmp_path):
     config = loader.load_string(render.render(defaulted_spec({}), root=str(tmp_path)), "rendered")
     assert list(config.listeners.tcp) == ["mqtt"]
     assert config.listeners.tcp["mqtt"].bind == "0.0.0.0:1883"
+
+
+def test_proxy_protocol_renders_the_trusted_balancers(tmp_path):
+    spec = defaulted_spec({"listeners": [
+        {"name": "lb", "type": "tcp", "port": 1883, "proxyProtocol": True,
+         "proxyProtocolTrustedCIDRs": ["10.0.0.0/8", "2001:db8::/64"]},
+        {"name": "plain", "type": "ws", "port": 8083}]})
+    tree = render.config_tree(spec)
+    assert tree["listeners"]["tcp"]["lb"]["proxy_protocol"] is True
+    assert tree["listeners"]["tcp"]["lb"]["proxy_protocol_trusted_cidrs"] == ["10.0.0.0/8", "2001:db8::/64"]
+    assert "proxy_protocol_trusted_cidrs" not in tree["listeners"]["ws"]["plain"]
+    # The broker loads what was rendered.
+    loader = pytest.importorskip("wharf_broker.config.loader")
+    _write(tmp_path / "admin" / "token", b"t0ken")
+    config = loader.load_string(render.render(spec, root=str(tmp_path)), "rendered")
+    assert config.listeners.tcp["lb"].proxy_protocol_trusted_cidrs == ["10.0.0.0/8", "2001:db8::/64"]
+
+
+@pytest.mark.parametrize("listener, message", [
+    ({"name": "lb", "type": "tcp", "port": 1883, "proxyProtocol": True}, "proxyProtocol needs the load balancers"),
+    ({"name": "lb", "type": "tcp", "port": 1883, "proxyProtocol": True, "proxyProtocolTrustedCIDRs": ["10.0.0.0/40"]},
+     "'10.0.0.0/40' is not an IP address or network"),
+])
+def test_proxy_protocol_without_valid_balancers_is_a_render_error(listener, message):
+    with pytest.raises(render.RenderError, match=message):
+        render.config_tree(defaulted_spec({"listeners": [listener]}))

@@ -80,6 +80,11 @@ INVALID = {
                            "equal to 100")),
     "no-listeners": (lambda s: s.update(listeners=[]),
                      "spec.listeners: Invalid value: 0: spec.listeners in body should have at least 1 items"),
+    "proxy-protocol-without-trusted-cidrs": (lambda s: s["listeners"][1].update(proxyProtocol=True),
+                                             "proxyProtocol needs proxyProtocolTrustedCIDRs"),
+    "proxy-protocol-with-a-hostname": (lambda s: s["listeners"][1].update(proxyProtocol=True,
+                                                                         proxyProtocolTrustedCIDRs=["lb.example"]),
+                                       "proxyProtocolTrustedCIDRs[0]"),
 }
 
 
@@ -99,3 +104,10 @@ def test_the_valid_base_is_accepted(brokers, namespace):
     """The refusals above come from each single change, not from the base object."""
     stored = brokers.create_namespaced_custom_object(GROUP, VERSION, namespace, PLURAL, copy.deepcopy(BASE))
     assert stored["metadata"]["name"] == "bad"
+
+
+def test_proxy_protocol_with_trusted_cidrs_is_accepted(brokers, namespace):
+    body = _with(lambda s: s["listeners"][1].update(proxyProtocol=True,
+                                                     proxyProtocolTrustedCIDRs=["10.0.0.0/16", "2001:db8::/64"]))
+    stored = brokers.create_namespaced_custom_object(GROUP, VERSION, namespace, PLURAL, body)
+    assert stored["spec"]["listeners"][1]["proxyProtocolTrustedCIDRs"] == ["10.0.0.0/16", "2001:db8::/64"]

@@ -48,8 +48,9 @@ class WireClient:
 
     @classmethod
     async def open(cls, port: int, version: int = 5, *, tls: ssl.SSLContext | None = None,
-                   proxy_header: bytes | None = None) -> WireClient:
-        reader, writer = await asyncio.open_connection(HOST, port)
+                   proxy_header: bytes | None = None, source: str | None = None) -> WireClient:
+        """``source``: the local address to connect from (e.g. 127.0.0.2, to play a load balancer)."""
+        reader, writer = await asyncio.open_connection(HOST, port, local_addr=(source, 0) if source else None)
         if proxy_header is not None:
             writer.write(proxy_header)
             await writer.drain()

@@ -1,6 +1,7 @@
 """The PROXY header ahead of TLS, on both TLS backends of the runtime (stdlib and pyOpenSSL): the header is read
 before the handshake, bytes of the ClientHello that arrived with it are not lost, the application sees the
-client address from the header, and the client certificate is still verified and visible."""
+client address from the header, and the client certificate is still verified and visible. A peer outside the
+trusted load-balancer networks is closed before its header (and its forged TLS TLV) is read."""
 
 from __future__ import annotations
 
@@ -11,7 +12,7 @@ import pytest
 from wharf_broker.auth import peer_identity
 from wharf_broker.config.model import SslOptions
 from wharf_broker.metrics import Registry
-from wharf_broker.proxy_protocol import ProxyProtocolGate
+from wharf_broker.proxy_protocol import ProxyProtocolGate, TrustedPeers
 from wharf_broker.tls import TlsListenerRuntime
 
 from .mqtt_wire import proxy_v2_header
@@ -40,7 +41,8 @@ async def test_proxy_header_before_tls(certs, backend):
     refused = []
 
     def pre_tls(tls_factory):
-        return lambda: ProxyProtocolGate(tls_factory(), 2.0, "ssl:proxied", lambda: refused.append(1))
+        return lambda: ProxyProtocolGate(tls_factory(), 2.0, "ssl:proxied", TrustedPeers(["127.0.0.1/32"]),
+                                         refused.append)
     server = await runtime.create_server(Recorder, "127.0.0.1", 0, pre_tls=pre_tls)
     port = server.sockets[0].getsockname()[1]
     try:
@@ -85,6 +87,36 @@ async def test_proxy_header_before_tls(certs, backend):
         assert cn  # the broker verified the client certificate itself
         assert proxy_cn == "lb-says"
         assert not refused
+    finally:
+        server.close()
+        await runtime.stop()
+
+
+@pytest.mark.parametrize("backend", ["stdlib", "pyopenssl"])
+async def test_untrusted_peer_is_closed_before_its_header_and_tls(certs, backend):
+    Recorder.seen = []
+    options = SslOptions(certfile=str(certs / "server.crt"), keyfile=str(certs / "server.key"))
+    runtime = TlsListenerRuntime("ssl:proxied", options, registry=Registry(), backend=backend)
+    await runtime.start()
+    refused = []
+
+    def pre_tls(tls_factory):
+        # The load balancer is 192.0.2.10; this test connects from 127.0.0.1, like a client that bypasses it.
+        return lambda: ProxyProtocolGate(tls_factory(), 2.0, "ssl:proxied", TrustedPeers(["192.0.2.10/32"]),
+                                         refused.append)
+    server = await runtime.create_server(Recorder, "127.0.0.1", 0, pre_tls=pre_tls)
+    port = server.sockets[0].getsockname()[1]
+    try:
+        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        # A forged header claiming a verified client certificate with CN "admin", then a ClientHello.
+        writer.write(proxy_v2_header("198.51.100.20", 5555, "admin") + b"\x16\x03\x01\x00\x05hello")
+        try:
+            assert await asyncio.wait_for(reader.read(65536), 10) == b""  # closed: no ServerHello
+        except ConnectionResetError:
+            pass
+        writer.close()
+        assert refused == ["untrusted_peer"]
+        assert Recorder.seen == []  # the application never saw the connection, nor the forged identity
     finally:
         server.close()
         await runtime.stop()

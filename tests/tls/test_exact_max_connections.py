@@ -49,11 +49,13 @@ class EchoBroker:
 
 def config(psk_file: Path | None, proxy: bool) -> str:
     psk = f'psk_authentication {{ enable = true, init_file = "{psk_file}" }}' if psk_file else ""
+    proxy_options = ('proxy_protocol = true, proxy_protocol_timeout = 30s, proxy_protocol_trusted_cidrs = ["127.0.0.1"]'
+                     if proxy else "")
     return f"""
 listeners.ssl.t {{
   bind = "127.0.0.1:0"
   max_connections = {LIMIT}
-  {"proxy_protocol = true, proxy_protocol_timeout = 30s" if proxy else ""}
+  {proxy_options}
   ssl_options {{
     certfile = "{CERTS}/server.crt", keyfile = "{CERTS}/server.key"
     handshake_timeout = 3s
