@@ -146,7 +146,9 @@ def _start_broker(tmp_path: Path, config_text: str | None, args: list[str], env:
         command += ["--config", str(config_path)]
     command += args
     log_path = tmp_path / f"broker-{index}.log"
-    full_env = {**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})}
+    # The embedded default keeps durable state: in the test's directory, never in the user's state directory.
+    full_env = {**os.environ, "PYTHONUNBUFFERED": "1", "WHARF_DATA_DIR": str(tmp_path / f"data-{index}"),
+                **(env or {})}
     with open(log_path, "wb") as log_file:
         proc = subprocess.Popen(command, stdout=log_file, stderr=subprocess.STDOUT, cwd=tmp_path, env=full_env)
     broker = BrokerProcess(proc, config_path, log_path, token=token)

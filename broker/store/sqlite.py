@@ -51,17 +51,69 @@ _TABLES = {
 _PUT_SESSION = "INSERT OR REPLACE INTO sessions VALUES (?, ?, ?, ?, ?)"
 _DEL_SESSION = "DELETE FROM sessions WHERE client_id = ?"
 _DEL_SESSION_RELS = "DELETE FROM awaiting_rel WHERE client_id = ?"
-_QUEUED = ("INSERT INTO outbound (seq, client_id, qos, retain, sub_ids, topic, payload, props, publisher, expires) "
-           "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)")
+_QUEUED = ("INSERT INTO outbound (seq, client_id, qos, retain, sub_ids, topic, payload, props, publisher, expires, "
+           "packet_id) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)")
 _SENT = "UPDATE outbound SET packet_id = ? WHERE seq = ?"
 _RELEASED = "UPDATE outbound SET released = 1, payload = x'' WHERE seq = ?"
 _DONE = "DELETE FROM outbound WHERE seq = ?"
+_DONE_MANY = "DELETE FROM outbound WHERE seq IN (SELECT value FROM json_each(?))"
 _REL_ADD = "INSERT OR REPLACE INTO awaiting_rel VALUES (?, ?)"
 _REL_DEL = "DELETE FROM awaiting_rel WHERE client_id = ? AND packet_id = ?"
 _PUT_RETAINED = "INSERT OR REPLACE INTO retained VALUES (?, ?, ?, ?, ?, ?)"
 _DEL_RETAINED = "DELETE FROM retained WHERE topic = ?"
 _PUT_WILL = "INSERT OR REPLACE INTO wills VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)"
 _DEL_WILL = "DELETE FROM wills WHERE client_id = ?"
+
+
+class Pending:
+    """What ``when_durable`` returns: resolved by the commit, its callbacks run right there (no event loop hop
+    per acknowledgement). It offers the part of the ``asyncio.Future`` interface the channel uses, and can be
+    awaited."""
+
+    __slots__ = ("value", "error", "finished", "callbacks")
+
+    def __init__(self, value) -> None:
+        self.value = value
+        self.error: BaseException | None = None
+        self.finished = False
+        self.callbacks: list = []
+
+    def add_done_callback(self, callback) -> None:
+        if self.finished:
+            callback(self)
+        else:
+            self.callbacks.append(callback)
+
+    def done(self) -> bool:
+        return self.finished
+
+    def cancelled(self) -> bool:
+        return False
+
+    def exception(self) -> BaseException | None:
+        return self.error
+
+    def result(self):
+        if self.error is not None:
+            raise self.error
+        return self.value
+
+    def _resolve(self, error: BaseException | None) -> None:
+        self.finished = True
+        self.error = error
+        for callback in self.callbacks:
+            try:
+                callback(self)
+            except Exception:  # noqa: BLE001 - one acknowledgement must not stop the others
+                log.exception("durable store: commit callback failed")
+        self.callbacks = []
+
+    def __await__(self):
+        if not self.finished:
+            future = asyncio.get_running_loop().create_future()
+            self.add_done_callback(lambda _pending: future.done() or future.set_result(None))
+            yield from future.__await__()
+        return self.result()
 
 
 class StoreMetrics:
@@ -105,6 +157,9 @@ class SqliteStore(Store):
         self._wills: set[str] = set()
         self._last_message = None
         self._last_columns: tuple = ()
+        # seq -> index in ``_ops`` of deliveries inserted by the batch not yet handed to the writer: a delivery
+        # acknowledged before then is never written at all (an online subscriber's usual case).
+        self._fresh: dict[int, int] = {}
 
     # ------------------------------------------------------------------------------------------ open / close
 
@@ -161,6 +216,10 @@ class SqliteStore(Store):
     def _connect(self, path: Path) -> sqlite3.Connection:
         con = sqlite3.connect(str(path), isolation_level=None, check_same_thread=False)
         try:
+            try:
+                os.chmod(path, 0o600)  # SQLite creates its WAL and shared-memory files with the same mode
+            except OSError:
+                pass
             mode = con.execute("PRAGMA journal_mode=WAL").fetchone()[0]
             if mode.lower() != "wal":
                 raise StoreError(f"{path}: cannot switch to WAL mode (journal_mode is {mode})")
@@ -380,18 +439,29 @@ class SqliteStore(Store):
             self._last_message = message
             self._last_columns = codec.message_columns(message, self._offset)
         topic, payload, _qos, props, publisher, expires = self._last_columns
+        self._fresh[seq] = len(self._ops)
         self._op(_QUEUED, (seq, session.client_id, qos, retain, codec.sub_ids_out(sub_ids), topic, payload, props,
-                           publisher, expires))
+                           publisher, expires, None))
         return seq
 
     def sent(self, session, seq: int, packet_id: int) -> None:
-        self._op(_SENT, (packet_id, seq))
+        index = self._fresh.get(seq)
+        if index is not None:  # still in the batch being gathered: insert it with its packet id
+            self._ops[index] = (_QUEUED, self._ops[index][1][:-1] + (packet_id,))
+            self.changes += 1
+        else:
+            self._op(_SENT, (packet_id, seq))
 
     def released(self, session, seq: int) -> None:
         self._op(_RELEASED, (seq,))
 
     def done(self, session, seq: int) -> None:
-        self._op(_DONE, (seq,))
+        index = self._fresh.pop(seq, None)
+        if index is not None:  # never handed to the writer: nothing to write, nothing to delete
+            self._ops[index] = None
+            self.changes += 1
+        else:
+            self._op(_DONE, (seq,))
 
     def awaiting_rel(self, session, packet_id: int, present: bool) -> None:
         self._op(_REL_ADD if present else _REL_DEL, (session.client_id, packet_id))
@@ -416,11 +486,11 @@ class SqliteStore(Store):
 
     # ------------------------------------------------------------------------------------------ commits
 
-    def when_durable(self, value):
-        future = self._loop.create_future()
-        self._waiters.append((future, value))
+    def when_durable(self, value) -> Pending:
+        pending = Pending(value)
+        self._waiters.append(pending)
         self._schedule()
-        return future
+        return pending
 
     def after_commit(self, callback, *args) -> None:
         self._waiters.append((None, callback, args))
@@ -436,10 +506,12 @@ class SqliteStore(Store):
         if self._busy or not (self._ops or self._waiters):
             return
         ops, self._ops = self._ops, []
+        self._fresh.clear()
         waiters, self._waiters = self._waiters, []
         self._busy = True
         done = self._loop.run_in_executor(self._executor, self._commit, ops)
-        done.add_done_callback(lambda future: self._committed(future, len(ops), waiters))
+        count = sum(1 for op in ops if op is not None)
+        done.add_done_callback(lambda future: self._committed(future, count, waiters))
 
     def _commit(self, ops: list) -> None:
         """(writer thread) One transaction for ``ops``; consecutive changes of one kind go in one executemany."""
@@ -452,7 +524,14 @@ class SqliteStore(Store):
             con.execute("BEGIN IMMEDIATE")
             sql = None
             group: list = []
-            for op_sql, params in ops:
+            finished = []  # deliveries done with: deleted together at the end, in one statement
+            for op in ops:
+                if op is None:  # a delivery inserted and finished within this batch
+                    continue
+                op_sql, params = op
+                if op_sql is _DONE:
+                    finished.append(params[0])
+                    continue
                 if op_sql is not sql:
                     if group:
                         con.executemany(sql, group)
@@ -460,6 +539,8 @@ class SqliteStore(Store):
                 group.append(params)
             if group:
                 con.executemany(sql, group)
+            if finished:
+                con.execute(_DONE_MANY, (json.dumps(finished),))
             con.execute("COMMIT")
         except sqlite3.Error as exc:
             try:
@@ -489,16 +570,13 @@ class SqliteStore(Store):
                 log.error("%s (%d changes lost; publishers of messages for durable sessions are told)", error,
                           count)
         for waiter in waiters:
-            if waiter[0] is None:
-                try:
-                    waiter[1](error is None, *waiter[2])
-                except Exception:  # noqa: BLE001 - one callback must not stop the others
-                    log.exception("durable store: commit callback failed")
-            elif not waiter[0].done():
-                if error is None:
-                    waiter[0].set_result(waiter[1])
-                else:
-                    waiter[0].set_exception(error)
+            if waiter.__class__ is Pending:
+                waiter._resolve(error)
+                continue
+            try:
+                waiter[1](error is None, *waiter[2])
+            except Exception:  # noqa: BLE001 - one callback must not stop the others
+                log.exception("durable store: commit callback failed")
         if self._ops or self._waiters:
             self._flush()
 

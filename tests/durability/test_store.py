@@ -163,3 +163,13 @@ def test_the_default_data_directory(monkeypatch, tmp_path):
     monkeypatch.setenv("XDG_STATE_HOME", str(tmp_path / "state"))
     assert default_data_dir() == tmp_path / "state" / "wharf"
     assert os.fspath(default_data_dir()).endswith("wharf")
+
+
+def test_the_embedded_default_keeps_state_and_the_environment_can_move_or_stop_it(monkeypatch, tmp_path):
+    from wharf_broker.config.loader import embedded_default
+    monkeypatch.delenv("WHARF_DATA_DIR", raising=False)
+    monkeypatch.delenv("WHARF_DURABLE_STORAGE", raising=False)
+    assert embedded_default().durable_storage == DurableStorage(enable=True)
+    monkeypatch.setenv("WHARF_DATA_DIR", str(tmp_path / "state"))
+    monkeypatch.setenv("WHARF_DURABLE_STORAGE", "false")
+    assert embedded_default().durable_storage == DurableStorage(enable=False, data_dir=str(tmp_path / "state"))
