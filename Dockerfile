@@ -42,6 +42,8 @@ RUN groupadd --system --gid "${WHARF_UID}" wharf \
 COPY --from=build /opt/wharf/venv /opt/wharf/venv
 # Test certificates for a bare `docker run` (the built-in config's ssl/wss listeners); never the CA's key.
 COPY etc/certs/server.crt etc/certs/server.key etc/certs/rootCA.crt /opt/wharf/etc/certs/
+# The built-in config's durable state ($WHARF_HOME/data); mount a volume here to keep it beyond the container.
+RUN install -d -o wharf -g wharf -m 0700 /opt/wharf/data
 WORKDIR /opt/wharf
 ENV PATH=/opt/wharf/venv/bin:/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin \
     PYTHONUNBUFFERED=1 \
