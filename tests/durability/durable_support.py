@@ -74,21 +74,25 @@ class Raw:
 
 
 async def subscribe_offline(port: int, topic_filter: str = "burst/#", qos: int = 2, sub_id: int | None = None,
-                            client_id: str = SUBSCRIBER) -> None:
-    """A persistent session (expiry 2 h) subscribed to ``topic_filter``, then gone."""
-    client = await Raw.open(port)
-    await client.connect(client_id, clean_start=True, expiry=EXPIRY)
+                            client_id: str = SUBSCRIBER, version: int = 5) -> None:
+    """A persistent session (5.0: expiry 2 h; 3.1.1: clean session 0) subscribed to ``topic_filter``, then gone."""
+    client = await Raw.open(port, version)
+    if version == 4:  # a 3.1.1 persistent session starts from a clean one, then keeps it
+        await client.connect(client_id, clean_start=True)
+        client.close()
+        client = await Raw.open(port, version)
+    await client.connect(client_id, clean_start=version == 5, expiry=EXPIRY)
     await client.subscribe(topic_filter, qos, sub_id)
     await client.send(Disconnect(0))
     client.close()
 
 
 async def burst(port: int, count: int, acked: dict, topic: str = "burst/x", payload_size: int = 16,
-                window: int = 50, refused: list | None = None) -> None:
+                window: int = 50, refused: list | None = None, version: int = 5) -> None:
     """Publish ``count`` messages (QoS 1 and 2 alternating) with up to ``window`` unacknowledged. ``acked``
     gets payload -> QoS for every PUBACK/PUBREC with a success code; ``refused`` the payloads refused. Ends
     quietly when the broker goes away."""
-    client = await Raw.open(port)
+    client = await Raw.open(port, version)
     await client.connect("durable-pub")
     outstanding: dict[int, tuple[bytes, int]] = {}
     sent = 0
@@ -119,10 +123,10 @@ async def burst(port: int, count: int, acked: dict, topic: str = "burst/x", payl
         client.close()
 
 
-async def drain(port: int, client_id: str = SUBSCRIBER, quiet: float = 1.5) -> list:
+async def drain(port: int, client_id: str = SUBSCRIBER, quiet: float = 1.5, version: int = 5) -> list:
     """Resume the persistent session and acknowledge everything until nothing arrives for ``quiet`` seconds;
     returns the PUBLISH packets received (QoS 2 counted when PUBREL arrives, as a client application would)."""
-    client = await Raw.open(port)
+    client = await Raw.open(port, version)
     ack = await client.connect(client_id, clean_start=False, expiry=EXPIRY)
     assert ack.session_present, "the persistent session did not survive"
     received = []

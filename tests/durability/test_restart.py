@@ -19,9 +19,9 @@ from .durable_support import EXPIRY, Raw, burst, drain, durable_config, metric, 
 pytestmark = pytest.mark.slow
 
 
-async def _kill_mid_burst(broker, count: int, kill_after: int, signum: int) -> dict:
+async def _kill_mid_burst(broker, count: int, kill_after: int, signum: int, version: int = 5) -> dict:
     acked: dict = {}
-    task = asyncio.ensure_future(burst(broker.port("tcp:default"), count, acked))
+    task = asyncio.ensure_future(burst(broker.port("tcp:default"), count, acked, version=version))
     while len(acked) < kill_after and not task.done():
         await asyncio.sleep(0.01)
     status = broker.stop(signum)
@@ -40,17 +40,19 @@ def _check_delivered(acked: dict, received: list) -> None:
         assert packet.qos == int(packet.payload[:1]), packet
 
 
-@pytest.mark.parametrize("signum", [signal.SIGKILL, signal.SIGTERM], ids=["sigkill", "sigterm"])
-async def test_acknowledged_messages_survive_a_restart_in_the_middle_of_a_burst(broker_process, tmp_path, signum):
+@pytest.mark.parametrize("signum,version", [(signal.SIGKILL, 5), (signal.SIGTERM, 5), (signal.SIGKILL, 4)],
+                         ids=["sigkill", "sigterm", "sigkill-mqtt311"])
+async def test_acknowledged_messages_survive_a_restart_in_the_middle_of_a_burst(broker_process, tmp_path, signum,
+                                                                                version):
     config = durable_config(tmp_path / "data")
     broker = broker_process(config)
-    await subscribe_offline(broker.port("tcp:default"))
-    acked = await _kill_mid_burst(broker, 3000, 400, signum)
+    await subscribe_offline(broker.port("tcp:default"), version=version)
+    acked = await _kill_mid_burst(broker, 3000, 400, signum, version)
     assert len(acked) >= 400
 
     restarted = broker_process(config)
     assert "1 sessions" in restarted.log
-    received = await drain(restarted.port("tcp:default"))
+    received = await drain(restarted.port("tcp:default"), version=version)
     _check_delivered(acked, received)
     assert {1, 2} <= set(acked.values())
 
