@@ -4,7 +4,6 @@ says what it dropped and counts it; nothing it acknowledged before the damage is
 
 from __future__ import annotations
 
-import asyncio
 import collections
 import os
 import shutil
@@ -135,3 +134,29 @@ async def test_a_full_disk_refuses_new_messages_and_keeps_the_acknowledged_ones(
     counts = _no_garbage_no_duplicates({**acked, **{p: 0 for p in refused}}, received)
     missing = [p for p in acked if p not in counts]
     assert not missing, f"{len(missing)} acknowledged messages lost"
+
+
+async def test_a_store_that_cannot_be_written_stops_the_start_with_its_name_and_changes_nothing(broker_process,
+                                                                                                 small_disk):
+    """Wrong permissions (here: the file system turned read-only, which binds root too): the broker refuses to
+    start, says which file and why, and the state is intact once the volume is writable again."""
+    data = small_disk / "data"
+    config = durable_config(data)
+    broker = broker_process(config)
+    await subscribe_offline(broker.port("tcp:default"))
+    acked: dict = {}
+    await burst(broker.port("tcp:default"), 50, acked)
+    assert broker.stop(signal.SIGTERM) == 0
+    before = (data / "wharf.db").read_bytes()
+
+    subprocess.run(["mount", "-o", "remount,ro", str(small_disk)], check=True)
+    try:
+        with pytest.raises(AssertionError, match=rf"{data / 'wharf.lock'}: Read-only file system"):
+            broker_process(config)
+    finally:
+        subprocess.run(["mount", "-o", "remount,rw", str(small_disk)], check=True)
+    assert (data / "wharf.db").read_bytes() == before
+
+    restarted = broker_process(config)
+    received = await drain(restarted.port("tcp:default"))
+    assert {p.payload for p in received} == set(acked)

@@ -8,13 +8,12 @@ from __future__ import annotations
 import asyncio
 import collections
 import signal
-import time
 
 import pytest
 
 from wharf_broker.mqtt.packets import PUBLISH, PUBREL, PubAck, Publish, Will
 
-from .durable_support import EXPIRY, Raw, burst, drain, durable_config, metric, subscribe_offline
+from .durable_support import EXPIRY, Raw, burst, drain, durable_config, subscribe_offline
 
 pytestmark = pytest.mark.slow
 
