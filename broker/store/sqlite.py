@@ -126,6 +126,8 @@ class StoreMetrics:
                                         "Records of the durable store dropped at start-up, by reason", ("reason",))
         self.recovered = registry.gauge("wharf_store_recovered", "Records read from the durable store at start-up",
                                         ("kind",))
+        self.backlog = registry.gauge("wharf_store_backlog_changes",
+                                      "Changes handed to the durable store and not committed yet")
         self.startup_seconds = registry.gauge("wharf_store_startup_seconds",
                                               "Time spent opening and reading the durable store")
 
@@ -142,6 +144,7 @@ class SqliteStore(Store):
         self._commits = self.metrics.commits.labels()
         self._commit_errors = self.metrics.commit_errors.labels()
         self._changed = self.metrics.changes.labels()
+        self._backlog = self.metrics.backlog.labels()
         self._con: sqlite3.Connection | None = None
         self._lock_fd: int | None = None
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="wharf-store")
@@ -511,6 +514,7 @@ class SqliteStore(Store):
         self._busy = True
         done = self._loop.run_in_executor(self._executor, self._commit, ops)
         count = sum(1 for op in ops if op is not None)
+        self._backlog.value = count
         done.add_done_callback(lambda future: self._committed(future, count, waiters))
 
     def _commit(self, ops: list) -> None:
@@ -551,6 +555,7 @@ class SqliteStore(Store):
 
     def _committed(self, future, count: int, waiters: list) -> None:
         self._busy = False
+        self._backlog.value = len(self._ops)
         error = None if future.cancelled() else future.exception()
         if future.cancelled():
             error = StoreError(f"durable store {self.path}: commit cancelled")

@@ -164,3 +164,16 @@ def metric(broker, name: str) -> float:
     for match in re.finditer(rf"^{re.escape(name)}(?:\{{[^}}]*\}})? (\S+)$", text, re.M):
         total += float(match.group(1))
     return total
+
+
+async def committed(broker, since: float, timeout: float = 30.0) -> float:
+    """Wait until the broker's store committed more than ``since`` changes and has nothing left to commit;
+    returns the new count. (Waiting, not a timed assertion: the timeout only keeps a broken broker from
+    hanging the test.)"""
+    deadline = asyncio.get_running_loop().time() + timeout
+    while True:
+        changes = metric(broker, "wharf_store_changes_total")
+        if changes > since and metric(broker, "wharf_store_backlog_changes") == 0:
+            return changes
+        assert asyncio.get_running_loop().time() < deadline, f"store never committed:\n{broker.log}"
+        await asyncio.sleep(0.05)

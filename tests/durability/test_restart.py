@@ -13,7 +13,7 @@ import pytest
 
 from wharf_broker.mqtt.packets import PUBLISH, PUBREL, PubAck, Publish, Will
 
-from .durable_support import EXPIRY, Raw, burst, drain, durable_config, subscribe_offline
+from .durable_support import EXPIRY, Raw, burst, committed, drain, durable_config, subscribe_offline
 
 pytestmark = pytest.mark.slow
 
@@ -75,9 +75,10 @@ async def test_inflight_state_and_packet_ids_survive_sigkill(broker_process, tmp
     second = await sub.recv()
     by_payload = {first.payload: first, second.payload: second}
     two, one = by_payload[b"exactly-once"], by_payload[b"at-least-once"]
+    before = await committed(broker, 0)
     await sub.send(PubAck(5, two.packet_id))  # PUBREC
     assert (await sub.recv()).type == PUBREL
-    await asyncio.sleep(0.3)  # let the PUBREC reach the store's next commit
+    await committed(broker, before)  # the PUBREC is on disk
     broker.stop(signal.SIGKILL)
 
     restarted = broker_process(config)
@@ -130,12 +131,14 @@ async def test_a_delayed_will_fires_after_the_restart_unless_the_client_came_bac
     broker = broker_process(config)
     port = broker.port("tcp:default")
     await subscribe_offline(port, "wills/#", qos=1, client_id="will-watcher")
+    before = await committed(broker, 0)
     for client_id in ("leaves", "returns"):
         client = await Raw.open(port)
         will = Will(f"wills/{client_id}", client_id.encode(), 1, False, {"will_delay_interval": 4})
         await client.connect(client_id, expiry=EXPIRY, will=will)
         client.close()  # gone without DISCONNECT: the will is due in 4 s
-    await asyncio.sleep(0.5)
+    # Each connection wrote its session when it came and its session and will when it went.
+    await committed(broker, before + 5)
     broker.stop(signal.SIGKILL)
 
     restarted = broker_process(config)
