@@ -16,6 +16,7 @@ from typing import Any, Callable
 from .config.loader import iter_listeners
 from .config.model import BrokerConfig
 from .listeners import Listener, build_listeners
+from .store import StoreError
 
 log = logging.getLogger("wharf.app")
 
@@ -50,6 +51,8 @@ class BrokerApp:
             raise StartupError(str(exc)) from exc
         try:
             await _maybe_await(getattr(self.broker, "start", None))
+        except StoreError as exc:  # names the file and what is wrong with it
+            raise StartupError(str(exc)) from exc
         except (OSError, asyncio.TimeoutError) as exc:
             raise StartupError(f"cannot start: {exc!r}") from exc
         except Exception as exc:

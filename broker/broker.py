@@ -3,6 +3,11 @@
 Listeners create servers with ``protocol_factory(listener)``; every accepted socket becomes a ``Connection``
 whose ``Channel`` talks to this object. ``clients()`` lists the connected clients for the admin API and
 ``shutdown()`` disconnects everyone (5.0 clients hear "server shutting down" first).
+
+With ``durable_storage`` on, ``start()`` reads the durable store back (persistent sessions with their
+subscriptions, queued and in-flight messages and QoS 2 receipts; retained messages; delayed wills) and the
+broker reports changes of durable state to it. ``publish`` then returns a future instead of a count when the
+message went into a durable session (or is retained): the channel acknowledges once it is on disk.
 """
 
 from __future__ import annotations
@@ -10,6 +15,7 @@ from __future__ import annotations
 import asyncio
 import functools
 import logging
+import time
 from typing import Callable
 
 from .access import AccessControl
@@ -23,8 +29,12 @@ from .metrics import REGISTRY, Registry
 from .mqtt import reason_codes as rc
 from .retain import RetainedStore
 from .router import LocalRouter, Message, Router, Subscription
+from .inflight import InflightEntry
+from .mqueue import QueuedMessage
 from .session import Session
 from .tenancy import GUEST, REFUSE, OwnerCheck
+from .store import RecoveredState, open_store
+from .store.codec import attrs_apply
 from .will import WillScheduler
 
 log = logging.getLogger("wharf_broker.broker")
@@ -66,7 +76,8 @@ class Broker:
         # Connected clients on guest sessions (``tenancy``): under a client id whose session is someone else's.
         self.guests: set[Channel] = set()
         self.connections: set[Connection] = set()
-        self.wills = WillScheduler(self.publish)
+        self.store = open_store(self.config.durable_storage, registry)
+        self.wills = WillScheduler(self._publish_will, self.store.delete_will)
         self.auth = AuthChain(self.config.authentication.allow_anonymous, auth_hooks)
         # Password file / HTTP authenticators, the ACL and flapping detection, as configured.
         self.access = AccessControl(self.config, registry)
@@ -86,22 +97,42 @@ class Broker:
             self._loop = asyncio.get_running_loop()
         return self._loop
 
+    async def start(self) -> None:
+        """Open the durable store (when on) and bring back what it kept."""
+        if self.store.enabled:
+            self._recover(await self.store.open(self.loop))
+
     def protocol_factory(self, listener: ListenerContext) -> Callable[[], Connection]:
         """A zero-argument factory for ``loop.create_server`` that serves ``listener``."""
         return functools.partial(Connection, self, listener)
 
     # ------------------------------------------------------------------------------------- messages
 
-    def publish(self, message: Message) -> int:
-        """Route ``message`` (storing it first if retained); returns how many sessions it went to."""
+    def publish(self, message: Message):
+        """Route ``message`` (storing it first if retained); returns how many sessions it went to -- or, for a
+        QoS 1/2 message that changed durable state, a future of that count resolved once it is on disk."""
         self._received.value += 1
+        store = self.store
+        mark = store.changes
         if message.retain and self.config.mqtt.retain_available:
             self.retained.store(message)
             self.metrics.retained.set(len(self.retained))
+            if store.enabled:
+                if self.retained.get(message.topic) is message:
+                    store.put_retained(message)
+                elif not message.payload:
+                    store.delete_retained(message.topic)
         delivered = self.router.publish(message)
         if not delivered:
             self.metrics.dropped("no_subscribers").value += 1
+        if store.changes != mark and message.qos:
+            return store.when_durable(delivered)
         return delivered
+
+    def _publish_will(self, message: Message) -> None:
+        result = self.publish(message)
+        if result.__class__ is not int:  # nobody waits for a will's commit; a failure is counted by the store
+            result.add_done_callback(_consume_result)
 
     def count_dropped(self, message: Message, reason: str) -> None:
         self.metrics.dropped(reason).value += 1
@@ -109,12 +140,16 @@ class Broker:
     def subscribe(self, session: Session, full_filter: str, subscription: Subscription) -> None:
         session.subscriptions[full_filter] = subscription
         self.router.subscribe(session, subscription)
+        if session.store is not None:
+            self.store.put_session(session, session.expiry_interval, None)
 
     def unsubscribe(self, session: Session, full_filter: str) -> bool:
         subscription = session.subscriptions.pop(full_filter, None)
         if subscription is None:
             return False
         self.router.unsubscribe(session, subscription)
+        if session.store is not None:
+            self.store.put_session(session, session.expiry_interval, None)
         return True
 
     def deliver_retained(self, session: Session, subscription: Subscription) -> None:
@@ -162,6 +197,7 @@ class Broker:
             self.inherit(session, channel)
         session.owner = channel.owner
         session.channel = channel
+        self._attach_durable(session, channel.session_expiry)
         self.channels[client_id] = channel
         self.metrics.connected.set(len(self.channels) + len(self.guests))
         if self._housekeeping_handle is None:
@@ -206,6 +242,17 @@ class Broker:
             self._schedule_housekeeping()
         return session
 
+    def _attach_durable(self, session: Session, expiry: float) -> None:
+        """A session with an expiry is durable (when durable storage is on); one without is not (any more)."""
+        store = self.store
+        if not store.enabled:
+            return
+        session.expiry_interval = expiry
+        if expiry > 0:
+            store.put_session(session, expiry, None)
+        elif session.store is not None:
+            store.delete_session(session)
+
     def _schedule_housekeeping(self) -> None:
         # One sweep for all clients instead of a timer per connection (a timer costs ~500 bytes each).
         settings = self.config.mqtt
@@ -231,8 +278,11 @@ class Broker:
             self.metrics.connected.set(len(self.channels) + len(self.guests))
         expiry = channel.session_expiry
         if will is not None:
-            delay = float(will.properties.get("will_delay_interval", 0)) if will.properties else 0.0
-            self.wills.schedule(client_id, self._will_message(client_id, will, delay), min(delay, expiry))
+            delay = min(float(will.properties.get("will_delay_interval", 0)) if will.properties else 0.0, expiry)
+            message = self._will_message(client_id, will, delay)
+            self.wills.schedule(client_id, message, delay)
+            if delay > 0 and session is not None and session.store is not None:
+                self.store.put_will(client_id, message, delay)
         if session is None or session.channel is not channel:
             return
         session.channel = None
@@ -240,6 +290,9 @@ class Broker:
             self.discard_session(session)
         else:
             session.expiry_handle = self.loop.call_later(expiry, self._expire_session, session)
+            if session.store is not None:
+                session.expiry_interval = expiry
+                self.store.put_session(session, expiry, time.time() + expiry)
 
     def _detach_guest(self, channel: Channel, will) -> None:
         """A guest's connection ended: its session ends with it, and its will (no delay: the session it could
@@ -271,6 +324,8 @@ class Broker:
         dropped = len(session.mqueue)
         if dropped:
             self.metrics.dropped("session_ended").value += dropped
+        if session.store is not None:
+            self.store.delete_session(session)
         session.clear()
         if session.expiry_handle is not None:
             session.expiry_handle.cancel()
@@ -317,3 +372,67 @@ class Broker:
             if session.expiry_handle is not None:
                 session.expiry_handle.cancel()
                 session.expiry_handle = None
+        await self.store.close()
+
+    # ------------------------------------------------------------------------------------- durable state
+
+    def _recover(self, state: RecoveredState) -> None:
+        """Rebuild what the durable store kept: sessions (expiry restarting from their deadline, or from now
+        for those connected when the broker stopped), retained messages, then delayed wills."""
+        loop = self.loop
+        now = loop.time()
+        wall = time.time()
+        store = self.store
+        expired = []
+        for record in state.sessions:
+            session = Session(record.client_id, self.config.mqtt, self.count_dropped, loop.time)
+            attrs_apply(session, record.attrs)
+            session.expiry_interval = record.expiry_interval
+            session.store = store
+            for full_filter, subscription in record.subscriptions:
+                session.subscriptions[full_filter] = subscription
+                self.router.subscribe(session, subscription)
+            self._recover_outbound(session, record.outbound, now)
+            for packet_id in record.awaiting_rel:
+                session.awaiting_rel[packet_id] = now
+            self.sessions[record.client_id] = session
+            remaining = record.expiry_interval if record.deadline is None else record.deadline - wall
+            if remaining <= 0:
+                expired.append(session)
+            else:
+                session.expiry_handle = loop.call_later(remaining, self._expire_session, session)
+        self.metrics.sessions.set(len(self.sessions))
+        for message in state.retained:
+            self.retained.store(message)
+        self.metrics.retained.set(len(self.retained))
+        for client_id, delay, message in state.wills:
+            if delay > 0:
+                self.wills.schedule(client_id, message, delay)
+            else:
+                store.delete_will(client_id)
+                self._publish_will(message)
+        for session in expired:
+            self.discard_session(session)
+        if expired:
+            log.info("durable store: %d sessions expired while the broker was down", len(expired))
+
+    def _recover_outbound(self, session: Session, outbound: list, now: float) -> None:
+        entries = session.inflight.entries
+        for seq, message, qos, retain, sub_ids, packet_id, state in outbound:
+            if packet_id is None:
+                dropped = session.mqueue.push(QueuedMessage(message, qos, retain, sub_ids, seq))
+                if dropped is not None:  # the queue limit shrank since
+                    self.count_dropped(dropped.message, "queue_full")
+                    self.store.done(session, dropped.seq)
+            elif packet_id in entries:  # cannot happen unless the file was edited: keep the first
+                self.store.done(session, seq)
+            else:
+                entry = entries[packet_id] = InflightEntry(message, qos, retain, sub_ids, now, seq)
+                entry.state = state
+        if entries:
+            session.inflight._last_id = max(entries)
+
+
+def _consume_result(future) -> None:
+    if not future.cancelled():
+        future.exception()

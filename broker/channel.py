@@ -416,7 +416,9 @@ class Channel:
             return
         delivered = broker.publish(message)
         awaiting[packet_id] = self._loop.time()
-        if delivered.__class__ is not int:  # a cluster node acknowledges once the backplane has it
+        if delivered.__class__ is not int:  # acknowledged once the backplane (cluster) or the disk has it
+            if self.session.store is not None:  # the receipt commits with the deliveries: exactly once
+                self.session.store.awaiting_rel(self.session, packet_id, True)
             self._ack_when_routed(PUBREC, packet_id, delivered)
             return
         if self.v5 and not delivered:
@@ -584,9 +586,13 @@ class Channel:
 
     def handle_pubrel(self, packet) -> None:
         packet_id = packet.packet_id
-        if self.session.awaiting_rel.pop(packet_id, None) is None and self.v5:
-            self.send(PubAck(PUBCOMP, packet_id, rc.PACKET_IDENTIFIER_NOT_FOUND))
-            return
+        session = self.session
+        if session.awaiting_rel.pop(packet_id, None) is None:
+            if self.v5:
+                self.send(PubAck(PUBCOMP, packet_id, rc.PACKET_IDENTIFIER_NOT_FOUND))
+                return
+        elif session.store is not None:
+            session.store.awaiting_rel(session, packet_id, False)
         self.connection.write(b"\x70\x02" + packet_id.to_bytes(2, "big"))
 
     def handle_pubcomp(self, packet) -> None:

@@ -7,17 +7,21 @@ AWAIT_PUBACK = 1   # QoS 1 PUBLISH sent
 AWAIT_PUBREC = 2   # QoS 2 PUBLISH sent
 AWAIT_PUBCOMP = 3  # PUBREL sent
 
+HELD = float("inf")  # ``sent_at`` of an entry not written yet (see ``Session._send``)
+
 
 class InflightEntry:
-    __slots__ = ("message", "qos", "retain", "sub_ids", "state", "sent_at")
+    __slots__ = ("message", "qos", "retain", "sub_ids", "state", "sent_at", "seq")
 
-    def __init__(self, message, qos: int, retain: bool, sub_ids: tuple, sent_at: float) -> None:
+    def __init__(self, message, qos: int, retain: bool, sub_ids: tuple, sent_at: float, seq: int = 0) -> None:
         self.message = message
         self.qos = qos
         self.retain = retain
         self.sub_ids = sub_ids
         self.state = AWAIT_PUBACK if qos == 1 else AWAIT_PUBREC
+        # HELD: a durable QoS 2 delivery whose packet id is not on disk yet (not on the wire either).
         self.sent_at = sent_at
+        self.seq = seq  # the durable store's sequence number; 0 when not stored
 
 
 class Inflight:

@@ -11,13 +11,14 @@ from collections import deque
 
 
 class QueuedMessage:
-    __slots__ = ("message", "qos", "retain", "sub_ids")
+    __slots__ = ("message", "qos", "retain", "sub_ids", "seq")
 
-    def __init__(self, message, qos: int, retain: bool, sub_ids: tuple) -> None:
+    def __init__(self, message, qos: int, retain: bool, sub_ids: tuple, seq: int = 0) -> None:
         self.message = message
         self.qos = qos
         self.retain = retain
         self.sub_ids = sub_ids
+        self.seq = seq  # the durable store's sequence number; 0 when not stored
 
 
 class MessageQueue:
@@ -54,6 +55,14 @@ class MessageQueue:
 
     def pop(self) -> QueuedMessage | None:
         return self._items.popleft() if self._items else None
+
+    def keep(self, wanted) -> None:
+        """Keep only the queued messages for which ``wanted(item)`` is true, in order."""
+        if self._items:
+            self._items = deque(item for item in self._items if wanted(item))
+
+    def items(self) -> list[QueuedMessage]:
+        return list(self._items) if self._items else []
 
     def clear(self) -> None:
         self._items = None

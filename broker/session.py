@@ -4,17 +4,23 @@ packet identifiers it is still waiting to see released. It outlives connections 
 ``deliver`` is the router's way in. While a channel is attached it writes through it (QoS 1/2 within the
 in-flight window, the rest queued in order); while none is, QoS 1/2 -- and QoS 0 when ``mqueue_store_qos0`` --
 wait in the queue.
+
+A durable session (``store`` set: durable storage on and session expiry > 0) reports every QoS 1/2 delivery to
+its store: queued, given a packet id, released (QoS 2 PUBREC), done. A durable QoS 2 delivery is written to
+the client only once its packet id is on disk (``HELD`` until then), so that after a crash it is resent with
+the packet id the client may already have seen: exactly once holds across restarts.
 """
 
 from __future__ import annotations
 
-from .inflight import AWAIT_PUBACK, AWAIT_PUBCOMP, AWAIT_PUBREC, Inflight, InflightEntry
+from .inflight import AWAIT_PUBACK, AWAIT_PUBCOMP, AWAIT_PUBREC, HELD, Inflight, InflightEntry
 from .mqueue import MessageQueue, QueuedMessage
 
 
 class Session:
     __slots__ = ("client_id", "subscriptions", "inflight", "mqueue", "awaiting_rel", "channel", "expiry_interval",
-                 "expiry_handle", "upgrade_qos", "owner", "guest", "read_check", "acl", "_on_drop", "_clock")
+                 "expiry_handle", "upgrade_qos", "owner", "guest", "read_check", "acl", "store", "_on_drop",
+                 "_clock")
 
     def __init__(self, client_id: str, settings, on_drop, clock) -> None:
         self.client_id = client_id
@@ -37,6 +43,7 @@ class Session:
         # The ACL view of the client that last attached (``authz.ClientAcl``), for re-deciding the subscriptions'
         # read checks when the ACL is reloaded.
         self.acl = None
+        self.store = None  # the durable store while this session is durable
         self._on_drop = on_drop  # (message, reason) -> None, for metrics
         self._clock = clock
 
@@ -54,18 +61,49 @@ class Session:
             if channel is not None:
                 channel.write_publish(message, 0, retain, sub_ids, 0, False)
                 return
-        elif channel is not None and not self.mqueue and len(self.inflight.entries) < channel.send_window:
-            self._send(message, qos, retain, sub_ids)
+        store = self.store
+        seq = store.queued(self, message, qos, retain, sub_ids) if store is not None and qos else 0
+        if qos and channel is not None and not self.mqueue and len(self.inflight.entries) < channel.send_window:
+            self._send(message, qos, retain, sub_ids, seq)
             return
-        dropped = self.mqueue.push(QueuedMessage(message, qos, retain, sub_ids))
+        dropped = self.mqueue.push(QueuedMessage(message, qos, retain, sub_ids, seq))
         if dropped is not None:
             self._on_drop(dropped.message, "queue_full")
+            if dropped.seq and store is not None:
+                store.done(self, dropped.seq)
 
-    def _send(self, message, qos: int, retain: bool, sub_ids: tuple) -> None:
-        packet_id = self.inflight.add(InflightEntry(message, qos, retain, sub_ids, self._clock()))
+    def _send(self, message, qos: int, retain: bool, sub_ids: tuple, seq: int = 0) -> None:
+        entry = InflightEntry(message, qos, retain, sub_ids, self._clock(), seq)
+        packet_id = self.inflight.add(entry)
+        if seq and self.store is not None:
+            self.store.sent(self, seq, packet_id)
+            if qos == 2:  # on the wire only once its packet id is on disk
+                entry.sent_at = HELD
+                self.store.after_commit(self._write_held, packet_id, entry)
+                return
         if not self.channel.write_publish(message, qos, retain, sub_ids, packet_id, False):
             # Not sendable (expired, or too big for the client): done with, as the spec asks.
-            self.inflight.pop(packet_id)
+            self._finished(packet_id)
+
+    def _write_held(self, ok: bool, packet_id: int, entry: InflightEntry) -> None:
+        if self.inflight.entries.get(packet_id) is not entry or entry.sent_at != HELD:
+            return
+        if not ok:  # not on disk: the publisher was told and sends it again
+            self._finished(packet_id)
+            self._on_drop(entry.message, "store_failed")
+            self.drain()
+            return
+        entry.sent_at = self._clock()
+        channel = self.channel
+        if channel is not None and not channel.write_publish(entry.message, entry.qos, entry.retain, entry.sub_ids,
+                                                             packet_id, False):
+            self._finished(packet_id)
+
+    def _finished(self, packet_id: int) -> None:
+        """``packet_id``'s delivery is over (acknowledged, or not sendable)."""
+        entry = self.inflight.entries.pop(packet_id, None)
+        if entry is not None and entry.seq and self.store is not None:
+            self.store.done(self, entry.seq)
 
     def drain(self) -> None:
         """Move queued messages out while the window has room."""
@@ -77,7 +115,7 @@ class Session:
             if item.qos == 0:
                 channel.write_publish(item.message, 0, item.retain, item.sub_ids, 0, False)
             else:
-                self._send(item.message, item.qos, item.retain, item.sub_ids)
+                self._send(item.message, item.qos, item.retain, item.sub_ids, item.seq)
             channel = self.channel
 
     def resume(self) -> None:
@@ -85,11 +123,13 @@ class Session:
         channel = self.channel
         now = self._clock()
         for packet_id, entry in list(self.inflight.entries.items()):
+            if entry.sent_at == HELD:  # written when its commit completes
+                continue
             entry.sent_at = now
             if entry.state == AWAIT_PUBCOMP:
                 channel.write_pubrel(packet_id)
             elif not channel.write_publish(entry.message, entry.qos, entry.retain, entry.sub_ids, packet_id, True):
-                self.inflight.pop(packet_id)
+                self._finished(packet_id)
         self.drain()
 
     def retry(self, older_than: float) -> None:
@@ -105,15 +145,15 @@ class Session:
             if entry.state == AWAIT_PUBCOMP:
                 channel.write_pubrel(packet_id)
             elif not channel.write_publish(entry.message, entry.qos, entry.retain, entry.sub_ids, packet_id, True):
-                self.inflight.pop(packet_id)
+                self._finished(packet_id)
 
     # -------------------------------------------------------------------------------------- acknowledgements
 
     def puback(self, packet_id: int) -> bool:
         entry = self.inflight.entries.get(packet_id)
-        if entry is None or entry.state != AWAIT_PUBACK:
+        if entry is None or entry.state != AWAIT_PUBACK or entry.sent_at == HELD:
             return False
-        del self.inflight.entries[packet_id]
+        self._finished(packet_id)
         if self.mqueue:
             self.drain()
         return True
@@ -122,12 +162,14 @@ class Session:
         """PUBREC arrived; returns whether the packet id was in flight. A failed PUBREC (5.0 reason >= 0x80)
         ends the exchange; otherwise the entry now waits for PUBCOMP."""
         entry = self.inflight.entries.get(packet_id)
-        if entry is None or entry.state not in (AWAIT_PUBREC, AWAIT_PUBCOMP):
+        if entry is None or entry.state not in (AWAIT_PUBREC, AWAIT_PUBCOMP) or entry.sent_at == HELD:
             return False
         if failed:
-            del self.inflight.entries[packet_id]
+            self._finished(packet_id)
             self.drain()
         else:
+            if entry.seq and entry.state == AWAIT_PUBREC and self.store is not None:
+                self.store.released(self, entry.seq)
             entry.state = AWAIT_PUBCOMP
             entry.message = None  # delivered: only the packet id matters now
             entry.sent_at = self._clock()
@@ -137,7 +179,7 @@ class Session:
         entry = self.inflight.entries.get(packet_id)
         if entry is None or entry.state != AWAIT_PUBCOMP:
             return False
-        del self.inflight.entries[packet_id]
+        self._finished(packet_id)
         if self.mqueue:
             self.drain()
         return True
@@ -146,23 +188,27 @@ class Session:
         stale = [packet_id for packet_id, at in self.awaiting_rel.items() if at <= older_than]
         for packet_id in stale:
             del self.awaiting_rel[packet_id]
+            if self.store is not None:
+                self.store.awaiting_rel(self, packet_id, False)
         return len(stale)
 
     def purge(self, readable) -> int:
         """Drop queued and unacknowledged messages whose topic ``readable(topic)`` refuses (the session passed to
-        another identity); returns how many."""
-        dropped = 0
-        items = self.mqueue._items
-        if items:
-            kept = [item for item in items if readable(item.message.topic)]
-            dropped = len(items) - len(kept)
-            items.clear()
-            items.extend(kept)
+        another identity); returns how many. A durable session forgets them in its store too."""
+        store = self.store
+        refused = [item for item in self.mqueue.items() if not readable(item.message.topic)]
+        if refused:
+            gone = set(map(id, refused))
+            self.mqueue.keep(lambda item: id(item) not in gone)
         for packet_id, entry in list(self.inflight.entries.items()):
             if entry.message is not None and not readable(entry.message.topic):
                 self.inflight.pop(packet_id)
-                dropped += 1
-        return dropped
+                refused.append(entry)
+        if store is not None:
+            for item in refused:
+                if item.seq:
+                    store.done(self, item.seq)
+        return len(refused)
 
     def clear(self) -> None:
         self.subscriptions.clear()

@@ -2,6 +2,8 @@
 
 A 5.0 will delay postpones the will; the client reconnecting with the same client id in the meantime cancels
 it, and the session ending first publishes it early (the delay is capped by the session expiry).
+``forget(client_id)`` is told whenever a pending will is published or cancelled (the durable store drops
+its copy); ``cancel_all`` at shutdown forgets nothing, so stored wills fire after a restart.
 """
 
 from __future__ import annotations
@@ -13,10 +15,11 @@ from .router import Message
 
 
 class WillScheduler:
-    __slots__ = ("_publish", "_pending")
+    __slots__ = ("_publish", "_pending", "_forget")
 
-    def __init__(self, publish: Callable[[Message], object]) -> None:
+    def __init__(self, publish: Callable[[Message], object], forget: Callable[[str], object] | None = None) -> None:
         self._publish = publish
+        self._forget = forget
         self._pending: dict[str, tuple[asyncio.TimerHandle, Message]] = {}
 
     def __len__(self) -> int:
@@ -34,6 +37,8 @@ class WillScheduler:
     def _fire(self, client_id: str) -> None:
         entry = self._pending.pop(client_id, None)
         if entry is not None:
+            if self._forget is not None:
+                self._forget(client_id)
             self._publish(entry[1])
 
     def fire_now(self, client_id: str) -> None:
@@ -41,6 +46,8 @@ class WillScheduler:
         entry = self._pending.pop(client_id, None)
         if entry is not None:
             entry[0].cancel()
+            if self._forget is not None:
+                self._forget(client_id)
             self._publish(entry[1])
 
     def cancel(self, client_id: str) -> bool:
@@ -48,6 +55,8 @@ class WillScheduler:
         if entry is None:
             return False
         entry[0].cancel()
+        if self._forget is not None:
+            self._forget(client_id)
         return True
 
     def cancel_all(self) -> None:

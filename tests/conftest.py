@@ -146,9 +146,11 @@ def _start_broker(tmp_path: Path, config_text: str | None, args: list[str], env:
         command += ["--config", str(config_path)]
     command += args
     log_path = tmp_path / f"broker-{index}.log"
-    full_env = {**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})}
+    # The embedded default generates its CA in the state directory and keeps durable state: both in the test's
+    # directory, never in the real home of the test user.
+    full_env = {**os.environ, "PYTHONUNBUFFERED": "1", "WHARF_DATA_DIR": str(tmp_path / f"data-{index}"),
+                **(env or {})}
     if config_text is None and "WHARF_HOME" not in (env or {}):
-        # The embedded default generates its CA in the state directory: never in the real home of the test user.
         full_env["WHARF_HOME"] = str(tmp_path / "wharf-home")
     with open(log_path, "wb") as log_file:
         proc = subprocess.Popen(command, stdout=log_file, stderr=subprocess.STDOUT, cwd=tmp_path, env=full_env)

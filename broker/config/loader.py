@@ -459,6 +459,9 @@ class _Checker:
             if not psk.separator:
                 self.issue("psk_authentication.separator", "must not be empty")
         self.check_access_control(config)
+        if config.durable_storage.enable and config.cluster.enable:
+            self.issue("durable_storage.enable", "cannot be combined with cluster.enable: a cluster keeps sessions, "
+                                                 "messages and retained messages in JetStream (docs/durability.md)")
 
     def check_access_control(self, config: model.BrokerConfig) -> None:
         """authentication / authorization / flapping_detect: files that exist, positive limits."""

@@ -386,6 +386,20 @@ class Cluster:
 
 
 @dataclass
+class DurableStorage:
+    """``durable_storage { ... }``: keep persistent sessions, their queued and in-flight messages, retained
+    messages and delayed wills on local disk across restarts (standalone brokers; see ``docs/durability.md``)."""
+
+    enable: bool = False
+    # Directory of the store (``wharf.db``); empty: $WHARF_HOME/data, else $XDG_STATE_HOME/wharf, else
+    # ~/.local/state/wharf. Relative paths are under $WHARF_HOME, else the working directory.
+    data_dir: str = ""
+    # SQLite's ``synchronous``: ``full`` fsyncs every group commit (an acknowledged message survives a power
+    # loss); ``normal`` survives a crash or SIGKILL of the broker but not a power loss of the node.
+    synchronous: Literal["full", "normal"] = "full"
+
+
+@dataclass
 class BrokerConfig:
     """The whole config file."""
 
@@ -400,3 +414,4 @@ class BrokerConfig:
     crl_cache: CrlCache = field(default_factory=CrlCache)
     dashboard: Dashboard = field(default_factory=Dashboard)
     cluster: Cluster = field(default_factory=Cluster)
+    durable_storage: DurableStorage = field(default_factory=DurableStorage)

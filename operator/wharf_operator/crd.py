@@ -453,6 +453,20 @@ def spec_schema() -> Schema:
                 "into the rendered config. listeners, dashboard, node, authentication and authorization are "
                 "managed by the operator."),
             "cluster": _cluster_schema(),
+            "durableStorage": _object(
+                "Durable broker state (durable_storage): persistent sessions, their queued and in-flight "
+                "messages, retained messages and delayed wills survive pod restarts on a PersistentVolumeClaim "
+                "per broker pod (a volumeClaimTemplate; the volume outlives the pod). Standalone brokers only: "
+                "a cluster keeps that state in JetStream.", {
+                    "enabled": _boolean("Keep durable state on a volume.", default=False),
+                    "size": _string("Size of each broker pod's volume.", default="1Gi",
+                                    pattern=r"^[0-9]+(\.[0-9]+)?(Ki|Mi|Gi|Ti|k|M|G|T)?$", max_length=32),
+                    "storageClassName": _string("StorageClass of the volumes; unset means the default.",
+                                                max_length=253),
+                    "synchronous": _string("full: every acknowledged message survives a power loss; normal: "
+                                           "it survives a crash of the broker.", default="full",
+                                           enum=["full", "normal"]),
+                }, default={}),
             "certificate": _object(
                 "Let the operator create a cert-manager Certificate (owned by this MQTTBroker) whose DNS names "
                 "come from the Services.",
@@ -474,7 +488,9 @@ def spec_schema() -> Schema:
         },
         rules=[_rule("!has(self.certificate) || self.listeners.exists(l, has(l.tls) && "
                      "l.tls.secretName == self.certificate.secretName)",
-                     "certificate.secretName must be the tls.secretName of a listener")])
+                     "certificate.secretName must be the tls.secretName of a listener"),
+               _rule("!has(self.durableStorage) || !self.durableStorage.enabled || !has(self.cluster)",
+                     "durableStorage is for standalone brokers: a cluster keeps sessions in JetStream")])
 
 
 def crd_manifest() -> dict[str, Any]:

@@ -69,3 +69,11 @@ def key_password_dir(listener: str, root: str = ROOT) -> str:
 def volume_name(kind: str, listener: str) -> str:
     # Listener names are at most 15 characters, so these stay far below the 63-character limit.
     return f"{kind}-{listener}"
+
+
+DATA_VOLUME = "data"
+
+
+def data_dir() -> str:
+    """The broker's durable state: the pod's PersistentVolumeClaim (spec.durableStorage), never under ``root``."""
+    return "/var/lib/wharf"

@@ -17,7 +17,7 @@ from . import layout, nats
 from .crd import ADMIN_PORT
 
 # Roots of the broker config that the operator manages itself; spec.config may not set them.
-MANAGED_ROOTS = ("listeners", "dashboard", "node", "authentication", "authorization")
+MANAGED_ROOTS = ("listeners", "dashboard", "node", "authentication", "authorization", "durable_storage")
 
 Tree = dict[str, Any]
 
@@ -144,6 +144,12 @@ def config_tree(spec: dict[str, Any], root: str = layout.ROOT, *, broker: str = 
                 if managed in extra_cluster:
                     raise RenderError(f"spec.config.cluster.{managed} is managed by the operator with "
                                       f"spec.cluster; use spec.cluster's fields")
+    durable = spec.get("durableStorage") or {}
+    if durable.get("enabled"):
+        if spec.get("cluster"):
+            raise RenderError("spec.durableStorage is for standalone brokers: a cluster keeps sessions in JetStream")
+        tree["durable_storage"] = {"enable": True, "data_dir": layout.data_dir(),
+                                   "synchronous": durable.get("synchronous", "full")}
     _merge(tree, extra, "spec.config")
     return tree
 

@@ -206,7 +206,7 @@ def stateful_set(broker: str, namespace: str, spec: dict, config_hash: str) -> d
             pod_spec[key] = spec[key]
     pod_labels = {**(spec.get("podLabels") or {}), **labels(broker)}
     pod_annotations = {**(spec.get("podAnnotations") or {}), CONFIG_HASH_ANNOTATION: config_hash}
-    return {
+    stateful = {
         "apiVersion": "apps/v1", "kind": "StatefulSet", "metadata": _meta(broker, namespace, broker),
         "spec": {
             "replicas": spec["replicas"],
@@ -218,6 +218,17 @@ def stateful_set(broker: str, namespace: str, spec: dict, config_hash: str) -> d
             "template": {"metadata": {"labels": pod_labels, "annotations": pod_annotations}, "spec": pod_spec},
         },
     }
+    durable = spec.get("durableStorage") or {}
+    if durable.get("enabled"):
+        # One volume per broker pod, kept when the pod moves or restarts (and when the StatefulSet scales down).
+        mounts.append({"name": layout.DATA_VOLUME, "mountPath": layout.data_dir()})
+        claim: dict[str, Any] = {"accessModes": ["ReadWriteOnce"],
+                                 "resources": {"requests": {"storage": durable.get("size", "1Gi")}}}
+        if durable.get("storageClassName"):
+            claim["storageClassName"] = durable["storageClassName"]
+        stateful["spec"]["volumeClaimTemplates"] = [
+            {"metadata": {"name": layout.DATA_VOLUME, "labels": selector_labels(broker)}, "spec": claim}]
+    return stateful
 
 
 def certificate(broker: str, namespace: str, spec: dict) -> dict | None:

@@ -1,0 +1,159 @@
+"""Durable broker state across real restarts: a broker process with ``durable_storage`` on is killed (SIGKILL)
+or stopped (SIGTERM) and started again on the same data directory. Every message whose PUBACK/PUBREC the
+publisher received must arrive (QoS 2: exactly once), and sessions, subscriptions, retained messages and
+delayed wills come back."""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import signal
+
+import pytest
+
+from wharf_broker.mqtt.packets import PUBLISH, PUBREL, PubAck, Publish, Will
+
+from .durable_support import EXPIRY, Raw, burst, committed, drain, durable_config, subscribe_offline
+
+pytestmark = pytest.mark.slow
+
+
+async def _kill_mid_burst(broker, count: int, kill_after: int, signum: int, version: int = 5) -> dict:
+    acked: dict = {}
+    task = asyncio.ensure_future(burst(broker.port("tcp:default"), count, acked, version=version))
+    while len(acked) < kill_after and not task.done():
+        await asyncio.sleep(0.01)
+    status = broker.stop(signum)
+    await task
+    assert status == (-signal.SIGKILL if signum == signal.SIGKILL else 0), broker.log
+    return acked
+
+
+def _check_delivered(acked: dict, received: list) -> None:
+    counts = collections.Counter(packet.payload for packet in received)
+    missing = [payload for payload in acked if payload not in counts]
+    assert not missing, f"{len(missing)} acknowledged messages lost, e.g. {missing[:3]}"
+    twice = [payload for payload, n in counts.items() if n > 1 and payload.startswith(b"2:")]
+    assert not twice, f"QoS 2 messages delivered more than once: {twice[:3]}"
+    for packet in received:
+        assert packet.qos == int(packet.payload[:1]), packet
+
+
+@pytest.mark.parametrize("signum,version", [(signal.SIGKILL, 5), (signal.SIGTERM, 5), (signal.SIGKILL, 4)],
+                         ids=["sigkill", "sigterm", "sigkill-mqtt311"])
+async def test_acknowledged_messages_survive_a_restart_in_the_middle_of_a_burst(broker_process, tmp_path, signum,
+                                                                                version):
+    config = durable_config(tmp_path / "data")
+    broker = broker_process(config)
+    await subscribe_offline(broker.port("tcp:default"), version=version)
+    acked = await _kill_mid_burst(broker, 3000, 400, signum, version)
+    assert len(acked) >= 400
+
+    restarted = broker_process(config)
+    assert "1 sessions" in restarted.log
+    received = await drain(restarted.port("tcp:default"), version=version)
+    _check_delivered(acked, received)
+    assert {1, 2} <= set(acked.values())
+
+
+async def test_inflight_state_and_packet_ids_survive_sigkill(broker_process, tmp_path):
+    """A QoS 2 message the subscriber PUBREC'd is released (PUBREL, same packet id) after the restart, never
+    sent again; an unacknowledged QoS 1 message is resent with its packet id and DUP."""
+    config = durable_config(tmp_path / "data")
+    broker = broker_process(config)
+    port = broker.port("tcp:default")
+    sub = await Raw.open(port)
+    await sub.connect("inflight-sub", expiry=EXPIRY)
+    await sub.subscribe("f/#", 2)
+    pub = await Raw.open(port)
+    await pub.connect("inflight-pub")
+    await pub.send(Publish("f/two", b"exactly-once", 2, packet_id=7))
+    assert (await pub.recv()).type == 5  # PUBREC: on disk
+    await pub.send(Publish("f/one", b"at-least-once", 1, packet_id=8))
+    assert (await pub.recv()).type == 4
+    first = await sub.recv()
+    second = await sub.recv()
+    by_payload = {first.payload: first, second.payload: second}
+    two, one = by_payload[b"exactly-once"], by_payload[b"at-least-once"]
+    before = await committed(broker, 0)
+    await sub.send(PubAck(5, two.packet_id))  # PUBREC
+    assert (await sub.recv()).type == PUBREL
+    await committed(broker, before)  # the PUBREC is on disk
+    broker.stop(signal.SIGKILL)
+
+    restarted = broker_process(config)
+    sub = await Raw.open(restarted.port("tcp:default"))
+    ack = await sub.connect("inflight-sub", clean_start=False, expiry=EXPIRY)
+    assert ack.session_present
+    packets = [await sub.recv(), await sub.recv()]
+    kinds = {packet.type: packet for packet in packets}
+    assert kinds[PUBREL].packet_id == two.packet_id
+    resent = kinds[PUBLISH]
+    assert (resent.payload, resent.packet_id, resent.dup) == (b"at-least-once", one.packet_id, True)
+    sub.close()
+
+
+async def test_sessions_subscription_options_and_retained_messages_survive_sigterm(broker_process, tmp_path):
+    config = durable_config(tmp_path / "data")
+    broker = broker_process(config)
+    port = broker.port("tcp:default")
+    await subscribe_offline(port, "opts/#", qos=1, sub_id=42, client_id="opts-sub")
+    pub = await Raw.open(port)
+    await pub.connect("retainer")
+    props = {"content_type": "text/plain", "user_property": [("k", "v")], "message_expiry_interval": 3600,
+             "correlation_data": b"\x00\x01"}
+    await pub.send(Publish("opts/kept", b"retained-value", 1, True, packet_id=1, properties=props))
+    assert (await pub.recv()).reason_code == 0
+    pub.close()
+    assert broker.stop(signal.SIGTERM) == 0
+
+    restarted = broker_process(config)
+    received = await drain(restarted.port("tcp:default"), "opts-sub", quiet=1.0)
+    assert [p.payload for p in received] == [b"retained-value"]
+    delivered = received[0]
+    assert delivered.properties["subscription_identifier"] == [42]  # the subscription identifier was kept
+    assert delivered.properties["content_type"] == "text/plain"
+    assert delivered.properties["correlation_data"] == b"\x00\x01"
+    assert 3500 < delivered.properties["message_expiry_interval"] <= 3600
+
+    # The retained message itself, to a new subscriber.
+    fresh = await Raw.open(restarted.port("tcp:default"))
+    await fresh.connect("fresh")
+    await fresh.subscribe("opts/kept", 1)
+    retained = await fresh.recv()
+    assert (retained.payload, retained.retain) == (b"retained-value", True)
+    assert retained.properties["user_property"] == [("k", "v")]
+    fresh.close()
+
+
+async def test_a_delayed_will_fires_after_the_restart_unless_the_client_came_back(broker_process, tmp_path):
+    config = durable_config(tmp_path / "data")
+    broker = broker_process(config)
+    port = broker.port("tcp:default")
+    await subscribe_offline(port, "wills/#", qos=1, client_id="will-watcher")
+    before = await committed(broker, 0)
+    for client_id in ("leaves", "returns"):
+        client = await Raw.open(port)
+        will = Will(f"wills/{client_id}", client_id.encode(), 1, False, {"will_delay_interval": 4})
+        await client.connect(client_id, expiry=EXPIRY, will=will)
+        client.close()  # gone without DISCONNECT: the will is due in 4 s
+    # Each connection wrote its session when it came and its session and will when it went.
+    await committed(broker, before + 5)
+    broker.stop(signal.SIGKILL)
+
+    restarted = broker_process(config)
+    port = restarted.port("tcp:default")
+    back = await Raw.open(port)
+    ack = await back.connect("returns", clean_start=False, expiry=EXPIRY)
+    assert ack.session_present
+    await asyncio.sleep(4.5)  # past the will delay
+    received = await drain(port, "will-watcher", quiet=1.0)
+    assert [p.payload for p in received] == [b"leaves"]
+    back.close()
+
+
+async def test_two_brokers_never_share_a_data_directory(broker_process, tmp_path):
+    config = durable_config(tmp_path / "data")
+    broker_process(config)
+    with pytest.raises(AssertionError, match="is in use by another broker process"):
+        broker_process(config)
