@@ -11,7 +11,7 @@ import signal
 
 import pytest
 
-from wharf_broker.mqtt.packets import PUBLISH, PUBREL, PubAck, Publish, Will
+from wharf_broker.mqtt.packets import PUBLISH, PUBREL, Connect, PubAck, Publish, Will
 
 from .durable_support import EXPIRY, Raw, burst, committed, drain, durable_config, subscribe_offline
 
@@ -157,3 +157,40 @@ async def test_two_brokers_never_share_a_data_directory(broker_process, tmp_path
     broker_process(config)
     with pytest.raises(AssertionError, match="is in use by another broker process"):
         broker_process(config)
+
+
+async def test_a_session_still_belongs_to_its_owner_after_a_restart(broker_process, tmp_path):
+    """The owner identity is kept with the session: after SIGKILL another identity asking for the same client id
+    gets a fresh session of its own (session_owner_check = discard), and the owner still gets what was queued."""
+    config = durable_config(tmp_path / "data")
+    broker = broker_process(config)
+    port = broker.port("tcp:default")
+    owner = await Raw.open(port)
+    await owner.send(Connect(version=5, client_id="owned", clean_start=True, username="alice",
+                             properties={"session_expiry_interval": EXPIRY}))
+    assert (await owner.recv()).reason_code == 0
+    await owner.subscribe("owned/#", 1)
+    owner.close()
+    pub = await Raw.open(port)
+    await pub.connect("owned-pub")
+    await pub.send(Publish("owned/x", b"for alice", 1, packet_id=1))
+    assert (await pub.recv()).type == 4
+    await committed(broker, 0)
+    broker.stop(signal.SIGKILL)
+
+    restarted = broker_process(config)
+    port = restarted.port("tcp:default")
+    other = await Raw.open(port)
+    await other.send(Connect(version=5, client_id="owned", clean_start=False, username="mallory",
+                             properties={"session_expiry_interval": EXPIRY}))
+    ack = await other.recv()
+    assert ack.reason_code == 0 and not ack.session_present, ack
+    other.close()
+    again = await Raw.open(port)
+    await again.send(Connect(version=5, client_id="owned", clean_start=False, username="alice",
+                             properties={"session_expiry_interval": EXPIRY}))
+    ack = await again.recv()
+    assert ack.reason_code == 0 and ack.session_present, ack
+    message = await again.recv()
+    assert message.type == PUBLISH and message.payload == b"for alice"
+    again.close()

@@ -167,6 +167,9 @@ def test_the_default_data_directory(monkeypatch, tmp_path):
 
 def test_the_embedded_default_keeps_state_and_the_environment_can_move_or_stop_it(monkeypatch, tmp_path):
     from wharf_broker.config.loader import embedded_default
+    from wharf_broker.tls import localpki
+    monkeypatch.setenv("WHARF_HOME", str(tmp_path / "home"))  # the embedded default's generated certificates
+    localpki.ensure()
     monkeypatch.delenv("WHARF_DATA_DIR", raising=False)
     monkeypatch.delenv("WHARF_DURABLE_STORAGE", raising=False)
     assert embedded_default().durable_storage == DurableStorage(enable=True)
