@@ -17,6 +17,7 @@ from .auth import AuthChain, Authenticator
 from .channel import Channel
 from .config.model import BrokerConfig
 from .connection import Connection
+from .limits import exceeded
 from .listener_context import ListenerContext
 from .metrics import REGISTRY, Registry
 from .mqtt import reason_codes as rc
@@ -58,7 +59,9 @@ class Broker:
                  auth_hooks: list[Authenticator] | None = None, registry: Registry = REGISTRY) -> None:
         self.config = config or BrokerConfig()
         self.router = router or LocalRouter()
-        self.retained = RetainedStore()
+        retainer = self.config.retainer
+        self.retained = RetainedStore(retainer.max_retained_messages, retainer.max_retained_bytes,
+                                      retainer.max_payload_size)
         self.sessions: dict[str, Session] = {}
         self.channels: dict[str, Channel] = {}  # connected clients by client id
         self.connections: set[Connection] = set()
@@ -67,6 +70,7 @@ class Broker:
         # Password file / HTTP authenticators, the ACL and flapping detection, as configured.
         self.access = AccessControl(self.config, registry)
         self.auth.hooks.extend(self.access.authenticators)
+        self.auth.throttle = self.access.login_throttle
         self.metrics = BrokerMetrics(registry)
         # Listener id -> listener object; the application wiring fills this for the admin API.
         self.listeners: dict = {}
@@ -90,12 +94,22 @@ class Broker:
         """Route ``message`` (storing it first if retained); returns how many sessions it went to."""
         self._received.value += 1
         if message.retain and self.config.mqtt.retain_available:
-            self.retained.store(message)
-            self.metrics.retained.set(len(self.retained))
+            if self.retain_refusal(message) is None:
+                self.retained.store(message)
+                self.metrics.retained.set(len(self.retained))
         delivered = self.router.publish(message)
         if not delivered:
             self.metrics.dropped("no_subscribers").value += 1
         return delivered
+
+    def retain_refusal(self, message: Message) -> str | None:
+        """The ``retainer`` limit that keeps ``message`` from being stored (counted and logged), or None."""
+        refused = self.retained.refusal(message)
+        if refused is not None:
+            exceeded(refused)
+            log.info("retained message on %r from %r not stored: %s reached", message.topic, message.publisher,
+                        refused)
+        return refused
 
     def count_dropped(self, message: Message, reason: str) -> None:
         self.metrics.dropped(reason).value += 1

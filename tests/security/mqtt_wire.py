@@ -48,8 +48,9 @@ class WireClient:
 
     @classmethod
     async def open(cls, port: int, version: int = 5, *, tls: ssl.SSLContext | None = None,
-                   proxy_header: bytes | None = None) -> WireClient:
-        reader, writer = await asyncio.open_connection(HOST, port)
+                   proxy_header: bytes | None = None, local: str | None = None) -> WireClient:
+        """``local``: the source address to connect from (any 127.0.0.0/8 address works on loopback)."""
+        reader, writer = await asyncio.open_connection(HOST, port, local_addr=(local, 0) if local else None)
         if proxy_header is not None:
             writer.write(proxy_header)
             await writer.drain()
@@ -124,8 +125,9 @@ class WireClient:
             pass
 
 
-async def connack_code(port: int, client_id: str, version: int = 5, **credentials) -> int:
-    client = await WireClient.open(port, version)
+async def connack_code(port: int, client_id: str, version: int = 5, local: str | None = None,
+                       **credentials) -> int:
+    client = await WireClient.open(port, version, local=local)
     try:
         return (await client.connect(client_id, **credentials)).reason_code
     finally:
