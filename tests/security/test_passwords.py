@@ -129,7 +129,7 @@ def test_flapping_window_ban_and_bounded_memory():
         assert not detector.connected("b")
     for index in range(1000):
         detector.connected(f"random-{index}")
-    assert len(detector._windows) <= 100
+    assert len(detector.client_ids.windows) <= 100
 
 
 def test_run_in_executor_keeps_the_loop_free(tmp_path):
