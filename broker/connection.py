@@ -166,6 +166,7 @@ class Connection(asyncio.Protocol):
         parser.max_packet_size = settings.max_packet_size
         parser.size_limit = "max_packet_size"
         parser.property_limits = PropertyLimits(settings.max_user_properties, settings.max_properties_size)
+        parser.max_topic_filters = settings.max_topic_filters_per_packet
         try:
             packets = parser.feed(b"")
             error = None

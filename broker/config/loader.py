@@ -501,6 +501,8 @@ class _Checker:
         for name in ("max_properties_size", "connect_max_properties_size"):
             if getattr(mqtt, name) < 1:
                 self.issue(f"mqtt.{name}", "must be at least 1 byte")
+        if mqtt.max_topic_filters_per_packet is not None and mqtt.max_topic_filters_per_packet < 1:
+            self.issue("mqtt.max_topic_filters_per_packet", "must be at least 1 (or infinity)")
         if mqtt.max_subscriptions is not None and mqtt.max_subscriptions < 1:
             self.issue("mqtt.max_subscriptions", "must be at least 1 (or infinity)")
         if not 1 <= mqtt.max_inflight <= 65535:

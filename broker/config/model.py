@@ -33,6 +33,9 @@ class MqttSettings:
     # and bytes at most. Checked while decoding; beyond them the connection ends with 0x95 packet too large.
     max_user_properties: int = 128
     max_properties_size: ByteSize = 64 * 1024
+    # Topic filters in one SUBSCRIBE or UNSUBSCRIBE (counted while decoding; beyond: disconnected, 0x95). Decoding
+    # a 1MB SUBSCRIBE of 250,000 filters held the event loop for seconds; some clients batch hundreds.
+    max_topic_filters_per_packet: Limit = 500
     # The same three limits before CONNACK, when the peer is not authenticated yet: only its CONNECT is
     # parsed, under these stricter values (a larger will payload needs a larger connect_max_packet_size; a
     # max_packet_size below it wins).

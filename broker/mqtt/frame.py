@@ -10,7 +10,8 @@ error, 0x84 unsupported protocol version, 0x95 packet too large) and its ``packe
 before the bad packet.
 
 Limits for hostile input (a server-side parser; a fresh ``Parser`` has none beyond the packet size):
-``property_limits`` caps every property block as it is read (``properties.PropertyLimits``), ``size_limit``
+``property_limits`` caps every property block as it is read (``properties.PropertyLimits``),
+``max_topic_filters`` the topic filters of one SUBSCRIBE / UNSUBSCRIBE as they are read, ``size_limit``
 names the packet size limit in errors, and ``single`` makes ``feed`` stop after one packet and keep the rest
 as raw bytes. The connection uses that until its CONNACK is sent: only the CONNECT is parsed, under the
 stricter ``connect_*`` limits, and what follows it waits for the normal ones (``feed(b"")`` parses it then).
@@ -51,7 +52,8 @@ class Parser:
     starts out not knowing it). ``max_packet_size`` bounds the whole packet, fixed header included.
     """
 
-    __slots__ = ("version", "max_packet_size", "size_limit", "property_limits", "single", "_buffer", "_need")
+    __slots__ = ("version", "max_packet_size", "size_limit", "property_limits", "max_topic_filters", "single",
+                 "_buffer", "_need")
 
     def __init__(self, max_packet_size: int = 268435460, version: int = MQTT_3_1_1,
                  property_limits: PropertyLimits | None = None) -> None:
@@ -59,6 +61,8 @@ class Parser:
         self.max_packet_size = max_packet_size
         self.size_limit = "max_packet_size"
         self.property_limits = property_limits
+        # Topic filters in one SUBSCRIBE / UNSUBSCRIBE at most (None: no limit); counted while decoding.
+        self.max_topic_filters: int | None = None
         self.single = False
         self._buffer = bytearray()
         self._need = 0  # total size of the packet being buffered, once its fixed header is known
@@ -187,14 +191,19 @@ class Parser:
         if ptype == CONNECT:
             return self._decode_connect(data, pos, end)
         if ptype == SUBSCRIBE:
-            return self._decode_subscribe(data, pos, end, v5, limits)
+            return self._decode_subscribe(data, pos, end, v5, limits, self.max_topic_filters)
         if ptype == UNSUBSCRIBE:
             packet_id, pos = _packet_id(data, pos, end)
             properties = {}
             if v5:
                 properties, pos = decode_properties(data, pos, end, UNSUBSCRIBE, limits)
             filters = []
+            room = self.max_topic_filters
             while pos < end:
+                if room is not None:
+                    room -= 1
+                    if room < 0:
+                        raise _too_many_filters(self.max_topic_filters)
                 topic_filter, pos = read_string(data, pos, end)
                 filters.append(topic_filter)
             if not filters:
@@ -314,13 +323,18 @@ class Parser:
         return Connect(version, client_id, bool(flags & 0x02), keepalive, username, password, will, properties)
 
     @staticmethod
-    def _decode_subscribe(data: bytes, pos: int, end: int, v5: bool, limits) -> Subscribe:
+    def _decode_subscribe(data: bytes, pos: int, end: int, v5: bool, limits, max_filters) -> Subscribe:
         packet_id, pos = _packet_id(data, pos, end)
         properties = {}
         if v5:
             properties, pos = decode_properties(data, pos, end, SUBSCRIBE, limits)
         topics = []
+        room = max_filters
         while pos < end:
+            if room is not None:
+                room -= 1
+                if room < 0:
+                    raise _too_many_filters(max_filters)
             topic_filter, pos = read_string(data, pos, end)
             if pos >= end:
                 raise _malformed("subscription without options")
@@ -344,6 +358,11 @@ class Parser:
         if not topics:
             raise FrameError(rc.PROTOCOL_ERROR, "SUBSCRIBE without topic filters")
         return Subscribe(packet_id, topics, properties)
+
+
+def _too_many_filters(limit: int) -> FrameError:
+    return FrameError(rc.PACKET_TOO_LARGE, f"more than {limit} topic filters in one packet",
+                      "max_topic_filters_per_packet")
 
 
 def _packet_id(data: bytes, pos: int, end: int) -> tuple[int, int]:

@@ -178,3 +178,29 @@ dashboard.listeners.http.bind = "127.0.0.1:0"
     for limit in ("connect_max_packet_size", "connect_max_properties_size", "connect_max_user_properties",
                   "max_user_properties", "max_properties_size"):
         assert metric(text, "wharf_limit_exceeded_total", limit=limit) == 1, limit
+
+
+async def test_topic_filters_per_packet_are_capped_while_decoding(broker_process):
+    broker = broker_process("""
+listeners.tcp.default { bind = "127.0.0.1:0" }
+dashboard.listeners.http.bind = "127.0.0.1:0"
+mqtt { max_topic_filters_per_packet = 500, max_subscriptions = infinity }
+""")
+    port = broker.port("tcp:default")
+    client = await WireClient.open(port)
+    await client.connect("batch")
+    assert (await client.subscribe(*(f"f/{n}" for n in range(500)))).reason_codes == [1] * 500
+    for first, name in ((0x82, "SUBSCRIBE"), (0xA2, "UNSUBSCRIBE")):
+        # 250,000 one-byte filters in ~1 MB: refused at the 501st, not decoded to the end.
+        entries = (b"\x00\x01a\x01" if first == 0x82 else b"\x00\x01a") * 250_000
+        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        writer.write(connect_v5(f"flood-{name}"))
+        head = await reader.readexactly(2)
+        await reader.readexactly(head[1])
+        writer.write(_packet(first, b"\x00\x01\x00" + entries))
+        data = await asyncio.wait_for(reader.read(), 10)
+        assert data[:1] == b"\xe0" and data[2] == rc.PACKET_TOO_LARGE, (name, data)
+        writer.close()
+    await client.close()
+    _, body = broker.admin("GET", "/metrics")
+    assert metric(body.decode(), "wharf_limit_exceeded_total", limit="max_topic_filters_per_packet") == 2
