@@ -13,13 +13,14 @@ authenticator can refuse it for lacking a password.
 
 With a ``throttle`` (``authn.throttle.LoginThrottler``), a login that presents credentials is first checked
 against the backoff of its source address and user name: while either backs off, the CONNECT is refused at once
-with 0x9F "connection rate exceeded" and no hook runs (so too when it has too many checks in flight already).
+(after ``refusal_delay``) with 0x9F "connection rate exceeded" and no hook runs (so too when it has too many checks in flight already).
 Afterwards a "bad user name or password" denial counts
 as a failure of both, an allow clears both.
 """
 
 from __future__ import annotations
 
+import asyncio
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
@@ -104,6 +105,9 @@ class AuthChain:
         address = info.peer[0] if info.peer else None
         wait = throttle.admit(address, info.username)
         if wait:
+            delay = min(wait, throttle.refusal_delay) if wait > 0 else throttle.refusal_delay
+            if delay > 0:
+                await asyncio.sleep(delay)
             return AuthResult.deny(rc.CONNECTION_RATE_EXCEEDED,
                                    f"too many failed logins, retry in {wait:.0f}s" if wait >= 1 else
                                    "too many failed logins, retry in a moment")

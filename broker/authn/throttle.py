@@ -13,6 +13,10 @@ Bursts: failures are only known once their hashes are computed, so a burst of wr
 address would all be hashed before the first failure counts. ``max_pending_checks`` caps the logins of one
 address / user name being checked at the same time; more are refused the same way (0x9F).
 
+A refusal is answered after ``refusal_delay`` (at most the rest of the backoff): refused at once, an attacker
+that waits for its CONNACK reconnects hundreds of times a second, and that churn costs the event loop more
+than the refusals save.
+
 Lockout as denial of service: an attacker who keeps failing as user X keeps X blocked, but each block is at
 most ``max_backoff`` long and the real X, from any address, gets through as soon as a block ends and the
 next attempt is its own. ``by_username = false`` removes that lever (then only addresses are throttled, and a
@@ -104,6 +108,7 @@ class _Records:
 class LoginThrottler:
     def __init__(self, config: LoginThrottle, registry: Registry = REGISTRY, clock=time.monotonic) -> None:
         self.enabled = config.enable
+        self.refusal_delay = config.refusal_delay
         self._clock = clock
         throttled = registry.counter("wharf_authn_throttled_total",
                                      "Logins refused without a password check while their source address or "

@@ -477,6 +477,8 @@ class _Checker:
                 self.issue(f"authentication.login_throttle.{name}", "must be greater than 0")
         if throttle.max_backoff < throttle.initial_backoff:
             self.issue("authentication.login_throttle.max_backoff", "must not be less than initial_backoff")
+        if throttle.refusal_delay < 0:
+            self.issue("authentication.login_throttle.refusal_delay", "must be 0 or more")
         if throttle.max_pending_checks < 1:
             self.issue("authentication.login_throttle.max_pending_checks", "must be at least 1")
         if throttle.max_tracked < 1:

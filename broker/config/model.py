@@ -255,6 +255,9 @@ class LoginThrottle:
     # (a burst of wrong passwords is otherwise all hashed before its first failure is known).
     max_pending_checks: int = 1
     initial_backoff: Duration = 1.0
+    # A throttled CONNECT is answered after this long (at most the rest of its backoff), so that a client
+    # waiting for its CONNACK cannot turn refusals into a reconnect loop; 0 answers at once.
+    refusal_delay: Duration = 1.0
     max_backoff: Duration = 60.0
     forget_after: Duration = 600.0
     max_tracked: int = 100000

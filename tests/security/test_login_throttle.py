@@ -28,7 +28,7 @@ dashboard.listeners.http.bind = "127.0.0.1:0"
 authentication {{
   allow_anonymous = false
   password_file {{ enable = true, path = "{user_file}" }}
-  login_throttle {{ allowed_failures = 2, initial_backoff = 2s, max_backoff = 2s }}
+  login_throttle {{ allowed_failures = 2, initial_backoff = 2s, max_backoff = 2s, refusal_delay = 0 }}
 }}
 """)
     port = broker.port("tcp:default")
@@ -112,3 +112,28 @@ def test_hashes_run_on_the_bounded_pool_and_a_full_queue_answers_server_busy(tmp
     assert [r.reason_code for r in results] == [rc.BAD_USER_NAME_OR_PASSWORD] * 2
     assert threads and all(name.startswith("wharf-hash") for name in threads), threads
     assert threading.main_thread().name not in threads
+
+
+def test_a_throttled_connect_is_answered_after_the_refusal_delay_without_asking_the_hooks(monkeypatch):
+    from wharf_broker import auth
+
+    now = [0.0]
+    throttle = LoginThrottler(LoginThrottle(allowed_failures=0, initial_backoff=30, max_backoff=30,
+                                            refusal_delay=1.5), Registry(), clock=lambda: now[0])
+    asked = []
+
+    class Hook:
+        async def authenticate(self, info):
+            asked.append(info.username)
+            return auth.AuthResult.deny(rc.BAD_USER_NAME_OR_PASSWORD, "bad user name or password")
+    slept = []
+
+    async def fake_sleep(seconds):
+        slept.append(seconds)
+    monkeypatch.setattr(auth.asyncio, "sleep", fake_sleep)
+    chain = auth.AuthChain(False, [Hook()], throttle)
+    info = ConnectInfo("c", "mallory", b"guess", "t", ("198.51.100.9", 4000), 5)
+    first = asyncio.run(chain.authenticate(info))
+    second = asyncio.run(chain.authenticate(info))
+    assert first.reason_code == rc.BAD_USER_NAME_OR_PASSWORD and second.reason_code == rc.CONNECTION_RATE_EXCEEDED
+    assert asked == ["mallory"] and slept == [1.5]
