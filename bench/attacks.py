@@ -275,7 +275,8 @@ async def run_scenario(name: str, port: int, seconds: float) -> dict:
         answers = counts["answer_s"] or [0.0]
         result.update({"attacker_refusals": counts["refused"],
                        "attacker_answer_p50_ms": round(statistics.median(answers) * 1000, 1),
-                       "legit_login_before_attack_ms": idle_login, "legit_logins": len(latencies), "legit_failures": failures[:5],
+                       "legit_login_before_attack_ms": idle_login, "legit_logins": len(latencies),
+                       "legit_failures": failures[:5],
                        "legit_login_max_ms": round(max(latencies or [0]) * 1000, 1),
                        "legit_login_p50_ms": round(statistics.median(latencies or [0]) * 1000, 1)})
     return result

@@ -12,10 +12,9 @@ A client whose TLS handshake ran on a pre-shared key gets its PSK identity as it
 authenticator can refuse it for lacking a password.
 
 With a ``throttle`` (``authn.throttle.LoginThrottler``), a login that presents credentials is first checked
-against the backoff of its source address and user name: while either backs off, the CONNECT is refused at once
-(after ``refusal_delay``) with 0x9F "connection rate exceeded" and no hook runs (so too when it has too many checks in flight already).
-Afterwards a "bad user name or password" denial counts
-as a failure of both, an allow clears both.
+against the backoff of its source address and user name: while either backs off, or already has too many checks
+in flight, the CONNECT is refused after ``refusal_delay`` with 0x9F "connection rate exceeded" and no hook runs.
+Afterwards a "bad user name or password" denial counts as a failure of both, an allow clears both.
 """
 
 from __future__ import annotations
