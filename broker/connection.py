@@ -88,6 +88,10 @@ class Connection(asyncio.Protocol):
         self.last_received = self._time()
         if self._closing:
             return
+        if self._held is not None and self.parser.single:
+            # The CONNECT is being authenticated: what follows it waits unparsed for the post-CONNACK limits.
+            self.parser.keep(data)
+            return
         try:
             packets = self.parser.feed(data)
             error = None

@@ -71,6 +71,10 @@ class Parser:
     def buffered(self) -> int:
         return len(self._buffer)
 
+    def keep(self, data: bytes) -> None:
+        """Buffer ``data`` unparsed (a later ``feed`` parses it with the limits in force then)."""
+        self._buffer += data
+
     def feed(self, data: bytes) -> list:
         buffer = self._buffer
         if buffer:

@@ -204,3 +204,57 @@ mqtt { max_topic_filters_per_packet = 500, max_subscriptions = infinity }
     await client.close()
     _, body = broker.admin("GET", "/metrics")
     assert metric(body.decode(), "wharf_limit_exceeded_total", limit="max_topic_filters_per_packet") == 2
+
+
+def test_bytes_arriving_during_authentication_wait_for_the_post_connack_limits():
+    """A PUBLISH larger than connect_max_packet_size that arrives while the CONNECT is being authenticated is
+    parsed after the CONNACK, under max_packet_size (not refused under the stricter CONNECT limits)."""
+    from wharf_broker.auth import AuthResult
+    from wharf_broker.broker import Broker
+    from wharf_broker.config.model import BrokerConfig, MqttSettings
+    from wharf_broker.connection import Connection
+    from wharf_broker.listener_context import ListenerContext
+    from wharf_broker.metrics import Registry
+
+    class SlowHook:
+        async def authenticate(self, info):
+            await asyncio.sleep(0.05)
+            return AuthResult.allow()
+
+    class Transport(asyncio.Transport):
+        def __init__(self) -> None:
+            super().__init__({"peername": ("127.0.0.1", 50000)})
+            self.out = bytearray()
+            self.closed = False
+
+        def write(self, data) -> None:
+            self.out += data
+
+        def close(self) -> None:
+            self.closed = True
+
+        def is_closing(self) -> bool:
+            return self.closed
+
+        def pause_reading(self) -> None:
+            pass
+
+        def resume_reading(self) -> None:
+            pass
+
+    async def main():
+        config = BrokerConfig(mqtt=MqttSettings(connect_max_packet_size=1024))
+        broker = Broker(config, auth_hooks=[SlowHook()], registry=Registry())
+        published = []
+        broker.publish = lambda message: published.append(message) or 1
+        connection = Connection(broker, ListenerContext(id="tcp:t", type="tcp"))
+        transport = Transport()
+        connection.connection_made(transport)
+        big = publish_v5("t", b"z" * 4096)
+        connection.data_received(connect_v5("slow") + big[:100])
+        connection.data_received(big[100:])  # while the hook runs
+        await asyncio.sleep(0.3)
+        return transport, published
+    transport, published = asyncio.run(main())
+    assert not transport.closed and transport.out[:1] == b"\x20"
+    assert len(published) == 1 and published[0].payload == b"z" * 4096
