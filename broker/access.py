@@ -11,6 +11,7 @@ from __future__ import annotations
 import logging
 
 from .authn import build_authenticators
+from .authn.throttle import LoginThrottler
 from .authz import Authorizer, ClientAcl, ClientFacts
 from .config.model import BrokerConfig
 from .flapping import FlappingDetector
@@ -24,6 +25,7 @@ AUTHN_RESULTS = ("allow", "deny", "anonymous", "error", "banned")
 class AccessControl:
     def __init__(self, config: BrokerConfig, registry: Registry = REGISTRY) -> None:
         self.authenticators = build_authenticators(config.authentication)
+        self.login_throttle = LoginThrottler(config.authentication.login_throttle, registry)
         self.authorizer = Authorizer(config.authorization, registry)
         self.flapping = FlappingDetector(config.flapping_detect, registry)
         family = registry.counter("wharf_authn_total",

@@ -10,10 +10,16 @@ certificate before the chain runs (``identity_from_certificate``).
 A client whose TLS handshake ran on a pre-shared key gets its PSK identity as its username (mosquitto's
 ``use_identity_as_username``) and is authenticated by the key itself: the chain is not asked, so no password
 authenticator can refuse it for lacking a password.
+
+With a ``throttle`` (``authn.throttle.LoginThrottler``), a login that presents credentials is first checked
+against the backoff of its source address and user name: while either backs off, or already has too many checks
+in flight, the CONNECT is refused after ``refusal_delay`` with 0x9F "connection rate exceeded" and no hook runs.
+Afterwards a "bad user name or password" denial counts as a failure of both, an allow clears both.
 """
 
 from __future__ import annotations
 
+import asyncio
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
@@ -70,9 +76,11 @@ class Authenticator(Protocol):
 
 
 class AuthChain:
-    def __init__(self, allow_anonymous: bool = True, hooks: list[Authenticator] | None = None) -> None:
+    def __init__(self, allow_anonymous: bool = True, hooks: list[Authenticator] | None = None,
+                 throttle: Any = None) -> None:
         self.allow_anonymous = allow_anonymous
         self.hooks: list[Authenticator] = list(hooks or ())
+        self.throttle = throttle
 
     def add(self, hook: Authenticator) -> None:
         self.hooks.append(hook)
@@ -90,6 +98,29 @@ class AuthChain:
     async def authenticate(self, info: ConnectInfo) -> AuthResult:
         if info.psk_identity is not None:  # the key already proved who it is
             return self.fallback(info)
+        throttle = self.throttle
+        if throttle is None or (info.username is None and info.password is None):
+            return await self._ask(info)
+        address = info.peer[0] if info.peer else None
+        wait = throttle.admit(address, info.username)
+        if wait:
+            delay = min(wait, throttle.refusal_delay) if wait > 0 else throttle.refusal_delay
+            if delay > 0:
+                await asyncio.sleep(delay)
+            return AuthResult.deny(rc.CONNECTION_RATE_EXCEEDED,
+                                   f"too many failed logins, retry in {wait:.0f}s" if wait >= 1 else
+                                   "too many failed logins, retry in a moment")
+        try:
+            result = await self._ask(info)
+        finally:
+            throttle.release(address, info.username)
+        if result.allowed:
+            throttle.succeeded(address, info.username)
+        elif result.reason_code == rc.BAD_USER_NAME_OR_PASSWORD:
+            throttle.failed(address, info.username)
+        return result
+
+    async def _ask(self, info: ConnectInfo) -> AuthResult:
         for hook in self.hooks:
             result = await hook.authenticate(info)
             if result.decision != IGNORE:

@@ -24,6 +24,7 @@ from .authz import guard_for, read_guard
 from .channel import Channel
 from .config.model import BrokerConfig
 from .connection import Connection
+from .limits import exceeded
 from .listener_context import ListenerContext
 from .metrics import REGISTRY, Registry
 from .mqtt import reason_codes as rc
@@ -70,7 +71,9 @@ class Broker:
                  auth_hooks: list[Authenticator] | None = None, registry: Registry = REGISTRY) -> None:
         self.config = config or BrokerConfig()
         self.router = router or LocalRouter()
-        self.retained = RetainedStore()
+        retainer = self.config.retainer
+        self.retained = RetainedStore(retainer.max_retained_messages, retainer.max_retained_bytes,
+                                      retainer.max_payload_size)
         self.sessions: dict[str, Session] = {}
         self.channels: dict[str, Channel] = {}  # connected clients by client id
         # Connected clients on guest sessions (``tenancy``): under a client id whose session is someone else's.
@@ -82,6 +85,7 @@ class Broker:
         # Password file / HTTP authenticators, the ACL and flapping detection, as configured.
         self.access = AccessControl(self.config, registry)
         self.auth.hooks.extend(self.access.authenticators)
+        self.auth.throttle = self.access.login_throttle
         self.metrics = BrokerMetrics(registry)
         self.owner_check = OwnerCheck(self.config.mqtt.session_owner_check, registry)
         self.access.authorizer.on_reload.append(self.guard_all_subscriptions)
@@ -115,13 +119,14 @@ class Broker:
         store = self.store
         mark = store.changes
         if message.retain and self.config.mqtt.retain_available:
-            self.retained.store(message)
-            self.metrics.retained.set(len(self.retained))
-            if store.enabled:
-                if self.retained.get(message.topic) is message:
-                    store.put_retained(message)
-                elif not message.payload:
-                    store.delete_retained(message.topic)
+            if self.retain_refusal(message) is None:
+                self.retained.store(message)
+                self.metrics.retained.set(len(self.retained))
+                if store.enabled:
+                    if self.retained.get(message.topic) is message:
+                        store.put_retained(message)
+                    elif not message.payload:
+                        store.delete_retained(message.topic)
         delivered = self.router.publish(message)
         if not delivered:
             self.metrics.dropped("no_subscribers").value += 1
@@ -133,6 +138,15 @@ class Broker:
         result = self.publish(message)
         if result.__class__ is not int:  # nobody waits for a will's commit; a failure is counted by the store
             result.add_done_callback(_consume_result)
+
+    def retain_refusal(self, message: Message) -> str | None:
+        """The ``retainer`` limit that keeps ``message`` from being stored (counted and logged), or None."""
+        refused = self.retained.refusal(message)
+        if refused is not None:
+            exceeded(refused)
+            log.info("retained message on %r from %r not stored: %s reached", message.topic, message.publisher,
+                        refused)
+        return refused
 
     def count_dropped(self, message: Message, reason: str) -> None:
         self.metrics.dropped(reason).value += 1

@@ -180,7 +180,7 @@ class Channel:
                 if listener.peer_cert_as_clientid == "cn" and cert_client_id is None:
                     client_id = cert_cn
         flapping = self.broker.access.flapping
-        if flapping.enabled and client_id and (flapping.is_banned(client_id) or flapping.connected(client_id)):
+        if flapping.enabled and flapping.refuses(client_id, self.connection.peer):
             self.broker.access.authn["banned"].inc()
             log.info("client %r from %s refused: banned for flapping", client_id, self.connection.peer_text)
             return self._refuse(rc.BANNED, "banned for flapping")
@@ -386,6 +386,11 @@ class Channel:
             raise ProtocolViolation(rc.RETAIN_NOT_SUPPORTED, "retained messages are not supported")
         message = Message(topic, packet.payload, qos, packet.retain, properties, self.client_id, expires_at)
         broker = self.broker
+        if packet.retain and qos and self.v5 and broker.retain_refusal(message) is not None:
+            # retainer limits: 5.0 can hear it (and the message is not routed); see config.model.Retainer.
+            self.connection.write(encode(PubAck(PUBACK if qos == 1 else PUBREC, packet.packet_id,
+                                                rc.QUOTA_EXCEEDED), 5))
+            return
         if qos == 0:
             broker.publish(message)
             return

@@ -7,6 +7,10 @@ keeps collecting (QoS 1/2 is bounded by the in-flight window; the channel drops 
 Timers: the CONNECT must arrive within ``mqtt.idle_timeout``; afterwards the client must send something at
 least every keep-alive x ``keepalive_multiplier``. A connection that is closed but whose peer stops reading is
 aborted after a grace period, so nothing leaks.
+
+Until its CONNACK is sent a peer is not authenticated, so its parser runs under the stricter ``mqtt.connect_*``
+limits and parses only one packet (the CONNECT); what the peer sent after it stays raw bytes until the CONNACK
+(``_lift_connect_limits``) and is then parsed under the normal limits.
 """
 
 from __future__ import annotations
@@ -21,6 +25,7 @@ from .limits import exceeded
 from .listener_context import ListenerContext
 from .mqtt import reason_codes as rc
 from .mqtt.frame import FrameError, Parser
+from .mqtt.properties import PropertyLimits
 
 if TYPE_CHECKING:
     from .broker import Broker
@@ -41,7 +46,13 @@ class Connection(asyncio.Protocol):
         self.broker = broker
         self.listener = listener
         self.transport: asyncio.Transport | None = None
-        self.parser = Parser(broker.config.mqtt.max_packet_size)
+        settings = broker.config.mqtt
+        connect_max = min(settings.connect_max_packet_size, settings.max_packet_size)
+        self.parser = parser = Parser(connect_max, property_limits=PropertyLimits(
+            settings.connect_max_user_properties, settings.connect_max_properties_size,
+            "connect_max_user_properties", "connect_max_properties_size"))
+        parser.size_limit = "connect_max_packet_size"
+        parser.single = True
         self.peer: tuple | None = None
         self.peer_text = "?"
         self.backlog_bytes = 0
@@ -76,6 +87,10 @@ class Connection(asyncio.Protocol):
     def data_received(self, data: bytes) -> None:
         self.last_received = self._time()
         if self._closing:
+            return
+        if self._held is not None and self.parser.single:
+            # The CONNECT is being authenticated: what follows it waits unparsed for the post-CONNACK limits.
+            self.parser.keep(data)
             return
         try:
             packets = self.parser.feed(data)
@@ -132,6 +147,9 @@ class Connection(asyncio.Protocol):
                     return
                 if self._closing:
                     return
+            if self.parser.single and self.channel.connected:
+                self._lift_connect_limits()
+                return
         except ProtocolViolation as violation:
             self._log_close(str(violation), violation.reason_code)
             self.channel.abort(violation.reason_code, str(violation))
@@ -142,6 +160,23 @@ class Connection(asyncio.Protocol):
             return
         if error is not None:
             self._frame_error(error)
+
+    def _lift_connect_limits(self) -> None:
+        """The CONNACK accepted the client: the normal limits apply, and what it sent after its CONNECT is
+        parsed now."""
+        settings = self.broker.config.mqtt
+        parser = self.parser
+        parser.single = False
+        parser.max_packet_size = settings.max_packet_size
+        parser.size_limit = "max_packet_size"
+        parser.property_limits = PropertyLimits(settings.max_user_properties, settings.max_properties_size)
+        parser.max_topic_filters = settings.max_topic_filters_per_packet
+        try:
+            packets = parser.feed(b"")
+            error = None
+        except FrameError as exc:
+            packets, error = exc.packets, exc
+        self._process(packets, error)
 
     def resume_processing(self) -> None:
         """The CONNECT's authentication finished: go on with the packets held meanwhile."""
@@ -156,7 +191,9 @@ class Connection(asyncio.Protocol):
     def _frame_error(self, error: FrameError) -> None:
         channel = self.channel
         self._log_close(f"bad packet: {error}", error.reason_code)
-        if error.reason_code == rc.PACKET_TOO_LARGE:
+        if error.limit is not None:
+            exceeded(error.limit)
+        elif error.reason_code == rc.PACKET_TOO_LARGE:
             exceeded("max_packet_size")
         if not channel.connect_received:
             if error.reason_code == rc.UNSUPPORTED_PROTOCOL_VERSION:

@@ -5,9 +5,14 @@ file is ``ignore`` (the next authenticator may know it), a wrong password is ``d
 password). The file's SHA-256 is re-checked every ``reload_interval`` and on ``reload()`` (SIGHUP); a file that
 does not parse is logged and the previous users stay.
 
-Hash checks are slow by design, so they run in a thread, and a bounded cache remembers recent successful
-checks (keyed by a salted digest of the password, never the password itself) so that reconnecting clients do
-not pay the hash again; the cache is dropped whenever the file changes.
+Hash checks are slow by design, so they run on the authenticator's own pool of ``hash_workers`` threads
+(``wharf-hash-*``; never the event loop, and not the loop's default executor, which other work shares). At most
+``hash_queue_size`` checks wait for a thread; beyond that a CONNECT is refused at once with 0x89 "server busy"
+(counted as ``wharf_limit_exceeded_total{limit="authentication.password_file.hash_queue_size"}``), so a flood
+of wrong passwords costs a bounded amount of CPU and memory. Repeated failures are throttled before they get
+here (``throttle.py``). A bounded cache remembers recent successful checks (keyed by a salted digest of the
+password, never the password itself) so that reconnecting clients do not pay the hash again; the cache is
+dropped whenever the file changes.
 """
 
 from __future__ import annotations
@@ -17,9 +22,11 @@ import hashlib
 import logging
 import os
 from collections import OrderedDict
+from concurrent.futures import ThreadPoolExecutor
 
 from ..auth import AuthResult, ConnectInfo
 from ..config.model import PasswordFileAuthn
+from ..limits import exceeded
 from ..mqtt import reason_codes as rc
 from . import hashing
 
@@ -63,6 +70,10 @@ class PasswordFileAuthenticator:
         self._pepper = os.urandom(16)  # the cache keys are useless outside this process
         self._verified: OrderedDict[tuple[str, bytes], str] = OrderedDict()
         self._watcher: asyncio.Task | None = None
+        self.hash_workers = config.hash_workers
+        self.max_pending = config.hash_workers + config.hash_queue_size
+        self.pending = 0  # checks running or waiting for a thread
+        self._executor: ThreadPoolExecutor | None = None
         self.reload()
 
     # -- loading
@@ -100,6 +111,20 @@ class PasswordFileAuthenticator:
         if self._watcher is not None:
             self._watcher.cancel()
             self._watcher = None
+        if self._executor is not None:
+            self._executor.shutdown(wait=False, cancel_futures=True)
+            self._executor = None
+
+    async def _verify(self, password: bytes, encoded: str) -> bool:
+        executor = self._executor
+        if executor is None:
+            executor = self._executor = ThreadPoolExecutor(self.hash_workers, thread_name_prefix="wharf-hash")
+        self.pending += 1
+        try:
+            return await asyncio.get_running_loop().run_in_executor(executor, hashing.verify_password, password,
+                                                                    encoded)
+        finally:
+            self.pending -= 1
 
     # -- the hook
     async def authenticate(self, info: ConnectInfo) -> AuthResult:
@@ -113,7 +138,12 @@ class PasswordFileAuthenticator:
         if self._verified.get(key) == encoded:
             self._verified.move_to_end(key)
             return AuthResult.allow(source=self.name)
-        ok = await asyncio.get_running_loop().run_in_executor(None, hashing.verify_password, password, encoded)
+        if self.pending >= self.max_pending:
+            exceeded("authentication.password_file.hash_queue_size")
+            log.warning("password check of user %r refused: %d checks already waiting", info.username,
+                        self.pending)
+            return AuthResult.deny(rc.SERVER_BUSY, "server busy")
+        ok = await self._verify(password, encoded)
         if not ok:
             return AuthResult.deny(rc.BAD_USER_NAME_OR_PASSWORD, "bad user name or password")
         if self.users.get(info.username) == encoded:  # still the same entry after the wait

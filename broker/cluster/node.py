@@ -64,7 +64,11 @@ class ClusterBroker(Broker):
         router = NatsRouter(self.backplane, self.node_name, self.cluster_metrics, loop)
         await router.start()
         self.router = router
+        limits = self.retained
         self.retained = ClusterRetainedStore(self.backplane, router.origin, loop, self.metrics.retained.set)
+        # The retainer limits hold per node (the mirror of the cluster's store).
+        self.retained.max_messages, self.retained.max_bytes = limits.max_messages, limits.max_bytes
+        self.retained.max_payload_size = limits.max_payload_size
         await self.retained.start()
         self.registry = SessionRegistry(self)
         await self.registry.start()
@@ -93,7 +97,7 @@ class ClusterBroker(Broker):
         self._received.value += 1
         stored = None
         try:
-            if message.retain and self.config.mqtt.retain_available:
+            if message.retain and self.config.mqtt.retain_available and self.retain_refusal(message) is None:
                 if message.qos:
                     self.backplane.require()
                 stored = self.retained.store_cluster(message)

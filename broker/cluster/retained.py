@@ -56,14 +56,14 @@ class ClusterRetainedStore(RetainedStore):
             except ValueError:
                 continue
             if entry.operation in ("DEL", "PURGE") or not entry.value:
-                self._messages.pop(topic, None)
+                self._remove(topic)
             else:
                 try:
                     message, _origin, _seq = decode_message(entry.value, self.loop.time())
                 except ValueError as exc:
                     log.warning("cluster: unreadable retained message for %r: %s", topic, exc)
                     continue
-                self._messages[topic] = message
+                self.store(message)
             self.on_change(len(self._messages))
             loaded.set()
 

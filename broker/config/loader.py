@@ -490,12 +490,51 @@ class _Checker:
         flapping = config.flapping_detect
         if flapping.max_count < 1 or flapping.window_time <= 0 or flapping.ban_time <= 0 or flapping.max_tracked < 1:
             self.issue("flapping_detect", "max_count, max_tracked, window_time and ban_time must be positive")
+        if flapping.address_max_count < 0:
+            self.issue("flapping_detect.address_max_count", "must be 0 (off) or more")
+        password_file = authn.password_file
+        if password_file.hash_workers < 1:
+            self.issue("authentication.password_file.hash_workers", "must be at least 1")
+        if password_file.hash_queue_size < 1:
+            self.issue("authentication.password_file.hash_queue_size", "must be at least 1")
+        throttle = authn.login_throttle
+        if throttle.allowed_failures < 0:
+            self.issue("authentication.login_throttle.allowed_failures", "must be 0 or more")
+        for name in ("initial_backoff", "max_backoff", "forget_after"):
+            if getattr(throttle, name) <= 0:
+                self.issue(f"authentication.login_throttle.{name}", "must be greater than 0")
+        if throttle.max_backoff < throttle.initial_backoff:
+            self.issue("authentication.login_throttle.max_backoff", "must not be less than initial_backoff")
+        if throttle.refusal_delay < 0:
+            self.issue("authentication.login_throttle.refusal_delay", "must be 0 or more")
+        if throttle.max_pending_checks < 1:
+            self.issue("authentication.login_throttle.max_pending_checks", "must be at least 1")
+        if throttle.max_tracked < 1:
+            self.issue("authentication.login_throttle.max_tracked", "must be at least 1")
+        retainer = config.retainer
+        if retainer.max_retained_messages is not None and retainer.max_retained_messages < 1:
+            self.issue("retainer.max_retained_messages", "must be at least 1 (or infinity)")
+        for name in ("max_payload_size", "max_retained_bytes"):
+            if getattr(retainer, name) < 1:
+                self.issue(f"retainer.{name}", "must be at least 1 byte")
 
     def check_mqtt(self, mqtt: model.MqttSettings) -> None:
         if not 0 <= mqtt.max_qos_allowed <= 2:
             self.issue("mqtt.max_qos_allowed", f"must be 0, 1 or 2, not {mqtt.max_qos_allowed}")
         if not 0 < mqtt.max_packet_size <= 268435455:
             self.issue("mqtt.max_packet_size", "must be between 1 byte and 256MB (MQTT's largest packet)")
+        if not 0 < mqtt.connect_max_packet_size <= 268435455:
+            self.issue("mqtt.connect_max_packet_size", "must be between 1 byte and 256MB (MQTT's largest packet)")
+        for name in ("max_user_properties", "connect_max_user_properties"):
+            if getattr(mqtt, name) < 0:
+                self.issue(f"mqtt.{name}", "must be 0 or more")
+        for name in ("max_properties_size", "connect_max_properties_size"):
+            if getattr(mqtt, name) < 1:
+                self.issue(f"mqtt.{name}", "must be at least 1 byte")
+        if mqtt.max_topic_filters_per_packet is not None and mqtt.max_topic_filters_per_packet < 1:
+            self.issue("mqtt.max_topic_filters_per_packet", "must be at least 1 (or infinity)")
+        if mqtt.max_subscriptions is not None and mqtt.max_subscriptions < 1:
+            self.issue("mqtt.max_subscriptions", "must be at least 1 (or infinity)")
         if not 1 <= mqtt.max_inflight <= 65535:
             self.issue("mqtt.max_inflight", "must be in 1..65535")
         if not 0 <= mqtt.max_topic_alias <= 65535:

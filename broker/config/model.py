@@ -29,6 +29,19 @@ class MqttSettings:
     """``mqtt { ... }``: protocol limits and session behaviour (EMQX's ``mqtt`` root)."""
 
     max_packet_size: ByteSize = 1024 * 1024
+    # Property blocks of a 5.0 packet (each block: a packet's own, a CONNECT's will): user properties at most,
+    # and bytes at most. Checked while decoding; beyond them the connection ends with 0x95 packet too large.
+    max_user_properties: int = 128
+    max_properties_size: ByteSize = 64 * 1024
+    # Topic filters in one SUBSCRIBE or UNSUBSCRIBE (counted while decoding; beyond: disconnected, 0x95). Decoding
+    # a 1MB SUBSCRIBE of 250,000 filters held the event loop for seconds; some clients batch hundreds.
+    max_topic_filters_per_packet: Limit = 500
+    # The same three limits before CONNACK, when the peer is not authenticated yet: only its CONNECT is
+    # parsed, under these stricter values (a larger will payload needs a larger connect_max_packet_size; a
+    # max_packet_size below it wins).
+    connect_max_packet_size: ByteSize = 64 * 1024
+    connect_max_user_properties: int = 32
+    connect_max_properties_size: ByteSize = 8 * 1024
     max_clientid_len: int = 65535
     max_topic_levels: int = 128
     max_qos_allowed: int = 2
@@ -41,7 +54,8 @@ class MqttSettings:
     keepalive_multiplier: float = 1.5
     # 5.0 Server Keep Alive; None = use the client's value.
     server_keepalive: Limit = None
-    max_subscriptions: Limit = None
+    # Subscriptions per client (SUBACK 0x97 quota exceeded beyond it); ``infinity`` for none.
+    max_subscriptions: Limit = 1000
     max_inflight: int = 32
     retry_interval: Duration = 30.0
     max_awaiting_rel: Limit = 100
@@ -92,7 +106,8 @@ class SslOptions:
     fail_if_no_peer_cert: bool = False
     versions: list[Literal["tlsv1.3", "tlsv1.2", "tlsv1.1", "tlsv1"]] = field(
         default_factory=lambda: ["tlsv1.3", "tlsv1.2"])
-    # OpenSSL names of TLS 1.2 and TLS 1.3 suites; empty = OpenSSL's defaults.
+    # OpenSSL names of TLS 1.2 and TLS 1.3 suites; empty = forward-secret AEAD suites only for TLS 1.2
+    # (``context.DEFAULT_TLS12_CIPHERS``: ECDHE with AES-GCM or ChaCha20-Poly1305) and OpenSSL's TLS 1.3 suites.
     ciphers: list[str] = field(default_factory=list)
     # Maximum number of intermediate certificates between the peer and a trusted root.
     depth: int = 10
@@ -100,7 +115,8 @@ class SslOptions:
     honor_cipher_order: bool = True
     reuse_sessions: bool = True
     secure_renegotiate: bool = True
-    client_renegotiation: bool = True
+    # Client-initiated renegotiation (TLS <= 1.2) is a CPU lever for the client: refused unless enabled.
+    client_renegotiation: bool = False
     partial_chain: bool = False
     verify_peer_ext_key_usage: str = ""
     enable_crl_check: bool = False
@@ -205,6 +221,10 @@ class PasswordFileAuthn:
     path: str = ""
     # The file's content digest is re-checked this often (SIGHUP re-reads at once); a bad file keeps the old users.
     reload_interval: Duration = 10.0
+    # Password hashes are checked on this many threads of the authenticator's own (never on the event loop);
+    # at most ``hash_queue_size`` checks wait for them, more CONNECTs are refused at once (0x89 server busy).
+    hash_workers: int = 2
+    hash_queue_size: int = 32
 
 
 @dataclass
@@ -224,10 +244,37 @@ class HttpAuthn:
 
 
 @dataclass
+class LoginThrottle:
+    """``authentication.login_throttle { ... }``: back off failed logins per source address and per user name.
+
+    After ``allowed_failures`` failed logins (bad user name or password) of one address or one user name, the
+    next login of that address / user name must wait ``initial_backoff``, then twice as long after each further
+    failure, at most ``max_backoff``. While it waits, its CONNECTs are refused at once (0x9F connection rate
+    exceeded) without checking the password. A success clears the address's and the user name's record; a
+    record without failures for ``forget_after`` is dropped. At most ``max_tracked`` records of each kind."""
+
+    enable: bool = True
+    by_address: bool = True
+    by_username: bool = True
+    allowed_failures: int = 3
+    # Logins of one address / one user name checked at the same time at most; more are refused like a backoff
+    # (a burst of wrong passwords is otherwise all hashed before its first failure is known).
+    max_pending_checks: int = 1
+    initial_backoff: Duration = 1.0
+    # A throttled CONNECT is answered after this long (at most the rest of its backoff), so that a client
+    # waiting for its CONNACK cannot turn refusals into a reconnect loop; 0 answers at once.
+    refusal_delay: Duration = 1.0
+    max_backoff: Duration = 60.0
+    forget_after: Duration = 600.0
+    max_tracked: int = 100000
+
+
+@dataclass
 class Authentication:
     """``authentication { ... }``: who may connect."""
 
     allow_anonymous: bool = True
+    login_throttle: LoginThrottle = field(default_factory=LoginThrottle)
     # Authenticators asked in this order (EMQX chain: ignore -> next, allow/deny decides).
     chain: list[Literal["password_file", "http"]] = field(default_factory=lambda: ["password_file", "http"])
     password_file: PasswordFileAuthn = field(default_factory=PasswordFileAuthn)
@@ -275,6 +322,25 @@ class FlappingDetect:
     ban_time: Duration = 300.0
     # Client ids tracked at most (oldest forgotten first), so a flood of random ids cannot grow memory.
     max_tracked: int = 100000
+    # Also count CONNECTs per source address (any client id, empty ones included): an address that connects
+    # ``address_max_count`` times within ``window_time`` is banned for ``ban_time``. Higher than ``max_count``
+    # since many clients may share one address (NAT); 0 turns it off.
+    address_max_count: int = 60
+
+
+@dataclass
+class Retainer:
+    """``retainer { ... }`` (EMQX's names): limits of the retained message store.
+
+    A retained message that would exceed them is not stored: a 5.0 QoS 1/2 publisher hears 0x97 quota exceeded
+    and the message is not routed; a QoS 0 or 3.1.1 publisher cannot be told, so the message is routed as a
+    plain message and only counted. Replacing a topic's retained message and clearing it (empty payload) work
+    at the limit."""
+
+    max_retained_messages: Limit = 100000
+    max_payload_size: ByteSize = 1024 * 1024
+    # Payload and topic bytes of all retained messages together.
+    max_retained_bytes: ByteSize = 256 * 1024 * 1024
 
 
 @dataclass
@@ -410,6 +476,7 @@ class BrokerConfig:
     authentication: Authentication = field(default_factory=Authentication)
     authorization: Authorization = field(default_factory=Authorization)
     flapping_detect: FlappingDetect = field(default_factory=FlappingDetect)
+    retainer: Retainer = field(default_factory=Retainer)
     psk_authentication: PskAuthentication = field(default_factory=PskAuthentication)
     crl_cache: CrlCache = field(default_factory=CrlCache)
     dashboard: Dashboard = field(default_factory=Dashboard)

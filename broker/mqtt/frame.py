@@ -8,6 +8,13 @@ complete, before the body is waited for. Complete packets are decoded straight o
 Bad input raises ``FrameError`` and nothing else; its ``reason_code`` says why (0x81 malformed, 0x82 protocol
 error, 0x84 unsupported protocol version, 0x95 packet too large) and its ``packets`` holds what was decoded
 before the bad packet.
+
+Limits for hostile input (a server-side parser; a fresh ``Parser`` has none beyond the packet size):
+``property_limits`` caps every property block as it is read (``properties.PropertyLimits``),
+``max_topic_filters`` the topic filters of one SUBSCRIBE / UNSUBSCRIBE as they are read, ``size_limit``
+names the packet size limit in errors, and ``single`` makes ``feed`` stop after one packet and keep the rest
+as raw bytes. The connection uses that until its CONNACK is sent: only the CONNECT is parsed, under the
+stricter ``connect_*`` limits, and what follows it waits for the normal ones (``feed(b"")`` parses it then).
 """
 
 from __future__ import annotations
@@ -19,7 +26,7 @@ from .packets import (AUTH, CONNACK, CONNECT, DISCONNECT, MQTT_3_1, MQTT_3_1_1, 
                       PUBACK, PUBCOMP, PUBLISH, PUBREC, PUBREL, SUBACK, SUBSCRIBE, UNSUBACK, UNSUBSCRIBE, Auth,
                       Connack, Connect, Disconnect, FrameError, PingReq, PingResp, PubAck, Publish, Suback,
                       SubOptions, Subscribe, Unsuback, Unsubscribe, Will)
-from .properties import (WILL, decode_properties, encode_binary, encode_properties, encode_string,
+from .properties import (WILL, PropertyLimits, decode_properties, encode_binary, encode_properties, encode_string,
                          encode_varint, read_binary, read_string)
 
 __all__ = ["FrameError", "Parser", "encode", "encode_publish_parts", "fixed_header"]
@@ -45,17 +52,28 @@ class Parser:
     starts out not knowing it). ``max_packet_size`` bounds the whole packet, fixed header included.
     """
 
-    __slots__ = ("version", "max_packet_size", "_buffer", "_need")
+    __slots__ = ("version", "max_packet_size", "size_limit", "property_limits", "max_topic_filters", "single",
+                 "_buffer", "_need")
 
-    def __init__(self, max_packet_size: int = 268435460, version: int = MQTT_3_1_1) -> None:
+    def __init__(self, max_packet_size: int = 268435460, version: int = MQTT_3_1_1,
+                 property_limits: PropertyLimits | None = None) -> None:
         self.version = version
         self.max_packet_size = max_packet_size
+        self.size_limit = "max_packet_size"
+        self.property_limits = property_limits
+        # Topic filters in one SUBSCRIBE / UNSUBSCRIBE at most (None: no limit); counted while decoding.
+        self.max_topic_filters: int | None = None
+        self.single = False
         self._buffer = bytearray()
         self._need = 0  # total size of the packet being buffered, once its fixed header is known
 
     @property
     def buffered(self) -> int:
         return len(self._buffer)
+
+    def keep(self, data: bytes) -> None:
+        """Buffer ``data`` unparsed (a later ``feed`` parses it with the limits in force then)."""
+        self._buffer += data
 
     def feed(self, data: bytes) -> list:
         buffer = self._buffer
@@ -107,7 +125,8 @@ class Parser:
                         raise _malformed("remaining length longer than four bytes")
             total = body - pos + length
             if total > limit:
-                raise FrameError(rc.PACKET_TOO_LARGE, f"packet of {total} bytes exceeds the limit of {limit}")
+                raise FrameError(rc.PACKET_TOO_LARGE, f"packet of {total} bytes exceeds the limit of {limit}",
+                                 self.size_limit)
             stop = body + length
             if stop > end:
                 self._need = total
@@ -117,6 +136,8 @@ class Parser:
             else:
                 packets.append(self._decode_other(header, data, body, stop))
             pos = stop
+            if self.single:
+                break
         self._need = 0
         return pos
 
@@ -152,7 +173,7 @@ class Parser:
             if pos < end and data[pos] == 0:
                 pos += 1
             else:
-                properties, pos = decode_properties(data, pos, end, PUBLISH)
+                properties, pos = decode_properties(data, pos, end, PUBLISH, self.property_limits)
         return Publish(topic, data[pos:end], qos, bool(header & 1), dup, packet_id, properties)
 
     def _decode_other(self, header: int, data: bytes, pos: int, end: int):
@@ -164,23 +185,29 @@ class Parser:
         if flags != required:
             raise _malformed(f"bad fixed header flags 0x{flags:x} for packet type {ptype}")
         v5 = self.version == MQTT_5
+        limits = self.property_limits
         if ptype == PINGREQ or ptype == PINGRESP:
             if end != pos:
                 raise _malformed("PINGREQ/PINGRESP with a body")
             return _PING_REQ if ptype == PINGREQ else _PING_RESP
         if PUBACK <= ptype <= PUBCOMP:
-            return self._decode_ack(ptype, data, pos, end, v5)
+            return self._decode_ack(ptype, data, pos, end, v5, limits)
         if ptype == CONNECT:
             return self._decode_connect(data, pos, end)
         if ptype == SUBSCRIBE:
-            return self._decode_subscribe(data, pos, end, v5)
+            return self._decode_subscribe(data, pos, end, v5, limits, self.max_topic_filters)
         if ptype == UNSUBSCRIBE:
             packet_id, pos = _packet_id(data, pos, end)
             properties = {}
             if v5:
-                properties, pos = decode_properties(data, pos, end, UNSUBSCRIBE)
+                properties, pos = decode_properties(data, pos, end, UNSUBSCRIBE, limits)
             filters = []
+            room = self.max_topic_filters
             while pos < end:
+                if room is not None:
+                    room -= 1
+                    if room < 0:
+                        raise _too_many_filters(self.max_topic_filters)
                 topic_filter, pos = read_string(data, pos, end)
                 filters.append(topic_filter)
             if not filters:
@@ -191,12 +218,12 @@ class Parser:
                 if end != pos:
                     raise _malformed("3.1.1 DISCONNECT with a body")
                 return Disconnect()
-            reason, properties = _reason_and_properties(data, pos, end, DISCONNECT)
+            reason, properties = _reason_and_properties(data, pos, end, DISCONNECT, limits)
             return Disconnect(reason, properties)
         if ptype == AUTH:
             if not v5:
                 raise _malformed("AUTH before MQTT 5.0")
-            reason, properties = _reason_and_properties(data, pos, end, AUTH)
+            reason, properties = _reason_and_properties(data, pos, end, AUTH, limits)
             return Auth(reason, properties)
         if ptype == CONNACK:
             if pos + 2 > end:
@@ -208,7 +235,7 @@ class Parser:
             properties = {}
             pos += 2
             if v5:
-                properties, pos = decode_properties(data, pos, end, CONNACK)
+                properties, pos = decode_properties(data, pos, end, CONNACK, limits)
             if pos != end:
                 raise _malformed("trailing bytes in CONNACK")
             return Connack(bool(ack_flags), reason, properties)
@@ -216,7 +243,7 @@ class Parser:
             packet_id, pos = _packet_id(data, pos, end)
             properties = {}
             if v5:
-                properties, pos = decode_properties(data, pos, end, SUBACK)
+                properties, pos = decode_properties(data, pos, end, SUBACK, limits)
             codes = list(data[pos:end])
             if not codes:
                 raise _malformed("SUBACK without reason codes")
@@ -227,14 +254,14 @@ class Parser:
             if pos != end:
                 raise _malformed("3.1.1 UNSUBACK with a payload")
             return Unsuback(packet_id)
-        properties, pos = decode_properties(data, pos, end, UNSUBACK)
+        properties, pos = decode_properties(data, pos, end, UNSUBACK, limits)
         codes = list(data[pos:end])
         if not codes:
             raise _malformed("UNSUBACK without reason codes")
         return Unsuback(packet_id, codes, properties)
 
     @staticmethod
-    def _decode_ack(ptype: int, data: bytes, pos: int, end: int, v5: bool) -> PubAck:
+    def _decode_ack(ptype: int, data: bytes, pos: int, end: int, v5: bool, limits) -> PubAck:
         packet_id, pos = _packet_id(data, pos, end)
         if not v5:
             if pos != end:
@@ -246,7 +273,7 @@ class Parser:
         pos += 1
         properties = {}
         if pos < end:
-            properties, pos = decode_properties(data, pos, end, ptype)
+            properties, pos = decode_properties(data, pos, end, ptype, limits)
             if pos != end:
                 raise _malformed("trailing bytes in acknowledgement")
         return PubAck(ptype, packet_id, reason, properties)
@@ -280,13 +307,13 @@ class Parser:
             raise _malformed("password without user name")
         properties = {}
         if version == MQTT_5:
-            properties, pos = decode_properties(data, pos, end, CONNECT)
+            properties, pos = decode_properties(data, pos, end, CONNECT, self.property_limits)
         client_id, pos = read_string(data, pos, end)
         will = None
         if will_flag:
             will_props = {}
             if version == MQTT_5:
-                will_props, pos = decode_properties(data, pos, end, WILL)
+                will_props, pos = decode_properties(data, pos, end, WILL, self.property_limits)
             will_topic, pos = read_string(data, pos, end)
             will_payload, pos = read_binary(data, pos, end)
             will = Will(will_topic, will_payload, will_qos, will_retain, will_props)
@@ -300,13 +327,18 @@ class Parser:
         return Connect(version, client_id, bool(flags & 0x02), keepalive, username, password, will, properties)
 
     @staticmethod
-    def _decode_subscribe(data: bytes, pos: int, end: int, v5: bool) -> Subscribe:
+    def _decode_subscribe(data: bytes, pos: int, end: int, v5: bool, limits, max_filters) -> Subscribe:
         packet_id, pos = _packet_id(data, pos, end)
         properties = {}
         if v5:
-            properties, pos = decode_properties(data, pos, end, SUBSCRIBE)
+            properties, pos = decode_properties(data, pos, end, SUBSCRIBE, limits)
         topics = []
+        room = max_filters
         while pos < end:
+            if room is not None:
+                room -= 1
+                if room < 0:
+                    raise _too_many_filters(max_filters)
             topic_filter, pos = read_string(data, pos, end)
             if pos >= end:
                 raise _malformed("subscription without options")
@@ -332,6 +364,11 @@ class Parser:
         return Subscribe(packet_id, topics, properties)
 
 
+def _too_many_filters(limit: int) -> FrameError:
+    return FrameError(rc.PACKET_TOO_LARGE, f"more than {limit} topic filters in one packet",
+                      "max_topic_filters_per_packet")
+
+
 def _packet_id(data: bytes, pos: int, end: int) -> tuple[int, int]:
     if pos + 2 > end:
         raise _malformed("truncated packet identifier")
@@ -341,14 +378,14 @@ def _packet_id(data: bytes, pos: int, end: int) -> tuple[int, int]:
     return packet_id, pos + 2
 
 
-def _reason_and_properties(data: bytes, pos: int, end: int, ptype: int) -> tuple[int, dict]:
+def _reason_and_properties(data: bytes, pos: int, end: int, ptype: int, limits=None) -> tuple[int, dict]:
     if pos == end:
         return 0, {}
     reason = data[pos]
     pos += 1
     properties = {}
     if pos < end:
-        properties, pos = decode_properties(data, pos, end, ptype)
+        properties, pos = decode_properties(data, pos, end, ptype, limits)
         if pos != end:
             raise _malformed("trailing bytes after properties")
     return reason, properties

@@ -36,9 +36,11 @@ MQTT_5 = 5
 class FrameError(Exception):
     """Bad bytes on the wire. ``reason_code`` is the 5.0 reason code to report (0x81 malformed, ...)."""
 
-    def __init__(self, reason_code: int, message: str) -> None:
+    def __init__(self, reason_code: int, message: str, limit: str | None = None) -> None:
         super().__init__(message)
         self.reason_code = reason_code
+        # The configured limit (``wharf_limit_exceeded_total{limit}``) when a limit, not bad bytes, refused it.
+        self.limit = limit
         # Packets decoded from the same chunk before the bad one (``Parser.feed`` fills this in).
         self.packets: list = []
 

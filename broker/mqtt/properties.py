@@ -2,6 +2,11 @@
 
 Properties travel as a plain dict keyed by the names below. ``user_property`` is a list of ``(key, value)``
 string pairs; ``subscription_identifier`` is a list of ints (a PUBLISH may carry several).
+
+Limits (hostile input): ``decode_properties`` takes an optional ``PropertyLimits``. The block's byte length is
+checked before anything in it is read, and the number of properties is counted while reading, so a block of
+200,000 user properties stops being parsed at the first one over the cap instead of building 200,000 tuples.
+Either refusal is ``FrameError(0x95 packet too large)`` naming the limit.
 """
 
 from __future__ import annotations
@@ -61,6 +66,28 @@ _NONZERO = {"receive_maximum", "maximum_packet_size", "subscription_identifier"}
 _BOOLEAN = {"payload_format_indicator", "request_problem_information", "request_response_information",
             "retain_available", "wildcard_subscription_available", "subscription_identifier_available",
             "shared_subscription_available"}
+
+
+class PropertyLimits:
+    """Caps for one property block: ``max_user`` user properties and ``max_bytes`` bytes (length prefix not
+    counted). Every other property may appear at most once (subscription identifiers aside), so the total
+    count is capped at ``max_user`` plus one of each other kind; a flood of repeated subscription
+    identifiers is refused as a flood of user properties would be. ``names`` are the config keys reported."""
+
+    __slots__ = ("max_user", "max_total", "max_bytes", "user_name", "bytes_name")
+
+    def __init__(self, max_user: int, max_bytes: int, user_name: str = "max_user_properties",
+                 bytes_name: str = "max_properties_size") -> None:
+        self.max_user = max_user
+        self.max_total = max_user + len(PROPERTIES)
+        self.max_bytes = max_bytes
+        self.user_name = user_name
+        self.bytes_name = bytes_name
+
+
+def _too_many(limits: PropertyLimits, what: str) -> FrameError:
+    return FrameError(rc.PACKET_TOO_LARGE, f"more than {limits.max_user} {what} in one property block",
+                      limits.user_name)
 
 
 def _malformed(what: str) -> FrameError:
@@ -131,14 +158,26 @@ def encode_binary(raw: bytes) -> bytes:
     return pack("!H", len(raw)) + raw
 
 
-def decode_properties(data, pos: int, end: int, packet_type: int) -> tuple[dict, int]:
+def decode_properties(data, pos: int, end: int, packet_type: int,
+                      limits: PropertyLimits | None = None) -> tuple[dict, int]:
     """The property block at ``pos`` (length prefix included): (properties, position after the block)."""
     length, pos = read_varint(data, pos, end)
     stop = pos + length
     if stop > end:
         raise _malformed("property length exceeds the packet")
     props: dict = {}
+    if limits is None:
+        budget = -1  # never reaches 0
+    else:
+        if length > limits.max_bytes:
+            raise FrameError(rc.PACKET_TOO_LARGE, f"property block of {length} bytes exceeds the limit of "
+                             f"{limits.max_bytes}", limits.bytes_name)
+        budget = limits.max_total + 1
+        users = limits.max_user
     while pos < stop:
+        budget -= 1
+        if not budget:
+            raise _too_many(limits, "properties")
         pid, pos = read_varint(data, pos, stop)
         spec = PROPERTIES.get(pid)
         if spec is None:
@@ -172,6 +211,10 @@ def decode_properties(data, pos: int, end: int, packet_type: int) -> tuple[dict,
         elif wtype == BIN:
             value, pos = read_binary(data, pos, stop)
         else:  # PAIR
+            if limits is not None:
+                users -= 1
+                if users < 0:
+                    raise _too_many(limits, "user properties")
             key, pos = read_string(data, pos, stop)
             val, pos = read_string(data, pos, stop)
             props.setdefault(name, []).append((key, val))

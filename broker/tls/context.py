@@ -25,6 +25,10 @@ from .options import STDLIB_VERSIONS, VERSION_ORDER, TlsPolicy
 
 OP_ALLOW_CLIENT_RENEGOTIATION = 0x100  # SSL_OP_ALLOW_CLIENT_RENEGOTIATION; no Python constant
 OP_ALLOW_UNSAFE_LEGACY_RENEGOTIATION = 0x40000
+OP_NO_RENEGOTIATION = getattr(ssl, "OP_NO_RENEGOTIATION", 0x40000000)  # SSL_OP_NO_RENEGOTIATION
+# TLS 1.2 suites when ``ciphers`` names none: forward secrecy (ECDHE) and AEAD only, so no static-RSA key
+# exchange and no CBC-SHA1. TLS 1.0/1.1 (asked for explicitly) cannot use them and keep OpenSSL's DEFAULT.
+DEFAULT_TLS12_CIPHERS = "ECDHE+AESGCM:ECDHE+CHACHA20"
 _NO_VERSION_OPS = {"tlsv1": ssl.OP_NO_TLSv1, "tlsv1.1": ssl.OP_NO_TLSv1_1, "tlsv1.2": ssl.OP_NO_TLSv1_2,
                    "tlsv1.3": ssl.OP_NO_TLSv1_3}
 _PYOSSL_VERSIONS = {"tlsv1": SSL.TLS1_VERSION, "tlsv1.1": SSL.TLS1_1_VERSION, "tlsv1.2": SSL.TLS1_2_VERSION,
@@ -43,7 +47,8 @@ def _excluded_versions(policy: TlsPolicy) -> list[str]:
 
 
 def tls12_cipher_string(policy: TlsPolicy) -> str:
-    ciphers = policy.tls12_ciphers or (PSK_CIPHERS if policy.psk_enabled else "DEFAULT")
+    default = "DEFAULT" if policy.legacy_versions else DEFAULT_TLS12_CIPHERS
+    ciphers = policy.tls12_ciphers or (PSK_CIPHERS if policy.psk_enabled else default)
     if policy.legacy_versions or (policy.psk_enabled and not policy.tls12_ciphers):
         # TLS 1.0/1.1 and plain-PSK suites only exist below OpenSSL 3's default security level.
         ciphers += ":@SECLEVEL=0"
@@ -70,8 +75,9 @@ def configure_stdlib(ctx: ssl.SSLContext, policy: TlsPolicy, shim: OpenSslShim |
     options = options | ssl.OP_CIPHER_SERVER_PREFERENCE if policy.honor_cipher_order else \
         options & ~ssl.OP_CIPHER_SERVER_PREFERENCE
     options = options & ~ssl.OP_NO_TICKET if policy.reuse_sessions else options | ssl.OP_NO_TICKET
-    options = options | OP_ALLOW_CLIENT_RENEGOTIATION if policy.client_renegotiation else \
-        options & ~OP_ALLOW_CLIENT_RENEGOTIATION
+    # Client-initiated renegotiation is refused unless asked for (TLS <= 1.2; TLS 1.3 has none).
+    options = (options | OP_ALLOW_CLIENT_RENEGOTIATION) & ~OP_NO_RENEGOTIATION if policy.client_renegotiation \
+        else (options & ~OP_ALLOW_CLIENT_RENEGOTIATION) | OP_NO_RENEGOTIATION
     options = options & ~OP_ALLOW_UNSAFE_LEGACY_RENEGOTIATION if policy.secure_renegotiate else \
         options | OP_ALLOW_UNSAFE_LEGACY_RENEGOTIATION
     with warnings.catch_warnings():
@@ -222,6 +228,8 @@ def build_pyopenssl_context(policy: TlsPolicy, material: Material,
             ctx.set_session_cache_mode(SSL.SESS_CACHE_OFF)
         if policy.client_renegotiation:
             options |= OP_ALLOW_CLIENT_RENEGOTIATION
+        else:
+            options |= OP_NO_RENEGOTIATION
         if not policy.secure_renegotiate:
             options |= OP_ALLOW_UNSAFE_LEGACY_RENEGOTIATION
         ctx.set_options(options)

@@ -355,3 +355,35 @@ def test_duration_and_size_parsers_reject():
         with pytest.raises(ValueError):
             parse_bytesize(bad)
     assert isinstance(SslOptions().handshake_timeout, float)
+
+
+def test_issue_14_limits_bind_with_their_defaults_and_errors_name_the_key():
+    config = load_string("""
+mqtt { max_user_properties = 10, connect_max_packet_size = 16KB, max_subscriptions = infinity }
+retainer { max_retained_messages = 5, max_payload_size = 1KB, max_retained_bytes = 1MB }
+authentication.login_throttle { allowed_failures = 5, initial_backoff = 500ms, max_backoff = 30s }
+authentication.password_file.hash_workers = 4
+flapping_detect.address_max_count = 0
+""")
+    assert (config.mqtt.max_user_properties, config.mqtt.connect_max_packet_size) == (10, 16384)
+    assert config.mqtt.max_subscriptions is None and config.mqtt.connect_max_user_properties == 32
+    assert (config.retainer.max_retained_messages, config.retainer.max_payload_size) == (5, 1024)
+    throttle = config.authentication.login_throttle
+    assert (throttle.allowed_failures, throttle.initial_backoff, throttle.max_backoff) == (5, 0.5, 30.0)
+    assert config.authentication.password_file.hash_workers == 4 and config.flapping_detect.address_max_count == 0
+    defaults = BrokerConfig()
+    assert defaults.mqtt.max_subscriptions == 1000 and defaults.retainer.max_retained_messages == 100000
+    assert SslOptions().client_renegotiation is False
+
+    errors = " | ".join(errors_of("""
+mqtt { max_user_properties = -1, connect_max_properties_size = 0, max_subscriptions = 0 }
+retainer { max_retained_messages = 0, max_payload_size = 0 }
+authentication.login_throttle { initial_backoff = 10s, max_backoff = 1s, max_pending_checks = 0 }
+authentication.password_file.hash_queue_size = 0
+flapping_detect.address_max_count = -1
+"""))
+    for key in ("mqtt.max_user_properties", "mqtt.connect_max_properties_size", "mqtt.max_subscriptions",
+                "retainer.max_retained_messages", "retainer.max_payload_size",
+                "authentication.login_throttle.max_backoff", "authentication.login_throttle.max_pending_checks",
+                "authentication.password_file.hash_queue_size", "flapping_detect.address_max_count"):
+        assert key in errors, key

@@ -58,8 +58,8 @@ def _parse(version: int, chunks: list[bytes]):
 
 
 class _MemoryTransport(asyncio.Transport):
-    def __init__(self) -> None:
-        super().__init__({"peername": ("127.0.0.1", 40000)})
+    def __init__(self, host: str = "127.0.0.1") -> None:
+        super().__init__({"peername": (host, 40000)})
         self.closing = False
         self.written = 0
 
@@ -124,7 +124,9 @@ class ConnectHarness:
         if self.count % self.rebuild_every == 0:
             self._build()
         connection = Connection(self.broker, self.listener)
-        transport = _MemoryTransport()
+        # A new source address every input (flapping detection also counts per address; one address for all
+        # inputs would get it banned and every later input refused before it is parsed).
+        transport = _MemoryTransport(f"10.{(self.count >> 16) & 255}.{(self.count >> 8) & 255}.{self.count & 255}")
         connection.connection_made(transport)
         cut = data[-1] % (len(data) + 1) if data else 0
         connection.data_received(data[:cut])

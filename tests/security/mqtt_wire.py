@@ -48,8 +48,11 @@ class WireClient:
 
     @classmethod
     async def open(cls, port: int, version: int = 5, *, tls: ssl.SSLContext | None = None,
-                   proxy_header: bytes | None = None, source: str | None = None) -> WireClient:
-        """``source``: the local address to connect from (e.g. 127.0.0.2, to play a load balancer)."""
+                   proxy_header: bytes | None = None, source: str | None = None,
+                   local: str | None = None) -> WireClient:
+        """``source`` (or ``local``): the local address to connect from, any 127.0.0.0/8 address (e.g. 127.0.0.2,
+        to play a load balancer or a second client machine)."""
+        source = source or local
         reader, writer = await asyncio.open_connection(HOST, port, local_addr=(source, 0) if source else None)
         if proxy_header is not None:
             writer.write(proxy_header)
@@ -125,8 +128,9 @@ class WireClient:
             pass
 
 
-async def connack_code(port: int, client_id: str, version: int = 5, **credentials) -> int:
-    client = await WireClient.open(port, version)
+async def connack_code(port: int, client_id: str, version: int = 5, local: str | None = None,
+                       **credentials) -> int:
+    client = await WireClient.open(port, version, local=local)
     try:
         return (await client.connect(client_id, **credentials)).reason_code
     finally:

@@ -158,6 +158,6 @@ flapping_detect { enable = true, max_count = 4, window_time = 1m, ban_time = 1m 
     assert await connack_code(port, "steady") == 0  # others are not affected
     _, body = broker.admin("GET", "/metrics")
     text = body.decode()
-    assert metric(text, "wharf_flapping_banned_total") == 1
+    assert metric(text, "wharf_flapping_banned_total", key="clientid") == 1
     assert metric(text, "wharf_flapping_refused_total") == 3
     assert metric(text, "wharf_authn_total", result="banned") == 4

@@ -6,6 +6,9 @@ well-behaved client publishes at QoS 1 to a QoS 1 subscriber the whole time:
 3. garbage bytes at the TLS port;
 4. CONNECT floods: many client ids at once, and one client id in a loop (flapping detection bans it).
 
+``test_cpu_attacks_while_a_good_client_publishes`` adds the CPU attacks of security issue #14: CONNECTs and
+PUBLISHes of 200,000 user properties, a wrong-password flood, and client ids rotated from one address.
+
 The report (the well-behaved client's sent/received/lost counts, the broker's RSS before, during and after,
 and what each limit counted) is printed and written to ``$WHARF_TEST_OUTPUT/attacks.json`` (default
 ``var/test-output/security/``). Asserted: zero loss, every attack connection closed, the limits counted, and
@@ -238,7 +241,7 @@ listeners.ssl.default {{
 }}
 dashboard.listeners.http.bind = "127.0.0.1:0"
 mqtt {{ idle_timeout = 4s, max_send_buffer = {SEND_BUFFER}, max_mqueue_len = 200, max_inflight = 32 }}
-flapping_detect {{ enable = true, max_count = 15, window_time = 1m, ban_time = 5m }}
+flapping_detect {{ enable = true, max_count = 15, window_time = 1m, ban_time = 5m, address_max_count = 2000 }}
 """)
     pid = broker.proc.pid
     assert open_files_limit(pid) >= IDLE_CONNECTIONS + 500, "the broker's RLIMIT_NOFILE is too low"
@@ -263,7 +266,7 @@ flapping_detect {{ enable = true, max_count = 15, window_time = 1m, ban_time = 5
         "idle_timeout": metric(text, "wharf_limit_exceeded_total", limit="idle_timeout"),
         "slow_consumer_dropped": metric(text, "wharf_messages_dropped_total", reason="slow_consumer"),
         "queue_full_dropped": metric(text, "wharf_messages_dropped_total", reason="queue_full"),
-        "flapping_banned": metric(text, "wharf_flapping_banned_total"),
+        "flapping_banned": metric(text, "wharf_flapping_banned_total", key="clientid"),
         "tls_handshake_failures": sum(float(line.rsplit(" ", 1)[1]) for line in text.splitlines()
                                       if line.startswith("wharf_tls_handshake_failures_total{")),
     }
@@ -286,3 +289,116 @@ flapping_detect {{ enable = true, max_count = 15, window_time = 1m, ban_time = 5
     client = await WireClient.open(tls_port, tls=tls)
     assert (await client.connect("after-garbage")).reason_code == 0
     await client.close()
+
+
+def _varint(value: int) -> bytes:
+    out = bytearray()
+    while True:
+        byte, value = value & 0x7F, value >> 7
+        out.append(byte | (0x80 if value else 0))
+        if not value:
+            return bytes(out)
+
+
+def _packet(first: int, body: bytes) -> bytes:
+    return bytes((first,)) + _varint(len(body)) + body
+
+
+USER_PROPERTY_FLOOD = b"\x26\x00\x00\x00\x00" * 200_000  # ~1 MB of empty user properties
+CONNECT_V5 = b"\x00\x04MQTT\x05\x02\x00\x3c"
+
+
+async def _until_closed(reader: asyncio.StreamReader) -> bytes:
+    data = b""
+    try:
+        while chunk := await asyncio.wait_for(reader.read(65536), 20):
+            data += chunk
+    except ConnectionError:
+        pass
+    return data
+
+
+async def property_floods(port: int, rounds: int = 5) -> dict:
+    """1 MB CONNECTs and (after a normal CONNECT) 1 MB PUBLISHes of 200k empty user properties."""
+    connect_flood = _packet(0x10, CONNECT_V5 + _varint(len(USER_PROPERTY_FLOOD)) + USER_PROPERTY_FLOOD + b"\x00\x00")
+    publish_flood = _packet(0x30, b"\x00\x01t" + _varint(len(USER_PROPERTY_FLOOD)) + USER_PROPERTY_FLOOD + b"x")
+    connects_answered = publishes_disconnected = 0
+    for n in range(rounds):
+        reader, writer = await asyncio.open_connection("127.0.0.1", port, local_addr=("127.0.0.2", 0))
+        try:
+            writer.write(connect_flood)
+            await writer.drain()
+        except ConnectionError:
+            pass
+        connects_answered += bool(await _until_closed(reader))
+        writer.close()
+        reader, writer = await asyncio.open_connection("127.0.0.1", port, local_addr=("127.0.0.2", 0))
+        client_id = f"props-{n}".encode()
+        writer.write(_packet(0x10, CONNECT_V5 + b"\x00" + len(client_id).to_bytes(2, "big") + client_id))
+        head = await reader.readexactly(2)
+        await reader.readexactly(head[1])
+        try:
+            writer.write(publish_flood)
+            await writer.drain()
+        except ConnectionError:
+            pass
+        data = await _until_closed(reader)
+        publishes_disconnected += data[:1] == b"\xe0" and data[2] == rc.PACKET_TOO_LARGE
+        writer.close()
+    return {"rounds": rounds, "connects_answered": connects_answered,
+            "publishes_disconnected_0x95": publishes_disconnected}
+
+
+async def wrong_password_flood(port: int, attackers: int = 8, rounds: int = 3) -> dict:
+    codes: list[int] = []
+    for _ in range(rounds):
+        codes += await asyncio.gather(*(connack_code(port, f"guess-{n}", local="127.0.0.4", username="alice",
+                                                     password=b"not-the-password") for n in range(attackers)))
+    return {"attempts": len(codes), "bad_password": codes.count(rc.BAD_USER_NAME_OR_PASSWORD),
+            "throttled": codes.count(rc.CONNECTION_RATE_EXCEEDED), "other": len(codes) - codes.count(
+                rc.BAD_USER_NAME_OR_PASSWORD) - codes.count(rc.CONNECTION_RATE_EXCEEDED)}
+
+
+async def rotating_client_ids(port: int, count: int = 30) -> dict:
+    codes = [await connack_code(port, f"rotating-{n}", local="127.0.0.3") for n in range(count)]
+    return {"connects": count, "accepted": codes.count(0), "banned": codes.count(rc.BANNED)}
+
+
+async def test_cpu_attacks_while_a_good_client_publishes(broker_process, user_file):
+    broker = broker_process(f"""
+listeners.tcp.default {{ bind = "127.0.0.1:0" }}
+dashboard.listeners.http.bind = "127.0.0.1:0"
+authentication.password_file {{ enable = true, path = "{user_file}" }}
+flapping_detect {{ enable = true, max_count = 15, window_time = 1m, ban_time = 5m, address_max_count = 25 }}
+""")
+    port = broker.port("tcp:default")
+    good = WellBehaved(port)
+    await good.start()
+    report = {"property_floods": await property_floods(port),
+              "wrong_password_flood": await wrong_password_flood(port),
+              "rotating_client_ids": await rotating_client_ids(port)}
+    report["well_behaved"] = await good.stop()
+    _, body = broker.admin("GET", "/metrics")
+    text = body.decode()
+    report["metrics"] = {
+        "connect_max_packet_size": metric(text, "wharf_limit_exceeded_total", limit="connect_max_packet_size"),
+        "max_properties_size": metric(text, "wharf_limit_exceeded_total", limit="max_properties_size"),
+        "throttled_by_address": metric(text, "wharf_authn_throttled_total", key="address"),
+        "flapping_banned_by_address": metric(text, "wharf_flapping_banned_total", key="address"),
+    }
+    (output_dir() / "cpu-attacks.json").write_text(json.dumps(report, indent=2))
+    print("\ncpu attack report:", json.dumps(report, indent=2))
+
+    good_report = report["well_behaved"]
+    assert good_report["published_acked"] > 5 and good_report["lost"] == 0 and good_report["refused"] == 0
+    floods = report["property_floods"]
+    assert floods["connects_answered"] == 0 and floods["publishes_disconnected_0x95"] == floods["rounds"]
+    assert report["metrics"]["connect_max_packet_size"] == floods["rounds"]
+    assert report["metrics"]["max_properties_size"] == floods["rounds"]
+    guesses = report["wrong_password_flood"]
+    assert guesses["other"] == 0 and guesses["throttled"] > 0
+    # allowed_failures (3) + the failure that starts the backoff; one check at a time: the rest never hashed
+    assert guesses["bad_password"] <= 4
+    assert report["metrics"]["throttled_by_address"] == guesses["throttled"]
+    rotating = report["rotating_client_ids"]
+    assert rotating["banned"] > 0 and report["metrics"]["flapping_banned_by_address"] == 1

@@ -129,7 +129,7 @@ def test_flapping_window_ban_and_bounded_memory():
         assert not detector.connected("b")
     for index in range(1000):
         detector.connected(f"random-{index}")
-    assert len(detector._windows) <= 100
+    assert len(detector.client_ids.windows) <= 100
 
 
 def test_run_in_executor_keeps_the_loop_free(tmp_path):
@@ -153,3 +153,18 @@ def test_run_in_executor_keeps_the_loop_free(tmp_path):
     result, ticks = asyncio.run(main())
     assert result.decision == "allow"
     assert ticks >= 2  # the loop kept running while the hash was computed (blocking: at most 1)
+
+
+def test_flapping_by_address_catches_rotating_and_empty_client_ids():
+    now = [0.0]
+    detector = FlappingDetector(FlappingDetect(enable=True, max_count=3, window_time=10, ban_time=30,
+                                               max_tracked=100, address_max_count=4), Registry(),
+                                clock=lambda: now[0])
+    peer = ("192.0.2.7", 5000)
+    assert [detector.refuses(cid, peer) for cid in ("a", "b", "", "")] == [False, False, False, True]
+    assert detector.refuses("fresh", peer) and detector.refuses("", ("192.0.2.7", 6000))
+    assert not detector.refuses("fresh", ("192.0.2.8", 5000))  # another address, an unbanned client id
+    now[0] = 31.0
+    assert not detector.refuses("again", peer)
+    off = FlappingDetector(FlappingDetect(enable=True, max_count=3, address_max_count=0), Registry())
+    assert not any(off.refuses(f"id-{n}", peer) for n in range(20))
