@@ -10,8 +10,10 @@ not extend the block. A successful login clears the records of its address and i
 without a failure for ``forget_after`` starts over.
 
 Bursts: failures are only known once their hashes are computed, so a burst of wrong passwords from one
-address would all be hashed before the first failure counts. ``max_pending_checks`` caps the logins of one
-address / user name being checked at the same time; more are refused the same way (0x9F).
+address would all be hashed before the next failure counts. ``max_pending_checks`` caps the logins being
+checked at the same time for an address / user name that has failed lately (one with no recent failure is not
+capped: many devices behind one NAT address, or sharing one user name, reconnect together after an outage);
+more are refused the same way (0x9F). The first burst of a fresh key is bounded by the hash pool's queue.
 
 A refusal is answered after ``refusal_delay`` (at most the rest of the backoff): refused at once, an attacker
 that waits for its CONNACK reconnects hundreds of times a second, and that churn costs the event loop more
@@ -58,7 +60,9 @@ class _Records:
             return 0.0
         if entry[1] > now:
             return entry[1] - now
-        return -1.0 if entry[3] >= self.config.max_pending_checks else 0.0
+        # Only a key that has failed lately is held to ``max_pending_checks``: a fleet behind one address (NAT, a
+        # gateway) or sharing one user name reconnects all at once after an outage and must not be refused.
+        return -1.0 if entry[0] and entry[3] >= self.config.max_pending_checks else 0.0
 
     def begin(self, key: str, now: float) -> None:
         entries = self.entries

@@ -257,8 +257,9 @@ class LoginThrottle:
     by_address: bool = True
     by_username: bool = True
     allowed_failures: int = 3
-    # Logins of one address / one user name checked at the same time at most; more are refused like a backoff
-    # (a burst of wrong passwords is otherwise all hashed before its first failure is known).
+    # Logins checked at the same time at most for an address / a user name that has failed lately; more are
+    # refused like a backoff (a burst of wrong passwords is otherwise all hashed before its next failure is known).
+    # Keys without a recent failure are not capped (a fleet behind one address reconnects all at once).
     max_pending_checks: int = 1
     initial_backoff: Duration = 1.0
     # A throttled CONNECT is answered after this long (at most the rest of its backoff), so that a client

@@ -74,8 +74,15 @@ def test_throttle_backoff_doubles_up_to_the_cap_and_success_clears_it():
         now[0] += 10
     assert waits == [0, 1, 2, 4, 4]
     throttle.succeeded("10.0.0.1", None)
+    # No recent failure: logins from one address are checked side by side (a fleet behind one NAT address).
     assert throttle.admit("10.0.0.1", None) == 0
-    # One check in flight per address at most (max_pending_checks = 1): a burst is not all hashed.
+    assert throttle.admit("10.0.0.1", None) == 0
+    throttle.release("10.0.0.1", None)
+    throttle.release("10.0.0.1", None)
+    # After a failure, one check in flight per address at most (max_pending_checks = 1): a burst is not all hashed.
+    throttle.failed("10.0.0.1", None)
+    now[0] += 10  # past the backoff (allowed_failures = 1 blocked it), the failure still counted
+    assert throttle.admit("10.0.0.1", None) == 0
     assert throttle.admit("10.0.0.1", None) == -1
     throttle.release("10.0.0.1", None)
     for n in range(50):  # bounded memory
