@@ -139,6 +139,13 @@ class Channel:
         if len(client_id) > settings.max_clientid_len:
             exceeded("max_clientid_len")
             return self._refuse(rc.CLIENT_IDENTIFIER_NOT_VALID, "client id too long")
+        max_keepalive = settings.max_keepalive
+        if max_keepalive is not None and not v5 and (packet.keepalive == 0 or packet.keepalive > max_keepalive):
+            # 3.1.1 cannot be told another keep-alive: refused as mosquitto 2 does ("identifier rejected").
+            exceeded("max_keepalive")
+            log.info("client %r from %s refused: keep-alive %ds is beyond mqtt.max_keepalive %ds", packet.client_id,
+                     self.connection.peer_text, packet.keepalive, max_keepalive)
+            return self._refuse(rc.CLIENT_IDENTIFIER_NOT_VALID, "keep-alive beyond mqtt.max_keepalive")
         will = packet.will
         if will is not None:
             if not will.topic or has_wildcard(will.topic):
@@ -254,7 +261,8 @@ class Channel:
             receive_maximum = props.get("receive_maximum", 65535)
             self.send_window = min(settings.max_inflight or 65535, receive_maximum)
             self.client_max_packet = props.get("maximum_packet_size")
-            self.aliases_out_max = props.get("topic_alias_maximum", 0)
+            if self.connection.listener.topic_alias_out:
+                self.aliases_out_max = props.get("topic_alias_maximum", 0)
             if settings.max_topic_alias:
                 ack_props["topic_alias_maximum"] = min(settings.max_topic_alias, 65535)
             if settings.max_awaiting_rel is not None:
@@ -273,6 +281,9 @@ class Channel:
         keepalive = packet.keepalive
         if v5 and settings.server_keepalive is not None:
             keepalive = settings.server_keepalive
+            ack_props["server_keep_alive"] = keepalive
+        elif v5 and settings.max_keepalive is not None and (keepalive == 0 or keepalive > settings.max_keepalive):
+            keepalive = settings.max_keepalive
             ack_props["server_keep_alive"] = keepalive
         self.keepalive = keepalive
 

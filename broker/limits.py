@@ -12,7 +12,7 @@ from __future__ import annotations
 from .metrics import REGISTRY
 
 LIMITS = ("max_packet_size", "max_topic_levels", "max_subscriptions", "max_clientid_len", "idle_timeout",
-          "max_awaiting_rel")
+          "max_awaiting_rel", "max_keepalive")
 
 _FAMILY = REGISTRY.counter("wharf_limit_exceeded_total", "Protocol limits hit (packet refused or connection "
                            "closed), by limit", ("limit",))

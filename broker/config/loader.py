@@ -480,6 +480,8 @@ class _Checker:
             self.issue("mqtt.keepalive_multiplier", "must be greater than 0")
         if mqtt.server_keepalive is not None and mqtt.server_keepalive > 65535:
             self.issue("mqtt.server_keepalive", "must be at most 65535 seconds")
+        if mqtt.max_keepalive is not None and not 1 <= mqtt.max_keepalive <= 65535:
+            self.issue("mqtt.max_keepalive", "must be in 1..65535 seconds (or infinity for no cap)")
 
     def check_websocket(self, ws: model.WebsocketOptions, key: str) -> None:
         if not ws.mqtt_path.startswith("/"):

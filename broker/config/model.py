@@ -41,6 +41,11 @@ class MqttSettings:
     keepalive_multiplier: float = 1.5
     # 5.0 Server Keep Alive; None = use the client's value.
     server_keepalive: Limit = None
+    # Cap on the keep-alive (mosquitto's max_keepalive): a 5.0 client asking for more, or for 0, is told the cap
+    # in Server Keep Alive; a 3.1.1 client asking for more, or for 0, is refused ("identifier rejected"), since
+    # 3.1.1 has no way to tell it. A client asking for less keeps its own. None = no cap. server_keepalive, when
+    # set, still replaces every 5.0 client's value.
+    max_keepalive: Limit = None
     max_subscriptions: Limit = None
     max_inflight: int = 32
     retry_interval: Duration = 30.0
@@ -134,6 +139,9 @@ class TcpListener:
     proxy_protocol: bool = False
     proxy_protocol_timeout: Duration = 3.0
     mountpoint: str = ""
+    # Server-to-client topic aliases for 5.0 clients that announce a Topic Alias Maximum. Off by default: most
+    # clients never announce one, and some that do mishandle the aliases they get (docs/configuration.md).
+    topic_alias_out: Literal["off", "on"] = "off"
     # Overrides of the global ``mqtt.peer_cert_as_*`` for this listener (ssl/wss only).
     peer_cert_as_username: PeerCertAs | None = None
     peer_cert_as_clientid: PeerCertAs | None = None
