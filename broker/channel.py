@@ -22,6 +22,7 @@ from .mqtt.packets import (AUTH, CONNACK, CONNECT, DISCONNECT, MQTT_5, NAMES, PI
                            Disconnect, PubAck, Suback, Unsuback)
 from .mqtt.topic import has_wildcard, parse_shared, valid_topic_filter
 from .router import Message, Subscription
+from .sys_topics import is_sys_topic
 
 if TYPE_CHECKING:
     from .broker import Broker
@@ -33,6 +34,9 @@ log = logging.getLogger("wharf_broker.channel")
 _PASSED_THROUGH = ("payload_format_indicator", "content_type", "response_topic", "correlation_data",
                    "user_property")
 _PINGRESP = b"\xd0\x00"
+# Why the server ended a connection, in EMQX's words (for the $SYS disconnected event).
+_KICK_REASONS = {rc.SESSION_TAKEN_OVER: "takenover", rc.KEEP_ALIVE_TIMEOUT: "keepalive_timeout",
+                 rc.SERVER_SHUTTING_DOWN: "shutdown"}
 _NEVER_EXPIRES = 0xFFFFFFFF
 
 
@@ -245,6 +249,10 @@ class Channel:
         if acl is not None and packet.will is not None and not acl.may_publish(packet.will.topic):
             log.info("client %r: will on %r dropped: not authorized", client_id, packet.will.topic)
             packet.will = None
+        if packet.will is not None and is_sys_topic(packet.will.topic):
+            log.info("client %r: will on %r dropped: $SYS is reserved for the broker", client_id, packet.will.topic)
+            self.broker.metrics.dropped("sys_topic").value += 1
+            packet.will = None
 
         # Session lifetime: 5.0 asks for one (capped); 3.1.1 persistent sessions get the configured one.
         cap = settings.session_expiry_interval
@@ -306,6 +314,9 @@ class Channel:
         self.connection.start_keepalive(keepalive * settings.keepalive_multiplier if keepalive else 0)
         if present:
             session.resume()
+        events = broker.sys_events
+        if events is not None:
+            events.client_connected(self, packet.clean_start)
 
     def _refuse(self, reason_code: int, reason: str) -> bool:
         """Answer the CONNECT with a refusal and close."""
@@ -329,6 +340,10 @@ class Channel:
         if topic.count("/") >= settings.max_topic_levels:
             exceeded("max_topic_levels")
             raise ProtocolViolation(rc.TOPIC_NAME_INVALID, "too many topic levels")
+        if topic[0] == "$" and is_sys_topic(topic):  # the broker's own: no client publishes there
+            log.info("client %r: PUBLISH to %r refused: $SYS is reserved for the broker", self.client_id, topic)
+            self._publish_refused(packet, topic, "sys_topic")
+            return
         acl = self.acl
         if acl is not None and not acl.may_publish(topic):
             self._publish_refused(packet, topic)
@@ -380,11 +395,12 @@ class Channel:
         else:
             self.connection.write(b"\x50\x02" + packet_id.to_bytes(2, "big"))
 
-    def _publish_refused(self, packet, topic: str) -> None:
-        """The ACL refused this PUBLISH: 5.0 hears "not authorized" in its PUBACK/PUBREC, 3.1.1 gets the
-        usual acknowledgement (it has no way to hear a refusal) and the message is dropped."""
-        self.broker.metrics.dropped("not_authorized").value += 1
-        if self.acl.authorizer.disconnect_on_deny:
+    def _publish_refused(self, packet, topic: str, reason: str = "not_authorized") -> None:
+        """The ACL (or the $SYS reservation) refused this PUBLISH: 5.0 hears "not authorized" in its
+        PUBACK/PUBREC, 3.1.1 gets the usual acknowledgement (it has no way to hear a refusal) and the message is
+        dropped, counted under ``reason``."""
+        self.broker.metrics.dropped(reason).value += 1
+        if self.acl is not None and self.acl.authorizer.disconnect_on_deny:
             raise ProtocolViolation(rc.NOT_AUTHORIZED, f"not authorized to publish to {topic!r}")
         qos = packet.qos
         if qos == 0:
@@ -635,7 +651,7 @@ class Channel:
                 self.will = None
         else:
             self.will = None
-        self.terminate(publish_will=True)
+        self.terminate(publish_will=True, reason="normal")
         self.connection.close()
 
     def handle_auth(self, packet) -> None:
@@ -654,22 +670,24 @@ class Channel:
                                   {"reason_string": reason} if self.problem_information else None))
         elif self.connected and self.v5:
             self._send_disconnect(reason_code, reason)
-        self.terminate(publish_will=True)
+        self.terminate(publish_will=True, reason="protocol_error")
         self.connection.close()
 
     def kick(self, reason_code: int, reason: str) -> None:
         """The server ends this connection (take-over, shutdown, keep-alive timeout)."""
         if self.connected and self.v5:
             self._send_disconnect(reason_code, reason)
-        self.terminate(publish_will=reason_code != rc.SERVER_SHUTTING_DOWN)
+        self.terminate(publish_will=reason_code != rc.SERVER_SHUTTING_DOWN,
+                       reason=_KICK_REASONS.get(reason_code, "kicked"))
         self.connection.close()
 
     def _send_disconnect(self, reason_code: int, reason: str) -> None:
         props = {"reason_string": reason} if self.problem_information and reason else None
         self.send(Disconnect(reason_code, props))
 
-    def terminate(self, publish_will: bool) -> None:
-        """Leave the broker: publish or schedule the will, detach from (or end) the session. Idempotent."""
+    def terminate(self, publish_will: bool, reason: str = "tcp_closed") -> None:
+        """Leave the broker: publish or schedule the will, detach from (or end) the session. Idempotent.
+        ``reason`` (EMQX's words: normal, takenover, keepalive_timeout, ...) goes into the $SYS event."""
         if self._disconnected:
             return
         self._disconnected = True
@@ -678,7 +696,11 @@ class Channel:
         self.connected = False
         will = self.will if publish_will else None
         self.will = None
-        self.broker.detach(self, will)
+        broker = self.broker
+        broker.detach(self, will)
+        events = broker.sys_events
+        if events is not None:
+            events.client_disconnected(self, reason)
 
     def connection_lost(self) -> None:
         self.terminate(publish_will=True)

@@ -75,6 +75,7 @@ class Connection(asyncio.Protocol):
 
     def data_received(self, data: bytes) -> None:
         self.last_received = self._time()
+        self.broker.metrics.bytes_received.inc(len(data))
         if self._closing:
             return
         try:
@@ -204,7 +205,9 @@ class Connection(asyncio.Protocol):
         out = self._out
         if not out or self._paused or self._lost:
             return
-        self.transport.write(out[0] if len(out) == 1 else b"".join(out))
+        data = out[0] if len(out) == 1 else b"".join(out)
+        self.transport.write(data)
+        self.broker.metrics.bytes_sent.inc(len(data))
         out.clear()
 
     def close(self) -> None:
@@ -212,7 +215,9 @@ class Connection(asyncio.Protocol):
         if self._closing:
             return
         if self._out and not self._lost:
-            self.transport.write(b"".join(self._out))
+            data = b"".join(self._out)
+            self.transport.write(data)
+            self.broker.metrics.bytes_sent.inc(len(data))
         self._closing = True
         self._out.clear()
         if self.transport is not None and not self._lost:

@@ -388,6 +388,7 @@ class _Checker:
         config = self.config
         assert config is not None
         self.check_mqtt(config.mqtt)
+        self.check_sys_topics(config.sys_topics)
         binds: list[tuple[str, str, int]] = []
         for kind, name, listener in iter_listeners(config):
             key = f"listeners.{kind}.{name}"
@@ -462,6 +463,12 @@ class _Checker:
         flapping = config.flapping_detect
         if flapping.max_count < 1 or flapping.window_time <= 0 or flapping.ban_time <= 0 or flapping.max_tracked < 1:
             self.issue("flapping_detect", "max_count, max_tracked, window_time and ban_time must be positive")
+
+    def check_sys_topics(self, sys_topics: model.SysTopics) -> None:
+        for name in ("sys_msg_interval", "sys_heartbeat_interval"):
+            value = getattr(sys_topics, name)
+            if value != 0 and value < 1:
+                self.issue(f"sys_topics.{name}", "must be 0 (off) or at least 1s")
 
     def check_mqtt(self, mqtt: model.MqttSettings) -> None:
         if not 0 <= mqtt.max_qos_allowed <= 2:

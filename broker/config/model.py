@@ -370,6 +370,25 @@ class Cluster:
 
 
 @dataclass
+class SysEventMessages:
+    """``sys_topics.sys_event_messages { ... }`` (EMQX): which client events are published under ``$SYS``."""
+
+    client_connected: bool = True
+    client_disconnected: bool = True
+
+
+@dataclass
+class SysTopics:
+    """``sys_topics { ... }`` (EMQX's layout): ``$SYS/brokers/<node>/...`` published by every node for itself."""
+
+    # version, sysdescr, $SYS/brokers (retained), stats/... and metrics/... this often; 0 = never.
+    sys_msg_interval: Duration = 60.0
+    # uptime and datetime this often; 0 = never.
+    sys_heartbeat_interval: Duration = 30.0
+    sys_event_messages: SysEventMessages = field(default_factory=SysEventMessages)
+
+
+@dataclass
 class BrokerConfig:
     """The whole config file."""
 
@@ -384,3 +403,4 @@ class BrokerConfig:
     crl_cache: CrlCache = field(default_factory=CrlCache)
     dashboard: Dashboard = field(default_factory=Dashboard)
     cluster: Cluster = field(default_factory=Cluster)
+    sys_topics: SysTopics = field(default_factory=SysTopics)
