@@ -361,15 +361,20 @@ class Channel:
             broker.publish(message)
             return
         packet_id = packet.packet_id
+        connection = self.connection
+        # The acknowledgement goes out ahead of the copies this PUBLISH produced for this same client (it may
+        # subscribe to its own topic), as mosquitto orders them: a client that stops reading once its copy
+        # arrived (the Paho interop client's disconnect()) has then always seen its PUBACK/PUBREC.
+        mark = connection.output_mark()
         if qos == 1:
             delivered = broker.publish(message)
             if delivered.__class__ is not int:  # a cluster node acknowledges once the backplane has it
                 self._ack_when_routed(PUBACK, packet_id, delivered)
                 return
             if self.v5 and not delivered:
-                self.connection.write(encode(PubAck(PUBACK, packet_id, rc.NO_MATCHING_SUBSCRIBERS), 5))
+                connection.write_at(mark, encode(PubAck(PUBACK, packet_id, rc.NO_MATCHING_SUBSCRIBERS), 5))
             else:
-                self.connection.write(b"\x40\x02" + packet_id.to_bytes(2, "big"))
+                connection.write_at(mark, b"\x40\x02" + packet_id.to_bytes(2, "big"))
             return
         awaiting = self.session.awaiting_rel
         if packet_id in awaiting:  # a resend of a QoS 2 message already routed
@@ -391,9 +396,9 @@ class Channel:
             self._ack_when_routed(PUBREC, packet_id, delivered)
             return
         if self.v5 and not delivered:
-            self.connection.write(encode(PubAck(PUBREC, packet_id, rc.NO_MATCHING_SUBSCRIBERS), 5))
+            connection.write_at(mark, encode(PubAck(PUBREC, packet_id, rc.NO_MATCHING_SUBSCRIBERS), 5))
         else:
-            self.connection.write(b"\x50\x02" + packet_id.to_bytes(2, "big"))
+            connection.write_at(mark, b"\x50\x02" + packet_id.to_bytes(2, "big"))
 
     def _publish_refused(self, packet, topic: str, reason: str = "not_authorized") -> None:
         """The ACL (or the $SYS reservation) refused this PUBLISH: 5.0 hears "not authorized" in its

@@ -186,6 +186,23 @@ class Connection(asyncio.Protocol):
             self._flush_pending = True
             self._loop.call_soon(self._flush)
 
+    def output_mark(self) -> int:
+        """Where the next write would go in the pending output (for ``write_at``)."""
+        return len(self._out)
+
+    def write_at(self, mark: int, data: bytes) -> None:
+        """Write ``data`` ahead of whatever was written since ``output_mark()`` returned ``mark`` (same loop
+        iteration): an acknowledgement goes out before the copies its PUBLISH produced for this same client."""
+        if self._closing:
+            return
+        out = self._out
+        out.insert(min(mark, len(out)), data)
+        if self._paused:
+            self.backlog_bytes += len(data)
+        elif not self._flush_pending:
+            self._flush_pending = True
+            self._loop.call_soon(self._flush)
+
     def write_parts(self, head: bytes, middle: bytes, tail: bytes) -> None:
         """Write one packet given in three pieces (a shared PUBLISH encoding around its packet id)."""
         if self._closing:
