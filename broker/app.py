@@ -32,6 +32,7 @@ class BrokerApp:
         self.broker: Any = None
         self.listeners: dict[str, Listener] = {}
         self.admin: Any = None
+        self.sys_topics: Any = None
         self.ready = False
         self.stopping = False
 
@@ -62,6 +63,11 @@ class BrokerApp:
         access = getattr(self.broker, "access", None)
         if access is not None:
             access.start()  # password / ACL file watchers
+        if hasattr(self.broker, "router"):  # a real broker (tests may inject a stand-in)
+            from .sys_topics import SysTopics
+            node = getattr(self.broker, "node_name", self.config.node.name)  # a cluster member's own name
+            self.sys_topics = SysTopics(self.broker, self.config.sys_topics, node)
+            self.sys_topics.start()
         self.listeners = build_listeners(self.config, self.broker.protocol_factory)
         try:
             for listener in self.listeners.values():
@@ -94,6 +100,8 @@ class BrokerApp:
         self.ready = False
         for listener in self.listeners.values():
             listener.stop_accepting()
+        if self.sys_topics is not None:
+            self.sys_topics.stop()  # before the clients go: no disconnect event storm at shutdown
         if self.broker is not None:
             try:
                 await _maybe_await(getattr(self.broker, "shutdown", None))

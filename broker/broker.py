@@ -57,6 +57,8 @@ class BrokerMetrics:
         self.connected = registry.gauge("wharf_clients_connected", "Clients past CONNACK")
         self.sessions = registry.gauge("wharf_sessions", "Sessions, connected or kept for offline clients")
         self.retained = registry.gauge("wharf_retained_messages", "Retained messages stored")
+        self.bytes_received = registry.counter("wharf_bytes_received_total", "Bytes read from client connections")
+        self.bytes_sent = registry.counter("wharf_bytes_sent_total", "Bytes written to client connections")
         self._dropped: dict = {}
 
     def dropped(self, reason: str):
@@ -94,6 +96,8 @@ class Broker:
         self._loop: asyncio.AbstractEventLoop | None = None
         self._housekeeping_handle: asyncio.TimerHandle | None = None
         self._received = self.metrics.received.labels()  # the child: a plain attribute add per message
+        # ``sys_topics.SysTopics`` while $SYS client event messages are on: told of every connect and disconnect.
+        self.sys_events = None
 
     @property
     def loop(self) -> asyncio.AbstractEventLoop:

@@ -23,6 +23,7 @@ from .mqtt.packets import (AUTH, CONNACK, CONNECT, DISCONNECT, MQTT_5, NAMES, PI
                            Disconnect, PubAck, Suback, Unsuback)
 from .mqtt.topic import has_wildcard, parse_shared, valid_topic_filter
 from .router import Message, Subscription
+from .sys_topics import is_sys_topic
 from .tenancy import fill_mountpoint, session_owner
 
 if TYPE_CHECKING:
@@ -35,6 +36,9 @@ log = logging.getLogger("wharf_broker.channel")
 _PASSED_THROUGH = ("payload_format_indicator", "content_type", "response_topic", "correlation_data",
                    "user_property")
 _PINGRESP = b"\xd0\x00"
+# Why the server ended a connection, in EMQX's words (for the $SYS disconnected event).
+_KICK_REASONS = {rc.SESSION_TAKEN_OVER: "takenover", rc.KEEP_ALIVE_TIMEOUT: "keepalive_timeout",
+                 rc.SERVER_SHUTTING_DOWN: "shutdown"}
 _NEVER_EXPIRES = 0xFFFFFFFF
 
 
@@ -143,6 +147,13 @@ class Channel:
         if len(client_id) > settings.max_clientid_len:
             exceeded("max_clientid_len")
             return self._refuse(rc.CLIENT_IDENTIFIER_NOT_VALID, "client id too long")
+        max_keepalive = settings.max_keepalive
+        if max_keepalive is not None and not v5 and (packet.keepalive == 0 or packet.keepalive > max_keepalive):
+            # 3.1.1 cannot be told another keep-alive: refused as mosquitto 2 does ("identifier rejected").
+            exceeded("max_keepalive")
+            log.info("client %r from %s refused: keep-alive %ds is beyond mqtt.max_keepalive %ds", packet.client_id,
+                     self.connection.peer_text, packet.keepalive, max_keepalive)
+            return self._refuse(rc.CLIENT_IDENTIFIER_NOT_VALID, "keep-alive beyond mqtt.max_keepalive")
         will = packet.will
         if will is not None:
             if not will.topic or has_wildcard(will.topic):
@@ -242,6 +253,10 @@ class Channel:
         if acl is not None and packet.will is not None and not acl.may_publish(packet.will.topic):
             log.info("client %r: will on %r dropped: not authorized", client_id, packet.will.topic)
             packet.will = None
+        if packet.will is not None and is_sys_topic(packet.will.topic):
+            log.info("client %r: will on %r dropped: $SYS is reserved for the broker", client_id, packet.will.topic)
+            self.broker.metrics.dropped("sys_topic").value += 1
+            packet.will = None
 
         # Session lifetime: 5.0 asks for one (capped); 3.1.1 persistent sessions get the configured one.
         cap = settings.session_expiry_interval
@@ -258,7 +273,8 @@ class Channel:
             receive_maximum = props.get("receive_maximum", 65535)
             self.send_window = min(settings.max_inflight or 65535, receive_maximum)
             self.client_max_packet = props.get("maximum_packet_size")
-            self.aliases_out_max = props.get("topic_alias_maximum", 0)
+            if self.connection.listener.topic_alias_out:
+                self.aliases_out_max = props.get("topic_alias_maximum", 0)
             if settings.max_topic_alias:
                 ack_props["topic_alias_maximum"] = min(settings.max_topic_alias, 65535)
             if settings.max_awaiting_rel is not None:
@@ -277,6 +293,9 @@ class Channel:
         keepalive = packet.keepalive
         if v5 and settings.server_keepalive is not None:
             keepalive = settings.server_keepalive
+            ack_props["server_keep_alive"] = keepalive
+        elif v5 and settings.max_keepalive is not None and (keepalive == 0 or keepalive > settings.max_keepalive):
+            keepalive = settings.max_keepalive
             ack_props["server_keep_alive"] = keepalive
         self.keepalive = keepalive
 
@@ -315,6 +334,9 @@ class Channel:
         self.connection.start_keepalive(keepalive * settings.keepalive_multiplier if keepalive else 0)
         if present:
             session.resume()
+        events = broker.sys_events
+        if events is not None:
+            events.client_connected(self, packet.clean_start)
 
     def _refuse_placeholder(self, placeholder: str, info: ConnectInfo) -> None:
         """The listener's mountpoint would take this client's ``placeholder`` value, which could widen it."""
@@ -373,6 +395,10 @@ class Channel:
         if topic.count("/") >= settings.max_topic_levels:
             exceeded("max_topic_levels")
             raise ProtocolViolation(rc.TOPIC_NAME_INVALID, "too many topic levels")
+        if topic[0] == "$" and is_sys_topic(topic):  # the broker's own: no client publishes there
+            log.info("client %r: PUBLISH to %r refused: $SYS is reserved for the broker", self.client_id, topic)
+            self._publish_refused(packet, topic, "sys_topic")
+            return
         acl = self.acl
         if acl is not None and not acl.may_publish(topic):
             self._publish_refused(packet, topic)
@@ -395,15 +421,20 @@ class Channel:
             broker.publish(message)
             return
         packet_id = packet.packet_id
+        connection = self.connection
+        # The acknowledgement goes out ahead of the copies this PUBLISH produced for this same client (it may
+        # subscribe to its own topic), as mosquitto orders them: a client that stops reading once its copy
+        # arrived (the Paho interop client's disconnect()) has then always seen its PUBACK/PUBREC.
+        mark = connection.output_mark()
         if qos == 1:
             delivered = broker.publish(message)
             if delivered.__class__ is not int:  # a cluster node acknowledges once the backplane has it
                 self._ack_when_routed(PUBACK, packet_id, delivered)
                 return
             if self.v5 and not delivered:
-                self.connection.write(encode(PubAck(PUBACK, packet_id, rc.NO_MATCHING_SUBSCRIBERS), 5))
+                connection.write_at(mark, encode(PubAck(PUBACK, packet_id, rc.NO_MATCHING_SUBSCRIBERS), 5))
             else:
-                self.connection.write(b"\x40\x02" + packet_id.to_bytes(2, "big"))
+                connection.write_at(mark, b"\x40\x02" + packet_id.to_bytes(2, "big"))
             return
         awaiting = self.session.awaiting_rel
         if packet_id in awaiting:  # a resend of a QoS 2 message already routed
@@ -427,15 +458,16 @@ class Channel:
             self._ack_when_routed(PUBREC, packet_id, delivered)
             return
         if self.v5 and not delivered:
-            self.connection.write(encode(PubAck(PUBREC, packet_id, rc.NO_MATCHING_SUBSCRIBERS), 5))
+            connection.write_at(mark, encode(PubAck(PUBREC, packet_id, rc.NO_MATCHING_SUBSCRIBERS), 5))
         else:
-            self.connection.write(b"\x50\x02" + packet_id.to_bytes(2, "big"))
+            connection.write_at(mark, b"\x50\x02" + packet_id.to_bytes(2, "big"))
 
-    def _publish_refused(self, packet, topic: str) -> None:
-        """The ACL refused this PUBLISH: 5.0 hears "not authorized" in its PUBACK/PUBREC, 3.1.1 gets the
-        usual acknowledgement (it has no way to hear a refusal) and the message is dropped."""
-        self.broker.metrics.dropped("not_authorized").value += 1
-        if self.acl.authorizer.disconnect_on_deny:
+    def _publish_refused(self, packet, topic: str, reason: str = "not_authorized") -> None:
+        """The ACL (or the $SYS reservation) refused this PUBLISH: 5.0 hears "not authorized" in its
+        PUBACK/PUBREC, 3.1.1 gets the usual acknowledgement (it has no way to hear a refusal) and the message is
+        dropped, counted under ``reason``."""
+        self.broker.metrics.dropped(reason).value += 1
+        if self.acl is not None and self.acl.authorizer.disconnect_on_deny:
             raise ProtocolViolation(rc.NOT_AUTHORIZED, f"not authorized to publish to {topic!r}")
         qos = packet.qos
         if qos == 0:
@@ -691,7 +723,7 @@ class Channel:
                 self.will = None
         else:
             self.will = None
-        self.terminate(publish_will=True)
+        self.terminate(publish_will=True, reason="normal")
         self.connection.close()
 
     def handle_auth(self, packet) -> None:
@@ -710,22 +742,24 @@ class Channel:
                                   {"reason_string": reason} if self.problem_information else None))
         elif self.connected and self.v5:
             self._send_disconnect(reason_code, reason)
-        self.terminate(publish_will=True)
+        self.terminate(publish_will=True, reason="protocol_error")
         self.connection.close()
 
     def kick(self, reason_code: int, reason: str) -> None:
         """The server ends this connection (take-over, shutdown, keep-alive timeout)."""
         if self.connected and self.v5:
             self._send_disconnect(reason_code, reason)
-        self.terminate(publish_will=reason_code != rc.SERVER_SHUTTING_DOWN)
+        self.terminate(publish_will=reason_code != rc.SERVER_SHUTTING_DOWN,
+                       reason=_KICK_REASONS.get(reason_code, "kicked"))
         self.connection.close()
 
     def _send_disconnect(self, reason_code: int, reason: str) -> None:
         props = {"reason_string": reason} if self.problem_information and reason else None
         self.send(Disconnect(reason_code, props))
 
-    def terminate(self, publish_will: bool) -> None:
-        """Leave the broker: publish or schedule the will, detach from (or end) the session. Idempotent."""
+    def terminate(self, publish_will: bool, reason: str = "tcp_closed") -> None:
+        """Leave the broker: publish or schedule the will, detach from (or end) the session. Idempotent.
+        ``reason`` (EMQX's words: normal, takenover, keepalive_timeout, ...) goes into the $SYS event."""
         if self._disconnected:
             return
         self._disconnected = True
@@ -734,7 +768,11 @@ class Channel:
         self.connected = False
         will = self.will if publish_will else None
         self.will = None
-        self.broker.detach(self, will)
+        broker = self.broker
+        broker.detach(self, will)
+        events = broker.sys_events
+        if events is not None:
+            events.client_disconnected(self, reason)
 
     def connection_lost(self) -> None:
         self.terminate(publish_will=True)

@@ -86,6 +86,7 @@ class Connection(asyncio.Protocol):
 
     def data_received(self, data: bytes) -> None:
         self.last_received = self._time()
+        self.broker.metrics.bytes_received.inc(len(data))
         if self._closing:
             return
         if self._held is not None and self.parser.single:
@@ -222,6 +223,23 @@ class Connection(asyncio.Protocol):
             self._flush_pending = True
             self._loop.call_soon(self._flush)
 
+    def output_mark(self) -> int:
+        """Where the next write would go in the pending output (for ``write_at``)."""
+        return len(self._out)
+
+    def write_at(self, mark: int, data: bytes) -> None:
+        """Write ``data`` ahead of whatever was written since ``output_mark()`` returned ``mark`` (same loop
+        iteration): an acknowledgement goes out before the copies its PUBLISH produced for this same client."""
+        if self._closing:
+            return
+        out = self._out
+        out.insert(min(mark, len(out)), data)
+        if self._paused:
+            self.backlog_bytes += len(data)
+        elif not self._flush_pending:
+            self._flush_pending = True
+            self._loop.call_soon(self._flush)
+
     def write_parts(self, head: bytes, middle: bytes, tail: bytes) -> None:
         """Write one packet given in three pieces (a shared PUBLISH encoding around its packet id)."""
         if self._closing:
@@ -241,7 +259,9 @@ class Connection(asyncio.Protocol):
         out = self._out
         if not out or self._paused or self._lost:
             return
-        self.transport.write(out[0] if len(out) == 1 else b"".join(out))
+        data = out[0] if len(out) == 1 else b"".join(out)
+        self.transport.write(data)
+        self.broker.metrics.bytes_sent.inc(len(data))
         out.clear()
 
     def close(self) -> None:
@@ -249,7 +269,9 @@ class Connection(asyncio.Protocol):
         if self._closing:
             return
         if self._out and not self._lost:
-            self.transport.write(b"".join(self._out))
+            data = b"".join(self._out)
+            self.transport.write(data)
+            self.broker.metrics.bytes_sent.inc(len(data))
         self._closing = True
         self._out.clear()
         if self.transport is not None and not self._lost:

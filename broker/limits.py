@@ -15,7 +15,7 @@ LIMITS = ("max_packet_size", "max_topic_levels", "max_subscriptions", "max_clien
           "max_awaiting_rel", "max_user_properties", "max_properties_size", "connect_max_packet_size",
           "connect_max_user_properties", "connect_max_properties_size", "retainer.max_retained_messages",
           "retainer.max_retained_bytes", "retainer.max_payload_size", "authentication.password_file.hash_queue_size",
-          "max_topic_filters_per_packet")
+          "max_topic_filters_per_packet", "max_keepalive")
 
 _FAMILY = REGISTRY.counter("wharf_limit_exceeded_total", "Protocol limits hit (packet refused or connection "
                            "closed), by limit", ("limit",))

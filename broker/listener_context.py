@@ -19,6 +19,8 @@ class ListenerContext:
     # Effective X.509 identity mapping for this listener (listener override, else the global mqtt setting).
     peer_cert_as_username: str = "disabled"
     peer_cert_as_clientid: str = "disabled"
+    # Send server-to-client topic aliases to 5.0 clients that allow them (``topic_alias_out = on``).
+    topic_alias_out: bool = False
     current_connections: int = 0
 
     def reserve(self, limit: int | None) -> bool:

@@ -113,7 +113,8 @@ class Listener:
         self.context = ListenerContext(
             id=self.id, type=self.type, mountpoint=config.mountpoint,
             peer_cert_as_username=config.peer_cert_as_username or mqtt.peer_cert_as_username,
-            peer_cert_as_clientid=config.peer_cert_as_clientid or mqtt.peer_cert_as_clientid)
+            peer_cert_as_clientid=config.peer_cert_as_clientid or mqtt.peer_cert_as_clientid,
+            topic_alias_out=config.topic_alias_out == "on")
         self.bind = config.bind  # the real address once started
         self.running = False
         self._server: asyncio.AbstractServer | None = None

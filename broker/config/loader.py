@@ -411,6 +411,7 @@ class _Checker:
         config = self.config
         assert config is not None
         self.check_mqtt(config.mqtt)
+        self.check_sys_topics(config.sys_topics)
         binds: list[tuple[str, str, int]] = []
         for kind, name, listener in iter_listeners(config):
             key = f"listeners.{kind}.{name}"
@@ -518,6 +519,12 @@ class _Checker:
             if getattr(retainer, name) < 1:
                 self.issue(f"retainer.{name}", "must be at least 1 byte")
 
+    def check_sys_topics(self, sys_topics: model.SysTopics) -> None:
+        for name in ("sys_msg_interval", "sys_heartbeat_interval"):
+            value = getattr(sys_topics, name)
+            if value != 0 and value < 1:
+                self.issue(f"sys_topics.{name}", "must be 0 (off) or at least 1s")
+
     def check_mqtt(self, mqtt: model.MqttSettings) -> None:
         if not 0 <= mqtt.max_qos_allowed <= 2:
             self.issue("mqtt.max_qos_allowed", f"must be 0, 1 or 2, not {mqtt.max_qos_allowed}")
@@ -547,6 +554,8 @@ class _Checker:
             self.issue("mqtt.keepalive_multiplier", "must be greater than 0")
         if mqtt.server_keepalive is not None and mqtt.server_keepalive > 65535:
             self.issue("mqtt.server_keepalive", "must be at most 65535 seconds")
+        if mqtt.max_keepalive is not None and not 1 <= mqtt.max_keepalive <= 65535:
+            self.issue("mqtt.max_keepalive", "must be in 1..65535 seconds (or infinity for no cap)")
 
     def check_proxy_trust(self, listener: model.TcpListener, key: str) -> None:
         from ..proxy_protocol import parse_cidr

@@ -54,6 +54,11 @@ class MqttSettings:
     keepalive_multiplier: float = 1.5
     # 5.0 Server Keep Alive; None = use the client's value.
     server_keepalive: Limit = None
+    # Cap on the keep-alive (mosquitto's max_keepalive): a 5.0 client asking for more, or for 0, is told the cap
+    # in Server Keep Alive; a 3.1.1 client asking for more, or for 0, is refused ("identifier rejected"), since
+    # 3.1.1 has no way to tell it. A client asking for less keeps its own. None = no cap. server_keepalive, when
+    # set, still replaces every 5.0 client's value.
+    max_keepalive: Limit = None
     # Subscriptions per client (SUBACK 0x97 quota exceeded beyond it); ``infinity`` for none.
     max_subscriptions: Limit = 1000
     max_inflight: int = 32
@@ -156,6 +161,9 @@ class TcpListener:
     # closed before a byte is read. Required (non-empty) with ``proxy_protocol = true``.
     proxy_protocol_trusted_cidrs: list[str] = field(default_factory=list)
     mountpoint: str = ""
+    # Server-to-client topic aliases for 5.0 clients that announce a Topic Alias Maximum. Off by default: most
+    # clients never announce one, and some that do mishandle the aliases they get (docs/configuration.md).
+    topic_alias_out: Literal["off", "on"] = "off"
     # Overrides of the global ``mqtt.peer_cert_as_*`` for this listener (ssl/wss only).
     peer_cert_as_username: PeerCertAs | None = None
     peer_cert_as_clientid: PeerCertAs | None = None
@@ -458,12 +466,32 @@ class DurableStorage:
     messages and delayed wills on local disk across restarts (standalone brokers; see ``docs/durability.md``)."""
 
     enable: bool = False
-    # Directory of the store (``wharf.db``); empty: $WHARF_HOME/data, else $XDG_STATE_HOME/wharf, else
-    # ~/.local/state/wharf. Relative paths are under $WHARF_HOME, else the working directory.
+    # Directory of the store (``wharf.db``); empty: ``data`` in the state directory ($WHARF_HOME, else
+    # $XDG_STATE_HOME/wharf, else ~/.local/state/wharf). Relative paths are under $WHARF_HOME, else the working
+    # directory; ``${WHARF_STATE_DIR}`` stands for the state directory.
     data_dir: str = ""
     # SQLite's ``synchronous``: ``full`` fsyncs every group commit (an acknowledged message survives a power
     # loss); ``normal`` survives a crash or SIGKILL of the broker but not a power loss of the node.
     synchronous: Literal["full", "normal"] = "full"
+
+
+@dataclass
+class SysEventMessages:
+    """``sys_topics.sys_event_messages { ... }`` (EMQX): which client events are published under ``$SYS``."""
+
+    client_connected: bool = True
+    client_disconnected: bool = True
+
+
+@dataclass
+class SysTopics:
+    """``sys_topics { ... }`` (EMQX's layout): ``$SYS/brokers/<node>/...`` published by every node for itself."""
+
+    # version, sysdescr, $SYS/brokers (retained), stats/... and metrics/... this often; 0 = never.
+    sys_msg_interval: Duration = 60.0
+    # uptime and datetime this often; 0 = never.
+    sys_heartbeat_interval: Duration = 30.0
+    sys_event_messages: SysEventMessages = field(default_factory=SysEventMessages)
 
 
 @dataclass
@@ -483,3 +511,4 @@ class BrokerConfig:
     dashboard: Dashboard = field(default_factory=Dashboard)
     cluster: Cluster = field(default_factory=Cluster)
     durable_storage: DurableStorage = field(default_factory=DurableStorage)
+    sys_topics: SysTopics = field(default_factory=SysTopics)

@@ -76,7 +76,7 @@ def test_topics_with_nats_special_characters(three):
     sub = Client(tcp(three[2]), "sub")
     sub.connect()
     sub.subscribe("odd/#", 1)
-    sub.subscribe("$SYS/x/+", 1)
+    sub.subscribe("$internal/x/+", 1)
     await_route(publisher, [sub], "odd/probe")
     topics = ["odd/a.b", "odd/*", "odd/>", "odd//empty", "odd/sp ace", "odd/ünï", "odd/%41", "odd/tab\t"]
     for topic in topics:
@@ -93,8 +93,9 @@ def test_topics_with_nats_special_characters(three):
     got = only.take(1)
     assert [m.topic for m in got] == ["odd/*"]
     assert [m.topic for m in sub.take(len(topics))] == topics
-    publisher.publish_acked("$SYS/x/y", "sys", 1)
-    assert [m.topic for m in sub.take(1)] == ["$SYS/x/y"]
+    # A "$" topic crosses nodes too ($SYS itself is the broker's own: clients cannot publish there).
+    publisher.publish_acked("$internal/x/y", "dollar", 1)
+    assert [m.topic for m in sub.take(1)] == ["$internal/x/y"]
 
 
 def test_retained_is_the_same_from_every_node(three):
@@ -342,3 +343,37 @@ authorization {{ no_match = deny, file {{ enable = true, path = "{acl}" }} }}
     feed.close()
     status, body = nodes[1].admin("GET", "/metrics")
     assert status == 200 and 'wharf_session_owner_mismatch_total{action="discard"} 1' in body.decode()
+
+
+def test_each_node_publishes_its_own_sys_topics(cluster_nodes):
+    """$SYS is per node: a subscriber on one node gets every node's uptime (each published once, by its own
+    node) and only its own node's retained version; a client's connect event comes from the node it is on."""
+    nodes = cluster_nodes(3, extra="sys_topics { sys_msg_interval = 2s, sys_heartbeat_interval = 1s }")
+    names = [f"wharf-{index}@127.0.0.1" for index in range(3)]
+    watcher = Client(tcp(nodes[1]), "sys-watcher")
+    watcher.connect()
+    watcher.subscribe("$SYS/brokers/+/version", 0)
+    [version] = watcher.take(1)  # the retained one: this node's own, at once
+    assert version.topic == f"$SYS/brokers/{names[1]}/version"
+    watcher.subscribe("$SYS/brokers/+/uptime", 0)
+    watcher.subscribe("$SYS/brokers/+/clients/+/connected", 0)
+    time.sleep(1.5)  # the other nodes learn of the new interest
+    watcher.drain()
+    elsewhere = Client(tcp(nodes[2]), "sys-elsewhere")
+    elsewhere.connect()
+    seen: dict[str, list] = {}
+    events = []
+    deadline = time.monotonic() + 20
+    while time.monotonic() < deadline and (len(seen) < 3 or not events or min(map(len, seen.values())) < 2):
+        for message in watcher.drain():
+            if message.topic.endswith("/uptime"):
+                node = message.topic.split("/")[2]
+                seen.setdefault(node, []).append(message.payload)
+            elif "/clients/" in message.topic:
+                events.append(message)
+        time.sleep(0.2)
+    assert sorted(seen) == names
+    for uptimes in seen.values():  # relayed once: no uptime twice
+        assert len(uptimes) == len(set(uptimes)), uptimes
+    assert [m.topic for m in events] == [f"$SYS/brokers/{names[2]}/clients/sys-elsewhere/connected"]
+    assert json.loads(events[0].payload)["clientid"] == "sys-elsewhere"

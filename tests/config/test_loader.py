@@ -387,3 +387,14 @@ flapping_detect.address_max_count = -1
                 "authentication.login_throttle.max_backoff", "authentication.login_throttle.max_pending_checks",
                 "authentication.password_file.hash_queue_size", "flapping_detect.address_max_count"):
         assert key in errors, key
+
+
+def test_max_keepalive_and_topic_alias_out_bind_and_validate():
+    config = load_string('mqtt.max_keepalive = 120\nlisteners.tcp.a { bind = "127.0.0.1:0", topic_alias_out = on }',
+                         "k.conf")
+    assert config.mqtt.max_keepalive == 120 and config.listeners.tcp["a"].topic_alias_out == "on"
+    defaults = load_string('listeners.tcp.a.bind = "127.0.0.1:0"', "d.conf")
+    assert defaults.mqtt.max_keepalive is None and defaults.listeners.tcp["a"].topic_alias_out == "off"
+    assert any("mqtt.max_keepalive: must be in 1..65535" in issue for issue in errors_of("mqtt.max_keepalive = 0"))
+    assert any("topic_alias_out: 'yes' is not one of off, on" in issue
+               for issue in errors_of('listeners.tcp.a { bind = "127.0.0.1:0", topic_alias_out = yes }'))

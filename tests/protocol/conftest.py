@@ -42,12 +42,13 @@ class RunningBroker:
         return self.broker.metrics.dropped(reason).value
 
 
-async def start_broker(config: BrokerConfig | None = None, **mqtt_overrides) -> RunningBroker:
+async def start_broker(config: BrokerConfig | None = None, topic_alias_out: bool = False,
+                       **mqtt_overrides) -> RunningBroker:
     config = config or BrokerConfig()
     if mqtt_overrides:
         config = dataclasses.replace(config, mqtt=dataclasses.replace(config.mqtt, **mqtt_overrides))
     broker = Broker(config, registry=Registry())
-    listener = ListenerContext(id="tcp:default", type="tcp")
+    listener = ListenerContext(id="tcp:default", type="tcp", topic_alias_out=topic_alias_out)
     factory = counted_factory(listener, broker.protocol_factory(listener))
     server = await asyncio.get_running_loop().create_server(factory, HOST, 0)
     return RunningBroker(broker, server, listener)
@@ -73,11 +74,11 @@ async def broker():
 @pytest.fixture
 async def make_broker():
     """Factory: ``await make_broker(max_inflight=2, ...)`` -- a broker with ``mqtt`` settings overridden (or a
-    whole ``config=``)."""
+    whole ``config=``; ``topic_alias_out=True`` for a listener that sends server-to-client topic aliases)."""
     started: list[RunningBroker] = []
 
-    async def make(config: BrokerConfig | None = None, **mqtt_overrides) -> RunningBroker:
-        running = await start_broker(config, **mqtt_overrides)
+    async def make(config: BrokerConfig | None = None, **overrides) -> RunningBroker:
+        running = await start_broker(config, **overrides)
         started.append(running)
         return running
 

@@ -79,8 +79,10 @@ async def test_server_maximum_packet_size(make_broker):
     assert await old.closed() == []
 
 
-async def test_outbound_topic_aliases(broker):
-    """A client allowing topic aliases gets each topic once, then only its alias (up to its maximum)."""
+async def test_outbound_topic_aliases(make_broker):
+    """A client allowing topic aliases gets each topic once, then only its alias (up to its maximum), on a
+    listener with ``topic_alias_out = on``."""
+    broker = await make_broker(topic_alias_out=True)
     sub = await broker.client("sub", version=5, properties={"topic_alias_maximum": 2})
     await sub.subscribe("al/#")
     plain = await broker.client("plain", version=5)
@@ -97,7 +99,8 @@ async def test_outbound_topic_aliases(broker):
 
 
 
-async def test_outbound_alias_not_used_when_its_announcement_was_dropped(broker):
+async def test_outbound_alias_not_used_when_its_announcement_was_dropped(make_broker):
+    broker = await make_broker(topic_alias_out=True)
     sub = await broker.client("sub", version=5, properties={"topic_alias_maximum": 5, "maximum_packet_size": 60})
     await sub.subscribe("t")
     pub = await broker.client("pub")
