@@ -397,8 +397,10 @@ flapping_detect {{ enable = true, max_count = 15, window_time = 1m, ban_time = 5
     assert report["metrics"]["max_properties_size"] == floods["rounds"]
     guesses = report["wrong_password_flood"]
     assert guesses["other"] == 0 and guesses["throttled"] > 0
-    # allowed_failures (3) + the failure that starts the backoff; one check at a time: the rest never hashed
-    assert guesses["bad_password"] <= 4
+    # The first round of 8 attackers arrives before any failure is known, so all 8 are checked (a fresh address
+    # is not held to one check at a time: a fleet behind one NAT address logs in side by side); from then on the
+    # address has failed, backs off and is checked one login at a time: the later rounds are never hashed.
+    assert guesses["bad_password"] <= 8 + 1
     assert report["metrics"]["throttled_by_address"] == guesses["throttled"]
     rotating = report["rotating_client_ids"]
     assert rotating["banned"] > 0 and report["metrics"]["flapping_banned_by_address"] == 1
