@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import functools
+import itertools
 import logging
 from typing import Callable
 
@@ -27,6 +28,8 @@ from .session import Session
 from .will import WillScheduler
 
 log = logging.getLogger("wharf_broker.broker")
+
+RETAINED_SLICE = 256  # retained messages delivered per loop iteration to one new subscription
 
 _WILL_PASSED_THROUGH = ("payload_format_indicator", "content_type", "response_topic", "correlation_data",
                         "user_property")
@@ -126,11 +129,32 @@ class Broker:
         return True
 
     def deliver_retained(self, session: Session, subscription: Subscription) -> None:
-        """The retained messages a new subscription receives (RETAIN flag set)."""
-        for message in self.retained.matching(subscription.topic_filter, self.loop.time()):
-            if subscription.no_local and message.publisher == session.client_id:
+        """The retained messages a new subscription receives (RETAIN flag set).
+
+        The first ``RETAINED_SLICE`` go out at once; a larger match continues one slice per loop iteration, in
+        the same order, so other clients keep being served. It stops when the client disconnects (or is taken
+        over) or drops the subscription. Meanwhile a topic's newer message may arrive live before its retained
+        copy; the store hands out the newest message, never an older one.
+        """
+        matches = self.retained.iter_matching(subscription.topic_filter, self.loop.time())
+        self._deliver_retained_slice(session, session.channel, subscription, matches)
+
+    def _deliver_retained_slice(self, session: Session, channel: Channel | None, subscription: Subscription,
+                                matches) -> None:
+        if session.channel is not channel or session.subscriptions.get(subscription.topic_filter) is not subscription:
+            matches.close()
+            return
+        client_id = session.client_id if subscription.no_local else None
+        qos, sub_ids = subscription.qos, subscription.sub_ids
+        taken = 0
+        for message in itertools.islice(matches, RETAINED_SLICE):
+            taken += 1
+            if client_id is not None and message.publisher == client_id:
                 continue
-            session.deliver(message, subscription.qos, True, subscription.sub_ids)
+            session.deliver(message, qos, True, sub_ids)
+        if taken < RETAINED_SLICE:
+            return  # the match is exhausted
+        self.loop.call_soon(self._deliver_retained_slice, session, channel, subscription, matches)
 
     # ------------------------------------------------------------------------------------- sessions
 
