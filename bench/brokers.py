@@ -227,6 +227,8 @@ mqtt {{
   # Same delivery guarantees as the others: no queue limit for a subscriber that falls behind.
   max_mqueue_len = infinity
 }}
+# Like mosquitto's defaults: no cap on the number of retained messages (the retained scenario stores up to 1M).
+retainer.max_retained_messages = infinity
 listeners {{
   tcp.default {{ bind = "{net.HOST}:{ports['plain']}" }}
   ssl.default {{

@@ -22,7 +22,7 @@ import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from bench import clients, mqtt_wire, native, net, procstat
+from bench import clients, mqtt_wire, native, net, procstat, retained_load
 from bench.brokers import Broker, RunningBroker
 from bench.pki import Pki, fingerprint_of_der, rotate_server_certificate
 from bench.processes import Child
@@ -48,6 +48,8 @@ class Settings:
     rotation_interval: float = 2.0
     rotation_publishers: int = 20
     rotation_rate: float = 25.0  # per publisher
+    retained_sizes: tuple[int, ...] = (0, 100_000, 1_000_000)
+    retained_subscribes: int = 500
     workdir: Path = Path(".")
 
 
@@ -139,6 +141,9 @@ class Scenario:
 
     def unsupported_reason(self, broker: Broker) -> str | None:
         return None
+
+    def configure(self, settings: Settings) -> None:
+        """Called once before the runs, for scenarios whose metrics depend on the settings."""
 
     def run(self, broker: RunningBroker, pki: Pki, settings: Settings, rundir: Path) -> RunResult:
         raise NotImplementedError
@@ -550,6 +555,65 @@ class IdleMemory(Scenario):
         return RunResult(values={"bytes_per_conn": (rss_after - rss_before) / opened})
 
 
+# --- SUBSCRIBE cost beside a large retained store ------------------------------------------------------------
+
+def size_label(size: int) -> str:
+    if size >= 1_000_000 and size % 1_000_000 == 0:
+        return f"{size // 1_000_000}M"
+    if size >= 1_000 and size % 1_000 == 0:
+        return f"{size // 1_000}k"
+    return str(size)
+
+
+class RetainedSubscribe(Scenario):
+    """Time per wildcard SUBSCRIBE that matches nothing, at each of ``--retained-sizes`` retained messages.
+
+    One broker run: measure at the first size, retain more messages up to the next size, measure again, and so
+    on (``bench/retained_load.py``). A store that is scanned per SUBSCRIBE shows a cost growing with the size;
+    an index keeps it flat. Loading is bounded by the run timeout: a size not reached is left out and the run
+    is marked incomplete.
+    """
+
+    name = "retained"
+    description = "SUBSCRIBE (unmatched q/<n>/#) beside N retained messages on r/<k>/<i>"
+
+    def __init__(self) -> None:
+        self.sizes: tuple[int, ...] = Settings.retained_sizes
+        self.metrics = self._metrics()
+
+    def _metrics(self) -> tuple[Metric, ...]:
+        return tuple(Metric(f"subscribe_{size}", f"SUBSCRIBE at {size_label(size)} retained", "ms", False, 1000)
+                     for size in self.sizes)
+
+    def configure(self, settings: Settings) -> None:
+        self.sizes = tuple(sorted(set(settings.retained_sizes)))
+        self.metrics = self._metrics()
+
+    def run(self, broker: RunningBroker, pki: Pki, settings: Settings, rundir: Path) -> RunResult:
+        deadline = time.monotonic() + settings.run_timeout
+        timeout = max(settings.run_timeout, 5.0)
+        values: dict[str, float] = {}
+        loaded = 0
+        loader = retained_load.connect(broker.ports["plain"], "bench-retained-loader", timeout)
+        try:
+            for step, size in enumerate(self.sizes):
+                if size > loaded:
+                    loaded += retained_load.load(loader, loaded, size, deadline)
+                    if loaded < size:
+                        return RunResult(values, complete=False,
+                                         note=f"only {loaded} of {size} retained messages stored in time")
+                # A connection per size: the filters stay within Wharf's default 1000 subscriptions per client.
+                timer = retained_load.connect(broker.ports["plain"], f"bench-retained-timer-{step}", timeout)
+                try:
+                    count = settings.retained_subscribes
+                    values[f"subscribe_{size}"] = retained_load.time_subscribes(timer, count, step * count)
+                finally:
+                    timer.close()
+        finally:
+            loader.close()
+        return RunResult(values)
+
+
 # --- certificate rotation under load ------------------------------------------------------------------------
 
 def served_fingerprint(port: int, ctx: ssl.SSLContext) -> str:
@@ -689,4 +753,5 @@ def all_scenarios() -> list[Scenario]:
         IdleMemory("memory-plain", mode="plain"),
         IdleMemory("memory-tls", mode="tls"),
         Rotation("rotation"),
+        RetainedSubscribe(),
     ]
