@@ -19,6 +19,7 @@ from aiohttp import web
 from .. import metrics
 from ..config.errors import ConfigError
 from ..config.loader import bind_ssl_options
+from . import listing
 
 if TYPE_CHECKING:
     from ..app import BrokerApp
@@ -202,9 +203,13 @@ async def listener_certificate(request: web.Request) -> web.Response:
 
 
 async def list_clients(request: web.Request) -> web.Response:
+    """One page of the connected clients, filtered the EMQX way (``listing.page_of_clients``)."""
     broker = _app(request).broker
-    clients = broker.clients() if broker is not None else []
-    return _json([_client_view(client) for client in clients])
+    try:
+        page = await listing.page_of_clients(broker.channels if broker is not None else {}, request.query)
+    except listing.QueryError as exc:
+        return _error(400, "BAD_REQUEST", str(exc))
+    return _json({"data": [_client_view(client) for client in listing.views(page.rows)], "meta": page.meta()})
 
 
 async def metrics_text(request: web.Request) -> web.Response:
