@@ -18,6 +18,7 @@ import subprocess
 import sys
 import threading
 import time
+import urllib.request
 import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -505,7 +506,9 @@ class IdleMemory(Scenario):
         self.name = name
         self.mode = mode
         self.description = f"memory per idle connection, {'plain TCP' if mode == 'plain' else 'TLS 1.3'}"
-        self.metrics = (Metric("bytes_per_conn", "RSS per idle connection", "KiB", False, 1 / 1024),)
+        self.metrics = (Metric("bytes_per_conn", "RSS per idle connection", "KiB", False, 1 / 1024),
+                        Metric("clients_page", "admin API: one page of clients", "ms", False, 1000),
+                        Metric("clients_search", "admin API: a client search (full scan)", "ms", False, 1000))
 
     def _hold(self, broker: RunningBroker, pki: Pki, connections: int, rundir: Path, tag: str,
               timeout: float) -> tuple[Child, object, int]:
@@ -548,11 +551,38 @@ class IdleMemory(Scenario):
             try:
                 time.sleep(self.SETTLE_SECONDS)
                 rss_after = procstat.rss_bytes(broker.pid)
+                pages = self._time_client_pages(broker, opened + self.WARMUP_CONNECTIONS)
             finally:
                 self._release(holder, stdin)
         finally:
             self._release(warmup, warmup_stdin)
-        return RunResult(values={"bytes_per_conn": (rss_after - rss_before) / opened})
+        return RunResult(values={"bytes_per_conn": (rss_after - rss_before) / opened, **pages})
+
+    PAGE_REQUESTS = 5
+
+    def _time_client_pages(self, broker: RunningBroker, connected: int) -> dict[str, float]:
+        """With every connection still open: the median time of ``GET /api/v5/clients`` for the middle page
+        (100 rows), and for a search by client id that matches one client (a scan of them all)."""
+        if broker.admin_port is None:
+            return {}
+        middle = max(1, connected // 200)
+        queries = {"clients_page": f"page={middle}&limit=100", "clients_search": "like_clientid=-7777"}
+        values = {}
+        opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))
+        for key, query in queries.items():
+            times = []
+            for _ in range(self.PAGE_REQUESTS):
+                url = f"http://{net.HOST}:{broker.admin_port}/api/v5/clients?{query}"
+                started = time.perf_counter()
+                with opener.open(url, timeout=30) as response:
+                    body = json.loads(response.read())
+                times.append(time.perf_counter() - started)
+                # A Wharf before issue #18 ignores page/limit and answers a list of every client.
+                count = len(body) if isinstance(body, list) else body["meta"]["count"]
+                if key == "clients_page" and count < connected:
+                    raise ScenarioError(f"the admin API lists {count} clients, not {connected}")
+            values[key] = statistics.median(times)
+        return values
 
 
 # --- SUBSCRIBE cost beside a large retained store ------------------------------------------------------------
