@@ -212,6 +212,16 @@ async def list_clients(request: web.Request) -> web.Response:
     return _json({"data": [_client_view(client) for client in listing.views(page.rows)], "meta": page.meta()})
 
 
+async def list_subscriptions(request: web.Request) -> web.Response:
+    """One page of the subscriptions of every session, filtered the EMQX way (``listing.page_of_subscriptions``)."""
+    broker = _app(request).broker
+    try:
+        page = await listing.page_of_subscriptions(broker.sessions if broker is not None else {}, request.query)
+    except listing.QueryError as exc:
+        return _error(400, "BAD_REQUEST", str(exc))
+    return _json({"data": listing.subscription_views(page.rows), "meta": page.meta()})
+
+
 async def metrics_text(request: web.Request) -> web.Response:
     return web.Response(body=metrics.REGISTRY.exposition().encode(),
                         headers={"Content-Type": "text/plain; version=0.0.4; charset=utf-8"})
@@ -253,6 +263,7 @@ def add_routes(app: web.Application) -> None:
     app.router.add_post("/api/v5/listeners/{id}/reload", reload_listener)
     app.router.add_get("/api/v5/listeners/{id}/certificate", listener_certificate)
     app.router.add_get("/api/v5/clients", list_clients)
+    app.router.add_get("/api/v5/subscriptions", list_subscriptions)
     app.router.add_get("/metrics", metrics_text)
     app.router.add_get("/healthz", healthz)
     app.router.add_get("/readyz", readyz)

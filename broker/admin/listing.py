@@ -21,6 +21,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from ..metrics import REGISTRY
+from ..mqtt.topic import matches, valid_topic_name
 
 log = logging.getLogger("wharf_broker.admin")
 DEFAULT_LIMIT = 100
@@ -33,7 +34,7 @@ CONN_STATES = ("connected", "disconnected")
 
 
 PARAMS = ("page", "limit", "clientid", "username", "like_clientid", "like_username", "ip_address", "proto_ver",
-          "conn_state")
+          "conn_state", "qos", "topic", "share_group", "match_topic")
 _REFUSED = REGISTRY.counter("wharf_admin_list_queries_refused_total",
                             "List queries (admin API, Dashboard) refused for a bad page, limit or filter, by "
                             "parameter", ("param",))
@@ -170,3 +171,71 @@ async def page_of_clients(channels: Mapping[str, Any], query: Mapping[str, str])
 def views(rows: Iterable[Any]) -> list[dict]:
     """The admin API's view of each ``Channel`` on a page."""
     return [channel.info() for channel in rows]
+
+
+# -- subscriptions -----------------------------------------------------------------------------------------------
+
+
+def subscription_filter(query: Mapping[str, str]) -> Callable[[str, Any], bool] | None:
+    """A test on (full filter, ``Subscription``) from EMQX's subscription filters in ``query`` (``clientid``
+    is applied by ``page_of_subscriptions``), or None without any.
+
+    ``topic``: the filter as subscribed (``$share/group/...`` for a shared one); ``qos``: 0, 1 or 2;
+    ``share_group``: the shared-subscription group; ``match_topic``: a topic name the filter matches.
+    """
+    tests: list[Callable[[str, Any], bool]] = []
+    topic, group, name = _text(query, "topic"), _text(query, "share_group"), _text(query, "match_topic")
+    if topic is not None:
+        tests.append(lambda full_filter, sub: full_filter == topic)
+    if group is not None:
+        tests.append(lambda full_filter, sub: sub.share_group == group)
+    if name is not None:
+        if not valid_topic_name(name):
+            raise QueryError("match_topic", "match_topic must be a topic name (no wildcards)")
+        tests.append(lambda full_filter, sub: matches(name, sub.topic_filter))
+    qos = _text(query, "qos")
+    if qos is not None:
+        if qos not in ("0", "1", "2"):
+            raise QueryError("qos", "qos must be 0, 1 or 2")
+        tests.append(lambda full_filter, sub, wanted=int(qos): sub.qos == wanted)
+    if not tests:
+        return None
+    return lambda full_filter, sub: all(test(full_filter, sub) for test in tests)
+
+
+async def page_of_subscriptions(sessions: Mapping[str, Any], query: Mapping[str, str]) -> Page:
+    """The page of subscriptions (of every session, connected or kept) that ``query`` asks for, as
+    (client id, full filter, ``Subscription``) rows, session by session in creation order. The sessions are
+    scanned from a snapshot, yielding to the event loop every ``SCAN_SLICE`` sessions."""
+    page, limit = page_params(query)
+    test = subscription_filter(query)
+    clientid = _text(query, "clientid")
+    if clientid is not None:
+        found = sessions.get(clientid)
+        snapshot = [found] if found is not None else []
+    else:
+        snapshot = list(sessions.values())
+    start = (page - 1) * limit
+    rows: list = []
+    count = 0
+    for begin in range(0, len(snapshot), SCAN_SLICE):
+        if begin:
+            await asyncio.sleep(0)
+        for session in snapshot[begin:begin + SCAN_SLICE]:
+            subscriptions = session.subscriptions
+            if test is None and (count + len(subscriptions) <= start or count >= start + limit):
+                count += len(subscriptions)  # wholly outside the page: counted, not looked at
+                continue
+            for full_filter, subscription in list(subscriptions.items()):
+                if test is None or test(full_filter, subscription):
+                    if start <= count < start + limit:
+                        rows.append((session.client_id, full_filter, subscription))
+                    count += 1
+    return Page(rows, page, limit, count)
+
+
+def subscription_views(rows: Iterable[tuple[str, str, Any]]) -> list[dict]:
+    """The admin API's view of each subscription on a page (EMQX's field names)."""
+    return [{"clientid": client_id, "topic": full_filter, "qos": sub.qos, "nl": int(sub.no_local),
+             "rap": int(sub.retain_as_published), "rh": sub.retain_handling, "share_group": sub.share_group}
+            for client_id, full_filter, sub in rows]
