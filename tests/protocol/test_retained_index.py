@@ -3,6 +3,8 @@ limits/bytes/expiry, survives changes between two steps of a walk, and a large m
 
 from __future__ import annotations
 
+import asyncio
+
 import hypothesis.strategies as st
 from hypothesis import given, settings
 
@@ -104,9 +106,9 @@ def test_dollar_topics_are_not_reached_by_a_leading_wildcard():
 COUNT = RETAINED_SLICE * 4 + 7
 
 
-def fill(running, count: int = COUNT) -> None:
+def fill(running, count: int = COUNT, qos: int = 0) -> None:
     for index in range(count):
-        running.broker.retained.store(Message(f"big/{index}", b"x%d" % index, retain=True))
+        running.broker.retained.store(Message(f"big/{index}", b"x%d" % index, qos, retain=True))
 
 
 async def test_a_large_match_is_delivered_in_slices_in_order(broker):
@@ -149,4 +151,41 @@ async def test_unsubscribing_stops_the_retained_delivery(broker):
         publishes += packet.type == PUBLISH
     await sub.expect_nothing(0.3)
     assert publishes == RETAINED_SLICE
+    await sub.disconnect()
+
+
+async def test_qos1_retained_beyond_the_queue_wait_for_acks_instead_of_being_dropped(broker):
+    # More than max_inflight (32) + max_mqueue_len (1000): pushed all at once, the oldest would be dropped.
+    count = 1500
+    fill(broker, count, qos=1)
+    sub = await broker.client("patient")
+    await sub.subscribe("big/#", qos=1)
+    topics = []
+    while len(topics) < count:
+        packet = await sub.recv()
+        assert packet.type == PUBLISH and packet.qos == 1 and packet.retain
+        topics.append(packet.topic)
+        await sub.ack(packet)
+    assert topics == [f"big/{index}" for index in range(count)]
+    assert broker.dropped("queue_full") == 0
+    await sub.expect_nothing(0.2)
+    await sub.disconnect()
+
+
+async def test_a_slow_qos0_reader_gets_every_retained_message(make_broker):
+    running = await make_broker(max_send_buffer=256 * 1024)
+    payload = b"p" * 65536
+    for index in range(200):  # 12.8 MB: far beyond max_send_buffer while the client is not reading
+        running.broker.retained.store(Message(f"large/{index}", payload, retain=True))
+    sub = await running.client("slow")
+    await sub.send(Subscribe(1, [("large/#", SubOptions(0))]))
+    await asyncio.sleep(0.5)  # not reading: the socket and the transport's buffer fill up
+    assert (await sub.recv()).type == SUBACK
+    topics = []
+    while len(topics) < 200:
+        packet = await sub.recv()
+        assert packet.type == PUBLISH and len(packet.payload) == len(payload)
+        topics.append(packet.topic)
+    assert topics == [f"large/{index}" for index in range(200)]
+    assert running.dropped("slow_consumer") == 0
     await sub.disconnect()
