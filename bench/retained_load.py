@@ -4,12 +4,16 @@ Plain sockets and hand-built MQTT 3.1.1 packets, so that the client costs as lit
 QoS 0 retained PUBLISHes on ``r/<k>/<i>`` (1000 topics per ``k``) in batches, each batch closed by a PINGREQ
 whose PINGRESP says the broker has handled it (brokers handle one connection's packets in order). Timing sends
 ``q/<n>/#`` SUBSCRIBEs one at a time, each waiting for its SUBACK: filters that match none of the retained
-messages, so what is measured is what a SUBSCRIBE costs the broker beside what it stores.
+messages, so what is measured is what a SUBSCRIBE costs the broker beside what it stores. ``full_match``
+then subscribes to all of them while another client pings: how long the delivery takes, and how long the
+broker leaves everyone else waiting meanwhile.
 """
 
 from __future__ import annotations
 
+import shutil
 import socket
+import subprocess
 import time
 
 from bench import mqtt_wire, net
@@ -80,3 +84,33 @@ def time_subscribes(sock: socket.socket, count: int, first_id: int) -> float:
         if ack[0] != 0x90 or int.from_bytes(ack[2:4], "big") != packet_id or ack[4] > 2:
             raise mqtt_wire.ProtocolError(f"expected a granted SUBACK for {packet_id}, got {ack!r}")
     return (time.perf_counter() - started) / count
+
+
+def full_match(port: int, expected: int, timeout: float) -> tuple[float, float, bool]:
+    """``mosquitto_sub`` (a process of its own, so that it does not share this one's interpreter with the
+    pinger) subscribes to ``r/#``, every retained message, and exits after ``expected`` of them, while this
+    process pings the broker back to back: (seconds until it exited, the slowest PING round trip meanwhile,
+    whether it got them all)."""
+    pinger = connect(port, "bench-retained-ping", timeout)
+    argv = [shutil.which("mosquitto_sub") or "mosquitto_sub", "-h", net.HOST, "-p", str(port), "-V", "mqttv311",
+            "-i", "bench-retained-all", "-t", "r/#", "-q", "0", "-C", str(expected), "-W", str(max(int(timeout), 1))]
+    try:
+        started = time.perf_counter()
+        subscriber = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        slowest = 0.0
+        try:
+            while subscriber.poll() is None:
+                sent = time.perf_counter()
+                pinger.sendall(PINGREQ)
+                if _read_exactly(pinger, 2) != PINGRESP:
+                    raise mqtt_wire.ProtocolError("expected PINGRESP")
+                slowest = max(slowest, time.perf_counter() - sent)
+                time.sleep(0.001)
+        finally:
+            if subscriber.poll() is None:
+                subscriber.kill()
+            subscriber.wait()
+        elapsed = time.perf_counter() - started
+    finally:
+        pinger.close()
+    return elapsed, slowest, subscriber.returncode == 0

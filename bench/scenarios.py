@@ -600,8 +600,9 @@ class RetainedSubscribe(Scenario):
 
     One broker run: measure at the first size, retain more messages up to the next size, measure again, and so
     on (``bench/retained_load.py``). A store that is scanned per SUBSCRIBE shows a cost growing with the size;
-    an index keeps it flat. Loading is bounded by the run timeout: a size not reached is left out and the run
-    is marked incomplete.
+    an index keeps it flat. At the largest size, one client then subscribes to ``r/#`` (all of them) while
+    another pings: the time until all arrived, and the slowest PING meanwhile (how long others wait). Loading
+    is bounded by the run timeout: a size not reached is left out and the run is marked incomplete.
     """
 
     name = "retained"
@@ -612,8 +613,11 @@ class RetainedSubscribe(Scenario):
         self.metrics = self._metrics()
 
     def _metrics(self) -> tuple[Metric, ...]:
+        largest = size_label(max(self.sizes))
         return tuple(Metric(f"subscribe_{size}", f"SUBSCRIBE at {size_label(size)} retained", "ms", False, 1000)
-                     for size in self.sizes)
+                     for size in self.sizes) + (
+            Metric("full_match", f"SUBSCRIBE r/# until all {largest} retained arrived", "ms", False, 1000),
+            Metric("ping_max", f"slowest PING of another client meanwhile ({largest})", "ms", False, 1000))
 
     def configure(self, settings: Settings) -> None:
         self.sizes = tuple(sorted(set(settings.retained_sizes)))
@@ -639,6 +643,13 @@ class RetainedSubscribe(Scenario):
                     values[f"subscribe_{size}"] = retained_load.time_subscribes(timer, count, step * count)
                 finally:
                     timer.close()
+            if loaded:
+                elapsed, slowest, complete = retained_load.full_match(broker.ports["plain"], loaded,
+                                                                      max(deadline - time.monotonic(), 5.0))
+                if not complete:
+                    return RunResult(values, complete=False,
+                                     note=f"r/# did not deliver all {loaded} retained messages in time")
+                values.update(full_match=elapsed, ping_max=slowest)
         finally:
             loader.close()
         return RunResult(values)
