@@ -3,7 +3,8 @@
 Indexed by topic level (a trie, as mosquitto's retain tree): ``iter_matching(filter, now)`` walks only the
 branches the filter can reach, so a SUBSCRIBE costs what it matches, not what is stored. A ``+`` level visits
 every child of its node, a ``#`` level the whole subtree below it; ``$`` topics are never reached through a
-leading ``+`` or ``#`` (MQTT 4.7.2). A plain dict (topic -> message) sits beside the trie for exact lookups.
+leading ``+`` or ``#`` (MQTT 4.7.2). A plain dict (topic -> trie node) sits beside the trie for exact lookups
+and for replacing a topic's message without walking the trie.
 
 ``iter_matching`` is lazy and safe to resume after the store changed between two steps (each node's children
 are copied when the walk enters it): a topic cleared meanwhile is skipped, one replaced meanwhile yields its
@@ -39,11 +40,11 @@ class _Node:
 
 
 class RetainedStore:
-    __slots__ = ("_messages", "_root", "_bytes", "max_messages", "max_bytes", "max_payload_size")
+    __slots__ = ("_nodes", "_root", "_bytes", "max_messages", "max_bytes", "max_payload_size")
 
     def __init__(self, max_messages: int | None = None, max_bytes: int | None = None,
                  max_payload_size: int | None = None) -> None:
-        self._messages: dict[str, Message] = {}
+        self._nodes: dict[str, _Node] = {}  # topic -> its node, which holds its message
         self._root = _Node()
         self._bytes = 0
         self.max_messages = max_messages
@@ -51,7 +52,7 @@ class RetainedStore:
         self.max_payload_size = max_payload_size
 
     def __len__(self) -> int:
-        return len(self._messages)
+        return len(self._nodes)
 
     @property
     def bytes(self) -> int:
@@ -60,7 +61,7 @@ class RetainedStore:
 
     def topics(self) -> Iterator[str]:
         """The retained topics, oldest first (a live view: do not change the store while iterating)."""
-        return iter(self._messages)
+        return iter(self._nodes)
 
     def refusal(self, message: Message) -> str | None:
         """The ``retainer`` limit storing ``message`` would exceed, or None when it fits."""
@@ -69,8 +70,8 @@ class RetainedStore:
             return None
         if self.max_payload_size is not None and payload > self.max_payload_size:
             return "retainer.max_payload_size"
-        existing = self._messages.get(message.topic)
-        if existing is None and self.max_messages is not None and len(self._messages) >= self.max_messages:
+        existing = self.get(message.topic)
+        if existing is None and self.max_messages is not None and len(self._nodes) >= self.max_messages:
             return "retainer.max_retained_messages"
         if self.max_bytes is not None:
             grown = self._bytes + _size(message) - (_size(existing) if existing is not None else 0)
@@ -83,11 +84,11 @@ class RetainedStore:
         if not message.payload:
             self._remove(message.topic)
             return
-        old = self._messages.get(message.topic)
-        if old is not None:
-            self._bytes -= _size(old)
-        self._messages[message.topic] = message
-        self._bytes += _size(message)
+        node = self._nodes.get(message.topic)
+        if node is not None:  # a replacement: no walk
+            self._bytes += _size(message) - _size(node.message)  # type: ignore[arg-type]
+            node.message = message
+            return
         node = self._root
         for level in message.topic.split("/"):
             children = node.children
@@ -98,12 +99,14 @@ class RetainedStore:
                 child = children[level] = _Node()
             node = child
         node.message = message
+        self._nodes[message.topic] = node
+        self._bytes += _size(message)
 
     def _remove(self, topic: str) -> None:
-        old = self._messages.pop(topic, None)
-        if old is None:
+        found = self._nodes.pop(topic, None)
+        if found is None:
             return
-        self._bytes -= _size(old)
+        self._bytes -= _size(found.message)  # type: ignore[arg-type]
         path = [(self._root, "")]
         node = self._root
         for level in topic.split("/"):
@@ -121,7 +124,8 @@ class RetainedStore:
                 parent.children = None
 
     def get(self, topic: str) -> Message | None:
-        return self._messages.get(topic)
+        node = self._nodes.get(topic)
+        return node.message if node is not None else None
 
     def matching(self, topic_filter: str, now: float) -> list[Message]:
         """The retained messages a new subscription to ``topic_filter`` receives; expired ones are dropped."""
@@ -130,7 +134,7 @@ class RetainedStore:
     def iter_matching(self, topic_filter: str, now: float) -> Iterator[Message]:
         """Lazily, the live retained messages matching ``topic_filter`` (see the module docstring)."""
         if not has_wildcard(topic_filter):
-            found = self._messages.get(topic_filter)
+            found = self.get(topic_filter)
             candidates: Iterator[Message] = iter((found,) if found is not None else ())
         else:
             candidates = self._walk(self._root, topic_filter.split("/"), 0)
