@@ -222,6 +222,19 @@ async def list_subscriptions(request: web.Request) -> web.Response:
     return _json({"data": listing.subscription_views(page.rows), "meta": page.meta()})
 
 
+async def list_retained(request: web.Request) -> web.Response:
+    """One page of the retained messages (EMQX's retainer API), all or those matching ``topic``."""
+    broker = _app(request).broker
+    if broker is None:
+        return _json({"data": [], "meta": listing.Page([], 1, listing.DEFAULT_LIMIT, 0).meta()})
+    now = broker.loop.time()
+    try:
+        page = await listing.page_of_retained(broker.retained, request.query, now)
+    except listing.QueryError as exc:
+        return _error(400, "BAD_REQUEST", str(exc))
+    return _json({"data": listing.retained_views(page.rows, now), "meta": page.meta()})
+
+
 async def metrics_text(request: web.Request) -> web.Response:
     return web.Response(body=metrics.REGISTRY.exposition().encode(),
                         headers={"Content-Type": "text/plain; version=0.0.4; charset=utf-8"})
@@ -264,6 +277,7 @@ def add_routes(app: web.Application) -> None:
     app.router.add_get("/api/v5/listeners/{id}/certificate", listener_certificate)
     app.router.add_get("/api/v5/clients", list_clients)
     app.router.add_get("/api/v5/subscriptions", list_subscriptions)
+    app.router.add_get("/api/v5/mqtt/retainer/messages", list_retained)
     app.router.add_get("/metrics", metrics_text)
     app.router.add_get("/healthz", healthz)
     app.router.add_get("/readyz", readyz)

@@ -21,7 +21,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from ..metrics import REGISTRY
-from ..mqtt.topic import matches, valid_topic_name
+from ..mqtt.topic import matches, valid_topic_filter, valid_topic_name
 
 log = logging.getLogger("wharf_broker.admin")
 DEFAULT_LIMIT = 100
@@ -239,3 +239,39 @@ def subscription_views(rows: Iterable[tuple[str, str, Any]]) -> list[dict]:
     return [{"clientid": client_id, "topic": full_filter, "qos": sub.qos, "nl": int(sub.no_local),
              "rap": int(sub.retain_as_published), "rh": sub.retain_handling, "share_group": sub.share_group}
             for client_id, full_filter, sub in rows]
+
+
+# -- retained messages -------------------------------------------------------------------------------------------
+
+
+async def page_of_retained(store: Any, query: Mapping[str, str], now: float) -> Page:
+    """The page of retained messages (``Message`` objects) ``query`` asks for: all of them in the order their
+    topics were first retained, or with ``topic`` (a topic filter, wildcards allowed) those it matches, in the
+    index's order. A filtered walk yields to the event loop every ``SCAN_SLICE`` messages."""
+    page, limit = page_params(query)
+    topic_filter = _text(query, "topic")
+    start = (page - 1) * limit
+    if topic_filter is None:
+        topics = list(itertools.islice(store.topics(), start, start + limit))
+        rows = [message for message in map(store.get, topics)
+                if message is not None and (message.expires_at is None or message.expires_at > now)]
+        return Page(rows, page, limit, len(store))
+    if not valid_topic_filter(topic_filter):
+        raise QueryError("topic", "topic must be a valid topic filter")
+    rows = []
+    count = 0
+    for message in store.iter_matching(topic_filter, now):
+        if start <= count < start + limit:
+            rows.append(message)
+        count += 1
+        if not count % SCAN_SLICE:
+            await asyncio.sleep(0)
+    return Page(rows, page, limit, count)
+
+
+def retained_views(rows: Iterable[Any], now: float) -> list[dict]:
+    """The admin API's view of each retained message on a page (no payload: ``payload_size`` only)."""
+    return [{"topic": message.topic, "qos": message.qos, "from_clientid": message.publisher,
+             "payload_size": len(message.payload),
+             "expires_in": None if message.expires_at is None else max(0.0, round(message.expires_at - now, 3))}
+            for message in rows]
