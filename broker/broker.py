@@ -141,6 +141,8 @@ class Broker:
         Meanwhile a topic's newer message may arrive live before its retained copy; the store hands out the
         newest message, never an older one.
         """
+        if not self.retained:
+            return
         matches = self.retained.iter_matching(subscription.topic_filter, self.loop.time())
         self._deliver_retained_slice(session, session.channel, subscription, matches)
 
