@@ -44,6 +44,7 @@ class RunningBroker:
     log_path: Path
     # Ways to make it re-read its certificate: name -> callable(expected_fingerprint).
     reloaders: dict[str, object] = field(default_factory=dict)
+    admin_port: int | None = None  # Wharf's admin API (EMQX-style /api/v5), where the broker has one
 
     @property
     def pid(self) -> int:
@@ -227,6 +228,8 @@ mqtt {{
   # Same delivery guarantees as the others: no queue limit for a subscriber that falls behind.
   max_mqueue_len = infinity
 }}
+# Like mosquitto's defaults: no cap on the number of retained messages (the retained scenario stores up to 1M).
+retainer.max_retained_messages = infinity
 listeners {{
   tcp.default {{ bind = "{net.HOST}:{ports['plain']}" }}
   ssl.default {{
@@ -283,7 +286,7 @@ class Wharf(Broker):
         config.write_text(wharf_config(ports, pki, dashboard_port))
         child, log_path = _spawn(self.name, [self.python, "-m", "wharf_broker", "--config", str(config)], workdir,
                                  env=_wharf_env())
-        running = RunningBroker(self.name, child, ports, log_path)
+        running = RunningBroker(self.name, child, ports, log_path, admin_port=dashboard_port)
         running.reloaders = {
             "sighup": lambda fingerprint: child.signal(signal.SIGHUP),
             "admin-api": lambda fingerprint: _wharf_api_reload(dashboard_port, "ssl:default", fingerprint),

@@ -34,7 +34,7 @@ from bench.scenarios import ScenarioError, Settings, all_scenarios
 
 # Big enough that a rate run is not all process start-up, small enough for a smoke run of a few minutes.
 QUICK = {"messages": 20_000, "repeats": 1, "latency_messages": 500, "connections": 200, "idle_connections": 200,
-             "rotations": 2, "run_timeout": 20.0}
+             "rotations": 2, "run_timeout": 20.0, "retained_sizes": "0,20000"}
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -59,6 +59,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                              "when it builds (default)")
     parser.add_argument("--rotations", type=int, help="certificate rotations per rotation run (default 5)")
     parser.add_argument("--rotation-publishers", type=int, default=20)
+    parser.add_argument("--retained-sizes",
+                        help="retained messages at which the retained scenario times SUBSCRIBE, comma-separated "
+                             "(default 0,100000,1000000; 1M takes a --run-timeout of a few minutes)")
+    parser.add_argument("--retained-subscribes", type=int, default=500,
+                        help="SUBSCRIBEs timed at each retained size (default %(default)s)")
     parser.add_argument("--amqtt-venv", type=Path, default=DEFAULT_AMQTT_VENV,
                         help="virtualenv with amqtt installed (default %(default)s)")
     parser.add_argument("--install-amqtt", action="store_true",
@@ -67,16 +72,23 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--keep", action="store_true", help="keep the work directory (logs, configs, outputs)")
     args = parser.parse_args(argv)
     defaults = {"messages": 200_000, "repeats": 3, "latency_messages": 5_000, "connections": 2_000,
-                    "idle_connections": 3_000, "rotations": 5, "run_timeout": 60.0}
+                    "idle_connections": 3_000, "rotations": 5, "run_timeout": 60.0,
+                    "retained_sizes": "0,100000,1000000"}
     for key, value in defaults.items():
         if getattr(args, key) is None:
             setattr(args, key, QUICK[key] if args.quick else value)
     for key in ("messages", "repeats", "latency_messages", "connections", "idle_connections", "rotations",
-                "payload_size", "rotation_publishers"):
+                "payload_size", "rotation_publishers", "retained_subscribes"):
         if getattr(args, key) < 1:
             parser.error(f"--{key.replace('_', '-')} must be at least 1")
     if args.latency_rate <= 0 or args.run_timeout <= 0:
         parser.error("--latency-rate and --run-timeout must be positive")
+    try:
+        args.retained_sizes = tuple(int(size) for size in args.retained_sizes.split(",") if size.strip())
+    except ValueError:
+        parser.error("--retained-sizes must be whole numbers separated by commas")
+    if not args.retained_sizes or min(args.retained_sizes) < 0:
+        parser.error("--retained-sizes must name at least one size, none negative")
     args.broker_names = [b.strip() for b in args.brokers.split(",") if b.strip()]
     unknown = [b for b in args.broker_names if b not in ALL_BROKERS]
     if unknown or not args.broker_names:
@@ -172,7 +184,11 @@ def main(argv: list[str] | None = None) -> int:
                         latency_messages=args.latency_messages, latency_rate=args.latency_rate,
                         connections=args.connections, connect_client=args.connect_client,
                         idle_connections=args.idle_connections,
-                        rotations=args.rotations, rotation_publishers=args.rotation_publishers, workdir=workdir)
+                        rotations=args.rotations, rotation_publishers=args.rotation_publishers,
+                        retained_sizes=args.retained_sizes, retained_subscribes=args.retained_subscribes,
+                        workdir=workdir)
+    for scenario in scenarios:
+        scenario.configure(settings)
     outcomes: dict[tuple[str, str], report.Outcome] = {}
     broker_names = [b.name for b in brokers]
     started = time.monotonic()

@@ -18,11 +18,12 @@ import subprocess
 import sys
 import threading
 import time
+import urllib.request
 import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from bench import clients, mqtt_wire, native, net, procstat
+from bench import clients, mqtt_wire, native, net, procstat, retained_load
 from bench.brokers import Broker, RunningBroker
 from bench.pki import Pki, fingerprint_of_der, rotate_server_certificate
 from bench.processes import Child
@@ -48,6 +49,8 @@ class Settings:
     rotation_interval: float = 2.0
     rotation_publishers: int = 20
     rotation_rate: float = 25.0  # per publisher
+    retained_sizes: tuple[int, ...] = (0, 100_000, 1_000_000)
+    retained_subscribes: int = 500
     workdir: Path = Path(".")
 
 
@@ -139,6 +142,9 @@ class Scenario:
 
     def unsupported_reason(self, broker: Broker) -> str | None:
         return None
+
+    def configure(self, settings: Settings) -> None:
+        """Called once before the runs, for scenarios whose metrics depend on the settings."""
 
     def run(self, broker: RunningBroker, pki: Pki, settings: Settings, rundir: Path) -> RunResult:
         raise NotImplementedError
@@ -500,7 +506,9 @@ class IdleMemory(Scenario):
         self.name = name
         self.mode = mode
         self.description = f"memory per idle connection, {'plain TCP' if mode == 'plain' else 'TLS 1.3'}"
-        self.metrics = (Metric("bytes_per_conn", "RSS per idle connection", "KiB", False, 1 / 1024),)
+        self.metrics = (Metric("bytes_per_conn", "RSS per idle connection", "KiB", False, 1 / 1024),
+                        Metric("clients_page", "admin API: one page of clients", "ms", False, 1000),
+                        Metric("clients_search", "admin API: a client search (full scan)", "ms", False, 1000))
 
     def _hold(self, broker: RunningBroker, pki: Pki, connections: int, rundir: Path, tag: str,
               timeout: float) -> tuple[Child, object, int]:
@@ -543,11 +551,108 @@ class IdleMemory(Scenario):
             try:
                 time.sleep(self.SETTLE_SECONDS)
                 rss_after = procstat.rss_bytes(broker.pid)
+                pages = self._time_client_pages(broker, opened + self.WARMUP_CONNECTIONS)
             finally:
                 self._release(holder, stdin)
         finally:
             self._release(warmup, warmup_stdin)
-        return RunResult(values={"bytes_per_conn": (rss_after - rss_before) / opened})
+        return RunResult(values={"bytes_per_conn": (rss_after - rss_before) / opened, **pages})
+
+    PAGE_REQUESTS = 5
+
+    def _time_client_pages(self, broker: RunningBroker, connected: int) -> dict[str, float]:
+        """With every connection still open: the median time of ``GET /api/v5/clients`` for the middle page
+        (100 rows), and for a search by client id that matches one client (a scan of them all)."""
+        if broker.admin_port is None:
+            return {}
+        middle = max(1, connected // 200)
+        queries = {"clients_page": f"page={middle}&limit=100", "clients_search": "like_clientid=-7777"}
+        values = {}
+        opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))
+        for key, query in queries.items():
+            times = []
+            for _ in range(self.PAGE_REQUESTS):
+                url = f"http://{net.HOST}:{broker.admin_port}/api/v5/clients?{query}"
+                started = time.perf_counter()
+                with opener.open(url, timeout=30) as response:
+                    body = json.loads(response.read())
+                times.append(time.perf_counter() - started)
+                # A Wharf before issue #18 ignores page/limit and answers a list of every client.
+                count = len(body) if isinstance(body, list) else body["meta"]["count"]
+                if key == "clients_page" and count < connected:
+                    raise ScenarioError(f"the admin API lists {count} clients, not {connected}")
+            values[key] = statistics.median(times)
+        return values
+
+
+# --- SUBSCRIBE cost beside a large retained store ------------------------------------------------------------
+
+def size_label(size: int) -> str:
+    if size >= 1_000_000 and size % 1_000_000 == 0:
+        return f"{size // 1_000_000}M"
+    if size >= 1_000 and size % 1_000 == 0:
+        return f"{size // 1_000}k"
+    return str(size)
+
+
+class RetainedSubscribe(Scenario):
+    """Time per wildcard SUBSCRIBE that matches nothing, at each of ``--retained-sizes`` retained messages.
+
+    One broker run: measure at the first size, retain more messages up to the next size, measure again, and so
+    on (``bench/retained_load.py``). A store that is scanned per SUBSCRIBE shows a cost growing with the size;
+    an index keeps it flat. At the largest size, one client then subscribes to ``r/#`` (all of them) while
+    another pings: the time until all arrived, and the slowest PING meanwhile (how long others wait). Loading
+    is bounded by the run timeout: a size not reached is left out and the run is marked incomplete.
+    """
+
+    name = "retained"
+    description = "SUBSCRIBE (unmatched q/<n>/#) beside N retained messages on r/<k>/<i>"
+
+    def __init__(self) -> None:
+        self.sizes: tuple[int, ...] = Settings.retained_sizes
+        self.metrics = self._metrics()
+
+    def _metrics(self) -> tuple[Metric, ...]:
+        largest = size_label(max(self.sizes))
+        return tuple(Metric(f"subscribe_{size}", f"SUBSCRIBE at {size_label(size)} retained", "ms", False, 1000)
+                     for size in self.sizes) + (
+            Metric("full_match", f"SUBSCRIBE r/# until all {largest} retained arrived", "ms", False, 1000),
+            Metric("ping_max", f"slowest PING of another client meanwhile ({largest})", "ms", False, 1000))
+
+    def configure(self, settings: Settings) -> None:
+        self.sizes = tuple(sorted(set(settings.retained_sizes)))
+        self.metrics = self._metrics()
+
+    def run(self, broker: RunningBroker, pki: Pki, settings: Settings, rundir: Path) -> RunResult:
+        deadline = time.monotonic() + settings.run_timeout
+        timeout = max(settings.run_timeout, 5.0)
+        values: dict[str, float] = {}
+        loaded = 0
+        loader = retained_load.connect(broker.ports["plain"], "bench-retained-loader", timeout)
+        try:
+            for step, size in enumerate(self.sizes):
+                if size > loaded:
+                    loaded += retained_load.load(loader, loaded, size, deadline)
+                    if loaded < size:
+                        return RunResult(values, complete=False,
+                                         note=f"only {loaded} of {size} retained messages stored in time")
+                # A connection per size: the filters stay within Wharf's default 1000 subscriptions per client.
+                timer = retained_load.connect(broker.ports["plain"], f"bench-retained-timer-{step}", timeout)
+                try:
+                    count = settings.retained_subscribes
+                    values[f"subscribe_{size}"] = retained_load.time_subscribes(timer, count, step * count)
+                finally:
+                    timer.close()
+            if loaded:
+                elapsed, slowest, complete = retained_load.full_match(broker.ports["plain"], loaded,
+                                                                      max(deadline - time.monotonic(), 5.0))
+                if not complete:
+                    return RunResult(values, complete=False,
+                                     note=f"r/# did not deliver all {loaded} retained messages in time")
+                values.update(full_match=elapsed, ping_max=slowest)
+        finally:
+            loader.close()
+        return RunResult(values)
 
 
 # --- certificate rotation under load ------------------------------------------------------------------------
@@ -689,4 +794,5 @@ def all_scenarios() -> list[Scenario]:
         IdleMemory("memory-plain", mode="plain"),
         IdleMemory("memory-tls", mode="tls"),
         Rotation("rotation"),
+        RetainedSubscribe(),
     ]

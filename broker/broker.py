@@ -40,6 +40,10 @@ from .will import WillScheduler
 
 log = logging.getLogger("wharf_broker.broker")
 
+RETAINED_SLICE = 256  # retained messages delivered per loop iteration to one new subscription
+RETAINED_WAIT = 0.01  # seconds between looks at a client that is not keeping up with its retained messages
+RETAINED_MAX_WAIT = 1.0
+
 _WILL_PASSED_THROUGH = ("payload_format_indicator", "content_type", "response_topic", "correlation_data",
                         "user_property")
 
@@ -172,14 +176,47 @@ class Broker:
 
     def deliver_retained(self, session: Session, subscription: Subscription) -> None:
         """The retained messages a new subscription receives (RETAIN flag set), each through the
-        subscription's read check if it has one."""
-        guard = subscription.guard
-        for message in self.retained.matching(subscription.topic_filter, self.loop.time()):
-            if subscription.no_local and message.publisher == session.client_id:
+        subscription's read check if it has one.
+
+        The first ``RETAINED_SLICE`` go out at once; a larger match continues one slice per loop iteration, in
+        the same order and at the same QoS, so other clients keep being served. While the client is not keeping
+        up (its socket's buffer is full, or QoS 1/2 messages wait in its queue for the in-flight window) the
+        delivery waits (``RETAINED_WAIT`` seconds, doubling up to ``RETAINED_MAX_WAIT`` while nothing moves, so a
+        client that never reads costs one look a second per subscription) instead of dropping what the queue
+        cannot hold. It stops when the client disconnects (or is taken over) or drops the subscription.
+        Meanwhile a topic's newer message may arrive live before its retained copy; the store hands out the
+        newest message, never an older one.
+        """
+        if not self.retained:
+            return
+        matches = self.retained.iter_matching(subscription.topic_filter, self.loop.time())
+        self._deliver_retained_slice(session, session.channel, subscription, matches)
+
+    def _deliver_retained_slice(self, session: Session, channel: Channel | None, subscription: Subscription,
+                                matches, wait: float = RETAINED_WAIT) -> None:
+        if (channel is None or session.channel is not channel
+                or session.subscriptions.get(subscription.topic_filter) is not subscription):
+            matches.close()
+            return
+        connection = channel.connection
+        if connection.writing_paused or session.mqueue:
+            self.loop.call_later(wait, self._deliver_retained_slice, session, channel, subscription, matches,
+                                 min(wait * 2, RETAINED_MAX_WAIT))
+            return
+        client_id = session.client_id if subscription.no_local else None
+        qos, sub_ids, guard = subscription.qos, subscription.sub_ids, subscription.guard
+        for _ in range(RETAINED_SLICE):
+            message = next(matches, None)
+            if message is None:
+                return  # the match is exhausted
+            if client_id is not None and message.publisher == client_id:
                 continue
             if guard is not None and not guard(message.topic):
                 continue
-            session.deliver(message, subscription.qos, True, subscription.sub_ids)
+            session.deliver(message, qos, True, sub_ids)
+            if session.mqueue:
+                break  # the in-flight window is full: wait for it to drain
+        self.loop.call_soon(self._deliver_retained_slice, session, channel, subscription, matches)
 
     # ------------------------------------------------------------------------------------- sessions
 

@@ -122,6 +122,11 @@ class Connection(asyncio.Protocol):
         finally:
             self.broker.connection_closed(self)
 
+    @property
+    def writing_paused(self) -> bool:
+        """The transport's buffer is above its high-water mark: the client is not keeping up."""
+        return self._paused
+
     def pause_writing(self) -> None:
         self._paused = True
         self.backlog_bytes = 0

@@ -19,6 +19,7 @@ from aiohttp import web
 from .. import metrics
 from ..config.errors import ConfigError
 from ..config.loader import bind_ssl_options
+from . import listing
 
 if TYPE_CHECKING:
     from ..app import BrokerApp
@@ -202,9 +203,36 @@ async def listener_certificate(request: web.Request) -> web.Response:
 
 
 async def list_clients(request: web.Request) -> web.Response:
+    """One page of the connected clients, filtered the EMQX way (``listing.page_of_clients``)."""
     broker = _app(request).broker
-    clients = broker.clients() if broker is not None else []
-    return _json([_client_view(client) for client in clients])
+    try:
+        page = await listing.page_of_clients(broker.channels if broker is not None else {}, request.query)
+    except listing.QueryError as exc:
+        return _error(400, "BAD_REQUEST", str(exc))
+    return _json({"data": [_client_view(client) for client in listing.views(page.rows)], "meta": page.meta()})
+
+
+async def list_subscriptions(request: web.Request) -> web.Response:
+    """One page of the subscriptions of every session, filtered the EMQX way (``listing.page_of_subscriptions``)."""
+    broker = _app(request).broker
+    try:
+        page = await listing.page_of_subscriptions(broker.sessions if broker is not None else {}, request.query)
+    except listing.QueryError as exc:
+        return _error(400, "BAD_REQUEST", str(exc))
+    return _json({"data": listing.subscription_views(page.rows), "meta": page.meta()})
+
+
+async def list_retained(request: web.Request) -> web.Response:
+    """One page of the retained messages (EMQX's retainer API), all or those matching ``topic``."""
+    broker = _app(request).broker
+    if broker is None:
+        return _json({"data": [], "meta": listing.Page([], 1, listing.DEFAULT_LIMIT, 0).meta()})
+    now = broker.loop.time()
+    try:
+        page = await listing.page_of_retained(broker.retained, request.query, now)
+    except listing.QueryError as exc:
+        return _error(400, "BAD_REQUEST", str(exc))
+    return _json({"data": listing.retained_views(page.rows, now), "meta": page.meta()})
 
 
 async def metrics_text(request: web.Request) -> web.Response:
@@ -248,6 +276,8 @@ def add_routes(app: web.Application) -> None:
     app.router.add_post("/api/v5/listeners/{id}/reload", reload_listener)
     app.router.add_get("/api/v5/listeners/{id}/certificate", listener_certificate)
     app.router.add_get("/api/v5/clients", list_clients)
+    app.router.add_get("/api/v5/subscriptions", list_subscriptions)
+    app.router.add_get("/api/v5/mqtt/retainer/messages", list_retained)
     app.router.add_get("/metrics", metrics_text)
     app.router.add_get("/healthz", healthz)
     app.router.add_get("/readyz", readyz)

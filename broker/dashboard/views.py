@@ -17,11 +17,12 @@ import time
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
-from urllib.parse import quote
+from urllib.parse import quote, urlencode
 
 from aiohttp import web
 from multidict import MultiDictProxy
 
+from ..admin import listing
 from ..admin.auth import TokenSource
 from ..config.errors import ConfigError
 from ..config.loader import bind_ssl_options
@@ -516,18 +517,66 @@ class Dashboard:
 
     # -- clients -------------------------------------------------------------------------------------------
     async def clients(self, request: web.Request, session: Session) -> web.Response:
+        """One page of the connected clients, searchable by client id, user name and address (the admin API's
+        ``listing``: only the page's rows are built, whatever the number of clients)."""
         broker = self.broker_app.broker
-        clients = broker.clients() if broker is not None else []
+        channels = broker.channels if broker is not None else {}
+        query = {name: request.query.get(name, "").strip() for name in CLIENT_SEARCH + ("page", "limit")}
+        status, error = 200, ""
+        try:
+            found = await listing.page_of_clients(channels, query)
+        except listing.QueryError as exc:
+            status, error = 400, str(exc)
+            found = listing.Page([], 1, listing.DEFAULT_LIMIT, 0)
+        clients = listing.views(found.rows)
         rows = [[ui.h(c.get("clientid")), ui.h(c.get("username") or "—"), ui.h(c.get("listener")),
                  f'<code>{ui.h(c.get("peer"))}</code>', ui.h(_protocol(c.get("proto_ver"))),
                  ui.h(c.get("tls_version") or "—"), f'<code>{ui.h(c.get("tls_cipher") or "—")}</code>',
                  ui.h(c.get("peer_cert_subject") or "—"), ui.when(c.get("connected_at"))]
-                for c in sorted(clients, key=lambda c: str(c.get("clientid")))]
-        body = (f'<section class="card" data-refresh="5"><h2>{len(rows)} connected</h2>'
+                for c in clients]
+        searching = any(query[name] for name in CLIENT_SEARCH)
+        heading = (f"{found.count} of {len(channels)} connected match" if searching else f"{found.count} connected")
+        body = (f'<section class="card" data-refresh="5"><h2>{ui.h(heading)}</h2>'
+                + _client_search(query) + ui.flash(error, "bad")
                 + ui.table(("Client ID", "Username", "Listener", "Peer", "Protocol", "TLS", "Cipher",
-                            "Client certificate", "Connected at"), rows, "No clients are connected.", "clients")
-                + "</section>")
-        return self._page(request, session, "Clients", "clients", body)
+                            "Client certificate", "Connected at"), rows,
+                           "No client matches the search." if searching else "No clients are connected.", "clients")
+                + _pager(found, query) + "</section>")
+        return self._page(request, session, "Clients", "clients", body, status=status)
+
+CLIENT_SEARCH = ("like_clientid", "like_username", "ip_address")
+
+
+def _client_search(query: dict[str, str]) -> str:
+    """The Clients page's search form (a GET: the search is part of the address, and survives the refresh)."""
+    fields = (("like_clientid", "Client ID contains"), ("like_username", "Username contains"),
+              ("ip_address", "IP address"))
+    inputs = "".join(f'<label>{ui.h(label)}<input name="{name}" id="search-{name}" value="{ui.h(query[name])}" '
+                     f'maxlength="{listing.MAX_FILTER_LENGTH}"></label>' for name, label in fields)
+    limit = f'<input type="hidden" name="limit" value="{ui.h(query["limit"])}">' if query["limit"] else ""
+    return (f'<form class="search" method="get" action="/dashboard/clients" role="search">{inputs}{limit}'
+            '<button class="primary" type="submit" id="search">Search</button>'
+            '<a class="button" href="/dashboard/clients">Clear</a></form>')
+
+
+def _pager(found: "listing.Page", query: dict[str, str]) -> str:
+    """Rows shown, and links to the previous and next pages with the same search."""
+    if not found.count:
+        return ""
+    first = (found.page - 1) * found.limit + 1
+    last = first + len(found.rows) - 1
+    pages = -(-found.count // found.limit)
+    shown = (f"Rows {first}–{last} of {found.count}" if found.rows else f"Page {found.page} is past the last one")
+
+    def link(page: int, label: str, ident: str) -> str:
+        params = {name: value for name, value in query.items() if value and name != "page"}
+        params["page"] = str(page)
+        return f'<a class="button" id="{ident}" href="/dashboard/clients?{ui.h(urlencode(params))}">{ui.h(label)}</a>'
+
+    links = (link(found.page - 1, "← Previous", "page-prev") if found.page > 1 else "") + (
+        link(found.page + 1, "Next →", "page-next") if found.hasnext else "")
+    return (f'<nav class="pager" aria-label="pages"><span class="muted" id="page-info">{shown} · page '
+            f'{found.page} of {pages}</span>{links}</nav>')
 
 
 def _text(value: Any) -> str:

@@ -29,3 +29,17 @@ def test_brokers_take_turns_going_first():
     assert [run_order(["a", "b", "c"], r) for r in range(4)] == [
         ["a", "b", "c"], ["b", "c", "a"], ["c", "a", "b"], ["a", "b", "c"]]
     assert run_order([], 3) == []
+
+
+def test_retained_sizes_default_to_the_issue_and_quick_stays_small():
+    assert parse_args([]).retained_sizes == (0, 100_000, 1_000_000)
+    assert parse_args(["--quick"]).retained_sizes == (0, 20_000)
+    assert parse_args(["--retained-sizes", "0,5000"]).retained_sizes == (0, 5000)
+
+
+@pytest.mark.parametrize("argv", [["--retained-sizes", "many"], ["--retained-sizes", "-1"],
+                                  ["--retained-sizes", ","], ["--retained-subscribes", "0"]])
+def test_bad_retained_arguments_are_refused(argv, capsys):
+    with pytest.raises(SystemExit) as exc:
+        parse_args(argv)
+    assert exc.value.code == 2

@@ -42,7 +42,7 @@ def test_scenario_names_are_unique_and_cover_the_issue():
     names = [s.name for s in all_scenarios()]
     assert len(names) == len(set(names))
     for required in ("qos0", "qos1", "tls-qos0", "mtls-qos1", "fanout", "latency-qos0", "connect-tls-1",
-                     "connect-tls-4", "memory-plain", "memory-tls", "rotation"):
+                     "connect-tls-4", "memory-plain", "memory-tls", "rotation", "retained"):
         assert required in names
 
 
@@ -57,3 +57,15 @@ def test_too_few_clock_ticks_give_no_cpu_figure():
     notes.clear()
     assert _cpu_or_none(MIN_CPU_TICKS * tick, notes) == pytest.approx(MIN_CPU_TICKS * tick)
     assert notes == []
+
+
+def test_retained_packets_are_well_formed_mqtt():
+    from wharf_broker.mqtt.frame import Parser
+
+    from bench import retained_load
+    parser = Parser(version=4)
+    data = (retained_load.publish_packet(retained_load.retained_topic(1234), b"v")
+            + retained_load.subscribe_packet(7, "q/1/#", 0))
+    publish, subscribe = parser.feed(data)
+    assert (publish.topic, publish.payload, publish.retain, publish.qos) == ("r/1/1234", b"v", True, 0)
+    assert subscribe.packet_id == 7 and [f for f, _ in subscribe.topics] == ["q/1/#"]

@@ -42,7 +42,30 @@ def test_every_kind_of_scenario_measures_mosquitto(tmp_path):
 
 
 def test_wharf_runs_beside_mosquitto(tmp_path):
-    result = _run(tmp_path, "wharf,mosquitto", "qos0")
+    result = _run(tmp_path, "wharf,mosquitto", "qos0,memory-plain")
     for broker in ("wharf", "mosquitto"):
         outcome = result["runs"][f"qos0/{broker}"]
         assert outcome["failures"] == [] and outcome["results"][0]["complete"], broker
+    # With the idle connections held, Wharf's admin API is timed for one page of clients and a search.
+    memory = result["runs"]["memory-plain/wharf"]
+    assert memory["failures"] == []
+    values = memory["results"][0]["values"]
+    assert values["clients_page"] > 0 and values["clients_search"] > 0
+    assert set(result["runs"]["memory-plain/mosquitto"]["results"][0]["values"]) == {"bytes_per_conn"}
+
+
+def test_retained_scenario_times_subscribe_at_each_size_on_both_brokers(tmp_path):
+    out = tmp_path / "retained.json"
+    proc = subprocess.run([sys.executable, "-m", "bench", "--brokers", "wharf,mosquitto", "--scenarios", "retained",
+                           "--repeats", "1", "--retained-sizes", "0,3000", "--retained-subscribes", "20",
+                           "--run-timeout", "30", "--json", str(out)],
+                          capture_output=True, text=True, cwd=REPO_ROOT, timeout=120, check=False)
+    assert proc.returncode == 0, proc.stderr
+    assert "SUBSCRIBE at 3k retained" in proc.stdout
+    for broker in ("wharf", "mosquitto"):
+        outcome = json.loads(out.read_text())["runs"][f"retained/{broker}"]
+        assert outcome["failures"] == [], broker
+        [run] = outcome["results"]
+        assert run["complete"]
+        assert set(run["values"]) == {"subscribe_0", "subscribe_3000", "full_match", "ping_max"}
+        assert all(value > 0 for value in run["values"].values())

@@ -208,6 +208,19 @@ def test_dashboard_end_to_end(browser, dashboard_broker, pki, tmp_path):
         assert "sensor-7" in rows and "ssl:default" in rows and "MQTT 5.0" in rows
         assert "TLSv1.3" in rows and "CN=device-42" in rows
         screenshot(driver, "08-clients")
+        # Searching narrows the (paged) list; a search nothing matches says so.
+        search = driver.find_element(By.ID, "search-like_clientid")
+        search.send_keys("sensor")
+        driver.find_element(By.ID, "search").click()
+        WebDriverWait(driver, 15).until(lambda d: "like_clientid=sensor" in d.current_url)
+        assert "sensor-7" in wait_for(driver, "#clients").text
+        assert "1 of" in driver.find_element(By.CSS_SELECTOR, ".card h2").text
+        search = driver.find_element(By.ID, "search-like_clientid")
+        search.clear()
+        search.send_keys("nobody-here")
+        driver.find_element(By.ID, "search").click()
+        WebDriverWait(driver, 15).until(lambda d: "nobody-here" in d.current_url)
+        assert "No client matches the search." in wait_for(driver, "#clients").text
     finally:
         client.loop_stop()
         client.disconnect()

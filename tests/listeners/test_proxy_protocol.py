@@ -348,5 +348,5 @@ def test_real_broker_lists_the_proxied_client(broker_process):
         assert sock.recv(4) == b"\x20\x02\x00\x00"
         status, raw = broker.admin("GET", "/api/v5/clients")
         assert status == 200
-        [client] = [c for c in json.loads(raw) if c["clientid"] == client_id.decode()]
+        [client] = [c for c in json.loads(raw)["data"] if c["clientid"] == client_id.decode()]
         assert "203.0.113.7" in client["peer"]

@@ -192,7 +192,7 @@ def test_real_process_with_mosquitto_and_paho(broker_process):
     # The admin API lists the connected clients from ``Broker.clients()``, and the counters moved.
     status, body = process.admin("GET", "/api/v5/clients")
     assert status == 200
-    listed = {client["clientid"]: client for client in json.loads(body)}
+    listed = {client["clientid"]: client for client in json.loads(body)["data"]}
     assert listed["probe"]["proto_ver"] == 5 and listed["probe"]["listener"] == "tcp:default"
     status, body = process.admin("GET", "/metrics")
     received = re.search(rb"^wharf_messages_received_total (\d+)", body, re.M)

@@ -122,7 +122,7 @@ authorization {{
         assert ack.reason_code == rc.NOT_AUTHORIZED  # an unverified certificate gives no identity
         status, body = broker.admin("GET", "/api/v5/clients")
         assert status == 200
-        peers = {client["clientid"]: client["peer"] for client in json.loads(body)}
+        peers = {client["clientid"]: client["peer"] for client in json.loads(body)["data"]}
         assert peers["m1"] == "203.0.113.5:40001" and peers["m2"] == "203.0.113.6:40002"
     finally:
         await meter.close()
@@ -133,7 +133,7 @@ authorization {{
     try:
         assert (await plain.connect("")).reason_code == 0
         status, body = broker.admin("GET", "/api/v5/clients")
-        found = [client for client in json.loads(body) if client["listener"] == "tcp:lbplain"]
+        found = [client for client in json.loads(body)["data"] if client["listener"] == "tcp:lbplain"]
         assert [(c["clientid"], c["username"]) for c in found] == [("meter-1", "meter-1")]
         ack = await plain.publish("meters/1/reading", b"42")
         assert ack.reason_code in (rc.SUCCESS, rc.NO_MATCHING_SUBSCRIBERS)
