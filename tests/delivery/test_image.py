@@ -24,7 +24,7 @@ import paho.mqtt.client as mqtt
 import pytest
 from delivery_support import ROOT
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.timeout(1500)]  # the first test builds the base image and the image
 
 DOCKER = "/usr/bin/docker" if Path("/usr/bin/docker").exists() else (shutil.which("docker") or "docker")
 CERTS = ROOT / "etc" / "certs"
