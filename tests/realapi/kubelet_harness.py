@@ -14,10 +14,9 @@ For every such Pod it
   ``stopped`` records each such stop with the process's exit status.
 
 What a container runtime would give through mount and network namespaces, the harness gives by
-translation: mount paths under ``/etc/wharf`` become the Pod's directory (other mount paths, such as a
-claim's, their directory), and a ``0.0.0.0`` bind
-in the rendered config becomes the Pod IP (the ConfigMap keeps the original, the projected file
-carries the translation). Volume sync runs every ``sync_interval`` seconds (the kubelet's default
+translation: mount paths under ``/etc/wharf`` become the Pod's directory (a claim's mount path becomes
+its volume's directory), and a ``0.0.0.0`` bind in the rendered config becomes the Pod IP (the ConfigMap
+keeps the original, the projected file carries the translation). Volume sync runs every ``sync_interval`` seconds (the kubelet's default
 is about a minute; the tests measure the operator and the broker, not that delay).
 """
 
