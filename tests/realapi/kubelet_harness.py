@@ -4,13 +4,19 @@ For every such Pod it
 - projects the Pod's Secret and ConfigMap volumes into a directory per Pod, with the kubelet's
   atomic update (files are symlinks into ``..data``, which is swapped by one rename), and keeps
   them in sync with the API while the Pod runs;
+- gives each PersistentVolumeClaim volume the directory of the PersistentVolume the claim is bound
+  to (``<workdir>/volumes/<pv>``): it outlives the Pod, and the Pod that replaces it finds it again;
 - starts the container's real command (``wharf-broker``) as a local process with the Pod's
-  environment, listening on the Pod's IP (a loopback address from kwok's Pod CIDR).
+  environment, listening on the Pod's IP (a loopback address from kwok's Pod CIDR);
+- kills that process when its Pod goes away or is replaced by a new Pod of the same name (another
+  UID). kwok's Stages delete a Pod at once, without a grace period, so what the node does once a
+  grace period is over is what the harness does: SIGKILL (``stop_signal`` chooses another signal).
+  ``stopped`` records each such stop with the process's exit status.
 
 What a container runtime would give through mount and network namespaces, the harness gives by
-translation: mount paths under ``/etc/wharf`` become the Pod's directory, and a ``0.0.0.0`` bind
-in the rendered config becomes the Pod IP (the ConfigMap keeps the original, the projected file
-carries the translation). Volume sync runs every ``sync_interval`` seconds (the kubelet's default
+translation: mount paths under ``/etc/wharf`` become the Pod's directory (a claim's mount path becomes
+its volume's directory), and a ``0.0.0.0`` bind in the rendered config becomes the Pod IP (the ConfigMap
+keeps the original, the projected file carries the translation). Volume sync runs every ``sync_interval`` seconds (the kubelet's default
 is about a minute; the tests measure the operator and the broker, not that delay).
 """
 
@@ -22,6 +28,7 @@ import ipaddress
 import os
 import re
 import shutil
+import signal
 import subprocess
 import sys
 import threading
@@ -78,6 +85,16 @@ def _remove_tree(path: Path) -> None:
     path.rmdir()
 
 
+@dataclass(frozen=True)
+class Stopped:
+    """A container the harness stopped because its Pod went away or was replaced."""
+
+    pod: str
+    uid: str
+    signal: int
+    returncode: int | None
+
+
 class NotYet(Exception):
     """Something a Pod needs is not there yet; the next sync tries again."""
 
@@ -85,9 +102,12 @@ class NotYet(Exception):
 @dataclass
 class PodRuntime:
     name: str
+    uid: str
     ip: str
     root: Path
     volumes: dict[str, AtomicVolume] = field(default_factory=dict)
+    # Container mount path -> the directory that stands for it on this host.
+    host_paths: dict[str, Path] = field(default_factory=dict)
     process: subprocess.Popen | None = None
     log: Path | None = None
     exit_reported: bool = False
@@ -107,13 +127,15 @@ class KubeletHarness:
     """Run the Pods matching ``selector`` in ``namespace`` as local processes (see module doc)."""
 
     def __init__(self, api: kubernetes.client.ApiClient, namespace: str, selector: str, workdir: Path,
-                 sync_interval: float = 0.5) -> None:
+                 sync_interval: float = 0.5, stop_signal: int = signal.SIGKILL) -> None:
         self.core = kubernetes.client.CoreV1Api(api)
         self.namespace, self.selector = namespace, selector
         self.workdir = workdir
         self.sync_interval = sync_interval
+        self.stop_signal = stop_signal
         self.pods: dict[str, PodRuntime] = {}
         self.errors: list[str] = []
+        self.stopped: list[Stopped] = []
         self._stop = threading.Event()
         self._lock = threading.Lock()
         self._thread = threading.Thread(target=self._run, name="kubelet-harness", daemon=True)
@@ -158,11 +180,12 @@ class KubeletHarness:
             seen.add(name)
             with self._lock:
                 runtime = self.pods.get(name)
-                if runtime is not None and runtime.ip != pod.status.pod_ip:
-                    _terminate(runtime.process)  # a new Pod with the same name
+                if runtime is not None and runtime.uid != pod.metadata.uid:
+                    self._pod_gone(runtime)  # a new Pod with the same name (a StatefulSet's replacement)
                     runtime = None
                 if runtime is None:
-                    runtime = self.pods[name] = PodRuntime(name, pod.status.pod_ip, self.workdir / name / "etc-wharf")
+                    runtime = self.pods[name] = PodRuntime(name, pod.metadata.uid, pod.status.pod_ip,
+                                                           self.workdir / name / "etc-wharf")
             try:
                 self._project_volumes(pod, runtime)
             except NotYet:
@@ -176,9 +199,35 @@ class KubeletHarness:
                 self.errors.append(f"{name}: broker exited with {runtime.process.returncode}: " + " | ".join(tail))
         with self._lock:
             for name in set(self.pods) - seen:
-                _terminate(self.pods.pop(name).process)
+                self._pod_gone(self.pods.pop(name))
+
+    def _pod_gone(self, runtime: PodRuntime) -> None:
+        process = runtime.process
+        if process is None or process.poll() is not None:
+            return
+        process.send_signal(self.stop_signal)
+        try:
+            process.wait(15)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
+        self.stopped.append(Stopped(runtime.name, runtime.uid, self.stop_signal, process.returncode))
+
+    def claim_directory(self, claim_name: str) -> Path:
+        """The directory of the PersistentVolume that ``claim_name`` is bound to (NotYet while unbound)."""
+        try:
+            claim = self.core.read_namespaced_persistent_volume_claim(claim_name, self.namespace)
+        except ApiException as error:
+            if error.status == 404:
+                raise NotYet(f"PersistentVolumeClaim {claim_name} does not exist yet") from None
+            raise
+        if claim.status.phase != "Bound" or not claim.spec.volume_name:
+            raise NotYet(f"PersistentVolumeClaim {claim_name} is not bound yet")
+        return self.workdir / "volumes" / claim.spec.volume_name
 
     def _host_path(self, runtime: PodRuntime, mount_path: str) -> Path:
+        if mount_path in runtime.host_paths:
+            return runtime.host_paths[mount_path]
         # Broker mounts live under /etc/wharf; other images' mounts (NATS: /etc/nats, /data) keep their path
         # below the Pod's directory.
         if mount_path.startswith(CONTAINER_ROOT):
@@ -189,7 +238,8 @@ class KubeletHarness:
         text = text.replace(f'"{CONTAINER_ROOT}/', f'"{runtime.root}/').replace('"0.0.0.0:', f'"{runtime.ip}:')
         for mount_path in mount_paths or []:
             if not mount_path.startswith(CONTAINER_ROOT):
-                text = text.replace(f'"{mount_path}/', f'"{self._host_path(runtime, mount_path)}/')
+                host_path = self._host_path(runtime, mount_path)
+                text = text.replace(f'"{mount_path}/', f'"{host_path}/').replace(f'"{mount_path}"', f'"{host_path}"')
         # Unquoted listen addresses (nats.conf) and the Pods' DNS names (<pod>.<service>.<namespace>.svc),
         # which only a cluster DNS would resolve.
         text = re.sub(r"(?m)^(\s*(?:listen|http):\s*)0\.0\.0\.0:", lambda m: f"{m.group(1)}{runtime.ip}:", text)
@@ -213,13 +263,16 @@ class KubeletHarness:
     def _project_volumes(self, pod, runtime: PodRuntime) -> None:
         mounts = {m.name: m.mount_path for c in pod.spec.containers for m in c.volume_mounts or []}
         for volume in pod.spec.volumes or []:
-            if volume.name not in mounts:
-                continue
-            if volume.persistent_volume_claim is not None:
-                # The claim's volume: a plain directory of the Pod's own.
-                if volume.name not in runtime.volumes:
-                    claim = runtime.volumes[volume.name] = AtomicVolume(self._host_path(runtime, mounts[volume.name]))
-                    claim.directory.mkdir(parents=True, exist_ok=True)
+            if volume.name in mounts and volume.persistent_volume_claim is not None \
+                    and mounts[volume.name] not in runtime.host_paths:
+                # The claim's volume: the bound PersistentVolume's directory, which outlives the Pod. Known
+                # before any other volume is projected: the config names it.
+                directory = self.claim_directory(volume.persistent_volume_claim.claim_name)
+                directory.mkdir(parents=True, exist_ok=True)
+                runtime.host_paths[mounts[volume.name]] = directory
+                runtime.volumes[volume.name] = AtomicVolume(directory)
+        for volume in pod.spec.volumes or []:
+            if volume.name not in mounts or volume.persistent_volume_claim is not None:
                 continue
             if volume.secret is not None:
                 files, mode = self._secret_files(volume.secret.secret_name), volume.secret.default_mode or 0o644
@@ -275,7 +328,7 @@ class KubeletHarness:
 
         def host_arg(arg: str) -> str:
             for mount_path in other_mounts:
-                if arg.startswith(f"{mount_path}/"):
+                if arg == mount_path or arg.startswith(f"{mount_path}/"):
                     return str(self._host_path(runtime, mount_path)) + arg[len(mount_path):]
             return arg.replace(CONTAINER_ROOT, str(runtime.root))
 
@@ -300,6 +353,7 @@ class KubeletHarness:
 
 
 def _terminate(process: subprocess.Popen | None) -> None:
+    """SIGTERM, then SIGKILL after 15 s: the harness's own shutdown, not a Pod's."""
     if process is None or process.poll() is not None:
         return
     process.terminate()
