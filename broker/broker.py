@@ -60,7 +60,7 @@ class BrokerMetrics:
         self.connections = registry.gauge("wharf_connections", "Open client connections (any state)")
         self.connected = registry.gauge("wharf_clients_connected", "Clients past CONNACK")
         self.sessions = registry.gauge("wharf_sessions", "Sessions, connected or kept for offline clients")
-        self.retained = registry.gauge("wharf_retained_messages", "Retained messages stored")
+        self.retained = registry.gauge("wharf_retained_messages", "Retained messages stored (not counting the broker's own $SYS messages)")
         self.bytes_received = registry.counter("wharf_bytes_received_total", "Bytes read from client connections")
         self.bytes_sent = registry.counter("wharf_bytes_sent_total", "Bytes written to client connections")
         self._dropped: dict = {}
@@ -129,7 +129,7 @@ class Broker:
         if message.retain and self.config.mqtt.retain_available:
             if self.retain_refusal(message) is None:
                 self.retained.store(message)
-                self.metrics.retained.set(len(self.retained))
+                self.metrics.retained.set(self.retained.counted)
                 if store.enabled:
                     if self.retained.get(message.topic) is message:
                         store.put_retained(message)
@@ -459,7 +459,7 @@ class Broker:
         self.metrics.sessions.set(len(self.sessions))
         for message in state.retained:
             self.retained.store(message)
-        self.metrics.retained.set(len(self.retained))
+        self.metrics.retained.set(self.retained.counted)
         for client_id, delay, message in state.wills:
             if delay > 0:
                 self.wills.schedule(client_id, message, delay)

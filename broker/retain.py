@@ -57,8 +57,13 @@ class RetainedStore:
         return len(self._nodes)
 
     @property
+    def counted(self) -> int:
+        """Retained messages held to ``max_retained_messages``: every one but the broker's own ``$SYS`` messages."""
+        return len(self._nodes) - self._system
+
+    @property
     def bytes(self) -> int:
-        """Topic and payload bytes of the stored messages."""
+        """Topic and payload bytes of the stored messages (the broker's own ``$SYS`` messages not counted)."""
         return self._bytes
 
     def topics(self) -> Iterator[str]:
@@ -74,7 +79,7 @@ class RetainedStore:
             return "retainer.max_payload_size"
         existing = self.get(message.topic)
         if existing is None and self.max_messages is not None \
-                and len(self._nodes) - self._system >= self.max_messages:
+                and self.counted >= self.max_messages:
             return "retainer.max_retained_messages"
         if self.max_bytes is not None:
             grown = self._bytes + _size(message) - (_size(existing) if existing is not None else 0)
@@ -88,8 +93,10 @@ class RetainedStore:
             self._remove(message.topic)
             return
         node = self._nodes.get(message.topic)
+        system = message.topic.startswith("$SYS/")
         if node is not None:  # a replacement: no walk
-            self._bytes += _size(message) - _size(node.message)  # type: ignore[arg-type]
+            if not system:
+                self._bytes += _size(message) - _size(node.message)  # type: ignore[arg-type]
             node.message = message
             return
         node = self._root
@@ -103,17 +110,19 @@ class RetainedStore:
             node = child
         node.message = message
         self._nodes[message.topic] = node
-        self._bytes += _size(message)
-        if message.topic.startswith("$SYS/"):
+        if system:
             self._system += 1
+        else:
+            self._bytes += _size(message)
 
     def _remove(self, topic: str) -> None:
         found = self._nodes.pop(topic, None)
         if found is None:
             return
-        self._bytes -= _size(found.message)  # type: ignore[arg-type]
         if topic.startswith("$SYS/"):
             self._system -= 1
+        else:
+            self._bytes -= _size(found.message)  # type: ignore[arg-type]
         path = [(self._root, "")]
         node = self._root
         for level in topic.split("/"):

@@ -215,7 +215,7 @@ class SysTopics:
         message = Message(topic, payload.encode(), 0, retain, None, None, None)
         if retain:
             broker.retained.store(message)
-            broker.metrics.retained.set(len(broker.retained))
+            broker.metrics.retained.set(broker.retained.counted)
         broker.router.publish(message)
 
 

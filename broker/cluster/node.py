@@ -101,7 +101,7 @@ class ClusterBroker(Broker):
                 if message.qos:
                     self.backplane.require()
                 stored = self.retained.store_cluster(message)
-                self.metrics.retained.set(len(self.retained))
+                self.metrics.retained.set(self.retained.counted)
                 if not message.qos:
                     stored.add_done_callback(_log_failure)
             delivered = self.router.publish(message)

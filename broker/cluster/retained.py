@@ -64,7 +64,7 @@ class ClusterRetainedStore(RetainedStore):
                     log.warning("cluster: unreadable retained message for %r: %s", topic, exc)
                     continue
                 self.store(message)
-            self.on_change(len(self))
+            self.on_change(self.counted)
             loaded.set()
 
     def store_cluster(self, message: Message) -> asyncio.Task:

@@ -213,6 +213,6 @@ authorization {{
     assert metric(text, "wharf_proxy_protocol_refused_total", listener="ssl:lbtls", reason="untrusted_peer") == 20
     assert metric(text, "wharf_listener_connections_refused_total", listener="tcp:lb", reason="proxy_protocol") == 40
     status, raw = broker.admin("GET", "/api/v5/clients")
-    assert status == 200 and not [c for c in json.loads(raw) if c["clientid"] == "evil"]
+    assert status == 200 and not [c for c in json.loads(raw)["data"] if c["clientid"] == "evil"]
     # Logged with the peer's address (rate-limited: at least the first of each listener).
     assert "closed a connection from 127.0.0.1:" in broker.log and "tcp:lb" in broker.log
