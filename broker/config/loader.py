@@ -29,6 +29,7 @@ from . import model
 from .errors import ConfigError, ConfigIssue, Origin
 from .hocon import ListNode, Node, ObjectNode, ScalarNode, from_plain, parse_file, parse_string
 from .model import BrokerConfig, SslOptions
+from .password_hash import check_hash_format
 
 DEFAULT_CONFIG_RESOURCE = "default.conf"
 LISTENER_TYPES = ("tcp", "ssl", "ws", "wss")
@@ -634,8 +635,6 @@ class _Checker:
         return "looked in " + ", ".join(str(d) for d in search_dirs())
 
     def check_dashboard_login(self, dashboard: model.Dashboard) -> None:
-        from ..dashboard.passwords import check_hash_format
-
         if dashboard.default_password_hash:
             problem = check_hash_format(dashboard.default_password_hash)
             if problem:
