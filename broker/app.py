@@ -37,7 +37,7 @@ class BrokerApp:
         self.stopping = False
 
     # -- life cycle
-    async def start(self) -> None:
+    async def start(self) -> None:  # noqa: C901 - one step per optional subsystem, in start order
         """Start everything or nothing."""
         factory = self._broker_factory
         if factory is None:

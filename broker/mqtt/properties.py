@@ -158,7 +158,8 @@ def encode_binary(raw: bytes) -> bytes:
     return pack("!H", len(raw)) + raw
 
 
-def decode_properties(data, pos: int, end: int, packet_type: int,
+# Long on purpose: one branch per property type, on the hot path.
+def decode_properties(data, pos: int, end: int, packet_type: int,  # noqa: C901
                       limits: PropertyLimits | None = None) -> tuple[dict, int]:
     """The property block at ``pos`` (length prefix included): (properties, position after the block)."""
     length, pos = read_varint(data, pos, end)
