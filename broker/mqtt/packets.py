@@ -49,7 +49,7 @@ class FrameError(Exception):
         # The configured limit (``wharf_limit_exceeded_total{limit}``) when a limit, not bad bytes, refused it.
         self.limit = limit
         # Packets decoded from the same chunk before the bad one (``Parser.feed`` fills this in).
-        self.packets: list[_Packet] = []
+        self.packets: list[Packet] = []
 
 
 class _Packet:
@@ -98,7 +98,8 @@ class Connack(_Packet):
     __slots__ = ("session_present", "reason_code", "properties")
     type = CONNACK
 
-    def __init__(self, session_present: bool = False, reason_code: int = 0, properties: Properties | None = None) -> None:
+    def __init__(self, session_present: bool = False, reason_code: int = 0,
+                 properties: Properties | None = None) -> None:
         self.session_present = session_present
         self.reason_code = reason_code
         self.properties = properties or {}
@@ -146,7 +147,8 @@ class Subscribe(_Packet):
     __slots__ = ("packet_id", "topics", "properties")
     type = SUBSCRIBE
 
-    def __init__(self, packet_id: int, topics: list[tuple[str, SubOptions]], properties: Properties | None = None) -> None:
+    def __init__(self, packet_id: int, topics: list[tuple[str, SubOptions]],
+                 properties: Properties | None = None) -> None:
         self.packet_id = packet_id
         self.topics = topics
         self.properties = properties or {}
@@ -178,7 +180,8 @@ class Unsuback(_Packet):
     __slots__ = ("packet_id", "reason_codes", "properties")
     type = UNSUBACK
 
-    def __init__(self, packet_id: int, reason_codes: list[int] | None = None, properties: Properties | None = None) -> None:
+    def __init__(self, packet_id: int, reason_codes: list[int] | None = None,
+                 properties: Properties | None = None) -> None:
         self.packet_id = packet_id
         self.reason_codes = reason_codes or []
         self.properties = properties or {}
@@ -210,3 +213,8 @@ class Auth(_Packet):
     def __init__(self, reason_code: int = 0, properties: Properties | None = None) -> None:
         self.reason_code = reason_code
         self.properties = properties or {}
+
+
+# Any control packet the codec reads or writes.
+Packet = (Connect | Connack | Publish | PubAck | Subscribe | Suback | Unsubscribe | Unsuback | PingReq | PingResp
+          | Disconnect | Auth)
