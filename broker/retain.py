@@ -19,7 +19,7 @@ whatever ``store`` is given; the broker asks ``refusal`` first.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Generator, Iterator
 
 from .mqtt.topic import has_wildcard
 from .router import Message
@@ -147,7 +147,7 @@ class RetainedStore:
         """The retained messages a new subscription to ``topic_filter`` receives; expired ones are dropped."""
         return list(self.iter_matching(topic_filter, now))
 
-    def iter_matching(self, topic_filter: str, now: float) -> Iterator[Message]:
+    def iter_matching(self, topic_filter: str, now: float) -> Generator[Message, None, None]:
         """Lazily, the live retained messages matching ``topic_filter`` (see the module docstring)."""
         if not has_wildcard(topic_filter):
             found = self.get(topic_filter)
