@@ -135,8 +135,10 @@ class RetainedStore:
             if node.message is not None or node.children:
                 break
             parent = path[index - 1][0]
-            del parent.children[level]  # type: ignore[arg-type]
-            if not parent.children:
+            siblings = parent.children
+            assert siblings is not None  # the path came down through them
+            del siblings[level]
+            if not siblings:
                 parent.children = None
 
     def get(self, topic: str) -> Message | None:
@@ -179,9 +181,9 @@ class RetainedStore:
                     continue
                 yield from self._walk(child, levels, index + 1)
             return
-        child = children.get(level)
-        if child is not None:
-            yield from self._walk(child, levels, index + 1)
+        exact = children.get(level)
+        if exact is not None:
+            yield from self._walk(exact, levels, index + 1)
 
     @staticmethod
     def _subtree(top: _Node, skip_dollar: bool) -> Iterator[Message]:
