@@ -3,7 +3,7 @@
 
 PYTHON ?= python3
 
-.PHONY: run test controlplane controlplane-up controlplane-down test-realapi e2e-local
+.PHONY: run test lint controlplane controlplane-up controlplane-down test-realapi e2e-local
 
 # The README's two commands. `run`: the broker on its embedded default config, as `wharf-broker` runs it anywhere
 # (a local CA and certificates generated on the first start in ~/.local/state/wharf/certs, or $WHARF_HOME/certs).
@@ -11,11 +11,27 @@ run:
 	scripts/bootstrap run
 	$(PYTHON) -m wharf_broker
 
-# `test`: installs what the tests need (Debian packages, Python extras, the local control plane, helm) and runs
-# the whole suite. .ci/run calls this.
+# `test`: installs what the tests need (Debian packages, Python extras, the local control plane, helm), runs the
+# checks (`lint`) and then the whole suite. .ci/run calls this.
 test:
 	scripts/bootstrap test
+	$(MAKE) --no-print-directory lint
 	$(PYTHON) -m pytest
+
+# The static checks, configured in pyproject.toml (docs/architecture.md, "Checks"): ruff, mypy and the import-linter
+# layer contracts. mypy and import-linter work on import names, so build/lint/ links wharf_broker and wharf_operator
+# to their folders here: they check this checkout whether or not (and from wherever) the package is installed.
+# Each check runs even when an earlier one failed; the target fails if any did.
+LINT_PATH := build/lint
+lint:
+	@mkdir -p $(LINT_PATH)
+	@ln -sfn ../../broker $(LINT_PATH)/wharf_broker
+	@ln -sfn ../../operator/wharf_operator $(LINT_PATH)/wharf_operator
+	@status=0; \
+	echo "ruff:"; $(PYTHON) -m ruff check . || status=1; \
+	echo "mypy:"; $(PYTHON) -m mypy || status=1; \
+	echo "import-linter:"; PYTHONPATH=$(LINT_PATH)$${PYTHONPATH:+:$$PYTHONPATH} lint-imports --no-cache --no-logo || status=1; \
+	exit $$status
 
 # Build (or find in the cache) etcd, kube-apiserver, kube-controller-manager, kube-scheduler
 # and kwok. Niced: a cold build keeps both cores busy for a long while.

@@ -378,7 +378,7 @@ class Latency(Scenario):
             sub.kill()
             _close_input(publisher)
             raise ScenarioError(f"the publisher stopped reading its input for {STALL_TIMEOUT:.0f} s "
-                                f"(not connected?): {(rundir / 'pub.err').read_text(errors='replace')[:200]}")
+                                f"(not connected?): {(rundir / 'pub.err').read_text(errors='replace')[:200]}") from None
         complete = sub.wait(max(1.0, settings.run_timeout - (time.monotonic() - started)))
         if not complete:
             sub.kill()

@@ -37,7 +37,7 @@ class BrokerApp:
         self.stopping = False
 
     # -- life cycle
-    async def start(self) -> None:
+    async def start(self) -> None:  # noqa: C901 - one step per optional subsystem, in start order
         """Start everything or nothing."""
         factory = self._broker_factory
         if factory is None:
@@ -163,10 +163,13 @@ async def serve(config: BrokerConfig, broker_factory: Callable[[BrokerConfig], A
     loop = asyncio.get_running_loop()
     stop = asyncio.Event()
     app = BrokerApp(config, broker_factory)
+    reloads: set[asyncio.Task] = set()  # the loop keeps only weak references to tasks
 
     def on_hangup() -> None:
         log.info("SIGHUP: reloading certificates of every TLS listener, the password and ACL files")
-        loop.create_task(app.reload_certificates())
+        reload = loop.create_task(app.reload_certificates())
+        reloads.add(reload)
+        reload.add_done_callback(reloads.discard)
         access = getattr(app.broker, "access", None)
         if access is not None:
             access.reload()

@@ -137,10 +137,11 @@ def peer_identity(transport) -> Any:
     global _peer_identity_fn
     if _peer_identity_fn is None:
         try:
-            from .tls import peer_identity as found  # the TLS layer is optional for this module
+            from .tls import peer_identity  # the TLS layer is optional for this module
         except ImportError:
-            found = False
-        _peer_identity_fn = found
+            _peer_identity_fn = False
+        else:
+            _peer_identity_fn = peer_identity
     if not _peer_identity_fn:
         return None
     return _peer_identity_fn(transport)

@@ -16,7 +16,8 @@ import asyncio
 import functools
 import logging
 import time
-from typing import Callable
+from collections.abc import Generator
+from typing import Any, Callable, cast
 
 from .access import AccessControl
 from .auth import AuthChain, Authenticator
@@ -28,6 +29,7 @@ from .limits import exceeded
 from .listener_context import ListenerContext
 from .metrics import REGISTRY, Registry
 from .mqtt import reason_codes as rc
+from .mqtt.packets import Will
 from .retain import RetainedStore
 from .router import LocalRouter, Message, Router, Subscription
 from .inflight import InflightEntry
@@ -63,9 +65,9 @@ class BrokerMetrics:
         self.retained = registry.gauge("wharf_retained_messages", "Retained messages stored (not counting the broker's own $SYS messages)")
         self.bytes_received = registry.counter("wharf_bytes_received_total", "Bytes read from client connections")
         self.bytes_sent = registry.counter("wharf_bytes_sent_total", "Bytes written to client connections")
-        self._dropped: dict = {}
+        self._dropped: dict[str, Any] = {}  # reason -> the labelled child
 
-    def dropped(self, reason: str):
+    def dropped(self, reason: str) -> Any:
         child = self._dropped.get(reason)
         if child is None:
             child = self._dropped[reason] = self.dropped_family.labels(reason=reason)
@@ -96,7 +98,7 @@ class Broker:
         self.owner_check = OwnerCheck(self.config.mqtt.session_owner_check, registry)
         self.access.authorizer.on_reload.append(self.guard_all_subscriptions)
         # Listener id -> listener object; the application wiring fills this for the admin API.
-        self.listeners: dict = {}
+        self.listeners: dict[str, Any] = {}
         self._loop: asyncio.AbstractEventLoop | None = None
         self._housekeeping_handle: asyncio.TimerHandle | None = None
         self._received = self.metrics.received.labels()  # the child: a plain attribute add per message
@@ -120,7 +122,7 @@ class Broker:
 
     # ------------------------------------------------------------------------------------- messages
 
-    def publish(self, message: Message):
+    def publish(self, message: Message) -> int | asyncio.Future[int]:
         """Route ``message`` (storing it first if retained); returns how many sessions it went to -- or, for a
         QoS 1/2 message that changed durable state, a future of that count resolved once it is on disk."""
         self._received.value += 1
@@ -139,12 +141,13 @@ class Broker:
         if not delivered:
             self.metrics.dropped("no_subscribers").value += 1
         if store.changes != mark and message.qos:
-            return store.when_durable(delivered)
+            durable: asyncio.Future[int] = store.when_durable(delivered)
+            return durable
         return delivered
 
     def _publish_will(self, message: Message) -> None:
         result = self.publish(message)
-        if result.__class__ is not int:  # nobody waits for a will's commit; a failure is counted by the store
+        if not isinstance(result, int):  # nobody waits for a will's commit; a failure is counted by the store
             result.add_done_callback(_consume_result)
 
     def retain_refusal(self, message: Message) -> str | None:
@@ -190,10 +193,11 @@ class Broker:
         if not self.retained:
             return
         matches = self.retained.iter_matching(subscription.topic_filter, self.loop.time())
-        self._deliver_retained_slice(session, session.channel, subscription, matches)
+        # The broker attaches only its Channels to sessions (``attach``, ``guest_session``).
+        self._deliver_retained_slice(session, cast(Channel | None, session.channel), subscription, matches)
 
     def _deliver_retained_slice(self, session: Session, channel: Channel | None, subscription: Subscription,
-                                matches, wait: float = RETAINED_WAIT) -> None:
+                                matches: Generator[Message, None, None], wait: float = RETAINED_WAIT) -> None:
         if (channel is None or session.channel is not channel
                 or session.subscriptions.get(subscription.topic_filter) is not subscription):
             matches.close()
@@ -259,7 +263,7 @@ class Broker:
             self._schedule_housekeeping()
         return session, present
 
-    def owner_verdict(self, channel: Channel, client_id: str, current) -> str:
+    def owner_verdict(self, channel: Channel, client_id: str, current: tuple[str, ...] | None) -> str:
         """``tenancy.RESUME``, ``REFUSE`` or ``GUEST`` for ``channel`` asking for the session that ``current``
         owns (None: no session)."""
         return self.owner_check.verdict(client_id, current, channel.owner, channel.connection.peer_text)
@@ -321,9 +325,10 @@ class Broker:
         if self.channels or self.guests:
             self._schedule_housekeeping()
 
-    def detach(self, channel: Channel, will) -> None:
+    def detach(self, channel: Channel, will: Will | None) -> None:
         """``channel`` is gone: publish or schedule its will, keep its session for its expiry or end it."""
         client_id = channel.client_id
+        assert client_id is not None  # only a channel past CONNECT detaches (``Channel.terminate``)
         session = channel.session
         if session is not None and session.guest:
             self._detach_guest(channel, will)
@@ -349,18 +354,19 @@ class Broker:
                 session.expiry_interval = expiry
                 self.store.put_session(session, expiry, time.time() + expiry)
 
-    def _detach_guest(self, channel: Channel, will) -> None:
+    def _detach_guest(self, channel: Channel, will: Will | None) -> None:
         """A guest's connection ended: its session ends with it, and its will (no delay: the session it could
         wait for is gone) is published now, without touching the owner's pending will."""
         self.guests.discard(channel)
         self.metrics.connected.set(len(self.channels) + len(self.guests))
         session = channel.session
+        assert session is not None and channel.client_id is not None  # a guest past CONNECT
         session.channel = None
         self.discard_session(session)
         if will is not None:
             self.publish(self._will_message(channel.client_id, will, 0.0))
 
-    def _will_message(self, client_id: str, will, delay: float) -> Message:
+    def _will_message(self, client_id: str, will: Will, delay: float) -> Message:
         props = will.properties or {}
         passed = {name: props[name] for name in _WILL_PASSED_THROUGH if name in props} or None
         expires_at = None
@@ -403,7 +409,7 @@ class Broker:
             self.connections.discard(connection)
             self.metrics.connections.inc(-1)
 
-    def clients(self) -> list[dict]:
+    def clients(self) -> list[dict[str, Any]]:
         """Connected clients: client id, username, listener id, peer, protocol version, connected-at, and the
         TLS version, cipher and peer certificate subject on TLS connections."""
         return [channel.info() for channel in [*self.channels.values(), *self.guests]]
@@ -471,7 +477,9 @@ class Broker:
         if expired:
             log.info("durable store: %d sessions expired while the broker was down", len(expired))
 
-    def _recover_outbound(self, session: Session, outbound: list, now: float) -> None:
+    def _recover_outbound(self, session: Session,
+                          outbound: list[tuple[int, Message, int, bool, tuple[int, ...], int | None, int]],
+                          now: float) -> None:
         entries = session.inflight.entries
         for seq, message, qos, retain, sub_ids, packet_id, state in outbound:
             if packet_id is None:
@@ -488,6 +496,6 @@ class Broker:
             session.inflight._last_id = max(entries)
 
 
-def _consume_result(future) -> None:
+def _consume_result(future: asyncio.Future[Any]) -> None:
     if not future.cancelled():
         future.exception()

@@ -65,10 +65,10 @@ class Connection(asyncio.Protocol):
         self._closing = False
         self._lost = False
         self._held: list | None = None  # packets waiting while the CONNECT is being authenticated
-        self._idle_handle = None
-        self._keepalive_handle = None
+        self._idle_handle: asyncio.TimerHandle | None = None
+        self._keepalive_handle: asyncio.TimerHandle | None = None
         self._keepalive_limit = 0.0
-        self._abort_handle = None
+        self._abort_handle: asyncio.TimerHandle | None = None
         self.channel = Channel(broker, self)
 
     # ---------------------------------------------------------------------------------- asyncio callbacks
@@ -262,10 +262,11 @@ class Connection(asyncio.Protocol):
     def _flush(self) -> None:
         self._flush_pending = False
         out = self._out
-        if not out or self._paused or self._lost:
+        transport = self.transport
+        if not out or self._paused or self._lost or transport is None:
             return
         data = out[0] if len(out) == 1 else b"".join(out)
-        self.transport.write(data)
+        transport.write(data)
         self.broker.metrics.bytes_sent.inc(len(data))
         out.clear()
 
@@ -273,7 +274,7 @@ class Connection(asyncio.Protocol):
         """Flush what is pending and close; abort if the peer does not take the last bytes in time."""
         if self._closing:
             return
-        if self._out and not self._lost:
+        if self._out and not self._lost and self.transport is not None:
             data = b"".join(self._out)
             self.transport.write(data)
             self.broker.metrics.bytes_sent.inc(len(data))

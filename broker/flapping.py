@@ -69,7 +69,7 @@ class _Counter:
         for key in [key for key, until in banned.items() if until <= now]:
             del banned[key]
         while len(banned) > self.max_tracked:  # still too many: forget the ones ending first
-            del banned[min(banned, key=banned.get)]
+            del banned[min(banned, key=banned.__getitem__)]
 
 
 class FlappingDetector:

@@ -19,7 +19,7 @@ whatever ``store`` is given; the broker asks ``refusal`` first.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Generator, Iterator
 
 from .mqtt.topic import has_wildcard
 from .router import Message
@@ -135,8 +135,10 @@ class RetainedStore:
             if node.message is not None or node.children:
                 break
             parent = path[index - 1][0]
-            del parent.children[level]  # type: ignore[arg-type]
-            if not parent.children:
+            siblings = parent.children
+            assert siblings is not None  # the path came down through them
+            del siblings[level]
+            if not siblings:
                 parent.children = None
 
     def get(self, topic: str) -> Message | None:
@@ -147,7 +149,7 @@ class RetainedStore:
         """The retained messages a new subscription to ``topic_filter`` receives; expired ones are dropped."""
         return list(self.iter_matching(topic_filter, now))
 
-    def iter_matching(self, topic_filter: str, now: float) -> Iterator[Message]:
+    def iter_matching(self, topic_filter: str, now: float) -> Generator[Message, None, None]:
         """Lazily, the live retained messages matching ``topic_filter`` (see the module docstring)."""
         if not has_wildcard(topic_filter):
             found = self.get(topic_filter)
@@ -179,9 +181,9 @@ class RetainedStore:
                     continue
                 yield from self._walk(child, levels, index + 1)
             return
-        child = children.get(level)
-        if child is not None:
-            yield from self._walk(child, levels, index + 1)
+        exact = children.get(level)
+        if exact is not None:
+            yield from self._walk(exact, levels, index + 1)
 
     @staticmethod
     def _subtree(top: _Node, skip_dollar: bool) -> Iterator[Message]:

@@ -8,15 +8,28 @@ That keeps the common case -- many messages on few topics -- at one dict lookup 
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from typing import Any, Protocol
+
 from .mqtt.frame import encode_publish_parts
+from .mqtt.packets import Properties
 from .mqtt.topic import has_wildcard, matches
-from .trie import SharedGroup, TopicTrie
+from .trie import SharedGroup, TopicTrie, TrieNode
 
 # Cached topics beyond this are dropped wholesale (a broker with endless distinct topics gains nothing).
 TOPIC_CACHE_LIMIT = 50_000
 # A new or vanished wildcard filter invalidates the cached topics it matches; in a cache bigger than this,
 # finding them costs more than rebuilding, so the whole cache goes instead.
 INVALIDATE_SCAN_LIMIT = 2_000
+
+
+class Subscriber(Protocol):
+    """What routing needs of a subscriber (``session.Session``, which sits above the router)."""
+
+    @property
+    def client_id(self) -> str: ...
+
+    def deliver(self, message: Message, qos: int, retain: bool, sub_ids: tuple[int, ...]) -> None: ...
 
 
 class Message:
@@ -31,7 +44,7 @@ class Message:
                  "_wire_parts", "_wire_more")
 
     def __init__(self, topic: str, payload: bytes, qos: int = 0, retain: bool = False,
-                 properties: dict | None = None, publisher: str | None = None,
+                 properties: Properties | None = None, publisher: str | None = None,
                  expires_at: float | None = None) -> None:
         self.topic = topic
         self.payload = payload
@@ -41,22 +54,23 @@ class Message:
         self.publisher = publisher
         self.expires_at = expires_at
         # The first encoded form lives in two slots (most messages have only one); any others in a dict.
-        self._wire_key: tuple | None = None
+        self._wire_key: tuple[Any, ...] | None = None
         self._wire_parts: tuple[bytes, bytes] | None = None
-        self._wire_more: dict | None = None
+        self._wire_more: dict[tuple[Any, ...], tuple[bytes, bytes]] | None = None
 
-    def wire(self, version: int, qos: int, retain: bool, sub_ids: tuple, expiry: int | None,
+    def wire(self, version: int, qos: int, retain: bool, sub_ids: tuple[int, ...], expiry: int | None,
              alias: int = 0) -> tuple[bytes, bytes]:
         """(head, tail) of this message as a PUBLISH (see ``encode_publish_parts``), encoded once per form.
         At QoS 0 the whole packet is ``head`` and ``tail`` is empty.
 
         ``alias`` (5.0 outbound topic alias): positive to announce the alias with the topic, negative to send
         the alias alone instead of the topic."""
+        key: tuple[Any, ...]
         if version == 5:
             key = (5, qos, retain, sub_ids, expiry, alias)
         else:
             key = (version, qos, retain)
-        if self._wire_key == key:
+        if self._wire_key == key and self._wire_parts is not None:
             return self._wire_parts
         more = self._wire_more
         if more is not None:
@@ -108,16 +122,16 @@ class Subscription:
         self.retain_handling = retain_handling
         self.sub_ids = (sub_id,) if sub_id else ()
         self.share_group = share_group
-        self.guard = None
+        self.guard: Callable[[str], bool] | None = None
 
 
 class Router:
     """Where subscriptions live and messages are matched. A NATS backplane can implement the same three calls."""
 
-    def subscribe(self, session, subscription: Subscription) -> None:
+    def subscribe(self, session: Subscriber, subscription: Subscription) -> None:
         raise NotImplementedError
 
-    def unsubscribe(self, session, subscription: Subscription) -> None:
+    def unsubscribe(self, session: Subscriber, subscription: Subscription) -> None:
         raise NotImplementedError
 
     def publish(self, message: Message) -> int:
@@ -130,9 +144,9 @@ class LocalRouter(Router):
 
     def __init__(self) -> None:
         self.trie = TopicTrie()
-        self._cache: dict[str, list] = {}
+        self._cache: dict[str, list[TrieNode]] = {}
 
-    def subscribe(self, session, subscription: Subscription) -> None:
+    def subscribe(self, session: Subscriber, subscription: Subscription) -> None:
         node = self.trie.insert(subscription.topic_filter)
         was_active = node.active
         group_name = subscription.share_group
@@ -146,7 +160,7 @@ class LocalRouter(Router):
         if not was_active:
             self._invalidate(node.filter)
 
-    def unsubscribe(self, session, subscription: Subscription) -> None:
+    def unsubscribe(self, session: Subscriber, subscription: Subscription) -> None:
         node = self.trie.node(subscription.topic_filter)
         if node is None:
             return
@@ -174,7 +188,7 @@ class LocalRouter(Router):
         for topic in [t for t in cache if matches(t, topic_filter)]:
             del cache[topic]
 
-    def match(self, topic: str) -> list:
+    def match(self, topic: str) -> list[TrieNode]:
         nodes = self._cache.get(topic)
         if nodes is None:
             nodes = self.trie.match(topic)
@@ -183,7 +197,7 @@ class LocalRouter(Router):
             self._cache[topic] = nodes
         return nodes
 
-    def publish(self, message: Message) -> int:
+    def publish(self, message: Message) -> int:  # noqa: C901 - the fan-out hot path, kept in one frame
         nodes = self._cache.get(message.topic)
         if nodes is None:
             nodes = self.match(message.topic)
@@ -203,7 +217,7 @@ class LocalRouter(Router):
                 count += 1
             return count
         # Overlapping filters: one delivery per session, at the highest QoS, with every subscription id.
-        merged: dict = {}
+        merged: dict[Subscriber, list[Any]] = {}  # session -> [qos, retain as published, subscription ids]
         shared_picks = []
         for node in nodes:
             for session, sub in node.subscribers.items():

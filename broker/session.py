@@ -13,8 +13,30 @@ the packet id the client may already have seen: exactly once holds across restar
 
 from __future__ import annotations
 
+import asyncio
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Protocol
+
 from .inflight import AWAIT_PUBACK, AWAIT_PUBCOMP, AWAIT_PUBREC, HELD, Inflight, InflightEntry
 from .mqueue import MessageQueue, QueuedMessage
+
+if TYPE_CHECKING:
+    from .authz import ClientAcl
+    from .config.model import MqttSettings
+    from .router import Message, Subscription
+    from .store.api import Store
+
+
+class Outlet(Protocol):
+    """What a session needs of the channel attached to it (``channel.Channel``): the seam by which it sends."""
+
+    @property
+    def send_window(self) -> int: ...
+
+    def write_publish(self, message: Message, qos: int, retain: bool, sub_ids: tuple[int, ...], packet_id: int,
+                      dup: bool) -> bool: ...
+
+    def write_pubrel(self, packet_id: int) -> None: ...
 
 
 class Session:
@@ -22,28 +44,29 @@ class Session:
                  "expiry_handle", "upgrade_qos", "owner", "guest", "read_check", "acl", "store", "_on_drop",
                  "_clock")
 
-    def __init__(self, client_id: str, settings, on_drop, clock) -> None:
+    def __init__(self, client_id: str, settings: MqttSettings, on_drop: Callable[[Message, str], None],
+                 clock: Callable[[], float]) -> None:
         self.client_id = client_id
-        self.subscriptions: dict = {}  # filter as subscribed (with any $share prefix) -> Subscription
+        self.subscriptions: dict[str, Subscription] = {}  # by filter as subscribed (with any $share prefix)
         self.inflight = Inflight()
         self.mqueue = MessageQueue(settings.max_mqueue_len, settings.mqueue_drop_policy, settings.mqueue_store_qos0)
         self.awaiting_rel: dict[int, float] = {}  # inbound QoS 2 packet id -> when its PUBLISH arrived
-        self.channel = None
+        self.channel: Outlet | None = None
         self.expiry_interval = 0.0
-        self.expiry_handle = None
+        self.expiry_handle: asyncio.TimerHandle | None = None
         self.upgrade_qos = settings.upgrade_qos
         # The identity this session belongs to (``tenancy.session_owner``), None until a channel attaches.
-        self.owner: tuple | None = None
+        self.owner: tuple[str, ...] | None = None
         # A guest session: another identity's connection under a client id whose session belongs to someone else
         # (``session_owner_check = discard``). Not registered under the client id; it ends with its connection.
         self.guest = False
         # Set when the session passed to another identity (``session_owner_check = off``): that identity's read
         # check, for messages that reach the session without a subscription's (handed over by another node).
-        self.read_check = None
+        self.read_check: Callable[[str], bool] | None = None
         # The ACL view of the client that last attached (``authz.ClientAcl``), for re-deciding the subscriptions'
         # read checks when the ACL is reloaded.
-        self.acl = None
-        self.store = None  # the durable store while this session is durable
+        self.acl: ClientAcl | None = None
+        self.store: Store | None = None  # the durable store while this session is durable
         self._on_drop = on_drop  # (message, reason) -> None, for metrics
         self._clock = clock
 
@@ -52,7 +75,7 @@ class Session:
 
     # ------------------------------------------------------------------------------------------ delivery
 
-    def deliver(self, message, qos: int, retain: bool, sub_ids: tuple) -> None:
+    def deliver(self, message: Message, qos: int, retain: bool, sub_ids: tuple[int, ...]) -> None:
         """Deliver ``message`` under a subscription granting ``qos``, with the RETAIN flag ``retain``."""
         if qos > message.qos and not self.upgrade_qos:
             qos = message.qos
@@ -72,7 +95,7 @@ class Session:
             if dropped.seq and store is not None:
                 store.done(self, dropped.seq)
 
-    def _send(self, message, qos: int, retain: bool, sub_ids: tuple, seq: int = 0) -> None:
+    def _send(self, message: Message, qos: int, retain: bool, sub_ids: tuple[int, ...], seq: int = 0) -> None:
         entry = InflightEntry(message, qos, retain, sub_ids, self._clock(), seq)
         packet_id = self.inflight.add(entry)
         if seq and self.store is not None:
@@ -81,7 +104,8 @@ class Session:
                 entry.sent_at = HELD
                 self.store.after_commit(self._write_held, packet_id, entry)
                 return
-        if not self.channel.write_publish(message, qos, retain, sub_ids, packet_id, False):
+        channel = self.channel  # attached (the callers check); without one the entry waits for ``resume``
+        if channel is not None and not channel.write_publish(message, qos, retain, sub_ids, packet_id, False):
             # Not sendable (expired, or too big for the client): done with, as the spec asks.
             self._finished(packet_id)
 
@@ -112,6 +136,8 @@ class Session:
         entries = self.inflight.entries
         while channel is not None and mqueue and len(entries) < channel.send_window:
             item = mqueue.pop()
+            if item is None:
+                break
             if item.qos == 0:
                 channel.write_publish(item.message, 0, item.retain, item.sub_ids, 0, False)
             else:
@@ -121,6 +147,8 @@ class Session:
     def resume(self) -> None:
         """A channel (re)attached: resend everything unacknowledged with its original packet id, then drain."""
         channel = self.channel
+        if channel is None:
+            return
         now = self._clock()
         for packet_id, entry in list(self.inflight.entries.items()):
             if entry.sent_at == HELD:  # written when its commit completes
@@ -192,11 +220,12 @@ class Session:
                 self.store.awaiting_rel(self, packet_id, False)
         return len(stale)
 
-    def purge(self, readable) -> int:
+    def purge(self, readable: Callable[[str], bool]) -> int:
         """Drop queued and unacknowledged messages whose topic ``readable(topic)`` refuses (the session passed to
         another identity); returns how many. A durable session forgets them in its store too."""
         store = self.store
-        refused = [item for item in self.mqueue.items() if not readable(item.message.topic)]
+        refused: list[QueuedMessage | InflightEntry] = [item for item in self.mqueue.items()
+                                                        if not readable(item.message.topic)]
         if refused:
             gone = set(map(id, refused))
             self.mqueue.keep(lambda item: id(item) not in gone)

@@ -36,8 +36,8 @@ def fill_mountpoint(mountpoint: str, client_id: str, username: str | None) -> tu
     for placeholder, name in MOUNTPOINT_PLACEHOLDERS:
         if placeholder in mountpoint and unsafe_value(values[name]):
             return "", name
-    # One pass: a value that itself reads "${username}" stays as it is.
-    return _PLACEHOLDER.sub(lambda match: values.get(match.group(1), match.group(0)), mountpoint), None
+    # One pass: a value that itself reads "${username}" stays as it is. (A missing username was refused above.)
+    return _PLACEHOLDER.sub(lambda match: values.get(match.group(1)) or match.group(0), mountpoint), None
 
 
 def session_owner(username: str | None, username_vouched: bool, peer_identity, cert_common_name: str | None,

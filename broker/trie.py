@@ -7,6 +7,15 @@ with neither is only a path to deeper filters, and is pruned when it has no chil
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from .router import Subscription
+
+# A subscriber: a ``Session``, used here only as a hashable key with a ``channel`` (None while disconnected). Not
+# imported: the trie sits below both the router and the sessions, which do not import each other.
+Subscriber = Any
+
 
 class SharedGroup:
     """The members of one ``$share/group/filter``: each message goes to one of them, round-robin.
@@ -17,20 +26,20 @@ class SharedGroup:
     __slots__ = ("members", "_order", "_next")
 
     def __init__(self) -> None:
-        self.members: dict = {}  # session -> subscription
-        self._order: list = []  # sessions in join order, for the round-robin
+        self.members: dict[Subscriber, Subscription] = {}
+        self._order: list[Subscriber] = []  # in join order, for the round-robin
         self._next = 0
 
-    def add(self, session, subscription) -> None:
+    def add(self, session: Subscriber, subscription: Subscription) -> None:
         if session not in self.members:
             self._order.append(session)
         self.members[session] = subscription
 
-    def remove(self, session) -> None:
+    def remove(self, session: Subscriber) -> None:
         if self.members.pop(session, None) is not None:
             self._order.remove(session)
 
-    def pick(self, topic: str | None = None):
+    def pick(self, topic: str | None = None) -> tuple[Subscriber, Subscription] | None:
         """The next member as (session, subscription) that may read ``topic``, preferring connected ones; None
         when there is none."""
         order = self._order
@@ -66,7 +75,7 @@ class TrieNode:
         self.parent = parent
         self.level = level
         self.children: dict[str, TrieNode] = {}
-        self.subscribers: dict = {}
+        self.subscribers: dict[Subscriber, Subscription] = {}
         self.shared: dict[str, SharedGroup] = {}
 
     @property

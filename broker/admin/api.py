@@ -116,7 +116,7 @@ def _field(result: Any, name: str, default: Any = None) -> Any:
 def certificate_view(tls_status: dict[str, Any]) -> dict[str, Any]:
     """The served certificate as the contract names it, from a TLS runtime's status."""
     certificate = tls_status.get("certificate") or {}
-    if dataclasses.is_dataclass(certificate):
+    if dataclasses.is_dataclass(certificate) and not isinstance(certificate, type):
         certificate = dataclasses.asdict(certificate)
     elif not isinstance(certificate, dict):
         certificate = getattr(certificate, "as_dict", lambda: {})()

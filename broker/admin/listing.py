@@ -121,7 +121,8 @@ def client_filter(query: Mapping[str, str]) -> Callable[[Any], bool] | None:
     if proto is not None:
         if proto not in ("3", "4", "5"):
             raise QueryError("proto_ver", "proto_ver must be 3, 4 or 5")
-        tests.append(lambda channel, version=int(proto): channel.version == version)
+        wanted_version = int(proto)
+        tests.append(lambda channel: channel.version == wanted_version)
     state = _text(query, "conn_state")
     if state is not None:
         if state not in CONN_STATES:
@@ -197,7 +198,8 @@ def subscription_filter(query: Mapping[str, str]) -> Callable[[str, Any], bool] 
     if qos is not None:
         if qos not in ("0", "1", "2"):
             raise QueryError("qos", "qos must be 0, 1 or 2")
-        tests.append(lambda full_filter, sub, wanted=int(qos): sub.qos == wanted)
+        wanted_qos = int(qos)
+        tests.append(lambda full_filter, sub: sub.qos == wanted_qos)
     if not tests:
         return None
     return lambda full_filter, sub: all(test(full_filter, sub) for test in tests)

@@ -111,6 +111,7 @@ class HttpAuthenticator:
                 "peerhost": info.peer[0] if info.peer else None, "listener": info.listener_id,
                 "proto_ver": info.protocol_version, "cert_common_name": cert_cn}
         import aiohttp
+        decision: str | None
         try:
             async with self._slots:
                 async with self._session_now().post(self.url, json=body) as response:

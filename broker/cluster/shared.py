@@ -31,7 +31,7 @@ class LocalSharedGroups:
         key = (subscription.share_group, subscription.topic_filter)
         group = self.groups.get(key)
         new = group is None
-        if new:
+        if group is None:
             group = self.groups[key] = SharedGroup()
         group.add(session, subscription)
         return new

@@ -18,6 +18,7 @@ import base64
 import json
 import struct
 import time
+from typing import Any
 
 PREFIX = "wharf"
 QOS0_KIND = "m0"
@@ -120,7 +121,7 @@ def decode_message(data: bytes, now: float):
 
 
 def _encode_properties(properties: dict) -> dict:
-    out = {}
+    out: dict[str, Any] = {}
     for name, value in properties.items():
         if isinstance(value, (bytes, bytearray)):
             out[name] = {"b": base64.b64encode(value).decode("ascii")}
@@ -132,7 +133,7 @@ def _encode_properties(properties: dict) -> dict:
 
 
 def _decode_properties(encoded: dict) -> dict:
-    out = {}
+    out: dict[str, Any] = {}
     for name, value in encoded.items():
         if isinstance(value, dict) and "b" in value:
             out[name] = base64.b64decode(value["b"])

@@ -140,7 +140,7 @@ class _Lexer:
         index = self.pos + offset
         return self.text[index] if index < len(self.text) else ""
 
-    def tokens(self) -> Iterator[Token]:
+    def tokens(self) -> Iterator[Token]:  # noqa: C901 - the tokenizer: one branch per token kind
         text = self.text
         while self.pos < len(text):
             char = text[self.pos]

@@ -29,6 +29,7 @@ from . import model
 from .errors import ConfigError, ConfigIssue, Origin
 from .hocon import ListNode, Node, ObjectNode, ScalarNode, from_plain, parse_file, parse_string
 from .model import BrokerConfig, SslOptions
+from .password_hash import check_hash_format
 
 DEFAULT_CONFIG_RESOURCE = "default.conf"
 LISTENER_TYPES = ("tcp", "ssl", "ws", "wss")
@@ -407,7 +408,7 @@ class _Checker:
             origin = self.binder.origins.get(parent)
         self.binder.issue(key, message, origin)
 
-    def run(self) -> None:
+    def run(self) -> None:  # noqa: C901 - one branch per node kind and binding rule
         config = self.config
         assert config is not None
         self.check_mqtt(config.mqtt)
@@ -464,7 +465,7 @@ class _Checker:
             self.issue("durable_storage.enable", "cannot be combined with cluster.enable: a cluster keeps sessions, "
                                                  "messages and retained messages in JetStream (docs/durability.md)")
 
-    def check_access_control(self, config: model.BrokerConfig) -> None:
+    def check_access_control(self, config: model.BrokerConfig) -> None:  # noqa: C901 - one check per config field
         """authentication / authorization / flapping_detect: files that exist, positive limits."""
         authn = config.authentication
         if authn.password_file.enable:
@@ -525,7 +526,7 @@ class _Checker:
             if value != 0 and value < 1:
                 self.issue(f"sys_topics.{name}", "must be 0 (off) or at least 1s")
 
-    def check_mqtt(self, mqtt: model.MqttSettings) -> None:
+    def check_mqtt(self, mqtt: model.MqttSettings) -> None:  # noqa: C901 - one check per config field
         if not 0 <= mqtt.max_qos_allowed <= 2:
             self.issue("mqtt.max_qos_allowed", f"must be 0, 1 or 2, not {mqtt.max_qos_allowed}")
         if not 0 < mqtt.max_packet_size <= 268435455:
@@ -575,7 +576,8 @@ class _Checker:
         if not ws.supported_subprotocols:
             self.issue(f"{key}.supported_subprotocols", "must name at least one subprotocol")
 
-    def check_ssl_options(self, options: SslOptions, key: str) -> None:
+    # Long on purpose: one check per field (#17 item 4: one validator).
+    def check_ssl_options(self, options: SslOptions, key: str) -> None:  # noqa: C901
         for name in ("certfile", "keyfile"):
             if not getattr(options, name):
                 self.issue(f"{key}.{name}", "is required for a TLS listener")
@@ -634,8 +636,6 @@ class _Checker:
         return "looked in " + ", ".join(str(d) for d in search_dirs())
 
     def check_dashboard_login(self, dashboard: model.Dashboard) -> None:
-        from ..dashboard.passwords import check_hash_format
-
         if dashboard.default_password_hash:
             problem = check_hash_format(dashboard.default_password_hash)
             if problem:

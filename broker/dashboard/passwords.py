@@ -6,43 +6,25 @@
 
 from __future__ import annotations
 
-import base64
 import getpass
 import hashlib
 import hmac
 import os
 import sys
 
-ALGORITHM = "pbkdf2_sha256"
+from ..config.password_hash import ALGORITHM, check_hash_format
+from ..config.password_hash import b64 as _b64
+from ..config.password_hash import unb64 as _unb64
+
+__all__ = ["ALGORITHM", "ITERATIONS", "check_hash_format", "hash_password", "verify_password"]
+
 ITERATIONS = 600_000
-
-
-def _b64(data: bytes) -> str:
-    return base64.b64encode(data).decode().rstrip("=")
-
-
-def _unb64(text: str) -> bytes:
-    return base64.b64decode(text + "=" * (-len(text) % 4))
 
 
 def hash_password(password: str, iterations: int = ITERATIONS, salt: bytes | None = None) -> str:
     salt = salt or os.urandom(16)
     digest = hashlib.pbkdf2_hmac("sha256", password.encode(), salt, iterations)
     return f"{ALGORITHM}${iterations}${_b64(salt)}${_b64(digest)}"
-
-
-def check_hash_format(encoded: str) -> str | None:
-    """None when ``encoded`` is a hash this module can verify, else what is wrong with it."""
-    parts = encoded.split("$")
-    if len(parts) != 4 or parts[0] != ALGORITHM:
-        return f"must look like {ALGORITHM}$<iterations>$<salt>$<hash>"
-    if not parts[1].isdigit() or int(parts[1]) < 1:
-        return "the iteration count must be a positive whole number"
-    try:
-        _unb64(parts[2]), _unb64(parts[3])
-    except ValueError:
-        return "salt and hash must be base64"
-    return None
 
 
 def verify_password(password: str, encoded: str) -> bool:

@@ -88,7 +88,7 @@ def referenced(options: SslOptions) -> set[str]:
 def prune(upload_dir: str, listener_id: str, keep: set[str]) -> list[Path]:
     """Remove uploaded files of this listener that ``keep`` (resolved paths) no longer names."""
     folder = listener_dir(upload_dir, listener_id)
-    removed = []
+    removed: list[Path] = []
     if not folder.is_dir():
         return removed
     for path in folder.glob("*.pem"):

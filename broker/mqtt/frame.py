@@ -20,12 +20,13 @@ stricter ``connect_*`` limits, and what follows it waits for the normal ones (``
 from __future__ import annotations
 
 from struct import pack
+from typing import Any
 
 from . import reason_codes as rc
 from .packets import (AUTH, CONNACK, CONNECT, DISCONNECT, MQTT_3_1, MQTT_3_1_1, MQTT_5, PINGREQ, PINGRESP,
                       PUBACK, PUBCOMP, PUBLISH, PUBREC, PUBREL, SUBACK, SUBSCRIBE, UNSUBACK, UNSUBSCRIBE, Auth,
                       Connack, Connect, Disconnect, FrameError, PingReq, PingResp, PubAck, Publish, Suback,
-                      SubOptions, Subscribe, Unsuback, Unsubscribe, Will)
+                      Packet, Properties, SubOptions, Subscribe, Unsuback, Unsubscribe, Will)
 from .properties import (WILL, PropertyLimits, decode_properties, encode_binary, encode_properties, encode_string,
                          encode_varint, read_binary, read_string)
 
@@ -75,7 +76,7 @@ class Parser:
         """Buffer ``data`` unparsed (a later ``feed`` parses it with the limits in force then)."""
         self._buffer += data
 
-    def feed(self, data: bytes) -> list:
+    def feed(self, data: bytes) -> list[Packet]:
         buffer = self._buffer
         if buffer:
             buffer += data
@@ -83,7 +84,7 @@ class Parser:
                 return []
             data = bytes(buffer)
             buffer.clear()
-        packets: list = []
+        packets: list[Packet] = []
         try:
             pos = self._parse(data, packets)
         except FrameError as error:
@@ -94,7 +95,7 @@ class Parser:
             self._buffer = bytearray(memoryview(data)[pos:])
         return packets
 
-    def _parse(self, data: bytes, packets: list) -> int:
+    def _parse(self, data: bytes, packets: list[Packet]) -> int:
         """Decode every complete packet in ``data``; returns where the unfinished rest starts."""
         end = len(data)
         pos = 0
@@ -176,7 +177,8 @@ class Parser:
                 properties, pos = decode_properties(data, pos, end, PUBLISH, self.property_limits)
         return Publish(topic, data[pos:end], qos, bool(header & 1), dup, packet_id, properties)
 
-    def _decode_other(self, header: int, data: bytes, pos: int, end: int):
+    # Long on purpose: one branch per packet type, on the hot path.
+    def _decode_other(self, header: int, data: bytes, pos: int, end: int) -> Packet:  # noqa: C901
         ptype = header >> 4
         flags = header & 0x0F
         required = _REQUIRED_FLAGS.get(ptype)
@@ -198,7 +200,7 @@ class Parser:
             return self._decode_subscribe(data, pos, end, v5, limits, self.max_topic_filters)
         if ptype == UNSUBSCRIBE:
             packet_id, pos = _packet_id(data, pos, end)
-            properties = {}
+            properties: Properties = {}
             if v5:
                 properties, pos = decode_properties(data, pos, end, UNSUBSCRIBE, limits)
             filters = []
@@ -207,6 +209,7 @@ class Parser:
                 if room is not None:
                     room -= 1
                     if room < 0:
+                        assert self.max_topic_filters is not None  # room counts down only under a limit
                         raise _too_many_filters(self.max_topic_filters)
                 topic_filter, pos = read_string(data, pos, end)
                 filters.append(topic_filter)
@@ -261,7 +264,7 @@ class Parser:
         return Unsuback(packet_id, codes, properties)
 
     @staticmethod
-    def _decode_ack(ptype: int, data: bytes, pos: int, end: int, v5: bool, limits) -> PubAck:
+    def _decode_ack(ptype: int, data: bytes, pos: int, end: int, v5: bool, limits: PropertyLimits | None) -> PubAck:
         packet_id, pos = _packet_id(data, pos, end)
         if not v5:
             if pos != end:
@@ -271,7 +274,7 @@ class Parser:
             return PubAck(ptype, packet_id)
         reason = data[pos]
         pos += 1
-        properties = {}
+        properties: Properties = {}
         if pos < end:
             properties, pos = decode_properties(data, pos, end, ptype, limits)
             if pos != end:
@@ -305,13 +308,13 @@ class Parser:
         has_password = flags & 0x40
         if has_password and not has_username and version != MQTT_5:
             raise _malformed("password without user name")
-        properties = {}
+        properties: Properties = {}
         if version == MQTT_5:
             properties, pos = decode_properties(data, pos, end, CONNECT, self.property_limits)
         client_id, pos = read_string(data, pos, end)
         will = None
         if will_flag:
-            will_props = {}
+            will_props: Properties = {}
             if version == MQTT_5:
                 will_props, pos = decode_properties(data, pos, end, WILL, self.property_limits)
             will_topic, pos = read_string(data, pos, end)
@@ -327,9 +330,10 @@ class Parser:
         return Connect(version, client_id, bool(flags & 0x02), keepalive, username, password, will, properties)
 
     @staticmethod
-    def _decode_subscribe(data: bytes, pos: int, end: int, v5: bool, limits, max_filters) -> Subscribe:
+    def _decode_subscribe(data: bytes, pos: int, end: int, v5: bool, limits: PropertyLimits | None,
+                          max_filters: int | None) -> Subscribe:
         packet_id, pos = _packet_id(data, pos, end)
-        properties = {}
+        properties: Properties = {}
         if v5:
             properties, pos = decode_properties(data, pos, end, SUBSCRIBE, limits)
         topics = []
@@ -338,6 +342,7 @@ class Parser:
             if room is not None:
                 room -= 1
                 if room < 0:
+                    assert max_filters is not None  # room counts down only under a limit
                     raise _too_many_filters(max_filters)
             topic_filter, pos = read_string(data, pos, end)
             if pos >= end:
@@ -378,12 +383,13 @@ def _packet_id(data: bytes, pos: int, end: int) -> tuple[int, int]:
     return packet_id, pos + 2
 
 
-def _reason_and_properties(data: bytes, pos: int, end: int, ptype: int, limits=None) -> tuple[int, dict]:
+def _reason_and_properties(data: bytes, pos: int, end: int, ptype: int,
+                           limits: PropertyLimits | None = None) -> tuple[int, Properties]:
     if pos == end:
         return 0, {}
     reason = data[pos]
     pos += 1
-    properties = {}
+    properties: Properties = {}
     if pos < end:
         properties, pos = decode_properties(data, pos, end, ptype, limits)
         if pos != end:
@@ -400,7 +406,7 @@ def fixed_header(first_byte: int, length: int) -> bytes:
 
 
 def encode_publish_parts(topic: str, payload: bytes, qos: int, retain: bool, dup: bool,
-                         properties: dict | None, version: int) -> tuple[bytes, bytes]:
+                         properties: Properties | None, version: int) -> tuple[bytes, bytes]:
     """A PUBLISH as (head, tail) with the packet identifier left out between them.
 
     At QoS 0 ``head + tail`` is the whole packet; at QoS 1/2 the two-byte packet identifier goes in between.
@@ -430,7 +436,8 @@ def _with_header(first_byte: int, body: bytes) -> bytes:
     return fixed_header(first_byte, len(body)) + body
 
 
-def encode(packet, version: int) -> bytes:
+# ``packet`` is Any: the branches dispatch on ``packet.type``, which mypy cannot narrow the Packet union by.
+def encode(packet: Any, version: int) -> bytes:  # noqa: C901 - one branch per packet type, on the hot path
     """The wire form of any packet for a connection speaking ``version``."""
     ptype = packet.type
     v5 = version == MQTT_5

@@ -7,6 +7,13 @@ none. Protocol versions: 3 (MQTT 3.1), 4 (3.1.1), 5 (5.0).
 
 from __future__ import annotations
 
+from typing import Any
+
+# Property name -> value (an int, str or bytes; a list for user properties and subscription identifiers).
+Properties = dict[str, Any]
+# What the decoder reads from.
+Buffer = bytes | bytearray | memoryview
+
 CONNECT = 1
 CONNACK = 2
 PUBLISH = 3
@@ -42,11 +49,11 @@ class FrameError(Exception):
         # The configured limit (``wharf_limit_exceeded_total{limit}``) when a limit, not bad bytes, refused it.
         self.limit = limit
         # Packets decoded from the same chunk before the bad one (``Parser.feed`` fills this in).
-        self.packets: list = []
+        self.packets: list[Packet] = []
 
 
 class _Packet:
-    __slots__ = ()
+    __slots__: tuple[str, ...] = ()
 
     def __eq__(self, other: object) -> bool:
         return type(self) is type(other) and all(
@@ -61,7 +68,7 @@ class Will(_Packet):
     __slots__ = ("topic", "payload", "qos", "retain", "properties")
 
     def __init__(self, topic: str, payload: bytes, qos: int = 0, retain: bool = False,
-                 properties: dict | None = None) -> None:
+                 properties: Properties | None = None) -> None:
         self.topic = topic
         self.payload = payload
         self.qos = qos
@@ -76,7 +83,7 @@ class Connect(_Packet):
 
     def __init__(self, version: int = MQTT_3_1_1, client_id: str = "", clean_start: bool = True,
                  keepalive: int = 60, username: str | None = None, password: bytes | None = None,
-                 will: Will | None = None, properties: dict | None = None) -> None:
+                 will: Will | None = None, properties: Properties | None = None) -> None:
         self.version = version
         self.client_id = client_id
         self.clean_start = clean_start
@@ -91,7 +98,8 @@ class Connack(_Packet):
     __slots__ = ("session_present", "reason_code", "properties")
     type = CONNACK
 
-    def __init__(self, session_present: bool = False, reason_code: int = 0, properties: dict | None = None) -> None:
+    def __init__(self, session_present: bool = False, reason_code: int = 0,
+                 properties: Properties | None = None) -> None:
         self.session_present = session_present
         self.reason_code = reason_code
         self.properties = properties or {}
@@ -102,7 +110,7 @@ class Publish(_Packet):
     type = PUBLISH
 
     def __init__(self, topic: str, payload: bytes = b"", qos: int = 0, retain: bool = False, dup: bool = False,
-                 packet_id: int | None = None, properties: dict | None = None) -> None:
+                 packet_id: int | None = None, properties: Properties | None = None) -> None:
         self.topic = topic
         self.payload = payload
         self.qos = qos
@@ -117,7 +125,7 @@ class PubAck(_Packet):
 
     __slots__ = ("type", "packet_id", "reason_code", "properties")
 
-    def __init__(self, type: int, packet_id: int, reason_code: int = 0, properties: dict | None = None) -> None:
+    def __init__(self, type: int, packet_id: int, reason_code: int = 0, properties: Properties | None = None) -> None:
         self.type = type
         self.packet_id = packet_id
         self.reason_code = reason_code
@@ -139,7 +147,8 @@ class Subscribe(_Packet):
     __slots__ = ("packet_id", "topics", "properties")
     type = SUBSCRIBE
 
-    def __init__(self, packet_id: int, topics: list[tuple[str, SubOptions]], properties: dict | None = None) -> None:
+    def __init__(self, packet_id: int, topics: list[tuple[str, SubOptions]],
+                 properties: Properties | None = None) -> None:
         self.packet_id = packet_id
         self.topics = topics
         self.properties = properties or {}
@@ -149,7 +158,7 @@ class Suback(_Packet):
     __slots__ = ("packet_id", "reason_codes", "properties")
     type = SUBACK
 
-    def __init__(self, packet_id: int, reason_codes: list[int], properties: dict | None = None) -> None:
+    def __init__(self, packet_id: int, reason_codes: list[int], properties: Properties | None = None) -> None:
         self.packet_id = packet_id
         self.reason_codes = reason_codes
         self.properties = properties or {}
@@ -159,7 +168,7 @@ class Unsubscribe(_Packet):
     __slots__ = ("packet_id", "filters", "properties")
     type = UNSUBSCRIBE
 
-    def __init__(self, packet_id: int, filters: list[str], properties: dict | None = None) -> None:
+    def __init__(self, packet_id: int, filters: list[str], properties: Properties | None = None) -> None:
         self.packet_id = packet_id
         self.filters = filters
         self.properties = properties or {}
@@ -171,7 +180,8 @@ class Unsuback(_Packet):
     __slots__ = ("packet_id", "reason_codes", "properties")
     type = UNSUBACK
 
-    def __init__(self, packet_id: int, reason_codes: list[int] | None = None, properties: dict | None = None) -> None:
+    def __init__(self, packet_id: int, reason_codes: list[int] | None = None,
+                 properties: Properties | None = None) -> None:
         self.packet_id = packet_id
         self.reason_codes = reason_codes or []
         self.properties = properties or {}
@@ -191,7 +201,7 @@ class Disconnect(_Packet):
     __slots__ = ("reason_code", "properties")
     type = DISCONNECT
 
-    def __init__(self, reason_code: int = 0, properties: dict | None = None) -> None:
+    def __init__(self, reason_code: int = 0, properties: Properties | None = None) -> None:
         self.reason_code = reason_code
         self.properties = properties or {}
 
@@ -200,6 +210,11 @@ class Auth(_Packet):
     __slots__ = ("reason_code", "properties")
     type = AUTH
 
-    def __init__(self, reason_code: int = 0, properties: dict | None = None) -> None:
+    def __init__(self, reason_code: int = 0, properties: Properties | None = None) -> None:
         self.reason_code = reason_code
         self.properties = properties or {}
+
+
+# Any control packet the codec reads or writes.
+Packet = (Connect | Connack | Publish | PubAck | Subscribe | Suback | Unsubscribe | Unsuback | PingReq | PingResp
+          | Disconnect | Auth)

@@ -14,7 +14,7 @@ from __future__ import annotations
 from struct import pack, unpack_from
 
 from . import reason_codes as rc
-from .packets import FrameError
+from .packets import Buffer, FrameError, Properties
 
 # Wire types.
 BYTE, U16, U32, VARINT, STR, BIN, PAIR = range(7)
@@ -94,7 +94,7 @@ def _malformed(what: str) -> FrameError:
     return FrameError(rc.MALFORMED_PACKET, what)
 
 
-def read_varint(data, pos: int, end: int) -> tuple[int, int]:
+def read_varint(data: Buffer, pos: int, end: int) -> tuple[int, int]:
     """A variable byte integer at ``pos``: (value, position after it)."""
     value = 0
     shift = 0
@@ -125,7 +125,7 @@ def encode_varint(value: int) -> bytes:
             return bytes(out)
 
 
-def read_string(data, pos: int, end: int) -> tuple[str, int]:
+def read_string(data: Buffer, pos: int, end: int) -> tuple[str, int]:
     if pos + 2 > end:
         raise _malformed("truncated string length")
     stop = pos + 2 + ((data[pos] << 8) | data[pos + 1])
@@ -140,7 +140,7 @@ def read_string(data, pos: int, end: int) -> tuple[str, int]:
     return text, stop
 
 
-def read_binary(data, pos: int, end: int) -> tuple[bytes, int]:
+def read_binary(data: Buffer, pos: int, end: int) -> tuple[bytes, int]:
     if pos + 2 > end:
         raise _malformed("truncated binary length")
     stop = pos + 2 + ((data[pos] << 8) | data[pos + 1])
@@ -158,14 +158,15 @@ def encode_binary(raw: bytes) -> bytes:
     return pack("!H", len(raw)) + raw
 
 
-def decode_properties(data, pos: int, end: int, packet_type: int,
-                      limits: PropertyLimits | None = None) -> tuple[dict, int]:
+# Long on purpose: one branch per property type, on the hot path.
+def decode_properties(data: Buffer, pos: int, end: int, packet_type: int,  # noqa: C901
+                      limits: PropertyLimits | None = None) -> tuple[Properties, int]:
     """The property block at ``pos`` (length prefix included): (properties, position after the block)."""
     length, pos = read_varint(data, pos, end)
     stop = pos + length
     if stop > end:
         raise _malformed("property length exceeds the packet")
-    props: dict = {}
+    props: Properties = {}
     if limits is None:
         budget = -1  # never reaches 0
     else:
@@ -177,6 +178,7 @@ def decode_properties(data, pos: int, end: int, packet_type: int,
     while pos < stop:
         budget -= 1
         if not budget:
+            assert limits is not None  # only then does the budget count down to 0
             raise _too_many(limits, "properties")
         pid, pos = read_varint(data, pos, stop)
         spec = PROPERTIES.get(pid)
@@ -185,6 +187,7 @@ def decode_properties(data, pos: int, end: int, packet_type: int,
         name, wtype, allowed = spec
         if packet_type not in allowed:
             raise FrameError(rc.PROTOCOL_ERROR, f"property {name} not allowed in this packet")
+        value: int | str | bytes
         if wtype == BYTE:
             if pos >= stop:
                 raise _malformed("truncated property")
@@ -232,7 +235,7 @@ def decode_properties(data, pos: int, end: int, packet_type: int,
     return props, stop
 
 
-def encode_properties(props: dict | None) -> bytes:
+def encode_properties(props: Properties | None) -> bytes:
     """The property block for ``props`` (length prefix included); ``b"\\x00"`` when empty."""
     if not props:
         return b"\x00"

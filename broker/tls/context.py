@@ -211,7 +211,7 @@ def _smoke_stdlib_once(ctx: ssl.SSLContext, policy: TlsPolicy, version: str | No
         ctx.verify_mode = verify_mode
 
 
-def build_pyopenssl_context(policy: TlsPolicy, material: Material,
+def build_pyopenssl_context(policy: TlsPolicy, material: Material,  # noqa: C901 - one branch per ssl_options field
                             configure: Callable[[SSL.Context], None] | None = None) -> SSL.Context:
     """A complete pyOpenSSL server context for one generation; ``configure`` adds PSK/OCSP callbacks."""
     ctx = SSL.Context(SSL.TLS_SERVER_METHOD)

@@ -128,7 +128,7 @@ class CrlDistributionCache:
         pending = self._inflight.get(url)
         if pending is None:
             pending = self._inflight[url] = asyncio.ensure_future(self._download(url))
-            pending.add_done_callback(lambda _f, u=url: self._inflight.pop(u, None))
+            pending.add_done_callback(lambda _f: self._inflight.pop(url, None))
         try:
             crl = await asyncio.shield(pending)
         except CrlUnavailable as exc:

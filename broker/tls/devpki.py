@@ -9,11 +9,13 @@ from __future__ import annotations
 
 import datetime as dt
 import ipaddress
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
+from cryptography.hazmat.primitives.asymmetric.types import CertificateIssuerPrivateKeyTypes
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
 
@@ -38,7 +40,7 @@ def name(common_name: str, org: str = "Wharf Test") -> x509.Name:
 @dataclass
 class Issued:
     cert: x509.Certificate
-    key: object
+    key: CertificateIssuerPrivateKeyTypes
     # Certificates between this one and the root, nearest first (empty when issued by the root itself).
     chain: list[x509.Certificate] = field(default_factory=list)
 
@@ -47,6 +49,7 @@ class Issued:
         return b"".join(c.public_bytes(serialization.Encoding.PEM) for c in certs)
 
     def key_pem(self, password: bytes | None = None, legacy: bool = False) -> bytes:
+        algorithm: serialization.KeySerializationEncryption
         if password is None:
             algorithm = serialization.NoEncryption()
         else:
@@ -98,9 +101,9 @@ class CertificateAuthority:
         return CertificateAuthority(common_name, parent=self, **kwargs)
 
     def issue(self, common_name: str, *, days: float = 3650, server: bool = False, client: bool = False,
-              sans: list[str] = (), key=None, key_kind: str = "ec", ca: bool = False,
+              sans: Sequence[str] = (), key=None, key_kind: str = "ec", ca: bool = False,
               path_length: int | None = None, not_before: dt.datetime | None = None,
-              not_after: dt.datetime | None = None, crl_urls: list[str] = (), ocsp_url: str = "",
+              not_after: dt.datetime | None = None, crl_urls: Sequence[str] = (), ocsp_url: str = "",
               eku: list | None = None, subject: x509.Name | None = None) -> Issued:
         key = key or new_key(key_kind)
         now = _now()

@@ -47,7 +47,10 @@ class PeerIdentity:
         if self.subject is not None:
             values = [value for rdn in self.subject for name, value in rdn if name == "commonName"]
             return ",".join(values) if values else None
-        values = [str(a.value) for a in self.certificate.subject.get_attributes_for_oid(NameOID.COMMON_NAME)]
+        certificate = self.certificate
+        if certificate is None:  # not when ``der`` is there
+            return None
+        values = [str(a.value) for a in certificate.subject.get_attributes_for_oid(NameOID.COMMON_NAME)]
         return ",".join(values) if values else None
 
     @cached_property

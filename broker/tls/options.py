@@ -134,7 +134,8 @@ def _split_ciphers(ciphers: list[str]) -> tuple[str, str]:
     return ":".join(tls12), ":".join(tls13)
 
 
-def validate_options(options: SslOptions, psk: PskAuthentication | None = None) -> TlsPolicy:
+# Long on purpose: one check per field (#17 item 4: one validator).
+def validate_options(options: SslOptions, psk: PskAuthentication | None = None) -> TlsPolicy:  # noqa: C901
     """Check ``options`` as a whole; raise ``TlsConfigError`` naming the option on the first problem."""
     warnings: list[str] = []
     if not options.certfile:

@@ -9,8 +9,6 @@ import urllib.parse
 
 import pytest
 
-from tests.conftest import MINIMAL_CONFIG
-
 from .test_client_pages import _utf8, connect_packet
 
 RETAINED = 230  # on r/<i // 100>/<i>

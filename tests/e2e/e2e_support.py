@@ -63,7 +63,7 @@ def wait_until(probe: Callable[[], T], *, timeout: float, interval: float = 1.0,
     while True:
         try:
             last = probe()
-        except Exception as error:  # a probe may fail while the cluster converges
+        except Exception as error:  # noqa: BLE001 - a probe may fail while the cluster converges
             last = error
         else:
             if last:

@@ -97,7 +97,7 @@ def cel_violations(spec: dict) -> list[str]:
     celpy = pytest.importorskip("celpy", reason="cel-python is not installed")
     env = celpy.Environment()
     messages = []
-    for path, rule, value in _rule_sites(crd.spec_schema(), crd.defaulted_spec(spec)):
+    for _path, rule, value in _rule_sites(crd.spec_schema(), crd.defaulted_spec(spec)):
         program = env.program(env.compile(rule["rule"]))
         if not bool(program.evaluate({"self": celpy.json_to_cel(value)})):
             messages.append(rule["message"])

@@ -157,7 +157,7 @@ async def running_operator(kmock, recheck_interval: float = 3600.0):
         try:
             asyncio.run(kopf.operator(registry=registry, clusterwide=True, standalone=True,
                                       stop_flag=stop, ready_flag=ready))
-        except BaseException as exc:  # reported by the test below, not lost in the thread
+        except BaseException as exc:  # noqa: BLE001 - reported by the test below, not lost in the thread
             failures.append(exc)
 
     thread = threading.Thread(target=run, name="wharf-operator", daemon=True)

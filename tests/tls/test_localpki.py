@@ -60,6 +60,7 @@ def test_first_start_makes_a_private_ca_server_and_client_certificate(tmp_path):
 
 def test_next_start_reuses_everything(tmp_path):
     first = localpki.ensure(tmp_path)
+    assert first.generated
     before = snapshot(tmp_path)
     second = localpki.ensure(tmp_path)
     assert second.generated == []

@@ -171,11 +171,12 @@ listeners.wss.default {{
     for listener, transport in (("ssl:default", "tcp"), ("wss:default", "websockets")):
         done = threading.Event()
         received = []
+        payload = transport.encode()
         client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=f"pyossl-{transport}", transport=transport)
         client.tls_set(ca_certs=str(certs / "rootCA.crt"))
-        client.on_message = lambda c, u, msg: (received.append(msg.payload), done.set())
+        client.on_message = lambda c, u, msg, received=received, done=done: (received.append(msg.payload), done.set())
         client.on_connect = lambda c, u, f, rc, p=None: c.subscribe("pyossl/t", qos=1)
-        client.on_subscribe = lambda c, u, mid, rcs, p=None: c.publish("pyossl/t", transport.encode(), qos=1)
+        client.on_subscribe = lambda c, u, mid, rcs, p=None, payload=payload: c.publish("pyossl/t", payload, qos=1)
         client.connect("localhost", broker.port(listener))
         client.loop_start()
         try:

@@ -76,7 +76,8 @@ async def test_rotation_under_load_drops_nothing(files, backend):
                 fresh = await exchange(rt.port, ctx)
                 assert fresh.ok and fresh.fingerprint == issued.fingerprint
             # Every old connection keeps talking after the swap.
-            assert await eventually(lambda: all(t.exchanges > b for t, b in zip(talkers, before)), timeout=60)
+            assert await eventually(lambda before=before: all(t.exchanges > b for t, b in zip(talkers, before)),
+                                    timeout=60)
         stop.set()
         await asyncio.gather(*tasks)
         assert [t.error for t in talkers if t.error] == []
