@@ -194,20 +194,25 @@ class Controller:
             elif self._state(namespace, name).live_pending is not None:
                 config_message = "some pods refused the new TLS options; retrying"
             applied_ok = not config_message.startswith("some pods")
-            await self._patch_status(namespace, name, lambda s: {
-                "observedGeneration": generation,
-                "selector": resources.selector_string(name),
-                "replicas": spec["replicas"],
-                "conditions": st.set_condition(
-                    st.set_condition(s.get("conditions"), st.PAUSED, False, "Reconciling", "reconciliation runs"),
-                    st.CONFIG_APPLIED, applied_ok, "Applied" if applied_ok else "LiveUpdateRefused",
-                    config_message, generation),
-            })
             if spec["replicas"] > 1 and not spec.get("cluster"):
                 kopf.warn(body, reason="IndependentBrokers",
                           message=f"{spec['replicas']} replicas without spec.cluster run as independent brokers")
             await self._check_certificates(body, spec, signal=False)
-            await self._refresh_readiness(namespace, name, spec)
+            await self._refresh_cluster(namespace, name, spec)
+            ready = await self._ready_replicas(namespace, name)
+            # observedGeneration, ConfigApplied and Ready in one write: a reader that sees this generation
+            # reconciled also sees whether it is ready (written apart, a reader could see the first without the
+            # second).
+            await self._patch_status(namespace, name, lambda s: {
+                "observedGeneration": generation,
+                "selector": resources.selector_string(name),
+                "replicas": spec["replicas"],
+                "readyReplicas": ready,
+                "conditions": _with_ready(st.set_condition(
+                    st.set_condition(s.get("conditions"), st.PAUSED, False, "Reconciling", "reconciliation runs"),
+                    st.CONFIG_APPLIED, applied_ok, "Applied" if applied_ok else "LiveUpdateRefused",
+                    config_message, generation), ready, spec["replicas"]),
+            })
             self.metrics.reconciles.labels(result="success").inc()
 
     async def _reconcile_nats(self, namespace: str, name: str, spec: dict, owner: dict) -> dict[str, str]:
@@ -318,28 +323,15 @@ class Controller:
         changes = build(current.get("status") or {})
         await self.api.patch(MQTTBROKERS, namespace, name, {"status": changes}, subresource="status")
 
+    async def _ready_replicas(self, namespace: str, name: str) -> int:
+        sts = await self.api.get(STATEFULSETS, namespace, name)
+        return int(((sts or {}).get("status") or {}).get("readyReplicas") or 0)
+
     async def _refresh_readiness(self, namespace: str, name: str, spec: dict) -> None:
         await self._refresh_cluster(namespace, name, spec)
-        sts = await self.api.get(STATEFULSETS, namespace, name)
-        ready = int(((sts or {}).get("status") or {}).get("readyReplicas") or 0)
-        wanted = spec["replicas"]
-
-        def build(s: dict) -> dict:
-            certs_ok = (st.get_condition(s.get("conditions"), st.CERTIFICATES_READY) or {}).get("status") != "False"
-            config_ok = (st.get_condition(s.get("conditions"), st.CONFIG_APPLIED) or {}).get("status") == "True"
-            is_ready = ready >= wanted and certs_ok and config_ok
-            if is_ready:
-                reason, message = "AllPodsReady", f"{ready}/{wanted} pods ready"
-            elif not config_ok:
-                reason, message = "ConfigNotApplied", "the config is not applied"
-            elif not certs_ok:
-                reason, message = "CertificatesNotReady", "a listener's certificate is refused or not served"
-            else:
-                reason, message = "WaitingForPods", f"{ready}/{wanted} pods ready"
-            return {"readyReplicas": ready,
-                    "conditions": st.set_condition(s.get("conditions"), st.READY, is_ready, reason, message)}
-
-        await self._patch_status(namespace, name, build)
+        ready = await self._ready_replicas(namespace, name)
+        await self._patch_status(namespace, name, lambda s: {
+            "readyReplicas": ready, "conditions": _with_ready(s.get("conditions"), ready, spec["replicas"])})
 
     # --- certificates -------------------------------------------------------------------------------------
 
@@ -533,6 +525,22 @@ class Controller:
     async def close(self) -> None:
         await self.admin.close()
         await self.api.close()
+
+
+def _with_ready(conditions: list[dict] | None, ready: int, wanted: int) -> list[dict]:
+    """The conditions with Ready computed from the others and the ready pods."""
+    certs_ok = (st.get_condition(conditions, st.CERTIFICATES_READY) or {}).get("status") != "False"
+    config_ok = (st.get_condition(conditions, st.CONFIG_APPLIED) or {}).get("status") == "True"
+    is_ready = ready >= wanted and certs_ok and config_ok
+    if is_ready:
+        reason, message = "AllPodsReady", f"{ready}/{wanted} pods ready"
+    elif not config_ok:
+        reason, message = "ConfigNotApplied", "the config is not applied"
+    elif not certs_ok:
+        reason, message = "CertificatesNotReady", "a listener's certificate is refused or not served"
+    else:
+        reason, message = "WaitingForPods", f"{ready}/{wanted} pods ready"
+    return st.set_condition(conditions, st.READY, is_ready, reason, message)
 
 
 def _check_loads(hocon: str) -> None:
