@@ -163,6 +163,9 @@ class Controller:
                     kopf.warn(broker, reason="FieldConflict",
                               message=f"{key}: {'; '.join(conflicts)}; the operator takes these fields back "
                                       f"after {self.config.conflict_backoff:.0f}s")
+                    asyncio.get_running_loop().call_later(
+                        self.config.conflict_backoff - (now - held_since) + 0.1, self.request_reconcile,
+                        namespace, broker["metadata"]["name"], f"{key} conflict backoff over")
                 state.conflicts[key] = conflicts
                 return "conflict"
             kopf.warn(broker, reason="FieldConflict",
