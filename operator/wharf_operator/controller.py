@@ -93,6 +93,7 @@ class _BrokerState:
     # another manager holds now that it has not taken back yet
     forced: dict[str, float] = field(default_factory=dict)
     conflicts: dict[str, list[str]] = field(default_factory=dict)
+    warned_generation: int | None = None  # the generation the IndependentBrokers warning was posted for
 
 
 class Controller:
@@ -257,7 +258,9 @@ class Controller:
             elif state.live_pending is not None:
                 config_message = "some pods refused the new TLS options; retrying"
             applied_ok = not config_message.startswith("some pods")
-            if spec["replicas"] > 1 and not spec.get("cluster"):
+            if spec["replicas"] > 1 and not spec.get("cluster") and state.warned_generation != generation:
+                # Once per generation: reconciles now run on every owned object's event and every resync.
+                state.warned_generation = generation
                 kopf.warn(body, reason="IndependentBrokers",
                           message=f"{spec['replicas']} replicas without spec.cluster run as independent brokers")
             records = await self._check_certificates(body, spec, signal=False)

@@ -333,3 +333,26 @@ def test_periodic_resync_repairs_what_no_event_points_at(controlplane, api, mqtt
     # The repair was the resync's: no event of the ServiceAccount named the broker any more.
     assert any("(resync); changed: ServiceAccount/" in line for line in log.read_text().splitlines())
     print(f"\n  time to repair by resync (interval {resync:.0f} s): {seconds:.2f} s")
+
+
+@pytest.mark.timeout(300)
+def test_a_durable_brokers_statefulset_takes_later_spec_changes(controlplane, api, mqttbroker_crd, helm, namespace,
+                                                                tmp_path):
+    """The StatefulSet of a broker with spec.durableStorage has volumeClaimTemplates, which cannot change: applying
+    the same ones again with a later change of the pod template is accepted."""
+    binary, home = helm
+    kubeconfig, _, _ = install_operator_identity(controlplane, api, binary, home, tmp_path, [namespace])
+    apps = kubernetes.client.AppsV1Api(api)
+    log = tmp_path / "operator.log"
+    with running_operator(kubeconfig, log, namespaces=[namespace], pod_cidr=controlplane.pod_cidr,
+                          extra_args=["--resync-interval", "3600"]):
+        name, _ = _create_broker(api, namespace, {"durableStorage": {"enabled": True, "size": "2Gi"}})
+        _reconciled(api, namespace, name)
+        assert apps.read_namespaced_stateful_set(name, namespace).spec.volume_claim_templates
+        kubernetes.client.CustomObjectsApi(api).patch_namespaced_custom_object(
+            GROUP, VERSION, namespace, PLURAL, name, {"spec": {"podAnnotations": {"example.com/later": "yes"}}})
+        wait_for(lambda: (apps.read_namespaced_stateful_set(name, namespace).spec.template.metadata.annotations
+                          or {}).get("example.com/later") == "yes", "the later change applied", timeout=TIMEOUT)
+        _reconciled(api, namespace, name)
+    refused = [line for line in log.read_text().splitlines() if "HTTP 422" in line]
+    assert not refused, refused[:3]
