@@ -23,9 +23,9 @@ def _by_key(objects: list[builders.Desired]) -> dict[str, dict]:
 
 def test_every_desired_object_is_owned_by_the_broker_and_only_the_token_is_create_only():
     objects = builders.desired_objects(_inputs(SPEC))
-    assert sorted(_by_key(objects)) == ["ConfigMap/wharf-config", "PodDisruptionBudget/wharf", "Secret/wharf-admin-token",
-                                        "Service/wharf", "Service/wharf-headless", "ServiceAccount/wharf",
-                                        "StatefulSet/wharf"]
+    assert sorted(_by_key(objects)) == ["ConfigMap/wharf-config", "PodDisruptionBudget/wharf",
+                                        "Secret/wharf-admin-token", "Service/wharf", "Service/wharf-headless",
+                                        "ServiceAccount/wharf", "StatefulSet/wharf"]
     for desired in objects:
         assert desired.body["metadata"]["ownerReferences"] == [builders.owner_reference(_inputs(SPEC))]
     assert [d.kind for d in objects if d.create_only] == ["Secret"]
@@ -58,8 +58,8 @@ def test_a_deployed_nats_is_built_or_listed_as_unwanted():
 
 
 def _observed(**fields) -> st.Observed:
-    base = dict(generation=3, replicas=2, selector="s", ready_replicas=2, listener_names={"mqtts"}, reconciled=True,
-                config=(True, "Applied", "ok"))
+    base = {"generation": 3, "replicas": 2, "selector": "s", "ready_replicas": 2, "listener_names": {"mqtts"},
+            "reconciled": True, "config": (True, "Applied", "ok")}
     return st.Observed(**{**base, **fields})
 
 

@@ -15,7 +15,13 @@ import kubernetes
 import pytest
 import yaml
 from kubernetes.client import ApiException
-from operator_support import example_broker, install_operator_identity, pinned_helm, running_operator, tls_secret
+from operator_support import (
+    example_broker,
+    install_operator_identity,
+    pinned_helm,
+    running_operator,
+    tls_secret,
+)
 from realapi_support import REPO, localcluster, project_crds, wait_for
 
 GROUP, VERSION, PLURAL = "mqtt.wharf.dev", "v1alpha1", "mqttbrokers"
@@ -119,7 +125,7 @@ def _metric(port: int, name: str) -> dict[str, float]:
         text = response.read().decode()
     values = {}
     for line in text.splitlines():
-        if line.startswith(name + "{") or line.startswith(name + " "):
+        if line.startswith((name + "{", name + " ")):
             labels, _, value = line.rpartition(" ")
             values[labels[len(name):]] = float(value)
     return values
