@@ -460,3 +460,20 @@ async def test_a_deleted_owned_object_is_recreated_and_removed_spec_fields_leave
     await env.patch_broker({"spec": {"tolerations": None}})
     await eventually(lambda: "tolerations" not in env.obj("apps/v1/statefulsets", "wharf")["spec"]["template"][
         "spec"], "tolerations removed from the StatefulSet")
+
+
+async def test_a_secret_the_kubelet_has_not_projected_yet_reads_as_waiting_not_refused(env):
+    await env.create_broker(tls_spec())
+    await env.reconciled()
+    pods = await env.add_pods(2)
+    # The pods' files never get the new certificate within the reload wait: each pod answers 409.
+    await env.rotate_secret(make_leaf(env.ca), project=False)
+    condition = await eventually(lambda: (c := env.condition("CertificatesReady")).get("status") == "False" and c,
+                                 "CertificatesReady=False", timeout=20)
+    assert condition["reason"] == "WaitingForKubelet"
+    assert env.listener_status()["reason"] == "WaitingForKubelet"
+    assert env.condition("Ready")["reason"] == "WaitingForKubelet"
+    assert env.condition("Reconciling")["status"] == "True"
+    assert env.condition("Stalled")["status"] == "False"
+    assert all(c["observedGeneration"] == 1 for c in env.status()["conditions"])
+    assert all(p.served["ssl:mqtts"] == env.leaf.fingerprint for p in pods)  # still the old one, not refused
