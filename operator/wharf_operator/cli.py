@@ -57,6 +57,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                         help="port of the Prometheus metrics endpoint (/metrics); 0 disables it")
     parser.add_argument("--recheck-interval", type=float, default=60.0,
                         help="seconds between checks of what every broker pod serves")
+    parser.add_argument("--resync-interval", type=float, default=60.0,
+                        help="seconds between reconciliations of every MQTTBroker with nothing changed (drift repair)")
+    parser.add_argument("--conflict-backoff", type=float, default=30.0,
+                        help="seconds a field another manager changed again stays theirs before it is taken back")
     parser.add_argument("--reload-wait", type=float, default=90.0,
                         help="seconds a pod may wait for a rotated Secret to reach its files")
     parser.add_argument("--signal-timeout", type=float, default=10.0,
@@ -91,7 +95,8 @@ async def run(args: argparse.Namespace) -> None:
     controller = Controller(
         creds.api(),
         BrokerAdmin(args.allow_pod_network or ALL_NETWORKS, request_timeout=args.signal_timeout),
-        OperatorConfig(recheck_interval=args.recheck_interval, reload_wait=args.reload_wait),
+        OperatorConfig(recheck_interval=args.recheck_interval, reload_wait=args.reload_wait,
+                       resync_interval=args.resync_interval, conflict_backoff=args.conflict_backoff),
         metrics)
     registry = build_registry(controller, creds.connection_info())
     runner = await _serve_metrics(metrics, args.metrics_bind, args.metrics_port) if args.metrics_port else None

@@ -1,12 +1,17 @@
 """What the operator does for one MQTTBroker: reconcile owned objects, validate certificates, signal pods.
 
 ``handlers.py`` wires these methods to kopf; this module knows nothing about how it is triggered. A per-broker
-lock serialises the Secret handler, the timer and reconciliation, so two rotations of one broker never overlap.
+lock serialises the Secret handler, the timers and reconciliation, so two rotations of one broker never overlap.
+
+Reconciliation is level-triggered: whatever started it (the spec, an event of an owned object, the periodic
+resync), it builds every desired object (``builders.py``), applies them in one place with server-side apply, and
+writes the status computed from what it observed in one patch (``status.compose``).
 """
 
 from __future__ import annotations
 
 import asyncio
+import copy
 import hashlib
 import json
 import logging
@@ -16,26 +21,16 @@ from typing import Any
 
 import kopf
 
-from . import certs, nats, render, resources
+from . import builders, certs, nats, render, resources
 from . import status as st
 from .crd import GROUP, PAUSE_ANNOTATION, PLURAL, VERSION, defaulted_spec
-from .kube import (
-    CERTIFICATES,
-    CONFIGMAPS,
-    PDBS,
-    PODS,
-    SECRETS,
-    SERVICEACCOUNTS,
-    SERVICES,
-    STATEFULSETS,
-    ApiError,
-    KubeApi,
-    Resource,
-)
+from .kube import CONFIGMAPS, PODS, SECRETS, STATEFULSETS, ApiError, KubeApi, Resource
 from .metrics import OperatorMetrics
 from .signalling import BrokerAdmin, PodTarget, SignalError
 
 MQTTBROKERS = Resource(GROUP, VERSION, PLURAL)
+# On every owned object: the digest of what the operator last applied (an apply that changes nothing is skipped).
+APPLIED_ANNOTATION = f"{GROUP}/applied"
 log = logging.getLogger("wharf_operator")
 
 
@@ -46,6 +41,13 @@ class OperatorConfig:
     # How long a pod may wait for the kubelet to project a new Secret before it answers 409 (kubelet sync is
     # about a minute plus its cache delay).
     reload_wait: float = 90.0
+    # How often every MQTTBroker is reconciled with nothing changed (drift an event did not show is repaired).
+    resync_interval: float = 60.0
+    # A field another manager changed again within this many seconds after the operator took it back is reported
+    # (FieldConflict) and left until then, not fought on every event.
+    conflict_backoff: float = 30.0
+    # Events of owned objects within this many seconds share one reconcile.
+    event_delay: float = 0.2
 
 
 @dataclass
@@ -78,12 +80,6 @@ def is_paused(body: dict) -> bool:
     return str(annotations.get(PAUSE_ANNOTATION, "")).lower() == "true"
 
 
-def _owner_ref(body: dict) -> dict:
-    meta = body["metadata"]
-    return {"apiVersion": f"{GROUP}/{VERSION}", "kind": "MQTTBroker", "name": meta["name"], "uid": meta.get("uid"),
-            "controller": True, "blockOwnerDeletion": True}
-
-
 @dataclass
 class _BrokerState:
     lock: asyncio.Lock = field(default_factory=asyncio.Lock)
@@ -93,6 +89,11 @@ class _BrokerState:
     refused: dict[str, str] = field(default_factory=dict)
     # TLS options some running pod has not accepted yet; the timer pushes them again
     live_pending: dict[str, dict] | None = None
+    # "Kind/name" -> when the operator last took fields back from another manager (force), and the fields
+    # another manager holds now that it has not taken back yet
+    forced: dict[str, float] = field(default_factory=dict)
+    conflicts: dict[str, list[str]] = field(default_factory=dict)
+    warned_generation: int | None = None  # the generation the IndependentBrokers warning was posted for
 
 
 class Controller:
@@ -103,41 +104,108 @@ class Controller:
         self.config = config or OperatorConfig()
         self.metrics = metrics or OperatorMetrics()
         self._brokers: dict[tuple[str, str], _BrokerState] = {}
+        self._queued: set[tuple[str, str]] = set()  # brokers with a reconcile requested by an event, not started
+        self._tasks: set[asyncio.Task] = set()
 
     def _state(self, namespace: str, name: str) -> _BrokerState:
         return self._brokers.setdefault((namespace, name), _BrokerState())
 
     # --- owned objects -----------------------------------------------------------------------------------
 
-    async def _apply(self, resource: Resource, body: dict, owner: dict, *, create_only: bool = False) -> str:
-        """Create, or merge-patch when the live object lacks something desired; "created"/"updated"/"unchanged"."""
-        meta = body["metadata"]
-        meta["ownerReferences"] = [owner]
-        existing = await self.api.get(resource, meta["namespace"], meta["name"])
-        if existing is None:
-            await self.api.create(resource, meta["namespace"], body)
-            return "created"
-        if create_only:
-            return "unchanged"
-        patch = {key: value for key, value in body.items()
-                 if key not in ("apiVersion", "kind", "metadata") and not resources.is_subset(value, existing.get(key))}
-        wanted_meta = {k: meta[k] for k in ("labels", "annotations", "ownerReferences") if k in meta}
-        if not resources.is_subset(wanted_meta, existing.get("metadata") or {}):
-            patch["metadata"] = wanted_meta
-        if not patch:
-            return "unchanged"
-        await self.api.patch(resource, meta["namespace"], meta["name"], patch)
-        return "updated"
+    async def _apply(self, desired: builders.Desired, broker: dict, state: _BrokerState) -> str:
+        """Make one owned object what the builders say, by server-side apply as field manager "wharf-operator";
+        "created", "updated", "unchanged" or "conflict" (another manager holds a field, taken back later).
 
-    async def reconcile(self, body: dict) -> None:
+        The applied body is all the operator owns of the object, so a field left out of the spec disappears from
+        the live object. An apply that would change nothing is skipped: the object carries the digest of what was
+        last applied, and the live object still holds every desired value.
+        """
+        resource, body = desired.resource, copy.deepcopy(desired.body)
+        meta = body["metadata"]
+        namespace, name = meta["namespace"], meta["name"]
+        live = await self.api.get(resource, namespace, name)
+        if live is None and desired.create_only:
+            await self.api.create(resource, namespace, body)
+            return "created"
+        if desired.create_only:
+            return "unchanged"
+        if live is not None and desired.kind == "StatefulSet" and name != broker["metadata"]["name"]:
+            # A deployed NATS: volumeClaimTemplates cannot change on a live StatefulSet, so a new size applies to
+            # new volumes only if the StatefulSet is recreated (documented); apply what it has.
+            claims = [{k: v for k, v in t.items() if k != "status"}
+                      for t in (live.get("spec") or {}).get("volumeClaimTemplates") or []]
+            body["spec"].pop("volumeClaimTemplates", None)
+            if claims:
+                body["spec"]["volumeClaimTemplates"] = claims
+        digest = hashlib.sha256(json.dumps(body, sort_keys=True).encode()).hexdigest()[:16]
+        meta.setdefault("annotations", {})[APPLIED_ANNOTATION] = digest
+        if live is not None:
+            live_annotations = (live.get("metadata") or {}).get("annotations") or {}
+            if live_annotations.get(APPLIED_ANNOTATION) == digest and resources.is_subset(
+                    {k: v for k, v in body.items() if k != "metadata"}, live) and resources.is_subset(
+                    {k: meta[k] for k in ("labels", "annotations", "ownerReferences") if k in meta},
+                    live.get("metadata") or {}):
+                return "unchanged"
+        key = f"{desired.kind}/{name}"
+        try:
+            # Creating: nobody else owns a field yet. Otherwise no force: a field someone else changed is a conflict.
+            applied = await self.api.apply(resource, namespace, name, body, force=live is None)
+        except ApiError as exc:
+            if exc.status != 409:
+                raise
+            conflicts = exc.conflicts() or [exc.body[:300]]
+            self.metrics.field_conflicts.labels(kind=desired.kind).inc()
+            held_since = state.forced.get(key)
+            now = time.monotonic()
+            if held_since is not None and now - held_since < self.config.conflict_backoff:
+                # Taken back a short while ago and changed again: someone keeps editing it. Report it, do not
+                # fight every event; the resync after the backoff takes the fields back.
+                if state.conflicts.get(key) != conflicts:
+                    kopf.warn(broker, reason="FieldConflict",
+                              message=f"{key}: {'; '.join(conflicts)}; the operator takes these fields back "
+                                      f"after {self.config.conflict_backoff:.0f}s")
+                    asyncio.get_running_loop().call_later(
+                        self.config.conflict_backoff - (now - held_since) + 0.1, self.request_reconcile,
+                        namespace, broker["metadata"]["name"], f"{key} conflict backoff over")
+                state.conflicts[key] = conflicts
+                return "conflict"
+            kopf.warn(broker, reason="FieldConflict",
+                      message=f"{key}: {'; '.join(conflicts)}; the operator owns these fields and takes them back")
+            state.forced[key] = now
+            state.conflicts.pop(key, None)
+            applied = await self.api.apply(resource, namespace, name, body, force=True)
+        state.conflicts.pop(key, None)
+        if live is None:
+            return "created"
+        before = (live.get("metadata") or {}).get("resourceVersion")
+        return "updated" if (applied or {}).get("metadata", {}).get("resourceVersion") != before else "unchanged"
+
+    async def _apply_all(self, inputs: builders.Inputs, broker: dict, state: _BrokerState) -> dict[str, str]:
+        """Apply every object the builders return, delete what the spec no longer wants (only if ours)."""
+        results: dict[str, str] = {}
+        for desired in builders.desired_objects(inputs):
+            results[f"{desired.kind}/{desired.name}"] = await self._apply(desired, broker, state)
+        for resource, obj_name in builders.unwanted(inputs):
+            existing = await self.api.get(resource, inputs.namespace, obj_name)
+            owners = ((existing or {}).get("metadata") or {}).get("ownerReferences") or []
+            # Only what this MQTTBroker owns: a same-named object of someone else's is left alone.
+            if existing is not None and any(ref.get("uid") == inputs.uid for ref in owners):
+                await self.api.delete(resource, inputs.namespace, obj_name)
+                results[f"{existing.get('kind', resource.plural)}/{obj_name}"] = "deleted"
+        return results
+
+    async def reconcile(self, body: dict, trigger: str = "spec") -> None:
+        """Level-triggered: make every owned object what the spec says, whatever changed (the spec, an owned
+        object, or nothing: the periodic resync), and write the status from what was observed, in one patch."""
         meta = body["metadata"]
         namespace, name = meta["namespace"], meta["name"]
         generation = meta.get("generation")
-        async with self._state(namespace, name).lock:
+        state = self._state(namespace, name)
+        async with state.lock:
             if is_paused(body):
                 await self._patch_status(namespace, name, lambda s: {
                     "conditions": st.set_condition(s.get("conditions"), st.PAUSED, True, "PauseAnnotation",
-                                                   f"{PAUSE_ANNOTATION} is true: not reconciling")})
+                                                   f"{PAUSE_ANNOTATION} is true: not reconciling", generation)})
                 self.metrics.reconciles.labels(result="paused").inc()
                 return
             spec = defaulted_spec(body.get("spec") or {})
@@ -146,34 +214,30 @@ class Controller:
                 hocon = render.to_hocon(tree)
                 _check_loads(hocon)
             except render.RenderError as exc:
-                await self._refuse_config(body, str(exc), generation)
+                kopf.warn(body, reason="InvalidConfig", message=str(exc))
+                await self._write_status(body, spec, config=(False, "InvalidConfig", str(exc)), reconciled=True)
+                self.metrics.reconciles.labels(result="invalid").inc()
                 return
-            owner = _owner_ref(body)
             live_options = render.live_ssl_options(tree)
             live_hash = hashlib.sha256(json.dumps(live_options, sort_keys=True).encode()).hexdigest()[:16]
             previous_cm = await self.api.get(CONFIGMAPS, namespace, resources.config_map_name(name))
             previous_live = ((previous_cm or {}).get("metadata", {}).get("annotations") or {}).get(
                 resources.LIVE_OPTIONS_ANNOTATION)
             restart = render.restart_hash(tree)
-            results = {
-                "token": await self._apply(SECRETS, resources.admin_token_secret(name, namespace), owner,
-                                           create_only=True),
-                "serviceaccount": await self._apply(SERVICEACCOUNTS, resources.service_account(name, namespace), owner),
-                "configmap": await self._apply(CONFIGMAPS, resources.config_map(name, namespace, hocon, live_hash),
-                                               owner),
-                "headless": await self._apply(SERVICES, resources.headless_service(name, namespace, spec), owner),
-                "service": await self._apply(SERVICES, resources.client_service(name, namespace, spec), owner),
-                "pdb": await self._apply(PDBS, resources.pod_disruption_budget(name, namespace, spec), owner),
-            }
-            statefulset = resources.stateful_set(name, namespace, spec, restart)
             previous_sts = await self.api.get(STATEFULSETS, namespace, name)
-            results["statefulset"] = await self._apply(STATEFULSETS, statefulset, owner)
-            certificate = resources.certificate(name, namespace, spec)
-            if certificate is not None:
-                results["certificate"] = await self._apply(CERTIFICATES, certificate, owner)
-            results.update(await self._reconcile_nats(namespace, name, spec, owner))
-            changed = [kind for kind, result in results.items() if result != "unchanged"]
-            log.info("MQTTBroker %s/%s reconciled; changed: %s", namespace, name, ", ".join(changed) or "nothing")
+            inputs = builders.Inputs(name, namespace, meta.get("uid"), spec, hocon, live_hash, restart)
+            results = await self._apply_all(inputs, body, state)
+            changed = [key for key, result in results.items() if result in ("created", "updated", "deleted")]
+            # The generation was reconciled before and the spec asks for the same objects: what changed was drift.
+            current = await self.api.get(MQTTBROKERS, namespace, name)
+            if ((current or {}).get("status") or {}).get("observedGeneration") == generation:
+                for key in changed:
+                    self.metrics.drift_repairs.labels(kind=key.split("/", 1)[0]).inc()
+                if changed:
+                    kopf.event(body, type="Normal", reason="DriftRepaired",
+                               message=f"made {', '.join(changed)} what the spec says again ({trigger})")
+            log.info("MQTTBroker %s/%s reconciled (%s); changed: %s", namespace, name, trigger,
+                     ", ".join(changed) or "nothing")
 
             # ssl_options that changed while the pods stay: push them to the running brokers.
             previous_restart = ((previous_sts or {}).get("spec", {}).get("template", {}).get("metadata", {})
@@ -181,62 +245,58 @@ class Controller:
             config_message = "config rendered and applied"
             if previous_live and previous_live != live_hash and previous_restart == restart:
                 errors = await self._push_live_options(namespace, name, live_options)
-                self._state(namespace, name).live_pending = live_options if errors else None
+                state.live_pending = live_options if errors else None
                 if errors:
                     config_message = "some pods refused the new TLS options: " + "; ".join(errors)
                 else:
                     config_message = "TLS options applied live to the running pods"
                     kopf.event(body, type="Normal", reason="ConfigAppliedLive", message=config_message)
             elif previous_restart and previous_restart != restart:
-                self._state(namespace, name).live_pending = None  # new pods start with the new config
+                state.live_pending = None  # new pods start with the new config
                 kopf.event(body, type="Normal", reason="RollingUpdate",
                            message="config change needs new pods; rolling them one at a time")
-            elif self._state(namespace, name).live_pending is not None:
+            elif state.live_pending is not None:
                 config_message = "some pods refused the new TLS options; retrying"
             applied_ok = not config_message.startswith("some pods")
-            await self._patch_status(namespace, name, lambda s: {
-                "observedGeneration": generation,
-                "selector": resources.selector_string(name),
-                "replicas": spec["replicas"],
-                "conditions": st.set_condition(
-                    st.set_condition(s.get("conditions"), st.PAUSED, False, "Reconciling", "reconciliation runs"),
-                    st.CONFIG_APPLIED, applied_ok, "Applied" if applied_ok else "LiveUpdateRefused",
-                    config_message, generation),
-            })
-            if spec["replicas"] > 1 and not spec.get("cluster"):
+            if spec["replicas"] > 1 and not spec.get("cluster") and state.warned_generation != generation:
+                # Once per generation: reconciles now run on every owned object's event and every resync.
+                state.warned_generation = generation
                 kopf.warn(body, reason="IndependentBrokers",
                           message=f"{spec['replicas']} replicas without spec.cluster run as independent brokers")
-            await self._check_certificates(body, spec, signal=False)
-            await self._refresh_readiness(namespace, name, spec)
+            records = await self._check_certificates(body, spec, signal=False)
+            await self._write_status(body, spec, config=(applied_ok, "Applied" if applied_ok else "LiveUpdateRefused",
+                                                         config_message),
+                                     records=records, reconciled=True, paused=False)
             self.metrics.reconciles.labels(result="success").inc()
 
-    async def _reconcile_nats(self, namespace: str, name: str, spec: dict, owner: dict) -> dict[str, str]:
-        """The deployed NATS cluster's objects when spec.cluster.nats.deploy is true; otherwise none of them."""
-        wanted = ((spec.get("cluster") or {}).get("nats") or {}).get("deploy", False)
-        objects = [(CONFIGMAPS, nats.config_map_name(name)), (SERVICES, nats.headless_service_name(name)),
-                   (SERVICES, nats.name(name)), (PDBS, nats.name(name)), (STATEFULSETS, nats.name(name))]
-        if not wanted:
-            results: dict[str, str] = {}
-            for resource, obj_name in objects:
-                existing = await self.api.get(resource, namespace, obj_name)
-                owners = ((existing or {}).get("metadata") or {}).get("ownerReferences") or []
-                # Only what this MQTTBroker owns: a same-named object of someone else's is left alone.
-                if existing is not None and any(ref.get("uid") == owner["uid"] for ref in owners):
-                    await self.api.delete(resource, namespace, obj_name)
-                    results[f"nats-{resource.plural}-{obj_name}"] = "deleted"
-            return results
-        statefulset = nats.stateful_set(name, namespace, spec)
-        if await self.api.get(STATEFULSETS, namespace, nats.name(name)) is not None:
-            # volumeClaimTemplates cannot change on a live StatefulSet; a new size applies to new volumes only
-            # if the StatefulSet is recreated (documented).
-            statefulset["spec"].pop("volumeClaimTemplates")
-        return {
-            "nats-config": await self._apply(CONFIGMAPS, nats.config_map(name, namespace, spec), owner),
-            "nats-headless": await self._apply(SERVICES, nats.headless_service(name, namespace), owner),
-            "nats-service": await self._apply(SERVICES, nats.client_service(name, namespace), owner),
-            "nats-pdb": await self._apply(PDBS, nats.pod_disruption_budget(name, namespace), owner),
-            "nats-statefulset": await self._apply(STATEFULSETS, statefulset, owner),
-        }
+    def request_reconcile(self, namespace: str, name: str, trigger: str) -> None:
+        """An owned object changed or went away: reconcile the broker soon. Events of one burst (an apply's echoes,
+        a rolling update's status changes) share one reconcile; one that arrives while a reconcile runs gets its
+        own after it, so no change is missed."""
+        key = (namespace, name)
+        if key in self._queued:
+            return
+        self._queued.add(key)
+        task = asyncio.get_running_loop().create_task(self._deferred_reconcile(namespace, name, trigger))
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def _deferred_reconcile(self, namespace: str, name: str, trigger: str) -> None:
+        try:
+            await asyncio.sleep(self.config.event_delay)
+            self._queued.discard((namespace, name))
+            body = await self.api.get(MQTTBROKERS, namespace, name)
+            if body is None or (body.get("metadata") or {}).get("deletionTimestamp"):
+                return
+            await self.reconcile(body, trigger)
+        except asyncio.CancelledError:
+            raise
+        except Exception:
+            self.metrics.errors.labels(handler="owned-object-event").inc()
+            self.metrics.reconciles.labels(result="error").inc()
+            log.exception("reconciling MQTTBroker %s/%s after %s failed", namespace, name, trigger)
+        finally:
+            self._queued.discard((namespace, name))
 
     async def _cluster_status(self, namespace: str, name: str, spec: dict) -> tuple[dict, bool, str, str]:
         """status.cluster and the Clustered condition (status, reason, message), from the NATS StatefulSet's
@@ -276,27 +336,6 @@ class Controller:
             return cluster, False, "Forming", f"{connected}/{spec['replicas']} broker pods connected to NATS"
         return cluster, True, "Joined", f"{len(members)} members: {', '.join(sorted(members))}"
 
-    async def _refresh_cluster(self, namespace: str, name: str, spec: dict) -> None:
-        if spec.get("cluster"):
-            cluster, ok, reason, message = await self._cluster_status(namespace, name, spec)
-        elif spec["replicas"] > 1:
-            cluster, ok, reason, message = None, False, "IndependentBrokers", (
-                f"{spec['replicas']} replicas without spec.cluster: each pod is an independent broker, and clients "
-                "on different pods do not receive each other's messages")
-        else:
-            cluster, ok, reason, message = None, False, "Standalone", "one broker; spec.cluster is not set"
-        await self._patch_status(namespace, name, lambda s: {
-            "cluster": cluster,
-            "conditions": st.set_condition(s.get("conditions"), st.CLUSTERED, ok, reason, message)})
-
-    async def _refuse_config(self, body: dict, message: str, generation: int | None) -> None:
-        meta = body["metadata"]
-        kopf.warn(body, reason="InvalidConfig", message=message)
-        await self._patch_status(meta["namespace"], meta["name"], lambda s: {
-            "conditions": st.set_condition(s.get("conditions"), st.CONFIG_APPLIED, False, "InvalidConfig", message,
-                                           generation)})
-        self.metrics.reconciles.labels(result="invalid").inc()
-
     async def _push_live_options(self, namespace: str, name: str, live_options: dict[str, dict]) -> list[str]:
         pods, token = await self._pods_and_token(namespace, name)
         errors: list[str] = []
@@ -308,7 +347,7 @@ class Controller:
                     errors.append(str(exc))
         return errors
 
-    # --- status helpers ---------------------------------------------------------------------------------
+    # --- status ----------------------------------------------------------------------------------------
 
     async def _patch_status(self, namespace: str, name: str, build) -> None:
         """Read the current status, build the changed fields from it, write them to the status subresource."""
@@ -318,26 +357,28 @@ class Controller:
         changes = build(current.get("status") or {})
         await self.api.patch(MQTTBROKERS, namespace, name, {"status": changes}, subresource="status")
 
-    async def _refresh_readiness(self, namespace: str, name: str, spec: dict) -> None:
-        await self._refresh_cluster(namespace, name, spec)
+    async def _write_status(self, body: dict, spec: dict, *, config: tuple[bool, str, str] | None = None,
+                            records: dict[str, dict] | None = None, reconciled: bool = False,
+                            paused: bool | None = None) -> None:
+        """Observe the StatefulSet (and the cluster), then write the whole status in one patch."""
+        meta = body["metadata"]
+        namespace, name = meta["namespace"], meta["name"]
         sts = await self.api.get(STATEFULSETS, namespace, name)
-        ready = int(((sts or {}).get("status") or {}).get("readyReplicas") or 0)
-        wanted = spec["replicas"]
+        cluster = await self._cluster_status(namespace, name, spec) if spec.get("cluster") else None
+        observed = st.Observed(
+            generation=meta.get("generation"), replicas=spec["replicas"], selector=resources.selector_string(name),
+            ready_replicas=int(((sts or {}).get("status") or {}).get("readyReplicas") or 0),
+            rolling=_rolling(sts), config=config, listener_records=records,
+            listener_names={listener.name for listener in tls_listeners(spec)}, cluster=cluster,
+            conflicts=[f"{key}: {'; '.join(fields)}" for key, fields in self._state(namespace, name).conflicts.items()],
+            reconciled=reconciled)
 
-        def build(s: dict) -> dict:
-            certs_ok = (st.get_condition(s.get("conditions"), st.CERTIFICATES_READY) or {}).get("status") != "False"
-            config_ok = (st.get_condition(s.get("conditions"), st.CONFIG_APPLIED) or {}).get("status") == "True"
-            is_ready = ready >= wanted and certs_ok and config_ok
-            if is_ready:
-                reason, message = "AllPodsReady", f"{ready}/{wanted} pods ready"
-            elif not config_ok:
-                reason, message = "ConfigNotApplied", "the config is not applied"
-            elif not certs_ok:
-                reason, message = "CertificatesNotReady", "a listener's certificate is refused or not served"
-            else:
-                reason, message = "WaitingForPods", f"{ready}/{wanted} pods ready"
-            return {"readyReplicas": ready,
-                    "conditions": st.set_condition(s.get("conditions"), st.READY, is_ready, reason, message)}
+        def build(current: dict) -> dict:
+            status = st.compose(current, observed)
+            if paused is not None:
+                status["conditions"] = st.set_condition(status["conditions"], st.PAUSED, paused, "Reconciling",
+                                                        "reconciliation runs", meta.get("generation"))
+            return status
 
         await self._patch_status(namespace, name, build)
 
@@ -385,8 +426,9 @@ class Controller:
         return sorted(targets, key=lambda t: t.name), token
 
     async def _check_certificates(self, body: dict, spec: dict, *, signal: bool,
-                                  only: set[tuple[str, str]] | None = None) -> None:
-        """Validate every TLS listener's material (or those that use ``only``); signal pods when asked."""
+                                  only: set[tuple[str, str]] | None = None) -> dict[str, dict]:
+        """Validate every TLS listener's material (or those that use ``only``); signal pods when asked.
+        Returns the status.listeners fields observed, per listener."""
         meta = body["metadata"]
         namespace, name = meta["namespace"], meta["name"]
         state = self._state(namespace, name)
@@ -401,7 +443,8 @@ class Controller:
             try:
                 material = await self.load_material(namespace, listener)
             except certs.InvalidMaterial as exc:
-                records[listener.name] = {"secretName": tls["secretName"], "lastError": f"{exc.reason}: {exc.message}"}
+                records[listener.name] = {"secretName": tls["secretName"], "reason": st.REFUSED,
+                                          "lastError": f"{exc.reason}: {exc.message}"}
                 marker = f"{exc.reason}:{exc.message}"
                 if state.refused.get(listener.listener_id) != marker:
                     state.refused[listener.listener_id] = marker
@@ -410,9 +453,16 @@ class Controller:
                                       f"certificate they serve")
                     self.metrics.rotations.labels(result="refused").inc()
                 continue
-            state.refused.pop(listener.listener_id, None)
+            signalled = state.signalled.get(listener.listener_id)
+            if not signal and signalled is not None and signalled != material.signature:
+                continue  # new material the Secret's handler is signalling: it writes the record when done
             record: dict[str, Any] = {"secretName": tls["secretName"], "fingerprint": material.fingerprint,
-                                      "notAfter": st.iso(material.not_after), "lastError": None}
+                                      "notAfter": st.iso(material.not_after)}
+            if signal:
+                # Without signalling, what the pods serve is not known here: an earlier finding stays until the
+                # pods are signalled (the Secret's event) or asked (the timer).
+                state.refused.pop(listener.listener_id, None)
+                record.update(lastError=None, reason=None)
             if signal and state.signalled.get(listener.listener_id) != material.signature:
                 if pods is None:
                     pods, token = await self._pods_and_token(namespace, name)
@@ -435,29 +485,12 @@ class Controller:
                                        f"{result.serving}/{len(pods)} pods after {seconds:.2f}s")
                 else:
                     record["lastError"] = "; ".join(result.errors)
+                    record["reason"] = _failure_reason([o.status for o in result.outcomes if not o.ok])
                     kopf.warn(body, reason="RotationIncomplete",
                               message=f"{listener.listener_id}: {result.serving}/{len(pods)} pods serve "
                                       f"{material.fingerprint[:16]}…: {'; '.join(result.errors)}")
             records[listener.name] = record
-        if records:
-            await self._write_certificate_status(namespace, name, records, spec)
-
-    async def _write_certificate_status(self, namespace: str, name: str, records: dict[str, dict],
-                                        spec: dict) -> None:
-        current = {listener.name for listener in tls_listeners(spec)}
-
-        def build(s: dict) -> dict:
-            listeners = [e for e in s.get("listeners") or [] if e.get("name") in current]
-            for listener_name, fields in records.items():
-                listeners = st.merge_listener(listeners, listener_name, **fields)
-            problems = [f"{e['name']}: {e['lastError']}" for e in listeners if e.get("lastError")]
-            ok = not problems
-            return {"listeners": listeners, "earliestCertificateExpiry": st.earliest_expiry(listeners),
-                    "conditions": st.set_condition(
-                        s.get("conditions"), st.CERTIFICATES_READY, ok, "Valid" if ok else "Refused",
-                        "every TLS listener has valid material served by every pod" if ok else "; ".join(problems))}
-
-        await self._patch_status(namespace, name, build)
+        return records
 
     async def on_referenced_change(self, kind: str, namespace: str, obj_name: str, brokers: list[str]) -> None:
         """A Secret/ConfigMap that brokers load changed: validate it and signal the pods of each broker."""
@@ -467,8 +500,8 @@ class Controller:
                 continue
             async with self._state(namespace, broker).lock:
                 spec = defaulted_spec(body.get("spec") or {})
-                await self._check_certificates(body, spec, signal=True, only={(kind, obj_name)})
-                await self._refresh_readiness(namespace, broker, spec)
+                records = await self._check_certificates(body, spec, signal=True, only={(kind, obj_name)})
+                await self._write_status(body, spec, records=records)
 
     # --- the level-triggered safety net ------------------------------------------------------------------
 
@@ -481,13 +514,12 @@ class Controller:
         state = self._state(namespace, name)
         async with state.lock:
             spec = defaulted_spec(body.get("spec") or {})
+            config = None
             if state.live_pending is not None:
                 errors = await self._push_live_options(namespace, name, state.live_pending)
                 if not errors:
                     state.live_pending = None
-                    await self._patch_status(namespace, name, lambda s: {"conditions": st.set_condition(
-                        s.get("conditions"), st.CONFIG_APPLIED, True, "Applied",
-                        "TLS options applied live to the running pods", (body.get("metadata") or {}).get("generation"))})
+                    config = (True, "Applied", "TLS options applied live to the running pods")
             pods, token = await self._pods_and_token(namespace, name)
             records: dict[str, dict] = {}
             for listener in tls_listeners(spec):
@@ -495,7 +527,7 @@ class Controller:
                     material = await self.load_material(namespace, listener)
                 except certs.InvalidMaterial:
                     continue  # reported by the Secret handler and reconciliation; nothing to re-signal
-                serving, errors = 0, []
+                serving, errors, statuses = 0, [], []
                 for pod in pods:
                     try:
                         served = await self.admin.served_certificate(pod, token, listener.listener_id)
@@ -504,35 +536,55 @@ class Controller:
                                                               self.config.reload_wait)
                             if not outcome.ok:
                                 errors.append(f"{pod.name}: {outcome.error}")
+                                statuses.append(outcome.status)
                                 continue
                         serving += 1
                     except SignalError as exc:
                         errors.append(str(exc))
+                        statuses.append(None)
                 if serving == len(pods):
-                    self._state(namespace, name).signalled[listener.listener_id] = material.signature
+                    state.signalled[listener.listener_id] = material.signature
                 records[listener.name] = {"secretName": listener.spec["tls"]["secretName"],
                                           "fingerprint": material.fingerprint, "notAfter": st.iso(material.not_after),
                                           "podsServing": serving, "podsTotal": len(pods),
-                                          "lastError": "; ".join(errors) or None}
-            if records:
-                await self._write_certificate_status(namespace, name, records, spec)
-            await self._refresh_readiness(namespace, name, spec)
-
-    async def on_statefulset_change(self, namespace: str, name: str) -> None:
-        """The brokers' StatefulSet changed (pods became ready or not): refresh Ready and readyReplicas."""
-        body = await self.api.get(MQTTBROKERS, namespace, name)
-        if body is None or is_paused(body):
-            return
-        async with self._state(namespace, name).lock:
-            await self._refresh_readiness(namespace, name, defaulted_spec(body.get("spec") or {}))
+                                          "lastError": "; ".join(errors) or None,
+                                          "reason": _failure_reason(statuses) if errors else None}
+            await self._write_status(body, spec, config=config, records=records)
 
     def forget(self, namespace: str, name: str, spec: dict) -> None:
         self._brokers.pop((namespace, name), None)
         self.metrics.forget(namespace, name, [l.name for l in tls_listeners(defaulted_spec(spec))])
 
     async def close(self) -> None:
+        for task in list(self._tasks):
+            task.cancel()
         await self.admin.close()
         await self.api.close()
+
+
+def _failure_reason(statuses: list[int | None]) -> str:
+    """Why pods do not serve a valid certificate, from their reload answers: 409 only (their files do not carry
+    the Secret yet) is the kubelet still propagating it, not a refusal."""
+    if statuses and all(status == 409 for status in statuses):
+        return st.WAITING_FOR_KUBELET
+    if any(status == 422 for status in statuses):
+        return st.REFUSED
+    return st.NOT_SERVED
+
+
+def _rolling(sts: dict | None) -> bool:
+    """Whether the StatefulSet controller is still moving pods to the current template (as ``kubectl rollout
+    status`` decides it); unknown (no status yet) is not rolling."""
+    status = (sts or {}).get("status") or {}
+    if not sts or not status:
+        return False
+    if status.get("observedGeneration") is not None and status["observedGeneration"] < sts["metadata"].get(
+            "generation", 0):
+        return True
+    replicas = (sts.get("spec") or {}).get("replicas", 0)
+    if status.get("updateRevision") and status.get("currentRevision") != status.get("updateRevision"):
+        return True
+    return status.get("updatedReplicas") is not None and int(status["updatedReplicas"]) < replicas
 
 
 def _check_loads(hocon: str) -> None:

@@ -252,7 +252,7 @@ def _listener_schema() -> Schema:
 
 def _status_schema() -> Schema:
     condition = _object("A standard Kubernetes condition.", {
-        "type": _string("Ready, CertificatesReady, ConfigApplied, Clustered or Paused."),
+        "type": _string("Ready, Reconciling, Stalled, CertificatesReady, ConfigApplied, Clustered or Paused."),
         "status": _string("True, False or Unknown.", enum=["True", "False", "Unknown"]),
         "reason": _string("Machine-readable reason in CamelCase."),
         "message": _string("Human-readable explanation."),
@@ -269,6 +269,10 @@ def _status_schema() -> Schema:
         "lastRotationTime": _string("When the last rotation finished on every pod.", fmt="date-time"),
         "lastRotationSeconds": _number("Seconds from seeing the new Secret until every pod served it."),
         "lastError": _string("Why the last rotation was refused or did not finish, if it was."),
+        "reason": _string("Why it is not served everywhere: Refused (invalid material, or a pod refused it), "
+                          "WaitingForKubelet (the pods' files do not carry the Secret yet) or NotServed (a pod "
+                          "could not be asked or did not load it).",
+                          enum=["Refused", "WaitingForKubelet", "NotServed"]),
     }, required=["name"])  # a list-map key must be required (or defaulted), or the API server refuses the CRD
     schema = _object("Observed state, written by the operator.", {
         "observedGeneration": _integer("The spec generation the operator last reconciled."),
@@ -277,7 +281,8 @@ def _status_schema() -> Schema:
         "selector": _string("Label selector of the broker pods (for the scale subresource)."),
         "earliestCertificateExpiry": _string("The soonest notAfter among the listeners' certificates.",
                                              fmt="date-time"),
-        "conditions": _array("Ready, CertificatesReady, ConfigApplied, Clustered and Paused.", condition,
+        "conditions": _array("Ready, Reconciling and Stalled (kstatus), CertificatesReady, ConfigApplied, Clustered "
+                             "(only with spec.cluster) and Paused.", condition,
                              map_keys=["type"]),
         "listeners": _array("Per TLS listener: the certificate served and its last rotation.", listener,
                             map_keys=["name"]),

@@ -4,8 +4,11 @@
 - An index maps each referenced Secret/ConfigMap to the MQTTBrokers that load it; event handlers on Secrets
   and ConfigMaps (silent: no state written onto objects the operator does not own) look a changed object up
   in it and hand it to the controller.
-- Changes of the brokers' StatefulSets (pods becoming ready) refresh the MQTTBroker's Ready condition.
-- A timer per MQTTBroker re-checks what every pod serves.
+- Every event of an object an MQTTBroker owns (StatefulSet, Services, ConfigMap, PodDisruptionBudget,
+  ServiceAccount, the admin-token Secret; deletions included) requests a reconcile of its owner: a deleted or
+  hand-edited object is repaired, and status follows the pods (``Controller.request_reconcile``).
+- A timer per MQTTBroker reconciles it every ``resync_interval`` with nothing changed (drift no event showed);
+  another re-checks what every pod serves.
 - Deletion forgets the in-memory state; owned objects go with their ownerReferences.
 
 ``build_registry`` builds a fresh registry, so every test (and the CLI) gets its own handlers and settings.
@@ -69,9 +72,22 @@ def build_registry(controller: Controller, connection: kopf.ConnectionInfo | Non
     def references(namespace: str, name: str, spec: kopf.Spec, **_: Any) -> dict:
         return {(kind, namespace, obj_name): name for kind, obj_name in referenced_objects(dict(spec))}
 
+    def owned_changed(kind: str, event: dict) -> None:
+        """An event of an object whose controller is an MQTTBroker (the initial listing aside): reconcile it."""
+        obj = event.get("object") or {}
+        meta = obj.get("metadata") or {}
+        owner = next((ref for ref in meta.get("ownerReferences") or []
+                      if ref.get("kind") == "MQTTBroker" and ref.get("controller")
+                      and str(ref.get("apiVersion", "")).startswith(f"{GROUP}/")), None)
+        if owner is None or event.get("type") is None or not meta.get("namespace"):
+            return
+        controller.request_reconcile(meta["namespace"], owner["name"],
+                                     f"{kind} {meta.get('name')} {str(event.get('type')).lower()}")
+
     async def referenced_changed(kind: str, event: dict, index: kopf.Index) -> None:
         obj = event.get("object") or {}
         meta = obj.get("metadata") or {}
+        owned_changed(kind, event)
         brokers = list(index.get((kind, meta.get("namespace"), meta.get("name")), []))
         # type None is the initial listing: reconciliation (resume) and the timer cover what exists already.
         if not brokers or event.get("type") is None:
@@ -90,18 +106,23 @@ def build_registry(controller: Controller, connection: kopf.ConnectionInfo | Non
     async def configmap_event(event: dict, wharf_references: kopf.Index, **_: Any) -> None:
         await referenced_changed("ConfigMap", event, wharf_references)
 
-    @kopf.on.event("apps", "v1", "statefulsets", registry=registry,
-                   labels={"app.kubernetes.io/managed-by": "wharf-operator"})
-    async def statefulset_event(event: dict, **_: Any) -> None:
-        obj = event.get("object") or {}
-        owner = next((ref for ref in (obj.get("metadata") or {}).get("ownerReferences") or []
-                      if ref.get("kind") == "MQTTBroker" and ref.get("controller")), None)
-        if owner is None or event.get("type") in (None, "DELETED"):
-            return
+    # Owned objects of the other kinds, found by their controller reference (labels can be edited away).
+    for group_version, plural, kind in (("apps/v1", "statefulsets", "StatefulSet"), ("v1", "services", "Service"),
+                                        ("v1", "serviceaccounts", "ServiceAccount"),
+                                        ("policy/v1", "poddisruptionbudgets", "PodDisruptionBudget")):
+        async def owned_event(event: dict, kind: str = kind, **_: Any) -> None:
+            owned_changed(kind, event)
+
+        kopf.on.event(*group_version.split("/"), plural, registry=registry, id=f"owned-{plural}")(owned_event)
+
+    @kopf.timer(GROUP, VERSION, PLURAL, registry=registry, id="resync", interval=controller.config.resync_interval,
+                initial_delay=controller.config.resync_interval, when=lambda body, **_: not is_paused(body))
+    async def resync(body: kopf.Body, **_: Any) -> None:
         try:
-            await controller.on_statefulset_change(obj["metadata"]["namespace"], owner["name"])
+            await controller.reconcile(_plain(body), trigger="resync")
         except Exception:
-            controller.metrics.errors.labels(handler="statefulset-event").inc()
+            controller.metrics.errors.labels(handler="resync").inc()
+            controller.metrics.reconciles.labels(result="error").inc()
             raise
 
     @kopf.timer(GROUP, VERSION, PLURAL, registry=registry, interval=controller.config.recheck_interval,

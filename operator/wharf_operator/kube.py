@@ -1,4 +1,4 @@
-"""A small asyncio client for the Kubernetes API: get, list, create, merge-patch, delete.
+"""A small asyncio client for the Kubernetes API: get, list, create, merge-patch, server-side apply, delete.
 
 kopf talks to the API for its own watches; the handlers use this client for the objects they own and for
 status writes. Both are built from the same credentials (``credentials.py``), so the operator runs the same way
@@ -16,6 +16,9 @@ from urllib.parse import quote, urlencode
 
 import aiohttp
 
+# The field manager of every server-side apply the operator makes (``kubectl get -o yaml --show-managed-fields``).
+FIELD_MANAGER = "wharf-operator"
+
 TokenSource = Callable[[], "str | None | Awaitable[str | None]"]
 
 
@@ -24,6 +27,15 @@ class ApiError(Exception):
         super().__init__(f"{method} {path}: HTTP {status}: {body[:500]}")
         self.status = status
         self.body = body
+
+    def conflicts(self) -> list[str]:
+        """For a 409 of a server-side apply: "<field> (manager ...)" of every conflicting field."""
+        try:
+            details = (json.loads(self.body) or {}).get("details") or {}
+        except ValueError:
+            return []
+        return [f"{cause.get('field', '?')} ({cause.get('message', '')})" for cause in details.get("causes") or []
+                if cause.get("reason") == "FieldManagerConflict"]
 
 
 @dataclass(frozen=True)
@@ -127,6 +139,17 @@ class KubeApi:
                     subresource: str | None = None) -> dict:
         return await self.request("PATCH", resource.path(namespace, name, subresource), body=patch,
                                   content_type="application/merge-patch+json")
+
+    async def apply(self, resource: Resource, namespace: str | None, name: str, body: dict, *,
+                    field_manager: str = FIELD_MANAGER, force: bool = False) -> dict:
+        """Server-side apply: ``body`` is every field this manager owns; fields it owned before and no longer
+        sends are removed. Without ``force`` a field another manager changed answers 409 (a conflict)."""
+        params = {"fieldManager": field_manager}
+        if force:
+            params["force"] = "true"
+        # JSON is YAML: the API server takes the apply body as either.
+        return await self.request("PATCH", resource.path(namespace, name), params=params, body=body,
+                                  content_type="application/apply-patch+yaml")
 
     async def delete(self, resource: Resource, namespace: str | None, name: str) -> None:
         try:

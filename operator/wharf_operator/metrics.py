@@ -19,6 +19,14 @@ class OperatorMetrics:
             "wharf_operator_rotation_seconds_sum", "Total seconds from a new Secret to every pod serving it.")
         self.rotation_seconds_count = self.registry.counter(
             "wharf_operator_rotation_seconds_count", "Rotations counted in wharf_operator_rotation_seconds_sum.")
+        self.drift_repairs = self.registry.counter(
+            "wharf_operator_drift_repairs_total",
+            "Owned objects created or changed back to what an already reconciled spec says (deleted or edited by "
+            "hand), by kind.", ["kind"])
+        self.field_conflicts = self.registry.counter(
+            "wharf_operator_field_conflicts_total",
+            "Server-side applies refused because another field manager changed a field the operator owns, by kind.",
+            ["kind"])
         self.last_rotation_seconds = self.registry.gauge(
             "wharf_operator_last_rotation_seconds", "Seconds the last rotation of a listener took.",
             ["namespace", "broker", "listener"])

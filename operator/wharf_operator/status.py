@@ -1,16 +1,31 @@
-"""Status of an MQTTBroker: conditions (Kubernetes conventions) and the per-listener certificate records."""
+"""Status of an MQTTBroker: conditions (Kubernetes conventions) and the per-listener certificate records.
+
+``compose`` computes the whole status from what one pass observed (the StatefulSet, the pods' answers, the
+rendered config, the Secrets), so that every reconcile writes it in one patch. Conditions follow kstatus:
+``Ready``, and the abnormal-true ``Reconciling`` (work in progress) and ``Stalled`` (no progress without a
+change by someone: an invalid config, a refused certificate, a field another manager holds); every condition
+carries the ``observedGeneration`` it was computed for.
+"""
 
 from __future__ import annotations
 
 import datetime
+from dataclasses import dataclass, field
 from typing import Any
 
 READY = "Ready"
 CERTIFICATES_READY = "CertificatesReady"
 CONFIG_APPLIED = "ConfigApplied"
 PAUSED = "Paused"
-# Whether the broker pods form one cluster on NATS (False with IndependentBrokers: replicas > 1, no spec.cluster).
+# Whether the broker pods form one cluster on NATS; only present when spec.cluster is set.
 CLUSTERED = "Clustered"
+RECONCILING = "Reconciling"
+STALLED = "Stalled"
+
+# Why a listener's certificate is not served everywhere (status.listeners[].reason).
+REFUSED = "Refused"  # invalid material (or a pod refused it): waits for a new Secret
+WAITING_FOR_KUBELET = "WaitingForKubelet"  # the pods' files do not carry the Secret yet: the kubelet is behind
+NOT_SERVED = "NotServed"  # a pod could not be asked or did not load it: retried
 
 
 def now_iso() -> str:
@@ -59,3 +74,111 @@ def earliest_expiry(listeners: list[dict]) -> str | None:
 
 def iso(moment: datetime.datetime) -> str:
     return moment.astimezone(datetime.UTC).replace(microsecond=0).isoformat().replace("+00:00", "Z")
+
+
+@dataclass
+class Observed:
+    """What one pass saw; ``None`` fields were not looked at this time and keep their current status."""
+
+    generation: int | None
+    replicas: int
+    selector: str
+    ready_replicas: int
+    rolling: bool = False  # the StatefulSet controller has not yet moved every pod to the current template
+    config: tuple[bool, str, str] | None = None  # ConfigApplied (status, reason, message)
+    listener_records: dict[str, dict] | None = None  # listener name -> fields of status.listeners[]
+    listener_names: set[str] = field(default_factory=set)  # the spec's TLS listeners
+    # None: no spec.cluster (no Clustered condition, no status.cluster); else (status.cluster, ok, reason, message)
+    cluster: tuple[dict | None, bool, str, str] | None = None
+    conflicts: list[str] = field(default_factory=list)  # fields another manager holds, not taken back yet
+    reconciled: bool = False  # a full reconcile of ``generation``: status.observedGeneration moves
+
+
+def _certificates(listeners: list[dict]) -> tuple[bool, str, str]:
+    problems = [e for e in listeners if e.get("lastError")]
+    if not problems:
+        return True, "Valid", "every TLS listener has valid material served by every pod"
+    reasons = {e.get("reason") or REFUSED for e in problems}
+    reason = next(r for r in (REFUSED, NOT_SERVED, WAITING_FOR_KUBELET) if r in reasons)
+    return False, reason, "; ".join(f"{e['name']}: {e['lastError']}" for e in problems)
+
+
+def compose(current: dict, observed: Observed) -> dict:
+    """The status fields to write (a merge patch of status), from the current status and what was observed."""
+    generation = observed.generation
+    conditions = current.get("conditions")
+    result: dict[str, Any] = {"replicas": observed.replicas, "selector": observed.selector,
+                              "readyReplicas": observed.ready_replicas}
+    if observed.reconciled:
+        result["observedGeneration"] = generation
+    observed_generation = result.get("observedGeneration", current.get("observedGeneration"))
+
+    if observed.config is not None:
+        ok, reason, message = observed.config
+        conditions = set_condition(conditions, CONFIG_APPLIED, ok, reason, message, generation)
+    config = get_condition(conditions, CONFIG_APPLIED) or {}
+
+    listeners = [e for e in current.get("listeners") or [] if e.get("name") in observed.listener_names]
+    for listener_name, fields in (observed.listener_records or {}).items():
+        listeners = merge_listener(listeners, listener_name, **fields)
+    result["listeners"] = listeners
+    result["earliestCertificateExpiry"] = earliest_expiry(listeners)
+    certs_ok, certs_reason, certs_message = _certificates(listeners)
+    if listeners or get_condition(conditions, CERTIFICATES_READY) or observed.listener_names:
+        conditions = set_condition(conditions, CERTIFICATES_READY, certs_ok, certs_reason, certs_message, generation)
+
+    if observed.cluster is None:
+        result["cluster"] = None
+        conditions = [c for c in conditions or [] if c.get("type") != CLUSTERED]
+        cluster_ok = True
+    else:
+        cluster, cluster_ok, reason, message = observed.cluster
+        result["cluster"] = cluster
+        conditions = set_condition(conditions, CLUSTERED, cluster_ok, reason, message, generation)
+
+    ready, wanted = observed.ready_replicas, observed.replicas
+    config_ok = config.get("status") == "True"
+    pods_ok = ready >= wanted and not observed.rolling
+    is_ready = pods_ok and certs_ok and config_ok
+    if is_ready:
+        reason, message = "AllPodsReady", f"{ready}/{wanted} pods ready"
+    elif not config_ok:
+        reason, message = config.get("reason") or "ConfigNotApplied", "the config is not applied"
+    elif not certs_ok:
+        reason = WAITING_FOR_KUBELET if certs_reason == WAITING_FOR_KUBELET else "CertificatesNotReady"
+        message = certs_message
+    elif observed.rolling:
+        reason, message = "RollingUpdate", f"pods are being replaced one at a time; {ready}/{wanted} ready"
+    else:
+        reason, message = "WaitingForPods", f"{ready}/{wanted} pods ready"
+    conditions = set_condition(conditions, READY, is_ready, reason, message, generation)
+
+    stalled: tuple[str, str] | None = None
+    if config.get("reason") == "InvalidConfig":
+        stalled = ("InvalidConfig", config.get("message", ""))
+    elif not certs_ok and certs_reason == REFUSED:
+        stalled = ("CertificateRefused", certs_message)
+    elif observed.conflicts:
+        stalled = ("FieldConflict", "fields changed by another manager, taken back later: "
+                   + "; ".join(observed.conflicts))
+    conditions = set_condition(conditions, STALLED, stalled is not None, *(stalled or ("NotStalled", "")),
+                               generation)
+
+    progress: tuple[str, str] | None = None
+    if stalled is None:
+        if observed_generation != generation:
+            progress = ("NewGeneration", f"generation {generation} is not reconciled yet")
+        elif observed.rolling:
+            progress = ("RollingUpdate", "pods are being replaced one at a time")
+        elif not config_ok:
+            progress = (config.get("reason") or "ConfigNotApplied", config.get("message", ""))
+        elif not certs_ok:
+            progress = (certs_reason, certs_message)
+        elif ready < wanted:
+            progress = ("WaitingForPods", f"{ready}/{wanted} pods ready")
+        elif not cluster_ok:
+            progress = ("ClusterForming", (get_condition(conditions, CLUSTERED) or {}).get("message", ""))
+    conditions = set_condition(conditions, RECONCILING, progress is not None,
+                               *(progress or ("Reconciled", "the observed state is the desired state")), generation)
+    result["conditions"] = conditions
+    return result

@@ -96,12 +96,14 @@ async def test_entry_point_runs_against_a_kubeconfig(kmock, tmp_path, monkeypatc
         env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
     client = KubeApi(server)
     try:
-        await _until(lambda: len(kmock[kmock_lib.action.WATCH]) >= 4, "the operator's watches")
+        await _until(lambda: len(kmock[kmock_lib.action.WATCH]) >= 7, "the operator's watches")
         watched = {str(request.url.path) for request in kmock[kmock_lib.action.WATCH]}
-        # Scoped to its namespace: Secrets, ConfigMaps, StatefulSets and MQTTBrokers there only (kopf may watch
+        # Scoped to its namespace: MQTTBrokers and the kinds of what they load or own, there only (kopf may watch
         # namespaces too).
         assert watched - {"/api/v1/namespaces"} == {f"/api/v1/namespaces/{NS}/secrets",
                            f"/api/v1/namespaces/{NS}/configmaps", f"/apis/apps/v1/namespaces/{NS}/statefulsets",
+                           f"/api/v1/namespaces/{NS}/services", f"/api/v1/namespaces/{NS}/serviceaccounts",
+                           f"/apis/policy/v1/namespaces/{NS}/poddisruptionbudgets",
                            f"/apis/mqtt.wharf.dev/v1alpha1/namespaces/{NS}/mqttbrokers"}
 
         ca = make_ca()

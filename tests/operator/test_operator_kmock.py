@@ -445,3 +445,35 @@ async def test_timer_pushes_tls_options_a_pod_refused(kmock):
                     for c in (version.raw.get("status") or {}).get("conditions") or []
                     if c["type"] == "ConfigApplied" and c["reason"] == "LiveUpdateRefused"]
         assert refusals and "not now" in refusals[0]["message"]
+
+
+async def test_a_deleted_owned_object_is_recreated_and_removed_spec_fields_leave_it(env):
+    await env.create_broker(tls_spec(tolerations=[{"key": "dedicated", "operator": "Exists"}]))
+    await env.reconciled()
+    assert env.obj("apps/v1/statefulsets", "wharf")["spec"]["template"]["spec"]["tolerations"]
+    await env.client.delete(Resource("policy", "v1", "poddisruptionbudgets"), NS, "wharf")
+    pdb = await eventually(lambda: env.obj("policy/v1/poddisruptionbudgets", "wharf"), "the PDB recreated")
+    assert pdb["metadata"]["ownerReferences"][0]["uid"] == "uid-wharf"
+    await eventually(lambda: env.controller.metrics.drift_repairs.labels(kind="PodDisruptionBudget").value >= 1,
+                     "the repair counted")
+
+    await env.patch_broker({"spec": {"tolerations": None}})
+    await eventually(lambda: "tolerations" not in env.obj("apps/v1/statefulsets", "wharf")["spec"]["template"][
+        "spec"], "tolerations removed from the StatefulSet")
+
+
+async def test_a_secret_the_kubelet_has_not_projected_yet_reads_as_waiting_not_refused(env):
+    await env.create_broker(tls_spec())
+    await env.reconciled()
+    pods = await env.add_pods(2)
+    # The pods' files never get the new certificate within the reload wait: each pod answers 409.
+    await env.rotate_secret(make_leaf(env.ca), project=False)
+    condition = await eventually(lambda: (c := env.condition("CertificatesReady")).get("status") == "False" and c,
+                                 "CertificatesReady=False", timeout=20)
+    assert condition["reason"] == "WaitingForKubelet"
+    assert env.listener_status()["reason"] == "WaitingForKubelet"
+    assert env.condition("Ready")["reason"] == "WaitingForKubelet"
+    assert env.condition("Reconciling")["status"] == "True"
+    assert env.condition("Stalled")["status"] == "False"
+    assert all(c["observedGeneration"] == 1 for c in env.status()["conditions"])
+    assert all(p.served["ssl:mqtts"] == env.leaf.fingerprint for p in pods)  # still the old one, not refused

@@ -106,15 +106,18 @@ def operator_command() -> list[str]:
 
 
 @contextmanager
-def running_operator(kubeconfig: Path, log_path: Path, namespaces: list[str], pod_cidr: str
-                     ) -> Iterator[subprocess.Popen]:
-    """Start ``wharf-operator``; wait for its liveness endpoint; stop it (SIGTERM) afterwards."""
+def running_operator(kubeconfig: Path, log_path: Path, namespaces: list[str], pod_cidr: str,
+                     extra_args: list[str] | None = None) -> Iterator[subprocess.Popen]:
+    """Start ``wharf-operator`` (with ``extra_args``); wait for its liveness endpoint; stop it (SIGTERM)
+    afterwards."""
     health_port = localcluster.free_loopback_port()
     args = [*operator_command(), "--kubeconfig", str(kubeconfig), "--verbose",
-            "--liveness", f"http://127.0.0.1:{health_port}/healthz", "--metrics-port", "0",
+            "--liveness", f"http://127.0.0.1:{health_port}/healthz", "--metrics-bind", "127.0.0.1",
+            "--metrics-port", "0",
             # The fake Pods' IPs: the operator may call only these (nothing listens there yet).
             "--allow-pod-network", pod_cidr, "--signal-timeout", "2", "--reload-wait", "5"]
     args += [f"--namespace={ns}" for ns in namespaces] or ["--all-namespaces"]
+    args += extra_args or []
     env = {**os.environ, "NO_PROXY": "*", "no_proxy": "*"}
     for proxy in ("HTTP_PROXY", "HTTPS_PROXY", "http_proxy", "https_proxy", "ALL_PROXY", "all_proxy"):
         env.pop(proxy, None)

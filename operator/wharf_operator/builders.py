@@ -1,0 +1,116 @@
+"""What an MQTTBroker should own, as one list of pure builders: MQTTBroker (defaulted spec, rendered config) →
+the objects, each with its API resource and owner reference.
+
+The controller applies what they return in one place (server-side apply, ``Controller._apply_all``) and deletes
+what ``unwanted`` names; nothing else in the operator decides what exists. A builder returns no object when the
+spec does not ask for it (the Certificate without ``spec.certificate``, the NATS objects without
+``spec.cluster.nats.deploy``), and then ``unwanted`` lists it so that one the broker owned before is removed.
+"""
+
+from __future__ import annotations
+
+import copy
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+
+from . import nats, resources
+from .crd import GROUP, VERSION
+from .kube import (
+    CERTIFICATES,
+    CONFIGMAPS,
+    PDBS,
+    SECRETS,
+    SERVICEACCOUNTS,
+    SERVICES,
+    STATEFULSETS,
+    Resource,
+)
+
+
+@dataclass(frozen=True)
+class Inputs:
+    """Everything the builders read: the broker's identity, its defaulted spec and the rendered config."""
+
+    name: str
+    namespace: str
+    uid: str | None
+    spec: dict
+    hocon: str
+    live_options_hash: str
+    restart_hash: str
+
+
+@dataclass(frozen=True)
+class Desired:
+    resource: Resource
+    kind: str  # the object's kind, as metrics and events name it
+    body: dict
+    # Created once, never rewritten (the admin token: pods and operator must keep reading the same one).
+    create_only: bool = False
+
+    @property
+    def name(self) -> str:
+        return self.body["metadata"]["name"]
+
+
+def owner_reference(inputs: Inputs) -> dict:
+    return {"apiVersion": f"{GROUP}/{VERSION}", "kind": "MQTTBroker", "name": inputs.name, "uid": inputs.uid,
+            "controller": True, "blockOwnerDeletion": True}
+
+
+def _nats_wanted(spec: dict) -> bool:
+    return bool(((spec.get("cluster") or {}).get("nats") or {}).get("deploy", False))
+
+
+def _broker_objects(i: Inputs) -> Iterable[Desired]:
+    yield Desired(SECRETS, "Secret", resources.admin_token_secret(i.name, i.namespace), create_only=True)
+    yield Desired(SERVICEACCOUNTS, "ServiceAccount", resources.service_account(i.name, i.namespace))
+    yield Desired(CONFIGMAPS, "ConfigMap", resources.config_map(i.name, i.namespace, i.hocon, i.live_options_hash))
+    yield Desired(SERVICES, "Service", resources.headless_service(i.name, i.namespace, i.spec))
+    yield Desired(SERVICES, "Service", resources.client_service(i.name, i.namespace, i.spec))
+    yield Desired(PDBS, "PodDisruptionBudget", resources.pod_disruption_budget(i.name, i.namespace, i.spec))
+    yield Desired(STATEFULSETS, "StatefulSet", resources.stateful_set(i.name, i.namespace, i.spec, i.restart_hash))
+
+
+def _certificate(i: Inputs) -> Iterable[Desired]:
+    certificate = resources.certificate(i.name, i.namespace, i.spec)
+    if certificate is not None:
+        yield Desired(CERTIFICATES, "Certificate", certificate)
+
+
+def _nats_objects(i: Inputs) -> Iterable[Desired]:
+    if not _nats_wanted(i.spec):
+        return
+    yield Desired(CONFIGMAPS, "ConfigMap", nats.config_map(i.name, i.namespace, i.spec))
+    yield Desired(SERVICES, "Service", nats.headless_service(i.name, i.namespace))
+    yield Desired(SERVICES, "Service", nats.client_service(i.name, i.namespace))
+    yield Desired(PDBS, "PodDisruptionBudget", nats.pod_disruption_budget(i.name, i.namespace))
+    yield Desired(STATEFULSETS, "StatefulSet", nats.stateful_set(i.name, i.namespace, i.spec))
+
+
+# The one list: what an MQTTBroker owns is what these return, in this order (the StatefulSet after what its pods
+# mount, so that new pods find their ConfigMap and ServiceAccount).
+BUILDERS: list[Callable[[Inputs], Iterable[Desired]]] = [_broker_objects, _certificate, _nats_objects]
+
+
+def desired_objects(inputs: Inputs) -> list[Desired]:
+    """Every object the broker should own, each carrying the broker's controller owner reference."""
+    owner = owner_reference(inputs)
+    result = []
+    for builder in BUILDERS:
+        for desired in builder(inputs):
+            body = copy.deepcopy(desired.body)
+            body["metadata"]["ownerReferences"] = [owner]
+            result.append(Desired(desired.resource, desired.kind, body, desired.create_only))
+    return result
+
+
+def unwanted(inputs: Inputs) -> list[tuple[Resource, str]]:
+    """Objects the broker may have owned under an earlier spec and must not own under this one. (The Certificate
+    is not among them: its Secret holds the keys the pods serve, and cert-manager keeps it; removing
+    spec.certificate leaves both, as the docs say.)"""
+    if _nats_wanted(inputs.spec):
+        return []
+    name = inputs.name
+    return [(CONFIGMAPS, nats.config_map_name(name)), (SERVICES, nats.headless_service_name(name)),
+            (SERVICES, nats.name(name)), (PDBS, nats.name(name)), (STATEFULSETS, nats.name(name))]
