@@ -103,6 +103,53 @@ def _certificates(listeners: list[dict]) -> tuple[bool, str, str]:
     return False, reason, "; ".join(f"{e['name']}: {e['lastError']}" for e in problems)
 
 
+def _ready(observed: Observed, config: dict, config_ok: bool, certs: tuple[bool, str, str]) -> tuple[bool, str, str]:
+    """The Ready condition: every pod ready (no rolling update under way), the config applied, certificates good."""
+    certs_ok, certs_reason, certs_message = certs
+    ready, wanted = observed.ready_replicas, observed.replicas
+    if ready >= wanted and not observed.rolling and certs_ok and config_ok:
+        return True, "AllPodsReady", f"{ready}/{wanted} pods ready"
+    if not config_ok:
+        return False, config.get("reason") or "ConfigNotApplied", "the config is not applied"
+    if not certs_ok:
+        return False, WAITING_FOR_KUBELET if certs_reason == WAITING_FOR_KUBELET else "CertificatesNotReady", \
+            certs_message
+    if observed.rolling:
+        return False, "RollingUpdate", f"pods are being replaced one at a time; {ready}/{wanted} ready"
+    return False, "WaitingForPods", f"{ready}/{wanted} pods ready"
+
+
+def _stalled(observed: Observed, config: dict, certs: tuple[bool, str, str]) -> tuple[str, str] | None:
+    """Why the operator cannot make progress without a change by someone else, or None."""
+    certs_ok, certs_reason, certs_message = certs
+    if config.get("reason") == "InvalidConfig":
+        return "InvalidConfig", config.get("message", "")
+    if not certs_ok and certs_reason == REFUSED:
+        return "CertificateRefused", certs_message
+    if observed.conflicts:
+        return "FieldConflict", "fields changed by another manager, taken back later: " + "; ".join(observed.conflicts)
+    return None
+
+
+def _progress(observed: Observed, observed_generation: Any, config: dict, config_ok: bool,
+              certs: tuple[bool, str, str], cluster_ok: bool, conditions: list[dict]) -> tuple[str, str] | None:
+    """What the operator is still waiting for (the Reconciling condition), or None when it is done."""
+    certs_ok, certs_reason, certs_message = certs
+    if observed_generation != observed.generation:
+        return "NewGeneration", f"generation {observed.generation} is not reconciled yet"
+    if observed.rolling:
+        return "RollingUpdate", "pods are being replaced one at a time"
+    if not config_ok:
+        return config.get("reason") or "ConfigNotApplied", config.get("message", "")
+    if not certs_ok:
+        return certs_reason, certs_message
+    if observed.ready_replicas < observed.replicas:
+        return "WaitingForPods", f"{observed.ready_replicas}/{observed.replicas} pods ready"
+    if not cluster_ok:
+        return "ClusterForming", (get_condition(conditions, CLUSTERED) or {}).get("message", "")
+    return None
+
+
 def compose(current: dict, observed: Observed) -> dict:
     """The status fields to write (a merge patch of status), from the current status and what was observed."""
     generation = observed.generation
@@ -136,48 +183,15 @@ def compose(current: dict, observed: Observed) -> dict:
         result["cluster"] = cluster
         conditions = set_condition(conditions, CLUSTERED, cluster_ok, reason, message, generation)
 
-    ready, wanted = observed.ready_replicas, observed.replicas
     config_ok = config.get("status") == "True"
-    pods_ok = ready >= wanted and not observed.rolling
-    is_ready = pods_ok and certs_ok and config_ok
-    if is_ready:
-        reason, message = "AllPodsReady", f"{ready}/{wanted} pods ready"
-    elif not config_ok:
-        reason, message = config.get("reason") or "ConfigNotApplied", "the config is not applied"
-    elif not certs_ok:
-        reason = WAITING_FOR_KUBELET if certs_reason == WAITING_FOR_KUBELET else "CertificatesNotReady"
-        message = certs_message
-    elif observed.rolling:
-        reason, message = "RollingUpdate", f"pods are being replaced one at a time; {ready}/{wanted} ready"
-    else:
-        reason, message = "WaitingForPods", f"{ready}/{wanted} pods ready"
+    certs = (certs_ok, certs_reason, certs_message)
+    is_ready, reason, message = _ready(observed, config, config_ok, certs)
     conditions = set_condition(conditions, READY, is_ready, reason, message, generation)
-
-    stalled: tuple[str, str] | None = None
-    if config.get("reason") == "InvalidConfig":
-        stalled = ("InvalidConfig", config.get("message", ""))
-    elif not certs_ok and certs_reason == REFUSED:
-        stalled = ("CertificateRefused", certs_message)
-    elif observed.conflicts:
-        stalled = ("FieldConflict", "fields changed by another manager, taken back later: "
-                   + "; ".join(observed.conflicts))
+    stalled = _stalled(observed, config, certs)
     conditions = set_condition(conditions, STALLED, stalled is not None, *(stalled or ("NotStalled", "")),
                                generation)
-
-    progress: tuple[str, str] | None = None
-    if stalled is None:
-        if observed_generation != generation:
-            progress = ("NewGeneration", f"generation {generation} is not reconciled yet")
-        elif observed.rolling:
-            progress = ("RollingUpdate", "pods are being replaced one at a time")
-        elif not config_ok:
-            progress = (config.get("reason") or "ConfigNotApplied", config.get("message", ""))
-        elif not certs_ok:
-            progress = (certs_reason, certs_message)
-        elif ready < wanted:
-            progress = ("WaitingForPods", f"{ready}/{wanted} pods ready")
-        elif not cluster_ok:
-            progress = ("ClusterForming", (get_condition(conditions, CLUSTERED) or {}).get("message", ""))
+    progress = None if stalled is not None else _progress(observed, observed_generation, config, config_ok, certs,
+                                                          cluster_ok, conditions)
     conditions = set_condition(conditions, RECONCILING, progress is not None,
                                *(progress or ("Reconciled", "the observed state is the desired state")), generation)
     result["conditions"] = conditions
