@@ -214,7 +214,7 @@ class TlsListenerRuntime:
 
     def _pyopenssl(self, policy: TlsPolicy) -> PyOpenSsl:
         """pyOpenSSL for a listener on that backend, or ``TlsConfigError`` saying what it lacks for this one."""
-        loaded = compat.pyopenssl(self._registry)
+        loaded = compat.use_pyopenssl(self._registry)
         if loaded is None:
             why = ("OCSP stapling (ocsp.enable_ocsp_stapling)" if policy.ocsp_stapling else
                    "PSK (psk_authentication)" if policy.psk_enabled else
@@ -350,8 +350,8 @@ class TlsListenerRuntime:
         if self._started:
             return
         policy = validate_options(self._options, self._psk_config)
-        self._shim = await asyncio.to_thread(compat.openssl_shim, self._registry)
-        self._sslproto_class = compat.lean_sslproto(asyncio.get_running_loop(), self._registry)
+        self._shim = await asyncio.to_thread(compat.use_openssl_shim, self._registry)
+        self._sslproto_class = compat.sslprotocol_class(asyncio.get_running_loop(), self._registry)
         generation = await self._load(policy)
         self._commit(generation)
         self._setup_services(policy)

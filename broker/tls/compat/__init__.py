@@ -66,7 +66,7 @@ def _record(outcome: Outcome, registry: Registry) -> None:
             gauge.remove(component=outcome.component, path=path)
 
 
-def openssl_shim(registry: Registry = REGISTRY) -> _shim.OpenSslShim | None:
+def use_openssl_shim(registry: Registry = REGISTRY) -> _shim.OpenSslShim | None:
     """The ctypes shim for stdlib contexts, or None (blocks: the first call runs the self-test in a child)."""
     shim = _shim.detect()
     if shim is not None:
@@ -78,7 +78,7 @@ def openssl_shim(registry: Registry = REGISTRY) -> _shim.OpenSslShim | None:
     return shim
 
 
-def lean_sslproto(loop: asyncio.AbstractEventLoop, registry: Registry = REGISTRY) -> type[sslproto.SSLProtocol]:
+def sslprotocol_class(loop: asyncio.AbstractEventLoop, registry: Registry = REGISTRY) -> type[sslproto.SSLProtocol]:
     """The ``SSLProtocol`` class the stdlib backend builds when something runs ahead of TLS."""
     problem = _lean.check(loop)
     if problem is None:
@@ -89,7 +89,7 @@ def lean_sslproto(loop: asyncio.AbstractEventLoop, registry: Registry = REGISTRY
     return _lean.protocol_class(problem is None)
 
 
-def pyopenssl(registry: Registry = REGISTRY) -> _pyossl.PyOpenSsl | None:
+def use_pyopenssl(registry: Registry = REGISTRY) -> _pyossl.PyOpenSsl | None:
     """pyOpenSSL (imported now), or None when it cannot be imported; the outcome is recorded either way."""
     loaded = _pyossl.load()
     if loaded is None:
@@ -107,7 +107,7 @@ def pyopenssl(registry: Registry = REGISTRY) -> _pyossl.PyOpenSsl | None:
 
 
 def pyopenssl_error() -> str:
-    """Why pyOpenSSL could not be imported (after ``pyopenssl()`` returned None)."""
+    """Why pyOpenSSL could not be imported (after ``use_pyopenssl()`` returned None)."""
     return _pyossl.load_error
 
 
