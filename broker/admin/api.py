@@ -264,7 +264,10 @@ def _tls_backends(request: web.Request) -> dict | None:
         return None
     from ..tls.compat import status as compat_status
 
-    return {"listeners": backends, "compat": compat_status()}
+    # Unauthenticated: which path, not the details (library versions); those are in the log and in the
+    # listener's own status (/api/v5/listeners/{id}, "tls").
+    compat = {name: {"path": o["path"], "fallback": o["fallback"]} for name, o in compat_status().items()}
+    return {"listeners": backends, "compat": compat}
 
 
 def _cluster_status(request: web.Request) -> dict | None:

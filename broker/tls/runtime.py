@@ -506,6 +506,7 @@ class TlsListenerRuntime:
             "last_reload_at": self._last_reload_at.isoformat() if self._last_reload_at else None,
             "last_error": self._last_error, "reloads_ok": self._reloads_ok, "reloads_failed": self._reloads_failed,
         })
+        result["compat"] = compat.status()
         if self._ocsp is not None:
             result["ocsp"] = self._ocsp.status()
         if generation is not None and generation.policy.enable_crl_check:

@@ -324,6 +324,13 @@ def test_healthz_and_the_log_name_the_tls_backends(broker_process, files):
     assert health["tls"]["listeners"] == {"ssl:default": "stdlib"}
     assert health["tls"]["compat"]["openssl_shim"]["path"] == "shim"
     assert health["tls"]["compat"]["lean_sslproto"]["path"] == "lean"
+    assert health["tls"]["compat"]["lean_sslproto"] == {"path": "lean", "fallback": False}
     assert "pyopenssl" not in health["tls"]["compat"]
+    # The details (why a path was taken) are for authenticated callers, with the listener.
+    status, body = broker.admin("GET", "/api/v5/listeners/ssl:default")
+    assert status == 200, body
+    described = json.loads(body)
+    described = described.get("data", described)
+    assert described["tls"]["compat"]["openssl_shim"]["detail"] == "self-test passed", described
     broker.wait_for_log(r"TLS compat: openssl_shim runs the shim path")
     broker.wait_for_log(r"TLS ssl:default: serving .*; stdlib backend")
