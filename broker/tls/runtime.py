@@ -218,7 +218,8 @@ class TlsListenerRuntime:
         if loaded is None:
             why = ("OCSP stapling (ocsp.enable_ocsp_stapling)" if policy.ocsp_stapling else
                    "PSK (psk_authentication)" if policy.psk_enabled else
-                   "depth/TLS 1.3 suites without the OpenSSL shim")
+                   "this listener (backend pyopenssl asked for)" if self._wanted_backend == "pyopenssl" else
+                   "depth/TLS 1.3 suites (verify_peer, TLS 1.3 ciphers) without the OpenSSL shim")
             raise TlsConfigError(f"{why} needs the pyOpenSSL backend, and pyOpenSSL cannot be imported here: "
                                  f"{compat.pyopenssl_error()}")
         if policy.psk_enabled and loaded.private is None:

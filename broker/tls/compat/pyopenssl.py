@@ -21,6 +21,7 @@ Which path runs shows as ``wharf_tls_compat_path{component="pyopenssl",path=priv
 from __future__ import annotations
 
 import importlib
+import threading
 from dataclasses import dataclass
 from types import ModuleType
 from typing import Any
@@ -33,7 +34,7 @@ _PSK_CALLBACK = "unsigned int(SSL *, const char *, unsigned char *, unsigned int
 class PrivateBindings:
     """The private cffi bindings, checked when built (``PrivateBindingError`` says which one is missing)."""
 
-    def __init__(self, SSL: ModuleType) -> None:  # noqa: N803 - the module's own name
+    def __init__(self, SSL: ModuleType) -> None:  # the module under its own name
         try:
             util = importlib.import_module("OpenSSL._util")
             ffi, lib = util.ffi, util.lib
@@ -57,7 +58,8 @@ class PrivateBindings:
         self._SSL = SSL
         self._ffi = ffi
         self._lib = lib
-        self._callback = callback  # kept alive for as long as OpenSSL may call it
+        self._callback = callback
+        _callbacks.append(callback)  # OpenSSL may call it for as long as any context that has it lives: forever
 
     def _server_callback(self, ssl_pointer: Any, identity_pointer: Any, psk_out: Any, max_len: int) -> int:
         # Runs inside OpenSSL: never raise; 0 = unknown identity (handshake fails with unknown_psk_identity).
@@ -92,6 +94,9 @@ class PrivateBindingError(RuntimeError):
     pass
 
 
+_callbacks: list[Any] = []
+
+
 @dataclass(frozen=True)
 class PyOpenSsl:
     """pyOpenSSL as loaded here: its public modules, and its private bindings when they passed the check."""
@@ -120,30 +125,38 @@ class PyOpenSsl:
 
 
 _loaded: PyOpenSsl | None = None
+_load_lock = threading.Lock()  # listeners build their contexts in worker threads
 load_error = ""  # why pyOpenSSL could not be imported, once ``load()`` returned None
 
 
 def load() -> PyOpenSsl | None:
     """pyOpenSSL (imported now if it was not), or None when it cannot be imported (``load_error`` says why)."""
-    global _loaded, load_error
-    if _loaded is None:
-        try:
-            SSL = importlib.import_module("OpenSSL.SSL")  # noqa: N806
-            crypto = importlib.import_module("OpenSSL.crypto")
-            version = str(getattr(importlib.import_module("OpenSSL"), "__version__", "?"))
-        except Exception as exc:  # noqa: BLE001 - a broken install is "unavailable", whatever it raised
-            load_error = f"{type(exc).__name__}: {exc}"
-            return None
-        try:
-            private: PrivateBindings | None = PrivateBindings(SSL)
-            detail = ""
-        except PrivateBindingError as exc:
-            private, detail = None, str(exc)
-        _loaded = PyOpenSsl(SSL, crypto, version, private, detail)
-    return _loaded
+    global _loaded
+    with _load_lock:
+        if _loaded is None:
+            _loaded = _load()
+        return _loaded
+
+
+def _load() -> PyOpenSsl | None:
+    global load_error
+    try:
+        SSL = importlib.import_module("OpenSSL.SSL")
+        crypto = importlib.import_module("OpenSSL.crypto")
+        version = str(getattr(importlib.import_module("OpenSSL"), "__version__", "?"))
+    except Exception as exc:  # noqa: BLE001 - a broken install is "unavailable", whatever it raised
+        load_error = f"{type(exc).__name__}: {exc}"
+        return None
+    try:
+        private: PrivateBindings | None = PrivateBindings(SSL)
+        detail = ""
+    except PrivateBindingError as exc:
+        private, detail = None, str(exc)
+    return PyOpenSsl(SSL, crypto, version, private, detail)
 
 
 def forget() -> None:
     """Load again at the next ``load()`` (tests that change what pyOpenSSL offers)."""
     global _loaded, load_error
-    _loaded, load_error = None, ""
+    with _load_lock:
+        _loaded, load_error = None, ""
