@@ -187,6 +187,12 @@ async def test_with_the_private_bindings_psk_listeners_run(files, psk):
         assert compat.status()["pyopenssl"]["path"] == "private"
         assert 'wharf_tls_compat_path{component="pyopenssl",path="private"} 1' in compat_lines(registry)
         assert 'wharf_tls_listener_backend{listener="ssl:test",backend="pyopenssl"} 1' in compat_lines(registry)
+        # A live update that takes PSK away moves the listener to the stdlib, and the metric with it.
+        await rt.update_options(options(files, versions=["tlsv1.3"]))
+        assert rt.backend == "stdlib"
+        backends = [line for line in compat_lines(registry) if line.startswith("wharf_tls_listener_backend")]
+        assert backends == ['wharf_tls_listener_backend{listener="ssl:test",backend="stdlib"} 1']
+        assert (await exchange(rt.port, client_context(files))).ok
 
 
 # -- whole brokers, in a process of their own ------------------------------------------------------------------------

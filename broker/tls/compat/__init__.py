@@ -2,11 +2,17 @@
 
 Three pieces reach into internals because the public APIs lack what they do:
 
-| component | relies on | gives | plain path when the check fails |
-|---|---|---|---|
-| ``openssl_shim`` | CPython's ``ssl.SSLContext`` layout (the ``SSL_CTX*`` after the object header), libssl symbols via ctypes | depth, TLS 1.3 suites and session-cache control on stdlib contexts | ``none``: stdlib contexts without them; listeners that need depth or TLS 1.3 suites use the pyOpenSSL backend |
-| ``lean_sslproto`` | asyncio ``SSLProtocol`` private attributes (``max_size``, ``_ssl_buffer_view``, ``_incoming``) | one read buffer per event loop instead of 256 KiB per TLS connection | ``plain``: asyncio's own ``SSLProtocol`` |
-| ``pyopenssl`` | pyOpenSSL's private cffi bindings (``OpenSSL._util.lib``, ``Context._context``, ``Connection._ssl``) | PSK, precise verify-failure reasons, session-reuse detection | ``public``: PSK listeners refuse to start; other pyOpenSSL listeners serve; ``unavailable`` (no pyOpenSSL): OCSP and PSK listeners refuse to start |
+- ``openssl_shim`` relies on CPython's ``ssl.SSLContext`` layout (the ``SSL_CTX*`` after the object header) and
+  libssl's symbols, through ctypes. It gives stdlib contexts depth, TLS 1.3 suites and session-cache control.
+  Plain path ``none``: stdlib contexts without them; listeners that need depth or TLS 1.3 suites use the pyOpenSSL
+  backend.
+- ``lean_sslproto`` relies on asyncio ``SSLProtocol`` private attributes (``max_size``, ``_ssl_buffer_view``,
+  ``_incoming``). It gives one read buffer per event loop instead of 256 KiB per TLS connection. Plain path
+  ``plain``: asyncio's own ``SSLProtocol``.
+- ``pyopenssl`` relies on pyOpenSSL's private cffi bindings (``OpenSSL._util.lib``, ``Context._context``,
+  ``Connection._ssl``). They give PSK, precise verify-failure reasons and session-reuse detection. Plain path
+  ``public``: PSK listeners refuse to start, other pyOpenSSL listeners serve; ``unavailable`` (no pyOpenSSL at
+  all): OCSP stapling and PSK listeners refuse to start.
 
 Each is checked the first time a TLS listener needs it (pyOpenSSL is not even imported before a listener chooses
 its backend). The outcome is logged once per process (a warning for a fallback), exported as
