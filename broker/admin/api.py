@@ -241,13 +241,33 @@ async def metrics_text(request: web.Request) -> web.Response:
 
 
 async def healthz(request: web.Request) -> web.Response:
+    tls = _tls_backends(request)
+    extra = {"tls": tls} if tls is not None else {}
     cluster = _cluster_status(request)
     if cluster is None:
-        return _json({"status": "ok"})
+        return _json({"status": "ok", **extra})
     # A node cut off from the cluster backplane is alive (a restart would not help) but says it is degraded;
     # /readyz takes it out of the Service meanwhile.
     healthy = cluster["backplane"]["connected"]
-    return _json({"status": "ok" if healthy else "degraded", "cluster": cluster})
+    return _json({"status": "ok" if healthy else "degraded", "cluster": cluster, **extra})
+
+
+def _tls_backends(request: web.Request) -> dict | None:
+    """The TLS backend of each running ssl/wss listener and the path each TLS compatibility component runs
+    (docs/tls.md, "Backends and their fallbacks"); None without TLS listeners."""
+    backends = {}
+    for listener in _app(request).listeners.values():
+        status = listener.tls_status() if hasattr(listener, "tls_status") else {}
+        if status.get("backend"):
+            backends[listener.id] = status["backend"]
+    if not backends:
+        return None
+    from ..tls.compat import status as compat_status
+
+    # Unauthenticated: which path, not the details (library versions); those are in the log and in the
+    # listener's own status (/api/v5/listeners/{id}, "tls").
+    compat = {name: {"path": o["path"], "fallback": o["fallback"]} for name, o in compat_status().items()}
+    return {"listeners": backends, "compat": compat}
 
 
 def _cluster_status(request: web.Request) -> dict | None:

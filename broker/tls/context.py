@@ -6,6 +6,8 @@ version limits, verify flags and depth from the base context and the rest from t
 configured by the same ``configure_stdlib`` and a policy change is written into the base context in place.
 
 pyOpenSSL backend (OCSP stapling, PSK): one complete ``SSL.Context`` per generation, chosen per connection.
+pyOpenSSL is imported only by the functions of that backend (through ``compat.pyopenssl``), so a broker whose
+listeners all run on the stdlib never loads it.
 """
 
 from __future__ import annotations
@@ -14,14 +16,16 @@ import os
 import ssl
 import tempfile
 import warnings
-from typing import Callable
+from typing import TYPE_CHECKING, Any, Callable
 
-from OpenSSL import SSL, crypto
-
+from .compat.openssl_shim import OpenSslShim, ShimError
+from .compat.pyopenssl import PyOpenSsl
 from .errors import TlsConfigError
 from .material import Material
-from .openssl_shim import OpenSslShim, ShimError
 from .options import STDLIB_VERSIONS, VERSION_ORDER, TlsPolicy
+
+if TYPE_CHECKING:
+    from OpenSSL import SSL
 
 OP_ALLOW_CLIENT_RENEGOTIATION = 0x100  # SSL_OP_ALLOW_CLIENT_RENEGOTIATION; no Python constant
 OP_ALLOW_UNSAFE_LEGACY_RENEGOTIATION = 0x40000
@@ -31,8 +35,6 @@ OP_NO_RENEGOTIATION = getattr(ssl, "OP_NO_RENEGOTIATION", 0x40000000)  # SSL_OP_
 DEFAULT_TLS12_CIPHERS = "ECDHE+AESGCM:ECDHE+CHACHA20"
 _NO_VERSION_OPS = {"tlsv1": ssl.OP_NO_TLSv1, "tlsv1.1": ssl.OP_NO_TLSv1_1, "tlsv1.2": ssl.OP_NO_TLSv1_2,
                    "tlsv1.3": ssl.OP_NO_TLSv1_3}
-_PYOSSL_VERSIONS = {"tlsv1": SSL.TLS1_VERSION, "tlsv1.1": SSL.TLS1_1_VERSION, "tlsv1.2": SSL.TLS1_2_VERSION,
-                    "tlsv1.3": SSL.TLS1_3_VERSION}
 # What PSK listeners offer when no ciphers are configured: OpenSSL's default list leaves PSK suites out. PSK
 # suites come first so that a client offering them (it has a key) gets one; clients without a key never offer
 # them and are served from the default list. Forward-secret PSK suites first.
@@ -211,13 +213,16 @@ def _smoke_stdlib_once(ctx: ssl.SSLContext, policy: TlsPolicy, version: str | No
         ctx.verify_mode = verify_mode
 
 
-def build_pyopenssl_context(policy: TlsPolicy, material: Material,  # noqa: C901 - one branch per ssl_options field
-                            configure: Callable[[SSL.Context], None] | None = None) -> SSL.Context:
+def build_pyopenssl_context(pyossl: PyOpenSsl, policy: TlsPolicy,  # noqa: C901 - one branch per ssl_options field
+                            material: Material, configure: Callable[[SSL.Context], None] | None = None) -> SSL.Context:
     """A complete pyOpenSSL server context for one generation; ``configure`` adds PSK/OCSP callbacks."""
+    SSL, crypto = pyossl.SSL, pyossl.crypto  # the modules under their usual names
+    versions = {"tlsv1": SSL.TLS1_VERSION, "tlsv1.1": SSL.TLS1_1_VERSION, "tlsv1.2": SSL.TLS1_2_VERSION,
+                "tlsv1.3": SSL.TLS1_3_VERSION}
     ctx = SSL.Context(SSL.TLS_SERVER_METHOD)
     try:
-        ctx.set_min_proto_version(_PYOSSL_VERSIONS[policy.min_version])
-        ctx.set_max_proto_version(_PYOSSL_VERSIONS[policy.max_version])
+        ctx.set_min_proto_version(versions[policy.min_version])
+        ctx.set_max_proto_version(versions[policy.max_version])
         options = SSL.OP_NO_COMPRESSION
         for version in _excluded_versions(policy):
             options |= _NO_VERSION_OPS[version]
@@ -269,11 +274,11 @@ def build_pyopenssl_context(policy: TlsPolicy, material: Material,  # noqa: C901
     return ctx
 
 
-def smoke_pyopenssl(ctx: SSL.Context, policy: TlsPolicy) -> str:
-    return [_smoke_pyopenssl_once(ctx, policy, version) for version in _smoke_versions(policy)][-1]
+def smoke_pyopenssl(pyossl: PyOpenSsl, ctx: SSL.Context, policy: TlsPolicy) -> str:
+    return [_smoke_pyopenssl_once(pyossl.SSL, ctx, policy, version) for version in _smoke_versions(policy)][-1]
 
 
-def _smoke_pyopenssl_once(ctx: SSL.Context, policy: TlsPolicy, version: str | None) -> str:
+def _smoke_pyopenssl_once(SSL: Any, ctx: SSL.Context, policy: TlsPolicy, version: str | None) -> str:
     server = SSL.Connection(ctx, None)
     server.set_accept_state()
     server.set_verify(SSL.VERIFY_NONE, None)  # the smoke client has no certificate to offer

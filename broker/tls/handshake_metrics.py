@@ -49,6 +49,9 @@ class TlsMetrics:
                                            ["listener"])
         self.expiry = registry.gauge("wharf_tls_certificate_expiry_timestamp_seconds",
                                      "notAfter of the served certificate (Unix time)", ["listener"])
+        self.backends = registry.gauge("wharf_tls_listener_backend", "The TLS backend serving a listener (1)",
+                                       ["listener", "backend"])
+        self._backend: str | None = None
         self.reloads_ok = self.reloads.labels(listener=listener, result="ok")
         self.reloads_failed = self.reloads.labels(listener=listener, result="failed")
         self.handshakes_ok = self.handshakes.labels(listener=listener)
@@ -57,8 +60,18 @@ class TlsMetrics:
     def failed(self, reason: str) -> None:
         self.failures.labels(listener=self.listener, reason=reason).inc()
 
+    def backend_is(self, backend: str) -> None:
+        if backend != self._backend:
+            if self._backend is not None:
+                self.backends.remove(listener=self.listener, backend=self._backend)
+            self.backends.labels(listener=self.listener, backend=backend).set(1)
+            self._backend = backend
+
     def remove(self) -> None:
         self.expiry.remove(listener=self.listener)
+        if self._backend is not None:
+            self.backends.remove(listener=self.listener, backend=self._backend)
+            self._backend = None
 
 
 class ObservedSSLObject(ssl.SSLObject):

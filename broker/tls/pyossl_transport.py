@@ -5,6 +5,11 @@ raw TCP connection's protocol and, towards the application, an ``asyncio.Transpo
 protocol sees ``connection_made`` only after the handshake and the post-handshake checks passed, exactly as
 with the stdlib backend. The context is chosen when the TCP connection arrives, so a reload needs no tricks
 and has no start_tls race (works the same on asyncio and uvloop).
+
+The runtime imports this module (and with it pyOpenSSL) only when a listener uses this backend. Session reuse and
+the precise verify-failure reason come from pyOpenSSL's private bindings (``compat/pyopenssl.py``); without them a
+handshake counts as possibly resumed (the local CRL is checked again) and a failed verification as
+``certificate_verify_failed``.
 """
 
 from __future__ import annotations
@@ -15,8 +20,8 @@ from typing import TYPE_CHECKING
 
 from cryptography.hazmat.primitives.serialization import Encoding
 from OpenSSL import SSL
-from OpenSSL._util import lib
 
+from .compat.pyopenssl import load as load_pyopenssl
 from .handshake_metrics import VERIFY_REASONS
 from .identity import PeerIdentity
 from .peer_checks import settle
@@ -77,7 +82,8 @@ class SslObjectView:
 
     @property
     def session_reused(self) -> bool:
-        return lib.SSL_session_reused(self.connection._ssl) == 1
+        loaded = load_pyopenssl()
+        return loaded is not None and loaded.session_reused(self.connection) is True
 
     def compression(self) -> None:
         return None
@@ -167,8 +173,11 @@ class PyOpenSslBridge(asyncio.Protocol, asyncio.Transport):
 
     def _failure_reason(self, exc: SSL.Error) -> str:
         reason = _openssl_reason(exc)
-        if reason == "certificate_verify_failed":
-            reason = VERIFY_REASONS.get(lib.SSL_get_verify_result(self._conn._ssl), reason)
+        loaded = load_pyopenssl()
+        code = loaded.verify_result(self._conn) if loaded is not None and reason == "certificate_verify_failed" \
+            else None
+        if code is not None:
+            reason = VERIFY_REASONS.get(code, reason)
         return reason
 
     def _fail(self, reason: str) -> None:
@@ -189,11 +198,14 @@ class PyOpenSslBridge(asyncio.Protocol, asyncio.Transport):
         conn = self._conn
         cert = conn.get_peer_certificate()
         der = cert.to_cryptography().public_bytes(Encoding.DER) if cert is not None else None
+        loaded = load_pyopenssl()
+        reused = loaded.session_reused(conn) if loaded is not None else None
         self._identity = PeerIdentity(der=der, tls_version=conn.get_protocol_version_name() or "",
                                       cipher=conn.get_cipher_name() or "",
-                                      psk_identity=used_psk_identity(conn, self.psk_offered))
+                                      psk_identity=used_psk_identity(conn, self.psk_offered, reused))
         self._state = "checking"
-        verdict = self._runtime.checker.check_now(der, lib.SSL_session_reused(conn._ssl) == 1)
+        # Unknown reuse (no private bindings) is checked as a resumed session: the local CRL once more.
+        verdict = self._runtime.checker.check_now(der, reused is not False)
         if verdict is not None and not isinstance(verdict, str):
             self._raw.pause_reading()
             asyncio.get_running_loop().create_task(self._finish_checks(verdict))

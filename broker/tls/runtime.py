@@ -8,6 +8,10 @@ Open connections keep the context they were made with, so a reload never drops t
 
 Backends: the stdlib ``ssl`` fast path (a base context whose SNI callback hands out the current material
 context), or pyOpenSSL over a memory BIO for listeners with OCSP stapling or PSK (``pyossl_transport.py``).
+The backend a listener runs is logged with each generation, shown in ``status()`` and exported as
+``wharf_tls_listener_backend{listener, backend} 1``. What either backend takes from outside public APIs (the
+OpenSSL shim, the lean ``SSLProtocol``, pyOpenSSL's private bindings) is checked in ``compat/``, each with a plain
+path when its check fails; pyOpenSSL is imported only once a listener needs that backend.
 """
 
 from __future__ import annotations
@@ -17,15 +21,16 @@ import datetime as dt
 import logging
 import ssl
 import time
+from asyncio import sslproto
 from dataclasses import dataclass, field
-from typing import Any, Callable
-
-from OpenSSL import SSL
+from typing import TYPE_CHECKING, Any, Callable
 
 from ..config.model import CrlCache as CrlCacheConfig
 from ..config.model import PskAuthentication, SslOptions
 from ..metrics import REGISTRY, Registry
-from . import openssl_shim
+from . import compat
+from .compat.openssl_shim import OpenSslShim, ShimError
+from .compat.pyopenssl import PyOpenSsl
 from .context import (build_base_context, build_pyopenssl_context, build_stdlib_context, configure_stdlib,
                       smoke_pyopenssl, smoke_stdlib)
 from .crl_cache import CrlDistributionCache
@@ -35,10 +40,12 @@ from .material import Material, Snapshot, leaf_fingerprint, read_snapshot, valid
 from .ocsp_cache import OcspStapler
 from .options import TlsPolicy, validate_options
 from .peer_checks import PeerChecker, settle
-from .psk import enable_psk, parse_psk_file
-from .pyossl_transport import PyOpenSslBridge
+from .psk import parse_psk_file
 from .reloader import PeriodicReloader
 from .server import TlsServer
+
+if TYPE_CHECKING:
+    from OpenSSL import SSL
 
 log = logging.getLogger("wharf.tls")
 EXPECTED_FINGERPRINT_POLL = 0.25
@@ -74,7 +81,7 @@ class Generation:
         return self.material.info.fingerprint_sha256
 
 
-def choose_backend(policy: TlsPolicy, shim: openssl_shim.OpenSslShim | None, wanted: str = "auto") -> str:
+def choose_backend(policy: TlsPolicy, shim: OpenSslShim | None, wanted: str = "auto") -> str:
     if wanted == "pyopenssl":
         return wanted
     if wanted == "stdlib":
@@ -171,7 +178,9 @@ class TlsListenerRuntime:
         self.metrics = TlsMetrics(listener_id, registry)
         self.checker = PeerChecker(self)
         self.crl_cache: CrlDistributionCache | None = None
-        self._shim: openssl_shim.OpenSslShim | None = None
+        self._shim: OpenSslShim | None = None
+        self._registry = registry
+        self._sslproto_class: type[sslproto.SSLProtocol] | None = None
         self._generation: Generation | None = None
         self._base_ctx: ssl.SSLContext | None = None
         self._servers: list[TlsServer] = []
@@ -203,10 +212,32 @@ class TlsListenerRuntime:
     def backend(self) -> str:
         return self.current_generation.backend
 
-    def _configure_pyopenssl(self, material: Material, psk_enabled: bool, ocsp: bool) -> Callable[[SSL.Context], None]:
+    def _pyopenssl(self, policy: TlsPolicy) -> PyOpenSsl:
+        """pyOpenSSL for a listener on that backend, or ``TlsConfigError`` saying what it lacks for this one."""
+        loaded = compat.use_pyopenssl(self._registry)
+        if loaded is None:
+            why = ("OCSP stapling (ocsp.enable_ocsp_stapling)" if policy.ocsp_stapling else
+                   "PSK (psk_authentication)" if policy.psk_enabled else
+                   "this listener (backend pyopenssl asked for)" if self._wanted_backend == "pyopenssl" else
+                   "depth/TLS 1.3 suites (verify_peer, TLS 1.3 ciphers) without the OpenSSL shim")
+            raise TlsConfigError(f"{why} needs the pyOpenSSL backend, and pyOpenSSL cannot be imported here: "
+                                 f"{compat.pyopenssl_error()}")
+        if policy.psk_enabled and loaded.private is None:
+            raise TlsConfigError(f"PSK (psk_authentication) needs pyOpenSSL's private bindings, which pyOpenSSL "
+                                 f"{loaded.version} lacks ({loaded.detail}); other listeners are not affected. "
+                                 "Allow only tlsv1.3 on this listener (no PSK there) or install a pyOpenSSL "
+                                 "that has them")
+        if policy.ocsp_stapling and not loaded.ocsp_stapling:
+            raise TlsConfigError(f"OCSP stapling (ocsp.enable_ocsp_stapling): pyOpenSSL {loaded.version} has no "
+                                 "Context.set_ocsp_server_callback")
+        return loaded
+
+    def _configure_pyopenssl(self, pyossl: PyOpenSsl, material: Material, psk_enabled: bool,
+                             ocsp: bool) -> Callable[[SSL.Context], None]:
         def configure(ctx: SSL.Context) -> None:
             if psk_enabled:
-                enable_psk(ctx)
+                if pyossl.private is None or not pyossl.private.enable_psk(ctx, b"wharf"):
+                    raise TlsConfigError("OpenSSL refused the PSK identity hint")
             if ocsp:
                 leaf = material.leaf
 
@@ -226,9 +257,10 @@ class TlsListenerRuntime:
             ctx = build_stdlib_context(policy, material, self._shim)
             smoke = smoke_stdlib(ctx, policy)
             return Generation(policy, material, backend, ctx, None, psk_table, smoke)
-        configure = self._configure_pyopenssl(material, policy.psk_enabled, policy.ocsp_stapling)
-        pctx = build_pyopenssl_context(policy, material, configure)
-        smoke = smoke_pyopenssl(pctx, policy)
+        pyossl = self._pyopenssl(policy)
+        configure = self._configure_pyopenssl(pyossl, material, policy.psk_enabled, policy.ocsp_stapling)
+        pctx = build_pyopenssl_context(pyossl, policy, material, configure)
+        smoke = smoke_pyopenssl(pyossl, pctx, policy)
         return Generation(policy, material, backend, None, pctx, psk_table, smoke)
 
     async def _load(self, policy: TlsPolicy) -> Generation:
@@ -250,9 +282,10 @@ class TlsListenerRuntime:
                 # the old CAs/CRLs may be resumed under the new ones.
                 try:
                     self._shim.invalidate_sessions(self._base_ctx)
-                except openssl_shim.ShimError as exc:
+                except ShimError as exc:
                     log.warning("TLS %s: could not drop old TLS sessions: %s", self.listener_id, exc)
         self._generation = generation
+        self.metrics.backend_is(generation.backend)
         self.metrics.expiry_child.set(generation.material.info.not_after.timestamp())
         self._last_error = None
         self._last_logged_error = None
@@ -318,7 +351,8 @@ class TlsListenerRuntime:
         if self._started:
             return
         policy = validate_options(self._options, self._psk_config)
-        self._shim = await asyncio.to_thread(openssl_shim.detect)
+        self._shim = await asyncio.to_thread(compat.use_openssl_shim, self._registry)
+        self._sslproto_class = compat.sslprotocol_class(asyncio.get_running_loop(), self._registry)
         generation = await self._load(policy)
         self._commit(generation)
         self._setup_services(policy)
@@ -365,16 +399,18 @@ class TlsListenerRuntime:
         plain TCP and the returned factory makes the TLS protocol itself (for something ahead of TLS)."""
         generation = self.current_generation
         if generation.backend == "stdlib" and plain_socket:
-            from .lean_sslproto import LeanSSLProtocol
+            protocol_class = self._sslproto_class or sslproto.SSLProtocol
 
             def tls_protocol() -> asyncio.BaseProtocol:
-                return LeanSSLProtocol(asyncio.get_running_loop(), _StdlibGate(self, protocol_factory()),
-                                            self._base_ctx, None, server_side=True,
-                                            ssl_handshake_timeout=generation.policy.handshake_timeout)
+                return protocol_class(asyncio.get_running_loop(), _StdlibGate(self, protocol_factory()),
+                                      self._base_ctx, None, server_side=True,
+                                      ssl_handshake_timeout=generation.policy.handshake_timeout)
             return tls_protocol, {}
         if generation.backend == "stdlib":
             return (lambda: _StdlibGate(self, protocol_factory()),
                     {"ssl": self._base_ctx, "ssl_handshake_timeout": generation.policy.handshake_timeout})
+        from .pyossl_transport import PyOpenSslBridge  # imports pyOpenSSL: only listeners on that backend get here
+
         return (lambda: PyOpenSslBridge(self, protocol_factory())), {}
 
     async def stop(self) -> None:
@@ -471,6 +507,7 @@ class TlsListenerRuntime:
             "last_reload_at": self._last_reload_at.isoformat() if self._last_reload_at else None,
             "last_error": self._last_error, "reloads_ok": self._reloads_ok, "reloads_failed": self._reloads_failed,
         })
+        result["compat"] = compat.status()
         if self._ocsp is not None:
             result["ocsp"] = self._ocsp.status()
         if generation is not None and generation.policy.enable_crl_check:

@@ -7,7 +7,7 @@ import os
 import ssl
 from pathlib import Path
 
-from wharf_broker.tls.lean_sslproto import LeanSSLProtocol
+from wharf_broker.tls.compat.lean_sslproto import LeanSSLProtocol
 
 CERTS = Path(__file__).resolve().parents[2] / "etc" / "certs"
 

@@ -75,8 +75,9 @@ class Echo(asyncio.Protocol):
 
 @contextlib.asynccontextmanager
 async def serving(opts: SslOptions, *, psk: PskAuthentication | None = None, crl: CrlCache | None = None,
-                  backend: str = "auto", protocol=Echo):
-    runtime = TlsListenerRuntime("ssl:test", opts, psk=psk, crl_cache=crl, registry=Registry(), backend=backend)
+                  backend: str = "auto", protocol=Echo, registry: Registry | None = None):
+    runtime = TlsListenerRuntime("ssl:test", opts, psk=psk, crl_cache=crl, registry=registry or Registry(),
+                                 backend=backend)
     await runtime.start()
     server = await runtime.create_server(protocol, "127.0.0.1", 0)
     runtime.port = server.sockets[0].getsockname()[1]

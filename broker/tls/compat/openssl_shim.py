@@ -2,11 +2,15 @@
 
 Python 3.11 has no API for ``SSL_CTX_set_verify_depth``, ``SSL_CTX_set_ciphersuites``, the server session
 cache mode, or forgetting sessions and ticket keys. They are plain calls on the context's ``SSL_CTX*``, which
-sits right after the object header of an ``ssl.SSLContext`` (CPython-internal layout). A wrong guess there would crash the process, so the shim is
-only switched on after a self-test has passed **in a child process** (``python openssl_shim.py --self-test``):
-it checks the pointer against ``SSL_CTX_get_options``, reads every setter back and proves the TLS 1.3 suite
-choice with a real in-memory handshake. Every later use re-checks the pointer the same cheap way first.
-Without the shim, listeners that need depth or TLS 1.3 suites enforced use the pyOpenSSL backend instead.
+sits right after the object header of an ``ssl.SSLContext`` (CPython-internal layout). A wrong guess there would
+crash the process, so the shim is only switched on after a self-test has passed **in a child process**
+(``python openssl_shim.py --self-test``): it checks the pointer against ``SSL_CTX_get_options``, reads every
+setter back and proves the TLS 1.3 suite choice with a real in-memory handshake. Every later use re-checks the
+pointer the same cheap way first.
+
+Without the shim (``wharf_tls_compat_path{component="openssl_shim",path="none"}``, and a warning naming why) the
+stdlib backend still serves listeners that need neither depth nor TLS 1.3 suites; listeners that need them
+enforced use the pyOpenSSL backend instead (its public API has both setters).
 
 This module has no package-relative imports so that it can run as the self-test script.
 """
@@ -14,12 +18,9 @@ This module has no package-relative imports so that it can run as the self-test 
 from __future__ import annotations
 
 import ctypes
-import logging
 import ssl
 import subprocess
 import sys
-
-log = logging.getLogger("wharf.tls")
 
 SSL_CTRL_SET_TLSEXT_TICKET_KEYS = 59
 TICKET_KEYS_LENGTH = 80  # key name 16 + HMAC secret 32 + AES key 32
@@ -93,29 +94,34 @@ class OpenSslShim:
             raise ShimError("OpenSSL refused new session ticket keys")
 
 
-_detected: OpenSslShim | None | bool = False  # False = not probed yet
+_probed = False
+_detected: OpenSslShim | None = None
+detect_detail = "not probed yet"  # why the shim is (not) available, for the log line and the status
+
+
+def _run_self_test() -> tuple[bool, str]:
+    """Run the self-test in a child process: (passed, the last line it wrote or why it could not run)."""
+    try:
+        result = subprocess.run([sys.executable, "-P", __file__, "--self-test"], capture_output=True, text=True,
+                                timeout=60)
+    except (OSError, subprocess.SubprocessError) as exc:
+        return False, str(exc)
+    passed = result.returncode == 0 and result.stdout.strip().endswith("shim ok")
+    detail = (result.stderr or result.stdout).strip().splitlines()[-1:] or [f"exit {result.returncode}"]
+    return passed, detail[0]
 
 
 def detect() -> OpenSslShim | None:
     """The shim when this interpreter passed the self-test (run once per process, in a child), else None."""
-    global _detected
-    if _detected is False:
-        try:
-            result = subprocess.run([sys.executable, "-P", __file__, "--self-test"], capture_output=True, text=True,
-                                    timeout=60)
-            passed = result.returncode == 0 and result.stdout.strip().endswith("shim ok")
-            detail = (result.stderr or result.stdout).strip().splitlines()[-1:] or [f"exit {result.returncode}"]
-        except (OSError, subprocess.SubprocessError) as exc:
-            passed, detail = False, [str(exc)]
-        _detected = None
+    global _probed, _detected, detect_detail
+    if not _probed:
+        _probed = True
+        passed, detect_detail = _run_self_test()
         if passed:
             try:
                 _detected = OpenSslShim()
             except (OSError, AttributeError) as exc:
-                detail = [str(exc)]
-        if _detected is None:
-            log.warning("TLS: OpenSSL depth/TLS 1.3 suite setters unavailable for the stdlib backend (%s); "
-                        "listeners that need them use the pyOpenSSL backend", detail[0])
+                detect_detail = str(exc)
     return _detected
 
 
@@ -166,8 +172,9 @@ def _self_test() -> None:
                 pass
         s_in.write(c_out.read())
         c_in.write(s_out.read())
-    if s.cipher()[0] != "TLS_CHACHA20_POLY1305_SHA256":
-        raise ShimError(f"TLS 1.3 suite not applied: {s.cipher()}")
+    cipher = s.cipher()
+    if cipher is None or cipher[0] != "TLS_CHACHA20_POLY1305_SHA256":
+        raise ShimError(f"TLS 1.3 suite not applied: {cipher}")
     print("shim ok")
 
 
