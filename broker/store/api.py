@@ -6,8 +6,9 @@ that resolves to ``value`` when every change queued before the call is on disk, 
 when that commit failed (disk full, I/O error, read-only file). ``when_durable(value, since)``, with ``since``
 from ``position()`` taken before an operation, also resolves as soon as every delivery that operation queued
 has ended (acknowledged by its subscriber, dropped or expired) when those deliveries were the operation's only
-changes: nothing is left to keep then (a QoS 1 PUBLISH that online subscribers acknowledged before the commit). ``changes`` counts queued changes: a caller
-that compares it before and after an operation knows whether the operation wrote anything durable.
+changes: nothing is left to keep then (a QoS 1 PUBLISH that online subscribers acknowledged before the
+commit). ``changes`` counts queued changes: a caller that compares it before and after an operation knows
+whether the operation wrote anything durable.
 """
 
 from __future__ import annotations
