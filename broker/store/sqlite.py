@@ -560,9 +560,12 @@ class SqliteStore(Store):
         self._fresh.clear()
         self._batch += 1
         waiters, self._waiters = self._waiters, []
+        count = sum(1 for op in ops if op is not None)
+        if not count:  # every change cancelled out (deliveries acknowledged in the batch): no transaction
+            self._notify(None, 0, waiters)
+            return
         self._busy = True
         done = self._loop.run_in_executor(self._executor, self._commit, ops)
-        count = sum(1 for op in ops if op is not None)
         self._backlog.value = count
         done.add_done_callback(lambda future: self._committed(future, count, waiters))
 
@@ -608,11 +611,17 @@ class SqliteStore(Store):
         error = None if future.cancelled() else future.exception()
         if future.cancelled():
             error = StoreError(f"durable store {self.path}: commit cancelled")
+        self._notify(error, count, waiters)
+        if self._ops or self._waiters:
+            self._flush()
+
+    def _notify(self, error: BaseException | None, count: int, waiters: list) -> None:
+        """Tell the waiters of a batch that it is on disk (``error`` None) or that its commit failed."""
         if error is None:
             if count:
                 self._commits.value += 1
                 self._changed.value += count
-            if self._failing:
+            if count and self._failing:
                 self._failing = False
                 log.warning("durable store %s: commits succeed again", self.path)
         else:
@@ -636,8 +645,6 @@ class SqliteStore(Store):
                 waiter[1](error is None, *waiter[2])
             except Exception:  # noqa: BLE001 - one callback must not stop the others
                 log.exception("durable store: commit callback failed")
-        if self._ops or self._waiters:
-            self._flush()
 
     def status(self) -> dict:
         return {"enable": True, "path": str(self.path), "failing": self._failing, "queued_changes": len(self._ops)}
