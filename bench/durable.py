@@ -13,7 +13,8 @@ after the other, on 127.0.0.1, the order rotated in every repetition):
 
 Throughput: ``--publishers`` 3.1.1 clients each keep ``--window`` QoS 1 PUBLISHes unacknowledged to one
 subscriber with a persistent session (clean session 0, QoS 1, online, acknowledging as it reads). The rate is
-messages acknowledged to the publishers per second, and the subscriber must receive every one. With
+messages acknowledged to the publishers per second, and the subscriber must receive every one; beside it, the
+broker's CPU time per message (user + system from ``/proc``, steadier than the rate on a shared machine). With
 ``--repeats`` above 1 a summary follows: per row the median and range of the rates, and the ratios of Wharf
 durable (``full``) to Wharf in memory and to mosquitto, each taken within one repetition.
 
@@ -120,6 +121,14 @@ class _Broker:
         if not commits:
             return ""
         return f", {commits:.0f} commits, {values['wharf_store_changes_total'] / commits:.1f} changes each"
+
+    def cpu(self) -> float:
+        """The broker's CPU time so far (user + system, seconds), from /proc; 0 where there is none."""
+        try:
+            fields = Path(f"/proc/{self.proc.pid}/stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            return 0.0
+        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
     def stop(self) -> None:
         if self.proc.poll() is None:
@@ -306,6 +315,7 @@ def main(argv: list[str] | None = None) -> int:
     print(f"QoS 1 to a persistent-session subscriber: {args.messages} messages, {args.publishers} publishers x "
           f"window {args.window}, payload {args.payload} B, {args.repeats} repetition(s)")
     runs: list[dict[str, float]] = []
+    cpus: dict[str, list[float]] = {}
     for repeat in range(args.repeats):
         results: dict[str, float] = {}
         order = chosen[repeat % len(chosen):] + chosen[:repeat % len(chosen)]
@@ -313,14 +323,18 @@ def main(argv: list[str] | None = None) -> int:
             with tempfile.TemporaryDirectory(prefix="wharf-bench-durable-") as tmp:
                 broker = rows[name](Path(tmp))
                 try:
+                    cpu = broker.cpu()
                     rate, received = asyncio.run(asyncio.wait_for(
                         _throughput(broker.port, args.messages, args.publishers, args.window, args.payload),
                         args.run_timeout))
+                    cpu = broker.cpu() - cpu
                     counters = broker.store_counters()
                 finally:
                     broker.stop()
             results[name] = rate
-            print(f"  {name:<22} {rate:>9.0f} msg/s   (subscriber received {received}{counters})")
+            cpus.setdefault(name, []).append(cpu / args.messages * 1e6)
+            print(f"  {name:<22} {rate:>9.0f} msg/s   broker CPU {cpu / args.messages * 1e6:5.1f} us/msg   "
+                  f"(subscriber received {received}{counters})")
         for label, other in (("in-memory", "wharf-memory"), ("mosquitto", "mosquitto-persist")):
             if other in results and "wharf-durable" in results:
                 print(f"  durable / {label}: {results['wharf-durable'] / results[other]:.2f}x")
@@ -329,7 +343,9 @@ def main(argv: list[str] | None = None) -> int:
         print(f"Summary over {len(runs)} repetitions (median, range):")
         for name in chosen:
             rates = sorted(run[name] for run in runs)
-            print(f"  {name:<22} {statistics.median(rates):>9.0f} msg/s   ({rates[0]:.0f} - {rates[-1]:.0f})")
+            print(f"  {name:<22} {statistics.median(rates):>9.0f} msg/s   ({rates[0]:.0f} - {rates[-1]:.0f})   "
+                  f"broker CPU {statistics.median(cpus[name]):5.1f} us/msg ({min(cpus[name]):.1f} - "
+                  f"{max(cpus[name]):.1f})")
         for label, other in (("in-memory", "wharf-memory"), ("mosquitto", "mosquitto-persist")):
             if other in chosen and "wharf-durable" in chosen:
                 ratios = sorted(run["wharf-durable"] / run[other] for run in runs)
