@@ -126,7 +126,7 @@ class Broker:
         self._received.value += 1
         store = self.store
         mark = store.changes
-        since = store.position() if message.qos == 1 else None
+        since = store.position() if message.qos == 1 and store.enabled else None
         if message.retain and self.config.mqtt.retain_available:
             if self.retain_refusal(message) is None:
                 self.retained.store(message)
