@@ -1,8 +1,8 @@
 """Durable storage: QoS 1 throughput to a persistent-session subscriber, and restart-to-ready time.
 
-``python -m bench.durable [--messages 20000] [--publishers 4] [--window 64] [--restart-sessions 10000]
-[--restart-messages 100000]`` runs, side by side in one run (each broker fresh, one after the other, on
-127.0.0.1):
+``python -m bench.durable [--messages 100000] [--repeats 3] [--publishers 4] [--window 64]
+[--restart-sessions 10000] [--restart-messages 100000]`` runs, side by side in one run (each broker fresh, one
+after the other, on 127.0.0.1, the order rotated in every repetition):
 
 - ``wharf-memory``: Wharf with ``durable_storage.enable = false``;
 - ``wharf-durable``: Wharf with ``durable_storage { enable = true, synchronous = full }`` -- every PUBACK only
@@ -13,7 +13,10 @@
 
 Throughput: ``--publishers`` 3.1.1 clients each keep ``--window`` QoS 1 PUBLISHes unacknowledged to one
 subscriber with a persistent session (clean session 0, QoS 1, online, acknowledging as it reads). The rate is
-messages acknowledged to the publishers per second, and the subscriber must receive every one.
+messages acknowledged to the publishers per second, and the subscriber must receive every one; beside it, the
+broker's CPU time per message (user + system from ``/proc``, steadier than the rate on a shared machine). With
+``--repeats`` above 1 a summary follows: per row the median and range of the rates, and the ratios of Wharf
+durable (``full``) to Wharf in memory and to mosquitto, each taken within one repetition.
 
 Restart: a Wharf store with ``--restart-sessions`` persistent sessions and ``--restart-messages`` queued QoS 1
 messages is written through the store API, then the broker is started on it; the figure is the time from
@@ -31,6 +34,7 @@ import os
 import shutil
 import signal
 import socket
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -117,6 +121,14 @@ class _Broker:
         if not commits:
             return ""
         return f", {commits:.0f} commits, {values['wharf_store_changes_total'] / commits:.1f} changes each"
+
+    def cpu(self) -> float:
+        """The broker's CPU time so far (user + system, seconds), from /proc; 0 where there is none."""
+        try:
+            fields = Path(f"/proc/{self.proc.pid}/stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            return 0.0
+        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
     def stop(self) -> None:
         if self.proc.poll() is None:
@@ -280,7 +292,9 @@ def _fill_store(data_dir: Path, sessions: int, messages: int) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--messages", type=int, default=20000)
+    parser.add_argument("--messages", type=int, default=100000)
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--run-timeout", type=float, default=120.0, help="seconds before a run is given up")
     parser.add_argument("--publishers", type=int, default=4)
     parser.add_argument("--window", type=int, default=64)
     parser.add_argument("--payload", type=int, default=64)
@@ -295,27 +309,47 @@ def main(argv: list[str] | None = None) -> int:
         "mosquitto-persist": _mosquitto,
     }
     chosen = [name for name in rows if not args.only or name in args.only.split(",")]
-    results = {}
+    if not shutil.which("mosquitto") and "mosquitto-persist" in chosen:
+        print("  mosquitto-persist: mosquitto is not installed")
+        chosen.remove("mosquitto-persist")
     print(f"QoS 1 to a persistent-session subscriber: {args.messages} messages, {args.publishers} publishers x "
-          f"window {args.window}, payload {args.payload} B")
-    for name in chosen:
-        if name.startswith("mosquitto") and not shutil.which("mosquitto"):
-            print(f"  {name:<22} mosquitto is not installed")
-            continue
-        with tempfile.TemporaryDirectory(prefix="wharf-bench-durable-") as tmp:
-            broker = rows[name](Path(tmp))
-            try:
-                rate, received = asyncio.run(_throughput(broker.port, args.messages, args.publishers, args.window,
-                                                         args.payload))
-                counters = broker.store_counters()
-            finally:
-                broker.stop()
-        results[name] = rate
-        print(f"  {name:<22} {rate:>9.0f} msg/s   (subscriber received {received}{counters})")
-    if "wharf-memory" in results and "wharf-durable" in results:
-        print(f"  durable / in-memory: {results['wharf-durable'] / results['wharf-memory']:.2f}x")
-    if "mosquitto-persist" in results and "wharf-durable" in results:
-        print(f"  durable / mosquitto: {results['wharf-durable'] / results['mosquitto-persist']:.2f}x")
+          f"window {args.window}, payload {args.payload} B, {args.repeats} repetition(s)")
+    runs: list[dict[str, float]] = []
+    cpus: dict[str, list[float]] = {}
+    for repeat in range(args.repeats):
+        results: dict[str, float] = {}
+        order = chosen[repeat % len(chosen):] + chosen[:repeat % len(chosen)]
+        for name in order:
+            with tempfile.TemporaryDirectory(prefix="wharf-bench-durable-") as tmp:
+                broker = rows[name](Path(tmp))
+                try:
+                    cpu = broker.cpu()
+                    rate, received = asyncio.run(asyncio.wait_for(
+                        _throughput(broker.port, args.messages, args.publishers, args.window, args.payload),
+                        args.run_timeout))
+                    cpu = broker.cpu() - cpu
+                    counters = broker.store_counters()
+                finally:
+                    broker.stop()
+            results[name] = rate
+            cpus.setdefault(name, []).append(cpu / args.messages * 1e6)
+            print(f"  {name:<22} {rate:>9.0f} msg/s   broker CPU {cpu / args.messages * 1e6:5.1f} us/msg   "
+                  f"(subscriber received {received}{counters})")
+        for label, other in (("in-memory", "wharf-memory"), ("mosquitto", "mosquitto-persist")):
+            if other in results and "wharf-durable" in results:
+                print(f"  durable / {label}: {results['wharf-durable'] / results[other]:.2f}x")
+        runs.append(results)
+    if len(runs) > 1:
+        print(f"Summary over {len(runs)} repetitions (median, range):")
+        for name in chosen:
+            rates = sorted(run[name] for run in runs)
+            print(f"  {name:<22} {statistics.median(rates):>9.0f} msg/s   ({rates[0]:.0f} - {rates[-1]:.0f})   "
+                  f"broker CPU {statistics.median(cpus[name]):5.1f} us/msg ({min(cpus[name]):.1f} - "
+                  f"{max(cpus[name]):.1f})")
+        for label, other in (("in-memory", "wharf-memory"), ("mosquitto", "mosquitto-persist")):
+            if other in chosen and "wharf-durable" in chosen:
+                ratios = sorted(run["wharf-durable"] / run[other] for run in runs)
+                print(f"  durable / {label}: {statistics.median(ratios):.2f}x ({ratios[0]:.2f}x - {ratios[-1]:.2f}x)")
 
     if args.restart_sessions:
         with tempfile.TemporaryDirectory(prefix="wharf-bench-restart-") as tmp:

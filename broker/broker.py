@@ -128,6 +128,7 @@ class Broker:
         self._received.value += 1
         store = self.store
         mark = store.changes
+        since = store.position() if message.qos == 1 and store.enabled else None
         if message.retain and self.config.mqtt.retain_available:
             if self.retain_refusal(message) is None:
                 self.retained.store(message)
@@ -141,7 +142,9 @@ class Broker:
         if not delivered:
             self.metrics.dropped("no_subscribers").value += 1
         if store.changes != mark and message.qos:
-            durable: asyncio.Future[int] = store.when_durable(delivered)
+            # QoS 1: also acknowledged once every durable session it went to acknowledged it (nothing left to
+            # keep); QoS 2 waits for the commit, which its PUBREC receipt joins (exactly once after a crash).
+            durable: asyncio.Future[int] = store.when_durable(delivered, since)
             return durable
         return delivered
 

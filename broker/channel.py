@@ -9,6 +9,7 @@ sessions, retained store, wills).
 from __future__ import annotations
 
 import asyncio
+import collections
 import logging
 import os
 import time
@@ -59,7 +60,7 @@ class Channel:
     __slots__ = ("broker", "connection", "settings", "version", "v5", "client_id", "username", "session",
                  "connected", "connect_received", "will", "keepalive", "send_window", "client_max_packet",
                  "topic_aliases", "aliases_out", "aliases_out_max", "session_expiry", "problem_information",
-                 "connected_at", "mountpoint", "acl", "owner", "_disconnected", "_sent", "_loop")
+                 "connected_at", "mountpoint", "acl", "owner", "_disconnected", "_deferred_acks", "_sent", "_loop")
 
     def __init__(self, broker: "Broker", connection: "Connection") -> None:
         self.broker = broker
@@ -91,6 +92,8 @@ class Channel:
         # The identity this client's session belongs to (``tenancy.session_owner``).
         self.owner: tuple[str, ...] | None = None
         self._disconnected = False
+        # PUBACK/PUBREC waiting for a commit or the cluster backplane: (future, kind, packet id), in PUBLISH order.
+        self._deferred_acks: collections.deque[tuple[asyncio.Future[int], int, int]] | None = None
         self._sent = broker.metrics.sent.labels()
         self._loop = broker.loop
 
@@ -492,28 +495,46 @@ class Channel:
             self.connection.write(bytes((kind << 4, 2)) + packet.packet_id.to_bytes(2, "big"))
 
     def _ack_when_routed(self, kind: int, packet_id: int, pending: asyncio.Future[int]) -> None:
-        """PUBACK/PUBREC once ``pending`` (a future of the delivery count) resolves. When it fails, a 5.0
-        client hears "unspecified error" (a QoS 2 message may then be sent again); a 3.1.1 client, which has
-        no negative acknowledgement, is disconnected so that it sends the message again."""
-        def done(future: asyncio.Future[int]) -> None:
-            if self._disconnected:
-                return
-            error = None if future.cancelled() else future.exception()
-            if future.cancelled() or error is not None:
-                if kind == PUBREC and self.session is not None:
-                    self.session.awaiting_rel.pop(packet_id, None)
-                log.warning("client %r: message refused: %s", self.client_id, error or "cancelled")
-                if not self.v5:
-                    self.connection.close()
-                    return
-                props = {"reason_string": str(error)[:200]} if self.problem_information and error else None
-                self.send(PubAck(kind, packet_id, rc.UNSPECIFIED_ERROR, props))
-            elif self.v5 and not future.result():
-                self.send(PubAck(kind, packet_id, rc.NO_MATCHING_SUBSCRIBERS))
-            else:
-                self.connection.write((b"\x40\x02" if kind == PUBACK else b"\x50\x02") + packet_id.to_bytes(2, "big"))
+        """PUBACK/PUBREC once ``pending`` (a future of the delivery count) resolves, in the order the PUBLISHes
+        arrived (a durable QoS 1 message acknowledged by its subscribers resolves before an earlier one waiting
+        for its commit; it waits for that one). When it fails, a 5.0 client hears "unspecified error" (a QoS 2
+        message may then be sent again); a 3.1.1 client, which has no negative acknowledgement, is
+        disconnected so that it sends the message again."""
+        waiting = self._deferred_acks
+        if waiting is None:
+            waiting = self._deferred_acks = collections.deque()
+        waiting.append((pending, kind, packet_id))
+        if len(waiting) == 1:
+            pending.add_done_callback(self._release_acks)
 
-        pending.add_done_callback(done)
+    def _release_acks(self, _future: asyncio.Future[int] | None = None) -> None:
+        waiting = self._deferred_acks
+        while waiting:
+            pending, kind, packet_id = waiting[0]
+            if not pending.done():  # the head decides: called again when it resolves
+                pending.add_done_callback(self._release_acks)
+                return
+            waiting.popleft()
+            if not self._disconnected:
+                self._deferred_ack(pending, kind, packet_id)
+
+    def _deferred_ack(self, future: asyncio.Future[int], kind: int, packet_id: int) -> None:
+        error = None if future.cancelled() else future.exception()
+        if future.cancelled() or error is not None:
+            if kind == PUBREC and self.session is not None:
+                self.session.awaiting_rel.pop(packet_id, None)
+            log.warning("client %r: message refused: %s", self.client_id, error or "cancelled")
+            if not self.v5:
+                if self._deferred_acks is not None:
+                    self._deferred_acks.clear()
+                self.connection.close()
+                return
+            props = {"reason_string": str(error)[:200]} if self.problem_information and error else None
+            self.send(PubAck(kind, packet_id, rc.UNSPECIFIED_ERROR, props))
+        elif self.v5 and not future.result():
+            self.send(PubAck(kind, packet_id, rc.NO_MATCHING_SUBSCRIBERS))
+        else:
+            self.connection.write((b"\x40\x02" if kind == PUBACK else b"\x50\x02") + packet_id.to_bytes(2, "big"))
 
     def _publish_properties(self, topic: str, properties: Properties) -> tuple[str, Properties | None, float | None]:
         """Resolve the topic alias and split off the per-delivery properties: (topic, passed-through

@@ -3,8 +3,12 @@
 Contract of every method that changes state: it queues the change and returns at once (on the event loop,
 never blocking); the change reaches disk with the next group commit. ``when_durable(value)`` returns a future
 that resolves to ``value`` when every change queued before the call is on disk, or fails with ``StoreError``
-when that commit failed (disk full, I/O error, read-only file). ``changes`` counts queued changes: a caller
-that compares it before and after an operation knows whether the operation wrote anything durable.
+when that commit failed (disk full, I/O error, read-only file). ``when_durable(value, since)``, with ``since``
+from ``position()`` taken before an operation, also resolves as soon as every delivery that operation queued
+has ended (acknowledged by its subscriber, dropped or expired) when those deliveries were the operation's only
+changes: nothing is left to keep then (a QoS 1 PUBLISH that online subscribers acknowledged before the
+commit). ``changes`` counts queued changes: a caller that compares it before and after an operation knows
+whether the operation wrote anything durable.
 """
 
 from __future__ import annotations
@@ -94,8 +98,13 @@ class Store:
         """The delayed will of ``client_id`` was published or cancelled."""
 
     # -- commits
-    def when_durable(self, value: Any):
-        """A future resolving to ``value`` once every change queued so far is on disk."""
+    def position(self) -> Any:
+        """Where the queue of changes stands, for ``when_durable(value, since)``."""
+        return None
+
+    def when_durable(self, value: Any, since: Any = None):
+        """A future resolving to ``value`` once every change queued so far is on disk -- or, with ``since``
+        from ``position()``, once every delivery queued since then has ended if nothing else was queued."""
         raise NotImplementedError("durability is off")
 
     def after_commit(self, callback: Callable[..., None], *args) -> None:

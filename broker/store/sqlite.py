@@ -68,15 +68,17 @@ _DEL_WILL = "DELETE FROM wills WHERE client_id = ?"
 class Pending:
     """What ``when_durable`` returns: resolved by the commit, its callbacks run right there (no event loop hop
     per acknowledgement). It offers the part of the ``asyncio.Future`` interface the channel uses, and can be
-    awaited."""
+    awaited. ``seqs``/``open``: the deliveries whose end also resolves it (see ``SqliteStore.when_durable``)."""
 
-    __slots__ = ("value", "error", "finished", "callbacks")
+    __slots__ = ("value", "error", "finished", "callbacks", "seqs", "open")
 
     def __init__(self, value) -> None:
         self.value = value
         self.error: BaseException | None = None
         self.finished = False
         self.callbacks: list = []
+        self.seqs: tuple = ()
+        self.open = 0
 
     def add_done_callback(self, callback) -> None:
         if self.finished:
@@ -99,6 +101,8 @@ class Pending:
         return self.value
 
     def _resolve(self, error: BaseException | None) -> None:
+        if self.finished:  # resolved early by its deliveries' end, then by the commit: once is enough
+            return
         self.finished = True
         self.error = error
         for callback in self.callbacks:
@@ -157,12 +161,15 @@ class SqliteStore(Store):
         self._closed = False
         self._failing = False
         self._seq = 0
+        self._batch = 0  # batches handed to the writer so far
         self._wills: set[str] = set()
         self._last_message = None
         self._last_columns: tuple = ()
         # seq -> index in ``_ops`` of deliveries inserted by the batch not yet handed to the writer: a delivery
         # acknowledged before then is never written at all (an online subscriber's usual case).
         self._fresh: dict[int, int] = {}
+        # seq -> the Pending of the QoS 1 PUBLISH that produced the delivery, while that Pending waits for it.
+        self._watch: dict[int, Pending] = {}
 
     # ------------------------------------------------------------------------------------------ open / close
 
@@ -443,14 +450,15 @@ class SqliteStore(Store):
             self._last_columns = codec.message_columns(message, self._offset)
         topic, payload, _qos, props, publisher, expires = self._last_columns
         self._fresh[seq] = len(self._ops)
-        self._op(_QUEUED, (seq, session.client_id, qos, retain, codec.sub_ids_out(sub_ids), topic, payload, props,
-                           publisher, expires, None))
+        # A list: ``sent`` fills in the packet id in place while the row is still in the gathering batch.
+        self._op(_QUEUED, [seq, session.client_id, qos, retain, codec.sub_ids_out(sub_ids) if sub_ids else None,
+                           topic, payload, props, publisher, expires, None])
         return seq
 
     def sent(self, session, seq: int, packet_id: int) -> None:
         index = self._fresh.get(seq)
         if index is not None:  # still in the batch being gathered: insert it with its packet id
-            self._ops[index] = (_QUEUED, self._ops[index][1][:-1] + (packet_id,))
+            self._ops[index][1][10] = packet_id
             self.changes += 1
         else:
             self._op(_SENT, (packet_id, seq))
@@ -465,6 +473,12 @@ class SqliteStore(Store):
             self.changes += 1
         else:
             self._op(_DONE, (seq,))
+        if self._watch:
+            pending = self._watch.pop(seq, None)
+            if pending is not None:
+                pending.open -= 1
+                if not pending.open:  # every delivery of its message is over: nothing left to keep
+                    pending._resolve(None)
 
     def awaiting_rel(self, session, packet_id: int, present: bool) -> None:
         self._op(_REL_ADD if present else _REL_DEL, (session.client_id, packet_id))
@@ -489,11 +503,45 @@ class SqliteStore(Store):
 
     # ------------------------------------------------------------------------------------------ commits
 
-    def when_durable(self, value) -> Pending:
+    def position(self) -> tuple[int, int, int]:
+        return self._batch, len(self._ops), self._seq
+
+    def when_durable(self, value, since: tuple[int, int, int] | None = None) -> Pending:
         pending = Pending(value)
+        if since is not None and self._deliveries_only(since):
+            first = since[2]
+            last = self._seq
+            fresh = self._fresh
+            if last == first + 1:  # one durable subscriber: the usual case
+                seqs = (last,) if last in fresh else ()
+            else:
+                seqs = tuple(seq for seq in range(first + 1, last + 1) if seq in fresh)
+            if not seqs:  # every delivery ended already (dropped, not sendable): nothing to keep
+                pending.finished = True
+                return pending
+            pending.seqs = seqs
+            pending.open = len(seqs)
+            watch = self._watch
+            for seq in seqs:
+                watch[seq] = pending
         self._waiters.append(pending)
         self._schedule()
         return pending
+
+    def _deliveries_only(self, since: tuple[int, int, int]) -> bool:
+        """Whether every change queued since ``position()`` returned ``since`` is a delivery created since then
+        (or its end): then those deliveries are all that stands between the caller and its acknowledgement."""
+        batch, start, first = since
+        if batch != self._batch:  # handed to the writer meanwhile: the deliveries are not tracked any more
+            return False
+        ops = self._ops
+        for index in range(start, len(ops)):
+            op = ops[index]
+            if op is None or op[0] is _DONE:
+                continue
+            if op[0] is not _QUEUED or op[1][0] <= first:
+                return False
+        return True
 
     def after_commit(self, callback, *args) -> None:
         self._waiters.append((None, callback, args))
@@ -510,10 +558,14 @@ class SqliteStore(Store):
             return
         ops, self._ops = self._ops, []
         self._fresh.clear()
+        self._batch += 1
         waiters, self._waiters = self._waiters, []
+        count = sum(1 for op in ops if op is not None)
+        if not count:  # every change cancelled out (deliveries acknowledged in the batch): no transaction
+            self._notify(None, 0, waiters)
+            return
         self._busy = True
         done = self._loop.run_in_executor(self._executor, self._commit, ops)
-        count = sum(1 for op in ops if op is not None)
         self._backlog.value = count
         done.add_done_callback(lambda future: self._committed(future, count, waiters))
 
@@ -559,11 +611,17 @@ class SqliteStore(Store):
         error = None if future.cancelled() else future.exception()
         if future.cancelled():
             error = StoreError(f"durable store {self.path}: commit cancelled")
+        self._notify(error, count, waiters)
+        if self._ops or self._waiters:
+            self._flush()
+
+    def _notify(self, error: BaseException | None, count: int, waiters: list) -> None:
+        """Tell the waiters of a batch that it is on disk (``error`` None) or that its commit failed."""
         if error is None:
             if count:
                 self._commits.value += 1
                 self._changed.value += count
-            if self._failing:
+            if count and self._failing:
                 self._failing = False
                 log.warning("durable store %s: commits succeed again", self.path)
         else:
@@ -574,16 +632,19 @@ class SqliteStore(Store):
                 self._failing = True
                 log.error("%s (%d changes lost; publishers of messages for durable sessions are told)", error,
                           count)
+        watch = self._watch
         for waiter in waiters:
             if waiter.__class__ is Pending:
+                if waiter.open and watch:
+                    for seq in waiter.seqs:
+                        if watch.get(seq) is waiter:
+                            del watch[seq]
                 waiter._resolve(error)
                 continue
             try:
                 waiter[1](error is None, *waiter[2])
             except Exception:  # noqa: BLE001 - one callback must not stop the others
                 log.exception("durable store: commit callback failed")
-        if self._ops or self._waiters:
-            self._flush()
 
     def status(self) -> dict:
         return {"enable": True, "path": str(self.path), "failing": self._failing, "queued_changes": len(self._ops)}

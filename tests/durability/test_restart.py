@@ -11,9 +11,10 @@ import signal
 
 import pytest
 
-from wharf_broker.mqtt.packets import PUBLISH, PUBREL, Connect, PubAck, Publish, Will
+from wharf_broker.mqtt.packets import PUBACK, PUBLISH, PUBREL, Connect, PubAck, Publish, Will
 
-from .durable_support import EXPIRY, Raw, burst, committed, drain, durable_config, subscribe_offline
+from .durable_support import (EXPIRY, SUBSCRIBER, Raw, burst, committed, drain, durable_config,
+                              subscribe_offline)
 
 pytestmark = pytest.mark.slow
 
@@ -194,3 +195,69 @@ async def test_a_session_still_belongs_to_its_owner_after_a_restart(broker_proce
     message = await again.recv()
     assert message.type == PUBLISH and message.payload == b"for alice"
     again.close()
+
+
+async def _online_subscriber(port: int, received: list, ack_first: int) -> None:
+    """The persistent session online, acknowledging the first ``ack_first`` QoS 1 messages as they arrive and
+    then only reading (so the rest stays in flight); ends when the broker goes away."""
+    client = await Raw.open(port)
+    await client.connect(SUBSCRIBER, clean_start=False, expiry=EXPIRY)
+    try:
+        while True:
+            packet = await client.recv(30)
+            if packet.type == PUBLISH:
+                received.append(packet.payload)
+                if len(received) <= ack_first:
+                    await client.send(PubAck(PUBACK, packet.packet_id))
+    except (EOFError, ConnectionError, OSError, asyncio.TimeoutError):
+        pass
+    finally:
+        client.close()
+
+
+async def test_messages_an_online_subscriber_acknowledged_before_their_commit_survive_sigkill(broker_process,
+                                                                                             tmp_path):
+    """A QoS 1 PUBLISH whose delivery the online persistent session acknowledged before the group commit is
+    acknowledged to its publisher without a row ever written (insert and delete coalesced in the gathering
+    batch); later ones, not acknowledged by the subscriber, wait for their commit. SIGKILL in the middle: every
+    message the publisher had a PUBACK for was either acknowledged by the subscriber or arrives after the
+    restart, and the PUBACKs came in the order of the PUBLISHes."""
+    config = durable_config(tmp_path / "data")
+    broker = broker_process(config)
+    port = broker.port("tcp:default")
+    await subscribe_offline(port, "online/#", qos=1)
+    online: list = []
+    subscriber = asyncio.ensure_future(_online_subscriber(port, online, ack_first=1500))
+    await asyncio.sleep(0.2)
+
+    publisher = await Raw.open(port)
+    await publisher.connect("online-pub")
+    acked: list = []  # payloads, in the order their PUBACKs arrived
+    outstanding: dict[int, bytes] = {}
+    sent = 0
+    try:
+        while sent < 4000 or outstanding:
+            while sent < 4000 and len(outstanding) < 50:
+                sent += 1
+                outstanding[sent] = payload = b"1:%06d:" % sent
+                await publisher.send(Publish("online/x", payload, 1, packet_id=sent))
+            packet = await publisher.recv(10)
+            if packet.type == PUBACK:
+                assert packet.reason_code == 0, packet
+                acked.append(outstanding.pop(packet.packet_id))
+                if len(acked) == 2500:
+                    broker.stop(signal.SIGKILL)
+    except (EOFError, ConnectionError, OSError, asyncio.TimeoutError):
+        pass
+    finally:
+        publisher.close()
+    await subscriber
+    assert len(acked) >= 2500 and len(online) > 1500, (len(acked), len(online))
+    assert acked == sorted(acked), "PUBACKs out of PUBLISH order"
+
+    restarted = broker_process(config)
+    after = [packet.payload for packet in await drain(restarted.port("tcp:default"))]
+    confirmed = set(online[:1500])
+    missing = [payload for payload in acked if payload not in confirmed and payload not in after]
+    assert not missing, f"{len(missing)} acknowledged messages lost, e.g. {missing[:3]}"
+    assert any(payload not in confirmed for payload in acked)  # some went through their commit too

@@ -176,3 +176,60 @@ def test_the_embedded_default_keeps_state_and_the_environment_can_move_or_stop_i
     monkeypatch.setenv("WHARF_DATA_DIR", str(tmp_path / "state"))
     monkeypatch.setenv("WHARF_DURABLE_STORAGE", "false")
     assert embedded_default().durable_storage == DurableStorage(enable=False, data_dir=str(tmp_path / "state"))
+
+
+async def test_a_qos1_message_whose_deliveries_ended_before_the_commit_is_released_without_it(tmp_path):
+    """``when_durable(value, since)``: a PUBLISH whose only changes were deliveries is released as soon as every
+    one of them ended (its subscribers acknowledged it), commit or not; nothing of it is written. Any other
+    change (a retained message here) and a delivery still open keep the waiter on the commit."""
+    store = _store(tmp_path)
+    await store.open(asyncio.get_running_loop())
+    a, b = _session("a"), _session("b")
+    store.put_session(a, 60.0, None)
+    store.put_session(b, 60.0, None)
+    await store.when_durable(None)
+    commits = store.metrics.commits.labels().value
+
+    transactions: list = []  # batches handed to the writer thread
+    commit = store._commit
+    store._commit = lambda ops: transactions.append(ops) or commit(ops)
+    since = store.position()
+    message = Message("t", b"both", 1)
+    seq_a = store.queued(a, message, 1, False, ())
+    seq_b = store.queued(b, message, 1, False, ())
+    store.sent(a, seq_a, 1)
+    both = store.when_durable(2, since)
+    store.done(a, seq_a)
+    assert not both.done()  # b has not acknowledged yet
+    store.done(b, seq_b)
+    assert both.done() and both.result() == 2  # released before any commit ran
+    for _ in range(3):  # the batch goes to _flush: everything in it cancelled out, so no transaction
+        await asyncio.sleep(0)
+    assert store.status()["queued_changes"] == 0
+    assert await store.when_durable("empty") == "empty"
+    assert transactions == [] and store.metrics.commits.labels().value == commits
+
+    since = store.position()
+    retained = Message("r", b"kept", 1, True)
+    store.put_retained(retained)
+    seq = store.queued(a, retained, 1, False, ())
+    waits = store.when_durable(1, since)
+    store.done(a, seq)
+    assert not waits.done()  # the retained message must be on disk first
+    assert await waits == 1
+
+    since = store.position()
+    seq = store.queued(b, Message("t", b"open", 1), 1, False, ())
+    later = store.when_durable(1, since)
+    assert not later.done()
+    assert await later == 1  # never acknowledged: the commit releases it, with the row on disk
+    assert store._watch == {}
+    store.done(b, seq)  # acknowledged after its commit: the row is deleted, the waiter is not resolved twice
+    await store.when_durable(None)
+    await store.close()
+
+    again = _store(tmp_path)
+    state = await again.open(asyncio.get_running_loop())
+    assert {record.client_id: len(record.outbound) for record in state.sessions} == {"a": 0, "b": 0}
+    assert [m.payload for m in state.retained] == [b"kept"]
+    await again.close()
