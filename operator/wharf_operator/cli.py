@@ -27,7 +27,7 @@ INSTALL_HINT = "pip install 'wharf[operator]'"
 try:
     import kopf
 
-    from . import credentials
+    from . import credentials, crd_upgrade
     from .controller import Controller, OperatorConfig
     from .handlers import build_registry
 except ModuleNotFoundError as exc:
@@ -68,6 +68,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--allow-pod-network", action="append", default=[],
                         help=f"CIDR the operator may call broker pods in (repeatable; default: ${ALLOW_ENV} "
                              "(comma-separated), else any)")
+    parser.add_argument("--apply-crd", action="store_true",
+                        help="at start, upgrade the installed MQTTBroker CRD by server-side apply when its schema "
+                             "revision is older than this operator's (needs get and patch on that CRD)")
     parser.add_argument("--verbose", action="store_true", help="debug logging")
     parser.add_argument("--version", action="version", version=f"wharf-operator {__version__}")
     args = parser.parse_args(argv)
@@ -91,6 +94,8 @@ async def _serve_metrics(metrics: OperatorMetrics, host: str, port: int) -> web.
 
 async def run(args: argparse.Namespace) -> None:
     creds = credentials.load(args.kubeconfig, args.context)
+    if args.apply_crd:  # before any watch: Helm never upgrades crds/ (crd_upgrade.py)
+        await crd_upgrade.upgrade_at_start(creds.api())
     metrics = OperatorMetrics()
     controller = Controller(
         creds.api(),

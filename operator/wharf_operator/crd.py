@@ -9,6 +9,8 @@ defaults itself (``apply_defaults``), so it behaves the same whether or not the 
 from __future__ import annotations
 
 import copy
+import hashlib
+import json
 import sys
 from typing import Any
 
@@ -19,6 +21,13 @@ PLURAL = "mqttbrokers"
 SINGULAR = "mqttbroker"
 SHORT_NAMES = ["mqb"]
 CRD_NAME = f"{PLURAL}.{GROUP}"
+
+# The schema's revision: bump it with every change of crd_manifest()'s spec (tests/operator/test_crd.py records the
+# digest of each revision and fails until it is bumped). The operator upgrades an installed CRD of a lower revision
+# and never touches one of a higher revision (an older operator must not take fields away from a newer schema).
+SCHEMA_REVISION = 1
+REVISION_ANNOTATION = f"{GROUP}/schema-revision"
+DIGEST_ANNOTATION = f"{GROUP}/schema-digest"
 
 # Annotation that stops reconciliation of one MQTTBroker while it is "true".
 PAUSE_ANNOTATION = f"{GROUP}/pause-reconciliation"
@@ -499,53 +508,64 @@ def spec_schema() -> Schema:
 
 
 def crd_manifest() -> dict[str, Any]:
-    """The whole CustomResourceDefinition object."""
+    """The whole CustomResourceDefinition object, annotated with its schema revision and the digest of its spec."""
+    spec = _crd_spec()
     return {
         "apiVersion": "apiextensions.k8s.io/v1",
         "kind": "CustomResourceDefinition",
-        "metadata": {"name": CRD_NAME, "labels": {"app.kubernetes.io/name": "wharf",
-                                                   "app.kubernetes.io/component": "crd"}},
-        "spec": {
-            "group": GROUP,
-            "scope": "Namespaced",
-            "names": {"kind": KIND, "listKind": f"{KIND}List", "plural": PLURAL, "singular": SINGULAR,
-                      "shortNames": SHORT_NAMES, "categories": ["all", "wharf"]},
-            "versions": [{
-                "name": VERSION,
-                "served": True,
-                "storage": True,
-                "subresources": {
-                    "status": {},
-                    "scale": {"specReplicasPath": ".spec.replicas", "statusReplicasPath": ".status.replicas",
-                              "labelSelectorPath": ".status.selector"},
+        "metadata": {"name": CRD_NAME,
+                     "labels": {"app.kubernetes.io/name": "wharf", "app.kubernetes.io/component": "crd"},
+                     "annotations": {REVISION_ANNOTATION: str(SCHEMA_REVISION), DIGEST_ANNOTATION: spec_digest(spec)}},
+        "spec": spec,
+    }
+
+
+def spec_digest(spec: dict[str, Any]) -> str:
+    """A short digest of a CRD spec as this module builds it (not as the API server returns it, defaulted)."""
+    return hashlib.sha256(json.dumps(spec, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def _crd_spec() -> dict[str, Any]:
+    return {
+        "group": GROUP,
+        "scope": "Namespaced",
+        "names": {"kind": KIND, "listKind": f"{KIND}List", "plural": PLURAL, "singular": SINGULAR,
+                  "shortNames": SHORT_NAMES, "categories": ["all", "wharf"]},
+        "versions": [{
+            "name": VERSION,
+            "served": True,
+            "storage": True,
+            "subresources": {
+                "status": {},
+                "scale": {"specReplicasPath": ".spec.replicas", "statusReplicasPath": ".status.replicas",
+                          "labelSelectorPath": ".status.selector"},
+            },
+            "additionalPrinterColumns": [
+                {"name": "Ready", "type": "string", "jsonPath": '.status.conditions[?(@.type=="Ready")].status',
+                 "description": "Whether every broker pod is ready and serves the expected certificates."},
+                {"name": "Replicas", "type": "integer", "jsonPath": ".spec.replicas",
+                 "description": "Desired broker pods."},
+                {"name": "Available", "type": "integer", "jsonPath": ".status.readyReplicas",
+                 "description": "Ready broker pods."},
+                # A string, not a date: kubectl prints future dates as "<invalid>".
+                {"name": "Cert-Expiry", "type": "string", "jsonPath": ".status.earliestCertificateExpiry",
+                 "description": "The soonest certificate expiry among the TLS listeners."},
+                {"name": "Age", "type": "date", "jsonPath": ".metadata.creationTimestamp"},
+            ],
+            "schema": {"openAPIV3Schema": {
+                "type": "object",
+                "description": "MQTTBroker runs Wharf MQTT brokers and rotates their TLS certificates "
+                               "without restarting them.",
+                "properties": {
+                    "apiVersion": _string("API version of this object."),
+                    "kind": _string("Kind of this object."),
+                    "metadata": {"type": "object"},
+                    "spec": spec_schema(),
+                    "status": _status_schema(),
                 },
-                "additionalPrinterColumns": [
-                    {"name": "Ready", "type": "string", "jsonPath": '.status.conditions[?(@.type=="Ready")].status',
-                     "description": "Whether every broker pod is ready and serves the expected certificates."},
-                    {"name": "Replicas", "type": "integer", "jsonPath": ".spec.replicas",
-                     "description": "Desired broker pods."},
-                    {"name": "Available", "type": "integer", "jsonPath": ".status.readyReplicas",
-                     "description": "Ready broker pods."},
-                    # A string, not a date: kubectl prints future dates as "<invalid>".
-                    {"name": "Cert-Expiry", "type": "string", "jsonPath": ".status.earliestCertificateExpiry",
-                     "description": "The soonest certificate expiry among the TLS listeners."},
-                    {"name": "Age", "type": "date", "jsonPath": ".metadata.creationTimestamp"},
-                ],
-                "schema": {"openAPIV3Schema": {
-                    "type": "object",
-                    "description": "MQTTBroker runs Wharf MQTT brokers and rotates their TLS certificates "
-                                   "without restarting them.",
-                    "properties": {
-                        "apiVersion": _string("API version of this object."),
-                        "kind": _string("Kind of this object."),
-                        "metadata": {"type": "object"},
-                        "spec": spec_schema(),
-                        "status": _status_schema(),
-                    },
-                    "required": ["spec"],
-                }},
-            }],
-        },
+                "required": ["spec"],
+            }},
+        }],
     }
 
 

@@ -141,11 +141,21 @@ def test_image_defaults_to_the_app_version_and_can_be_overridden(helm: Helm) -> 
     assert container["image"] == "example/wharf:e2e"
 
 
+# The chart's ClusterRoles besides the operator's own rules: its CRD upgrade, and the roles aggregated for people.
+CRD_ROLE, VIEWER, EDITOR = "wharf-crd", "wharf-mqttbroker-viewer", "wharf-mqttbroker-editor"
+
+
+def operator_roles(objects: list[dict]) -> list[dict]:
+    """The (Cluster)Roles holding the operator's namespaced rules (named like the release)."""
+    return [o for o in find(objects, "ClusterRole") + find(objects, "Role") if o["metadata"]["name"] == "wharf"]
+
+
 def test_all_namespaces_mode_uses_a_cluster_role(helm: Helm) -> None:
     objects = helm.template()
     assert find(objects, "Role") == [] and find(objects, "RoleBinding") == []
-    (role,) = find(objects, "ClusterRole")
-    (binding,) = find(objects, "ClusterRoleBinding")
+    assert {r["metadata"]["name"] for r in find(objects, "ClusterRole")} == {"wharf", CRD_ROLE, VIEWER, EDITOR}
+    (role,) = operator_roles(objects)
+    (binding,) = find(objects, "ClusterRoleBinding", "wharf")
     assert binding["roleRef"] == {"apiGroup": "rbac.authorization.k8s.io", "kind": "ClusterRole",
                                   "name": role["metadata"]["name"]}
     assert binding["subjects"] == [{"kind": "ServiceAccount", "name": "wharf", "namespace": "wharf-system"}]
@@ -154,8 +164,20 @@ def test_all_namespaces_mode_uses_a_cluster_role(helm: Helm) -> None:
 
 
 def test_namespaced_mode_grants_nothing_cluster_wide(helm: Helm) -> None:
+    """Nothing cluster-wide but get and patch on the MQTTBroker CRD itself (crds.upgrade; off: nothing at all)."""
     objects = helm.template(*VALUE_SETS["namespaced"])
-    assert find(objects, "ClusterRole") == [] and find(objects, "ClusterRoleBinding") == []
+    (binding,) = find(objects, "ClusterRoleBinding")
+    assert binding["roleRef"]["name"] == CRD_ROLE
+    assert [r["metadata"]["name"] for r in find(objects, "ClusterRole") if r["metadata"]["name"] != CRD_ROLE] == \
+        [VIEWER, EDITOR]  # for people, bound by nobody here: they only aggregate into view/edit/admin
+    (crd_role,) = find(objects, "ClusterRole", CRD_ROLE)
+    assert crd_role["rules"] == [{"apiGroups": ["apiextensions.k8s.io"], "resources": ["customresourcedefinitions"],
+                                  "resourceNames": ["mqttbrokers.mqtt.wharf.dev"], "verbs": ["get", "patch"]}]
+    bare = helm.template(*VALUE_SETS["namespaced"], "crds.upgrade=false", "rbac.aggregateToDefaultRoles=false")
+    assert find(bare, "ClusterRole") == [] and find(bare, "ClusterRoleBinding") == []
+    args = find(bare, "Deployment")[0]["spec"]["template"]["spec"]["containers"][0]["args"]
+    assert "--apply-crd" not in args
+    assert "--apply-crd" in find(objects, "Deployment")[0]["spec"]["template"]["spec"]["containers"][0]["args"]
     roles = {r["metadata"]["namespace"]: r for r in find(objects, "Role")}
     bindings = {b["metadata"]["namespace"]: b for b in find(objects, "RoleBinding")}
     assert set(roles) == set(bindings) == {"team-a", "team-b"}
@@ -167,7 +189,7 @@ def test_namespaced_mode_grants_nothing_cluster_wide(helm: Helm) -> None:
     assert "--all-namespaces" not in args
     assert {"--namespace=team-a", "--namespace=team-b"} <= set(args)
     # Both modes grant the same namespaced rules.
-    cluster_rules = find(helm.template(), "ClusterRole")[0]["rules"]
+    cluster_rules = operator_roles(helm.template())[0]["rules"]
     for role in roles.values():
         assert all(rule in cluster_rules for rule in role["rules"])
 
@@ -244,12 +266,13 @@ def test_notes_explain_the_install(helm: Helm, tmp_path: Path) -> None:
     assert "manifests/examples/" in namespaced
 
 
-def documented_rules() -> list[dict]:
-    """The rules of the ClusterRole in docs/operator-rbac.md (the operator's own statement of what it needs)."""
+def documented_rules(name: str = "wharf-operator") -> list[dict]:
+    """The rules of a ClusterRole in docs/operator-rbac.md (the operator's own statement of what it needs)."""
     text = (ROOT / "docs" / "operator-rbac.md").read_text()
     blocks = re.findall(r"```yaml\n(.*?)```", text, flags=re.S)
-    roles = [doc for block in blocks for doc in yaml.safe_load_all(block) if doc and doc.get("kind") == "ClusterRole"]
-    assert len(roles) == 1, "docs/operator-rbac.md should hold one ClusterRole manifest"
+    roles = [doc for block in blocks for doc in yaml.safe_load_all(block)
+             if doc and doc.get("kind") == "ClusterRole" and doc["metadata"]["name"] == name]
+    assert len(roles) == 1, f"docs/operator-rbac.md should hold one ClusterRole manifest named {name}"
     return roles[0]["rules"]
 
 
@@ -261,10 +284,30 @@ def normalized(rules: list[dict]) -> set[tuple[str, str, str]]:
 
 @pytest.mark.parametrize("values", [VALUE_SETS["defaults"], VALUE_SETS["namespaced"]], ids=["cluster", "namespaced"])
 def test_rbac_is_exactly_what_the_operator_documents(helm: Helm, values: list[str]) -> None:
-    roles = find(helm.template(*values), "ClusterRole") + find(helm.template(*values), "Role")
+    objects = helm.template(*values)
+    roles = operator_roles(objects)
     assert roles
     for role in roles:
         assert normalized(role["rules"]) == normalized(documented_rules()), role["kind"]
+    # The CRD role, its resourceNames included, and the roles for people.
+    assert find(objects, "ClusterRole", CRD_ROLE)[0]["rules"] == documented_rules("wharf-operator-crd")
+    for name, documented in ((VIEWER, "wharf-mqttbroker-viewer"), (EDITOR, "wharf-mqttbroker-editor")):
+        assert find(objects, "ClusterRole", name)[0]["rules"] == documented_rules(documented)
+
+
+def test_people_roles_aggregate_into_view_edit_and_admin(helm: Helm) -> None:
+    objects = helm.template()
+    aggregate = "rbac.authorization.k8s.io/aggregate-to-"
+    labels = {name: {k[len(aggregate):] for k, v in find(objects, "ClusterRole", name)[0]["metadata"]["labels"].items()
+                     if k.startswith(aggregate) and v == "true"} for name in (VIEWER, EDITOR)}
+    assert labels == {VIEWER: {"view", "edit", "admin"}, EDITOR: {"edit", "admin"}}
+    viewer = normalized(find(objects, "ClusterRole", VIEWER)[0]["rules"])
+    assert {v for _, _, v in viewer} == {"get", "list", "watch"}
+    editor = normalized(find(objects, "ClusterRole", EDITOR)[0]["rules"])
+    assert ("mqtt.wharf.dev", "mqttbrokers", "create") in editor
+    assert not any(r == "mqttbrokers/status" for _, r, _ in editor)  # status is the operator's
+    assert find(helm.template("rbac.aggregateToDefaultRoles=false"), "ClusterRole", VIEWER) == []
+    assert find(helm.template("rbac.create=false"), "ClusterRole") == []
 
 
 @pytest.mark.parametrize("values", [VALUE_SETS["defaults"], VALUE_SETS["namespaced"]], ids=["cluster", "namespaced"])
@@ -273,7 +316,7 @@ def test_rbac_covers_every_resource_the_operator_uses(helm: Helm, values: list[s
     from wharf_operator import crd, kube
 
     objects = helm.template(*values)
-    roles = find(objects, "ClusterRole") + find(objects, "Role")
+    roles = operator_roles(objects)
     used = [value for value in vars(kube).values() if isinstance(value, kube.Resource)]
     assert {r.plural for r in used} >= {"secrets", "configmaps", "pods", "statefulsets"}
     for role in roles:

@@ -148,13 +148,20 @@ def test_namespaced_install_is_enough_for_the_operator(helm: Helm, plane, core, 
     install(helm, plane, "wharf-ns", "wharf-ns-system", "operator.watchNamespaces={tenant-two}")
     try:
         rbac = kubernetes.client.RbacAuthorizationV1Api(core.api_client)
-        assert rbac.list_cluster_role(label_selector="app.kubernetes.io/instance=wharf-ns").items == []
+        # Cluster-wide only get/patch on the MQTTBroker CRD (crds.upgrade), and the roles for people, bound to nobody.
+        bindings = rbac.list_cluster_role_binding(label_selector="app.kubernetes.io/instance=wharf-ns").items
+        assert [b.role_ref.name for b in bindings] == ["wharf-ns-crd"]
+        (crd_role,) = [r for r in rbac.list_cluster_role(label_selector="app.kubernetes.io/instance=wharf-ns").items
+                       if r.metadata.name == "wharf-ns-crd"]
+        assert [(r.resources, r.resource_names, r.verbs) for r in crd_role.rules] == \
+            [(["customresourcedefinitions"], ["mqttbrokers.mqtt.wharf.dev"], ["get", "patch"])]
         assert [r.metadata.name for r in rbac.list_namespaced_role("tenant-two").items] == ["wharf-ns"]
         kubeconfig = service_account_kubeconfig(plane, core, "wharf-ns-system", "wharf-ns",
                                                 tmp_path / "sa.kubeconfig")
         create_broker(core, "tenant-two", "broker")
-        log = run_operator_until_reconciled(kubeconfig, ["--namespace", "tenant-two"], core, "tenant-two",
-                                            "broker", tmp_path / "op.log")
+        log = run_operator_until_reconciled(kubeconfig, ["--namespace", "tenant-two", "--apply-crd"], core,
+                                            "tenant-two", "broker", tmp_path / "op.log")
         assert "forbidden" not in log.lower(), log[-3000:]
+        assert "CRD mqttbrokers.mqtt.wharf.dev is current" in log, log[-3000:]
     finally:
         uninstall(helm, plane, "wharf-ns", "wharf-ns-system")

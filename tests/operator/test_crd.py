@@ -184,3 +184,44 @@ def test_trusted_cidrs_have_the_shape_of_networks(cidr, valid):
     else:
         with pytest.raises(jsonschema.ValidationError):
             jsonschema.validate({"spec": spec}, _schema())
+
+
+# The spec digest of every schema revision (crd.SCHEMA_REVISION). A change of the CRD's spec fails here until the
+# revision is bumped and its digest added: the operator upgrades an installed CRD only to a higher revision.
+REVISION_DIGESTS = {1: "9a42e58691a573aa"}
+
+
+def test_schema_changes_bump_the_revision():
+    manifest = crd.crd_manifest()
+    digest = crd.spec_digest(manifest["spec"])
+    assert REVISION_DIGESTS.get(crd.SCHEMA_REVISION) == digest, (
+        f"the CRD's spec changed (digest {digest}): bump crd.SCHEMA_REVISION and record the digest here")
+    assert crd.SCHEMA_REVISION == max(REVISION_DIGESTS)
+    annotations = manifest["metadata"]["annotations"]
+    assert annotations == {crd.REVISION_ANNOTATION: str(crd.SCHEMA_REVISION), crd.DIGEST_ANNOTATION: digest}
+
+
+def _annotated(revision: int | None, digest: str | None) -> dict:
+    annotations = {}
+    if revision is not None:
+        annotations[crd.REVISION_ANNOTATION] = str(revision)
+    if digest is not None:
+        annotations[crd.DIGEST_ANNOTATION] = digest
+    return {"metadata": {"annotations": annotations}}
+
+
+@pytest.mark.parametrize("revision, digest, verdict", [
+    (None, None, "apply"),  # a CRD from a chart before revisions existed
+    (crd.SCHEMA_REVISION - 1, "0000", "apply"),
+    (crd.SCHEMA_REVISION, "edited", "apply"),  # same revision, another spec: a hand edit
+    (crd.SCHEMA_REVISION, None, "current"),  # replaced below by the real digest
+    (crd.SCHEMA_REVISION + 1, "ffff", "newer"),  # a newer operator's schema: never downgraded
+])
+def test_upgrade_decision(revision, digest, verdict):
+    from wharf_operator import crd_upgrade
+
+    desired = crd.crd_manifest()
+    if verdict == "current":
+        digest = desired["metadata"]["annotations"][crd.DIGEST_ANNOTATION]
+    assert crd_upgrade.decide(_annotated(revision, digest), desired) == verdict
+
