@@ -276,7 +276,17 @@ class _TlsMixin:
         except ImportError as exc:
             raise TlsUnavailable(f"listener {self.id}: TLS support is not available ({exc})") from exc
         return TlsListenerRuntime(self.id, self.config.ssl_options, psk=self.broker_config.psk_authentication,
-                                  crl_cache=self.broker_config.crl_cache)
+                                  crl_cache=self.broker_config.crl_cache, accepted_dir=self._accepted_dir())
+
+    def _accepted_dir(self):
+        """Where the last accepted certificate is kept for a restart with refused files: beside the durable
+        store (a persistent volume in operator-managed pods); nowhere without durable storage."""
+        durable = self.broker_config.durable_storage
+        if not durable.enable:
+            return None
+        from .store.api import resolve_data_dir
+
+        return resolve_data_dir(durable.data_dir) / "tls-accepted"
 
     async def reload(self, expected_fingerprint: str | None = None, timeout: float = 0.0):
         """Re-read the certificate files now (the runtime validates, proves and swaps, or keeps the old one)."""
