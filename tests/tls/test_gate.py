@@ -4,7 +4,7 @@ Bad material (an untrusted chain, a key of another certificate, not yet valid, e
 refused on every path (an explicit reload, the periodic re-check, SIGHUP, the admin API); the certificate served
 before keeps being served (the serial a real TLS client sees does not change) and the refusal is counted by
 reason. A broker restarted with such files serves the last accepted certificate (kept beside the durable store),
-or, with none kept, does not start and says why.
+or, with none kept, does not listen on that listener and is not ready, with the reason, until the files are valid.
 """
 
 from __future__ import annotations
@@ -13,11 +13,16 @@ import asyncio
 import datetime as dt
 import json
 import os
+import re
 import signal
 import socket
 import ssl
 import stat
+import subprocess
+import sys
 import time
+import urllib.error
+import urllib.request
 
 import pytest
 from cryptography import x509
@@ -235,10 +240,45 @@ def test_a_broker_restarted_with_a_refused_certificate_serves_the_last_accepted(
         assert broker.stop() == 0
 
 
-def test_a_broker_with_a_refused_certificate_and_none_kept_does_not_start(broker_process, files, tmp_path):
+def _readyz(admin_url: str) -> tuple[int, dict]:
+    try:
+        with urllib.request.urlopen(admin_url + "/readyz", timeout=5) as response:
+            return response.status, json.loads(response.read())
+    except urllib.error.HTTPError as exc:
+        return exc.code, json.loads(exc.read())
+
+
+def test_a_broker_with_a_refused_certificate_and_none_kept_is_not_ready_until_valid_files(files, tmp_path):
     files.write("issuer.pem", files.ca.cert_pem)
     cert_pem, key_pem, _ = _cases(files)["bad chain"]
     _install(files, cert_pem, key_pem)
-    # (conftest's BrokerStartError, an AssertionError, with the broker's output)
-    with pytest.raises(AssertionError, match="listener ssl:default: certfile: certificate .* does not chain to"):
-        broker_process(_broker_config(files, None))
+    config = tmp_path / "broker.conf"
+    config.write_text(_broker_config(files, None))
+    log_path = tmp_path / "broker.log"
+    with open(log_path, "wb") as log_file:
+        proc = subprocess.Popen([sys.executable, "-m", "wharf_broker", "--config", str(config)], stdout=log_file,
+                                stderr=subprocess.STDOUT, cwd=tmp_path, env={**os.environ, "PYTHONUNBUFFERED": "1"})
+    try:
+        assert _wait(lambda: re.search(r"broker \S+ ready", log_path.read_text()) or proc.poll() is not None)
+        text = log_path.read_text()
+        assert proc.poll() is None, text
+        assert re.search(r"listener ssl:default not started: .*does not chain to", text), text
+        assert "listener ssl:default on" not in text  # never listened, so never served the refused certificate
+        admin = re.search(r"admin api on (?P<host>[^\s:]+):(?P<port>\d+)", text)
+        admin_url = f"http://{admin['host']}:{admin['port']}"
+        status, body = _readyz(admin_url)
+        assert status == 503 and body["listeners_down"] == ["ssl:default"], body
+        assert body["reasons"] == {"ssl:default": validation.UNTRUSTED}, body
+        # Valid files and a reload (what the operator's signal does): the listener starts and serves them.
+        renewed = files.ca.issue("server-fixed", server=True, sans=["localhost"])
+        _install(files, renewed.cert_pem(), renewed.key_pem())
+        request = urllib.request.Request(admin_url + "/api/v5/listeners/ssl:default/reload", data=b"{}",
+                                         method="POST", headers={"Content-Type": "application/json"})
+        with urllib.request.urlopen(request, timeout=10) as response:
+            assert json.loads(response.read())["fingerprint"] == renewed.fingerprint
+        assert _readyz(admin_url)[0] == 200
+        port = int(re.search(r"listener ssl:default on 127\.0\.0\.1:(\d+)", log_path.read_text())[1])
+        assert served_serial(port) == _serial(renewed)
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(20) == 0, log_path.read_text()
