@@ -268,8 +268,9 @@ class _TlsMixin:
 
     A listener whose certificate files are refused at start (the checks of ``tls/validation.py``) with no last
     accepted certificate to serve instead does not listen: it waits, ``down_reason`` (the reason code, shown by
-    ``/readyz``) and ``down_error`` (the message, in its status) say why, and it starts as soon as a re-check (every ``reload_interval``, SIGHUP, the admin API's reload)
-    finds valid files. It never serves the refused ones.
+    ``/readyz``) and ``down_error`` (the message, in its status) say why, and it starts as soon as a re-check
+    (every ``reload_interval``, SIGHUP, the admin API's reload) finds valid files. It never serves the refused
+    ones.
     """
 
     runtime: Any = None

@@ -172,7 +172,7 @@ async def test_a_start_with_refused_files_serves_the_last_accepted(files, tmp_pa
         await TlsListenerRuntime("ssl:gate", opts, registry=Registry(), accepted_dir=tmp_path / "empty").start()
 
 
-def _broker_config(files, data_dir) -> str:
+def _broker_config(files, data_dir, reload_interval: str = "3600s") -> str:
     durable = (f'durable_storage {{\n  enable = true\n  data_dir = "{data_dir}"\n}}\n' if data_dir else "")
     return f"""
 node.name = "gate@127.0.0.1"
@@ -184,7 +184,7 @@ listeners.ssl.default {{
     keyfile = "{files.path('server.key')}"
     cacertfile = "{files.path('ca.pem')}"
     server_cacertfile = "{files.path('issuer.pem')}"
-    reload_interval = 3600s
+    reload_interval = {reload_interval}
   }}
 }}
 dashboard.listeners.http.bind = "127.0.0.1:0"
@@ -248,12 +248,13 @@ def _readyz(admin_url: str) -> tuple[int, dict]:
         return exc.code, json.loads(exc.read())
 
 
-def test_a_broker_with_a_refused_certificate_and_none_kept_is_not_ready_until_valid_files(files, tmp_path):
+@pytest.mark.parametrize("recheck", ["admin API reload", "periodic re-check"])
+def test_a_broker_with_a_refused_certificate_and_none_kept_is_not_ready_until_valid_files(files, tmp_path, recheck):
     files.write("issuer.pem", files.ca.cert_pem)
     cert_pem, key_pem, _ = _cases(files)["bad chain"]
     _install(files, cert_pem, key_pem)
     config = tmp_path / "broker.conf"
-    config.write_text(_broker_config(files, None))
+    config.write_text(_broker_config(files, None, "1s" if recheck == "periodic re-check" else "3600s"))
     log_path = tmp_path / "broker.log"
     with open(log_path, "wb") as log_file:
         proc = subprocess.Popen([sys.executable, "-m", "wharf_broker", "--config", str(config)], stdout=log_file,
@@ -272,11 +273,14 @@ def test_a_broker_with_a_refused_certificate_and_none_kept_is_not_ready_until_va
         # Valid files and a reload (what the operator's signal does): the listener starts and serves them.
         renewed = files.ca.issue("server-fixed", server=True, sans=["localhost"])
         _install(files, renewed.cert_pem(), renewed.key_pem())
-        request = urllib.request.Request(admin_url + "/api/v5/listeners/ssl:default/reload", data=b"{}",
-                                         method="POST", headers={"Content-Type": "application/json"})
-        with urllib.request.urlopen(request, timeout=10) as response:
-            assert json.loads(response.read())["fingerprint"] == renewed.fingerprint
-        assert _readyz(admin_url)[0] == 200
+        if recheck == "admin API reload":
+            request = urllib.request.Request(admin_url + "/api/v5/listeners/ssl:default/reload", data=b"{}",
+                                             method="POST", headers={"Content-Type": "application/json"})
+            with urllib.request.urlopen(request, timeout=10) as response:
+                assert json.loads(response.read())["fingerprint"] == renewed.fingerprint
+            assert _readyz(admin_url)[0] == 200
+        else:
+            assert _wait(lambda: _readyz(admin_url)[0] == 200), _readyz(admin_url)
         port = int(re.search(r"listener ssl:default on 127\.0\.0\.1:(\d+)", log_path.read_text())[1])
         assert served_serial(port) == _serial(renewed)
     finally:
