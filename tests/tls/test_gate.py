@@ -146,6 +146,25 @@ async def test_without_server_cacertfile_another_issuer_is_only_a_warning(files)
         await runtime.stop()
 
 
+async def test_a_missing_server_cacertfile_leaves_cacertfile_as_the_anchors(files, tmp_path):
+    # A Secret without ca.crt: the operator checks against the listener's CA bundle only, and so does the broker.
+    opts = options(files, server_cacertfile=str(tmp_path / "absent" / "ca.crt"))
+    runtime = TlsListenerRuntime("ssl:noca", opts, registry=Registry())
+    await runtime.start()
+    try:
+        assert runtime.status()["chain_verified_by_cacertfile"] is True
+        untrusted = files.other_ca.issue("server-elsewhere", server=True, sans=["localhost"])
+        _install(files, untrusted.cert_pem(), untrusted.key_pem())
+        result = await runtime.reload()
+        assert not result.reloaded and "does not chain to server_cacertfile or cacertfile" in result.error, result
+        assert _refused(runtime) == {validation.UNTRUSTED: 1}
+        with pytest.raises(certs.InvalidMaterial) as operator_verdict:
+            certs.validate(untrusted.cert_pem(), untrusted.key_pem(), files.ca.cert_pem)
+        assert operator_verdict.value.reason == validation.UNTRUSTED
+    finally:
+        await runtime.stop()
+
+
 async def test_a_start_with_refused_files_serves_the_last_accepted(files, tmp_path):
     kept_dir = tmp_path / "kept"
     opts = options(files, server_cacertfile=files.write("issuer.pem", files.ca.cert_pem))
