@@ -35,6 +35,7 @@ from .config.model import BrokerConfig, SslOptions
 from .config.model import TcpListener as TcpListenerConfig
 from .listener_context import ListenerContext
 from .listener_slots import hold_slot
+from .tasks import cancel_and_wait
 
 log = logging.getLogger("wharf.listeners")
 
@@ -263,12 +264,63 @@ class TcpListener(Listener):
 
 
 class _TlsMixin:
-    """ssl and wss: socket + TLS come from the TLS package's per-listener runtime."""
+    """ssl and wss: socket + TLS come from the TLS package's per-listener runtime.
+
+    A listener whose certificate files are refused at start (the checks of ``tls/validation.py``) with no last
+    accepted certificate to serve instead does not listen: it waits, ``down_reason`` (the reason code, shown by
+    ``/readyz``) and ``down_error`` (the message, in its status) say why, and it starts as soon as a re-check
+    (every ``reload_interval``, SIGHUP, the admin API's reload) finds valid files. It never serves the refused
+    ones.
+    """
 
     runtime: Any = None
     id: str
     config: Any
     broker_config: BrokerConfig
+    down_reason: str | None = None
+    down_error: str | None = None
+    _waiting: asyncio.Task | None = None
+
+    async def start(self) -> None:
+        try:
+            await super().start()  # type: ignore[misc]
+        except ValueError as exc:  # TlsConfigError
+            from .tls.validation import REASONS
+
+            if getattr(exc, "reason", None) not in REASONS:
+                raise  # a bad option, not refused material: the broker does not start
+            self._refused_at_start(exc)
+            self._waiting = asyncio.get_running_loop().create_task(self._wait_for_material())
+
+    def _refused_at_start(self, exc: Exception) -> None:
+        if self.runtime is not None:
+            self.runtime.metrics.remove()
+            self.runtime = None
+        if str(exc) != self.down_error:
+            log.error("listener %s not started: its certificate is refused and none was accepted before: %s; "
+                      "not ready until the files hold a valid one", self.id, exc)
+        self.down_reason, self.down_error = getattr(exc, "reason", "Invalid"), str(exc)
+
+    async def _try_start(self) -> bool:
+        try:
+            await super().start()  # type: ignore[misc]
+        except ValueError as exc:
+            self._refused_at_start(exc)
+            return False
+        self.down_reason = self.down_error = None
+        return True
+
+    async def _wait_for_material(self) -> None:
+        while True:
+            await asyncio.sleep(float(self.config.ssl_options.reload_interval))
+            if await self._try_start():
+                self._waiting = None
+                return
+
+    async def stop(self) -> None:
+        await cancel_and_wait(self._waiting)
+        self._waiting = None
+        await super().stop()  # type: ignore[misc]
 
     def _new_runtime(self):
         try:
@@ -276,19 +328,49 @@ class _TlsMixin:
         except ImportError as exc:
             raise TlsUnavailable(f"listener {self.id}: TLS support is not available ({exc})") from exc
         return TlsListenerRuntime(self.id, self.config.ssl_options, psk=self.broker_config.psk_authentication,
-                                  crl_cache=self.broker_config.crl_cache)
+                                  crl_cache=self.broker_config.crl_cache, accepted_dir=self._accepted_dir())
+
+    def _accepted_dir(self):
+        """Where the last accepted certificate is kept for a restart with refused files: beside the durable
+        store (a persistent volume in operator-managed pods); nowhere without durable storage."""
+        durable = self.broker_config.durable_storage
+        if not durable.enable:
+            return None
+        from .store.api import resolve_data_dir
+
+        return resolve_data_dir(durable.data_dir) / "tls-accepted"
 
     async def reload(self, expected_fingerprint: str | None = None, timeout: float = 0.0):
-        """Re-read the certificate files now (the runtime validates, proves and swaps, or keeps the old one)."""
+        """Re-read the certificate files now (the runtime validates, proves and swaps, or keeps the old one);
+        a listener waiting for valid files tries to start."""
+        if self._waiting is not None:
+            from .tls import ReloadResult
+
+            await cancel_and_wait(self._waiting)  # one attempt at a time
+            if await self._try_start():
+                self._waiting = None
+                return ReloadResult(True, self.runtime.current_generation.fingerprint)
+            self._waiting = asyncio.get_running_loop().create_task(self._wait_for_material())
+            return ReloadResult(False, None, self.down_error)
         return await self.runtime.reload(expected_fingerprint=expected_fingerprint, timeout=timeout)
 
     async def update_ssl_options(self, options: SslOptions):
         """Apply new ``ssl_options`` live; the runtime refuses them whole if they are bad."""
+        if self._waiting is not None:  # not listening yet: the next attempt to start uses them
+            from .tls import validate_options
+
+            validate_options(options, self.broker_config.psk_authentication)
+            self.config.ssl_options = options
+            return await self.reload()
         result = await self.runtime.update_options(options)
         self.config.ssl_options = options
         return result
 
     def tls_status(self) -> dict[str, Any]:
+        if self.down_error is not None:
+            return {"listener": self.id, "running": False, "last_error": self.down_error,
+                    "last_refusal": {"reason": self.down_reason, "message": self.down_error},
+                    "waiting_for_valid_certificate": True}
         return self.runtime.status() if self.runtime is not None else {}
 
     def ssl_options_view(self) -> dict[str, Any]:

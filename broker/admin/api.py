@@ -284,6 +284,12 @@ async def readyz(request: web.Request) -> web.Response:
     if app.ready and not down and not backplane_down:
         return _json({"status": "ready"} if cluster is None else {"status": "ready", "cluster": cluster})
     body = {"status": "not ready", "listeners_down": down, "stopping": app.stopping}
+    # Why, where a listener knows: a TLS listener whose certificate files are refused gives the reason code of
+    # tls/validation.py (unauthenticated: the code only; the message is in the listener's status and the log).
+    reasons = {listener.id: reason for listener in app.listeners.values()
+               if not listener.running and (reason := getattr(listener, "down_reason", None))}
+    if reasons:
+        body["reasons"] = reasons
     if cluster is not None:
         body["cluster"] = cluster
     return _json(body, status=503)

@@ -585,6 +585,11 @@ class _Checker:
                 self.check_file(options, name, f"{key}.{name}")
         if options.password_file:
             self.check_file(options, "password_file", f"{key}.password_file")
+        if options.server_cacertfile:
+            # May be missing (a Secret without ca.crt): resolved when it is there, kept as written otherwise.
+            found = resolve_file(options.server_cacertfile)
+            if found is not None:
+                options.server_cacertfile = str(found)
         if options.cacertfile:
             self.check_file(options, "cacertfile", f"{key}.cacertfile")
         elif options.verify == "verify_peer":

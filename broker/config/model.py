@@ -102,6 +102,10 @@ class SslOptions:
     keyfile: str = ""
     certfile: str = ""
     cacertfile: str = ""
+    # Wharf's: the CA(s) that issue the served certificate (cert-manager's ca.crt in the Secret). When set, a
+    # certificate whose chain leads neither to these nor to ``cacertfile`` is refused, as the operator refuses it;
+    # a missing file (a Secret without ca.crt) leaves ``cacertfile`` as the only anchors. docs/tls.md, "Reload".
+    server_cacertfile: str = ""
     # Password of an encrypted keyfile. Never prompted for on a terminal.
     password: str = ""
     # File holding that password (first line); wins over ``password``. The operator mounts it from a Secret so

@@ -43,6 +43,8 @@ class TlsMetrics:
         self.listener = listener
         self.reloads = registry.counter("wharf_tls_reloads_total",
                                         "Certificate reloads by result (ok, failed)", ["listener", "result"])
+        self.refused = registry.counter("wharf_tls_material_refused_total",
+                                        "Certificate material refused (never served), by reason", ["listener", "reason"])
         self.failures = registry.counter("wharf_tls_handshake_failures_total",
                                          "TLS handshakes that failed, by reason", ["listener", "reason"])
         self.handshakes = registry.counter("wharf_tls_handshakes_total", "TLS handshakes completed",
@@ -59,6 +61,9 @@ class TlsMetrics:
 
     def failed(self, reason: str) -> None:
         self.failures.labels(listener=self.listener, reason=reason).inc()
+
+    def material_refused(self, reason: str) -> None:
+        self.refused.labels(listener=self.listener, reason=reason).inc()
 
     def backend_is(self, backend: str) -> None:
         if backend != self._backend:

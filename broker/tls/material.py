@@ -1,9 +1,10 @@
 """Certificate material: read the files once (a snapshot), then validate exactly those bytes.
 
-A reload never loads a file twice: ``read_snapshot`` reads certfile, keyfile, cacertfile, crlfile (and the OCSP
-issuer) into memory and hashes their *contents* (a Kubernetes ``..data`` symlink flip, ``cp -p`` or an
-unchanged mtime are all seen); ``validate_snapshot`` parses and checks them with ``cryptography`` and returns
-``Material``, from which the TLS contexts are built. Runs in a worker thread: key decryption can be slow.
+A reload never loads a file twice: ``read_snapshot`` reads certfile, keyfile, cacertfile, server_cacertfile,
+crlfile (and the OCSP issuer) into memory and hashes their *contents* (a Kubernetes ``..data`` symlink flip,
+``cp -p`` or an unchanged mtime are all seen); ``validate_snapshot`` parses and checks them (the served chain
+with the checks the operator runs too, ``validation.py``) and returns ``Material``, from which the TLS contexts
+are built. Runs in a worker thread: key decryption can be slow.
 """
 
 from __future__ import annotations
@@ -15,11 +16,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from cryptography import x509
-from cryptography.exceptions import InvalidSignature, UnsupportedAlgorithm
-from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives import hashes
 
 from .errors import TlsConfigError
 from .options import TlsPolicy
+from .validation import MaterialRefused, check_server_material, issued_by, leads_to, load_certs
 
 _PEM_CERT = re.compile(rb"-----BEGIN CERTIFICATE-----.+?-----END CERTIFICATE-----", re.S)
 _PEM_CRL = re.compile(rb"-----BEGIN X509 CRL-----.+?-----END X509 CRL-----", re.S)
@@ -37,6 +38,7 @@ class Snapshot:
     ocsp_issuer_pem: bytes
     password: bytes
     psk_lines: bytes
+    server_ca_pem: bytes
     digest: str
 
 
@@ -93,7 +95,17 @@ def _read(path: str, what: str) -> bytes:
     try:
         return Path(path).read_bytes()
     except OSError as exc:
-        raise TlsConfigError(f"{what} {path!r}: {exc.strerror or exc}") from None
+        raise TlsConfigError(f"{what} {path!r}: {exc.strerror or exc}", "Unreadable") from None
+
+
+def _read_optional(path: str) -> bytes:
+    """A file that may be absent (server_cacertfile from a Secret without ca.crt): its bytes, or none."""
+    try:
+        return _read(path, "server_cacertfile")
+    except TlsConfigError:
+        if Path(path).exists():
+            raise
+        return b""
 
 
 def _password(policy: TlsPolicy) -> bytes:
@@ -107,12 +119,25 @@ def _password(policy: TlsPolicy) -> bytes:
 
 
 def read_snapshot(policy: TlsPolicy) -> Snapshot:
-    parts = [
+    return _snapshot([
         _read(policy.certfile, "certfile"), _read(policy.keyfile, "keyfile"),
         _read(policy.cacertfile, "cacertfile"), _read(policy.crlfile, "crlfile"),
         _read(policy.ocsp_issuer_pem, "ocsp.issuer_pem"), _password(policy),
-        _read(policy.psk_file, "psk_authentication.init_file"),
-    ]
+        _read(policy.psk_file, "psk_authentication.init_file"), _read_optional(policy.server_cacertfile),
+    ])
+
+
+def snapshot_with(policy: TlsPolicy, cert_pem: bytes, key_pem: bytes, server_ca_pem: bytes) -> Snapshot:
+    """A snapshot of the files with the served chain, key and server CAs taken from elsewhere (the last accepted
+    material, ``accepted.py``) instead of certfile, keyfile and server_cacertfile."""
+    return _snapshot([
+        cert_pem, key_pem, _read(policy.cacertfile, "cacertfile"), _read(policy.crlfile, "crlfile"),
+        _read(policy.ocsp_issuer_pem, "ocsp.issuer_pem"), _password(policy),
+        _read(policy.psk_file, "psk_authentication.init_file"), server_ca_pem,
+    ])
+
+
+def _snapshot(parts: list[bytes]) -> Snapshot:
     digest = hashlib.sha256()
     for part in parts:
         digest.update(len(part).to_bytes(8, "big"))
@@ -132,47 +157,10 @@ def leaf_fingerprint(cert_pem: bytes) -> str | None:
 
 
 def _load_certs(data: bytes, what: str) -> tuple[x509.Certificate, ...]:
-    blocks = _PEM_CERT.findall(data)
-    if not blocks:
-        raise TlsConfigError(f"{what}: no PEM certificate in it (empty, garbage or half-written file?)")
-    certs = []
-    for number, block in enumerate(blocks, 1):
-        try:
-            certs.append(x509.load_pem_x509_certificate(block))
-        except ValueError as exc:
-            raise TlsConfigError(f"{what}: certificate #{number} does not parse: {exc}") from None
-    return tuple(certs)
-
-
-def _load_key(data: bytes, password: bytes):
-    if not data.strip():
-        raise TlsConfigError("keyfile: empty")
     try:
-        return serialization.load_pem_private_key(data, password or None)
-    except TypeError as exc:
-        if "not encrypted" in str(exc):
-            raise TlsConfigError("keyfile: password is set but the key is not encrypted") from None
-        raise TlsConfigError("keyfile: the key is encrypted and no password is set (ssl_options.password)") from None
-    except ValueError as exc:
-        if password and ("decrypt" in str(exc).lower() or "password" in str(exc).lower()):
-            raise TlsConfigError("keyfile: wrong password for the encrypted key") from None
-        raise TlsConfigError(f"keyfile: not a usable PEM private key: {exc}") from None
-    except UnsupportedAlgorithm as exc:
-        raise TlsConfigError(f"keyfile: unsupported key type: {exc}") from None
-
-
-def _spki(public_key) -> bytes:
-    return public_key.public_bytes(serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo)
-
-
-def _issued_by(cert: x509.Certificate, issuer: x509.Certificate) -> bool:
-    if cert.issuer != issuer.subject:
-        return False
-    try:
-        cert.verify_directly_issued_by(issuer)
-        return True
-    except (ValueError, TypeError, InvalidSignature, UnsupportedAlgorithm):
-        return False
+        return load_certs(data, what)
+    except MaterialRefused as exc:
+        raise TlsConfigError(exc.message, exc.reason) from None
 
 
 def load_crls(data: bytes, what: str = "crlfile") -> tuple[x509.CertificateRevocationList, ...]:
@@ -192,30 +180,28 @@ def validate_snapshot(policy: TlsPolicy, snapshot: Snapshot, now: dt.datetime | 
     """Parse and check ``snapshot``; raise ``TlsConfigError`` with the reason when it must not be served."""
     now = now or dt.datetime.now(dt.timezone.utc)
     warnings: list[str] = []
-    chain = _load_certs(snapshot.cert_pem, "certfile")
-    key = _load_key(snapshot.key_pem, snapshot.password)
-    leaf = chain[0]
-    if _spki(key.public_key()) != _spki(leaf.public_key()):
-        raise TlsConfigError("keyfile does not match the first certificate in certfile (half-updated pair?)")
-    if not leaf.not_valid_before_utc <= now <= leaf.not_valid_after_utc:
-        raise TlsConfigError(f"certfile: certificate not valid now (valid {leaf.not_valid_before_utc:%Y-%m-%d %H:%M} "
-                             f"to {leaf.not_valid_after_utc:%Y-%m-%d %H:%M} UTC)")
+    # The served chain: the same checks as the operator's (validation.py). With server_cacertfile set, the chain
+    # must lead to it or to cacertfile, as the operator checks the Secret's ca.crt and the listener's CA bundle.
+    anchors_pem = b""
+    if policy.server_cacertfile:
+        anchors_pem = b"\n".join(p.strip() for p in (snapshot.server_ca_pem, snapshot.ca_pem) if p.strip())
+    try:
+        checked = check_server_material(snapshot.cert_pem, snapshot.key_pem, anchors_pem, snapshot.password, now,
+                                        names=("certfile", "keyfile", "server_cacertfile or cacertfile"))
+    except MaterialRefused as exc:
+        raise TlsConfigError(exc.message, exc.reason) from None
+    chain, key, leaf = checked.chain, checked.private_key, checked.leaf
     if leaf.not_valid_after_utc - now < EXPIRY_WARNING:
         warnings.append(f"certfile: certificate expires soon ({leaf.not_valid_after_utc:%Y-%m-%d %H:%M} UTC)")
-    for number, (cert, issuer) in enumerate(zip(chain, chain[1:]), 1):
-        if not _issued_by(cert, issuer):
-            raise TlsConfigError(f"certfile: certificate #{number} is not issued by certificate #{number + 1} "
-                                 "(the chain must be leaf first, each followed by its issuer)")
 
     ca_certs: tuple[x509.Certificate, ...] = ()
-    chain_verified = False
+    chain_verified = checked.chain_checked
     if policy.cacertfile:
         ca_certs = _load_certs(snapshot.ca_pem, "cacertfile")
-        top = chain[-1]
-        chain_verified = any(_spki(top.public_key()) == _spki(ca.public_key()) or _issued_by(top, ca)
-                             for ca in ca_certs)
+        chain_verified = chain_verified or leads_to(chain, ca_certs)
         if not chain_verified:
-            # cacertfile lists the CAs of *clients*; a server certificate from another CA is legitimate.
+            # cacertfile lists the CAs of *clients*; a server certificate from another CA is legitimate unless
+            # server_cacertfile says which CAs issue it.
             warnings.append("certfile: the served chain does not lead up to a CA in cacertfile")
 
     crls: tuple[x509.CertificateRevocationList, ...] = ()
@@ -235,7 +221,7 @@ def validate_snapshot(policy: TlsPolicy, snapshot: Snapshot, now: dt.datetime | 
     if policy.ocsp_stapling:
         issuers = _load_certs(snapshot.ocsp_issuer_pem, "ocsp.issuer_pem")
         ocsp_issuer = issuers[0]
-        if not _issued_by(leaf, ocsp_issuer):
+        if not issued_by(leaf, ocsp_issuer):
             raise TlsConfigError("ocsp.issuer_pem: not the issuer of the certificate in certfile")
 
     return Material(snapshot=snapshot, chain=chain, ca_certs=ca_certs, crls=crls, ocsp_issuer=ocsp_issuer,

@@ -47,6 +47,7 @@ class TlsPolicy:
     certfile: str
     keyfile: str
     cacertfile: str
+    server_cacertfile: str  # the served certificate's issuers: set, the chain must lead to them or cacertfile
     crlfile: str
     password: str
     password_file: str
@@ -93,8 +94,8 @@ class TlsPolicy:
         return self.ocsp_stapling or self.psk_enabled
 
     def watched_files(self) -> list[str]:
-        return [p for p in (self.certfile, self.keyfile, self.cacertfile, self.crlfile, self.ocsp_issuer_pem,
-                            self.password_file, self.psk_file) if p]
+        return [p for p in (self.certfile, self.keyfile, self.cacertfile, self.server_cacertfile, self.crlfile,
+                            self.ocsp_issuer_pem, self.password_file, self.psk_file) if p]
 
 
 def _parse_ekus(text: str) -> tuple[ObjectIdentifier, ...]:
@@ -220,6 +221,7 @@ def validate_options(options: SslOptions, psk: PskAuthentication | None = None) 
 
     return TlsPolicy(
         certfile=options.certfile, keyfile=options.keyfile, cacertfile=options.cacertfile,
+        server_cacertfile=getattr(options, "server_cacertfile", ""),
         crlfile=options.crlfile if options.enable_crl_check else "", password=options.password,
         password_file=getattr(options, "password_file", ""),
         verify_peer=verify_peer, fail_if_no_peer_cert=options.fail_if_no_peer_cert,

@@ -17,18 +17,20 @@ path when its check fails; pyOpenSSL is imported only once a listener needs that
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import datetime as dt
 import logging
 import ssl
 import time
 from asyncio import sslproto
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable
 
 from ..config.model import CrlCache as CrlCacheConfig
 from ..config.model import PskAuthentication, SslOptions
 from ..metrics import REGISTRY, Registry
-from . import compat
+from . import accepted, compat
 from .compat.openssl_shim import OpenSslShim, ShimError
 from .compat.pyopenssl import PyOpenSsl
 from .context import (build_base_context, build_pyopenssl_context, build_stdlib_context, configure_stdlib,
@@ -36,7 +38,7 @@ from .context import (build_base_context, build_pyopenssl_context, build_stdlib_
 from .crl_cache import CrlDistributionCache
 from .errors import TlsConfigError
 from .handshake_metrics import TlsMetrics, observed_sslobject_class
-from .material import Material, Snapshot, leaf_fingerprint, read_snapshot, validate_snapshot
+from .material import Material, Snapshot, leaf_fingerprint, read_snapshot, snapshot_with, validate_snapshot
 from .ocsp_cache import OcspStapler
 from .options import TlsPolicy, validate_options
 from .peer_checks import PeerChecker, settle
@@ -71,6 +73,7 @@ class Generation:
     psk_table: dict[bytes, bytes]
     smoke: str
     loaded_at: dt.datetime = field(default_factory=lambda: dt.datetime.now(dt.timezone.utc))
+    from_last_accepted: bool = False  # the files were refused at start: this is the material kept from before
 
     @property
     def digest(self) -> str:
@@ -167,7 +170,7 @@ class _StdlibGate(asyncio.Protocol):
 class TlsListenerRuntime:
     def __init__(self, listener_id: str, options: SslOptions, *, psk: PskAuthentication | None = None,
                  crl_cache: CrlCacheConfig | CrlDistributionCache | None = None,
-                 registry: Registry = REGISTRY, backend: str = "auto") -> None:
+                 registry: Registry = REGISTRY, backend: str = "auto", accepted_dir: Path | None = None) -> None:
         if backend not in ("auto", "stdlib", "pyopenssl"):
             raise TlsConfigError(f"backend must be auto, stdlib or pyopenssl, not {backend!r}")
         self.listener_id = listener_id
@@ -187,7 +190,9 @@ class TlsListenerRuntime:
         self._lock = asyncio.Lock()
         self._reloader: PeriodicReloader | None = None
         self._ocsp: OcspStapler | None = None
+        self._accepted_dir = accepted_dir  # where the last accepted material is kept (accepted.py); None: nowhere
         self._last_error: str | None = None
+        self._last_refusal: dict[str, str] | None = None
         self._last_logged_error: str | None = None
         self._last_reload_at: dt.datetime | None = None
         self._reloads_ok = 0
@@ -336,10 +341,13 @@ class TlsListenerRuntime:
         # (None only for the moment an update switches the listener to the other backend: the handshake fails.)
         sslobj.context = self._generation.stdlib_ctx
 
-    def _record_failure(self, message: str) -> None:
+    def _record_failure(self, message: str, reason: str = "Invalid") -> None:
         self._last_error = message
+        self._last_refusal = {"reason": reason, "message": message,
+                              "at": dt.datetime.now(dt.timezone.utc).isoformat()}
         self._reloads_failed += 1
         self.metrics.reloads_failed.inc()
+        self.metrics.material_refused(reason)
         if message != self._last_logged_error:
             log.error("TLS %s: reload refused, still serving the previous certificate: %s", self.listener_id,
                       message)
@@ -353,10 +361,52 @@ class TlsListenerRuntime:
         policy = validate_options(self._options, self._psk_config)
         self._shim = await asyncio.to_thread(compat.use_openssl_shim, self._registry)
         self._sslproto_class = compat.sslprotocol_class(asyncio.get_running_loop(), self._registry)
-        generation = await self._load(policy)
+        refusal: TlsConfigError | None = None
+        try:
+            generation = await self._load(policy)
+        except TlsConfigError as exc:
+            refusal = exc
+            generation = await self._last_accepted(policy, exc)
         self._commit(generation)
+        if refusal is not None:
+            self._last_error = self._last_logged_error = str(refusal)
+            self._last_refusal = {"reason": refusal.reason, "message": str(refusal),
+                                  "at": generation.loaded_at.isoformat()}
+        else:
+            await self._remember(generation)
         self._setup_services(policy)
         self._started = True
+
+    async def _last_accepted(self, policy: TlsPolicy, refusal: TlsConfigError) -> Generation:
+        """At start, when the files are refused: the last accepted material, or ``refusal`` (the listener does
+        not start). Never the refused material."""
+        self.metrics.material_refused(refusal.reason)
+        kept = await asyncio.to_thread(accepted.load, self._accepted_dir, self.listener_id) \
+            if self._accepted_dir is not None else None
+        if kept is None:
+            raise refusal
+        try:
+            snapshot = await asyncio.to_thread(snapshot_with, policy, kept.cert_pem, kept.key_pem, kept.server_ca_pem)
+            generation = await asyncio.to_thread(self._build, policy, snapshot)
+        except TlsConfigError as exc:
+            raise TlsConfigError(f"{refusal}; the last accepted certificate (sha256 {kept.fingerprint}, kept "
+                                 f"{kept.saved_at}) cannot serve either: {exc}", refusal.reason) from None
+        log.error("TLS %s: the certificate files are refused (%s): %s; serving the last accepted certificate "
+                  "(sha256 %s, kept %s) instead", self.listener_id, refusal.reason, refusal, kept.fingerprint,
+                  kept.saved_at)
+        return dataclasses.replace(generation, from_last_accepted=True)
+
+    async def _remember(self, generation: Generation) -> None:
+        """Keep ``generation``'s material as the last accepted (a failure to write is logged, not fatal)."""
+        if self._accepted_dir is None:
+            return
+        snapshot = generation.material.snapshot
+        try:
+            await asyncio.to_thread(accepted.save, self._accepted_dir, self.listener_id, snapshot.cert_pem,
+                                    snapshot.key_pem, snapshot.server_ca_pem, generation.fingerprint)
+        except (OSError, UnicodeDecodeError) as exc:
+            log.warning("TLS %s: could not keep the accepted certificate in %s: %s", self.listener_id,
+                        self._accepted_dir, exc)
 
     def _setup_services(self, policy: TlsPolicy) -> None:
         if policy.enable_crl_check and self.crl_cache is None:
@@ -442,7 +492,7 @@ class TlsListenerRuntime:
                 waited = time.monotonic() - started
                 try:
                     snapshot = await asyncio.to_thread(read_snapshot, policy)
-                except TlsConfigError as exc:
+                except TlsConfigError as exc:  # an unreadable file
                     snapshot, read_error = None, str(exc)
                 else:
                     read_error = None
@@ -456,7 +506,7 @@ class TlsListenerRuntime:
                                             f"certfile carries {found or 'no certificate'}, not {expected}",
                                             waited, timed_out=True)
                 if read_error is not None:
-                    self._record_failure(read_error)
+                    self._record_failure(read_error, "Unreadable")
                     return ReloadResult(False, self.current_generation.fingerprint, read_error, waited)
                 if snapshot.digest == self.current_generation.digest:
                     self._last_reload_at = dt.datetime.now(dt.timezone.utc)
@@ -465,12 +515,13 @@ class TlsListenerRuntime:
                     generation = await asyncio.to_thread(self._build, policy, snapshot)
                 except TlsConfigError as exc:
                     self._last_reload_at = dt.datetime.now(dt.timezone.utc)
-                    self._record_failure(str(exc))
+                    self._record_failure(str(exc), exc.reason)
                     return ReloadResult(False, self.current_generation.fingerprint, str(exc), waited)
                 self._commit(generation)
                 self._last_reload_at = generation.loaded_at
                 self._reloads_ok += 1
                 self.metrics.reloads_ok.inc()
+                await self._remember(generation)
                 return ReloadResult(True, generation.fingerprint, None, time.monotonic() - started)
 
     async def update_options(self, options: SslOptions) -> None:
@@ -482,6 +533,7 @@ class TlsListenerRuntime:
             rebind = (generation.backend != old.backend or
                       (generation.backend == "stdlib" and policy.handshake_timeout != old.policy.handshake_timeout))
             self._commit(generation)
+            await self._remember(generation)
             self._options = options
             self._setup_services(policy)
             if self._reloader is not None:
@@ -501,11 +553,13 @@ class TlsListenerRuntime:
             result.update({
                 "loaded_at": generation.loaded_at.isoformat(), "backend": generation.backend,
                 "chain_verified_by_cacertfile": generation.material.chain_verified,
+                "serving_last_accepted": generation.from_last_accepted,
                 "warnings": list(generation.policy.warnings + generation.material.warnings),
             })
         result.update({
             "last_reload_at": self._last_reload_at.isoformat() if self._last_reload_at else None,
-            "last_error": self._last_error, "reloads_ok": self._reloads_ok, "reloads_failed": self._reloads_failed,
+            "last_error": self._last_error, "last_refusal": self._last_refusal, "reloads_ok": self._reloads_ok,
+            "reloads_failed": self._reloads_failed,
         })
         result["compat"] = compat.status()
         if self._ocsp is not None:

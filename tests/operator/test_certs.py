@@ -37,6 +37,16 @@ def test_bundle_with_old_and_new_ca_trusts_both(ca):
         assert certs.validate(leaf.cert_pem, leaf.key_pem(), bundle).fingerprint == leaf.fingerprint
 
 
+def test_chain_out_of_order_is_refused_as_the_brokers_refuse_it(ca):
+    # The brokers serve tls.crt as it is, and clients need each certificate followed by its issuer.
+    intermediate = make_ca("Wharf Intermediate", issuer=ca)
+    leaf = make_leaf(intermediate)
+    with pytest.raises(certs.InvalidMaterial) as refused:
+        certs.validate(leaf.cert_pem + ca.cert_pem + intermediate.cert_pem, leaf.key_pem(), ca.cert_pem)
+    assert refused.value.reason == certs.MISORDERED
+    assert "certificate #1 is not issued by certificate #2" in refused.value.message
+
+
 def test_key_that_belongs_to_another_certificate_is_refused(ca):
     leaf, other = make_leaf(ca), make_leaf(ca)
     with pytest.raises(certs.InvalidMaterial) as refused:
