@@ -41,6 +41,9 @@ def ssl_options(listener: dict[str, Any], reload_interval: str, root: str = layo
     options: Tree = {
         "certfile": f"{certs}/tls.crt",
         "keyfile": f"{certs}/tls.key",
+        # The Secret's issuer CA (cert-manager's ca.crt): the broker refuses a chain that leads neither to it nor
+        # to the clients' CA bundle, as the operator does (broker/tls/validation.py); absent, no issuer is known.
+        "server_cacertfile": f"{certs}/ca.crt",
     }
     if "caRef" in tls:
         options["cacertfile"] = f"{layout.ca_dir(name, root)}/{tls['caRef'].get('key', 'ca.crt')}"

@@ -49,6 +49,7 @@ def test_tls_paths_point_into_whole_secret_mounts():
     assert options["certfile"] == "/etc/wharf/certs/mqtts/tls.crt"
     assert options["keyfile"] == "/etc/wharf/certs/mqtts/tls.key"
     assert options["cacertfile"] == "/etc/wharf/ca/mqtts/bundle.pem"
+    assert options["server_cacertfile"] == "/etc/wharf/certs/mqtts/ca.crt"  # the gate checks the chain against it
     assert options["password_file"] == "/etc/wharf/keypass/mqtts/password"
     assert "password" not in options  # the password itself never enters the ConfigMap
     assert options["reload_interval"] == "30s"
