@@ -295,3 +295,93 @@ def _run(core, custom, api, controlplane, cert_manager_log: Path, namespace: str
             client.client.disconnect()
             client.client.loop_stop()
         assert not kubelet.errors, kubelet.errors
+
+
+# --- a renewal from the wrong CA -----------------------------------------------------------------
+
+def _wrong_ca_objects(namespace: str, cluster_issuer: str) -> list[tuple[str, dict]]:
+    """The same chain as above (the listener's Certificate without the fast renewal), plus a second CA
+    and its Issuer, which the listener's Certificate is later pointed at."""
+    objects = _issuers_and_certificates(namespace, cluster_issuer)
+    listener = objects[-1][1]
+    listener["spec"].pop("renewBefore")
+    api_version = f"{CM_GROUP}/{CM_VERSION}"
+    meta = {"namespace": namespace}
+    objects[-1:-1] = [
+        ("certificates", {"apiVersion": api_version, "kind": "Certificate", "metadata": {"name": "wrong-ca", **meta},
+                          "spec": {"isCA": True, "commonName": "wrong e2e CA", "secretName": "wrong-ca",
+                                   "duration": "24h", "privateKey": {"algorithm": "ECDSA", "size": 256},
+                                   "issuerRef": {"kind": "ClusterIssuer", "name": cluster_issuer,
+                                                 "group": CM_GROUP}}}),
+        ("issuers", {"apiVersion": api_version, "kind": "Issuer", "metadata": {"name": "wrong-ca", **meta},
+                     "spec": {"ca": {"secretName": "wrong-ca"}}}),
+    ]
+    return objects
+
+
+@pytest.mark.timeout(400)
+@pytest.mark.xfail(strict=True, raises=AssertionError, reason=(
+    "the operator trusts the ca.crt that the issuer writes next to the certificate (controller.load_material), so "
+    "a renewal from another CA passes its chain check and is served; refusing it needs a pinned trust anchor"))
+def test_cert_manager_renewal_from_a_wrong_ca_is_refused(controlplane, api, cert_manager, mqttbroker_crd, namespace,
+                                                         tmp_path):
+    core = kubernetes.client.CoreV1Api(api)
+    custom = kubernetes.client.CustomObjectsApi(api)
+    cluster_issuer = unique_name("selfsigned")
+    for plural, body in _wrong_ca_objects(namespace, cluster_issuer):
+        if plural == "clusterissuers":
+            custom.create_cluster_custom_object(CM_GROUP, CM_VERSION, plural, body)
+        else:
+            custom.create_namespaced_custom_object(CM_GROUP, CM_VERSION, namespace, plural, body)
+    try:
+        for name in ("certy-ca", "wrong-ca", SECRET):
+            wait_for(lambda name=name: certificate_ready(custom, namespace, name), f"Certificate {name} Ready",
+                     timeout=60)
+        ca_pem = _secret_text(core, namespace, "certy-ca", "tls.crt")
+        (tmp_path / "ca.crt").write_text(ca_pem)
+        probe = Probe(tmp_path / "ca.crt")
+        first = _serial(_secret_text(core, namespace, SECRET, "tls.crt"))
+
+        (tmp_path / "helm-home").mkdir()
+        kubeconfig, _, _ = install_operator_identity(controlplane, api, pinned_helm(), tmp_path / "helm-home",
+                                                     tmp_path, watch=[namespace])
+        operator_log = tmp_path / "operator.log"
+        with running_operator(kubeconfig, operator_log, namespaces=[namespace], pod_cidr=controlplane.pod_cidr), \
+                KubeletHarness(api, namespace, f"app.kubernetes.io/instance={BROKER}", tmp_path / "pods") as kubelet:
+            custom.create_namespaced_custom_object(GROUP, VERSION, namespace, PLURAL, _broker_body())
+            pods = wait_for(lambda: (running := kubelet.running()) and len(running) == REPLICAS and running,
+                            f"{REPLICAS} broker processes", timeout=120)
+            targets = [(pod.name, pod.ip) for pod in pods.values()]
+            for name, ip in targets:
+                wait_for(lambda ip=ip: probe.served(ip, PORT) == first, f"{name} serving the first certificate",
+                         timeout=60)
+
+            # Point the listener's Certificate at the wrong CA: cert-manager reissues from it.
+            custom.patch_namespaced_custom_object(CM_GROUP, CM_VERSION, namespace, "certificates", SECRET,
+                                                  {"spec": {"issuerRef": {"name": "wrong-ca"}}})
+            wrong_ca_pem = _secret_text(core, namespace, "wrong-ca", "tls.crt")
+            (tmp_path / "wrong-ca.crt").write_text(wrong_ca_pem)
+            wrong_probe = Probe(tmp_path / "wrong-ca.crt")
+            wrong_subject = x509.load_pem_x509_certificate(wrong_ca_pem.encode()).subject
+            wait_for(lambda: x509.load_pem_x509_certificate(
+                _secret_text(core, namespace, SECRET, "tls.crt").encode()).issuer == wrong_subject,
+                "cert-manager to write the wrong CA's certificate", timeout=60)
+
+            # Refused (status and Event), and the Pods keep serving the first certificate well past the time
+            # a valid renewal takes to reach them (the operator's reload wait and a few volume syncs).
+            settle_until = time.monotonic() + 5 + 3 * kubelet.sync_interval + 5
+            while time.monotonic() < settle_until:
+                for name, ip in targets:
+                    served = probe.served(ip, PORT)
+                    assert served == first, (
+                        f"{name} no longer serves the first certificate {first:x} (served: {served}); the wrong CA's "
+                        f"certificate is served: {wrong_probe.served(ip, PORT)}\n{operator_log.read_text()[-2000:]}")
+                time.sleep(0.2)
+            status = custom.get_namespaced_custom_object(GROUP, VERSION, namespace, PLURAL, BROKER).get("status", {})
+            listener = next(entry for entry in status.get("listeners") or [] if entry.get("name") == "tls")
+            assert listener.get("lastError"), status
+            assert [e for e in core.list_namespaced_event(namespace).items
+                    if e.involved_object.name == BROKER and e.reason == "CertificateRefused"]
+            assert not kubelet.errors, kubelet.errors
+    finally:
+        custom.delete_cluster_custom_object(CM_GROUP, CM_VERSION, "clusterissuers", cluster_issuer)
