@@ -56,7 +56,9 @@ test-realapi: controlplane cert-manager
 	$(PYTHON) -m pytest tests/realapi -q
 
 # End to end on this machine: the real operator (chart RBAC) against the real control plane,
-# real broker processes for the kwok Pods, a certificate rotation under MQTT traffic. Prints
-# `rotation latency: p50=<s>s max=<s>s`.
-e2e-local: controlplane
-	$(PYTHON) -m pytest tests/realapi/test_operator.py tests/realapi/test_rotation_e2e.py -q -s -p no:cacheprovider
+# real broker processes for the kwok Pods, a certificate rotation under MQTT traffic, and the real
+# cert-manager controller renewing a listener's certificate every ~10 s under MQTT traffic. Prints
+# `rotation latency: p50=<s>s max=<s>s` and `cert-manager rotation latency: hop=listener p50=<s>s max=<s>s`.
+e2e-local: controlplane cert-manager
+	$(PYTHON) -m pytest tests/realapi/test_operator.py tests/realapi/test_rotation_e2e.py \
+		tests/realapi/test_certmanager_e2e.py -q -s -p no:cacheprovider
