@@ -58,6 +58,14 @@ def locate(build: bool = False) -> Path:
     return root
 
 
+def pinned_version(root: Path) -> str:
+    """CERT_MANAGER_VERSION from the pin the build was made from (copied next to bin/)."""
+    for line in (root / "versions.env").read_text().splitlines():
+        if line.startswith("CERT_MANAGER_VERSION="):
+            return line.split("=", 1)[1].strip()
+    raise CertManagerUnavailable(f"{root}/versions.env has no CERT_MANAGER_VERSION")
+
+
 def install_crds(api: kubernetes.client.ApiClient, crd_dir: Path) -> list[str]:
     """Create the release's CRDs (an existing one is left as it is); wait until each is Established."""
     extensions = kubernetes.client.ApiextensionsV1Api(api)
@@ -98,6 +106,9 @@ def running_controller(root: Path, kubeconfig: Path, workdir: Path, grace: float
                                 cwd=home, preexec_fn=localcluster._die_with_parent)
     try:
         _wait_serving(proc, metrics_port, log_path)
+        pinned = pinned_version(root)
+        assert f'"version"="v{pinned}"' in log_path.read_text(errors="replace"), \
+            f"cert-manager does not report the pinned v{pinned}:\n{log_path.read_text()[-2000:]}"
         yield proc
     finally:
         proc.terminate()
