@@ -1,9 +1,10 @@
 # Developer entry points. The real-API tests need the local control plane binaries, built
-# once per pin into ~/.cache/wharf/controlplane/<pin-hash>/ (see tools/controlplane/).
+# once per pin into ~/.cache/wharf/controlplane/<pin-hash>/, and cert-manager's controller, built
+# once per its own pin into ~/.cache/wharf/cert-manager/<pin-hash>/ (see tools/controlplane/).
 
 PYTHON ?= python3
 
-.PHONY: run test lint controlplane controlplane-up controlplane-down test-realapi e2e-local
+.PHONY: run test lint controlplane cert-manager controlplane-up controlplane-down test-realapi e2e-local
 
 # The README's two commands. `run`: the broker on its embedded default config, as `wharf-broker` runs it anywhere
 # (a local CA and certificates generated on the first start in ~/.local/state/wharf/certs, or $WHARF_HOME/certs).
@@ -38,6 +39,11 @@ lint:
 controlplane:
 	nice -n 10 tools/controlplane/build.sh
 
+# Build (or find in its own cache) cert-manager's controller and its CRDs, for the real-API test
+# that has the real cert-manager issue and renew the brokers' certificates.
+cert-manager:
+	nice -n 10 tools/controlplane/build-cert-manager.sh
+
 # The same control plane the tests use, for manual work: prints the admin kubeconfig path.
 controlplane-up: controlplane
 	scripts/controlplane up
@@ -46,11 +52,13 @@ controlplane-down:
 	scripts/controlplane down
 
 # Tests against the real apiserver (CRD validation, RBAC, garbage collection, kwok Pods).
-test-realapi: controlplane
+test-realapi: controlplane cert-manager
 	$(PYTHON) -m pytest tests/realapi -q
 
 # End to end on this machine: the real operator (chart RBAC) against the real control plane,
-# real broker processes for the kwok Pods, a certificate rotation under MQTT traffic. Prints
-# `rotation latency: p50=<s>s max=<s>s`.
-e2e-local: controlplane
-	$(PYTHON) -m pytest tests/realapi/test_operator.py tests/realapi/test_rotation_e2e.py -q -s -p no:cacheprovider
+# real broker processes for the kwok Pods, a certificate rotation under MQTT traffic, and the real
+# cert-manager controller renewing a listener's certificate every ~10 s under MQTT traffic. Prints
+# `rotation latency: p50=<s>s max=<s>s` and `cert-manager rotation latency: hop=listener p50=<s>s max=<s>s`.
+e2e-local: controlplane cert-manager
+	$(PYTHON) -m pytest tests/realapi/test_operator.py tests/realapi/test_rotation_e2e.py \
+		tests/realapi/test_certmanager_e2e.py -q -s -p no:cacheprovider

@@ -4,7 +4,9 @@ kube-scheduler, kwok) on 127.0.0.1 for every test in this folder.
 The binaries are built by `make controlplane` (tools/controlplane/build.sh). When they are
 not built and cannot be (no Go toolchain), every test here is skipped with the reason; set
 WHARF_BUILD_CONTROLPLANE=1 to let the fixture build them itself (a cold build takes long), and
-WHARF_REQUIRE_REALAPI=1 (CI) to fail instead of skipping.
+WHARF_REQUIRE_REALAPI=1 (CI) to fail instead of skipping. The same holds for cert-manager's
+controller (`make cert-manager`, tools/controlplane/build-cert-manager.sh), which the ``cert_manager``
+fixture runs, with its CRDs installed, for the tests that ask for it.
 """
 
 from __future__ import annotations
@@ -21,6 +23,7 @@ import pytest
 # Test modules import realapi_support by name (pytest runs with --import-mode=importlib).
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
+import certmanager_support
 import realapi_support
 from realapi_support import admin_client, localcluster, unique_name, wait_for
 
@@ -53,6 +56,24 @@ def controlplane(controlplane_binaries: Path, tmp_path_factory: pytest.TempPathF
         yield plane
     finally:
         plane.stop()
+
+
+@pytest.fixture(scope="session")
+def cert_manager(controlplane: localcluster.LocalControlPlane, api: kubernetes.client.ApiClient,
+                 tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
+    """cert-manager's CRDs installed and its controller running (for the rest of the session);
+    yields the controller's log file."""
+    build = os.environ.get("WHARF_BUILD_CONTROLPLANE") == "1"
+    try:
+        root = certmanager_support.locate(build=build)
+    except certmanager_support.CertManagerUnavailable as reason:
+        if os.environ.get("WHARF_REQUIRE_REALAPI") == "1":
+            pytest.fail(f"cert-manager controller unavailable: {reason}")
+        pytest.skip(f"cert-manager controller unavailable: {reason}")
+    certmanager_support.install_crds(api, root / "crds")
+    workdir = tmp_path_factory.mktemp("cert-manager")
+    with certmanager_support.running_controller(root, controlplane.kubeconfig, workdir):
+        yield workdir / "cert-manager.log"
 
 
 @pytest.fixture(scope="session")
