@@ -37,11 +37,13 @@ class Message:
 
     ``properties`` are the 5.0 properties passed through to subscribers (never the topic alias, subscription
     identifiers or message expiry, which are per delivery); ``expires_at`` is a ``loop.time()`` deadline or
-    None. ``wire`` caches encoded PUBLISH forms shared by every subscriber that gets the same bytes.
+    None; ``stamp`` is its (origin, sequence) in a cluster once it went through NATS (see ``cluster/``), which
+    lets a node taking a session over tell the copies of one message apart. ``wire`` caches encoded PUBLISH
+    forms shared by every subscriber that gets the same bytes.
     """
 
-    __slots__ = ("topic", "payload", "qos", "retain", "properties", "publisher", "expires_at", "_wire_key",
-                 "_wire_parts", "_wire_more")
+    __slots__ = ("topic", "payload", "qos", "retain", "properties", "publisher", "expires_at", "stamp",
+                 "_wire_key", "_wire_parts", "_wire_more")
 
     def __init__(self, topic: str, payload: bytes, qos: int = 0, retain: bool = False,
                  properties: Properties | None = None, publisher: str | None = None,
@@ -53,6 +55,7 @@ class Message:
         self.properties = properties
         self.publisher = publisher
         self.expires_at = expires_at
+        self.stamp: tuple[str, int] | None = None  # (origin, sequence) once it went through a cluster's NATS
         # The first encoded form lives in two slots (most messages have only one); any others in a dict.
         self._wire_key: tuple[Any, ...] | None = None
         self._wire_parts: tuple[bytes, bytes] | None = None

@@ -69,6 +69,8 @@ class NatsRouter(Router):
         self._filter_refs: dict[str, int] = {}  # plain filter -> local subscriptions
         self._subject_refs: dict[str, int] = {}  # NATS subject -> local filters needing it
         self._nats_subs: dict = {}  # subject or (queue, subject) -> nats Subscription (or pending task)
+        self._high: dict[str, int] = {}  # origin -> highest sequence number received
+        self._trackers: list[set] = []  # see ``track``
         self._interest_dirty = False
         self._interest_task: asyncio.Task | None = None
         self._tasks: set[asyncio.Task] = set()
@@ -210,8 +212,11 @@ class NatsRouter(Router):
         self._mark_interest()
 
     def _nats_subscribe(self, key, subject: str, queue: str | None, shared_key) -> None:
+        # The callbacks never wait: a message taken from a subscription's pending queue is delivered at once
+        # (``drain`` relies on it).
         if shared_key is None:
-            handler = self._on_message
+            async def handler(msg):
+                self._deliver_remote(msg.data)
         else:
             async def handler(msg, _key=shared_key):
                 self._on_shared(_key, msg)
@@ -234,6 +239,55 @@ class NatsRouter(Router):
         if sub is None or isinstance(sub, asyncio.Task):
             return  # a pending subscribe sees it is no longer wanted
         self._spawn(sub.unsubscribe())
+
+    def subscription_keys(self, session) -> list:
+        """The keys in ``_nats_subs`` of the NATS subscriptions that bring messages to ``session``."""
+        keys = []
+        for sub in session.subscriptions.values():
+            for subject in filter_subjects(sub.topic_filter):
+                if sub.share_group is None:
+                    keys.append(subject)
+                else:
+                    keys.append((queue_name(sub.share_group, sub.topic_filter), subject))
+        return keys
+
+    async def drain(self, keys, timeout: float) -> bool:
+        """Wait until no message NATS handed to the subscriptions ``keys`` waits undelivered in their queues.
+        nats-py runs each subscription's callback in its own task with its own pending queue, so a message read
+        from the socket before, say, a take-over request may still wait in its subscription's queue while the
+        request's callback runs. True when, at the moment this returns, every message read so far for ``keys``
+        has been delivered to the local sessions (nothing in between: the caller may rely on it until it
+        awaits); False when that could not be had within ``timeout``, or this nats-py does not say how many
+        messages a subscription holds."""
+        if not PENDING_COUNT_KNOWN:
+            return False
+        deadline = self.loop.time() + timeout
+        while True:
+            subs = [self._nats_subs.get(key) for key in keys]
+            if not any(sub.pending_msgs for sub in subs if sub is not None and not isinstance(sub, asyncio.Task)):
+                return True
+            if self.loop.time() >= deadline:
+                return False
+            await asyncio.sleep(0.001)
+
+    def high_water(self) -> dict[str, int]:
+        """For each origin, the highest sequence number this node has received (its own: published): NATS
+        delivers one publisher's messages in order, so every message of that origin up to it that this node
+        subscribes to has been read from NATS."""
+        marks = dict(self._high)
+        marks[self.origin] = self._seq
+        return marks
+
+    def track(self) -> set:
+        """A set that collects the (origin, sequence) of every message this node delivers from now on, until
+        ``untrack``: what a session taking over since then has had."""
+        tracker: set = set()
+        self._trackers.append(tracker)
+        return tracker
+
+    def untrack(self, tracker: set) -> None:
+        if tracker in self._trackers:
+            self._trackers.remove(tracker)
 
     # -------------------------------------------------------------------------------------- Router: publish
 
@@ -259,6 +313,9 @@ class NatsRouter(Router):
                 count += self.shared.deliver_locally(message)
             return count
         self._seq += 1
+        message.stamp = stamp = (self.origin, self._seq)
+        for tracker in self._trackers:
+            tracker.add(stamp)
         payload = encode_message(message, self.origin, self._seq, self.loop.time())
         subject = topic_subject(message.topic, message.qos)
         self.metrics.forwarded.inc()
@@ -275,15 +332,17 @@ class NatsRouter(Router):
         return False
 
     def _orphan_match(self, topic: str) -> bool:
-        """Whether a persistent session whose node is gone subscribes to ``topic``: its next node replays
-        the stream for it, so the message must be there."""
+        """Whether a persistent session of another node subscribes to ``topic`` (QoS 1/2) according to the
+        session registry: when its node is gone, its next node replays the stream for it; while it is being
+        taken over, the interest view may for a moment show neither node subscribed (the old node removed the
+        filter, the new node's entry is not here yet) although the new node's NATS subscription is in place.
+        Either way the message must go to NATS and the stream."""
         registry = self.sessions
         if registry is None:
             return False
         key = (registry.version, self.interest.version)
         if key != self._orphans_key:
-            alive = self.interest.nodes
-            self._orphans = {sub[1] for entry in registry.entries.values() if entry.get("node") not in alive
+            self._orphans = {sub[1] for entry in registry.entries.values() if entry.get("node") != self.node_name
                              for sub in entry.get("subs", ()) if sub[2] and sub[7] is None}
             self._orphans_key = key
             self._orphan_topics.clear()
@@ -361,9 +420,6 @@ class NatsRouter(Router):
             log.warning("cluster: dropped an unreadable message from NATS: %s", exc)
             return None, None, None
 
-    async def _on_message(self, msg) -> None:
-        self._deliver_remote(msg.data)
-
     def _deliver_remote(self, data: bytes) -> bool:
         """Deliver a message from another node unless it is ours or already delivered."""
         message, origin, seq = self._accept(data)
@@ -374,13 +430,33 @@ class NatsRouter(Router):
             seen = self._seen[origin] = RecentSet()
         if not seen.add(seq):
             return False  # another of our subscriptions (or the replay) already brought this one
+        if seq > self._high.get(origin, 0):
+            self._high[origin] = seq
         self.metrics.received.inc()
+        message.stamp = stamp = (origin, seq)
+        for tracker in self._trackers:
+            tracker.add(stamp)
         return self.local.publish(message) > 0
 
     def _on_shared(self, key, msg) -> None:
         message, _origin, _seq = self._accept(msg.data)
         if message is not None:
             self.shared.deliver(key, message)
+
+
+def _pending_count_known() -> bool:
+    """Whether nats-py's ``Subscription`` tells how many delivered messages wait in its queue (``drain``)."""
+    try:
+        from nats.aio.subscription import Subscription as NatsSubscription
+    except ImportError:
+        return False
+    return isinstance(getattr(NatsSubscription, "pending_msgs", None), property)
+
+
+PENDING_COUNT_KNOWN = _pending_count_known()
+if not PENDING_COUNT_KNOWN:
+    log.warning("cluster: this nats-py does not count a subscription's pending messages: at a take-over the "
+                "taking node replays the last seconds from the stream, and messages may come twice")
 
 
 class RecentSet:

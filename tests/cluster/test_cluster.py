@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import collections
 import json
 import subprocess
 import sys
+import threading
 import time
 
 import pytest
@@ -377,3 +379,60 @@ def test_each_node_publishes_its_own_sys_topics(cluster_nodes):
         assert len(uptimes) == len(set(uptimes)), uptimes
     assert [m.topic for m in events] == [f"$SYS/brokers/{names[2]}/clients/sys-elsewhere/connected"]
     assert json.loads(events[0].payload)["clientid"] == "sys-elsewhere"
+
+
+
+def test_take_overs_under_a_stream_of_messages_lose_no_acknowledged_one(nats_cluster, broker_process):
+    """Each broker on its own NATS server (the publisher's messages and the take-over request reach the session's
+    node over different routes), QoS 1 messages published without pause while the session moves back and forth
+    between two nodes: every message the publisher had acknowledged reaches the client once the moves are over."""
+    from .conftest import node_config
+
+    nodes = [broker_process(node_config(f"wharf-{index}@127.0.0.1", [url], "mqtt.max_mqueue_len = 1000000"),
+                            timeout=60) for index, url in enumerate(nats_cluster.urls)]
+    roamer = Client(tcp(nodes[1]), "roamer", clean=False, session_expiry=600)
+    roamer.connect()
+    roamer.subscribe("stream/#", 1)
+    publisher = Client(tcp(nodes[2]), "pub")
+    publisher.paho.max_inflight_messages_set(200)
+    publisher.paho.max_queued_messages_set(0)
+    publisher.connect()
+    await_route(publisher, [roamer], "stream/probe")
+    stop = threading.Event()
+    infos: list = []
+
+    def publish() -> None:
+        n = 0
+        while not stop.is_set() and n < 20_000:
+            infos.append(publisher.publish("stream/x", f"m-{n}", 1))
+            n += 1
+            if n % 50 == 0:
+                time.sleep(0.005)
+
+    thread = threading.Thread(target=publish, daemon=True)
+    received: set = set()
+    thread.start()
+    try:
+        for move in range(6):
+            time.sleep(1.0)  # the take-over (and its replay) is over before the next one
+            received.update(m.payload for m in roamer.drain())
+            roamer.close()
+            received.update(m.payload for m in roamer.drain())
+            roamer = Client(tcp(nodes[move % 2]), "roamer", clean=False, session_expiry=600)
+            assert roamer.connect() is True
+    finally:
+        stop.set()
+        thread.join(10)
+    for info in infos:
+        info.wait_for_publish(20)
+    codes = collections.Counter(publisher.acks.get(info.mid) for info in infos)
+    assert codes[0] == len(infos) > 1000, f"acknowledgements (reason code: count): {dict(codes)}"
+    acked = {f"m-{n}".encode() for n in range(len(infos))}
+    deadline = time.monotonic() + 30
+    while not acked <= received and time.monotonic() < deadline:
+        received.update(m.payload for m in roamer.take(1, timeout=max(0.1, deadline - time.monotonic())))
+    missing = sorted(acked - received, key=lambda p: int(p[2:]))
+    assert not missing, f"{len(missing)} of {len(acked)} acknowledged messages lost: {missing[:20]}"
+    roamer.close()
+    publisher.close()
+
