@@ -141,9 +141,17 @@ def test_image_defaults_to_the_app_version_and_can_be_overridden(helm: Helm) -> 
     assert container["image"] == "example/wharf:e2e"
 
 
+LEADER_ELECTION = "-leader-election"  # the name suffix of the Role (and binding) for the replicas' Lease
+
+
+def operator_roles(objects: list[dict], kind: str) -> list[dict]:
+    """The ClusterRoles/Roles (or bindings) with the operator's rules on MQTTBrokers, not the leader election's."""
+    return [o for o in find(objects, kind) if not o["metadata"]["name"].endswith(LEADER_ELECTION)]
+
+
 def test_all_namespaces_mode_uses_a_cluster_role(helm: Helm) -> None:
     objects = helm.template()
-    assert find(objects, "Role") == [] and find(objects, "RoleBinding") == []
+    assert operator_roles(objects, "Role") == [] and operator_roles(objects, "RoleBinding") == []
     (role,) = find(objects, "ClusterRole")
     (binding,) = find(objects, "ClusterRoleBinding")
     assert binding["roleRef"] == {"apiGroup": "rbac.authorization.k8s.io", "kind": "ClusterRole",
@@ -156,8 +164,8 @@ def test_all_namespaces_mode_uses_a_cluster_role(helm: Helm) -> None:
 def test_namespaced_mode_grants_nothing_cluster_wide(helm: Helm) -> None:
     objects = helm.template(*VALUE_SETS["namespaced"])
     assert find(objects, "ClusterRole") == [] and find(objects, "ClusterRoleBinding") == []
-    roles = {r["metadata"]["namespace"]: r for r in find(objects, "Role")}
-    bindings = {b["metadata"]["namespace"]: b for b in find(objects, "RoleBinding")}
+    roles = {r["metadata"]["namespace"]: r for r in operator_roles(objects, "Role")}
+    bindings = {b["metadata"]["namespace"]: b for b in operator_roles(objects, "RoleBinding")}
     assert set(roles) == set(bindings) == {"team-a", "team-b"}
     for namespace, binding in bindings.items():
         assert binding["roleRef"]["name"] == roles[namespace]["metadata"]["name"]
@@ -261,7 +269,7 @@ def normalized(rules: list[dict]) -> set[tuple[str, str, str]]:
 
 @pytest.mark.parametrize("values", [VALUE_SETS["defaults"], VALUE_SETS["namespaced"]], ids=["cluster", "namespaced"])
 def test_rbac_is_exactly_what_the_operator_documents(helm: Helm, values: list[str]) -> None:
-    roles = find(helm.template(*values), "ClusterRole") + find(helm.template(*values), "Role")
+    roles = find(helm.template(*values), "ClusterRole") + operator_roles(helm.template(*values), "Role")
     assert roles
     for role in roles:
         assert normalized(role["rules"]) == normalized(documented_rules()), role["kind"]
@@ -273,7 +281,7 @@ def test_rbac_covers_every_resource_the_operator_uses(helm: Helm, values: list[s
     from wharf_operator import crd, kube
 
     objects = helm.template(*values)
-    roles = find(objects, "ClusterRole") + find(objects, "Role")
+    roles = find(objects, "ClusterRole") + operator_roles(objects, "Role")
     used = [value for value in vars(kube).values() if isinstance(value, kube.Resource)]
     assert {r.plural for r in used} >= {"secrets", "configmaps", "pods", "statefulsets"}
     for role in roles:
@@ -290,3 +298,46 @@ def test_rbac_covers_every_resource_the_operator_uses(helm: Helm, values: list[s
         assert not any(r == "pods/exec" for _, r, _ in grants)
         assert {r for _, r, v in grants if v == "delete"} == {"configmaps", "services", "statefulsets",
                                                               "poddisruptionbudgets"}
+
+
+def documented_leader_election_rules() -> list[dict]:
+    text = (ROOT / "docs" / "operator-rbac.md").read_text()
+    blocks = re.findall(r"```yaml\n(.*?)```", text, flags=re.S)
+    roles = [doc for block in blocks for doc in yaml.safe_load_all(block) if doc and doc.get("kind") == "Role"]
+    assert len(roles) == 1, "docs/operator-rbac.md should hold one Role manifest (leader election)"
+    return roles[0]["rules"]
+
+
+@pytest.mark.parametrize("values", [VALUE_SETS["defaults"], VALUE_SETS["namespaced"]], ids=["cluster", "namespaced"])
+def test_leader_election_by_default(helm: Helm, values: list[str]) -> None:
+    """Two replicas elect a leader on a Lease in the release namespace; the Role grants that Lease only (create
+    cannot name one), as docs/operator-rbac.md documents; replicas prefer different nodes."""
+    objects = helm.template(*values)
+    deployment = find(objects, "Deployment")[0]
+    assert deployment["spec"]["replicas"] == 2 and deployment["spec"]["strategy"]["type"] == "RollingUpdate"
+    pod = deployment["spec"]["template"]["spec"]
+    args = pod["containers"][0]["args"]
+    assert {"--leader-elect", "--leader-election-namespace=wharf-system", "--leader-election-id=wharf"} <= set(args)
+    env = {e["name"]: e["valueFrom"]["fieldRef"]["fieldPath"] for e in pod["containers"][0]["env"]}
+    assert env == {"POD_NAME": "metadata.name", "POD_NAMESPACE": "metadata.namespace"}
+    anti = pod["affinity"]["podAntiAffinity"]["preferredDuringSchedulingIgnoredDuringExecution"]
+    assert anti[0]["podAffinityTerm"]["topologyKey"] == "kubernetes.io/hostname"
+    (role,) = [r for r in find(objects, "Role") if r["metadata"]["name"].endswith(LEADER_ELECTION)]
+    (binding,) = [b for b in find(objects, "RoleBinding") if b["metadata"]["name"].endswith(LEADER_ELECTION)]
+    assert role["metadata"]["namespace"] == binding["metadata"]["namespace"] == "wharf-system"
+    assert binding["roleRef"]["name"] == role["metadata"]["name"]
+    assert binding["subjects"] == [{"kind": "ServiceAccount", "name": "wharf", "namespace": "wharf-system"}]
+    assert role["rules"] == documented_leader_election_rules()
+    assert all(rule.get("resourceNames") == ["wharf"] for rule in role["rules"] if "create" not in rule["verbs"])
+
+
+def test_without_leader_election_one_replica_and_no_lease_role(helm: Helm) -> None:
+    objects = helm.template("operator.leaderElection.enabled=false", "operator.replicas=1")
+    assert not any(r["metadata"]["name"].endswith(LEADER_ELECTION) for r in find(objects, "Role"))
+    deployment = find(objects, "Deployment")[0]
+    assert deployment["spec"]["strategy"]["type"] == "Recreate"
+    assert not any(a.startswith("--leader") for a in deployment["spec"]["template"]["spec"]["containers"][0]["args"])
+    # The schema refuses several replicas without an election.
+    proc = helm.run("template", "wharf", str(CHART), "--set", "operator.leaderElection.enabled=false",
+                    "--set", "operator.replicas=2", check=False)
+    assert proc.returncode != 0 and "schema" in proc.stderr, proc.stderr
