@@ -107,6 +107,7 @@ class Controller:
         self._queued: set[tuple[str, str]] = set()  # brokers with a reconcile requested by an event, not started
         self._tasks: set[asyncio.Task] = set()
         self._known: set[tuple[str, str]] = set()  # MQTTBrokers the watch has shown (the periodic loops visit them)
+        self._periodic_started = False
 
     def _state(self, namespace: str, name: str) -> _BrokerState:
         return self._brokers.setdefault((namespace, name), _BrokerState())
@@ -567,7 +568,10 @@ class Controller:
         self.metrics.forget(namespace, name, listeners)
 
     def start_periodic(self) -> None:
-        """Start the resync and recheck loops (stopped by ``close``)."""
+        """Start the resync and recheck loops once (stopped by ``close``)."""
+        if self._periodic_started:
+            return
+        self._periodic_started = True
         for interval, work in ((self.config.resync_interval, "resync"), (self.config.recheck_interval, "recheck")):
             task = asyncio.get_running_loop().create_task(self._every(interval, work))
             self._tasks.add(task)

@@ -54,10 +54,6 @@ def build_registry(controller: Controller, connection: kopf.ConnectionInfo | Non
         settings.persistence.diffbase_storage = kopf.AnnotationsDiffBaseStorage(
             prefix=f"operator.{GROUP}", key="last-handled-configuration")
 
-    @kopf.on.startup(registry=registry, id="periodic")
-    async def start_periodic(**_: Any) -> None:
-        controller.start_periodic()
-
     @kopf.on.cleanup(registry=registry)
     async def cleanup(**_: Any) -> None:
         await controller.close()
@@ -83,7 +79,7 @@ def build_registry(controller: Controller, connection: kopf.ConnectionInfo | Non
             raise
 
     @kopf.on.event(GROUP, VERSION, PLURAL, registry=registry, id="seen")
-    def seen(event: dict, **_: Any) -> None:
+    async def seen(event: dict, **_: Any) -> None:
         """Every MQTTBroker the watch shows is one the periodic loops visit; a deleted one is forgotten. (An event
         handler needs no finalizer, unlike kopf's delete handlers.)"""
         meta = (event.get("object") or {}).get("metadata") or {}
@@ -93,6 +89,8 @@ def build_registry(controller: Controller, connection: kopf.ConnectionInfo | Non
             controller.forget(meta["namespace"], meta["name"], dict((event.get("object") or {}).get("spec") or {}))
         else:
             controller.track(meta["namespace"], meta["name"])
+            # Started from a handler, not at startup: the loops post events, which needs the handlers' context.
+            controller.start_periodic()
 
     @kopf.index(GROUP, VERSION, PLURAL, registry=registry, id=INDEX)
     def references(namespace: str, name: str, spec: kopf.Spec, **_: Any) -> dict:
