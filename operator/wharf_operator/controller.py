@@ -31,6 +31,8 @@ from .signalling import BrokerAdmin, PodTarget, SignalError
 MQTTBROKERS = Resource(GROUP, VERSION, PLURAL)
 # On every owned object: the digest of what the operator last applied (an apply that changes nothing is skipped).
 APPLIED_ANNOTATION = f"{GROUP}/applied"
+# MQTTBrokers the periodic resync or recheck visit at once.
+PERIODIC_CONCURRENCY = 8
 log = logging.getLogger("wharf_operator")
 
 
@@ -579,17 +581,20 @@ class Controller:
 
     async def _every(self, interval: float, work: str) -> None:
         """Every ``interval`` seconds, visit each MQTTBroker seen: read it afresh (gone: forget it), skip it while
-        paused, else reconcile it ("resync") or re-check what its pods serve ("recheck")."""
-        while True:
-            await asyncio.sleep(interval)
-            for namespace, name in sorted(self._known):
+        paused, else reconcile it ("resync") or re-check what its pods serve ("recheck"). Brokers are visited
+        side by side (at most ``PERIODIC_CONCURRENCY`` at once), so one whose pods are slow to answer (a reload
+        may wait ``reload_wait``) does not hold the others back."""
+        bound = asyncio.Semaphore(PERIODIC_CONCURRENCY)
+
+        async def visit(namespace: str, name: str) -> None:
+            async with bound:
                 try:
                     body = await self.api.get(MQTTBROKERS, namespace, name)
                     if body is None:
                         self.forget(namespace, name, {})
-                        continue
+                        return
                     if is_paused(body) or (body.get("metadata") or {}).get("deletionTimestamp"):
-                        continue
+                        return
                     if work == "resync":
                         await self.reconcile(body, trigger="resync")
                     else:
@@ -601,6 +606,10 @@ class Controller:
                     if work == "resync":
                         self.metrics.reconciles.labels(result="error").inc()
                     log.exception("%s of MQTTBroker %s/%s failed", work, namespace, name)
+
+        while True:
+            await asyncio.sleep(interval)
+            await asyncio.gather(*(visit(namespace, name) for namespace, name in sorted(self._known)))
 
     async def close(self) -> None:
         for task in list(self._tasks):
