@@ -3,6 +3,9 @@
 Credentials: in-cluster ServiceAccount when running in a pod, else ``--kubeconfig`` or KUBECONFIG (or
 ~/.kube/config). Scope: every namespace by default, or only the ``--namespace`` values given (the RBAC can then
 be a Role per namespace). Serves a liveness endpoint (kopf's) and Prometheus metrics.
+
+With ``--leader-elect`` (the chart's default) several replicas may run: one holds a Lease and operates, the others
+stand by (liveness endpoint only) until it is free (``leader.py``); a leader that loses the Lease exits at once.
 """
 
 from __future__ import annotations
@@ -12,7 +15,10 @@ import asyncio
 import logging
 import os
 import signal
+import socket
 import sys
+import urllib.parse
+import uuid
 
 from aiohttp import web
 
@@ -30,6 +36,7 @@ try:
     from . import credentials, crd_upgrade
     from .controller import Controller, OperatorConfig
     from .handlers import build_registry
+    from .leader import LeaderElector, LeaseTiming
 except ModuleNotFoundError as exc:
     if (exc.name or "").split(".")[0] not in EXTRA_MODULES:
         raise
@@ -40,6 +47,10 @@ else:
 # Networks the operator may call pods in, when --allow-pod-network is not given. The test suite sets it to
 # 127.0.0.0/8 for every process it starts, so no test can ever reach a real address.
 ALLOW_ENV = "WHARF_OPERATOR_ALLOW_POD_NETWORKS"
+# Where the operator's own pod runs (the chart sets both from the downward API).
+POD_NAMESPACE_ENV, POD_NAME_ENV = "POD_NAMESPACE", "POD_NAME"
+SERVICE_ACCOUNT_NAMESPACE = "/var/run/secrets/kubernetes.io/serviceaccount/namespace"
+log = logging.getLogger("wharf_operator")
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -71,12 +82,47 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--apply-crd", action="store_true",
                         help="at start, upgrade the installed MQTTBroker CRD by server-side apply when its schema "
                              "revision is older than this operator's (needs get and patch on that CRD)")
+    parser.add_argument("--leader-elect", action="store_true",
+                        help="run as one of several replicas: operate only while holding a coordination.k8s.io "
+                             "Lease, stand by otherwise")
+    parser.add_argument("--leader-election-namespace",
+                        help=f"namespace of the Lease (default: ${POD_NAMESPACE_ENV}, else the pod's own namespace)")
+    parser.add_argument("--leader-election-id", default="wharf-operator", help="name of the Lease")
+    parser.add_argument("--leader-election-identity",
+                        help=f"this replica's holderIdentity (default: ${POD_NAME_ENV} or the host name, "
+                             "plus a unique suffix)")
+    parser.add_argument("--lease-duration", type=float, default=15.0,
+                        help="seconds a Lease not renewed stays its holder's")
+    parser.add_argument("--renew-deadline", type=float, default=10.0,
+                        help="seconds the leader keeps trying to renew before it stops operating (exits)")
+    parser.add_argument("--retry-period", type=float, default=2.0,
+                        help="seconds between renewals, and between a standby's attempts")
     parser.add_argument("--verbose", action="store_true", help="debug logging")
     parser.add_argument("--version", action="version", version=f"wharf-operator {__version__}")
     args = parser.parse_args(argv)
     if not args.allow_pod_network:
         args.allow_pod_network = [n.strip() for n in os.environ.get(ALLOW_ENV, "").split(",") if n.strip()]
+    if args.leader_elect:
+        if not args.leader_election_namespace:
+            args.leader_election_namespace = os.environ.get(POD_NAMESPACE_ENV) or _own_namespace()
+        if not args.leader_election_namespace:
+            parser.error(f"--leader-elect needs --leader-election-namespace (or ${POD_NAMESPACE_ENV}) outside a pod")
+        if not args.leader_election_identity:
+            args.leader_election_identity = (f"{os.environ.get(POD_NAME_ENV) or socket.gethostname()}"
+                                             f"_{uuid.uuid4()}")
+        try:
+            LeaseTiming(args.lease_duration, args.renew_deadline, args.retry_period)
+        except ValueError as exc:
+            parser.error(str(exc))
     return args
+
+
+def _own_namespace() -> str | None:
+    try:
+        with open(SERVICE_ACCOUNT_NAMESPACE, encoding="utf-8") as handle:
+            return handle.read().strip() or None
+    except OSError:
+        return None
 
 
 async def _serve_metrics(metrics: OperatorMetrics, host: str, port: int) -> web.AppRunner:
@@ -92,9 +138,64 @@ async def _serve_metrics(metrics: OperatorMetrics, host: str, port: int) -> web.
     return runner
 
 
+async def _serve_standby_health(url: str) -> web.AppRunner | None:
+    """While standing by (kopf, which serves the liveness endpoint, is not started yet): answer it ourselves."""
+    if not url:
+        return None
+    parsed = urllib.parse.urlparse(url)
+
+    async def handle(_: web.Request) -> web.Response:
+        return web.json_response({"standby": True})
+
+    app = web.Application()
+    app.router.add_get(parsed.path or "/", handle)
+    runner = web.AppRunner(app, access_log=None)
+    await runner.setup()
+    await web.TCPSite(runner, parsed.hostname, parsed.port or 80).start()
+    return runner
+
+
+async def _lead(args: argparse.Namespace, creds: credentials.Credentials, stop: asyncio.Event
+                ) -> LeaderElector | None:
+    """Stand by until this replica holds the Lease; None if asked to stop first."""
+    elector = LeaderElector(creds.api(), args.leader_election_namespace, args.leader_election_id,
+                            args.leader_election_identity,
+                            LeaseTiming(args.lease_duration, args.renew_deadline, args.retry_period))
+    health = await _serve_standby_health(args.liveness)
+    try:
+        acquiring = asyncio.ensure_future(elector.acquire())
+        stopping = asyncio.ensure_future(stop.wait())
+        await asyncio.wait({acquiring, stopping}, return_when=asyncio.FIRST_COMPLETED)
+        if not acquiring.done():
+            acquiring.cancel()
+            await elector.api.close()
+            return None
+        stopping.cancel()
+        return elector
+    finally:
+        if health is not None:
+            await health.cleanup()
+
+
+def _lost_leadership() -> None:
+    """The Lease is someone else's (or could not be renewed): stop acting at once, as controller-runtime does; the
+    Deployment starts this replica again as a standby."""
+    log.critical("leader election lost: exiting")
+    logging.shutdown()
+    os._exit(1)
+
+
 async def run(args: argparse.Namespace) -> None:
     creds = credentials.load(args.kubeconfig, args.context)
-    if args.apply_crd:  # before any watch: Helm never upgrades crds/ (crd_upgrade.py)
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(signum, stop.set)
+    elector = await _lead(args, creds, stop) if args.leader_elect else None
+    if args.leader_elect and elector is None:
+        return  # stopped while standing by
+    holding = asyncio.ensure_future(elector.hold(_lost_leadership)) if elector is not None else None
+    if args.apply_crd:  # before any watch (and only by the leader): Helm never upgrades crds/ (crd_upgrade.py)
         await crd_upgrade.upgrade_at_start(creds.api())
     metrics = OperatorMetrics()
     controller = Controller(
@@ -105,14 +206,11 @@ async def run(args: argparse.Namespace) -> None:
         metrics)
     registry = build_registry(controller, creds.connection_info())
     runner = await _serve_metrics(metrics, args.metrics_bind, args.metrics_port) if args.metrics_port else None
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for signum in (signal.SIGINT, signal.SIGTERM):
-        loop.add_signal_handler(signum, stop.set)
     try:
         await kopf.operator(
             registry=registry,
-            standalone=True,  # one operator replica; no peering objects needed (nor RBAC for them)
+            # No kopf peering: its peers only pause each other (no Lease, no fencing); leader election is ours.
+            standalone=True,
             clusterwide=not args.namespace,
             namespaces=args.namespace,
             liveness_endpoint=args.liveness or None,
@@ -121,6 +219,10 @@ async def run(args: argparse.Namespace) -> None:
     finally:
         if runner is not None:
             await runner.cleanup()
+        if holding is not None and elector is not None:
+            holding.cancel()
+            await elector.release()
+            await elector.api.close()
 
 
 def main(argv: list[str] | None = None) -> int:

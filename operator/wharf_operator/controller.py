@@ -31,6 +31,8 @@ from .signalling import BrokerAdmin, PodTarget, SignalError
 MQTTBROKERS = Resource(GROUP, VERSION, PLURAL)
 # On every owned object: the digest of what the operator last applied (an apply that changes nothing is skipped).
 APPLIED_ANNOTATION = f"{GROUP}/applied"
+# MQTTBrokers the periodic resync or recheck visit at once.
+PERIODIC_CONCURRENCY = 8
 log = logging.getLogger("wharf_operator")
 
 
@@ -106,6 +108,8 @@ class Controller:
         self._brokers: dict[tuple[str, str], _BrokerState] = {}
         self._queued: set[tuple[str, str]] = set()  # brokers with a reconcile requested by an event, not started
         self._tasks: set[asyncio.Task] = set()
+        self._known: set[tuple[str, str]] = set()  # MQTTBrokers the watch has shown (the periodic loops visit them)
+        self._periodic_started = False
 
     def _state(self, namespace: str, name: str) -> _BrokerState:
         return self._brokers.setdefault((namespace, name), _BrokerState())
@@ -551,9 +555,61 @@ class Controller:
                                           "reason": _failure_reason(statuses) if errors else None}
             await self._write_status(body, spec, config=config, records=records)
 
+    # --- periodic work (not kopf timers: those would put a finalizer on every MQTTBroker) -------------------
+
+    def track(self, namespace: str, name: str) -> None:
+        self._known.add((namespace, name))
+
     def forget(self, namespace: str, name: str, spec: dict) -> None:
+        self._known.discard((namespace, name))
         self._brokers.pop((namespace, name), None)
-        self.metrics.forget(namespace, name, [l.name for l in tls_listeners(defaulted_spec(spec))])
+        try:
+            listeners = [l.name for l in tls_listeners(defaulted_spec(spec))]
+        except (KeyError, TypeError, ValueError):  # a spec the schema refuses: no listener metrics were made
+            listeners = []
+        self.metrics.forget(namespace, name, listeners)
+
+    def start_periodic(self) -> None:
+        """Start the resync and recheck loops once (stopped by ``close``)."""
+        if self._periodic_started:
+            return
+        self._periodic_started = True
+        for interval, work in ((self.config.resync_interval, "resync"), (self.config.recheck_interval, "recheck")):
+            task = asyncio.get_running_loop().create_task(self._every(interval, work))
+            self._tasks.add(task)
+            task.add_done_callback(self._tasks.discard)
+
+    async def _every(self, interval: float, work: str) -> None:
+        """Every ``interval`` seconds, visit each MQTTBroker seen: read it afresh (gone: forget it), skip it while
+        paused, else reconcile it ("resync") or re-check what its pods serve ("recheck"). Brokers are visited
+        side by side (at most ``PERIODIC_CONCURRENCY`` at once), so one whose pods are slow to answer (a reload
+        may wait ``reload_wait``) does not hold the others back."""
+        bound = asyncio.Semaphore(PERIODIC_CONCURRENCY)
+
+        async def visit(namespace: str, name: str) -> None:
+            async with bound:
+                try:
+                    body = await self.api.get(MQTTBROKERS, namespace, name)
+                    if body is None:
+                        self.forget(namespace, name, {})
+                        return
+                    if is_paused(body) or (body.get("metadata") or {}).get("deletionTimestamp"):
+                        return
+                    if work == "resync":
+                        await self.reconcile(body, trigger="resync")
+                    else:
+                        await self.recheck(body)
+                except asyncio.CancelledError:
+                    raise
+                except Exception:
+                    self.metrics.errors.labels(handler=work).inc()
+                    if work == "resync":
+                        self.metrics.reconciles.labels(result="error").inc()
+                    log.exception("%s of MQTTBroker %s/%s failed", work, namespace, name)
+
+        while True:
+            await asyncio.sleep(interval)
+            await asyncio.gather(*(visit(namespace, name) for namespace, name in sorted(self._known)))
 
     async def close(self) -> None:
         for task in list(self._tasks):

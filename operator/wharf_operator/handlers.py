@@ -7,9 +7,14 @@
 - Every event of an object an MQTTBroker owns (StatefulSet, Services, ConfigMap, PodDisruptionBudget,
   ServiceAccount, the admin-token Secret; deletions included) requests a reconcile of its owner: a deleted or
   hand-edited object is repaired, and status follows the pods (``Controller.request_reconcile``).
-- A timer per MQTTBroker reconciles it every ``resync_interval`` with nothing changed (drift no event showed);
-  another re-checks what every pod serves.
-- Deletion forgets the in-memory state; owned objects go with their ownerReferences.
+- Every MQTTBroker is reconciled every ``resync_interval`` with nothing changed (drift no event showed), and what
+  every pod serves is re-checked every ``recheck_interval``; on resume (an operator start or a new leader) it is
+  re-checked at once, so a rotation an earlier operator left half done is finished.
+- No finalizer: an MQTTBroker (or its namespace) is deleted whether the operator runs or not. kopf puts one on
+  an object only for timers, daemons or non-optional delete handlers, so the periodic work runs in two loops of
+  the controller's own over the MQTTBrokers it has seen, not as kopf timers; a finalizer an older operator left
+  is removed by kopf on the first event (it removes one no handler needs). The in-memory state is forgotten on
+  the DELETED event, or by the loops when the object is gone; owned objects go with their ownerReferences.
 
 ``build_registry`` builds a fresh registry, so every test (and the CLI) gets its own handlers and settings.
 """
@@ -21,7 +26,7 @@ from typing import Any
 
 import kopf
 
-from .controller import Controller, is_paused, referenced_objects
+from .controller import Controller, referenced_objects
 from .crd import GROUP, PLURAL, VERSION
 
 INDEX = "wharf_references"
@@ -54,6 +59,15 @@ def build_registry(controller: Controller, connection: kopf.ConnectionInfo | Non
         await controller.close()
 
     @kopf.on.resume(GROUP, VERSION, PLURAL, registry=registry)
+    async def resume(body: kopf.Body, **_: Any) -> None:
+        """Found at start: reconcile, then ask every pod what it serves (a rotation may be half done)."""
+        await reconcile(body)
+        try:
+            await controller.recheck(_plain(body))
+        except Exception:
+            controller.metrics.errors.labels(handler="recheck").inc()
+            raise
+
     @kopf.on.create(GROUP, VERSION, PLURAL, registry=registry)
     @kopf.on.update(GROUP, VERSION, PLURAL, registry=registry)
     async def reconcile(body: kopf.Body, **_: Any) -> None:
@@ -64,9 +78,19 @@ def build_registry(controller: Controller, connection: kopf.ConnectionInfo | Non
             controller.metrics.reconciles.labels(result="error").inc()
             raise
 
-    @kopf.on.delete(GROUP, VERSION, PLURAL, registry=registry, optional=True)
-    def forget(namespace: str, name: str, spec: kopf.Spec, **_: Any) -> None:
-        controller.forget(namespace, name, dict(spec))
+    @kopf.on.event(GROUP, VERSION, PLURAL, registry=registry, id="seen")
+    async def seen(event: dict, **_: Any) -> None:
+        """Every MQTTBroker the watch shows is one the periodic loops visit; a deleted one is forgotten. (An event
+        handler needs no finalizer, unlike kopf's delete handlers.)"""
+        meta = (event.get("object") or {}).get("metadata") or {}
+        if not meta.get("namespace") or not meta.get("name"):
+            return
+        if event.get("type") == "DELETED":
+            controller.forget(meta["namespace"], meta["name"], dict((event.get("object") or {}).get("spec") or {}))
+        else:
+            controller.track(meta["namespace"], meta["name"])
+            # Started from a handler, not at startup: the loops post events, which needs the handlers' context.
+            controller.start_periodic()
 
     @kopf.index(GROUP, VERSION, PLURAL, registry=registry, id=INDEX)
     def references(namespace: str, name: str, spec: kopf.Spec, **_: Any) -> dict:
@@ -114,25 +138,6 @@ def build_registry(controller: Controller, connection: kopf.ConnectionInfo | Non
             owned_changed(kind, event)
 
         kopf.on.event(*group_version.split("/"), plural, registry=registry, id=f"owned-{plural}")(owned_event)
-
-    @kopf.timer(GROUP, VERSION, PLURAL, registry=registry, id="resync", interval=controller.config.resync_interval,
-                initial_delay=controller.config.resync_interval, when=lambda body, **_: not is_paused(body))
-    async def resync(body: kopf.Body, **_: Any) -> None:
-        try:
-            await controller.reconcile(_plain(body), trigger="resync")
-        except Exception:
-            controller.metrics.errors.labels(handler="resync").inc()
-            controller.metrics.reconciles.labels(result="error").inc()
-            raise
-
-    @kopf.timer(GROUP, VERSION, PLURAL, registry=registry, interval=controller.config.recheck_interval,
-                initial_delay=controller.config.recheck_interval, when=lambda body, **_: not is_paused(body))
-    async def recheck(body: kopf.Body, **_: Any) -> None:
-        try:
-            await controller.recheck(_plain(body))
-        except Exception:
-            controller.metrics.errors.labels(handler="recheck").inc()
-            raise
 
     return registry
 

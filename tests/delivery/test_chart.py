@@ -143,6 +143,11 @@ def test_image_defaults_to_the_app_version_and_can_be_overridden(helm: Helm) -> 
 
 # The chart's ClusterRoles besides the operator's own rules: its CRD upgrade, and the roles aggregated for people.
 CRD_ROLE, VIEWER, EDITOR = "wharf-crd", "wharf-mqttbroker-viewer", "wharf-mqttbroker-editor"
+LEADER_ELECTION = "wharf-leader-election"  # the Role (and binding) for the replicas' Lease, in the release namespace
+
+
+def not_leader_election(objects: list[dict]) -> list[dict]:
+    return [o for o in objects if o["metadata"]["name"] != LEADER_ELECTION]
 
 
 def operator_roles(objects: list[dict]) -> list[dict]:
@@ -152,7 +157,8 @@ def operator_roles(objects: list[dict]) -> list[dict]:
 
 def test_all_namespaces_mode_uses_a_cluster_role(helm: Helm) -> None:
     objects = helm.template()
-    assert find(objects, "Role") == [] and find(objects, "RoleBinding") == []
+    assert not_leader_election(find(objects, "Role")) == []
+    assert not_leader_election(find(objects, "RoleBinding")) == []
     assert {r["metadata"]["name"] for r in find(objects, "ClusterRole")} == {"wharf", CRD_ROLE, VIEWER, EDITOR}
     (role,) = operator_roles(objects)
     (binding,) = find(objects, "ClusterRoleBinding", "wharf")
@@ -178,8 +184,8 @@ def test_namespaced_mode_grants_nothing_cluster_wide(helm: Helm) -> None:
     args = find(bare, "Deployment")[0]["spec"]["template"]["spec"]["containers"][0]["args"]
     assert "--apply-crd" not in args
     assert "--apply-crd" in find(objects, "Deployment")[0]["spec"]["template"]["spec"]["containers"][0]["args"]
-    roles = {r["metadata"]["namespace"]: r for r in find(objects, "Role")}
-    bindings = {b["metadata"]["namespace"]: b for b in find(objects, "RoleBinding")}
+    roles = {r["metadata"]["namespace"]: r for r in not_leader_election(find(objects, "Role"))}
+    bindings = {b["metadata"]["namespace"]: b for b in not_leader_election(find(objects, "RoleBinding"))}
     assert set(roles) == set(bindings) == {"team-a", "team-b"}
     for namespace, binding in bindings.items():
         assert binding["roleRef"]["name"] == roles[namespace]["metadata"]["name"]
@@ -333,3 +339,46 @@ def test_rbac_covers_every_resource_the_operator_uses(helm: Helm, values: list[s
         assert not any(r == "pods/exec" for _, r, _ in grants)
         assert {r for _, r, v in grants if v == "delete"} == {"configmaps", "services", "statefulsets",
                                                               "poddisruptionbudgets"}
+
+
+def documented_leader_election_rules() -> list[dict]:
+    text = (ROOT / "docs" / "operator-rbac.md").read_text()
+    blocks = re.findall(r"```yaml\n(.*?)```", text, flags=re.S)
+    roles = [doc for block in blocks for doc in yaml.safe_load_all(block) if doc and doc.get("kind") == "Role"]
+    assert len(roles) == 1, "docs/operator-rbac.md should hold one Role manifest (leader election)"
+    return roles[0]["rules"]
+
+
+@pytest.mark.parametrize("values", [VALUE_SETS["defaults"], VALUE_SETS["namespaced"]], ids=["cluster", "namespaced"])
+def test_leader_election_by_default(helm: Helm, values: list[str]) -> None:
+    """Two replicas elect a leader on a Lease in the release namespace; the Role grants that Lease only (create
+    cannot name one), as docs/operator-rbac.md documents; replicas prefer different nodes."""
+    objects = helm.template(*values)
+    deployment = find(objects, "Deployment")[0]
+    assert deployment["spec"]["replicas"] == 2 and deployment["spec"]["strategy"]["type"] == "RollingUpdate"
+    pod = deployment["spec"]["template"]["spec"]
+    args = pod["containers"][0]["args"]
+    assert {"--leader-elect", "--leader-election-namespace=wharf-system", "--leader-election-id=wharf"} <= set(args)
+    env = {e["name"]: e["valueFrom"]["fieldRef"]["fieldPath"] for e in pod["containers"][0]["env"]}
+    assert env == {"POD_NAME": "metadata.name", "POD_NAMESPACE": "metadata.namespace"}
+    anti = pod["affinity"]["podAntiAffinity"]["preferredDuringSchedulingIgnoredDuringExecution"]
+    assert anti[0]["podAffinityTerm"]["topologyKey"] == "kubernetes.io/hostname"
+    (role,) = [r for r in find(objects, "Role") if r["metadata"]["name"].endswith(LEADER_ELECTION)]
+    (binding,) = [b for b in find(objects, "RoleBinding") if b["metadata"]["name"].endswith(LEADER_ELECTION)]
+    assert role["metadata"]["namespace"] == binding["metadata"]["namespace"] == "wharf-system"
+    assert binding["roleRef"]["name"] == role["metadata"]["name"]
+    assert binding["subjects"] == [{"kind": "ServiceAccount", "name": "wharf", "namespace": "wharf-system"}]
+    assert role["rules"] == documented_leader_election_rules()
+    assert all(rule.get("resourceNames") == ["wharf"] for rule in role["rules"] if "create" not in rule["verbs"])
+
+
+def test_without_leader_election_one_replica_and_no_lease_role(helm: Helm) -> None:
+    objects = helm.template("operator.leaderElection.enabled=false", "operator.replicas=1")
+    assert not any(r["metadata"]["name"].endswith(LEADER_ELECTION) for r in find(objects, "Role"))
+    deployment = find(objects, "Deployment")[0]
+    assert deployment["spec"]["strategy"]["type"] == "Recreate"
+    assert not any(a.startswith("--leader") for a in deployment["spec"]["template"]["spec"]["containers"][0]["args"])
+    # The schema refuses several replicas without an election.
+    proc = helm.run("template", "wharf", str(CHART), "--set", "operator.leaderElection.enabled=false",
+                    "--set", "operator.replicas=2", check=False)
+    assert proc.returncode != 0 and "schema" in proc.stderr, proc.stderr

@@ -118,6 +118,11 @@ def run_operator_until_reconciled(kubeconfig: Path, args: list[str], core, names
     return log.read_text()
 
 
+def leader_election(namespace: str, lease: str) -> list[str]:
+    """The leader-election arguments the chart's Deployment passes (its Role grants only this Lease)."""
+    return ["--leader-elect", f"--leader-election-namespace={namespace}", f"--leader-election-id={lease}"]
+
+
 def install(helm: Helm, plane, release: str, namespace: str, *values: str) -> None:
     args = ["--kubeconfig", str(plane.kubeconfig), "install", release, str(CHART), "--namespace", namespace,
             "--create-namespace", "--wait", "--timeout", "3m"]
@@ -136,8 +141,11 @@ def test_cluster_wide_install_is_enough_for_the_operator(helm: Helm, plane, core
         kubeconfig = service_account_kubeconfig(plane, core, "wharf-system", "wharf", tmp_path / "sa.kubeconfig")
         core.create_namespace({"metadata": {"name": "tenant-one"}})
         create_broker(core, "tenant-one", "broker")
-        log = run_operator_until_reconciled(kubeconfig, [], core, "tenant-one", "broker", tmp_path / "op.log")
+        # As the chart's Deployment runs it: with leader election on the release's Lease.
+        log = run_operator_until_reconciled(kubeconfig, leader_election("wharf-system", "wharf"), core,
+                                            "tenant-one", "broker", tmp_path / "op.log")
         assert "forbidden" not in log.lower(), log[-3000:]
+        assert "wharf_operator.leader: leader election: " in log and " holds Lease wharf-system/wharf" in log
     finally:
         uninstall(helm, plane, "wharf", "wharf-system")
 
@@ -156,12 +164,17 @@ def test_namespaced_install_is_enough_for_the_operator(helm: Helm, plane, core, 
         assert [(r.resources, r.resource_names, r.verbs) for r in crd_role.rules] == \
             [(["customresourcedefinitions"], ["mqttbrokers.mqtt.wharf.dev"], ["get", "patch"])]
         assert [r.metadata.name for r in rbac.list_namespaced_role("tenant-two").items] == ["wharf-ns"]
+        # and the leader election's, for the Lease in the release namespace
+        assert [r.metadata.name for r in rbac.list_namespaced_role("wharf-ns-system").items] == \
+            ["wharf-ns-leader-election"]
         kubeconfig = service_account_kubeconfig(plane, core, "wharf-ns-system", "wharf-ns",
                                                 tmp_path / "sa.kubeconfig")
         create_broker(core, "tenant-two", "broker")
-        log = run_operator_until_reconciled(kubeconfig, ["--namespace", "tenant-two", "--apply-crd"], core,
-                                            "tenant-two", "broker", tmp_path / "op.log")
+        log = run_operator_until_reconciled(kubeconfig, ["--namespace", "tenant-two", "--apply-crd",
+                                                         *leader_election("wharf-ns-system", "wharf-ns")],
+                                            core, "tenant-two", "broker", tmp_path / "op.log")
         assert "forbidden" not in log.lower(), log[-3000:]
         assert "CRD mqttbrokers.mqtt.wharf.dev is current" in log, log[-3000:]
+        assert " holds Lease wharf-ns-system/wharf-ns" in log, log[-3000:]
     finally:
         uninstall(helm, plane, "wharf-ns", "wharf-ns-system")

@@ -72,6 +72,25 @@ def test_defaults_watch_every_namespace(monkeypatch):
     assert scoped.namespace == ["a", "b"] and scoped.allow_pod_network == ["127.0.0.0/8"]
 
 
+def test_leader_election_options(monkeypatch):
+    monkeypatch.delenv("POD_NAMESPACE", raising=False)
+    monkeypatch.delenv("POD_NAME", raising=False)
+    assert parse_args([]).leader_elect is False  # one replica unless asked
+    monkeypatch.setattr("wharf_operator.cli.SERVICE_ACCOUNT_NAMESPACE", "/nonexistent/namespace")
+    with pytest.raises(SystemExit):  # outside a pod, the Lease's namespace must be given
+        parse_args(["--leader-elect"])
+    monkeypatch.setenv("POD_NAMESPACE", "wharf-system")
+    monkeypatch.setenv("POD_NAME", "wharf-6d9f-abcde")
+    args = parse_args(["--leader-elect"])
+    assert args.leader_election_namespace == "wharf-system" and args.leader_election_id == "wharf-operator"
+    # controller-runtime's form: the pod's name and a unique suffix, different for every start
+    assert args.leader_election_identity.startswith("wharf-6d9f-abcde_")
+    assert parse_args(["--leader-elect"]).leader_election_identity != args.leader_election_identity
+    assert (args.lease_duration, args.renew_deadline, args.retry_period) == (15.0, 10.0, 2.0)
+    with pytest.raises(SystemExit):  # a leader must stop before its Lease can expire for the others
+        parse_args(["--leader-elect", "--renew-deadline", "20"])
+
+
 async def test_entry_point_runs_against_a_kubeconfig(kmock, tmp_path, monkeypatch):
     from kmock._internal import parsing
 

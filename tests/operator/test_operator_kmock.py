@@ -422,7 +422,8 @@ async def test_rotation_before_any_pod_runs_signals_nobody(env):
     await env.reconciled()
     new_leaf = make_leaf(env.ca)
     await env.rotate_secret(new_leaf, project=False)
-    # A reconcile may record the new fingerprint before the Secret's handler has counted the pods it signalled.
+    # A reconcile (an owned object's event) may record the new fingerprint first, without pod counts; the Secret
+    # handler's record follows.
     await eventually(lambda: env.listener_status().get("fingerprint") == new_leaf.fingerprint
                      and "podsTotal" in env.listener_status(), "the new record")
     assert env.listener_status()["podsTotal"] == 0

@@ -70,7 +70,8 @@ def install_operator_identity(controlplane, api, helm: str, helm_home: Path, wor
     objects = chart_rbac(helm, helm_home, unique_name("wharf"), operator_namespace, watch)
     kinds = sorted(o["kind"] for o in objects)
     expected = ["ClusterRole", "ClusterRoleBinding"] if not watch else ["Role", "RoleBinding"] * len(watch)
-    assert kinds == sorted(expected + ["ServiceAccount"]), kinds
+    # and the leader election's Role and RoleBinding (for the Lease) in the operator's namespace
+    assert kinds == sorted(expected + ["Role", "RoleBinding", "ServiceAccount"]), kinds
     apply_objects(api, objects)
     account = next(o["metadata"]["name"] for o in objects if o["kind"] == "ServiceAccount")
     # The RBAC authorizer serves from an informer cache that follows new bindings shortly after
@@ -107,9 +108,10 @@ def operator_command() -> list[str]:
 
 @contextmanager
 def running_operator(kubeconfig: Path, log_path: Path, namespaces: list[str], pod_cidr: str,
-                     extra_args: list[str] | None = None) -> Iterator[subprocess.Popen]:
-    """Start ``wharf-operator`` (with ``extra_args``); wait for its liveness endpoint; stop it (SIGTERM)
-    afterwards."""
+                     extra_args: list[str] | None = None, extra_env: dict[str, str] | None = None,
+                     ) -> Iterator[subprocess.Popen]:
+    """Start ``wharf-operator`` (with ``extra_args`` and ``extra_env``); wait for its liveness endpoint (a standby's
+    too); stop it (SIGTERM) afterwards, unless it has ended already."""
     health_port = localcluster.free_loopback_port()
     args = [*operator_command(), "--kubeconfig", str(kubeconfig), "--verbose",
             "--liveness", f"http://127.0.0.1:{health_port}/healthz", "--metrics-bind", "127.0.0.1",
@@ -118,7 +120,7 @@ def running_operator(kubeconfig: Path, log_path: Path, namespaces: list[str], po
             "--allow-pod-network", pod_cidr, "--signal-timeout", "2", "--reload-wait", "5"]
     args += [f"--namespace={ns}" for ns in namespaces] or ["--all-namespaces"]
     args += extra_args or []
-    env = {**os.environ, "NO_PROXY": "*", "no_proxy": "*"}
+    env = {**os.environ, "NO_PROXY": "*", "no_proxy": "*", **(extra_env or {})}
     for proxy in ("HTTP_PROXY", "HTTPS_PROXY", "http_proxy", "https_proxy", "ALL_PROXY", "all_proxy"):
         env.pop(proxy, None)
     with open(log_path, "ab") as log:
