@@ -369,8 +369,11 @@ class Controller:
         current = await self.api.get(MQTTBROKERS, namespace, name)
         if current is None:
             return
-        changes = build(current.get("status") or {})
+        before = current.get("status") or {}
+        changes = build(before)
         await self.api.patch(MQTTBROKERS, namespace, name, {"status": changes}, subresource="status")
+        if "conditions" in changes:
+            _post_condition_changes(current, before.get("conditions") or [], changes["conditions"] or [])
 
     async def _write_status(self, body: dict, spec: dict, *, config: tuple[bool, str, str] | None = None,
                             records: dict[str, dict] | None = None, reconciled: bool = False,
@@ -655,6 +658,24 @@ class Controller:
             task.cancel()
         await self.admin.close()
         await self.api.close()
+
+
+# Conditions whose True is the healthy state (for Stalled it is False; Paused and Reconciling are neither).
+_HEALTHY_WHEN_TRUE = {st.READY, st.CERTIFICATES_READY, st.CONFIG_APPLIED, st.CLUSTERED}
+
+
+def _post_condition_changes(body: dict, before: list[dict], after: list[dict]) -> None:
+    """One event per condition whose status changed (reason ``<Type><Status>``, e.g. ``ReadyFalse``); a Warning
+    when it turned unhealthy. A condition seen for the first time is the initial state, not a change."""
+    previous = {c.get("type"): c.get("status") for c in before}
+    for condition in after:
+        ctype, status = condition.get("type"), condition.get("status")
+        if ctype not in previous or previous[ctype] == status:
+            continue
+        unhealthy = (ctype in _HEALTHY_WHEN_TRUE and status != "True") or (ctype == st.STALLED and status == "True")
+        kopf.event(body, type="Warning" if unhealthy else "Normal", reason=f"{ctype}{status}",
+                   message=f"{ctype}: {previous[ctype]} -> {status} ({condition.get('reason')}): "
+                           f"{condition.get('message') or ''}".rstrip(": "))
 
 
 def _failure_reason(statuses: list[int | None]) -> str:

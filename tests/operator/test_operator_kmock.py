@@ -269,6 +269,7 @@ async def test_pause_annotation_stops_reconciliation_and_signalling(env):
     pods = await env.add_pods(1)
     await env.patch_broker({"metadata": {"annotations": {PAUSE_ANNOTATION: "true"}}, "spec": {"replicas": 5}})
     await eventually(lambda: env.condition("Paused").get("status") == "True", "Paused=True")
+    await eventually(lambda: env.events("PausedTrue"), "a PausedTrue event")
     assert env.obj("apps/v1/statefulsets", "wharf")["spec"]["replicas"] == 2
 
     new_leaf = make_leaf(env.ca)
@@ -463,6 +464,10 @@ async def test_ready_follows_the_statefulset(env):
                            {"status": {"replicas": 2, "readyReplicas": 2}})
     ready = await eventually(lambda: (c := env.condition("Ready")).get("status") == "True" and c, "Ready=True")
     assert ready["reason"] == "AllPodsReady" and env.status()["readyReplicas"] == 2
+    # The change of state is an event too (the condition's first value, at creation, is not).
+    events = await eventually(lambda: env.events("ReadyTrue"), "a ReadyTrue event")
+    assert events[0]["type"] == "Normal" and "False -> True (AllPodsReady)" in events[0]["message"]
+    assert env.events("ReadyFalse") == []
 
 
 async def test_rotation_before_any_pod_runs_signals_nobody(env):
