@@ -7,8 +7,12 @@ instead of resolving labels per event.
 
 from __future__ import annotations
 
+import bisect
 import math
 from typing import Callable, Iterable
+
+# Prometheus client libraries' default buckets (seconds): a few milliseconds to ten seconds.
+DEFAULT_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.075, 0.1, 0.25, 0.5, 0.75, 1.0, 2.5, 5.0, 7.5, 10.0)
 
 
 def _escape(value: str) -> str:
@@ -62,6 +66,14 @@ class Metric:
     def remove(self, **labels: str) -> None:
         self._children.pop(tuple(str(labels[name]) for name in self.labelnames), None)
 
+    def remove_matching(self, **labels: str) -> int:
+        """Drop every child whose labels include ``labels`` (e.g. all listeners of one deleted broker)."""
+        positions = [(self.labelnames.index(name), str(value)) for name, value in labels.items()]
+        gone = [key for key in self._children if key and all(key[i] == value for i, value in positions)]
+        for key in gone:
+            del self._children[key]
+        return len(gone)
+
     # Unlabelled shortcuts.
     def inc(self, amount: float = 1) -> None:
         self._children[()].value += amount
@@ -100,6 +112,69 @@ class CallbackGauge(Metric):
         return self._collect()
 
 
+class _HistogramChild:
+    """Per-bucket counts (not cumulative: one increment per observation); cumulated when scraped."""
+
+    __slots__ = ("bounds", "counts", "sum", "count")
+
+    def __init__(self, bounds: tuple[float, ...]) -> None:
+        self.bounds = bounds
+        self.counts = [0] * (len(bounds) + 1)  # the last slot is +Inf
+        self.sum: float = 0.0
+        self.count = 0
+
+    def observe(self, value: float) -> None:
+        self.counts[bisect.bisect_left(self.bounds, value)] += 1  # bucket le=bound holds value <= bound
+        self.sum += value
+        self.count += 1
+
+
+class Histogram(Metric):
+    """A histogram family: ``<name>_bucket{le=...}`` (cumulative), ``<name>_sum`` and ``<name>_count``.
+
+    ``observe`` costs one bisection over the bounds and three additions; cumulating happens at scrape time."""
+
+    kind = "histogram"
+
+    def __init__(self, name: str, help: str, labelnames: Iterable[str] = (),
+                 buckets: Iterable[float] = DEFAULT_BUCKETS) -> None:
+        bounds = tuple(sorted(float(b) for b in buckets if not math.isinf(b)))
+        if not bounds:
+            raise ValueError("a histogram needs at least one finite bucket bound")
+        if "le" in tuple(labelnames):
+            raise ValueError("'le' is reserved for histogram buckets")
+        self.bounds = bounds
+        self.name = name
+        self.help = help
+        self.labelnames = tuple(labelnames)
+        self._children: dict[tuple[str, ...], _HistogramChild] = {}  # type: ignore[assignment]
+        if not self.labelnames:
+            self._children[()] = _HistogramChild(bounds)
+
+    def labels(self, **labels: str) -> _HistogramChild:  # type: ignore[override]
+        key = tuple(str(labels[name]) for name in self.labelnames)
+        child = self._children.get(key)
+        if child is None:
+            child = self._children[key] = _HistogramChild(self.bounds)
+        return child
+
+    def observe(self, value: float) -> None:
+        self._children[()].observe(value)
+
+    def lines(self) -> Iterable[str]:
+        """The exposition lines of every child (bucket, sum and count series)."""
+        for key, child in list(self._children.items()):
+            base = [f'{k}="{_escape(v)}"' for k, v in zip(self.labelnames, key)]
+            cumulative = 0
+            for bound, count in zip((*child.bounds, math.inf), child.counts):
+                cumulative += count
+                le = ",".join([*base, f'le="{_format_value(bound)}"'])
+                yield f"{self.name}_bucket{{{le}}} {cumulative}"
+            suffix = f"{{{','.join(base)}}}" if base else ""
+            yield f"{self.name}_sum{suffix} {_format_value(child.sum)}"
+            yield f"{self.name}_count{suffix} {child.count}"
+
+
 class Registry:
     def __init__(self) -> None:
         self._metrics: dict[str, Metric] = {}
@@ -117,6 +192,20 @@ class Registry:
     def gauge(self, name: str, help: str, labelnames: Iterable[str] = ()) -> Gauge:
         return self.register(Gauge(name, help, labelnames))  # type: ignore[return-value]
 
+    def histogram(self, name: str, help: str, labelnames: Iterable[str] = (),
+                  buckets: Iterable[float] = DEFAULT_BUCKETS) -> Histogram:
+        return self.register(Histogram(name, help, labelnames, buckets))  # type: ignore[return-value]
+
+    def names(self) -> list[str]:
+        """Every series name the exposition can carry (a histogram's _bucket, _sum and _count)."""
+        out: list[str] = []
+        for metric in self._metrics.values():
+            if isinstance(metric, Histogram):
+                out.extend(f"{metric.name}{suffix}" for suffix in ("_bucket", "_sum", "_count"))
+            else:
+                out.append(metric.name)
+        return out
+
     def get(self, name: str) -> Metric | None:
         return self._metrics.get(name)
 
@@ -126,6 +215,9 @@ class Registry:
         for metric in self._metrics.values():
             lines.append(f"# HELP {metric.name} {metric.help}")
             lines.append(f"# TYPE {metric.name} {metric.kind}")
+            if isinstance(metric, Histogram):
+                lines.extend(metric.lines())
+                continue
             for labels, value in metric.samples():
                 if labels:
                     rendered = ",".join(f'{k}="{_escape(str(v))}"' for k, v in labels.items())

@@ -96,6 +96,9 @@ class _BrokerState:
     forced: dict[str, float] = field(default_factory=dict)
     conflicts: dict[str, list[str]] = field(default_factory=dict)
     warned_generation: int | None = None  # the generation the IndependentBrokers warning was posted for
+    # listener id -> a rotation not every pod serves yet: (material signature, when the first Secret change not
+    # served was seen (epoch seconds), when the latest was seen (monotonic)); rotation latency counts from the latter
+    pending: dict[str, tuple[str, float, float]] = field(default_factory=dict)
 
 
 class Controller:
@@ -201,6 +204,13 @@ class Controller:
     async def reconcile(self, body: dict, trigger: str = "spec") -> None:
         """Level-triggered: make every owned object what the spec says, whatever changed (the spec, an owned
         object, or nothing: the periodic resync), and write the status from what was observed, in one patch."""
+        started = time.monotonic()
+        try:
+            await self._reconcile(body, trigger)
+        finally:
+            self.metrics.reconcile_seconds.observe(time.monotonic() - started)
+
+    async def _reconcile(self, body: dict, trigger: str) -> None:
         meta = body["metadata"]
         namespace, name = meta["namespace"], meta["name"]
         generation = meta.get("generation")
@@ -268,6 +278,7 @@ class Controller:
                 kopf.warn(body, reason="IndependentBrokers",
                           message=f"{spec['replicas']} replicas without spec.cluster run as independent brokers")
             records = await self._check_certificates(body, spec, signal=False)
+            self.metrics.retain(namespace, name, {listener.name for listener in tls_listeners(spec)})
             await self._write_status(body, spec, config=(applied_ok, "Applied" if applied_ok else "LiveUpdateRefused",
                                                          config_message),
                                      records=records, reconciled=True, paused=False)
@@ -358,8 +369,11 @@ class Controller:
         current = await self.api.get(MQTTBROKERS, namespace, name)
         if current is None:
             return
-        changes = build(current.get("status") or {})
+        before = current.get("status") or {}
+        changes = build(before)
         await self.api.patch(MQTTBROKERS, namespace, name, {"status": changes}, subresource="status")
+        if "conditions" in changes:
+            _post_condition_changes(current, before.get("conditions") or [], changes["conditions"] or [])
 
     async def _write_status(self, body: dict, spec: dict, *, config: tuple[bool, str, str] | None = None,
                             records: dict[str, dict] | None = None, reconciled: bool = False,
@@ -430,9 +444,11 @@ class Controller:
         return sorted(targets, key=lambda t: t.name), token
 
     async def _check_certificates(self, body: dict, spec: dict, *, signal: bool,
-                                  only: set[tuple[str, str]] | None = None) -> dict[str, dict]:
+                                  only: set[tuple[str, str]] | None = None,
+                                  seen: tuple[float, float] | None = None) -> dict[str, dict]:
         """Validate every TLS listener's material (or those that use ``only``); signal pods when asked.
-        Returns the status.listeners fields observed, per listener."""
+        ``seen`` is when the change being signalled was seen (epoch and monotonic seconds): the rotation latency
+        counts from there. Returns the status.listeners fields observed, per listener."""
         meta = body["metadata"]
         namespace, name = meta["namespace"], meta["name"]
         state = self._state(namespace, name)
@@ -443,7 +459,7 @@ class Controller:
             if only is not None and not (only & referenced_objects({"listeners": [listener.spec]})):
                 continue
             tls = listener.spec["tls"]
-            started = time.monotonic()
+            seen_wall, started = seen or (time.time(), time.monotonic())
             try:
                 material = await self.load_material(namespace, listener)
             except certs.InvalidMaterial as exc:
@@ -457,6 +473,7 @@ class Controller:
                                       f"certificate they serve")
                     self.metrics.rotations.labels(result="refused").inc()
                 continue
+            self.metrics.observed(namespace, name, listener.name, not_after=material.not_after)
             signalled = state.signalled.get(listener.listener_id)
             if not signal and signalled is not None and signalled != material.signature:
                 continue  # new material the Secret's handler is signalling: it writes the record when done
@@ -472,17 +489,26 @@ class Controller:
                     pods, token = await self._pods_and_token(namespace, name)
                 if not pods:  # nothing runs yet: pods that start later load the current files
                     state.signalled[listener.listener_id] = material.signature
+                    state.pending.pop(listener.listener_id, None)
+                    self.metrics.observed(namespace, name, listener.name, not_serving=0, pending_since=0)
                     record.update(podsServing=0, podsTotal=0)
                     records[listener.name] = record
                     continue
+                earlier = state.pending.get(listener.listener_id)
+                first_seen = earlier[1] if earlier else seen_wall
+                state.pending[listener.listener_id] = (material.signature, first_seen, started)
+                self.metrics.observed(namespace, name, listener.name, pending_since=first_seen)
                 result = await self.admin.rotate(pods, token, listener.listener_id, material.fingerprint,
                                                  self.config.reload_wait)
                 seconds = round(time.monotonic() - started, 3)
                 complete = result.serving == len(pods)
                 record.update(podsServing=result.serving, podsTotal=len(pods))
                 self.metrics.rotation_finished(namespace, name, listener.name, seconds, complete)
+                self.metrics.observed(namespace, name, listener.name, not_serving=len(pods) - result.serving)
                 if complete:
                     state.signalled[listener.listener_id] = material.signature
+                    state.pending.pop(listener.listener_id, None)
+                    self.metrics.observed(namespace, name, listener.name, pending_since=0)
                     record.update(lastRotationTime=st.now_iso(), lastRotationSeconds=seconds)
                     kopf.event(body, type="Normal", reason="CertificateRotated",
                                message=f"{listener.listener_id} serves {material.fingerprint[:16]}… on "
@@ -498,13 +524,15 @@ class Controller:
 
     async def on_referenced_change(self, kind: str, namespace: str, obj_name: str, brokers: list[str]) -> None:
         """A Secret/ConfigMap that brokers load changed: validate it and signal the pods of each broker."""
+        seen = (time.time(), time.monotonic())  # before any lock: a rotation's latency counts from here
         for broker in sorted(set(brokers)):
             body = await self.api.get(MQTTBROKERS, namespace, broker)
             if body is None or is_paused(body):
                 continue
             async with self._state(namespace, broker).lock:
                 spec = defaulted_spec(body.get("spec") or {})
-                records = await self._check_certificates(body, spec, signal=True, only={(kind, obj_name)})
+                records = await self._check_certificates(body, spec, signal=True, only={(kind, obj_name)},
+                                                         seen=seen)
                 await self._write_status(body, spec, records=records)
 
     # --- the level-triggered safety net ------------------------------------------------------------------
@@ -531,7 +559,7 @@ class Controller:
                     material = await self.load_material(namespace, listener)
                 except certs.InvalidMaterial:
                     continue  # reported by the Secret handler and reconciliation; nothing to re-signal
-                serving, errors, statuses = 0, [], []
+                serving, errors, statuses, resignalled = 0, [], [], []
                 for pod in pods:
                     try:
                         served = await self.admin.served_certificate(pod, token, listener.listener_id)
@@ -542,12 +570,29 @@ class Controller:
                                 errors.append(f"{pod.name}: {outcome.error}")
                                 statuses.append(outcome.status)
                                 continue
+                            resignalled.append(pod.name)
                         serving += 1
                     except SignalError as exc:
                         errors.append(str(exc))
                         statuses.append(None)
+                self.metrics.observed(namespace, name, listener.name, not_after=material.not_after,
+                                      not_serving=len(pods) - serving)
+                pending = state.pending.get(listener.listener_id)
                 if serving == len(pods):
                     state.signalled[listener.listener_id] = material.signature
+                    state.pending.pop(listener.listener_id, None)
+                    self.metrics.observed(namespace, name, listener.name, pending_since=0)
+                    if pending is not None and pending[0] == material.signature:
+                        # A rotation the Secret's event left incomplete: finished now, counted from that event.
+                        seconds = round(time.monotonic() - pending[2], 3)
+                        self.metrics.rotation_completed(namespace, name, listener.name, seconds)
+                        kopf.event(body, type="Normal", reason="CertificateRotated",
+                                   message=f"{listener.listener_id} serves {material.fingerprint[:16]}… on "
+                                           f"{serving}/{len(pods)} pods after {seconds:.2f}s (re-check)")
+                if resignalled:
+                    kopf.event(body, type="Normal", reason="PodsResignalled",
+                               message=f"{listener.listener_id}: {', '.join(resignalled)} served another certificate "
+                                       f"and now serve {material.fingerprint[:16]}…")
                 records[listener.name] = {"secretName": listener.spec["tls"]["secretName"],
                                           "fingerprint": material.fingerprint, "notAfter": st.iso(material.not_after),
                                           "podsServing": serving, "podsTotal": len(pods),
@@ -563,11 +608,8 @@ class Controller:
     def forget(self, namespace: str, name: str, spec: dict) -> None:
         self._known.discard((namespace, name))
         self._brokers.pop((namespace, name), None)
-        try:
-            listeners = [l.name for l in tls_listeners(defaulted_spec(spec))]
-        except (KeyError, TypeError, ValueError):  # a spec the schema refuses: no listener metrics were made
-            listeners = []
-        self.metrics.forget(namespace, name, listeners)
+        # Every listener's series, whatever the spec said (it may be unknown: the periodic loop found it gone).
+        self.metrics.forget(namespace, name)
 
     def start_periodic(self) -> None:
         """Start the resync and recheck loops once (stopped by ``close``)."""
@@ -616,6 +658,24 @@ class Controller:
             task.cancel()
         await self.admin.close()
         await self.api.close()
+
+
+# Conditions whose True is the healthy state (for Stalled it is False; Paused and Reconciling are neither).
+_HEALTHY_WHEN_TRUE = {st.READY, st.CERTIFICATES_READY, st.CONFIG_APPLIED, st.CLUSTERED}
+
+
+def _post_condition_changes(body: dict, before: list[dict], after: list[dict]) -> None:
+    """One event per condition whose status changed (reason ``<Type><Status>``, e.g. ``ReadyFalse``); a Warning
+    when it turned unhealthy. A condition seen for the first time is the initial state, not a change."""
+    previous = {c.get("type"): c.get("status") for c in before}
+    for condition in after:
+        ctype, status = condition.get("type"), condition.get("status")
+        if ctype not in previous or previous[ctype] == status:
+            continue
+        unhealthy = (ctype in _HEALTHY_WHEN_TRUE and status != "True") or (ctype == st.STALLED and status == "True")
+        kopf.event(body, type="Warning" if unhealthy else "Normal", reason=f"{ctype}{status}",
+                   message=f"{ctype}: {previous[ctype]} -> {status} ({condition.get('reason')}): "
+                           f"{condition.get('message') or ''}".rstrip(": "))
 
 
 def _failure_reason(statuses: list[int | None]) -> str:

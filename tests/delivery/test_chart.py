@@ -16,14 +16,15 @@ from delivery_support import (CHART, ROOT, SUPPORTED_KUBERNETES, Helm, custom_re
 VALUE_SETS = {
     "defaults": [],
     "namespaced": ["operator.watchNamespaces={team-a,team-b}"],
-    "everything": ["example.enabled=true", "metrics.serviceMonitor.enabled=true", "example.clientAuth=required",
+    "everything": ["example.enabled=true", "metrics.serviceMonitor.enabled=true", "metrics.prometheusRule.enabled=true",
+                   "example.clientAuth=required",
                    "operator.verbose=true", "operator.allowPodNetworks={10.244.0.0/16}",
                    "serviceAccount.annotations.a=b"],
 }
 
 # Custom resources the chart may render; their schemas are not Kubernetes', so they are checked elsewhere
 # (MQTTBroker against our CRD) or are third-party (cert-manager, Prometheus Operator).
-CUSTOM_KINDS = {"MQTTBroker", "Issuer", "Certificate", "ServiceMonitor"}
+CUSTOM_KINDS = {"MQTTBroker", "Issuer", "Certificate", "ServiceMonitor", "PrometheusRule"}
 
 LABELS = ["app.kubernetes.io/name", "app.kubernetes.io/instance", "app.kubernetes.io/version",
           "app.kubernetes.io/managed-by", "app.kubernetes.io/part-of", "app.kubernetes.io/component",
@@ -47,6 +48,8 @@ def test_lint_strict_is_clean(helm: Helm, values: list[str]) -> None:
     "operator.watchNamespaces={Not_A_Namespace}",
     "example.clientAuth=maybe",
     "metrics.service.port=70000",
+    "metrics.prometheusRule.certificateExpiryDays=0",
+    "metrics.prometheusRule.wrongCertificateFor=ten",
     "operatr.replicas=1",
 ])
 def test_schema_rejects_bad_values(helm: Helm, bad: str) -> None:
@@ -219,8 +222,60 @@ def test_metrics_service_and_service_monitor_point_at_the_operator(helm: Helm) -
     (monitor,) = find(objects, "ServiceMonitor")
     assert monitor["spec"]["selector"]["matchLabels"].items() <= service["metadata"]["labels"].items()
     assert monitor["spec"]["endpoints"][0]["port"] == "metrics"
+    # The per-listener series carry the MQTTBroker's namespace: the scrape must not rename it.
+    assert monitor["spec"]["endpoints"][0]["honorLabels"] is True
     assert find(helm.template(), "ServiceMonitor") == []
     assert find(helm.template("metrics.service.enabled=false"), "Service") == []
+
+
+PROMQL_WORDS = {"and", "or", "unless", "by", "without", "on", "ignoring", "group_left", "group_right", "bool",
+                "offset", "inf", "nan"}
+
+
+def promql_metric_names(expr: str) -> set[str]:
+    """The metric names a PromQL expression selects: identifiers that are not functions (followed by "("),
+    keywords, label names (in braces or after by/on/...) or durations."""
+    expr = re.sub(r'"(?:[^"\\]|\\.)*"', "", expr)  # string literals
+    expr = re.sub(r"\{[^}]*\}", "", expr)  # label matchers
+    expr = re.sub(r"\[[^\]]*\]", "", expr)  # range selectors
+    expr = re.sub(r"\b(by|without|on|ignoring|group_left|group_right)\s*\([^)]*\)", " ", expr)
+    names = set()
+    for match in re.finditer(r"(?<![\w.])([a-zA-Z_:][a-zA-Z0-9_:]*)(\s*\()?", expr):
+        word, call = match.group(1), match.group(2)
+        if not call and word.lower() not in PROMQL_WORDS:
+            names.add(word)
+    return names
+
+
+def test_promql_metric_names_parses_selectors_not_functions() -> None:
+    assert promql_metric_names('sum by (job) (rate(a_total{x="y{"}[5m])) > 2 * 60 unless on (n) b_seconds') == \
+        {"a_total", "b_seconds"}
+    assert promql_metric_names("time() - c_seconds > 14 * 86400") == {"c_seconds"}
+
+
+def test_prometheus_rule_alerts_on_metrics_the_operator_exports(helm: Helm) -> None:
+    from wharf_operator.metrics import OperatorMetrics
+
+    exported = set(OperatorMetrics().names())
+    assert find(helm.template(), "PrometheusRule") == []
+    objects = helm.template("metrics.prometheusRule.enabled=true", "metrics.prometheusRule.certificateExpiryDays=30",
+                            "metrics.prometheusRule.rotationStuckMinutes=20",
+                            "metrics.prometheusRule.additionalAlertLabels.team=messaging")
+    (rule,) = find(objects, "PrometheusRule")
+    assert rule["apiVersion"] == "monitoring.coreos.com/v1"
+    alerts = {r["alert"]: r for group in rule["spec"]["groups"] for r in group["rules"]}
+    assert set(alerts) == {"WharfCertificateExpiringSoon", "WharfRotationStuck", "WharfPodServingWrongCertificate"}
+    for name, alert in alerts.items():
+        names = promql_metric_names(alert["expr"])
+        assert names, name
+        assert names <= exported, (name, names - exported)
+        assert alert["labels"] == {"severity": "warning", "team": "messaging"}
+        assert "{{ $labels.broker }}" in alert["annotations"]["description"]
+    assert "30 * 86400" in alerts["WharfCertificateExpiringSoon"]["expr"]
+    assert "20 * 60" in alerts["WharfRotationStuck"]["expr"]
+    # Pods not serving during a rotation are WharfRotationStuck's, not this alert's.
+    assert "unless on (namespace, broker, listener) wharf_operator_rotation_pending_since_seconds" in \
+        alerts["WharfPodServingWrongCertificate"]["expr"]
 
 
 def test_example_broker_chains_cert_manager_objects(helm: Helm, crd: dict) -> None:

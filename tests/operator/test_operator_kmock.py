@@ -12,6 +12,7 @@ import asyncio
 import base64
 import contextlib
 import threading
+import time
 from collections.abc import Callable
 from typing import Any
 
@@ -268,6 +269,7 @@ async def test_pause_annotation_stops_reconciliation_and_signalling(env):
     pods = await env.add_pods(1)
     await env.patch_broker({"metadata": {"annotations": {PAUSE_ANNOTATION: "true"}}, "spec": {"replicas": 5}})
     await eventually(lambda: env.condition("Paused").get("status") == "True", "Paused=True")
+    await eventually(lambda: env.events("PausedTrue"), "a PausedTrue event")
     assert env.obj("apps/v1/statefulsets", "wharf")["spec"]["replicas"] == 2
 
     new_leaf = make_leaf(env.ca)
@@ -302,7 +304,47 @@ async def test_valid_secret_rotation_reaches_every_pod_without_touching_the_pod_
     assert env.obj("apps/v1/statefulsets", "wharf")["spec"]["template"] == template_before
     events = await eventually(lambda: env.events("CertificateRotated"), "a CertificateRotated event")
     assert "2/2 pods" in events[0]["message"] and events[0]["type"] == "Normal"
-    assert env.controller.metrics.rotations.labels(result="complete").value == 1
+    metrics = env.controller.metrics
+    assert metrics.rotations.labels(result="complete").value == 1
+    # The latency counts from the Secret's event to both pods answering: it includes the 0.2 s "kubelet" delay.
+    latency = metrics.rotation_seconds.labels()
+    assert latency.count == 1 and 0.2 <= latency.sum < 5.0
+    labels = {"namespace": NS, "broker": "wharf", "listener": "mqtts"}
+    assert metrics.last_rotation_seconds.labels(**labels).value == pytest.approx(latency.sum, abs=0.01)
+    assert metrics.pods_not_serving.labels(**labels).value == 0
+    assert metrics.rotation_pending_since.labels(**labels).value == 0
+    assert metrics.certificate_not_after.labels(**labels).value == new_leaf.cert.not_valid_after_utc.timestamp()
+    assert metrics.reconcile_seconds.labels().count >= 1
+    text = metrics.registry.exposition()
+    assert 'wharf_operator_rotation_seconds_bucket{le="+Inf"} 1' in text
+    assert 'wharf_operator_pods_not_serving{namespace="wharf-test",broker="wharf",listener="mqtts"} 0' in text
+
+
+async def test_a_rotation_left_incomplete_is_pending_until_the_timer_finishes_it(kmock):
+    async with running_operator(kmock, recheck_interval=0.3) as env:
+        await env.create_broker(tls_spec())
+        await env.reconciled()
+        pods = await env.add_pods(2)
+        metrics = env.controller.metrics
+        labels = {"namespace": NS, "broker": "wharf", "listener": "mqtts"}
+        pods[1].refuse.add("ssl:mqtts")
+        new_leaf = make_leaf(env.ca)
+        before = time.time()
+        await env.rotate_secret(new_leaf)
+        await eventually(lambda: metrics.rotations.labels(result="incomplete").value >= 1, "an incomplete rotation")
+        await eventually(lambda: metrics.pods_not_serving.labels(**labels).value == 1, "one pod not serving")
+        pending_since = metrics.rotation_pending_since.labels(**labels).value
+        assert before - 1 <= pending_since <= time.time()
+        assert metrics.rotation_seconds.labels().count == 0
+
+        pods[1].refuse.clear()
+        await eventually(lambda: metrics.rotation_pending_since.labels(**labels).value == 0, "the rotation finished")
+        assert metrics.pods_not_serving.labels(**labels).value == 0
+        latency = metrics.rotation_seconds.labels()
+        assert latency.count == 1 and latency.sum >= 0.2
+        assert all(p.served["ssl:mqtts"] == new_leaf.fingerprint for p in pods)
+        events = await eventually(lambda: env.events("CertificateRotated"), "a CertificateRotated event")
+        assert "(re-check)" in events[-1]["message"]
 
 
 @pytest.mark.parametrize("breakage, reason", [
@@ -355,6 +397,9 @@ async def test_deleted_broker_is_forgotten(env):
     assert pods[0].reloads == []
     assert [w for w in env.api.writes if w[0] in ("POST", "PATCH")] == []
     assert ("default", "wharf") not in env.controller._brokers
+    # No series of the deleted broker stays behind (an alert on it would never resolve).
+    text = env.controller.metrics.registry.exposition()
+    assert 'broker="wharf"' not in text
 
 
 async def test_timer_resignals_a_pod_that_serves_an_old_certificate(kmock):
@@ -369,6 +414,10 @@ async def test_timer_resignals_a_pod_that_serves_an_old_certificate(kmock):
         assert pods[1].served["ssl:mqtts"] == env.leaf.fingerprint
         assert pods[0].reloads == []  # pod 0 served the right one: left alone
         await eventually(lambda: env.listener_status().get("podsServing") == 2, "podsServing=2")
+        events = await eventually(lambda: env.events("PodsResignalled"), "a PodsResignalled event")
+        assert pods[1].name in events[0]["message"]
+        labels = {"namespace": NS, "broker": "wharf", "listener": "mqtts"}
+        assert env.controller.metrics.pods_not_serving.labels(**labels).value == 0
 
 
 async def test_mtls_listener_with_a_separate_client_ca_rotates_server_certificates(env):
@@ -415,6 +464,10 @@ async def test_ready_follows_the_statefulset(env):
                            {"status": {"replicas": 2, "readyReplicas": 2}})
     ready = await eventually(lambda: (c := env.condition("Ready")).get("status") == "True" and c, "Ready=True")
     assert ready["reason"] == "AllPodsReady" and env.status()["readyReplicas"] == 2
+    # The change of state is an event too (the condition's first value, at creation, is not).
+    events = await eventually(lambda: env.events("ReadyTrue"), "a ReadyTrue event")
+    assert events[0]["type"] == "Normal" and "False -> True (AllPodsReady)" in events[0]["message"]
+    assert env.events("ReadyFalse") == []
 
 
 async def test_rotation_before_any_pod_runs_signals_nobody(env):
