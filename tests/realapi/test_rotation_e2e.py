@@ -333,8 +333,8 @@ def test_certificate_rotation_end_to_end(controlplane, api, mqttbroker_crd, name
         wrong_key, _ = server_ca.issue("rotor.e2e.test", ExtendedKeyUsageOID.SERVER_AUTH)
         _, mismatched_cert = server_ca.issue("rotor.e2e.test", ExtendedKeyUsageOID.SERVER_AUTH)
         expired_key, expired_cert = server_ca.issue("rotor.e2e.test", ExtendedKeyUsageOID.SERVER_AUTH, expired=True)
-        invalid = [("mismatched key", tls_secret_data(server_ca, wrong_key, mismatched_cert), "does not belong"),
-                   ("expired", tls_secret_data(server_ca, expired_key, expired_cert), "expired at")]
+        invalid = [("mismatched key", tls_secret_data(server_ca, wrong_key, mismatched_cert), "does not match"),
+                   ("expired", tls_secret_data(server_ca, expired_key, expired_cert), "expired (")]
         for label, data, refusal in invalid:
             core.patch_namespaced_secret("rotor-tls", namespace, {"stringData": data})
             refused_at, checks = None, 0
