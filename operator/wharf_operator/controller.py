@@ -404,8 +404,8 @@ class Controller:
         # The server chain must lead to the pinned issuer CAs (tls.trustedIssuerCARef) when set, else to its issuer
         # as cert-manager records it (the Secret's ca.crt, which a wrong issuer writes too), or to the listener's
         # CA bundle: the anchors the brokers check against (server_cacertfile, cacertfile; render.ssl_options).
-        ca_pem = b"" if "trustedIssuerCARef" in tls else certs.secret_bytes(secret, "ca.crt") or b""
-        for ref_field in ("trustedIssuerCARef", "caRef"):
+        bundles: dict[str, bytes | None] = {"trustedIssuerCARef": None, "caRef": None}
+        for ref_field in bundles:
             if ref_field not in tls:
                 continue
             ref = tls[ref_field]
@@ -413,7 +413,9 @@ class Controller:
             if not bundle or not bundle.strip():
                 raise certs.InvalidMaterial(certs.MISSING, f"CA bundle {ref.get('kind', 'Secret')} {ref['name']} "
                                                            f"key {ref.get('key', 'ca.crt')} not found ({ref_field})")
-            ca_pem = ca_pem.rstrip(b"\n") + b"\n" + bundle if ca_pem else bundle
+            bundles[ref_field] = bundle
+        ca_pem = certs.trust_anchors(certs.secret_bytes(secret, "ca.crt"), bundles["trustedIssuerCARef"],
+                                     bundles["caRef"])
         password = None
         if "keyPasswordSecretRef" in tls:
             ref = tls["keyPasswordSecretRef"]
@@ -422,7 +424,7 @@ class Controller:
                 raise certs.InvalidMaterial(certs.MISSING, f"key password Secret {ref['name']} not found")
             password = password.rstrip(b"\r\n")
         return certs.validate(certs.secret_bytes(secret, "tls.crt"), certs.secret_bytes(secret, "tls.key"),
-                              ca_pem or None, password)
+                              ca_pem, password)
 
     async def _pods_and_token(self, namespace: str, name: str) -> tuple[list[PodTarget], str]:
         pods = await self.api.list(PODS, namespace, resources.selector_labels(name))
