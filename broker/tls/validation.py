@@ -9,8 +9,9 @@ message that names the file and never holds key material:
 - the key belongs to the leaf (``KeyMismatch``);
 - each certificate of the chain is issued by the next one (``ChainMisordered``);
 - the leaf chains, through the intermediates, to one of the trust anchors when there are any
-  (``ChainUntrusted``): the operator passes the Secret's ``ca.crt`` and the listener's CA bundle, the broker
-  ``server_cacertfile`` and ``cacertfile`` (docs/tls.md, "Reload");
+  (``ChainUntrusted``): the operator passes the pinned issuer CAs (``tls.trustedIssuerCARef``) or else the
+  Secret's ``ca.crt``, and the listener's CA bundle; the broker ``server_cacertfile`` (which the operator renders
+  as that same pinned bundle or ``ca.crt``) and ``cacertfile`` (docs/tls.md, "Reload");
 - the leaf is inside its validity window (``NotYetValid``, ``Expired``).
 
 Neither side checks key usage, extended key usage or host names of the served certificate: clients do.

@@ -2,8 +2,8 @@
 
 A rotation is only signalled when the new material would work: the chain and key parse, the key belongs to
 the leaf certificate, the chain is in order and leads (through the intermediates in ``tls.crt``) to a trusted
-CA (the caller passes the Secret's ``ca.crt`` and the listener's CA bundle), and the leaf is inside its validity
-window. Anything else is refused with a reason code and a message that say what is wrong, and the brokers keep
+CA (``trust_anchors``: the pinned issuer CAs of ``tls.trustedIssuerCARef`` or else the Secret's ``ca.crt``, and the
+listener's CA bundle), and the leaf is inside its validity window. Anything else is refused with a reason code and a message that say what is wrong, and the brokers keep
 what they serve. The checks are ``wharf_broker.tls.validation``: the brokers run the same ones before every
 swap, so material refused here is refused there too.
 """
@@ -22,7 +22,7 @@ from wharf_broker.tls.validation import (EXPIRED, KEY_MISMATCH, MISORDERED, MISS
 from wharf_broker.tls.validation import MaterialRefused as InvalidMaterial
 
 __all__ = ["EXPIRED", "KEY_MISMATCH", "MISORDERED", "MISSING", "NOT_YET_VALID", "UNPARSABLE", "UNTRUSTED",
-           "InvalidMaterial", "Material", "configmap_bytes", "fingerprint", "secret_bytes", "validate"]
+           "InvalidMaterial", "Material", "configmap_bytes", "fingerprint", "secret_bytes", "trust_anchors", "validate"]
 
 
 @dataclass(frozen=True)
@@ -61,6 +61,19 @@ def configmap_bytes(configmap: dict, key: str) -> bytes | None:
     if key in binary:
         return base64.b64decode(binary[key])
     return None
+
+
+def trust_anchors(secret_ca: bytes | None, pinned: bytes | None, ca_bundle: bytes | None) -> bytes | None:
+    """The CAs a served chain must lead to, as the brokers get them (``server_cacertfile``, ``cacertfile``).
+
+    ``pinned`` (tls.trustedIssuerCARef) replaces the Secret's own ``ca.crt``: an issuer pointed at a wrong CA
+    writes that CA there too, so only a bundle it does not write can refuse its certificate. The listener's
+    ``ca_bundle`` (caRef) is trusted either way, as the brokers trust ``cacertfile``. None: nothing to check."""
+    anchors = (pinned if pinned is not None else secret_ca) or b""
+    if ca_bundle:
+        # Joined as they always were: the same bytes give the same trust_digest, so nothing is re-signalled.
+        anchors = anchors.rstrip(b"\n") + b"\n" + ca_bundle if anchors else ca_bundle
+    return anchors or None
 
 
 def validate(cert_pem: bytes | None, key_pem: bytes | None, ca_pem: bytes | None = None,

@@ -70,8 +70,9 @@ def referenced_objects(spec: dict) -> set[tuple[str, str]]:
     for listener in tls_listeners(defaulted_spec(spec)):
         tls = listener.spec["tls"]
         refs.add(("Secret", tls["secretName"]))
-        if "caRef" in tls:
-            refs.add((tls["caRef"].get("kind", "Secret"), tls["caRef"]["name"]))
+        for bundle in ("caRef", "trustedIssuerCARef"):
+            if bundle in tls:
+                refs.add((tls[bundle].get("kind", "Secret"), tls[bundle]["name"]))
         if "keyPasswordSecretRef" in tls:
             refs.add(("Secret", tls["keyPasswordSecretRef"]["name"]))
     return refs
@@ -414,16 +415,21 @@ class Controller:
         secret = await self.api.get(SECRETS, namespace, tls["secretName"])
         if secret is None:
             raise certs.InvalidMaterial(certs.MISSING, f"Secret {tls['secretName']} not found")
-        # The server chain must lead to its issuer as cert-manager records it (the Secret's ca.crt) or to the
-        # listener's CA bundle; which one depends on whether servers and clients share a CA.
-        ca_pem = certs.secret_bytes(secret, "ca.crt") or b""
-        if "caRef" in tls:
-            ref = tls["caRef"]
+        # The server chain must lead to the pinned issuer CAs (tls.trustedIssuerCARef) when set, else to its issuer
+        # as cert-manager records it (the Secret's ca.crt, which a wrong issuer writes too), or to the listener's
+        # CA bundle: the anchors the brokers check against (server_cacertfile, cacertfile; render.ssl_options).
+        bundles: dict[str, bytes | None] = {"trustedIssuerCARef": None, "caRef": None}
+        for ref_field in bundles:
+            if ref_field not in tls:
+                continue
+            ref = tls[ref_field]
             bundle = await self._read(ref.get("kind", "Secret"), namespace, ref["name"], ref.get("key", "ca.crt"))
-            if not bundle:
+            if not bundle or not bundle.strip():
                 raise certs.InvalidMaterial(certs.MISSING, f"CA bundle {ref.get('kind', 'Secret')} {ref['name']} "
-                                                           f"key {ref.get('key', 'ca.crt')} not found")
-            ca_pem = ca_pem.rstrip(b"\n") + b"\n" + bundle if ca_pem else bundle
+                                                           f"key {ref.get('key', 'ca.crt')} not found ({ref_field})")
+            bundles[ref_field] = bundle
+        ca_pem = certs.trust_anchors(certs.secret_bytes(secret, "ca.crt"), bundles["trustedIssuerCARef"],
+                                     bundles["caRef"])
         password = None
         if "keyPasswordSecretRef" in tls:
             ref = tls["keyPasswordSecretRef"]
@@ -432,7 +438,7 @@ class Controller:
                 raise certs.InvalidMaterial(certs.MISSING, f"key password Secret {ref['name']} not found")
             password = password.rstrip(b"\r\n")
         return certs.validate(certs.secret_bytes(secret, "tls.crt"), certs.secret_bytes(secret, "tls.key"),
-                              ca_pem or None, password)
+                              ca_pem, password)
 
     async def _pods_and_token(self, namespace: str, name: str) -> tuple[list[PodTarget], str]:
         pods = await self.api.list(PODS, namespace, resources.selector_labels(name))

@@ -25,7 +25,7 @@ CRD_NAME = f"{PLURAL}.{GROUP}"
 # The schema's revision: bump it with every change of crd_manifest()'s spec (tests/operator/test_crd.py records the
 # digest of each revision and fails until it is bumped). The operator upgrades an installed CRD of a lower revision
 # and never touches one of a higher revision (an older operator must not take fields away from a newer schema).
-SCHEMA_REVISION = 1
+SCHEMA_REVISION = 2
 REVISION_ANNOTATION = f"{GROUP}/schema-revision"
 DIGEST_ANNOTATION = f"{GROUP}/schema-digest"
 
@@ -162,6 +162,20 @@ def _tls_schema() -> Schema:
                     "key": _string("Key holding the PEM bundle.", default="ca.crt", max_length=253),
                 },
                 required=["name"]),
+            "trustedIssuerCARef": _object(
+                "The issuer CA(s) the served certificate must chain to, kept where the issuer does not write: "
+                "set, the operator validates every new certificate against this bundle (and caRef) instead of the "
+                "Secret's own ca.crt, and the brokers check their reloads against it, so a certificate from a "
+                "wrong or compromised issuer is refused and never served. During a CA rotation it holds the old "
+                "and the new CA (for example a trust-manager Bundle). Unset, the Secret's ca.crt is trusted.",
+                {
+                    "name": _string("Name of the Secret or ConfigMap, in the MQTTBroker's namespace.",
+                                    max_length=253),
+                    "kind": _string("Whether the bundle is in a Secret or a ConfigMap.", default="Secret",
+                                    enum=["Secret", "ConfigMap"]),
+                    "key": _string("Key holding the PEM bundle.", default="ca.crt", max_length=253),
+                },
+                required=["name"]),
             "verify": _string("verify_peer asks clients for a certificate and verifies it against caRef.",
                               default="verify_none", enum=["verify_none", "verify_peer"]),
             "failIfNoPeerCert": _boolean(
@@ -201,6 +215,9 @@ def _tls_schema() -> Schema:
                   "failIfNoPeerCert needs verify: verify_peer"),
             _rule("self.verify != 'verify_peer' || has(self.caRef)",
                   "verify: verify_peer needs caRef (a trusted CA bundle)"),
+            _rule("!has(self.trustedIssuerCARef) || self.trustedIssuerCARef.name != self.secretName || "
+                  "(has(self.trustedIssuerCARef.kind) && self.trustedIssuerCARef.kind == 'ConfigMap')",
+                  "trustedIssuerCARef must not be the server Secret: its issuer writes that Secret's ca.crt"),
             _rule("!self.enableCrlCheck || self.verify == 'verify_peer'",
                   "enableCrlCheck needs verify: verify_peer"),
             _rule("(!has(self.peerCertAsUsername) || self.peerCertAsUsername == 'disabled') && "

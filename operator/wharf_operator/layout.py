@@ -62,6 +62,12 @@ def ca_dir(listener: str, root: str = ROOT) -> str:
     return f"{root}/ca/{listener}"
 
 
+def issuer_ca_dir(listener: str, root: str = ROOT) -> str:
+    """The CA bundle the listener's served certificate must chain to (tls.trustedIssuerCARef): the pinned trust
+    anchor, mounted apart from the server Secret, whose ca.crt the issuer writes itself."""
+    return f"{root}/issuer-ca/{listener}"
+
+
 def key_password_dir(listener: str, root: str = ROOT) -> str:
     return f"{root}/keypass/{listener}"
 

@@ -38,12 +38,17 @@ def ssl_options(listener: dict[str, Any], reload_interval: str, root: str = layo
     """A TLS listener's ``ssl_options`` with paths into the pod's Secret volumes."""
     name, tls = listener["name"], listener["tls"]
     certs = layout.cert_dir(name, root)
+    # The served chain's trust anchor: the broker refuses a chain that leads neither to it nor to the clients' CA
+    # bundle, as the operator does (broker/tls/validation.py). Pinned (tls.trustedIssuerCARef), a bundle the issuer
+    # does not write; otherwise the Secret's issuer CA (cert-manager's ca.crt; absent, no issuer is known).
+    if "trustedIssuerCARef" in tls:
+        server_ca = f"{layout.issuer_ca_dir(name, root)}/{tls['trustedIssuerCARef'].get('key', 'ca.crt')}"
+    else:
+        server_ca = f"{certs}/ca.crt"
     options: Tree = {
         "certfile": f"{certs}/tls.crt",
         "keyfile": f"{certs}/tls.key",
-        # The Secret's issuer CA (cert-manager's ca.crt): the broker refuses a chain that leads neither to it nor
-        # to the clients' CA bundle, as the operator does (broker/tls/validation.py); absent, no issuer is known.
-        "server_cacertfile": f"{certs}/ca.crt",
+        "server_cacertfile": server_ca,
     }
     if "caRef" in tls:
         options["cacertfile"] = f"{layout.ca_dir(name, root)}/{tls['caRef'].get('key', 'ca.crt')}"

@@ -128,6 +128,14 @@ def _volumes(spec: dict) -> tuple[list[dict], list[dict]]:
             else:
                 volumes.append({"name": ca_volume, "secret": {"secretName": ca["name"], "defaultMode": 0o440}})
             mounts.append({"name": ca_volume, "mountPath": layout.ca_dir(name), "readOnly": True})
+        if "trustedIssuerCARef" in tls:
+            pinned = tls["trustedIssuerCARef"]
+            pinned_volume = layout.volume_name("issuerca", name)
+            if pinned.get("kind", "Secret") == "ConfigMap":
+                volumes.append({"name": pinned_volume, "configMap": {"name": pinned["name"], "defaultMode": 0o444}})
+            else:
+                volumes.append({"name": pinned_volume, "secret": {"secretName": pinned["name"], "defaultMode": 0o440}})
+            mounts.append({"name": pinned_volume, "mountPath": layout.issuer_ca_dir(name), "readOnly": True})
         if "keyPasswordSecretRef" in tls:
             pw_volume = layout.volume_name("keypass", name)
             volumes.append({"name": pw_volume, "secret": {"secretName": tls["keyPasswordSecretRef"]["name"],

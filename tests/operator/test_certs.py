@@ -113,3 +113,25 @@ def test_encrypted_key_needs_its_password(ca):
 def test_without_a_ca_bundle_the_chain_is_not_claimed_checked(ca):
     leaf = make_leaf(ca)
     assert certs.validate(leaf.cert_pem, leaf.key_pem()).chain_checked is False
+
+
+def test_a_wrong_issuer_passes_its_own_ca_crt_but_not_the_pinned_issuer_ca(ca):
+    """An issuer pointed at a wrong CA writes that CA as the Secret's ca.crt: only a pinned bundle refuses it."""
+    wrong_ca = make_ca("Wrong CA")
+    wrong = make_leaf(wrong_ca)
+    assert certs.validate(wrong.cert_pem, wrong.key_pem(), certs.trust_anchors(wrong_ca.cert_pem, None, None))
+    with pytest.raises(certs.InvalidMaterial) as refused:
+        certs.validate(wrong.cert_pem, wrong.key_pem(), certs.trust_anchors(wrong_ca.cert_pem, ca.cert_pem, None))
+    assert refused.value.reason == certs.UNTRUSTED
+    right = make_leaf(ca)
+    assert certs.validate(right.cert_pem, right.key_pem(),
+                          certs.trust_anchors(wrong_ca.cert_pem, ca.cert_pem, None)).chain_checked
+
+
+def test_trust_anchors_pin_replaces_the_secrets_ca_and_the_client_bundle_joins():
+    assert certs.trust_anchors(b"SECRET\n", None, None) == b"SECRET\n"
+    assert certs.trust_anchors(b"SECRET\n", b"PINNED\n", None) == b"PINNED\n"
+    assert certs.trust_anchors(b"SECRET\n", None, b"CLIENTS\n") == b"SECRET\nCLIENTS\n"
+    assert certs.trust_anchors(b"SECRET\n", b"PINNED\n", b"CLIENTS\n") == b"PINNED\nCLIENTS\n"
+    assert certs.trust_anchors(None, None, b"CLIENTS\n") == b"CLIENTS\n"
+    assert certs.trust_anchors(None, None, None) is None

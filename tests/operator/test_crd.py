@@ -71,11 +71,13 @@ def test_defaults_fill_an_empty_spec():
 
 def test_defaults_inside_tls():
     spec = crd.defaulted_spec({"listeners": [{"name": "s", "type": "ssl", "port": 8883,
-                                              "tls": {"secretName": "x", "caRef": {"name": "ca"}}}]})
+                                              "tls": {"secretName": "x", "caRef": {"name": "ca"},
+                                                      "trustedIssuerCARef": {"name": "issuers"}}}]})
     tls = spec["listeners"][0]["tls"]
     assert tls["verify"] == "verify_none" and tls["failIfNoPeerCert"] is False
     assert tls["versions"] == ["tlsv1.3", "tlsv1.2"] and tls["depth"] == 10
     assert tls["caRef"] == {"name": "ca", "kind": "Secret", "key": "ca.crt"}
+    assert tls["trustedIssuerCARef"] == {"name": "issuers", "kind": "Secret", "key": "ca.crt"}
 
 
 # --- CEL rules, evaluated with cel-python ----------------------------------------------------------------
@@ -134,6 +136,8 @@ def _ssl(**tls) -> dict:
                      "proxyProtocolTrustedCIDRs": ["10.0.0.0/8"]}]},
      "proxyProtocol is not supported on wss listeners"),
     ({"pskAuthentication": {"enabled": True}}, "pskAuthentication.enabled needs secretRef"),
+    (_ssl(trustedIssuerCARef={"name": "x"}),
+     "trustedIssuerCARef must not be the server Secret: its issuer writes that Secret's ca.crt"),
     ({**_ssl(), "certificate": {"issuerRef": {"name": "ca"}, "secretName": "other"}},
      "certificate.secretName must be the tls.secretName of a listener"),
 ])
@@ -147,6 +151,8 @@ def test_invalid_combinations_are_refused(spec, message):
     _ssl(verify="verify_peer", caRef={"name": "ca"}, failIfNoPeerCert=True, enableCrlCheck=True,
          peerCertAsUsername="cn"),
     _ssl(ciphers=["PSK-AES128-GCM-SHA256"], versions=["tlsv1.3", "tlsv1.2"]),
+    _ssl(trustedIssuerCARef={"name": "issuer-trust"}),
+    _ssl(trustedIssuerCARef={"name": "x", "kind": "ConfigMap"}),  # a ConfigMap of the same name is another object
     {**_ssl(), "certificate": {"issuerRef": {"name": "ca"}, "secretName": "x"}},
     {"listeners": [{"name": "m", "type": "tcp", "port": 1883, "proxyProtocol": True,
                     "proxyProtocolTrustedCIDRs": ["192.0.2.10/32", "2001:db8::/64"]}]},
@@ -188,7 +194,7 @@ def test_trusted_cidrs_have_the_shape_of_networks(cidr, valid):
 
 # The spec digest of every schema revision (crd.SCHEMA_REVISION). A change of the CRD's spec fails here until the
 # revision is bumped and its digest added: the operator upgrades an installed CRD only to a higher revision.
-REVISION_DIGESTS = {1: "9a42e58691a573aa"}
+REVISION_DIGESTS = {1: "9a42e58691a573aa", 2: "58938e646c9b9207"}
 
 
 def test_schema_changes_bump_the_revision():

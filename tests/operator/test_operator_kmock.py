@@ -25,7 +25,7 @@ from wharf_operator import render, resources
 from wharf_operator.controller import Controller, OperatorConfig
 from wharf_operator.crd import PAUSE_ANNOTATION, defaulted_spec
 from wharf_operator.handlers import build_registry
-from wharf_operator.kube import SECRETS, KubeApi, Resource
+from wharf_operator.kube import CONFIGMAPS, SECRETS, KubeApi, Resource
 from wharf_operator.signalling import LOOPBACK_ONLY, BrokerAdmin
 
 NS = "wharf-test"
@@ -453,6 +453,44 @@ async def test_ca_bundle_change_is_signalled_to_the_pods(env):
     assert all(r["fingerprint"] == env.leaf.fingerprint for p in pods for r in p.reloads)
     await eventually(lambda: env.listener_status().get("podsServing") == 2, "the status record")
     assert env.condition("CertificatesReady")["status"] == "True"
+
+
+async def test_a_renewal_from_a_wrong_issuer_is_refused_against_the_pinned_issuer_ca(env):
+    """With tls.trustedIssuerCARef, the Secret's own ca.crt is not trusted: an issuer pointed at a wrong CA writes
+    that CA there too, and its certificate is refused. Adding the new CA to the pinned bundle (a planned CA
+    rotation) lets the same Secret through."""
+    await env.client.create(CONFIGMAPS, NS, {
+        "apiVersion": "v1", "kind": "ConfigMap",
+        "metadata": {"name": "issuer-trust", "namespace": NS, "uid": "uid-issuer-trust", "resourceVersion": "1"},
+        "data": {"ca.crt": env.ca.cert_pem.decode()}})
+    spec = tls_spec()
+    spec["listeners"][1]["tls"] = {"secretName": "broker-tls",
+                                   "trustedIssuerCARef": {"kind": "ConfigMap", "name": "issuer-trust"}}
+    await env.create_broker(spec)
+    await env.reconciled()
+    pods = await env.add_pods(2)
+    volumes = {v["name"]: v for v in env.obj("apps/v1/statefulsets", "wharf")["spec"]["template"]["spec"]["volumes"]}
+    assert volumes["issuerca-mqtts"]["configMap"]["name"] == "issuer-trust"
+    assert env.condition("CertificatesReady")["status"] == "True"
+
+    wrong_ca = make_ca("Wrong CA")
+    wrong = make_leaf(wrong_ca)
+    await env.rotate_secret(wrong, wrong_ca, project=False)  # ca.crt is the wrong CA, as the issuer writes it
+    condition = await eventually(
+        lambda: (c := env.condition("CertificatesReady")).get("status") == "False" and c, "CertificatesReady=False")
+    assert "ChainUntrusted" in condition["message"]
+    warnings = await eventually(lambda: env.events("CertificateRefused"), "a CertificateRefused event")
+    assert "ChainUntrusted" in warnings[0]["message"]
+    assert all(p.reloads == [] for p in pods)
+    assert all(p.served["ssl:mqtts"] == env.leaf.fingerprint for p in pods)
+
+    # The pinned bundle is watched: trusting the new CA there lets the waiting Secret through.
+    await env.client.patch(CONFIGMAPS, NS, "issuer-trust",
+                           {"data": {"ca.crt": (env.ca.cert_pem + wrong_ca.cert_pem).decode()}})
+    for pod in pods:
+        pod.files["ssl:mqtts"] = wrong.fingerprint
+    await eventually(lambda: env.condition("CertificatesReady").get("status") == "True", "accepted once pinned")
+    await eventually(lambda: all(p.served["ssl:mqtts"] == wrong.fingerprint for p in pods), "the rotation")
 
 
 async def test_ready_follows_the_statefulset(env):

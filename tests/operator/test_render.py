@@ -114,6 +114,46 @@ def test_rendered_config_loads_in_the_broker(tmp_path):
     assert config.log.level == "debug"
 
 
+PINNED_SPEC = {"listeners": [{"name": "mqtts", "type": "ssl", "port": 8883, "tls": {
+    "secretName": "broker-tls", "trustedIssuerCARef": {"name": "issuer-trust", "kind": "ConfigMap"}}}]}
+
+
+def test_pinned_issuer_ca_replaces_the_secrets_own_ca_crt():
+    options = render.config_tree(defaulted_spec(PINNED_SPEC))["listeners"]["ssl"]["mqtts"]["ssl_options"]
+    assert options["server_cacertfile"] == "/etc/wharf/issuer-ca/mqtts/ca.crt"
+    assert "cacertfile" not in options
+
+
+def test_broker_refuses_a_wrong_issuers_certificate_against_the_pinned_bundle(tmp_path):
+    """The broker's own gate, with the rendered paths: a Secret whose ca.crt is the wrong CA that issued its
+    certificate (as an issuer pointed at a wrong CA writes it) is refused; the pinned CA's certificate loads."""
+    loader = pytest.importorskip("wharf_broker.config.loader", reason="the broker's HOCON loader is not there yet")
+    from wharf_broker.tls import material as broker_material
+    from wharf_broker.tls.options import validate_options
+    from wharf_broker.tls.validation import UNTRUSTED
+
+    pinned_ca, wrong_ca = make_ca("Pinned CA"), make_ca("Wrong CA")
+    good = make_leaf(pinned_ca)
+    _write(tmp_path / "certs" / "mqtts" / "tls.crt", good.cert_pem)
+    _write(tmp_path / "certs" / "mqtts" / "tls.key", good.key_pem())
+    _write(tmp_path / "certs" / "mqtts" / "ca.crt", pinned_ca.cert_pem)
+    _write(tmp_path / "issuer-ca" / "mqtts" / "ca.crt", pinned_ca.cert_pem)
+    _write(tmp_path / "admin" / "token", b"t0ken")
+    config = loader.load_string(render.render(defaulted_spec(PINNED_SPEC), root=str(tmp_path)), "rendered")
+    policy = validate_options(config.listeners.ssl["mqtts"].ssl_options)
+    assert policy.server_cacertfile == str(tmp_path / "issuer-ca" / "mqtts" / "ca.crt")
+    loaded = broker_material.validate_snapshot(policy, broker_material.read_snapshot(policy))
+    assert loaded is not None
+
+    wrong = make_leaf(wrong_ca)
+    _write(tmp_path / "certs" / "mqtts" / "tls.crt", wrong.cert_pem)
+    _write(tmp_path / "certs" / "mqtts" / "tls.key", wrong.key_pem())
+    _write(tmp_path / "certs" / "mqtts" / "ca.crt", wrong_ca.cert_pem)
+    with pytest.raises(broker_material.TlsConfigError) as refused:
+        broker_material.validate_snapshot(policy, broker_material.read_snapshot(policy))
+    assert refused.value.reason == UNTRUSTED
+
+
 def test_default_spec_loads_in_the_broker(tmp_path):
     loader = pytest.importorskip("wharf_broker.config.loader", reason="the broker's HOCON loader is not there yet")
     _write(tmp_path / "admin" / "token", b"t0ken")

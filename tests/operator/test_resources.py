@@ -15,7 +15,8 @@ SPEC = defaulted_spec({
         {"name": "mqtts", "type": "ssl", "port": 8883, "tls": {
             "secretName": "srv", "caRef": {"name": "bundle", "kind": "ConfigMap", "key": "roots.pem"},
             "verify": "verify_peer", "keyPasswordSecretRef": {"name": "keypass"}}},
-        {"name": "wss", "type": "wss", "port": 8084, "tls": {"secretName": "srv"}},
+        {"name": "wss", "type": "wss", "port": 8084, "tls": {
+            "secretName": "srv", "trustedIssuerCARef": {"name": "issuer-roots", "kind": "ConfigMap", "key": "roots.pem"}}},
     ],
     "pskAuthentication": {"enabled": True, "secretRef": {"name": "psk"}},
     "certificate": {"issuerRef": {"name": "ca-issuer"}, "secretName": "srv", "dnsNames": ["mqtt.example.com"]},
@@ -45,6 +46,8 @@ def test_every_rendered_file_is_inside_a_whole_volume_mount():
     assert volumes["tls-mqtts"]["secret"]["secretName"] == "srv"
     assert volumes["tls-wss"]["secret"]["secretName"] == "srv"
     assert volumes["ca-mqtts"]["configMap"]["name"] == "bundle"
+    assert volumes["issuerca-wss"]["configMap"]["name"] == "issuer-roots"  # the pinned issuer CAs
+    assert "issuerca-mqtts" not in volumes
     assert volumes["keypass-mqtts"]["secret"]["secretName"] == "keypass"
     assert volumes["psk"]["secret"]["secretName"] == "psk"
     assert volumes["admin-token"]["secret"]["secretName"] == "b-admin-token"

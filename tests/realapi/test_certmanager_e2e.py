@@ -9,7 +9,12 @@ under QoS 1 traffic from TLS publishers.
 Measured and printed: ``cert-manager rotation latency: hop=listener p50=<s>s max=<s>s``, from the
 watch event of cert-manager's write of the renewed Secret until each Pod's listener serves that
 renewal's serial. Asserted: every renewal's serial is served by every Pod, no connection drops, no
-acknowledged QoS 1 message is lost."""
+acknowledged QoS 1 message is lost.
+
+A second test points the listener's Certificate at another CA Issuer: cert-manager writes that CA as the Secret's
+ca.crt, so only a trust anchor the issuer does not write (``tls.trustedIssuerCARef``, a ConfigMap with the right
+CA) can refuse it. Asserted: CertificatesReady=False with ChainUntrusted, a CertificateRefused Event, every Pod
+still serving the first serial, and no held connection dropped."""
 
 from __future__ import annotations
 
@@ -80,12 +85,13 @@ def _issuers_and_certificates(namespace: str, cluster_issuer: str) -> list[tuple
     ]
 
 
-def _broker_body() -> dict:
+def _broker_body(tls: dict | None = None) -> dict:
     return {
         "apiVersion": f"{GROUP}/{VERSION}", "kind": "MQTTBroker", "metadata": {"name": BROKER},
         "spec": {"replicas": REPLICAS, "image": "wharf:e2e", "authentication": {"allowAnonymous": True},
                  "authorization": {"noMatch": "allow"},
-                 "listeners": [{"name": "tls", "type": "ssl", "port": PORT, "tls": {"secretName": SECRET}}]},
+                 "listeners": [{"name": "tls", "type": "ssl", "port": PORT,
+                                "tls": {"secretName": SECRET, **(tls or {})}}]},
     }
 
 
@@ -319,10 +325,10 @@ def _wrong_ca_objects(namespace: str, cluster_issuer: str) -> list[tuple[str, di
     return objects
 
 
+TRUST = "certy-issuer-trust"
+
+
 @pytest.mark.timeout(400)
-@pytest.mark.xfail(strict=True, raises=AssertionError, reason=(
-    "the operator trusts the ca.crt that the issuer writes next to the certificate (controller.load_material), so "
-    "a renewal from another CA passes its chain check and is served; refusing it needs a pinned trust anchor"))
 def test_cert_manager_renewal_from_a_wrong_ca_is_refused(controlplane, api, cert_manager, mqttbroker_crd, namespace,
                                                          tmp_path):
     core = kubernetes.client.CoreV1Api(api)
@@ -341,6 +347,9 @@ def test_cert_manager_renewal_from_a_wrong_ca_is_refused(controlplane, api, cert
         (tmp_path / "ca.crt").write_text(ca_pem)
         probe = Probe(tmp_path / "ca.crt")
         first = _serial(_secret_text(core, namespace, SECRET, "tls.crt"))
+        # The pinned issuer CA: a ConfigMap holding only the CA's certificate (as a trust-manager Bundle would),
+        # which no issuer writes; the listener's Secret carries whatever CA its issuer has as ca.crt.
+        core.create_namespaced_config_map(namespace, {"metadata": {"name": TRUST}, "data": {"ca.crt": ca_pem}})
 
         (tmp_path / "helm-home").mkdir()
         kubeconfig, _, _ = install_operator_identity(controlplane, api, pinned_helm(), tmp_path / "helm-home",
@@ -348,13 +357,18 @@ def test_cert_manager_renewal_from_a_wrong_ca_is_refused(controlplane, api, cert
         operator_log = tmp_path / "operator.log"
         with running_operator(kubeconfig, operator_log, namespaces=[namespace], pod_cidr=controlplane.pod_cidr), \
                 KubeletHarness(api, namespace, f"app.kubernetes.io/instance={BROKER}", tmp_path / "pods") as kubelet:
-            custom.create_namespaced_custom_object(GROUP, VERSION, namespace, PLURAL, _broker_body())
+            body = _broker_body({"trustedIssuerCARef": {"kind": "ConfigMap", "name": TRUST}})
+            custom.create_namespaced_custom_object(GROUP, VERSION, namespace, PLURAL, body)
             pods = wait_for(lambda: (running := kubelet.running()) and len(running) == REPLICAS and running,
                             f"{REPLICAS} broker processes", timeout=120)
             targets = [(pod.name, pod.ip) for pod in pods.values()]
             for name, ip in targets:
                 wait_for(lambda ip=ip: probe.served(ip, PORT) == first, f"{name} serving the first certificate",
                          timeout=60)
+            # A connection held on every Pod through the refusal.
+            held = [tls_client(f"held-{pod.name}", pod.ip, probe) for pod in pods.values()]
+            for client in held:
+                assert client.connected.wait(30) and client.subscribed.wait(30), client.label
 
             # Point the listener's Certificate at the wrong CA: cert-manager reissues from it.
             custom.patch_namespaced_custom_object(CM_GROUP, CM_VERSION, namespace, "certificates", SECRET,
@@ -379,9 +393,17 @@ def test_cert_manager_renewal_from_a_wrong_ca_is_refused(controlplane, api, cert
                 time.sleep(0.2)
             status = custom.get_namespaced_custom_object(GROUP, VERSION, namespace, PLURAL, BROKER).get("status", {})
             listener = next(entry for entry in status.get("listeners") or [] if entry.get("name") == "tls")
-            assert listener.get("lastError"), status
-            assert [e for e in core.list_namespaced_event(namespace).items
-                    if e.involved_object.name == BROKER and e.reason == "CertificateRefused"]
+            assert "ChainUntrusted" in listener.get("lastError", ""), status
+            condition = next(c for c in status.get("conditions") or [] if c["type"] == "CertificatesReady")
+            assert condition["status"] == "False" and "ChainUntrusted" in condition["message"], condition
+            refused = [e for e in core.list_namespaced_event(namespace).items
+                       if e.involved_object.name == BROKER and e.reason == "CertificateRefused"]
+            assert refused and "ChainUntrusted" in refused[0].message, [e.message for e in refused]
+            for client in held:
+                assert client.disconnects == [], f"{client.label} was disconnected: {client.disconnects}"
+                assert client.client.is_connected(), client.label
+                client.client.disconnect()
+                client.client.loop_stop()
             assert not kubelet.errors, kubelet.errors
     finally:
         custom.delete_cluster_custom_object(CM_GROUP, CM_VERSION, "clusterissuers", cluster_issuer)
