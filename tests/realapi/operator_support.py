@@ -72,11 +72,8 @@ def install_operator_identity(controlplane, api, helm: str, helm_home: Path, wor
     objects = chart_rbac(helm, helm_home, unique_name("wharf"), operator_namespace, watch)
     kinds = sorted(o["kind"] for o in objects)
     expected = ["ClusterRole", "ClusterRoleBinding"] if not watch else ["Role", "RoleBinding"] * len(watch)
-    # and the leader election's Role and RoleBinding (for the Lease) in the operator's namespace, the CRD upgrade's
-    # ClusterRole and ClusterRoleBinding (crds.upgrade), and the people's viewer and editor ClusterRoles
-    # (rbac.aggregateToDefaultRoles)
-    assert kinds == sorted(expected + ["Role", "RoleBinding", "ServiceAccount", "ClusterRole", "ClusterRoleBinding",
-                                       "ClusterRole", "ClusterRole"]), kinds
+    # and the leader election's Role and RoleBinding (for the Lease) in the operator's namespace
+    assert kinds == sorted(expected + ["Role", "RoleBinding", "ServiceAccount"]), kinds
     apply_objects(api, objects)
     account = next(o["metadata"]["name"] for o in objects if o["kind"] == "ServiceAccount")
     # The RBAC authorizer serves from an informer cache that follows new bindings shortly after
