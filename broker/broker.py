@@ -62,7 +62,8 @@ class BrokerMetrics:
         self.connections = registry.gauge("wharf_connections", "Open client connections (any state)")
         self.connected = registry.gauge("wharf_clients_connected", "Clients past CONNACK")
         self.sessions = registry.gauge("wharf_sessions", "Sessions, connected or kept for offline clients")
-        self.retained = registry.gauge("wharf_retained_messages", "Retained messages stored (not counting the broker's own $SYS messages)")
+        self.retained = registry.gauge("wharf_retained_messages",
+                                       "Retained messages stored (not counting the broker's own $SYS messages)")
         self.bytes_received = registry.counter("wharf_bytes_received_total", "Bytes read from client connections")
         self.bytes_sent = registry.counter("wharf_bytes_sent_total", "Bytes written to client connections")
         self._dropped: dict[str, Any] = {}  # reason -> the labelled child

@@ -44,7 +44,8 @@ class TlsMetrics:
         self.reloads = registry.counter("wharf_tls_reloads_total",
                                         "Certificate reloads by result (ok, failed)", ["listener", "result"])
         self.refused = registry.counter("wharf_tls_material_refused_total",
-                                        "Certificate material refused (never served), by reason", ["listener", "reason"])
+                                        "Certificate material refused (never served), by reason",
+                                        ["listener", "reason"])
         self.failures = registry.counter("wharf_tls_handshake_failures_total",
                                          "TLS handshakes that failed, by reason", ["listener", "reason"])
         self.handshakes = registry.counter("wharf_tls_handshakes_total", "TLS handshakes completed",

@@ -2,9 +2,9 @@
 
 A rotation is only signalled when the new material would work: the chain and key parse, the key belongs to
 the leaf certificate, the chain is in order and leads (through the intermediates in ``tls.crt``) to a trusted
-CA (``trust_anchors``: the pinned issuer CAs of ``tls.trustedIssuerCARef`` or else the Secret's ``ca.crt``, and the
-listener's CA bundle), and the leaf is inside its validity window. Anything else is refused with a reason code and a message that say what is wrong, and the brokers keep
-what they serve. The checks are ``wharf_broker.tls.validation``: the brokers run the same ones before every
+CA (``trust_anchors``: the pinned issuer CAs of ``tls.trustedIssuerCARef`` or else the Secret's ``ca.crt``, and
+the listener's CA bundle), and the leaf is inside its validity window. Anything else is refused with a reason
+code and a message that say what is wrong, and the brokers keep what they serve. The checks are ``wharf_broker.tls.validation``: the brokers run the same ones before every
 swap, so material refused here is refused there too.
 """
 

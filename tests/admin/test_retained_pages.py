@@ -56,8 +56,8 @@ def test_retained_messages_come_a_page_at_a_time(retaining):
     status, first = get(retaining)
     assert status == 200
     assert first["meta"] == {"page": 1, "limit": 100, "count": RETAINED + len(system), "hasnext": True}
-    assert next(row for row in first["data"] if row["topic"] == "r/0/0") == {"topic": "r/0/0", "qos": 0, "from_clientid": "retainer", "payload_size": 2,
-                                "expires_in": None}
+    assert next(row for row in first["data"] if row["topic"] == "r/0/0") == {
+        "topic": "r/0/0", "qos": 0, "from_clientid": "retainer", "payload_size": 2, "expires_in": None}
     seen = topics(first) + topics(get(retaining, page=2)[1]) + topics(get(retaining, page=3)[1])
     assert sorted(seen) == sorted([f"r/{index // 100}/{index}" for index in range(RETAINED)] + system)
 

@@ -16,7 +16,8 @@ SPEC = defaulted_spec({
             "secretName": "srv", "caRef": {"name": "bundle", "kind": "ConfigMap", "key": "roots.pem"},
             "verify": "verify_peer", "keyPasswordSecretRef": {"name": "keypass"}}},
         {"name": "wss", "type": "wss", "port": 8084, "tls": {
-            "secretName": "srv", "trustedIssuerCARef": {"name": "issuer-roots", "kind": "ConfigMap", "key": "roots.pem"}}},
+            "secretName": "srv",
+            "trustedIssuerCARef": {"name": "issuer-roots", "kind": "ConfigMap", "key": "roots.pem"}}},
     ],
     "pskAuthentication": {"enabled": True, "secretRef": {"name": "psk"}},
     "certificate": {"issuerRef": {"name": "ca-issuer"}, "secretName": "srv", "dnsNames": ["mqtt.example.com"]},
