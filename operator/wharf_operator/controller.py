@@ -115,6 +115,15 @@ class Controller:
         self._known: set[tuple[str, str]] = set()  # MQTTBrokers the watch has shown (the periodic loops visit them)
         self._periodic_started = False
 
+    def _current(self, state: _BrokerState, namespace: str, name: str) -> bool:
+        """Whether ``state`` is still the broker's (not forgotten since: a deletion while a pass ran)."""
+        return self._brokers.get((namespace, name)) is state
+
+    def _observed(self, state: _BrokerState, namespace: str, name: str, listener: str, **values: Any) -> None:
+        """Per-listener gauges, unless the broker was deleted meanwhile (its series must not come back)."""
+        if self._current(state, namespace, name):
+            self.metrics.observed(namespace, name, listener, **values)
+
     def _state(self, namespace: str, name: str) -> _BrokerState:
         return self._brokers.setdefault((namespace, name), _BrokerState())
 
@@ -479,7 +488,7 @@ class Controller:
                                       f"certificate they serve")
                     self.metrics.rotations.labels(result="refused").inc()
                 continue
-            self.metrics.observed(namespace, name, listener.name, not_after=material.not_after)
+            self._observed(state, namespace, name, listener.name, not_after=material.not_after)
             signalled = state.signalled.get(listener.listener_id)
             if not signal and signalled is not None and signalled != material.signature:
                 continue  # new material the Secret's handler is signalling: it writes the record when done
@@ -496,25 +505,25 @@ class Controller:
                 if not pods:  # nothing runs yet: pods that start later load the current files
                     state.signalled[listener.listener_id] = material.signature
                     state.pending.pop(listener.listener_id, None)
-                    self.metrics.observed(namespace, name, listener.name, not_serving=0, pending_since=0)
+                    self._observed(state, namespace, name, listener.name, not_serving=0, pending_since=0)
                     record.update(podsServing=0, podsTotal=0)
                     records[listener.name] = record
                     continue
                 earlier = state.pending.get(listener.listener_id)
                 first_seen = earlier[1] if earlier else seen_wall
                 state.pending[listener.listener_id] = (material.signature, first_seen, started)
-                self.metrics.observed(namespace, name, listener.name, pending_since=first_seen)
+                self._observed(state, namespace, name, listener.name, pending_since=first_seen)
                 result = await self.admin.rotate(pods, token, listener.listener_id, material.fingerprint,
                                                  self.config.reload_wait)
                 seconds = round(time.monotonic() - started, 3)
                 complete = result.serving == len(pods)
                 record.update(podsServing=result.serving, podsTotal=len(pods))
                 self.metrics.rotation_finished(namespace, name, listener.name, seconds, complete)
-                self.metrics.observed(namespace, name, listener.name, not_serving=len(pods) - result.serving)
+                self._observed(state, namespace, name, listener.name, not_serving=len(pods) - result.serving)
                 if complete:
                     state.signalled[listener.listener_id] = material.signature
                     state.pending.pop(listener.listener_id, None)
-                    self.metrics.observed(namespace, name, listener.name, pending_since=0)
+                    self._observed(state, namespace, name, listener.name, pending_since=0)
                     record.update(lastRotationTime=st.now_iso(), lastRotationSeconds=seconds)
                     kopf.event(body, type="Normal", reason="CertificateRotated",
                                message=f"{listener.listener_id} serves {material.fingerprint[:16]}… on "
@@ -581,17 +590,18 @@ class Controller:
                     except SignalError as exc:
                         errors.append(str(exc))
                         statuses.append(None)
-                self.metrics.observed(namespace, name, listener.name, not_after=material.not_after,
+                self._observed(state, namespace, name, listener.name, not_after=material.not_after,
                                       not_serving=len(pods) - serving)
                 pending = state.pending.get(listener.listener_id)
                 if serving == len(pods):
                     state.signalled[listener.listener_id] = material.signature
                     state.pending.pop(listener.listener_id, None)
-                    self.metrics.observed(namespace, name, listener.name, pending_since=0)
+                    self._observed(state, namespace, name, listener.name, pending_since=0)
                     if pending is not None and pending[0] == material.signature:
                         # A rotation the Secret's event left incomplete: finished now, counted from that event.
                         seconds = round(time.monotonic() - pending[2], 3)
-                        self.metrics.rotation_completed(namespace, name, listener.name, seconds)
+                        if self._current(state, namespace, name):
+                            self.metrics.rotation_completed(namespace, name, listener.name, seconds)
                         kopf.event(body, type="Normal", reason="CertificateRotated",
                                    message=f"{listener.listener_id} serves {material.fingerprint[:16]}… on "
                                            f"{serving}/{len(pods)} pods after {seconds:.2f}s (re-check)")
