@@ -10,11 +10,10 @@ no longer referenced by the listener's options are removed.
 from __future__ import annotations
 
 import hashlib
-import os
-import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from ..atomic_file import write_atomically
 from ..config.model import SslOptions
 
 
@@ -37,28 +36,6 @@ def listener_dir(upload_dir: str, listener_id: str) -> Path:
     return Path(upload_dir).resolve() / listener_id.replace(":", "-")
 
 
-def _write_atomically(path: Path, data: bytes, mode: int) -> None:
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        os.fchmod(fd, mode)
-        with os.fdopen(fd, "wb") as handle:
-            handle.write(data)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except FileNotFoundError:
-            pass
-        raise
-    dir_fd = os.open(path.parent, os.O_RDONLY)
-    try:
-        os.fsync(dir_fd)  # the rename itself survives a crash
-    finally:
-        os.close(dir_fd)
-
-
 def store(upload_dir: str, listener_id: str, uploads: dict[str, bytes]) -> StoredUploads:
     """Write every upload into the listener's folder; raises ``OSError`` (after removing what it wrote)."""
     stored = StoredUploads()
@@ -71,7 +48,7 @@ def store(upload_dir: str, listener_id: str, uploads: dict[str, bytes]) -> Store
             path = folder / f"{name}-{hashlib.sha256(data).hexdigest()[:16]}.pem"
             if not path.exists():
                 # Keys stay private to the broker's user; certificates are public anyway.
-                _write_atomically(path, data, 0o600 if name == "keyfile" else 0o644)
+                write_atomically(path, data, 0o600 if name == "keyfile" else 0o644)
                 stored.created.append(path)
             stored.paths[name] = str(path)
     except OSError:

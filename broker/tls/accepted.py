@@ -13,11 +13,11 @@ from __future__ import annotations
 
 import datetime as dt
 import json
-import os
 import re
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
+
+from ..atomic_file import write_atomically
 
 FILE_VERSION = 1
 
@@ -43,29 +43,7 @@ def save(directory: Path, listener_id: str, cert_pem: bytes, key_pem: bytes, ser
     record = {"version": FILE_VERSION, "listener": listener_id, "fingerprint": fingerprint,
               "saved_at": dt.datetime.now(dt.timezone.utc).isoformat(), "cert_pem": cert_pem.decode("ascii"),
               "key_pem": key_pem.decode("ascii"), "server_ca_pem": server_ca_pem.decode("ascii")}
-    fd, temporary = tempfile.mkstemp(prefix=".tmp-", dir=directory)  # created 0600
-    try:
-        with os.fdopen(fd, "w") as file:
-            json.dump(record, file)
-            file.flush()
-            os.fsync(file.fileno())
-        os.replace(temporary, path)
-    except BaseException:
-        try:
-            os.unlink(temporary)
-        except FileNotFoundError:
-            pass
-        raise
-    try:
-        dir_fd = os.open(directory, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(dir_fd)
-    except OSError:
-        pass
-    finally:
-        os.close(dir_fd)
+    write_atomically(path, json.dumps(record).encode("ascii"), 0o600)
 
 
 def load(directory: Path, listener_id: str) -> Accepted | None:

@@ -30,7 +30,6 @@ import ipaddress
 import os
 import re
 import socket
-import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -40,6 +39,7 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
+from ..atomic_file import TEMPORARY_PREFIX, write_atomically
 from ..config.loader import state_dir
 
 CA_DAYS = 3650
@@ -237,44 +237,13 @@ def _write_pair(cert_path: Path, key_path: Path, cert: x509.Certificate, key) ->
     (made again on the next start), never a half-written file."""
     key_pem = key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
                                 serialization.NoEncryption())
-    _write_atomically(key_path, key_pem, 0o600)
-    _write_atomically(cert_path, cert.public_bytes(serialization.Encoding.PEM), 0o644)
-
-
-def _write_atomically(path: Path, data: bytes, mode: int) -> None:
-    fd, temporary = tempfile.mkstemp(prefix=".tmp-", dir=path.parent)  # created 0600
-    try:
-        with os.fdopen(fd, "wb") as file:
-            file.write(data)
-            file.flush()
-            os.fsync(file.fileno())
-        os.chmod(temporary, mode)
-        os.replace(temporary, path)
-    except BaseException:
-        try:
-            os.unlink(temporary)
-        except FileNotFoundError:
-            pass
-        raise
-    _fsync_dir(path.parent)
-
-
-def _fsync_dir(directory: Path) -> None:
-    try:
-        fd = os.open(directory, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
+    write_atomically(key_path, key_pem, 0o600)
+    write_atomically(cert_path, cert.public_bytes(serialization.Encoding.PEM), 0o644)
 
 
 def _clean_temporaries(directory: Path) -> None:
     """Temporary files a crashed start left behind (only ever removed under the lock)."""
-    for leftover in directory.glob(".tmp-*"):
+    for leftover in directory.glob(TEMPORARY_PREFIX + "*"):
         try:
             leftover.unlink()
         except FileNotFoundError:

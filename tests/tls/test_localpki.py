@@ -16,6 +16,7 @@ from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.x509.oid import ExtendedKeyUsageOID
 
+from wharf_broker import atomic_file
 from wharf_broker.tls import localpki
 
 
@@ -121,18 +122,18 @@ def test_an_expired_ca_is_made_again_with_new_leaves(tmp_path):
 
 def test_a_crash_between_key_and_certificate_is_repaired(tmp_path, monkeypatch):
     """The new key is in place, the certificate is not: the next start sees a mismatched pair and makes it again."""
-    real_write = localpki._write_atomically
+    real_write = localpki.write_atomically
 
     def crash_on_certificates(path, data, mode):
         if path.suffix == ".crt" and path.name != "rootCA.crt":
             raise KeyboardInterrupt("power cut")
         real_write(path, data, mode)
 
-    monkeypatch.setattr(localpki, "_write_atomically", crash_on_certificates)
+    monkeypatch.setattr(localpki, "write_atomically", crash_on_certificates)
     with pytest.raises(KeyboardInterrupt):
         localpki.ensure(tmp_path)
     assert (tmp_path / "server.key").exists() and not (tmp_path / "server.crt").exists()
-    monkeypatch.setattr(localpki, "_write_atomically", real_write)
+    monkeypatch.setattr(localpki, "write_atomically", real_write)
     pki = localpki.ensure(tmp_path)
     assert [why for why, _ in pki.generated] == ["missing", "missing"]  # server and client; the CA was kept
     ssl.create_default_context(cafile=str(pki.ca)).load_cert_chain(*map(str, pki.server))
@@ -219,7 +220,7 @@ def test_a_read_only_state_directory_still_serves_a_complete_pki(tmp_path, monke
         return real_open(path, flags, *args)
 
     monkeypatch.setattr(localpki.os, "open", read_only)
-    monkeypatch.setattr(localpki.tempfile, "mkstemp", lambda **kw: read_only(kw["dir"] / "x", os.O_CREAT))
+    monkeypatch.setattr(atomic_file.tempfile, "mkstemp", lambda **kw: read_only(kw["dir"] / "x", os.O_CREAT))
     assert localpki.ensure(tmp_path).generated == []
     pki.server[0].unlink()
     with pytest.raises(localpki.LocalPkiError, match=f"in {tmp_path}: Read-only file system"):
