@@ -47,6 +47,16 @@ Schema = dict[str, Any]
 
 # --- small schema builders: every field must say what it is (kubectl explain shows it) -------------------
 
+def _bundle_ref_fields() -> dict:
+    """The fields of a reference to a PEM bundle in a Secret or ConfigMap (caRef, trustedIssuerCARef)."""
+    return {
+        "name": _string("Name of the Secret or ConfigMap, in the MQTTBroker's namespace.", max_length=253),
+        "kind": _string("Whether the bundle is in a Secret or a ConfigMap.", default="Secret",
+                        enum=["Secret", "ConfigMap"]),
+        "key": _string("Key holding the PEM bundle.", default="ca.crt", max_length=253),
+    }
+
+
 def _string(description: str, *, default: str | None = None, enum: list[str] | None = None,
             pattern: str | None = None, max_length: int | None = None, fmt: str | None = None) -> Schema:
     schema: Schema = {"type": "string", "description": description}
@@ -154,28 +164,14 @@ def _tls_schema() -> Schema:
                 "server Secret's ca.crt, so that a bundle can hold the old and the new CA during a CA rotation "
                 "(for example a trust-manager Bundle written to a ConfigMap). Before a rotation, the new server "
                 "certificate must chain to the Secret's ca.crt or to this bundle.",
-                {
-                    "name": _string("Name of the Secret or ConfigMap, in the MQTTBroker's namespace.",
-                                    max_length=253),
-                    "kind": _string("Whether the bundle is in a Secret or a ConfigMap.", default="Secret",
-                                    enum=["Secret", "ConfigMap"]),
-                    "key": _string("Key holding the PEM bundle.", default="ca.crt", max_length=253),
-                },
-                required=["name"]),
+                _bundle_ref_fields(), required=["name"]),
             "trustedIssuerCARef": _object(
                 "The issuer CA(s) the served certificate must chain to, kept where the issuer does not write: "
                 "set, the operator validates every new certificate against this bundle (and caRef) instead of the "
                 "Secret's own ca.crt, and the brokers check their reloads against it, so a certificate from a "
                 "wrong or compromised issuer is refused and never served. During a CA rotation it holds the old "
                 "and the new CA (for example a trust-manager Bundle). Unset, the Secret's ca.crt is trusted.",
-                {
-                    "name": _string("Name of the Secret or ConfigMap, in the MQTTBroker's namespace.",
-                                    max_length=253),
-                    "kind": _string("Whether the bundle is in a Secret or a ConfigMap.", default="Secret",
-                                    enum=["Secret", "ConfigMap"]),
-                    "key": _string("Key holding the PEM bundle.", default="ca.crt", max_length=253),
-                },
-                required=["name"]),
+                _bundle_ref_fields(), required=["name"]),
             "verify": _string("verify_peer asks clients for a certificate and verifies it against caRef.",
                               default="verify_none", enum=["verify_none", "verify_peer"]),
             "failIfNoPeerCert": _boolean(

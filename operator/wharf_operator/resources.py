@@ -50,6 +50,13 @@ def _meta(name: str, namespace: str, broker: str, **extra: Any) -> dict[str, Any
     return {"name": name, "namespace": namespace, "labels": labels(broker), **extra}
 
 
+def _bundle_volume(ref: dict[str, Any], volume: str) -> dict[str, Any]:
+    """A whole-object volume for a PEM bundle reference (``caRef``, ``trustedIssuerCARef``)."""
+    if ref.get("kind", "Secret") == "ConfigMap":
+        return {"name": volume, "configMap": {"name": ref["name"], "defaultMode": 0o444}}
+    return {"name": volume, "secret": {"secretName": ref["name"], "defaultMode": 0o440}}
+
+
 def service_account(broker: str, namespace: str) -> dict:
     return {"apiVersion": "v1", "kind": "ServiceAccount", "metadata": _meta(broker, namespace, broker),
             # The brokers never call the Kubernetes API.
@@ -120,22 +127,12 @@ def _volumes(spec: dict) -> tuple[list[dict], list[dict]]:
         cert_volume = layout.volume_name("tls", name)
         volumes.append({"name": cert_volume, "secret": {"secretName": tls["secretName"], "defaultMode": 0o440}})
         mounts.append({"name": cert_volume, "mountPath": layout.cert_dir(name), "readOnly": True})
-        if "caRef" in tls:
-            ca = tls["caRef"]
-            ca_volume = layout.volume_name("ca", name)
-            if ca.get("kind", "Secret") == "ConfigMap":
-                volumes.append({"name": ca_volume, "configMap": {"name": ca["name"], "defaultMode": 0o444}})
-            else:
-                volumes.append({"name": ca_volume, "secret": {"secretName": ca["name"], "defaultMode": 0o440}})
-            mounts.append({"name": ca_volume, "mountPath": layout.ca_dir(name), "readOnly": True})
-        if "trustedIssuerCARef" in tls:
-            pinned = tls["trustedIssuerCARef"]
-            pinned_volume = layout.volume_name("issuerca", name)
-            if pinned.get("kind", "Secret") == "ConfigMap":
-                volumes.append({"name": pinned_volume, "configMap": {"name": pinned["name"], "defaultMode": 0o444}})
-            else:
-                volumes.append({"name": pinned_volume, "secret": {"secretName": pinned["name"], "defaultMode": 0o440}})
-            mounts.append({"name": pinned_volume, "mountPath": layout.issuer_ca_dir(name), "readOnly": True})
+        for key, kind, directory in (("caRef", "ca", layout.ca_dir(name)),
+                                     ("trustedIssuerCARef", "issuerca", layout.issuer_ca_dir(name))):
+            if key in tls:
+                volume = _bundle_volume(tls[key], layout.volume_name(kind, name))
+                volumes.append(volume)
+                mounts.append({"name": volume["name"], "mountPath": directory, "readOnly": True})
         if "keyPasswordSecretRef" in tls:
             pw_volume = layout.volume_name("keypass", name)
             volumes.append({"name": pw_volume, "secret": {"secretName": tls["keyPasswordSecretRef"]["name"],
