@@ -19,13 +19,15 @@ from pathlib import Path
 
 import kubernetes
 import pytest
+import yaml
+from kubernetes.client.rest import ApiException
 
 # Test modules import realapi_support by name (pytest runs with --import-mode=importlib).
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import certmanager_support
 import realapi_support
-from realapi_support import admin_client, localcluster, unique_name, wait_for
+from realapi_support import admin_client, localcluster, project_crds, unique_name, wait_for
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
@@ -95,3 +97,31 @@ def namespace(api: kubernetes.client.ApiClient) -> Iterator[str]:
     wait_for(lambda: core.read_namespaced_service_account("default", name), f"default ServiceAccount in {name}")
     yield name
     core.delete_namespace(name)
+
+
+MQTTBROKER_CRD = "mqttbrokers.mqtt.wharf.dev"
+
+
+@pytest.fixture(scope="session")
+def mqttbroker_crd(api: kubernetes.client.ApiClient) -> None:
+    """The project's MQTTBroker CRD, installed once and Established."""
+    files = [path for path in project_crds() if path.name == f"{MQTTBROKER_CRD}.yaml"]
+    if not files:
+        pytest.fail(f"manifests/crds/{MQTTBROKER_CRD}.yaml is missing")
+    extensions = kubernetes.client.ApiextensionsV1Api(api)
+    try:
+        extensions.create_custom_resource_definition(yaml.safe_load(files[0].read_text()))
+    except ApiException as error:
+        if error.status != 409:  # installed already (a test of the CRD itself, or an earlier run's leftover)
+            raise
+    wait_for(lambda: any(c.type == "Established" and c.status == "True"
+                         for c in extensions.read_custom_resource_definition(MQTTBROKER_CRD).status.conditions or []),
+             "MQTTBroker CRD Established")
+
+
+@pytest.fixture(scope="module")
+def helm(tmp_path_factory: pytest.TempPathFactory) -> tuple[str, Path]:
+    """The pinned helm binary, and a HOME of its own for its config and caches."""
+    from operator_support import pinned_helm
+
+    return pinned_helm(), tmp_path_factory.mktemp("helm-home")

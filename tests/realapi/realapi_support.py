@@ -74,3 +74,16 @@ def is_test_pod_ip(address: str) -> bool:
 
 def project_crds() -> list[Path]:
     return sorted(CRD_DIR.glob("*.yaml")) if CRD_DIR.is_dir() else []
+
+
+def absent(read) -> bool:
+    """Whether ``read()`` answers 404 (other API errors are raised)."""
+    from kubernetes.client.rest import ApiException
+
+    try:
+        read()
+    except ApiException as error:
+        if error.status == 404:
+            return True
+        raise
+    return False

@@ -38,9 +38,8 @@ from cryptography import x509
 from kubelet_harness import KubeletHarness
 from operator_support import install_operator_identity, pinned_helm, running_operator
 from realapi_support import is_test_pod_ip, unique_name, wait_for
-from test_rotation_e2e import GROUP, PLURAL, TOPIC, VERSION, HeldClient, mqttbroker_crd, publish_stream
+from test_rotation_e2e import GROUP, PLURAL, TOPIC, VERSION, HeldClient, publish_stream
 
-__all__ = ["mqttbroker_crd"]  # the fixture, used here by name
 
 BROKER = "certy"
 REPLICAS = 2

@@ -21,7 +21,8 @@ from operator_support import (
 )
 from realapi_support import unique_name, wait_for
 from test_cluster_operator import _volumes_for
-from test_operator import GROUP, PLURAL, VERSION, _absent, mqttbroker_crd  # noqa: F401 (fixture)
+from realapi_support import absent
+from test_operator import GROUP, PLURAL, VERSION
 from test_rotation_e2e import Authority, tls_secret_data
 
 NATS_NAME = "nats.e2e.test"
@@ -117,7 +118,7 @@ def test_operator_deployed_nats_joins_three_real_brokers(controlplane, api, mqtt
                          lambda: core.read_namespaced_service(f"{name}-nats", namespace),
                          lambda: core.read_namespaced_service(f"{name}-nats-headless", namespace),
                          lambda: core.read_namespaced_config_map(f"{name}-nats-config", namespace)):
-                wait_for(lambda read=read: _absent(read), "the NATS objects garbage-collected", timeout=120)
+                wait_for(lambda read=read: absent(read), "the NATS objects garbage-collected", timeout=120)
             wait_for(lambda: not kubelet.running(), "every Pod's process stopped with its Pod", timeout=120)
     finally:
         for client in clients:

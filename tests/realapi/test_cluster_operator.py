@@ -9,7 +9,8 @@ import pytest
 from kubernetes.client import ApiException
 from operator_support import example_broker, install_operator_identity, running_operator
 from realapi_support import is_test_pod_ip, unique_name, wait_for
-from test_operator import GROUP, PLURAL, VERSION, _absent, helm, mqttbroker_crd  # noqa: F401 (fixtures)
+from realapi_support import absent
+from test_operator import GROUP, PLURAL, VERSION
 
 
 def _refusal(brokers, namespace: str, spec: dict) -> str:
@@ -128,12 +129,12 @@ def test_operator_deploys_nats_and_switches_to_an_existing_one(controlplane, api
                 "nats": {"deploy": False, "tls": None, "storage": None, "image": None,
                          "servers": ["nats://nats.messaging.svc:4222"]}, "streamReplicas": 1}}})
             for kind, read in nats_objects.items():
-                wait_for(lambda read=read: _absent(read), f"NATS {kind} deleted after the switch")
+                wait_for(lambda read=read: absent(read), f"NATS {kind} deleted after the switch")
             wait_for(lambda: "nats://nats.messaging.svc:4222" in core.read_namespaced_config_map(
                 f"{name}-config", namespace).data["wharf.conf"], "the config naming the existing NATS")
 
             brokers.delete_namespaced_custom_object(GROUP, VERSION, namespace, PLURAL, name)
-            wait_for(lambda: _absent(lambda: apps.read_namespaced_stateful_set(name, namespace)),
+            wait_for(lambda: absent(lambda: apps.read_namespaced_stateful_set(name, namespace)),
                      "the brokers' StatefulSet garbage-collected", timeout=120)
         refusals = [line for line in log.read_text().splitlines() if 'forbidden: User "system:serviceaccount' in line]
         assert not refusals, "\n".join(refusals[:5])

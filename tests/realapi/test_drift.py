@@ -18,45 +18,15 @@ from kubernetes.client import ApiException
 from operator_support import (
     example_broker,
     install_operator_identity,
-    pinned_helm,
     running_operator,
     tls_secret,
 )
-from realapi_support import REPO, localcluster, project_crds, wait_for
+from realapi_support import REPO, localcluster, wait_for
 
 GROUP, VERSION, PLURAL = "mqtt.wharf.dev", "v1alpha1", "mqttbrokers"
 CRD_NAME = f"{PLURAL}.{GROUP}"
 HAND = "kubectl-edit"  # the field manager of the hand edits, as `kubectl edit` records it
 TIMEOUT = 60  # a safety net against hangs (the resync interval is longer: repairs come from the events)
-
-
-@pytest.fixture(scope="module")
-def mqttbroker_crd(api) -> None:
-    files = [path for path in project_crds() if path.name == f"{CRD_NAME}.yaml"]
-    extensions = kubernetes.client.ApiextensionsV1Api(api)
-    try:
-        extensions.create_custom_resource_definition(yaml.safe_load(files[0].read_text()))
-    except ApiException as error:
-        if error.status != 409:  # installed by an earlier test module in this session
-            raise
-    wait_for(lambda: any(c.type == "Established" and c.status == "True"
-                         for c in extensions.read_custom_resource_definition(CRD_NAME).status.conditions or []),
-             "MQTTBroker CRD Established")
-
-
-@pytest.fixture(scope="module")
-def helm(tmp_path_factory) -> tuple[str, object]:
-    return pinned_helm(), tmp_path_factory.mktemp("helm-home")
-
-
-def _absent(read) -> bool:
-    try:
-        read()
-    except ApiException as error:
-        if error.status == 404:
-            return True
-        raise
-    return False
 
 
 def _create_broker(api, namespace: str, extra_spec: dict | None = None) -> tuple[str, str]:

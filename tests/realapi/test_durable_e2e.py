@@ -24,7 +24,7 @@ from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 from realapi_support import is_test_pod_ip, unique_name, wait_for
 from test_cluster_operator import _volumes_for
-from test_operator import GROUP, PLURAL, VERSION, helm, mqttbroker_crd  # noqa: F401 (fixtures)
+from test_operator import GROUP, PLURAL, VERSION
 
 BROKER = "keeper"
 POD = f"{BROKER}-0"

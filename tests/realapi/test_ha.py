@@ -24,9 +24,9 @@ from cryptography.x509.oid import ExtendedKeyUsageOID
 from kubelet_harness import KubeletHarness
 from kubernetes.client import ApiException
 from operator_support import example_broker, install_operator_identity, pinned_helm, running_operator, tls_secret
-from realapi_support import unique_name, wait_for
+from realapi_support import absent, unique_name, wait_for
 from test_drift import _create_broker
-from test_rotation_e2e import (  # noqa: F401 - mqttbroker_crd is a fixture
+from test_rotation_e2e import (
     BROKER,
     LISTENERS,
     REPLICAS,
@@ -36,7 +36,6 @@ from test_rotation_e2e import (  # noqa: F401 - mqttbroker_crd is a fixture
     _listener_status,
     _status,
     fingerprint,
-    mqttbroker_crd,
     pem,
     tls_secret_data,
 )
@@ -46,16 +45,6 @@ OLD_FINALIZER = "operator.mqtt.wharf.dev/finalizer"  # what kopf put on every MQ
 # The operator's log lines of its Secret handler (kopf's, with --verbose): started, and done (pods signalled).
 SIGNALLING, SIGNALLED = "secret_event' is invoked", "secret_event' succeeded"
 QUICK = 30  # seconds: a deletion nothing blocks is over long before (a finalizer would block it forever)
-
-
-def _gone(read) -> bool:
-    try:
-        read()
-    except ApiException as error:
-        if error.status == 404:
-            return True
-        raise
-    return False
 
 
 def _owned(api, namespace: str, uid: str) -> list[str]:
@@ -120,7 +109,7 @@ def test_deletion_needs_no_running_operator(controlplane, api, namespace, tmp_pa
     for broker in (name, f"{name}-legacy"):
         brokers.delete_namespaced_custom_object(GROUP, VERSION, namespace, PLURAL, broker)
     for broker in (name, f"{name}-legacy"):
-        wait_for(lambda broker=broker: _gone(lambda: brokers.get_namespaced_custom_object(
+        wait_for(lambda broker=broker: absent(lambda: brokers.get_namespaced_custom_object(
             GROUP, VERSION, namespace, PLURAL, broker)), f"MQTTBroker {broker} deleted", timeout=QUICK)
     deleted = time.monotonic() - started
     wait_for(lambda: not _owned(api, namespace, uid) and not _owned(api, namespace, legacy_uid),
@@ -129,7 +118,7 @@ def test_deletion_needs_no_running_operator(controlplane, api, namespace, tmp_pa
 
     started = time.monotonic()
     core.delete_namespace(other)
-    wait_for(lambda: _gone(lambda: core.read_namespace(other)), f"namespace {other} deleted", timeout=180)
+    wait_for(lambda: absent(lambda: core.read_namespace(other)), f"namespace {other} deleted", timeout=180)
     namespace_deleted = time.monotonic() - started
     print(f"\noperator stopped: MQTTBrokers deleted in {deleted:.2f}s, owned objects collected in {collected:.2f}s; "
           f"namespace with an MQTTBroker deleted in {namespace_deleted:.2f}s")

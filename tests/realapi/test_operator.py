@@ -7,40 +7,17 @@ from __future__ import annotations
 import kubernetes
 import pytest
 import yaml
-from kubernetes.client import ApiException
 from operator_support import (
     example_broker,
     install_operator_identity,
-    pinned_helm,
     running_operator,
     service_account_may,
     tls_secret,
 )
-from realapi_support import REPO, is_test_pod_ip, project_crds, wait_for
+from realapi_support import REPO, absent, is_test_pod_ip, wait_for
 
 GROUP, VERSION, PLURAL = "mqtt.wharf.dev", "v1alpha1", "mqttbrokers"
 CRD_NAME = f"{PLURAL}.{GROUP}"
-
-
-@pytest.fixture(scope="module")
-def mqttbroker_crd(api) -> None:
-    files = [path for path in project_crds() if path.name == f"{CRD_NAME}.yaml"]
-    if not files:
-        pytest.fail(f"manifests/crds/{CRD_NAME}.yaml is missing")
-    extensions = kubernetes.client.ApiextensionsV1Api(api)
-    try:
-        extensions.create_custom_resource_definition(yaml.safe_load(files[0].read_text()))
-    except ApiException as error:
-        if error.status != 409:  # installed by an earlier test module in this session
-            raise
-    wait_for(lambda: any(c.type == "Established" and c.status == "True"
-                         for c in extensions.read_custom_resource_definition(CRD_NAME).status.conditions or []),
-             "MQTTBroker CRD Established")
-
-
-@pytest.fixture(scope="module")
-def helm(tmp_path_factory) -> tuple[str, object]:
-    return pinned_helm(), tmp_path_factory.mktemp("helm-home")
 
 
 def _operator_setup(controlplane, api, helm, tmp_path, watch: list[str]):
@@ -60,16 +37,6 @@ def _owned_objects(api, namespace: str, name: str) -> dict[str, object]:
         "ServiceAccount": lambda: core.read_namespaced_service_account(name, namespace),
         "PodDisruptionBudget": lambda: policy.read_namespaced_pod_disruption_budget(name, namespace),
     }
-
-
-def _absent(read) -> bool:
-    try:
-        read()
-    except ApiException as error:
-        if error.status == 404:
-            return True
-        raise
-    return False
 
 
 def _condition(status: dict, kind: str) -> dict | None:
@@ -124,12 +91,12 @@ def _broker_lifecycle(api, namespace: str, operator_log) -> None:
     assert _condition(status, "Ready") is not None
 
     brokers.delete_namespaced_custom_object(GROUP, VERSION, namespace, PLURAL, name)
-    wait_for(lambda: _absent(lambda: brokers.get_namespaced_custom_object(GROUP, VERSION, namespace, PLURAL, name)),
+    wait_for(lambda: absent(lambda: brokers.get_namespaced_custom_object(GROUP, VERSION, namespace, PLURAL, name)),
              "the MQTTBroker to be deleted (operator finalizer released)")
     # The garbage collector learns a new CRD's kind at its next discovery resync (every 30 s), so
     # the first collection after the CRD is installed can take that long.
     for kind, read in owned.items():
-        wait_for(lambda read=read: _absent(read), f"{kind} garbage-collected", timeout=120)
+        wait_for(lambda read=read: absent(read), f"{kind} garbage-collected", timeout=120)
     wait_for(lambda: not core.list_namespaced_pod(namespace, label_selector=f"app.kubernetes.io/instance={name}").items,
              "broker Pods garbage-collected", timeout=120)
     assert core.read_namespaced_secret("wharf-tls", namespace).metadata.name == "wharf-tls"  # not owned: kept

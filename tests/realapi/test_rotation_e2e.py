@@ -20,15 +20,13 @@ from pathlib import Path
 import kubernetes
 import paho.mqtt.client as mqtt
 import pytest
-import yaml
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 from kubelet_harness import KubeletHarness
-from kubernetes.client import ApiException
 from operator_support import install_operator_identity, pinned_helm, running_operator
-from realapi_support import is_test_pod_ip, project_crds, wait_for
+from realapi_support import is_test_pod_ip, wait_for
 
 GROUP, VERSION, PLURAL = "mqtt.wharf.dev", "v1alpha1", "mqttbrokers"
 CRD_NAME = f"{PLURAL}.{GROUP}"
@@ -179,22 +177,6 @@ def publish_stream(publishers: dict[str, HeldClient], stop: threading.Event, lim
 
 
 # --- the test -----------------------------------------------------------------------------------
-
-@pytest.fixture(scope="module")
-def mqttbroker_crd(api) -> None:
-    files = [path for path in project_crds() if path.name == f"{CRD_NAME}.yaml"]
-    if not files:
-        pytest.fail(f"manifests/crds/{CRD_NAME}.yaml is missing")
-    extensions = kubernetes.client.ApiextensionsV1Api(api)
-    try:
-        extensions.create_custom_resource_definition(yaml.safe_load(files[0].read_text()))
-    except ApiException as error:
-        if error.status != 409:
-            raise
-    wait_for(lambda: any(c.type == "Established" and c.status == "True"
-                         for c in extensions.read_custom_resource_definition(CRD_NAME).status.conditions or []),
-             "MQTTBroker CRD Established")
-
 
 def _broker_body() -> dict:
     return {
