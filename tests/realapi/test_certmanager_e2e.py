@@ -29,7 +29,6 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import kubernetes
-import paho.mqtt.client as mqtt
 import pytest
 from certmanager_support import GROUP as CM_GROUP
 from certmanager_support import VERSION as CM_VERSION
@@ -38,7 +37,7 @@ from cryptography import x509
 from kubelet_harness import KubeletHarness
 from operator_support import install_operator_identity, pinned_helm, running_operator
 from realapi_support import is_test_pod_ip, unique_name, wait_for
-from test_rotation_e2e import GROUP, PLURAL, TOPIC, VERSION, HeldClient, publish_stream
+from test_rotation_e2e import GROUP, PLURAL, VERSION, HeldClient, publish_stream, subscribed_client
 
 
 BROKER = "certy"
@@ -164,48 +163,28 @@ class Probe:
 
 
 def tls_client(label: str, ip: str, probe: Probe) -> HeldClient:
-    assert is_test_pod_ip(ip), ip
-    client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=label, protocol=mqtt.MQTTv311)
     context = ssl.create_default_context(cafile=str(probe.ca_file))
     context.check_hostname = False
-    client.tls_set_context(context)
-    held = HeldClient(label, client)
-
-    def on_connect(_client, _userdata, _flags, reason_code, _properties):
-        if not reason_code.is_failure:
-            held.connected.set()
-            _client.subscribe(TOPIC, qos=1)
-
-    def on_subscribe(_client, _userdata, _mid, reason_codes, _properties):
-        if [code for code in reason_codes if code.is_failure]:
-            held.disconnects.append(f"subscription refused: {reason_codes}")
-        held.subscribed.set()
-
-    def on_disconnect(_client, _userdata, _flags, reason_code, _properties):
-        held.disconnects.append(str(reason_code))
-
-    def on_message(_client, _userdata, message):
-        held.received.add(message.payload)
-
-    client.on_connect, client.on_subscribe = on_connect, on_subscribe
-    client.on_disconnect, client.on_message = on_disconnect, on_message
-    client.connect(ip, PORT, keepalive=30)
-    client.loop_start()
-    return held
+    return subscribed_client(label, ip, PORT, context)
 
 
 # --- the test ------------------------------------------------------------------------------------
+
+def _create(custom, namespace: str, objects) -> None:
+    """Create cert-manager objects given as (plural, body): ClusterIssuers cluster-wide, the rest in ``namespace``."""
+    for plural, body in objects:
+        if plural == "clusterissuers":
+            custom.create_cluster_custom_object(CM_GROUP, CM_VERSION, plural, body)
+        else:
+            custom.create_namespaced_custom_object(CM_GROUP, CM_VERSION, namespace, plural, body)
+
 
 @pytest.mark.timeout(600)
 def test_cert_manager_renewals_reach_every_pod(controlplane, api, cert_manager, mqttbroker_crd, namespace, tmp_path):
     core = kubernetes.client.CoreV1Api(api)
     custom = kubernetes.client.CustomObjectsApi(api)
     cluster_issuer = unique_name("selfsigned")
-    for plural, body in _issuers_and_certificates(namespace, cluster_issuer):
-        if plural == "clusterissuers":
-            custom.create_cluster_custom_object(CM_GROUP, CM_VERSION, plural, body)
-        else:
-            custom.create_namespaced_custom_object(CM_GROUP, CM_VERSION, namespace, plural, body)
+    _create(custom, namespace, _issuers_and_certificates(namespace, cluster_issuer))
     try:
         _run(core, custom, api, controlplane, cert_manager, namespace, tmp_path)
     finally:
@@ -333,11 +312,7 @@ def test_cert_manager_renewal_from_a_wrong_ca_is_refused(controlplane, api, cert
     core = kubernetes.client.CoreV1Api(api)
     custom = kubernetes.client.CustomObjectsApi(api)
     cluster_issuer = unique_name("selfsigned")
-    for plural, body in _wrong_ca_objects(namespace, cluster_issuer):
-        if plural == "clusterissuers":
-            custom.create_cluster_custom_object(CM_GROUP, CM_VERSION, plural, body)
-        else:
-            custom.create_namespaced_custom_object(CM_GROUP, CM_VERSION, namespace, plural, body)
+    _create(custom, namespace, _wrong_ca_objects(namespace, cluster_issuer))
     try:
         for name in ("certy-ca", "wrong-ca", SECRET):
             wait_for(lambda name=name: certificate_ready(custom, namespace, name), f"Certificate {name} Ready",

@@ -127,11 +127,16 @@ class HeldClient:
 
 
 def held_client(label: str, ip: str, port: int, probe: Probe) -> HeldClient:
-    assert is_test_pod_ip(ip), ip
-    client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=label, protocol=mqtt.MQTTv311)
     context = ssl.create_default_context(cafile=probe.client_files[0])
     context.check_hostname = False
     context.load_cert_chain(probe.client_files[1], probe.client_files[2])
+    return subscribed_client(label, ip, port, context)
+
+
+def subscribed_client(label: str, ip: str, port: int, context: ssl.SSLContext) -> HeldClient:
+    """An MQTT 3.1.1 client over TLS that subscribes to TOPIC and records what it gets and every disconnection."""
+    assert is_test_pod_ip(ip), ip
+    client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=label, protocol=mqtt.MQTTv311)
     client.tls_set_context(context)
     held = HeldClient(label, client)
 
