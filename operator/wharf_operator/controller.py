@@ -113,6 +113,7 @@ class Controller:
         self._queued: set[tuple[str, str]] = set()  # brokers with a reconcile requested by an event, not started
         self._tasks: set[asyncio.Task] = set()
         self._known: set[tuple[str, str]] = set()  # MQTTBrokers the watch has shown (the periodic loops visit them)
+        self._deleted: set[tuple[str, str]] = set()  # MQTTBrokers the watch showed deleted (until shown again)
         self._periodic_started = False
 
     def _current(self, state: _BrokerState, namespace: str, name: str) -> bool:
@@ -125,6 +126,10 @@ class Controller:
             self.metrics.observed(namespace, name, listener, **values)
 
     def _state(self, namespace: str, name: str) -> _BrokerState:
+        """The broker's state; for a deleted broker (a pass that read it just before the deletion, an owned
+        object's event during garbage collection) a detached one, so nothing of it is kept or published."""
+        if (namespace, name) in self._deleted:
+            return _BrokerState()
         return self._brokers.setdefault((namespace, name), _BrokerState())
 
     # --- owned objects -----------------------------------------------------------------------------------
@@ -518,7 +523,8 @@ class Controller:
                 seconds = round(time.monotonic() - started, 3)
                 complete = result.serving == len(pods)
                 record.update(podsServing=result.serving, podsTotal=len(pods))
-                self.metrics.rotation_finished(namespace, name, listener.name, seconds, complete)
+                self.metrics.rotation_finished(namespace, name, listener.name, seconds, complete,
+                                               per_listener=self._current(state, namespace, name))
                 self._observed(state, namespace, name, listener.name, not_serving=len(pods) - result.serving)
                 if complete:
                     state.signalled[listener.listener_id] = material.signature
@@ -620,9 +626,11 @@ class Controller:
 
     def track(self, namespace: str, name: str) -> None:
         self._known.add((namespace, name))
+        self._deleted.discard((namespace, name))
 
-    def forget(self, namespace: str, name: str, spec: dict) -> None:
+    def forget(self, namespace: str, name: str) -> None:
         self._known.discard((namespace, name))
+        self._deleted.add((namespace, name))
         self._brokers.pop((namespace, name), None)
         # Every listener's series, whatever the spec said (it may be unknown: the periodic loop found it gone).
         self.metrics.forget(namespace, name)
@@ -649,7 +657,7 @@ class Controller:
                 try:
                     body = await self.api.get(MQTTBROKERS, namespace, name)
                     if body is None:
-                        self.forget(namespace, name, {})
+                        self.forget(namespace, name)
                         return
                     if is_paused(body) or (body.get("metadata") or {}).get("deletionTimestamp"):
                         return

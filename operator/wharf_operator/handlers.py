@@ -86,7 +86,7 @@ def build_registry(controller: Controller, connection: kopf.ConnectionInfo | Non
         if not meta.get("namespace") or not meta.get("name"):
             return
         if event.get("type") == "DELETED":
-            controller.forget(meta["namespace"], meta["name"], dict((event.get("object") or {}).get("spec") or {}))
+            controller.forget(meta["namespace"], meta["name"])
         else:
             controller.track(meta["namespace"], meta["name"])
             # Started from a handler, not at startup: the loops post events, which needs the handlers' context.

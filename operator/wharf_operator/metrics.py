@@ -62,10 +62,15 @@ class OperatorMetrics:
         self._per_listener = (self.last_rotation_seconds, self.pods_not_serving, self.certificate_not_after,
                               self.rotation_pending_since)
 
-    def rotation_finished(self, namespace: str, broker: str, listener: str, seconds: float, complete: bool) -> None:
+    def rotation_finished(self, namespace: str, broker: str, listener: str, seconds: float, complete: bool, *,
+                          per_listener: bool = True) -> None:
+        """Count a signalled rotation; ``per_listener`` False (the broker was deleted meanwhile) keeps its
+        per-listener series from coming back."""
         self.rotations.labels(result="complete" if complete else "incomplete").inc()
-        if complete:
+        if complete and per_listener:
             self.rotation_completed(namespace, broker, listener, seconds)
+        elif complete:
+            self.rotation_seconds.observe(seconds)
 
     def rotation_completed(self, namespace: str, broker: str, listener: str, seconds: float) -> None:
         """Every pod serves the new certificate, ``seconds`` after the Secret change was seen."""
