@@ -9,6 +9,7 @@ monitoring ports on 127.0.0.1), JetStream stores under the test's tmp dir, and w
 from __future__ import annotations
 
 import shutil
+import random
 import signal
 import socket
 import subprocess
@@ -32,9 +33,16 @@ def require_nats() -> None:
 
 
 def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
+    """A port free now, below the kernel's ephemeral range (32768-60999): a port the kernel hands out itself can
+    be taken, before nats-server binds it, as the source port of any outgoing connection of a busy test run."""
+    while True:
+        port = random.randint(20000, 32000)
+        with socket.socket() as sock:
+            try:
+                sock.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+            return port
 
 
 @dataclass
@@ -152,9 +160,17 @@ cluster {{
 @pytest.fixture
 def nats_cluster(tmp_path):
     require_nats()
-    cluster = NatsCluster(tmp_path / "nats")
+    for attempt in range(3):
+        cluster = NatsCluster(tmp_path / f"nats-{attempt}" if attempt else tmp_path / "nats")
+        try:
+            cluster.start()
+            break
+        except AssertionError as exc:
+            cluster.stop()
+            # Another process took a chosen port between the check and nats-server's bind: choose again.
+            if "address already in use" not in str(exc) or attempt == 2:
+                raise
     try:
-        cluster.start()
         yield cluster
     finally:
         cluster.stop()
