@@ -5,9 +5,9 @@
   and ConfigMaps (silent: no state written onto objects the operator does not own) look a changed object up
   in it and hand it to the controller. A filter (``when=``) keeps the handlers from running at all for a Secret
   or ConfigMap that no MQTTBroker references or owns (counted in ``wharf_operator_watch_events_total``), and
-  the API server leaves Helm's release Secrets out of the watch (``SECRET_FIELD_SELECTOR``). What remains:
-  the watch still lists and streams every other Secret and ConfigMap in scope, which kopf parses (docs/
-  operator-rbac.md).
+  the API server leaves Helm's release Secrets out of the watch (``SECRET_FIELD_SELECTOR``). What remains: the
+  watch still lists and streams every other Secret and ConfigMap in scope, which kopf parses and copies
+  (docs/operator-rbac.md).
 - Every event of an object an MQTTBroker owns (StatefulSet, Services, ConfigMap, PodDisruptionBudget,
   ServiceAccount, the admin-token Secret; deletions included) requests a reconcile of its owner: a deleted or
   hand-edited object is repaired, and status follows the pods (``Controller.request_reconcile``).
