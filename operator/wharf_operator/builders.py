@@ -1,5 +1,5 @@
-"""What an MQTTBroker should own, as one list of pure builders: MQTTBroker (defaulted spec, rendered config) →
-the objects, each with its API resource and owner reference.
+"""What an MQTTBroker should own, as one list of pure builders: MQTTBroker (defaulted spec, rendered config, the
+operator's default broker image) → the objects, each with its API resource and owner reference.
 
 The controller applies what they return in one place (server-side apply, ``Controller._apply_all``) and deletes
 what ``unwanted`` names; nothing else in the operator decides what exists. A builder returns no object when the
@@ -29,7 +29,8 @@ from .kube import (
 
 @dataclass(frozen=True)
 class Inputs:
-    """Everything the builders read: the broker's identity, its defaulted spec and the rendered config."""
+    """Everything the builders read: the broker's identity, its defaulted spec, the rendered config and the
+    operator's default broker image (for a spec without ``image``)."""
 
     name: str
     namespace: str
@@ -38,6 +39,7 @@ class Inputs:
     hocon: str
     live_options_hash: str
     restart_hash: str
+    default_image: str = resources.DEFAULT_BROKER_IMAGE
 
 
 @dataclass(frozen=True)
@@ -69,7 +71,8 @@ def _broker_objects(i: Inputs) -> Iterable[Desired]:
     yield Desired(SERVICES, "Service", resources.headless_service(i.name, i.namespace, i.spec))
     yield Desired(SERVICES, "Service", resources.client_service(i.name, i.namespace, i.spec))
     yield Desired(PDBS, "PodDisruptionBudget", resources.pod_disruption_budget(i.name, i.namespace, i.spec))
-    yield Desired(STATEFULSETS, "StatefulSet", resources.stateful_set(i.name, i.namespace, i.spec, i.restart_hash))
+    yield Desired(STATEFULSETS, "StatefulSet",
+                  resources.stateful_set(i.name, i.namespace, i.spec, i.restart_hash, i.default_image))
 
 
 def _certificate(i: Inputs) -> Iterable[Desired]:

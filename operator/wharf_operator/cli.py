@@ -47,6 +47,8 @@ else:
 # Networks the operator may call pods in, when --allow-pod-network is not given. The test suite sets it to
 # 127.0.0.0/8 for every process it starts, so no test can ever reach a real address.
 ALLOW_ENV = "WHARF_OPERATOR_ALLOW_POD_NETWORKS"
+# The image of brokers without spec.image, when --broker-image is not given (else resources.DEFAULT_BROKER_IMAGE).
+BROKER_IMAGE_ENV = "WHARF_BROKER_IMAGE"
 # Where the operator's own pod runs (the chart sets both from the downward API).
 POD_NAMESPACE_ENV, POD_NAME_ENV = "POD_NAMESPACE", "POD_NAME"
 SERVICE_ACCOUNT_NAMESPACE = "/var/run/secrets/kubernetes.io/serviceaccount/namespace"
@@ -79,6 +81,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--allow-pod-network", action="append", default=[],
                         help=f"CIDR the operator may call broker pods in (repeatable; default: ${ALLOW_ENV} "
                              "(comma-separated), else any)")
+    parser.add_argument("--broker-image",
+                        help="image of the brokers of MQTTBrokers without spec.image; changing it rolls them to "
+                             f"the new image (default: ${BROKER_IMAGE_ENV}, else wharf:{__version__}; the chart "
+                             "passes its own image)")
     parser.add_argument("--apply-crd", action="store_true",
                         help="at start, upgrade the installed MQTTBroker CRD by server-side apply when its schema "
                              "revision is older than this operator's (needs get and patch on that CRD)")
@@ -100,6 +106,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--verbose", action="store_true", help="debug logging")
     parser.add_argument("--version", action="version", version=f"wharf-operator {__version__}")
     args = parser.parse_args(argv)
+    if not args.broker_image:
+        args.broker_image = os.environ.get(BROKER_IMAGE_ENV, "").strip() or f"wharf:{__version__}"
     if not args.allow_pod_network:
         args.allow_pod_network = [n.strip() for n in os.environ.get(ALLOW_ENV, "").split(",") if n.strip()]
     if args.leader_elect:
@@ -202,7 +210,8 @@ async def run(args: argparse.Namespace) -> None:
         creds.api(),
         BrokerAdmin(args.allow_pod_network or ALL_NETWORKS, request_timeout=args.signal_timeout),
         OperatorConfig(recheck_interval=args.recheck_interval, reload_wait=args.reload_wait,
-                       resync_interval=args.resync_interval, conflict_backoff=args.conflict_backoff),
+                       resync_interval=args.resync_interval, conflict_backoff=args.conflict_backoff,
+                       broker_image=args.broker_image),
         metrics)
     registry = build_registry(controller, creds.connection_info())
     runner = await _serve_metrics(metrics, args.metrics_bind, args.metrics_port) if args.metrics_port else None

@@ -50,6 +50,8 @@ class OperatorConfig:
     conflict_backoff: float = 30.0
     # Events of owned objects within this many seconds share one reconcile.
     event_delay: float = 0.2
+    # The image of brokers without spec.image (--broker-image; the chart passes its own image).
+    broker_image: str = resources.DEFAULT_BROKER_IMAGE
 
 
 @dataclass
@@ -254,7 +256,8 @@ class Controller:
                 resources.LIVE_OPTIONS_ANNOTATION)
             restart = render.restart_hash(tree)
             previous_sts = await self.api.get(STATEFULSETS, namespace, name)
-            inputs = builders.Inputs(name, namespace, meta.get("uid"), spec, hocon, live_hash, restart)
+            inputs = builders.Inputs(name, namespace, meta.get("uid"), spec, hocon, live_hash, restart,
+                                     self.config.broker_image)
             results = await self._apply_all(inputs, body, state)
             changed = [key for key, result in results.items() if result in ("created", "updated", "deleted")]
             # The generation was reconciled before and the spec asks for the same objects: what changed was drift.
@@ -286,6 +289,12 @@ class Controller:
                            message="config change needs new pods; rolling them one at a time")
             elif state.live_pending is not None:
                 config_message = "some pods refused the new TLS options; retrying"
+            image, previous_image = resources.broker_image(spec, self.config.broker_image), _image(previous_sts)
+            if previous_image and previous_image != image:
+                kopf.event(body, type="Normal", reason="RollingUpdate",
+                           message=f"broker image {previous_image} -> {image}"
+                                   f"{'' if spec.get('image') else ' (the operator default)'}; "
+                                   "rolling the pods one at a time")
             applied_ok = not config_message.startswith("some pods")
             if spec["replicas"] > 1 and not spec.get("cluster") and state.warned_generation != generation:
                 # Once per generation: reconciles now run on every owned object's event and every resync.
@@ -400,7 +409,7 @@ class Controller:
         cluster = await self._cluster_status(namespace, name, spec) if spec.get("cluster") else None
         observed = st.Observed(
             generation=meta.get("generation"), replicas=spec["replicas"], selector=resources.selector_string(name),
-            ready_replicas=int(((sts or {}).get("status") or {}).get("readyReplicas") or 0),
+            ready_replicas=int(((sts or {}).get("status") or {}).get("readyReplicas") or 0), image=_image(sts),
             rolling=_rolling(sts), config=config, listener_records=records,
             listener_names={listener.name for listener in tls_listeners(spec)}, cluster=cluster,
             conflicts=[f"{key}: {'; '.join(fields)}" for key, fields in self._state(namespace, name).conflicts.items()],
@@ -725,6 +734,12 @@ def _rolling(sts: dict | None) -> bool:
     if status.get("updateRevision") and status.get("currentRevision") != status.get("updateRevision"):
         return True
     return status.get("updatedReplicas") is not None and int(status["updatedReplicas"]) < replicas
+
+
+def _image(sts: dict | None) -> str | None:
+    """The broker container's image in a StatefulSet's pod template (None: no StatefulSet yet)."""
+    containers = (((sts or {}).get("spec") or {}).get("template") or {}).get("spec", {}).get("containers") or []
+    return next((c.get("image") for c in containers if c.get("name") == "broker"), None)
 
 
 def _check_loads(hocon: str) -> None:

@@ -25,7 +25,7 @@ CRD_NAME = f"{PLURAL}.{GROUP}"
 # The schema's revision: bump it with every change of crd_manifest()'s spec (tests/operator/test_crd.py records the
 # digest of each revision and fails until it is bumped). The operator upgrades an installed CRD of a lower revision
 # and never touches one of a higher revision (an older operator must not take fields away from a newer schema).
-SCHEMA_REVISION = 2
+SCHEMA_REVISION = 3
 REVISION_ANNOTATION = f"{GROUP}/schema-revision"
 DIGEST_ANNOTATION = f"{GROUP}/schema-digest"
 
@@ -301,6 +301,8 @@ def _status_schema() -> Schema:
         "replicas": _integer("Pods the StatefulSet runs."),
         "readyReplicas": _integer("Pods that are ready."),
         "selector": _string("Label selector of the broker pods (for the scale subresource)."),
+        "image": _string("The broker image of the StatefulSet's pod template (spec.image, or the operator's "
+                         "default when unset); pods move to it one at a time (Ready is False while they do)."),
         "earliestCertificateExpiry": _string("The soonest notAfter among the listeners' certificates.",
                                              fmt="date-time"),
         "conditions": _array("Ready, Reconciling and Stalled (kstatus), CertificatesReady, ConfigApplied, Clustered "
@@ -391,7 +393,11 @@ def spec_schema() -> Schema:
         "Desired state of an MQTT broker deployment.",
         {
             "replicas": _integer("Number of broker pods.", default=1, minimum=0, maximum=100),
-            "image": _string("Container image running wharf-broker.", default="wharf:0.1.0", max_length=512),
+            # No default here: a default would be stored in every object, and an operator upgrade could not move
+            # the brokers to its new image. Unset means the operator's --broker-image (the chart: its own image).
+            "image": _string("Container image running wharf-broker; unset means the operator's default (the image "
+                             "the operator was installed with, or its --broker-image), which follows operator "
+                             "upgrades by a rolling update.", max_length=512),
             "imagePullPolicy": _string("When the kubelet pulls the image.", default="IfNotPresent",
                                        enum=["Always", "IfNotPresent", "Never"]),
             "imagePullSecrets": _array("Secrets for pulling the image.", _object(

@@ -3,7 +3,11 @@
 - MQTTBroker resume/create/update (spec, labels, annotations — so the pause annotation counts) → reconcile.
 - An index maps each referenced Secret/ConfigMap to the MQTTBrokers that load it; event handlers on Secrets
   and ConfigMaps (silent: no state written onto objects the operator does not own) look a changed object up
-  in it and hand it to the controller.
+  in it and hand it to the controller. A filter (``when=``) keeps the handlers from running at all for a Secret
+  or ConfigMap that no MQTTBroker references or owns (counted in ``wharf_operator_watch_events_total``), and
+  the API server leaves Helm's release Secrets out of the watch (``SECRET_FIELD_SELECTOR``). What remains: the
+  watch still lists and streams every other Secret and ConfigMap in scope, which kopf parses and copies
+  (docs/operator-rbac.md).
 - Every event of an object an MQTTBroker owns (StatefulSet, Services, ConfigMap, PodDisruptionBudget,
   ServiceAccount, the admin-token Secret; deletions included) requests a reconcile of its owner: a deleted or
   hand-edited object is repaired, and status follows the pods (``Controller.request_reconcile``).
@@ -22,6 +26,7 @@
 from __future__ import annotations
 
 import copy
+from collections.abc import Callable
 from typing import Any
 
 import kopf
@@ -30,6 +35,44 @@ from .controller import Controller, referenced_objects
 from .crd import GROUP, PLURAL, VERSION
 
 INDEX = "wharf_references"
+# Server-side filter of the operator's Secret watch (and its initial listing). Helm keeps every revision of every
+# release in a Secret of this type (the rendered chart, gzipped, up to about 1 MiB each); none can hold what a
+# broker loads, so the API server never sends them. (Secrets support the field selector ``type``; ConfigMaps
+# have no field to tell referenced ones from others, and what users reference carries no label of ours.)
+SECRET_FIELD_SELECTOR = "type!=helm.sh/release.v1"
+
+
+def owner_broker(meta: dict) -> str | None:
+    """The name of the MQTTBroker that is the object's controller, if one is."""
+    owner = next((ref for ref in meta.get("ownerReferences") or []
+                  if ref.get("kind") == "MQTTBroker" and ref.get("controller")
+                  and str(ref.get("apiVersion", "")).startswith(f"{GROUP}/")), None)
+    return owner["name"] if owner else None
+
+
+def concerns_a_broker(kind: str, event: dict, index: kopf.Index) -> bool:
+    """Whether a Secret/ConfigMap event is one the operator acts on: a change (not the initial listing) of an
+    object some MQTTBroker references or owns. Reads the event's metadata only, never the object's data."""
+    meta = (event.get("object") or {}).get("metadata") or {}
+    if event.get("type") is None or not meta.get("namespace"):
+        return False
+    return owner_broker(meta) is not None or (kind, meta["namespace"], meta.get("name")) in index
+
+
+def configure_settings(settings: kopf.OperatorSettings) -> None:
+    """kopf's settings for this operator (set by its startup handler)."""
+    # Events are posted for every rotation and refusal; keep kopf's own handler chatter out of them.
+    settings.posting.level = 30  # WARNING and above from kopf's logs; our events are posted explicitly
+    # No cluster-wide scanning of CRDs and namespaces: the CRD is installed before the operator, and the
+    # namespaces are given on the command line. This keeps the RBAC to what docs/operator-rbac.md lists.
+    settings.scanning.disabled = True
+    settings.watching.field_selectors["v1", "secrets"] = SECRET_FIELD_SELECTOR
+    # kopf's own bookkeeping gets its own prefix: kopf leaves every annotation under it out of the diff,
+    # and the pause annotation (mqtt.wharf.dev/...) must count as a change.
+    settings.persistence.finalizer = f"operator.{GROUP}/finalizer"
+    settings.persistence.progress_storage = kopf.AnnotationsProgressStorage(prefix=f"operator.{GROUP}")
+    settings.persistence.diffbase_storage = kopf.AnnotationsDiffBaseStorage(
+        prefix=f"operator.{GROUP}", key="last-handled-configuration")
 
 
 def build_registry(controller: Controller, connection: kopf.ConnectionInfo | None = None) -> kopf.OperatorRegistry:
@@ -42,17 +85,7 @@ def build_registry(controller: Controller, connection: kopf.ConnectionInfo | Non
 
     @kopf.on.startup(registry=registry)
     def configure(settings: kopf.OperatorSettings, **_: Any) -> None:
-        # Events are posted for every rotation and refusal; keep kopf's own handler chatter out of them.
-        settings.posting.level = 30  # WARNING and above from kopf's logs; our events are posted explicitly
-        # No cluster-wide scanning of CRDs and namespaces: the CRD is installed before the operator, and the
-        # namespaces are given on the command line. This keeps the RBAC to what docs/operator-rbac.md lists.
-        settings.scanning.disabled = True
-        # kopf's own bookkeeping gets its own prefix: kopf leaves every annotation under it out of the diff,
-        # and the pause annotation (mqtt.wharf.dev/...) must count as a change.
-        settings.persistence.finalizer = f"operator.{GROUP}/finalizer"
-        settings.persistence.progress_storage = kopf.AnnotationsProgressStorage(prefix=f"operator.{GROUP}")
-        settings.persistence.diffbase_storage = kopf.AnnotationsDiffBaseStorage(
-            prefix=f"operator.{GROUP}", key="last-handled-configuration")
+        configure_settings(settings)
 
     @kopf.on.cleanup(registry=registry)
     async def cleanup(**_: Any) -> None:
@@ -100,12 +133,10 @@ def build_registry(controller: Controller, connection: kopf.ConnectionInfo | Non
         """An event of an object whose controller is an MQTTBroker (the initial listing aside): reconcile it."""
         obj = event.get("object") or {}
         meta = obj.get("metadata") or {}
-        owner = next((ref for ref in meta.get("ownerReferences") or []
-                      if ref.get("kind") == "MQTTBroker" and ref.get("controller")
-                      and str(ref.get("apiVersion", "")).startswith(f"{GROUP}/")), None)
+        owner = owner_broker(meta)
         if owner is None or event.get("type") is None or not meta.get("namespace"):
             return
-        controller.request_reconcile(meta["namespace"], owner["name"],
+        controller.request_reconcile(meta["namespace"], owner,
                                      f"{kind} {meta.get('name')} {str(event.get('type')).lower()}")
 
     async def referenced_changed(kind: str, event: dict, index: kopf.Index) -> None:
@@ -122,11 +153,19 @@ def build_registry(controller: Controller, connection: kopf.ConnectionInfo | Non
             controller.metrics.errors.labels(handler=f"{kind.lower()}-event").inc()
             raise
 
-    @kopf.on.event("v1", "secrets", registry=registry)
+    def relevant(kind: str) -> Callable[..., bool]:
+        def check(event: dict, wharf_references: kopf.Index, **_: Any) -> bool:
+            acted = concerns_a_broker(kind, event, wharf_references)
+            if event.get("type") is not None:
+                controller.metrics.watch_events.labels(kind=kind, relevant=str(acted).lower()).inc()
+            return acted
+        return check
+
+    @kopf.on.event("v1", "secrets", registry=registry, when=relevant("Secret"))
     async def secret_event(event: dict, wharf_references: kopf.Index, **_: Any) -> None:
         await referenced_changed("Secret", event, wharf_references)
 
-    @kopf.on.event("v1", "configmaps", registry=registry)
+    @kopf.on.event("v1", "configmaps", registry=registry, when=relevant("ConfigMap"))
     async def configmap_event(event: dict, wharf_references: kopf.Index, **_: Any) -> None:
         await referenced_changed("ConfigMap", event, wharf_references)
 

@@ -46,6 +46,11 @@ class OperatorMetrics:
             "wharf_operator_field_conflicts_total",
             "Server-side applies refused because another field manager changed a field the operator owns, by kind.",
             ["kind"])
+        self.watch_events = self.registry.counter(
+            "wharf_operator_watch_events_total",
+            "Secret and ConfigMap watch events the operator received (the initial listing aside), by kind and by "
+            "whether an MQTTBroker references or owns the object (relevant=false: streamed and parsed for "
+            "nothing).", ["kind", "relevant"])
         self.last_rotation_seconds = self.registry.gauge(
             "wharf_operator_last_rotation_seconds", "Seconds the last rotation of a listener took.", LISTENER_LABELS)
         self.pods_not_serving = self.registry.gauge(

@@ -1,5 +1,6 @@
 """Builders of the objects an MQTTBroker owns: ServiceAccount, ConfigMap, Services, PDB, StatefulSet, admin-token
-Secret and (optionally) a cert-manager Certificate. Pure functions of the (defaulted) spec.
+Secret and (optionally) a cert-manager Certificate. Pure functions of the (defaulted) spec and, for the broker
+image when ``spec.image`` is unset, the operator's default (``--broker-image``).
 
 The pod template carries a hash of the config parts that need new pods (``render.restart_hash``) and nothing
 derived from certificate contents: rotating a certificate must never restart a broker.
@@ -11,12 +12,15 @@ import base64
 import secrets
 from typing import Any
 
-from . import layout
+from . import __version__, layout
 from .crd import ADMIN_PORT, GROUP
 
 CONFIG_HASH_ANNOTATION = f"{GROUP}/config-hash"
 LIVE_OPTIONS_ANNOTATION = f"{GROUP}/live-options-hash"
 BROKER_UID = 10001  # the image's non-root user
+# The broker image of an MQTTBroker without spec.image when the operator is given none (--broker-image,
+# $WHARF_BROKER_IMAGE): the image of this operator's own version, which carries the broker too.
+DEFAULT_BROKER_IMAGE = f"wharf:{__version__}"
 
 
 def selector_labels(name: str) -> dict[str, str]:
@@ -167,7 +171,14 @@ def _volumes(spec: dict) -> tuple[list[dict], list[dict]]:
     return volumes, mounts
 
 
-def stateful_set(broker: str, namespace: str, spec: dict, config_hash: str) -> dict:
+def broker_image(spec: dict, default_image: str = DEFAULT_BROKER_IMAGE) -> str:
+    """The image the broker pods run: ``spec.image`` when set, else the operator's default. Not stored in the
+    MQTTBroker: a new operator default moves every broker without one by a rolling update of its StatefulSet."""
+    return spec.get("image") or default_image
+
+
+def stateful_set(broker: str, namespace: str, spec: dict, config_hash: str,
+                 default_image: str = DEFAULT_BROKER_IMAGE) -> dict:
     volumes, mounts = _volumes(spec)
     volumes[0]["configMap"]["name"] = config_map_name(broker)
     volumes[1]["secret"]["secretName"] = admin_token_secret_name(broker)
@@ -175,7 +186,7 @@ def stateful_set(broker: str, namespace: str, spec: dict, config_hash: str) -> d
     ports.append({"name": "admin", "containerPort": ADMIN_PORT, "protocol": "TCP"})
     container: dict[str, Any] = {
         "name": "broker",
-        "image": spec["image"],
+        "image": broker_image(spec, default_image),
         "imagePullPolicy": spec.get("imagePullPolicy", "IfNotPresent"),
         "command": ["wharf-broker"],
         "args": ["--config", layout.config_file()],

@@ -92,6 +92,7 @@ class Observed:
     cluster: tuple[dict | None, bool, str, str] | None = None
     conflicts: list[str] = field(default_factory=list)  # fields another manager holds, not taken back yet
     reconciled: bool = False  # a full reconcile of ``generation``: status.observedGeneration moves
+    image: str | None = None  # the broker image of the StatefulSet's pod template (None: no StatefulSet yet)
 
 
 def _certificates(listeners: list[dict]) -> tuple[bool, str, str]:
@@ -156,6 +157,8 @@ def compose(current: dict, observed: Observed) -> dict:
     conditions = current.get("conditions")
     result: dict[str, Any] = {"replicas": observed.replicas, "selector": observed.selector,
                               "readyReplicas": observed.ready_replicas}
+    if observed.image is not None:
+        result["image"] = observed.image
     if observed.reconciled:
         result["observedGeneration"] = generation
     observed_generation = result.get("observedGeneration", current.get("observedGeneration"))

@@ -144,6 +144,21 @@ def test_image_defaults_to_the_app_version_and_can_be_overridden(helm: Helm) -> 
     assert container["image"] == "example/wharf:e2e"
 
 
+def test_brokers_without_an_image_run_the_charts_image_unless_broker_image_says_otherwise(helm: Helm) -> None:
+    def broker_image(*values: str) -> list[str]:
+        (container,) = find(helm.template(*values), "Deployment")[0]["spec"]["template"]["spec"]["containers"]
+        return [a for a in container["args"] if a.startswith("--broker-image")]
+
+    app_version = yaml.safe_load((CHART / "Chart.yaml").read_text())["appVersion"]
+    assert broker_image() == [f"--broker-image=wharf:{app_version}"]
+    assert broker_image("image.repository=example/wharf", "image.tag=e2e") == ["--broker-image=example/wharf:e2e"]
+    assert broker_image("image.tag=e2e", "operator.brokerImage=example/broker:1") == [
+        "--broker-image=example/broker:1"]
+    # The example MQTTBroker stores no image: it follows the operator's, through upgrades.
+    (example,) = find(helm.template("example.enabled=true"), "MQTTBroker")
+    assert "image" not in example["spec"]
+
+
 # The chart's ClusterRoles besides the operator's own rules: its CRD upgrade, and the roles aggregated for people.
 CRD_ROLE, VIEWER, EDITOR = "wharf-crd", "wharf-mqttbroker-viewer", "wharf-mqttbroker-editor"
 LEADER_ELECTION = "wharf-leader-election"  # the Role (and binding) for the replicas' Lease, in the release namespace

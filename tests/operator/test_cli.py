@@ -20,6 +20,7 @@ from kmock_support import (
     parse_path_with_namespaces,
 )
 from operator_pki import make_ca, make_leaf, tls_secret
+from wharf_operator import __version__
 from wharf_operator.cli import parse_args
 from wharf_operator.kube import SECRETS, KubeApi, Resource
 
@@ -61,6 +62,14 @@ def test_allowed_pod_networks_come_from_the_flag_or_the_environment(monkeypatch)
     assert parse_args(["--allow-pod-network", "127.0.0.2/32"]).allow_pod_network == ["127.0.0.2/32"]
     monkeypatch.delenv("WHARF_OPERATOR_ALLOW_POD_NETWORKS")
     assert parse_args([]).allow_pod_network == []  # any, in production
+
+
+def test_broker_image_comes_from_the_flag_or_the_environment(monkeypatch):
+    monkeypatch.delenv("WHARF_BROKER_IMAGE", raising=False)
+    assert parse_args([]).broker_image == f"wharf:{__version__}"
+    monkeypatch.setenv("WHARF_BROKER_IMAGE", "registry.test/wharf:2.0.0")
+    assert parse_args([]).broker_image == "registry.test/wharf:2.0.0"
+    assert parse_args(["--broker-image", "registry.test/wharf:3.0.0"]).broker_image == "registry.test/wharf:3.0.0"
 
 
 def test_defaults_watch_every_namespace(monkeypatch):
