@@ -5,7 +5,7 @@
   and ConfigMaps (silent: no state written onto objects the operator does not own) look a changed object up
   in it and hand it to the controller.
 - Every event of an object an MQTTBroker owns (StatefulSet, Services, ConfigMap, PodDisruptionBudget,
-  ServiceAccount, the admin-token Secret; deletions included) requests a reconcile of its owner: a deleted or
+  ServiceAccount, NetworkPolicy, the admin-token Secret; deletions included) requests a reconcile of its owner: a deleted or
   hand-edited object is repaired, and status follows the pods (``Controller.request_reconcile``).
 - Every MQTTBroker is reconciled every ``resync_interval`` with nothing changed (drift no event showed), and what
   every pod serves is re-checked every ``recheck_interval``; on resume (an operator start or a new leader) it is
@@ -133,7 +133,8 @@ def build_registry(controller: Controller, connection: kopf.ConnectionInfo | Non
     # Owned objects of the other kinds, found by their controller reference (labels can be edited away).
     for group_version, plural, kind in (("apps/v1", "statefulsets", "StatefulSet"), ("v1", "services", "Service"),
                                         ("v1", "serviceaccounts", "ServiceAccount"),
-                                        ("policy/v1", "poddisruptionbudgets", "PodDisruptionBudget")):
+                                        ("policy/v1", "poddisruptionbudgets", "PodDisruptionBudget"),
+                                        ("networking.k8s.io/v1", "networkpolicies", "NetworkPolicy")):
         async def owned_event(event: dict, kind: str = kind, **_: Any) -> None:
             owned_changed(kind, event)
 
