@@ -5,8 +5,8 @@
   and ConfigMaps (silent: no state written onto objects the operator does not own) look a changed object up
   in it and hand it to the controller.
 - Every event of an object an MQTTBroker owns (StatefulSet, Services, ConfigMap, PodDisruptionBudget,
-  ServiceAccount, NetworkPolicy, the admin-token Secret; deletions included) requests a reconcile of its owner: a deleted or
-  hand-edited object is repaired, and status follows the pods (``Controller.request_reconcile``).
+  ServiceAccount, NetworkPolicy, the admin-token Secret; deletions included) requests a reconcile of its owner: a
+  deleted or hand-edited object is repaired, and status follows the pods (``Controller.request_reconcile``).
 - Every MQTTBroker is reconciled every ``resync_interval`` with nothing changed (drift no event showed), and what
   every pod serves is re-checked every ``recheck_interval``; on resume (an operator start or a new leader) it is
   re-checked at once, so a rotation an earlier operator left half done is finished.
