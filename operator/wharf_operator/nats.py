@@ -122,8 +122,8 @@ def headless_service(broker: str, namespace: str) -> dict:
 
 def network_policy(broker: str, namespace: str, broker_selector: dict[str, str]) -> dict:
     """Ingress of the NATS pods: the client port from the MQTTBroker's broker pods (``broker_selector``), the route
-    port from the other NATS pods; the monitoring port from nobody (the kubelet's probes come from the node, which
-    NetworkPolicies do not restrict)."""
+    port from the other NATS pods; the monitoring port from no pod (the kubelet's probes come from the pod's node,
+    which a NetworkPolicy always admits)."""
     return {"apiVersion": "networking.k8s.io/v1", "kind": "NetworkPolicy",
             "metadata": _meta(name(broker), namespace, broker),
             "spec": {"podSelector": {"matchLabels": selector_labels(broker)}, "policyTypes": ["Ingress"],
