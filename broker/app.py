@@ -1,4 +1,5 @@
-"""Wiring: one ``BrokerApp`` holds the broker, its listeners and the admin API, and runs them on an event loop.
+"""Wiring: one ``BrokerApp`` holds the broker, its listeners, the admin API and the read-only metrics port, and
+runs them on an event loop.
 
 Signals: SIGTERM and SIGINT stop gracefully (no new connections, then ``Broker.shutdown()`` disconnects every
 client: 5.0 clients get DISCONNECT "server shutting down"); SIGHUP reloads the certificates of every TLS
@@ -32,6 +33,7 @@ class BrokerApp:
         self.broker: Any = None
         self.listeners: dict[str, Listener] = {}
         self.admin: Any = None
+        self.metrics_server: Any = None
         self.sys_topics: Any = None
         self.ready = False
         self.stopping = False
@@ -86,6 +88,14 @@ class BrokerApp:
                 except OSError as exc:
                     raise StartupError(f"admin api cannot bind {self.config.dashboard.listeners.http.bind}: "
                                        f"{exc.strerror or exc}") from exc
+            if self.config.prometheus.enable:
+                from .admin.metrics_port import MetricsServer
+                self.metrics_server = MetricsServer(self.config.prometheus)
+                try:
+                    await self.metrics_server.start()
+                except OSError as exc:
+                    raise StartupError(f"metrics port cannot bind {self.config.prometheus.bind}: "
+                                       f"{exc.strerror or exc}") from exc
         except BaseException:
             await self.stop()
             raise
@@ -117,6 +127,8 @@ class BrokerApp:
             await access.stop()
         if self.admin is not None:
             await self.admin.stop()
+        if self.metrics_server is not None:
+            await self.metrics_server.stop()
         log.info("broker stopped")
 
     # -- operations

@@ -87,6 +87,8 @@ def main(argv: list[str] | None = None) -> int:  # noqa: C901 - one branch per c
         print("listeners: " + (", ".join(enabled) if enabled else "none"))
         if config.dashboard.enable:
             print(f"admin api: {config.dashboard.listeners.http.bind}")
+        if config.prometheus.enable:
+            print(f"metrics (read-only, no token): {config.prometheus.bind}")
         if pki is not None:
             for _, line in pki.generated:
                 print(line)

@@ -451,6 +451,13 @@ class _Checker:
                     self.issue(key, f"the admin API is bound to {dashboard.listeners.http.bind!r}, beyond "
                                     "loopback: set dashboard.token or dashboard.token_file")
             self.check_dashboard_login(dashboard)
+        if config.prometheus.enable:
+            try:
+                host, port = parse_bind(config.prometheus.bind)
+            except ValueError as exc:
+                self.issue("prometheus.bind", str(exc))
+            else:
+                binds.append(("prometheus.bind", host, port))
         self.check_bind_conflicts(binds)
         psk = config.psk_authentication
         if psk.enable:

@@ -411,6 +411,16 @@ class Dashboard:
 
 
 @dataclass
+class Prometheus:
+    """``prometheus { ... }``: a read-only HTTP listener for Prometheus. It serves ``GET /metrics`` (and ``HEAD``)
+    and nothing else, with no credential: it can change nothing and shows nothing but the metrics (which hold no
+    secrets), so a scraper needs no token. ``/metrics`` on the admin API keeps working with the admin token."""
+
+    enable: bool = False
+    bind: str = "0.0.0.0:9184"
+
+
+@dataclass
 class Log:
     level: Literal["debug", "info", "warning", "error"] = "info"
     format: Literal["text", "json"] = "text"
@@ -513,6 +523,7 @@ class BrokerConfig:
     psk_authentication: PskAuthentication = field(default_factory=PskAuthentication)
     crl_cache: CrlCache = field(default_factory=CrlCache)
     dashboard: Dashboard = field(default_factory=Dashboard)
+    prometheus: Prometheus = field(default_factory=Prometheus)
     cluster: Cluster = field(default_factory=Cluster)
     durable_storage: DurableStorage = field(default_factory=DurableStorage)
     sys_topics: SysTopics = field(default_factory=SysTopics)

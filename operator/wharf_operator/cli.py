@@ -85,6 +85,14 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                         help="image of the brokers of MQTTBrokers without spec.image; changing it rolls them to "
                              f"the new image (default: ${BROKER_IMAGE_ENV}, else wharf:{__version__}; the chart "
                              "passes its own image)")
+    parser.add_argument("--network-policy", action=argparse.BooleanOptionalAction, default=True,
+                        help="give every MQTTBroker that leaves spec.networkPolicy.enabled unset a NetworkPolicy "
+                             "(admin API only from the operator's pods; default: on)")
+    parser.add_argument("--operator-namespace",
+                        help=f"namespace of the operator's own pods, the only ones the NetworkPolicies let reach the "
+                             f"brokers' admin API (default: ${POD_NAMESPACE_ENV}, else the pod's own namespace)")
+    parser.add_argument("--operator-pod-label", action="append", default=[], metavar="KEY=VALUE",
+                        help="a label of the operator's own pods (repeatable; the chart passes its selector labels)")
     parser.add_argument("--apply-crd", action="store_true",
                         help="at start, upgrade the installed MQTTBroker CRD by server-side apply when its schema "
                              "revision is older than this operator's (needs get and patch on that CRD)")
@@ -108,6 +116,15 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     args = parser.parse_args(argv)
     if not args.broker_image:
         args.broker_image = os.environ.get(BROKER_IMAGE_ENV, "").strip() or f"wharf:{__version__}"
+    if not args.operator_namespace:
+        args.operator_namespace = os.environ.get(POD_NAMESPACE_ENV) or _own_namespace()
+    labels = {}
+    for item in args.operator_pod_label:
+        key, sep, value = item.partition("=")
+        if not sep or not key:
+            parser.error(f"--operator-pod-label {item!r}: expected KEY=VALUE")
+        labels[key] = value
+    args.operator_pod_labels = labels
     if not args.allow_pod_network:
         args.allow_pod_network = [n.strip() for n in os.environ.get(ALLOW_ENV, "").split(",") if n.strip()]
     if args.leader_elect:
@@ -205,13 +222,21 @@ async def run(args: argparse.Namespace) -> None:
     holding = asyncio.ensure_future(elector.hold(_lost_leadership)) if elector is not None else None
     if args.apply_crd:  # before any watch (and only by the leader): Helm never upgrades crds/ (crd_upgrade.py)
         await crd_upgrade.upgrade_at_start(creds.api())
+    if args.network_policy and not (args.operator_namespace and args.operator_pod_labels):
+        where = f"namespace {args.operator_namespace}" if args.operator_namespace else "each MQTTBroker's namespace"
+        who = "the pods labelled " + ",".join(f"{k}={v}" for k, v in args.operator_pod_labels.items()) \
+            if args.operator_pod_labels else "every pod"
+        log.warning("the brokers' NetworkPolicies let %s in %s reach their admin API: pass --operator-namespace and "
+                    "--operator-pod-label to name the operator's own pods", who, where)
     metrics = OperatorMetrics()
     controller = Controller(
         creds.api(),
         BrokerAdmin(args.allow_pod_network or ALL_NETWORKS, request_timeout=args.signal_timeout),
         OperatorConfig(recheck_interval=args.recheck_interval, reload_wait=args.reload_wait,
                        resync_interval=args.resync_interval, conflict_backoff=args.conflict_backoff,
-                       broker_image=args.broker_image),
+                       broker_image=args.broker_image,
+                       network_policy=args.network_policy, operator_namespace=args.operator_namespace,
+                       operator_pod_labels=args.operator_pod_labels),
         metrics)
     registry = build_registry(controller, creds.connection_info())
     runner = await _serve_metrics(metrics, args.metrics_bind, args.metrics_port) if args.metrics_port else None

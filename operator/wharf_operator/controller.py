@@ -52,6 +52,11 @@ class OperatorConfig:
     event_delay: float = 0.2
     # The image of brokers without spec.image (--broker-image; the chart passes its own image).
     broker_image: str = resources.DEFAULT_BROKER_IMAGE
+    # The NetworkPolicies of an MQTTBroker that leaves spec.networkPolicy.enabled unset (--network-policy).
+    network_policy: bool = True
+    # Where the operator's own pods run and their labels: the only peer the NetworkPolicy lets reach the admin API.
+    operator_namespace: str | None = None
+    operator_pod_labels: dict[str, str] = field(default_factory=dict)
 
 
 @dataclass
@@ -257,7 +262,9 @@ class Controller:
             restart = render.restart_hash(tree)
             previous_sts = await self.api.get(STATEFULSETS, namespace, name)
             inputs = builders.Inputs(name, namespace, meta.get("uid"), spec, hocon, live_hash, restart,
-                                     self.config.broker_image)
+                                     self.config.broker_image, self.config.network_policy,
+                                     resources.operator_peer(self.config.operator_namespace,
+                                                             self.config.operator_pod_labels))
             results = await self._apply_all(inputs, body, state)
             changed = [key for key, result in results.items() if result in ("created", "updated", "deleted")]
             # The generation was reconciled before and the spec asks for the same objects: what changed was drift.

@@ -34,6 +34,8 @@ PAUSE_ANNOTATION = f"{GROUP}/pause-reconciliation"
 
 # The broker's admin API port inside every pod; listeners may not use it.
 ADMIN_PORT = 18083
+# The broker's read-only metrics port (prometheus {}: GET /metrics, no credential) in every pod; likewise reserved.
+METRICS_PORT = 9184
 
 DURATION_PATTERN = r"^[0-9]+(\.[0-9]+)?(ms|s|m|h|d)?$"
 PEER_CERT_AS = ["disabled", "cn", "dn", "crt", "pem", "md5"]
@@ -267,8 +269,9 @@ def _listener_schema() -> Schema:
             _rule("!has(self.proxyProtocol) || !self.proxyProtocol || self.type != 'wss'",
                   "proxyProtocol is not supported on wss listeners"),
             _rule(f"self.port != {ADMIN_PORT}", f"port {ADMIN_PORT} is the broker's admin API"),
-            _rule("self.name != 'admin' && !self.name.contains('--')",
-                  "listener name must not be 'admin' nor contain '--'"),
+            _rule(f"self.port != {METRICS_PORT}", f"port {METRICS_PORT} is the broker's metrics port"),
+            _rule("self.name != 'admin' && self.name != 'metrics' && !self.name.contains('--')",
+                  "listener name must not be 'admin' nor 'metrics' nor contain '--'"),
         ])
 
 
@@ -499,6 +502,19 @@ def spec_schema() -> Schema:
                     "synchronous": _string("full: every acknowledged message survives a power loss; normal: "
                                            "it survives a crash of the broker.", default="full",
                                            enum=["full", "normal"]),
+                }, default={}),
+            "networkPolicy": _object(
+                "A NetworkPolicy for the broker pods (and a deployed NATS' pods), owned by this MQTTBroker: ingress "
+                "to the MQTT listeners' ports from anywhere, to the read-only metrics port from anywhere or "
+                "metricsFrom, to the admin API port only from the operator's pods; deployed NATS servers take "
+                "clients from the broker pods and routes from each other. Egress is not restricted.", {
+                    "enabled": _boolean("Create the NetworkPolicies; unset: the operator's default "
+                                        "(--network-policy, on unless the operator is started with "
+                                        "--no-network-policy; the chart's operator.networkPolicy.enabled)."),
+                    "metricsFrom": _array(
+                        "Who may scrape the metrics port; empty: anyone.",
+                        _free_object("A NetworkPolicyPeer (networking.k8s.io/v1): podSelector, namespaceSelector "
+                                     "or ipBlock."), max_items=32),
                 }, default={}),
             "certificate": _object(
                 "Let the operator create a cert-manager Certificate (owned by this MQTTBroker) whose DNS names "

@@ -9,8 +9,8 @@
   watch still lists and streams every other Secret and ConfigMap in scope, which kopf parses and copies
   (docs/operator-rbac.md).
 - Every event of an object an MQTTBroker owns (StatefulSet, Services, ConfigMap, PodDisruptionBudget,
-  ServiceAccount, the admin-token Secret; deletions included) requests a reconcile of its owner: a deleted or
-  hand-edited object is repaired, and status follows the pods (``Controller.request_reconcile``).
+  ServiceAccount, NetworkPolicy, the admin-token Secret; deletions included) requests a reconcile of its owner: a
+  deleted or hand-edited object is repaired, and status follows the pods (``Controller.request_reconcile``).
 - Every MQTTBroker is reconciled every ``resync_interval`` with nothing changed (drift no event showed), and what
   every pod serves is re-checked every ``recheck_interval``; on resume (an operator start or a new leader) it is
   re-checked at once, so a rotation an earlier operator left half done is finished.
@@ -172,7 +172,8 @@ def build_registry(controller: Controller, connection: kopf.ConnectionInfo | Non
     # Owned objects of the other kinds, found by their controller reference (labels can be edited away).
     for group_version, plural, kind in (("apps/v1", "statefulsets", "StatefulSet"), ("v1", "services", "Service"),
                                         ("v1", "serviceaccounts", "ServiceAccount"),
-                                        ("policy/v1", "poddisruptionbudgets", "PodDisruptionBudget")):
+                                        ("policy/v1", "poddisruptionbudgets", "PodDisruptionBudget"),
+                                        ("networking.k8s.io/v1", "networkpolicies", "NetworkPolicy")):
         async def owned_event(event: dict, kind: str = kind, **_: Any) -> None:
             owned_changed(kind, event)
 

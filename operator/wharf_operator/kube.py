@@ -69,6 +69,7 @@ PODS = Resource("", "v1", "pods")
 STATEFULSETS = Resource("apps", "v1", "statefulsets")
 PDBS = Resource("policy", "v1", "poddisruptionbudgets")
 CERTIFICATES = Resource("cert-manager.io", "v1", "certificates")
+NETWORKPOLICIES = Resource("networking.k8s.io", "v1", "networkpolicies")
 
 
 class KubeApi:

@@ -1,8 +1,9 @@
 """Builders of the NATS cluster an MQTTBroker owns when ``spec.cluster.nats.deploy`` is true.
 
 Three ``nats-server`` pods with JetStream in a StatefulSet (routes between them through the headless Service,
-JetStream on a persistent volume per pod), their config in a ConfigMap, a client and a headless Service and a
-PodDisruptionBudget that keeps a JetStream quorum (two of three). Pure functions of the (defaulted) spec.
+JetStream on a persistent volume per pod), their config in a ConfigMap, a client and a headless Service, a
+PodDisruptionBudget that keeps a JetStream quorum (two of three) and, with the brokers' NetworkPolicy, one of
+their own. Pure functions of the (defaulted) spec.
 
 NATS pods carry ``app.kubernetes.io/name: wharf-nats``, not the brokers' ``wharf``: the brokers' selectors
 (Services, StatefulSet, the pods the operator signals) must never match them.
@@ -117,6 +118,20 @@ def headless_service(broker: str, namespace: str) -> dict:
     return {"apiVersion": "v1", "kind": "Service", "metadata": _meta(headless_service_name(broker), namespace, broker),
             "spec": {"clusterIP": "None", "publishNotReadyAddresses": True, "selector": selector_labels(broker),
                      "ports": ports}}
+
+
+def network_policy(broker: str, namespace: str, broker_selector: dict[str, str]) -> dict:
+    """Ingress of the NATS pods: the client port from the MQTTBroker's broker pods (``broker_selector``), the route
+    port from the other NATS pods; the monitoring port from no pod (the kubelet's probes come from the pod's node,
+    which a NetworkPolicy always admits)."""
+    return {"apiVersion": "networking.k8s.io/v1", "kind": "NetworkPolicy",
+            "metadata": _meta(name(broker), namespace, broker),
+            "spec": {"podSelector": {"matchLabels": selector_labels(broker)}, "policyTypes": ["Ingress"],
+                     "ingress": [
+                         {"from": [{"podSelector": {"matchLabels": dict(broker_selector)}}],
+                          "ports": [{"protocol": "TCP", "port": CLIENT_PORT}]},
+                         {"from": [{"podSelector": {"matchLabels": selector_labels(broker)}}],
+                          "ports": [{"protocol": "TCP", "port": ROUTE_PORT}]}]}}
 
 
 def pod_disruption_budget(broker: str, namespace: str) -> dict:

@@ -14,10 +14,11 @@ import json
 from typing import Any
 
 from . import layout, nats
-from .crd import ADMIN_PORT
+from .crd import ADMIN_PORT, METRICS_PORT
 
 # Roots of the broker config that the operator manages itself; spec.config may not set them.
-MANAGED_ROOTS = ("listeners", "dashboard", "node", "authentication", "authorization", "durable_storage")
+MANAGED_ROOTS = ("listeners", "dashboard", "prometheus", "node", "authentication", "authorization",
+                 "durable_storage")
 
 Tree = dict[str, Any]
 
@@ -127,6 +128,8 @@ def config_tree(spec: dict[str, Any], root: str = layout.ROOT, *, broker: str = 
             "listeners": {"http": {"bind": f"0.0.0.0:{ADMIN_PORT}"}},
             "token_file": layout.admin_token_file(root),
         },
+        # The read-only metrics port: GET /metrics without the admin token (the Services' port "metrics").
+        "prometheus": {"enable": True, "bind": f"0.0.0.0:{METRICS_PORT}"},
     }
     psk = spec.get("pskAuthentication") or {}
     if psk.get("enabled"):

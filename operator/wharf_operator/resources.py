@@ -1,6 +1,6 @@
 """Builders of the objects an MQTTBroker owns: ServiceAccount, ConfigMap, Services, PDB, StatefulSet, admin-token
-Secret and (optionally) a cert-manager Certificate. Pure functions of the (defaulted) spec and, for the broker
-image when ``spec.image`` is unset, the operator's default (``--broker-image``).
+Secret, NetworkPolicy and (optionally) a cert-manager Certificate. Pure functions of the (defaulted) spec and, for
+the broker image when ``spec.image`` is unset, the operator's default (``--broker-image``).
 
 The pod template carries a hash of the config parts that need new pods (``render.restart_hash``) and nothing
 derived from certificate contents: rotating a certificate must never restart a broker.
@@ -13,7 +13,7 @@ import secrets
 from typing import Any
 
 from . import __version__, layout
-from .crd import ADMIN_PORT, GROUP
+from .crd import ADMIN_PORT, GROUP, METRICS_PORT
 
 CONFIG_HASH_ANNOTATION = f"{GROUP}/config-hash"
 LIVE_OPTIONS_ANNOTATION = f"{GROUP}/live-options-hash"
@@ -99,12 +99,52 @@ def client_service(broker: str, namespace: str, spec: dict) -> dict:
 
 
 def headless_service(broker: str, namespace: str, spec: dict) -> dict:
-    ports = _listener_ports(spec) + [{"name": "admin", "port": ADMIN_PORT, "targetPort": "admin",
-                                      "protocol": "TCP"}]
+    ports = _listener_ports(spec) + [
+        {"name": "admin", "port": ADMIN_PORT, "targetPort": "admin", "protocol": "TCP"},
+        # Read-only, no credential: what a Prometheus (the chart's broker PodMonitor) scrapes.
+        {"name": "metrics", "port": METRICS_PORT, "targetPort": "metrics", "protocol": "TCP"}]
     return {"apiVersion": "v1", "kind": "Service",
             "metadata": _meta(headless_service_name(broker), namespace, broker),
             "spec": {"clusterIP": "None", "publishNotReadyAddresses": True,
                      "selector": selector_labels(broker), "ports": ports}}
+
+
+def network_policy_name(name: str) -> str:
+    return name
+
+
+def operator_peer(namespace: str | None, pod_labels: dict[str, str]) -> dict[str, Any]:
+    """The NetworkPolicy peer of the operator's pods: its pod labels in its namespace (``kubernetes.io/metadata.name``,
+    which the API server sets on every namespace). Unknown namespace: the broker's own; no labels: every pod there."""
+    peer: dict[str, Any] = {"podSelector": {"matchLabels": dict(pod_labels)} if pod_labels else {}}
+    if namespace:
+        peer["namespaceSelector"] = {"matchLabels": {"kubernetes.io/metadata.name": namespace}}
+    return peer
+
+
+def network_policy_enabled(spec: dict, default: bool) -> bool:
+    """``spec.networkPolicy.enabled`` when set, else the operator's default (``--network-policy``)."""
+    enabled = (spec.get("networkPolicy") or {}).get("enabled")
+    return default if enabled is None else bool(enabled)
+
+
+def network_policy(broker: str, namespace: str, spec: dict, admin_peer: dict[str, Any]) -> dict:
+    """Ingress of the broker pods: the MQTT listeners' ports from anywhere, the read-only metrics port from anywhere
+    (or ``spec.networkPolicy.metricsFrom``), the admin API only from the operator's pods (``admin_peer``); nothing
+    else. Egress is not restricted (the brokers reach NATS, HTTP authentication and DNS)."""
+    wanted = spec.get("networkPolicy") or {}
+    metrics_rule: dict[str, Any] = {"ports": [{"protocol": "TCP", "port": METRICS_PORT}]}
+    if wanted.get("metricsFrom"):
+        metrics_rule["from"] = [dict(peer) for peer in wanted["metricsFrom"]]
+    ingress = [
+        {"ports": [{"protocol": "TCP", "port": listener["port"]} for listener in spec["listeners"]]},
+        metrics_rule,
+        {"from": [admin_peer], "ports": [{"protocol": "TCP", "port": ADMIN_PORT}]},
+    ]
+    return {"apiVersion": "networking.k8s.io/v1", "kind": "NetworkPolicy",
+            "metadata": _meta(network_policy_name(broker), namespace, broker),
+            "spec": {"podSelector": {"matchLabels": selector_labels(broker)}, "policyTypes": ["Ingress"],
+                     "ingress": ingress}}
 
 
 def pod_disruption_budget(broker: str, namespace: str, spec: dict) -> dict:
@@ -184,6 +224,7 @@ def stateful_set(broker: str, namespace: str, spec: dict, config_hash: str,
     volumes[1]["secret"]["secretName"] = admin_token_secret_name(broker)
     ports = [{"name": l["name"], "containerPort": l["port"], "protocol": "TCP"} for l in spec["listeners"]]
     ports.append({"name": "admin", "containerPort": ADMIN_PORT, "protocol": "TCP"})
+    ports.append({"name": "metrics", "containerPort": METRICS_PORT, "protocol": "TCP"})
     container: dict[str, Any] = {
         "name": "broker",
         "image": broker_image(spec, default_image),

@@ -27,6 +27,16 @@ def test_check_config_accepts_a_good_file(tmp_path):
     assert f"config OK: {config}" in result.stdout
     assert "tcp:default (0.0.0.0:1883)" in result.stdout
     assert "ws:web" not in result.stdout  # disabled
+    assert "metrics" not in result.stdout  # the metrics port is off unless enabled
+
+
+def test_check_config_names_the_metrics_port(tmp_path):
+    config = tmp_path / "broker.conf"
+    config.write_text('listeners.tcp.default.bind = "127.0.0.1:1883"\n'
+                      'prometheus { enable = true, bind = "127.0.0.1:9184" }\n')
+    result = run_cli("--config", str(config), "--check-config")
+    assert result.returncode == 0, result.stderr
+    assert "metrics (read-only, no token): 127.0.0.1:9184" in result.stdout
 
 
 def test_check_config_on_the_embedded_default(tmp_path):

@@ -282,6 +282,16 @@ def test_embedded_default_binds_come_from_the_environment(monkeypatch, default_p
     assert config.dashboard.listeners.http.bind == "127.0.0.1:0"
 
 
+def test_embedded_default_metrics_port_is_off_unless_asked(monkeypatch, default_pki):
+    monkeypatch.delenv("WHARF_METRICS", raising=False)
+    monkeypatch.delenv("WHARF_METRICS_BIND", raising=False)
+    assert embedded_default().prometheus.enable is False
+    monkeypatch.setenv("WHARF_METRICS", "true")
+    monkeypatch.setenv("WHARF_METRICS_BIND", "127.0.0.1:0")
+    config = embedded_default()
+    assert config.prometheus.enable is True and config.prometheus.bind == "127.0.0.1:0"
+
+
 def test_embedded_default_admin_api_beyond_loopback_needs_the_token_variable(monkeypatch, default_pki):
     monkeypatch.setenv("WHARF_DASHBOARD_BIND", "0.0.0.0:18083")
     monkeypatch.delenv("WHARF_DASHBOARD_TOKEN", raising=False)

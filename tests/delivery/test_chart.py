@@ -17,6 +17,7 @@ VALUE_SETS = {
     "defaults": [],
     "namespaced": ["operator.watchNamespaces={team-a,team-b}"],
     "everything": ["example.enabled=true", "metrics.serviceMonitor.enabled=true", "metrics.prometheusRule.enabled=true",
+                   "metrics.brokerPodMonitor.enabled=true", "operator.networkPolicy.enabled=false",
                    "example.clientAuth=required",
                    "operator.verbose=true", "operator.allowPodNetworks={10.244.0.0/16}",
                    "serviceAccount.annotations.a=b"],
@@ -24,7 +25,7 @@ VALUE_SETS = {
 
 # Custom resources the chart may render; their schemas are not Kubernetes', so they are checked elsewhere
 # (MQTTBroker against our CRD) or are third-party (cert-manager, Prometheus Operator).
-CUSTOM_KINDS = {"MQTTBroker", "Issuer", "Certificate", "ServiceMonitor", "PrometheusRule"}
+CUSTOM_KINDS = {"MQTTBroker", "Issuer", "Certificate", "ServiceMonitor", "PodMonitor", "PrometheusRule"}
 
 LABELS = ["app.kubernetes.io/name", "app.kubernetes.io/instance", "app.kubernetes.io/version",
           "app.kubernetes.io/managed-by", "app.kubernetes.io/part-of", "app.kubernetes.io/component",
@@ -243,6 +244,41 @@ def test_metrics_service_and_service_monitor_point_at_the_operator(helm: Helm) -
     assert find(helm.template("metrics.service.enabled=false"), "Service") == []
 
 
+def test_broker_pod_monitor_scrapes_the_read_only_metrics_port(helm: Helm) -> None:
+    """The brokers' metrics come from their port "metrics" (no token); the operator's from the ServiceMonitor."""
+    from wharf_operator import resources
+
+    assert find(helm.template(), "PodMonitor") == []
+    (monitor,) = find(helm.template("metrics.brokerPodMonitor.enabled=true"), "PodMonitor")
+    assert monitor["spec"]["selector"]["matchLabels"].items() <= resources.labels("any-broker").items()
+    assert monitor["spec"]["selector"]["matchLabels"]["app.kubernetes.io/component"] == "broker"
+    (endpoint,) = monitor["spec"]["podMetricsEndpoints"]
+    assert (endpoint["port"], endpoint["path"]) == ("metrics", "/metrics")
+    assert "bearerTokenSecret" not in endpoint and "authorization" not in endpoint
+    container = resources.stateful_set("b", "ns", resources_spec(), "h")["spec"]["template"]["spec"]["containers"][0]
+    assert "metrics" in {port["name"] for port in container["ports"]}
+    assert monitor["spec"]["namespaceSelector"] == {"any": True}
+    (scoped,) = find(helm.template("metrics.brokerPodMonitor.enabled=true", *VALUE_SETS["namespaced"]), "PodMonitor")
+    assert scoped["spec"]["namespaceSelector"] == {"matchNames": ["team-a", "team-b"]}
+
+
+def resources_spec() -> dict:
+    from wharf_operator.crd import defaulted_spec
+
+    return defaulted_spec({})
+
+
+def test_operator_names_its_own_pods_for_the_network_policies(helm: Helm) -> None:
+    """The brokers' NetworkPolicies admit the admin port from exactly the pods the Deployment selects."""
+    deployment = find(helm.template(), "Deployment")[0]
+    args = deployment["spec"]["template"]["spec"]["containers"][0]["args"]
+    assert "--network-policy" in args and "--operator-namespace=wharf-system" in args
+    labels = dict(a.split("=", 1)[1].split("=", 1) for a in args if a.startswith("--operator-pod-label="))
+    assert labels == deployment["spec"]["selector"]["matchLabels"]
+    off = find(helm.template("operator.networkPolicy.enabled=false"), "Deployment")[0]
+    assert "--no-network-policy" in off["spec"]["template"]["spec"]["containers"][0]["args"]
+
+
 PROMQL_WORDS = {"and", "or", "unless", "by", "without", "on", "ignoring", "group_left", "group_right", "bool",
                 "offset", "inf", "nan"}
 
@@ -404,11 +440,11 @@ def test_rbac_covers_every_resource_the_operator_uses(helm: Helm, values: list[s
                 assert "create" in verbs, (role["kind"], resource)
         assert {"get", "list", "watch", "patch"} <= {v for g, r, v in grants if (g, r) == (crd.GROUP, crd.PLURAL)}
         # The broker pods are never created, exec'd into or deleted by the operator; the only deletions are a
-        # deployed NATS' objects when spec.cluster stops deploying it.
+        # deployed NATS' objects when spec.cluster stops deploying it, and NetworkPolicies turned off.
         assert {v for g, r, v in grants if r == "pods"} == {"list"}
         assert not any(r == "pods/exec" for _, r, _ in grants)
         assert {r for _, r, v in grants if v == "delete"} == {"configmaps", "services", "statefulsets",
-                                                              "poddisruptionbudgets"}
+                                                              "poddisruptionbudgets", "networkpolicies"}
 
 
 def documented_leader_election_rules() -> list[dict]:

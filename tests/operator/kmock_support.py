@@ -120,6 +120,7 @@ CORE = {
     "v1/pods": ("Pod", True),
     "apps/v1/statefulsets": ("StatefulSet", True),
     "policy/v1/poddisruptionbudgets": ("PodDisruptionBudget", True),
+    "networking.k8s.io/v1/networkpolicies": ("NetworkPolicy", True),
     "cert-manager.io/v1/certificates": ("Certificate", True),
 }
 

@@ -113,6 +113,7 @@ async def test_rendered_broker_reloads_users_and_acl_from_updated_volumes(tmp_pa
     tree = render.config_tree(spec, root=str(root))
     tree["listeners"]["tcp"]["mqtt"]["bind"] = "127.0.0.1:0"
     tree["dashboard"]["listeners"]["http"]["bind"] = "127.0.0.1:0"
+    tree["prometheus"]["bind"] = "127.0.0.1:0"
     broker = broker_process(render.to_hocon(tree), token="t0ken")
     port = broker.port("tcp:mqtt")
     assert await _connack(port, None, None) == 0x87  # anonymous is off

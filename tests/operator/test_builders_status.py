@@ -3,7 +3,9 @@ observed (``status.compose``)."""
 
 from __future__ import annotations
 
-from wharf_operator import builders, render, resources
+import dataclasses
+
+from wharf_operator import builders, kube, render, resources
 from wharf_operator import status as st
 from wharf_operator.crd import defaulted_spec
 
@@ -24,14 +26,15 @@ def _by_key(objects: list[builders.Desired]) -> dict[str, dict]:
 
 def test_every_desired_object_is_owned_by_the_broker_and_only_the_token_is_create_only():
     objects = builders.desired_objects(_inputs(SPEC))
-    assert sorted(_by_key(objects)) == ["ConfigMap/wharf-config", "PodDisruptionBudget/wharf",
+    assert sorted(_by_key(objects)) == ["ConfigMap/wharf-config", "NetworkPolicy/wharf", "PodDisruptionBudget/wharf",
                                         "Secret/wharf-admin-token", "Service/wharf", "Service/wharf-headless",
                                         "ServiceAccount/wharf", "StatefulSet/wharf"]
     for desired in objects:
         assert desired.body["metadata"]["ownerReferences"] == [builders.owner_reference(_inputs(SPEC))]
     assert [d.kind for d in objects if d.create_only] == ["Secret"]
-    # The StatefulSet comes after what its pods mount.
+    # The StatefulSet comes after what its pods mount, and the NetworkPolicy before any pod runs.
     assert objects[-1].kind == "StatefulSet"
+    assert objects[0].kind == "NetworkPolicy"
 
 
 def test_a_removed_spec_field_is_absent_from_the_desired_objects():
@@ -79,6 +82,83 @@ def test_the_broker_image_is_the_operators_default_unless_the_spec_names_one():
 def test_status_reports_the_image_of_the_statefulset_once_there_is_one():
     assert st.compose({}, _observed(image="wharf:new"))["image"] == "wharf:new"
     assert "image" not in st.compose({"image": "wharf:old"}, _observed())  # not looked at: the merge patch keeps it
+
+
+OPERATOR_LABELS = {"app.kubernetes.io/name": "wharf", "app.kubernetes.io/instance": "ops",
+                   "app.kubernetes.io/component": "operator"}
+
+
+def _policy_inputs(spec: dict, default: bool = True) -> builders.Inputs:
+    plain = _inputs(spec)
+    return dataclasses.replace(plain, network_policy_default=default,
+                               operator_peer=resources.operator_peer("wharf-system", OPERATOR_LABELS))
+
+
+def _port_rules(policy: dict) -> dict[int, list | None]:
+    """Each allowed port and who may reach it (None: anyone)."""
+    rules: dict[int, list | None] = {}
+    for rule in policy["spec"]["ingress"]:
+        for port in rule["ports"]:
+            assert port["protocol"] == "TCP"
+            assert port["port"] not in rules, f"port {port['port']} in two rules"
+            rules[port["port"]] = rule.get("from")
+    return rules
+
+
+def test_the_network_policy_admits_mqtt_and_metrics_and_the_admin_port_only_from_the_operator():
+    spec = {**SPEC, "listeners": SPEC["listeners"] + [{"name": "ws", "type": "ws", "port": 8083}]}
+    objects = _by_key(builders.desired_objects(_policy_inputs(spec)))
+    policy = objects["NetworkPolicy/wharf"]
+    assert policy["apiVersion"] == "networking.k8s.io/v1"
+    assert policy["spec"]["podSelector"] == {"matchLabels": resources.selector_labels("wharf")}
+    assert policy["spec"]["podSelector"] == objects["StatefulSet/wharf"]["spec"]["selector"]
+    assert policy["spec"]["policyTypes"] == ["Ingress"]  # egress (NATS, HTTP authentication, DNS) is left open
+    assert _port_rules(policy) == {
+        8883: None, 8083: None, 9184: None,
+        18083: [{"podSelector": {"matchLabels": OPERATOR_LABELS},
+                 "namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": "wharf-system"}}}]}
+    # The ports it names are the pods' ports.
+    container = objects["StatefulSet/wharf"]["spec"]["template"]["spec"]["containers"][0]
+    assert set(_port_rules(policy)) == {port["containerPort"] for port in container["ports"]}
+    assert policy["metadata"]["labels"] == resources.labels("wharf")
+    assert (kube.NETWORKPOLICIES, "wharf") not in builders.unwanted(_policy_inputs(spec))
+
+
+def test_metrics_can_be_restricted_and_the_policy_turned_off():
+    peers = [{"namespaceSelector": {"matchLabels": {"team": "monitoring"}}}]
+    restricted = _by_key(builders.desired_objects(_policy_inputs({**SPEC, "networkPolicy": {"metricsFrom": peers}})))
+    assert _port_rules(restricted["NetworkPolicy/wharf"])[9184] == peers
+    # Off in the spec: not built, and listed as unwanted so that one the broker owned before is deleted.
+    off = _policy_inputs({**SPEC, "networkPolicy": {"enabled": False}})
+    assert not [d for d in builders.desired_objects(off) if d.kind == "NetworkPolicy"]
+    assert (kube.NETWORKPOLICIES, "wharf") in builders.unwanted(off)
+    # Unset: the operator's default decides; the spec wins over it.
+    assert not [d for d in builders.desired_objects(_policy_inputs(SPEC, default=False)) if d.kind == "NetworkPolicy"]
+    on = _policy_inputs({**SPEC, "networkPolicy": {"enabled": True}}, default=False)
+    assert [d.name for d in builders.desired_objects(on) if d.kind == "NetworkPolicy"] == ["wharf"]
+
+
+def test_an_operator_that_does_not_know_where_it_runs_names_the_brokers_namespace():
+    assert resources.operator_peer(None, {}) == {"podSelector": {}}
+    assert resources.operator_peer(None, {"a": "b"}) == {"podSelector": {"matchLabels": {"a": "b"}}}
+    assert resources.operator_peer("ops", {}) == {
+        "podSelector": {}, "namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": "ops"}}}
+
+
+def test_a_deployed_nats_takes_clients_from_the_brokers_and_routes_from_itself():
+    deployed = _policy_inputs({**SPEC, "cluster": {"nats": {"deploy": True}}})
+    objects = _by_key(builders.desired_objects(deployed))
+    policy = objects["NetworkPolicy/wharf-nats"]
+    nats_pods = objects["StatefulSet/wharf-nats"]["spec"]["selector"]
+    assert policy["spec"]["podSelector"] == nats_pods
+    assert _port_rules(policy) == {
+        4222: [{"podSelector": objects["StatefulSet/wharf"]["spec"]["selector"]}],
+        6222: [{"podSelector": nats_pods}]}
+    assert (kube.NETWORKPOLICIES, "wharf-nats") not in builders.unwanted(deployed)
+    # Without NATS deployed, or with the policies off, a NATS policy the broker owned before goes.
+    assert (kube.NETWORKPOLICIES, "wharf-nats") in builders.unwanted(_policy_inputs(SPEC))
+    off = _policy_inputs({**SPEC, "cluster": {"nats": {"deploy": True}}, "networkPolicy": {"enabled": False}})
+    assert {(kube.NETWORKPOLICIES, "wharf"), (kube.NETWORKPOLICIES, "wharf-nats")} <= set(builders.unwanted(off))
 
 
 def _observed(**fields) -> st.Observed:

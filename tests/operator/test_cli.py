@@ -81,6 +81,24 @@ def test_defaults_watch_every_namespace(monkeypatch):
     assert scoped.namespace == ["a", "b"] and scoped.allow_pod_network == ["127.0.0.0/8"]
 
 
+def test_network_policy_options(monkeypatch):
+    """On unless turned off; the operator's own namespace from the flag, $POD_NAMESPACE or the pod's own; its labels
+    from the flags."""
+    monkeypatch.delenv("POD_NAMESPACE", raising=False)
+    monkeypatch.setattr("wharf_operator.cli.SERVICE_ACCOUNT_NAMESPACE", "/nonexistent/namespace")
+    args = parse_args([])
+    assert args.network_policy is True and args.operator_namespace is None and args.operator_pod_labels == {}
+    assert parse_args(["--no-network-policy"]).network_policy is False
+    monkeypatch.setenv("POD_NAMESPACE", "wharf-system")
+    args = parse_args(["--operator-pod-label", "app.kubernetes.io/name=wharf",
+                       "--operator-pod-label=app.kubernetes.io/component=operator"])
+    assert args.operator_namespace == "wharf-system"
+    assert args.operator_pod_labels == {"app.kubernetes.io/name": "wharf", "app.kubernetes.io/component": "operator"}
+    assert parse_args(["--operator-namespace", "ops"]).operator_namespace == "ops"
+    with pytest.raises(SystemExit):
+        parse_args(["--operator-pod-label", "no-value"])
+
+
 def test_leader_election_options(monkeypatch):
     monkeypatch.delenv("POD_NAMESPACE", raising=False)
     monkeypatch.delenv("POD_NAME", raising=False)
@@ -124,7 +142,7 @@ async def test_entry_point_runs_against_a_kubeconfig(kmock, tmp_path, monkeypatc
         env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
     client = KubeApi(server)
     try:
-        await _until(lambda: len(kmock[kmock_lib.action.WATCH]) >= 7, "the operator's watches")
+        await _until(lambda: len(kmock[kmock_lib.action.WATCH]) >= 8, "the operator's watches")
         watched = {str(request.url.path) for request in kmock[kmock_lib.action.WATCH]}
         # Scoped to its namespace: MQTTBrokers and the kinds of what they load or own, there only (kopf may watch
         # namespaces too).
@@ -132,6 +150,7 @@ async def test_entry_point_runs_against_a_kubeconfig(kmock, tmp_path, monkeypatc
                            f"/api/v1/namespaces/{NS}/configmaps", f"/apis/apps/v1/namespaces/{NS}/statefulsets",
                            f"/api/v1/namespaces/{NS}/services", f"/api/v1/namespaces/{NS}/serviceaccounts",
                            f"/apis/policy/v1/namespaces/{NS}/poddisruptionbudgets",
+                           f"/apis/networking.k8s.io/v1/namespaces/{NS}/networkpolicies",
                            f"/apis/mqtt.wharf.dev/v1alpha1/namespaces/{NS}/mqttbrokers"}
 
         ca = make_ca()

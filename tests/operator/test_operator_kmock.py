@@ -259,7 +259,7 @@ async def test_update_applies_tls_options_live_and_rolls_pods_for_new_listeners(
         lambda: (s := env.obj("apps/v1/statefulsets", "wharf")) and s["spec"]["replicas"] == 3 and s, "scale to 3")
     assert sts["spec"]["template"]["metadata"]["annotations"] != hash_before
     assert [p["name"] for p in sts["spec"]["template"]["spec"]["containers"][0]["ports"]] == \
-        ["mqtt", "mqtts", "ws", "admin"]
+        ["mqtt", "mqtts", "ws", "admin", "metrics"]
     await eventually(lambda: env.events("RollingUpdate"), "a RollingUpdate event")
 
 

@@ -13,6 +13,8 @@ import os
 import socket
 import ssl
 import time
+import urllib.error
+import urllib.request
 from pathlib import Path
 
 import pytest
@@ -67,9 +69,27 @@ def rendered_broker(tmp_path, broker_process):
     # In a pod the broker binds 0.0.0.0 on fixed ports; here only loopback with ephemeral ports.
     tree["listeners"]["ssl"]["mqtts"]["bind"] = "127.0.0.1:0"
     tree["dashboard"]["listeners"]["http"]["bind"] = "127.0.0.1:0"
+    tree["prometheus"]["bind"] = "127.0.0.1:0"
     broker = broker_process(render.to_hocon(tree), token=TOKEN)
     admin_port = int(broker.admin_url.rsplit(":", 1)[1])
     return broker, ca, first, root, PodTarget("wharf-0", "127.0.0.1", admin_port)
+
+
+def test_rendered_broker_serves_metrics_without_the_admin_token(rendered_broker):
+    """The pod's port "metrics": Prometheus text with no credential, nothing else; the admin port keeps its token."""
+    broker = rendered_broker[0]
+    port = int(broker.wait_for_log(r"metrics on 127\.0\.0\.1:(\d+)")[1])
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10) as response:
+        assert response.status == 200
+        assert "wharf_listener_connections_accepted_total" in response.read().decode()
+    for method, path in (("PUT", "/api/v5/listeners/ssl:mqtts"), ("POST", "/metrics")):
+        request = urllib.request.Request(f"http://127.0.0.1:{port}{path}", data=b"{}", method=method,
+                                         headers={"Authorization": f"Bearer {TOKEN}",
+                                                  "Content-Type": "application/json"})
+        with pytest.raises(urllib.error.HTTPError) as refused:
+            urllib.request.urlopen(request, timeout=10)
+        assert refused.value.code == (405 if path == "/metrics" else 404)
+    assert broker.admin("GET", "/metrics", token=None)[0] == 401
 
 
 async def test_signalled_rotation_is_served_without_restart(rendered_broker):
@@ -148,6 +168,7 @@ async def test_encrypted_key_with_the_password_from_its_own_secret(tmp_path, bro
     tree = render.config_tree(spec, root=str(root))
     tree["listeners"]["ssl"]["mqtts"]["bind"] = "127.0.0.1:0"
     tree["dashboard"]["listeners"]["http"]["bind"] = "127.0.0.1:0"
+    tree["prometheus"]["bind"] = "127.0.0.1:0"
     text = render.to_hocon(tree)
     assert "k3y-pass" not in text
     broker = broker_process(text, token=TOKEN)

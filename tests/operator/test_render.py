@@ -55,6 +55,8 @@ def test_tls_paths_point_into_whole_secret_mounts():
     assert options["reload_interval"] == "30s"
     assert tree["dashboard"]["listeners"]["http"]["bind"] == "0.0.0.0:18083"
     assert tree["dashboard"]["token_file"] == "/etc/wharf/admin/token"
+    # The read-only metrics port, in every pod (the container port "metrics").
+    assert tree["prometheus"] == {"enable": True, "bind": "0.0.0.0:9184"}
 
 
 def test_spec_config_cannot_take_over_managed_roots():
@@ -109,6 +111,7 @@ def test_rendered_config_loads_in_the_broker(tmp_path):
     assert config.listeners.wss["wss"].ssl_options.verify == "verify_none"
     assert config.dashboard.listeners.http.bind == "0.0.0.0:18083"
     assert config.dashboard.token_file == f"{root}/admin/token"
+    assert config.prometheus.enable is True and config.prometheus.bind == "0.0.0.0:9184"
     assert config.psk_authentication.enable is True
     assert config.mqtt.max_packet_size == 2 * 1024 * 1024 and config.mqtt.max_qos_allowed == 1
     assert config.log.level == "debug"

@@ -64,7 +64,8 @@ def test_pod_template_has_no_certificate_content_and_sensible_defaults():
     container = pod["containers"][0]
     assert container["securityContext"]["allowPrivilegeEscalation"] is False
     assert container["args"] == ["--config", "/etc/wharf/config/wharf.conf"]
-    assert {p["name"]: p["containerPort"] for p in container["ports"]} == {"mqtts": 8883, "wss": 8084, "admin": 18083}
+    assert {p["name"]: p["containerPort"] for p in container["ports"]} == {"mqtts": 8883, "wss": 8084, "admin": 18083,
+                                                                          "metrics": 9184}
     assert container["readinessProbe"]["httpGet"] == {"path": "/readyz", "port": "admin"}
     assert pod["tolerations"] == [{"key": "dedicated", "operator": "Exists"}]
     assert sts["spec"]["podManagementPolicy"] == "OrderedReady"
@@ -86,6 +87,10 @@ def test_services_and_pdb():
     headless = resources.headless_service("b", "ns", SPEC)
     assert [p["port"] for p in client["spec"]["ports"]] == [8883, 8084]
     assert headless["spec"]["clusterIP"] == "None" and headless["spec"]["publishNotReadyAddresses"] is True
+    # The headless Service names the read-only metrics port (what a PodMonitor or a scrape config finds); the
+    # client Service carries the MQTT listeners only.
+    assert [(p["name"], p["port"]) for p in headless["spec"]["ports"]] == [
+        ("mqtts", 8883), ("wss", 8084), ("admin", 18083), ("metrics", 9184)]
     assert resources.pod_disruption_budget("b", "ns", SPEC)["spec"]["maxUnavailable"] == 1
 
 

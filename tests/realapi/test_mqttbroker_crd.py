@@ -73,6 +73,7 @@ INVALID = {
     "ssl-without-tls": (lambda s: s["listeners"][1].pop("tls"),
                         "ssl and wss listeners need tls; tcp and ws listeners must not have it"),
     "admin-port": (lambda s: s["listeners"][0].update(port=18083), "port 18083 is the broker's admin API"),
+    "metrics-port": (lambda s: s["listeners"][0].update(port=9184), "port 9184 is the broker's metrics port"),
     "verify-peer-without-ca": (lambda s: s["listeners"][1]["tls"].update(verify="verify_peer"),
                                "verify: verify_peer needs caRef (a trusted CA bundle)"),
     "too-many-replicas": (lambda s: s.update(replicas=101),
