@@ -19,11 +19,12 @@ from .auth import AuthResult, ConnectInfo, identity_from_certificate, peer_ident
 from .authz import guard_for
 from .limits import exceeded
 from .mqtt import reason_codes as rc
-from .mqtt.frame import encode, encode_publish_parts
+from .mqtt.frame import (PINGRESP_BYTES, encode_ack, encode_connack, encode_disconnect, encode_puback,
+                         encode_pubcomp, encode_publish_parts, encode_pubrec, encode_pubrel, encode_suback,
+                         encode_unsuback)
 from .mqtt.packets import (AUTH, CONNACK, CONNECT, DISCONNECT, MQTT_5, NAMES, PINGREQ, PINGRESP, PUBACK,
-                           PUBCOMP, PUBLISH, PUBREC, PUBREL, SUBACK, SUBSCRIBE, UNSUBACK, UNSUBSCRIBE, Connack,
-                           Connect, Disconnect, Properties, PubAck, Publish, Subscribe, Suback, Unsuback,
-                           Unsubscribe)
+                           PUBCOMP, PUBLISH, PUBREC, PUBREL, SUBACK, SUBSCRIBE, UNSUBACK, UNSUBSCRIBE, Connect,
+                           Disconnect, Properties, PubAck, Publish, Subscribe, Unsubscribe)
 from .mqtt.topic import has_wildcard, parse_shared, valid_topic_filter
 from .router import Message, Subscription
 from .sys_topics import is_sys_topic
@@ -41,7 +42,6 @@ log = logging.getLogger("wharf_broker.channel")
 # 5.0 PUBLISH properties a subscriber receives as the publisher sent them.
 _PASSED_THROUGH = ("payload_format_indicator", "content_type", "response_topic", "correlation_data",
                    "user_property")
-_PINGRESP = b"\xd0\x00"
 # Why the server ended a connection, in EMQX's words (for the $SYS disconnected event).
 _KICK_REASONS = {rc.SESSION_TAKEN_OVER: "takenover", rc.KEEP_ALIVE_TIMEOUT: "keepalive_timeout",
                  rc.SERVER_SHUTTING_DOWN: "shutdown"}
@@ -133,9 +133,6 @@ class Channel:
         else:  # CONNACK, SUBACK, UNSUBACK, PINGRESP: server-to-client only
             raise ProtocolViolation(rc.PROTOCOL_ERROR, f"client sent {NAMES[ptype]}")
         return False
-
-    def send(self, packet: Any) -> None:
-        self.connection.write(encode(packet, self.version))
 
     # ---------------------------------------------------------------------------------------------- CONNECT
 
@@ -341,7 +338,7 @@ class Channel:
         session.expiry_interval = expiry
         self.connected = True
         self.connected_at = time.time()
-        self.send(Connack(present, rc.SUCCESS, ack_props))
+        self.connection.write(encode_connack(present, rc.SUCCESS, ack_props, self.version))
         self.connection.start_keepalive(keepalive * settings.keepalive_multiplier if keepalive else 0)
         if present:
             session.resume()
@@ -388,7 +385,7 @@ class Channel:
         """Answer the CONNECT with a refusal and close."""
         props = {"reason_string": reason} if self.v5 and self.problem_information else None
         code = reason_code if self.v5 else rc.connack_v3(reason_code)
-        self.send(Connack(False, code, props))
+        self.connection.write(encode_connack(False, code, props, self.version))
         self.connection.close()
         return False
 
@@ -426,8 +423,7 @@ class Channel:
         if packet.retain and qos and self.v5 and broker.retain_refusal(message) is not None:
             # retainer limits: 5.0 can hear it (and the message is not routed); see config.model.Retainer.
             assert packet.packet_id is not None  # QoS 1/2 carry one (the decoder checks)
-            self.connection.write(encode(PubAck(PUBACK if qos == 1 else PUBREC, packet.packet_id,
-                                                rc.QUOTA_EXCEEDED), 5))
+            self.connection.write(encode_ack(PUBACK if qos == 1 else PUBREC, packet.packet_id, rc.QUOTA_EXCEEDED))
             return
         if qos == 0:
             broker.publish(message)
@@ -445,15 +441,15 @@ class Channel:
                 self._ack_when_routed(PUBACK, packet_id, delivered)
                 return
             if self.v5 and not delivered:
-                connection.write_at(mark, encode(PubAck(PUBACK, packet_id, rc.NO_MATCHING_SUBSCRIBERS), 5))
+                connection.write_at(mark, encode_ack(PUBACK, packet_id, rc.NO_MATCHING_SUBSCRIBERS))
             else:
-                connection.write_at(mark, b"\x40\x02" + packet_id.to_bytes(2, "big"))
+                connection.write_at(mark, encode_puback(packet_id))
             return
         session = self.session
         assert session is not None  # set at CONNECT, before any PUBLISH is handled
         awaiting = session.awaiting_rel
         if packet_id in awaiting:  # a resend of a QoS 2 message already routed
-            self.connection.write(b"\x50\x02" + packet_id.to_bytes(2, "big"))
+            self.connection.write(encode_pubrec(packet_id))
             return
         limit = settings.max_awaiting_rel
         if limit is not None and len(awaiting) >= limit:
@@ -463,7 +459,7 @@ class Channel:
             broker.count_dropped(message, "awaiting_rel_full")
             log.warning("client %r: QoS 2 message on %r dropped, %d awaiting PUBREL", self.client_id, topic,
                         len(awaiting))
-            self.connection.write(b"\x50\x02" + packet_id.to_bytes(2, "big"))
+            self.connection.write(encode_pubrec(packet_id))
             return
         delivered = broker.publish(message)
         awaiting[packet_id] = self._loop.time()
@@ -473,9 +469,9 @@ class Channel:
             self._ack_when_routed(PUBREC, packet_id, delivered)
             return
         if self.v5 and not delivered:
-            connection.write_at(mark, encode(PubAck(PUBREC, packet_id, rc.NO_MATCHING_SUBSCRIBERS), 5))
+            connection.write_at(mark, encode_ack(PUBREC, packet_id, rc.NO_MATCHING_SUBSCRIBERS))
         else:
-            connection.write_at(mark, b"\x50\x02" + packet_id.to_bytes(2, "big"))
+            connection.write_at(mark, encode_pubrec(packet_id))
 
     def _publish_refused(self, packet: Publish, topic: str, reason: str = "not_authorized") -> None:
         """The ACL (or the $SYS reservation) refused this PUBLISH: 5.0 hears "not authorized" in its
@@ -489,10 +485,7 @@ class Channel:
             return
         kind = PUBACK if qos == 1 else PUBREC
         assert packet.packet_id is not None  # QoS 1/2 carry one (the decoder checks)
-        if self.v5:
-            self.connection.write(encode(PubAck(kind, packet.packet_id, rc.NOT_AUTHORIZED), 5))
-        else:
-            self.connection.write(bytes((kind << 4, 2)) + packet.packet_id.to_bytes(2, "big"))
+        self.connection.write(encode_ack(kind, packet.packet_id, rc.NOT_AUTHORIZED, None, self.version))
 
     def _ack_when_routed(self, kind: int, packet_id: int, pending: asyncio.Future[int]) -> None:
         """PUBACK/PUBREC once ``pending`` (a future of the delivery count) resolves, in the order the PUBLISHes
@@ -530,11 +523,11 @@ class Channel:
                 self.connection.close()
                 return
             props = {"reason_string": str(error)[:200]} if self.problem_information and error else None
-            self.send(PubAck(kind, packet_id, rc.UNSPECIFIED_ERROR, props))
+            self.connection.write(encode_ack(kind, packet_id, rc.UNSPECIFIED_ERROR, props))
         elif self.v5 and not future.result():
-            self.send(PubAck(kind, packet_id, rc.NO_MATCHING_SUBSCRIBERS))
+            self.connection.write(encode_ack(kind, packet_id, rc.NO_MATCHING_SUBSCRIBERS))
         else:
-            self.connection.write((b"\x40\x02" if kind == PUBACK else b"\x50\x02") + packet_id.to_bytes(2, "big"))
+            self.connection.write(encode_ack(kind, packet_id, version=self.version))
 
     def _publish_properties(self, topic: str, properties: Properties) -> tuple[str, Properties | None, float | None]:
         """Resolve the topic alias and split off the per-delivery properties: (topic, passed-through
@@ -638,7 +631,7 @@ class Channel:
         return (head + tail, b"") if not qos else (head, tail)
 
     def write_pubrel(self, packet_id: int) -> None:
-        self.connection.write(b"\x62\x02" + packet_id.to_bytes(2, "big"))
+        self.connection.write(encode_pubrel(packet_id))
 
     # ------------------------------------------------------------------------------------ acknowledgements
 
@@ -658,7 +651,7 @@ class Channel:
         if known:
             self.write_pubrel(packet_id)
         elif self.v5:
-            self.send(PubAck(PUBREL, packet_id, rc.PACKET_IDENTIFIER_NOT_FOUND))
+            self.connection.write(encode_ack(PUBREL, packet_id, rc.PACKET_IDENTIFIER_NOT_FOUND))
         else:
             self.write_pubrel(packet_id)
 
@@ -668,11 +661,11 @@ class Channel:
         assert session is not None
         if session.awaiting_rel.pop(packet_id, None) is None:
             if self.v5:
-                self.send(PubAck(PUBCOMP, packet_id, rc.PACKET_IDENTIFIER_NOT_FOUND))
+                self.connection.write(encode_ack(PUBCOMP, packet_id, rc.PACKET_IDENTIFIER_NOT_FOUND))
                 return
         elif session.store is not None:
             session.store.awaiting_rel(session, packet_id, False)
-        self.connection.write(b"\x70\x02" + packet_id.to_bytes(2, "big"))
+        self.connection.write(encode_pubcomp(packet_id))
 
     def handle_pubcomp(self, packet: PubAck) -> None:
         assert self.session is not None
@@ -680,7 +673,7 @@ class Channel:
             log.debug("client %r: PUBCOMP for unknown packet id %d", self.client_id, packet.packet_id)
 
     def handle_pingreq(self, packet: object) -> None:
-        self.connection.write(_PINGRESP)
+        self.connection.write(PINGRESP_BYTES)
 
     # ------------------------------------------------------------------------------------ (UN)SUBSCRIBE
 
@@ -736,7 +729,7 @@ class Channel:
             codes.append(qos)
             if not shared and (options.retain_handling == 0 or (options.retain_handling == 1 and is_new)):
                 granted_subs.append(subscription)
-        self.send(Suback(packet.packet_id, codes))
+        self.connection.write(encode_suback(packet.packet_id, codes, None, self.version))
         for subscription in granted_subs:
             self.broker.deliver_retained(session, subscription)
 
@@ -751,7 +744,7 @@ class Channel:
                                else self.mountpoint + full_filter)
             found = self.broker.unsubscribe(session, full_filter)
             codes.append(rc.SUCCESS if found else rc.NO_SUBSCRIPTION_EXISTED)
-        self.send(Unsuback(packet.packet_id, codes if self.v5 else None))
+        self.connection.write(encode_unsuback(packet.packet_id, codes, None, self.version))
 
     # ------------------------------------------------------------------------------------ DISCONNECT / AUTH
 
@@ -785,8 +778,9 @@ class Channel:
             pass
         elif not self.connected and not self._disconnected:
             if self.v5:
-                self.send(Connack(False, reason_code,
-                                  {"reason_string": reason} if self.problem_information else None))
+                self.connection.write(encode_connack(False, reason_code,
+                                                     {"reason_string": reason} if self.problem_information else None,
+                                                     MQTT_5))
         elif self.connected and self.v5:
             self._send_disconnect(reason_code, reason)
         self.terminate(publish_will=True, reason="protocol_error")
@@ -802,7 +796,7 @@ class Channel:
 
     def _send_disconnect(self, reason_code: int, reason: str) -> None:
         props = {"reason_string": reason} if self.problem_information and reason else None
-        self.send(Disconnect(reason_code, props))
+        self.connection.write(encode_disconnect(reason_code, props, self.version))
 
     def terminate(self, publish_will: bool, reason: str = "tcp_closed") -> None:
         """Leave the broker: publish or schedule the will, detach from (or end) the session. Idempotent.
