@@ -13,7 +13,7 @@ import collections
 import logging
 import os
 import time
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, NoReturn
 
 from .auth import AuthResult, ConnectInfo, identity_from_certificate, peer_identity
 from .authz import guard_for
@@ -54,6 +54,15 @@ class ProtocolViolation(Exception):
     def __init__(self, reason_code: int, message: str) -> None:
         super().__init__(message)
         self.reason_code = reason_code
+
+
+class _Refused(Exception):
+    """A CONNECT step's refusal: answered with a CONNACK carrying ``reason_code`` (and ``reason`` in 5.0)."""
+
+    def __init__(self, reason_code: int, reason: str) -> None:
+        super().__init__(reason)
+        self.reason_code = reason_code
+        self.reason = reason
 
 
 class Channel:
@@ -135,52 +144,95 @@ class Channel:
         return False
 
     # ---------------------------------------------------------------------------------------------- CONNECT
+    #
+    # CONNECT is a list of small steps run in order by two short drivers: ``handle_connect`` up to authentication
+    # and ``_connect_authenticated`` after it (an authenticator may answer later; the connection holds the
+    # client's next packets meanwhile). A step returns what it found, or sets the channel attributes it
+    # negotiates, or raises ``_Refused``: the driver then answers with a refusing CONNACK and closes.
 
-    # Long on purpose: CONNECT's checks in order (#17 item 5 splits them).
-    def handle_connect(self, packet: Connect) -> bool:  # noqa: C901
+    def handle_connect(self, packet: Connect) -> bool:
+        """Process a CONNECT. True when authentication goes on asynchronously (``_auth_done`` finishes it)."""
         if self.connect_received:
             raise ProtocolViolation(rc.PROTOCOL_ERROR, "second CONNECT")
         self.connect_received = True
         self.connection.connect_arrived()
+        try:
+            self._check_protocol(packet)
+            self._check_will(packet.will)
+            info = self._resolve_identity(packet)
+            self._check_banned(info)
+        except _Refused as refused:
+            return self._refuse(refused.reason_code, refused.reason)
+        return self._authenticate(packet, info)
+
+    def _connect_authenticated(self, packet: Connect, info: ConnectInfo, result: AuthResult) -> None:
+        """The steps after authentication, ending in the CONNACK."""
+        try:
+            self._check_authenticated(info, result)
+            client_id = self._assign_client_id(packet, info.client_id)
+            self._authorize(info, result, client_id)
+            self._authorize_will(packet)
+            ack_props: Properties = {}
+            if self.v5 and client_id != info.client_id:
+                ack_props["assigned_client_identifier"] = client_id
+            ack_props.update(self._negotiate(packet))
+            self._mount(info, result)
+            session, present, attach_props = self._attach(packet)
+        except _Refused as refused:
+            self._refuse(refused.reason_code, refused.reason)
+            return
+        ack_props.update(attach_props)
+        self._accept(packet, session, present, ack_props)
+
+    def _check_protocol(self, packet: Connect) -> None:
+        """The protocol version and what this broker refuses outright: enhanced authentication, a client id
+        beyond ``mqtt.max_clientid_len``, a 3.1.1 keep-alive beyond ``mqtt.max_keepalive``."""
         self.version = packet.version
         self.v5 = v5 = packet.version == MQTT_5
         settings = self.settings
-        props = packet.properties
         if v5:
+            props = packet.properties
             self.problem_information = props.get("request_problem_information", 1) == 1
             if "authentication_method" in props:
-                return self._refuse(rc.BAD_AUTHENTICATION_METHOD, "enhanced authentication is not supported")
-        client_id = packet.client_id
-        if len(client_id) > settings.max_clientid_len:
+                raise _Refused(rc.BAD_AUTHENTICATION_METHOD, "enhanced authentication is not supported")
+        if len(packet.client_id) > settings.max_clientid_len:
             exceeded("max_clientid_len")
-            return self._refuse(rc.CLIENT_IDENTIFIER_NOT_VALID, "client id too long")
+            raise _Refused(rc.CLIENT_IDENTIFIER_NOT_VALID, "client id too long")
         max_keepalive = settings.max_keepalive
         if max_keepalive is not None and not v5 and (packet.keepalive == 0 or packet.keepalive > max_keepalive):
             # 3.1.1 cannot be told another keep-alive: refused as mosquitto 2 does ("identifier rejected").
             exceeded("max_keepalive")
             log.info("client %r from %s refused: keep-alive %ds is beyond mqtt.max_keepalive %ds", packet.client_id,
                      self.connection.peer_text, packet.keepalive, max_keepalive)
-            return self._refuse(rc.CLIENT_IDENTIFIER_NOT_VALID, "keep-alive beyond mqtt.max_keepalive")
-        will = packet.will
-        if will is not None:
-            if not will.topic or has_wildcard(will.topic):
-                return self._refuse(rc.TOPIC_NAME_INVALID, "invalid will topic")
-            if will.qos > settings.max_qos_allowed:
-                return self._refuse(rc.QOS_NOT_SUPPORTED, "will QoS not supported")
-            if will.retain and not settings.retain_available:
-                return self._refuse(rc.RETAIN_NOT_SUPPORTED, "retained messages are not supported")
-            if will.properties.get("payload_format_indicator") == 1 and not _is_utf8(will.payload):
-                return self._refuse(rc.PAYLOAD_FORMAT_INVALID, "will payload is not UTF-8")
+            raise _Refused(rc.CLIENT_IDENTIFIER_NOT_VALID, "keep-alive beyond mqtt.max_keepalive")
 
+    def _check_will(self, will: Will | None) -> None:
+        """A will this broker could not publish is refused with the CONNECT."""
+        if will is None:
+            return
+        settings = self.settings
+        if not will.topic or has_wildcard(will.topic):
+            raise _Refused(rc.TOPIC_NAME_INVALID, "invalid will topic")
+        if will.qos > settings.max_qos_allowed:
+            raise _Refused(rc.QOS_NOT_SUPPORTED, "will QoS not supported")
+        if will.retain and not settings.retain_available:
+            raise _Refused(rc.RETAIN_NOT_SUPPORTED, "retained messages are not supported")
+        if will.properties.get("payload_format_indicator") == 1 and not _is_utf8(will.payload):
+            raise _Refused(rc.PAYLOAD_FORMAT_INVALID, "will payload is not UTF-8")
+
+    def _resolve_identity(self, packet: Connect) -> ConnectInfo:
+        """Who the client is: its CONNECT's claims, overridden by its certificate (``peer_cert_as_username`` /
+        ``peer_cert_as_clientid``), its pre-shared key, or a load balancer's word for its certificate."""
         transport = self.connection.transport
         listener = self.connection.listener
         identity = peer_identity(transport) if transport is not None else None
         username = packet.username
+        client_id = packet.client_id
         try:
             cert_username = identity_from_certificate(identity, listener.peer_cert_as_username)
             cert_client_id = identity_from_certificate(identity, listener.peer_cert_as_clientid)
         except ValueError as error:
-            return self._refuse(rc.BAD_USER_NAME_OR_PASSWORD, f"client certificate refused: {error}")
+            raise _Refused(rc.BAD_USER_NAME_OR_PASSWORD, f"client certificate refused: {error}") from None
         if cert_username is not None:
             username = cert_username
         if cert_client_id is not None:
@@ -197,15 +249,21 @@ class Channel:
                     username = cert_cn
                 if listener.peer_cert_as_clientid == "cn" and cert_client_id is None:
                     client_id = cert_cn
-        flapping = self.broker.access.flapping
-        if flapping.enabled and flapping.refuses(client_id, self.connection.peer):
-            self.broker.access.authn["banned"].inc()
-            log.info("client %r from %s refused: banned for flapping", client_id, self.connection.peer_text)
-            return self._refuse(rc.BANNED, "banned for flapping")
-        info = ConnectInfo(client_id, username, packet.password, listener.id, self.connection.peer,
+        return ConnectInfo(client_id, username, packet.password, listener.id, self.connection.peer,
                            packet.version, identity, cert_cn, psk_identity)
+
+    def _check_banned(self, info: ConnectInfo) -> None:
+        flapping = self.broker.access.flapping
+        if flapping.enabled and flapping.refuses(info.client_id, self.connection.peer):
+            self.broker.access.authn["banned"].inc()
+            log.info("client %r from %s refused: banned for flapping", info.client_id, self.connection.peer_text)
+            raise _Refused(rc.BANNED, "banned for flapping")
+
+    def _authenticate(self, packet: Connect, info: ConnectInfo) -> bool:
+        """Run the authentication chain: at once when no hook can make it wait (or the pre-shared key already
+        authenticated the client), else in a task (True: the connection waits for ``_auth_done``)."""
         chain = self.broker.auth
-        if not chain.hooks or psk_identity is not None:
+        if not chain.hooks or info.psk_identity is not None:
             self._connect_authenticated(packet, info, chain.fallback(info))
             return False
         task = self._loop.create_task(chain.authenticate(info))
@@ -233,129 +291,164 @@ class Channel:
                 return
         self.connection.resume_processing()
 
-    # Long on purpose: CONNECT's checks in order (#17 item 5 splits them).
-    def _connect_authenticated(self, packet: Connect, info: ConnectInfo, result: AuthResult) -> None:  # noqa: C901
-        access = self.broker.access
+    def _check_authenticated(self, info: ConnectInfo, result: AuthResult) -> None:
         if not result.allowed:
-            access.authn["deny"].inc()
+            self.broker.access.authn["deny"].inc()
             log.info("client %r from %s refused: %s", info.client_id, self.connection.peer_text,
                      result.reason or "not authorized")
-            self._refuse(result.reason_code or rc.NOT_AUTHORIZED, result.reason or "not authorized")
-            return
-        settings = self.settings
-        v5 = self.v5
-        props = packet.properties
-        ack_props: Properties = {}
-        client_id = info.client_id
-        if not client_id:
-            if not v5 and not packet.clean_start:
-                self._refuse(rc.CLIENT_IDENTIFIER_NOT_VALID, "empty client id needs a clean session")
-                return
-            client_id = "wharf-" + os.urandom(8).hex()
-            if v5:
-                ack_props["assigned_client_identifier"] = client_id
+            raise _Refused(result.reason_code or rc.NOT_AUTHORIZED, result.reason or "not authorized")
+
+    def _assign_client_id(self, packet: Connect, client_id: str) -> str:
+        """The client's id, or one of the broker's making for an empty one (which 3.1.1 allows only with a clean
+        session)."""
+        if client_id:
+            return client_id
+        if not self.v5 and not packet.clean_start:
+            raise _Refused(rc.CLIENT_IDENTIFIER_NOT_VALID, "empty client id needs a clean session")
+        return "wharf-" + os.urandom(8).hex()
+
+    def _authorize(self, info: ConnectInfo, result: AuthResult, client_id: str) -> None:
+        """The client is in: its names and its ACL view."""
+        access = self.broker.access
         self.client_id = client_id
         self.username = info.username
         access.authn["anonymous" if result.attributes.get("anonymous") else "allow"].inc()
-        self.acl = acl = access.client_acl(info.username, client_id, info.cert_common_name, info.peer)
-        if acl is not None and packet.will is not None and not acl.may_publish(packet.will.topic):
-            log.info("client %r: will on %r dropped: not authorized", client_id, packet.will.topic)
+        self.acl = access.client_acl(info.username, client_id, info.cert_common_name, info.peer)
+
+    def _authorize_will(self, packet: Connect) -> None:
+        """A will its client may not publish (the ACL, or $SYS) is dropped; the client still connects."""
+        will = packet.will
+        if will is None:
+            return
+        if self.acl is not None and not self.acl.may_publish(will.topic):
+            log.info("client %r: will on %r dropped: not authorized", self.client_id, will.topic)
             packet.will = None
-        if packet.will is not None and is_sys_topic(packet.will.topic):
-            log.info("client %r: will on %r dropped: $SYS is reserved for the broker", client_id, packet.will.topic)
+        elif is_sys_topic(will.topic):
+            log.info("client %r: will on %r dropped: $SYS is reserved for the broker", self.client_id, will.topic)
             self.broker.metrics.dropped("sys_topic").value += 1
             packet.will = None
 
-        # Session lifetime: 5.0 asks for one (capped); 3.1.1 persistent sessions get the configured one.
-        cap = settings.session_expiry_interval
-        if v5:
-            requested = props.get("session_expiry_interval", 0)
+    def _negotiate(self, packet: Connect) -> Properties:
+        """Session expiry, flow-control limits and keep-alive; returns what the CONNACK tells the client."""
+        ack_props = self._negotiate_session_expiry(packet)
+        if self.v5:
+            ack_props.update(self._negotiate_limits(packet.properties))
+        ack_props.update(self._negotiate_keepalive(packet))
+        return ack_props
+
+    def _negotiate_session_expiry(self, packet: Connect) -> Properties:
+        """Session lifetime: 5.0 asks for one (capped); 3.1.1 persistent sessions get the configured one."""
+        cap = self.settings.session_expiry_interval
+        ack_props: Properties = {}
+        if self.v5:
+            requested = packet.properties.get("session_expiry_interval", 0)
             expiry = cap if requested == _NEVER_EXPIRES else min(float(requested), cap)
             if expiry != requested:
                 ack_props["session_expiry_interval"] = int(expiry)
         else:
             expiry = 0.0 if packet.clean_start else cap
         self.session_expiry = expiry
+        return ack_props
 
-        if v5:
-            receive_maximum = props.get("receive_maximum", 65535)
-            self.send_window = min(settings.max_inflight or 65535, receive_maximum)
-            self.client_max_packet = props.get("maximum_packet_size")
-            if self.connection.listener.topic_alias_out:
-                self.aliases_out_max = props.get("topic_alias_maximum", 0)
-            if settings.max_topic_alias:
-                ack_props["topic_alias_maximum"] = min(settings.max_topic_alias, 65535)
-            if settings.max_awaiting_rel is not None:
-                ack_props["receive_maximum"] = max(1, min(settings.max_awaiting_rel, 65535))
-            ack_props["maximum_packet_size"] = settings.max_packet_size
-            if settings.max_qos_allowed < 2:
-                ack_props["maximum_qos"] = settings.max_qos_allowed
-            if not settings.retain_available:
-                ack_props["retain_available"] = 0
-            if not settings.wildcard_subscription:
-                ack_props["wildcard_subscription_available"] = 0
-            if not settings.shared_subscription:
-                ack_props["shared_subscription_available"] = 0
-            if props.get("request_response_information") == 1 and settings.response_information:
-                ack_props["response_information"] = settings.response_information
+    def _negotiate_limits(self, props: Properties) -> Properties:
+        """5.0: the client's receive maximum, packet size and topic aliases; the broker's, and what it lacks."""
+        settings = self.settings
+        ack_props: Properties = {}
+        receive_maximum = props.get("receive_maximum", 65535)
+        self.send_window = min(settings.max_inflight or 65535, receive_maximum)
+        self.client_max_packet = props.get("maximum_packet_size")
+        if self.connection.listener.topic_alias_out:
+            self.aliases_out_max = props.get("topic_alias_maximum", 0)
+        if settings.max_topic_alias:
+            ack_props["topic_alias_maximum"] = min(settings.max_topic_alias, 65535)
+        if settings.max_awaiting_rel is not None:
+            ack_props["receive_maximum"] = max(1, min(settings.max_awaiting_rel, 65535))
+        ack_props["maximum_packet_size"] = settings.max_packet_size
+        if settings.max_qos_allowed < 2:
+            ack_props["maximum_qos"] = settings.max_qos_allowed
+        if not settings.retain_available:
+            ack_props["retain_available"] = 0
+        if not settings.wildcard_subscription:
+            ack_props["wildcard_subscription_available"] = 0
+        if not settings.shared_subscription:
+            ack_props["shared_subscription_available"] = 0
+        if props.get("request_response_information") == 1 and settings.response_information:
+            ack_props["response_information"] = settings.response_information
+        return ack_props
+
+    def _negotiate_keepalive(self, packet: Connect) -> Properties:
+        """The client's keep-alive, or (5.0) the server's: ``mqtt.server_keepalive``, or the cap of
+        ``mqtt.max_keepalive``."""
+        settings = self.settings
         keepalive = packet.keepalive
-        if v5 and settings.server_keepalive is not None:
+        ack_props: Properties = {}
+        if self.v5 and settings.server_keepalive is not None:
             keepalive = settings.server_keepalive
             ack_props["server_keep_alive"] = keepalive
-        elif v5 and settings.max_keepalive is not None and (keepalive == 0 or keepalive > settings.max_keepalive):
+        elif self.v5 and settings.max_keepalive is not None and (keepalive == 0 or keepalive > settings.max_keepalive):
             keepalive = settings.max_keepalive
             ack_props["server_keep_alive"] = keepalive
         self.keepalive = keepalive
+        return ack_props
 
-        mountpoint = self.connection.listener.mountpoint
-        if mountpoint:
-            mountpoint, refused = fill_mountpoint(mountpoint, client_id, info.username)
+    def _mount(self, info: ConnectInfo, result: AuthResult) -> None:
+        """The listener's mountpoint with this client's placeholders filled in, and the identity its session
+        belongs to."""
+        listener = self.connection.listener
+        if listener.mountpoint:
+            mountpoint, refused = fill_mountpoint(listener.mountpoint, self.client_id or "", info.username)
             if refused is not None:
                 self._refuse_placeholder(refused, info)
-                return
             self.mountpoint = mountpoint
         self.owner = session_owner(info.username, self._username_vouched(info, result), info.peer_identity,
                                    info.cert_common_name, self.mountpoint)
+
+    def _attach(self, packet: Connect) -> tuple[Session, bool, Properties]:
+        """Take the will and the session (a new one, this client's previous one, or one taken over from another
+        connection): (session, whether it was there before, what the CONNACK says about it)."""
         if packet.will is not None:
             self.will = packet.will
             if self.mountpoint:
                 self.will.topic = self.mountpoint + self.will.topic
-
-        broker = self.broker
-        session, present = broker.attach(self, client_id, packet.clean_start)
+        assert self.client_id is not None  # set by _authorize
+        session, present = self.broker.attach(self, self.client_id, packet.clean_start)
         if session is None:  # the session belongs to another identity (session_owner_check = refuse)
             self.will = None
-            self._refuse(rc.CLIENT_IDENTIFIER_NOT_VALID, "client id in use by another identity")
-            return
-        if session.guest and expiry:  # another identity's client id: a session of its own, ending with it
-            self.session_expiry = expiry = 0.0
-            if v5:
+            raise _Refused(rc.CLIENT_IDENTIFIER_NOT_VALID, "client id in use by another identity")
+        ack_props: Properties = {}
+        if session.guest and self.session_expiry:  # another identity's client id: a session of its own, ending with it
+            self.session_expiry = 0.0
+            if self.v5:
                 ack_props["session_expiry_interval"] = 0
+        return session, present, ack_props
+
+    def _accept(self, packet: Connect, session: Session, present: bool, ack_props: Properties) -> None:
+        """Connected: the CONNACK, keep-alive, a resumed session's pending messages and the $SYS event."""
         if present:
             self.guard_subscriptions(session)
         session.acl = self.acl
         self.session = session
-        session.expiry_interval = expiry
+        session.expiry_interval = self.session_expiry
         self.connected = True
         self.connected_at = time.time()
         self.connection.write(encode_connack(present, rc.SUCCESS, ack_props, self.version))
-        self.connection.start_keepalive(keepalive * settings.keepalive_multiplier if keepalive else 0)
+        keepalive = self.keepalive
+        self.connection.start_keepalive(keepalive * self.settings.keepalive_multiplier if keepalive else 0)
         if present:
             session.resume()
-        events = broker.sys_events
+        events = self.broker.sys_events
         if events is not None:
             events.client_connected(self, packet.clean_start)
 
-    def _refuse_placeholder(self, placeholder: str, info: ConnectInfo) -> None:
+    def _refuse_placeholder(self, placeholder: str, info: ConnectInfo) -> NoReturn:
         """The listener's mountpoint would take this client's ``placeholder`` value, which could widen it."""
         self.broker.owner_check.mountpoint_refused[placeholder].inc()
         log.warning("client %r from %s refused: its %s cannot fill the mountpoint %r (empty, or holding + # / "
                     "or NUL)", info.client_id, self.connection.peer_text, placeholder,
                     self.connection.listener.mountpoint)
         if placeholder == "clientid":
-            self._refuse(rc.CLIENT_IDENTIFIER_NOT_VALID, "client id not usable in this listener's mountpoint")
-        else:
-            self._refuse(rc.NOT_AUTHORIZED, "user name not usable in this listener's mountpoint")
+            raise _Refused(rc.CLIENT_IDENTIFIER_NOT_VALID, "client id not usable in this listener's mountpoint")
+        raise _Refused(rc.NOT_AUTHORIZED, "user name not usable in this listener's mountpoint")
 
     def _username_vouched(self, info: ConnectInfo, result: AuthResult) -> bool:
         """Whether the username is more than a claim: an authenticator accepted it, or the client's certificate
