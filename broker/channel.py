@@ -28,6 +28,7 @@ from .mqtt.packets import (AUTH, CONNACK, CONNECT, DISCONNECT, MQTT_5, NAMES, PI
 from .mqtt.topic import has_wildcard, parse_shared, valid_topic_filter
 from .router import Message, Subscription
 from .sys_topics import is_sys_topic
+from .tasks import spawn
 from .tenancy import fill_mountpoint, session_owner
 
 if TYPE_CHECKING:
@@ -266,7 +267,7 @@ class Channel:
         if not chain.hooks or info.psk_identity is not None:
             self._connect_authenticated(packet, info, chain.fallback(info))
             return False
-        task = self._loop.create_task(chain.authenticate(info))
+        task = spawn(chain.authenticate(info))
         task.add_done_callback(lambda done: self._auth_done(packet, info, done))
         return True
 
