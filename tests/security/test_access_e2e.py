@@ -4,12 +4,12 @@ logs that never show a password."""
 
 from __future__ import annotations
 
-import asyncio
 import signal
-import time
 
 from wharf_broker.mqtt import reason_codes as rc
 from wharf_broker.mqtt.packets import PUBACK, PUBLISH, PUBREC
+
+from tests.support import eventually
 
 from .conftest import add_user, metric
 from .mqtt_wire import WireClient, connack_code
@@ -36,13 +36,7 @@ authorization {{
 """
 
 
-async def until(predicate, timeout: float = 10.0):
-    deadline = time.monotonic() + timeout
-    while True:
-        value = await predicate()
-        if value or time.monotonic() > deadline:
-            return value
-        await asyncio.sleep(0.1)
+
 
 
 async def test_connect_refusals_and_codes(tmp_path, broker_process, user_file):
@@ -117,7 +111,7 @@ async def test_publish_and_subscribe_acl(tmp_path, broker_process, user_file):
         async def reloaded():
             ack = await alice.publish("users/bob/inbox", b"now allowed")
             return ack.reason_code == rc.SUCCESS
-        assert await until(reloaded)
+        assert await eventually(reloaded, "the reloaded ACL", timeout=10.0, interval=0.1)
         delivered = await bob.recv()
         assert delivered.topic == "users/bob/inbox"
     finally:
@@ -136,7 +130,7 @@ async def test_users_reload_live_and_on_sighup(tmp_path, broker_process, user_fi
 
     async def carol_in():
         return await connack_code(port, "c1", username="carol", password=b"secret-c") == rc.SUCCESS
-    assert await until(carol_in)
+    assert await eventually(carol_in, "carol let in", timeout=10.0, interval=0.1)
     # A broken file is refused whole: everyone who could connect still can.
     user_file.write_text(user_file.read_text() + "dave:plaintext-password\n")
     broker.send_signal(signal.SIGHUP)
