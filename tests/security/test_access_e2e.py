@@ -12,7 +12,7 @@ from wharf_broker.mqtt.packets import PUBACK, PUBLISH, PUBREC
 from tests.support import eventually
 
 from .conftest import add_user, metric
-from .mqtt_wire import WireClient, connack_code
+from tests.support.wire import WireClient, connack_code
 
 ACL = """
 {allow, all, all, ["users/${username}/#"]}.
@@ -70,13 +70,13 @@ async def test_publish_and_subscribe_acl(tmp_path, broker_process, user_file):
     bob3 = await WireClient.open(port, version=4)
     await bob3.connect("bob-3", username="bob", password=b"builder")
     try:
-        suback = await alice.subscribe("users/alice/#", "#", "users/+/inbox")
+        suback = await alice.subscribe("users/alice/#", "#", "users/+/inbox", qos=1)
         assert suback.reason_codes == [1, rc.NOT_AUTHORIZED, rc.NOT_AUTHORIZED]
-        assert (await bob.subscribe("users/+/inbox")).reason_codes == [1]
-        assert (await bob3.subscribe("users/alice/#", "users/bob/#")).reason_codes == [0x80, 1]
+        assert (await bob.subscribe("users/+/inbox", qos=1)).reason_codes == [1]
+        assert (await bob3.subscribe("users/alice/#", "users/bob/#", qos=1)).reason_codes == [0x80, 1]
 
         # Allowed: alice to her own topics (bob reads inboxes).
-        ack = await alice.publish("users/alice/inbox", b"hello")
+        ack = await alice.publish("users/alice/inbox", b"hello", qos=1)
         assert ack.type == PUBACK and ack.reason_code == rc.SUCCESS
         delivered = await bob.recv()
         assert delivered.type == PUBLISH and delivered.topic == "users/alice/inbox"
@@ -109,7 +109,7 @@ async def test_publish_and_subscribe_acl(tmp_path, broker_process, user_file):
         acl.write_text('{allow, {username, "alice"}, publish, ["users/bob/inbox"]}.\n' + ACL)
 
         async def reloaded():
-            ack = await alice.publish("users/bob/inbox", b"now allowed")
+            ack = await alice.publish("users/bob/inbox", b"now allowed", qos=1)
             return ack.reason_code == rc.SUCCESS
         assert await eventually(reloaded, "the reloaded ACL", timeout=10.0, interval=0.1)
         delivered = await bob.recv()
