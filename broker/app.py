@@ -18,6 +18,7 @@ from .config.loader import iter_listeners
 from .config.model import BrokerConfig
 from .listeners import Listener, build_listeners
 from .store import StoreError
+from .tasks import spawn
 
 log = logging.getLogger("wharf.app")
 
@@ -175,13 +176,10 @@ async def serve(config: BrokerConfig, broker_factory: Callable[[BrokerConfig], A
     loop = asyncio.get_running_loop()
     stop = asyncio.Event()
     app = BrokerApp(config, broker_factory)
-    reloads: set[asyncio.Task] = set()  # the loop keeps only weak references to tasks
 
     def on_hangup() -> None:
         log.info("SIGHUP: reloading certificates of every TLS listener, the password and ACL files")
-        reload = loop.create_task(app.reload_certificates())
-        reloads.add(reload)
-        reload.add_done_callback(reloads.discard)
+        spawn(app.reload_certificates())
         access = getattr(app.broker, "access", None)
         if access is not None:
             access.reload()

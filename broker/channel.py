@@ -13,20 +13,22 @@ import collections
 import logging
 import os
 import time
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, NoReturn
 
 from .auth import AuthResult, ConnectInfo, identity_from_certificate, peer_identity
 from .authz import guard_for
 from .limits import exceeded
 from .mqtt import reason_codes as rc
-from .mqtt.frame import encode, encode_publish_parts
+from .mqtt.frame import (PINGRESP_BYTES, encode_ack, encode_connack, encode_disconnect, encode_puback,
+                         encode_pubcomp, encode_publish_parts, encode_pubrec, encode_pubrel, encode_suback,
+                         encode_unsuback)
 from .mqtt.packets import (AUTH, CONNACK, CONNECT, DISCONNECT, MQTT_5, NAMES, PINGREQ, PINGRESP, PUBACK,
-                           PUBCOMP, PUBLISH, PUBREC, PUBREL, SUBACK, SUBSCRIBE, UNSUBACK, UNSUBSCRIBE, Connack,
-                           Connect, Disconnect, Properties, PubAck, Publish, Subscribe, Suback, Unsuback,
-                           Unsubscribe)
+                           PUBCOMP, PUBLISH, PUBREC, PUBREL, SUBACK, SUBSCRIBE, UNSUBACK, UNSUBSCRIBE, Connect,
+                           Disconnect, Properties, PubAck, Publish, Subscribe, Unsubscribe)
 from .mqtt.topic import has_wildcard, parse_shared, valid_topic_filter
 from .router import Message, Subscription
 from .sys_topics import is_sys_topic
+from .tasks import spawn
 from .tenancy import fill_mountpoint, session_owner
 
 if TYPE_CHECKING:
@@ -41,7 +43,6 @@ log = logging.getLogger("wharf_broker.channel")
 # 5.0 PUBLISH properties a subscriber receives as the publisher sent them.
 _PASSED_THROUGH = ("payload_format_indicator", "content_type", "response_topic", "correlation_data",
                    "user_property")
-_PINGRESP = b"\xd0\x00"
 # Why the server ended a connection, in EMQX's words (for the $SYS disconnected event).
 _KICK_REASONS = {rc.SESSION_TAKEN_OVER: "takenover", rc.KEEP_ALIVE_TIMEOUT: "keepalive_timeout",
                  rc.SERVER_SHUTTING_DOWN: "shutdown"}
@@ -54,6 +55,15 @@ class ProtocolViolation(Exception):
     def __init__(self, reason_code: int, message: str) -> None:
         super().__init__(message)
         self.reason_code = reason_code
+
+
+class _Refused(Exception):
+    """A CONNECT step's refusal: answered with a CONNACK carrying ``reason_code`` (and ``reason`` in 5.0)."""
+
+    def __init__(self, reason_code: int, reason: str) -> None:
+        super().__init__(reason)
+        self.reason_code = reason_code
+        self.reason = reason
 
 
 class Channel:
@@ -134,56 +144,96 @@ class Channel:
             raise ProtocolViolation(rc.PROTOCOL_ERROR, f"client sent {NAMES[ptype]}")
         return False
 
-    def send(self, packet: Any) -> None:
-        self.connection.write(encode(packet, self.version))
-
     # ---------------------------------------------------------------------------------------------- CONNECT
+    #
+    # CONNECT is a list of small steps run in order by two short drivers: ``handle_connect`` up to authentication
+    # and ``_connect_authenticated`` after it (an authenticator may answer later; the connection holds the
+    # client's next packets meanwhile). A step returns what it found, or sets the channel attributes it
+    # negotiates, or raises ``_Refused``: the driver then answers with a refusing CONNACK and closes.
 
-    # Long on purpose: CONNECT's checks in order (#17 item 5 splits them).
-    def handle_connect(self, packet: Connect) -> bool:  # noqa: C901
+    def handle_connect(self, packet: Connect) -> bool:
+        """Process a CONNECT. True when authentication goes on asynchronously (``_auth_done`` finishes it)."""
         if self.connect_received:
             raise ProtocolViolation(rc.PROTOCOL_ERROR, "second CONNECT")
         self.connect_received = True
         self.connection.connect_arrived()
+        try:
+            self._check_protocol(packet)
+            self._check_will(packet.will)
+            info = self._resolve_identity(packet)
+            self._check_banned(info)
+        except _Refused as refused:
+            return self._refuse(refused.reason_code, refused.reason)
+        return self._authenticate(packet, info)
+
+    def _connect_authenticated(self, packet: Connect, info: ConnectInfo, result: AuthResult) -> None:
+        """The steps after authentication, ending in the CONNACK."""
+        try:
+            self._check_authenticated(info, result)
+            client_id = self._assign_client_id(packet, info.client_id)
+            self._authorize(info, result, client_id)
+            self._authorize_will(packet)
+            ack_props: Properties = {}
+            if self.v5 and client_id != info.client_id:
+                ack_props["assigned_client_identifier"] = client_id
+            ack_props.update(self._negotiate(packet))
+            self._mount(info, result)
+            session, present, attach_props = self._attach(packet)
+        except _Refused as refused:
+            self._refuse(refused.reason_code, refused.reason)
+            return
+        ack_props.update(attach_props)
+        self._accept(packet, session, present, ack_props)
+
+    def _check_protocol(self, packet: Connect) -> None:
+        """The protocol version and what this broker refuses outright: enhanced authentication, a client id
+        beyond ``mqtt.max_clientid_len``, a 3.1.1 keep-alive beyond ``mqtt.max_keepalive``."""
         self.version = packet.version
         self.v5 = v5 = packet.version == MQTT_5
         settings = self.settings
-        props = packet.properties
         if v5:
+            props = packet.properties
             self.problem_information = props.get("request_problem_information", 1) == 1
             if "authentication_method" in props:
-                return self._refuse(rc.BAD_AUTHENTICATION_METHOD, "enhanced authentication is not supported")
-        client_id = packet.client_id
-        if len(client_id) > settings.max_clientid_len:
+                raise _Refused(rc.BAD_AUTHENTICATION_METHOD, "enhanced authentication is not supported")
+        if len(packet.client_id) > settings.max_clientid_len:
             exceeded("max_clientid_len")
-            return self._refuse(rc.CLIENT_IDENTIFIER_NOT_VALID, "client id too long")
+            raise _Refused(rc.CLIENT_IDENTIFIER_NOT_VALID, "client id too long")
         max_keepalive = settings.max_keepalive
         if max_keepalive is not None and not v5 and (packet.keepalive == 0 or packet.keepalive > max_keepalive):
             # 3.1.1 cannot be told another keep-alive: refused as mosquitto 2 does ("identifier rejected").
             exceeded("max_keepalive")
             log.info("client %r from %s refused: keep-alive %ds is beyond mqtt.max_keepalive %ds", packet.client_id,
                      self.connection.peer_text, packet.keepalive, max_keepalive)
-            return self._refuse(rc.CLIENT_IDENTIFIER_NOT_VALID, "keep-alive beyond mqtt.max_keepalive")
-        will = packet.will
-        if will is not None:
-            if not will.topic or has_wildcard(will.topic):
-                return self._refuse(rc.TOPIC_NAME_INVALID, "invalid will topic")
-            if will.qos > settings.max_qos_allowed:
-                return self._refuse(rc.QOS_NOT_SUPPORTED, "will QoS not supported")
-            if will.retain and not settings.retain_available:
-                return self._refuse(rc.RETAIN_NOT_SUPPORTED, "retained messages are not supported")
-            if will.properties.get("payload_format_indicator") == 1 and not _is_utf8(will.payload):
-                return self._refuse(rc.PAYLOAD_FORMAT_INVALID, "will payload is not UTF-8")
+            raise _Refused(rc.CLIENT_IDENTIFIER_NOT_VALID, "keep-alive beyond mqtt.max_keepalive")
 
+    def _check_will(self, will: Will | None) -> None:
+        """A will this broker could not publish is refused with the CONNECT."""
+        if will is None:
+            return
+        settings = self.settings
+        if not will.topic or has_wildcard(will.topic):
+            raise _Refused(rc.TOPIC_NAME_INVALID, "invalid will topic")
+        if will.qos > settings.max_qos_allowed:
+            raise _Refused(rc.QOS_NOT_SUPPORTED, "will QoS not supported")
+        if will.retain and not settings.retain_available:
+            raise _Refused(rc.RETAIN_NOT_SUPPORTED, "retained messages are not supported")
+        if will.properties.get("payload_format_indicator") == 1 and not _is_utf8(will.payload):
+            raise _Refused(rc.PAYLOAD_FORMAT_INVALID, "will payload is not UTF-8")
+
+    def _resolve_identity(self, packet: Connect) -> ConnectInfo:
+        """Who the client is: its CONNECT's claims, overridden by its certificate (``peer_cert_as_username`` /
+        ``peer_cert_as_clientid``), its pre-shared key, or a load balancer's word for its certificate."""
         transport = self.connection.transport
         listener = self.connection.listener
         identity = peer_identity(transport) if transport is not None else None
         username = packet.username
+        client_id = packet.client_id
         try:
             cert_username = identity_from_certificate(identity, listener.peer_cert_as_username)
             cert_client_id = identity_from_certificate(identity, listener.peer_cert_as_clientid)
         except ValueError as error:
-            return self._refuse(rc.BAD_USER_NAME_OR_PASSWORD, f"client certificate refused: {error}")
+            raise _Refused(rc.BAD_USER_NAME_OR_PASSWORD, f"client certificate refused: {error}") from None
         if cert_username is not None:
             username = cert_username
         if cert_client_id is not None:
@@ -200,18 +250,24 @@ class Channel:
                     username = cert_cn
                 if listener.peer_cert_as_clientid == "cn" and cert_client_id is None:
                     client_id = cert_cn
-        flapping = self.broker.access.flapping
-        if flapping.enabled and flapping.refuses(client_id, self.connection.peer):
-            self.broker.access.authn["banned"].inc()
-            log.info("client %r from %s refused: banned for flapping", client_id, self.connection.peer_text)
-            return self._refuse(rc.BANNED, "banned for flapping")
-        info = ConnectInfo(client_id, username, packet.password, listener.id, self.connection.peer,
+        return ConnectInfo(client_id, username, packet.password, listener.id, self.connection.peer,
                            packet.version, identity, cert_cn, psk_identity)
+
+    def _check_banned(self, info: ConnectInfo) -> None:
+        flapping = self.broker.access.flapping
+        if flapping.enabled and flapping.refuses(info.client_id, self.connection.peer):
+            self.broker.access.authn["banned"].inc()
+            log.info("client %r from %s refused: banned for flapping", info.client_id, self.connection.peer_text)
+            raise _Refused(rc.BANNED, "banned for flapping")
+
+    def _authenticate(self, packet: Connect, info: ConnectInfo) -> bool:
+        """Run the authentication chain: at once when no hook can make it wait (or the pre-shared key already
+        authenticated the client), else in a task (True: the connection waits for ``_auth_done``)."""
         chain = self.broker.auth
-        if not chain.hooks or psk_identity is not None:
+        if not chain.hooks or info.psk_identity is not None:
             self._connect_authenticated(packet, info, chain.fallback(info))
             return False
-        task = self._loop.create_task(chain.authenticate(info))
+        task = spawn(chain.authenticate(info))
         task.add_done_callback(lambda done: self._auth_done(packet, info, done))
         return True
 
@@ -236,129 +292,164 @@ class Channel:
                 return
         self.connection.resume_processing()
 
-    # Long on purpose: CONNECT's checks in order (#17 item 5 splits them).
-    def _connect_authenticated(self, packet: Connect, info: ConnectInfo, result: AuthResult) -> None:  # noqa: C901
-        access = self.broker.access
+    def _check_authenticated(self, info: ConnectInfo, result: AuthResult) -> None:
         if not result.allowed:
-            access.authn["deny"].inc()
+            self.broker.access.authn["deny"].inc()
             log.info("client %r from %s refused: %s", info.client_id, self.connection.peer_text,
                      result.reason or "not authorized")
-            self._refuse(result.reason_code or rc.NOT_AUTHORIZED, result.reason or "not authorized")
-            return
-        settings = self.settings
-        v5 = self.v5
-        props = packet.properties
-        ack_props: Properties = {}
-        client_id = info.client_id
-        if not client_id:
-            if not v5 and not packet.clean_start:
-                self._refuse(rc.CLIENT_IDENTIFIER_NOT_VALID, "empty client id needs a clean session")
-                return
-            client_id = "wharf-" + os.urandom(8).hex()
-            if v5:
-                ack_props["assigned_client_identifier"] = client_id
+            raise _Refused(result.reason_code or rc.NOT_AUTHORIZED, result.reason or "not authorized")
+
+    def _assign_client_id(self, packet: Connect, client_id: str) -> str:
+        """The client's id, or one of the broker's making for an empty one (which 3.1.1 allows only with a clean
+        session)."""
+        if client_id:
+            return client_id
+        if not self.v5 and not packet.clean_start:
+            raise _Refused(rc.CLIENT_IDENTIFIER_NOT_VALID, "empty client id needs a clean session")
+        return "wharf-" + os.urandom(8).hex()
+
+    def _authorize(self, info: ConnectInfo, result: AuthResult, client_id: str) -> None:
+        """The client is in: its names and its ACL view."""
+        access = self.broker.access
         self.client_id = client_id
         self.username = info.username
         access.authn["anonymous" if result.attributes.get("anonymous") else "allow"].inc()
-        self.acl = acl = access.client_acl(info.username, client_id, info.cert_common_name, info.peer)
-        if acl is not None and packet.will is not None and not acl.may_publish(packet.will.topic):
-            log.info("client %r: will on %r dropped: not authorized", client_id, packet.will.topic)
+        self.acl = access.client_acl(info.username, client_id, info.cert_common_name, info.peer)
+
+    def _authorize_will(self, packet: Connect) -> None:
+        """A will its client may not publish (the ACL, or $SYS) is dropped; the client still connects."""
+        will = packet.will
+        if will is None:
+            return
+        if self.acl is not None and not self.acl.may_publish(will.topic):
+            log.info("client %r: will on %r dropped: not authorized", self.client_id, will.topic)
             packet.will = None
-        if packet.will is not None and is_sys_topic(packet.will.topic):
-            log.info("client %r: will on %r dropped: $SYS is reserved for the broker", client_id, packet.will.topic)
+        elif is_sys_topic(will.topic):
+            log.info("client %r: will on %r dropped: $SYS is reserved for the broker", self.client_id, will.topic)
             self.broker.metrics.dropped("sys_topic").value += 1
             packet.will = None
 
-        # Session lifetime: 5.0 asks for one (capped); 3.1.1 persistent sessions get the configured one.
-        cap = settings.session_expiry_interval
-        if v5:
-            requested = props.get("session_expiry_interval", 0)
+    def _negotiate(self, packet: Connect) -> Properties:
+        """Session expiry, flow-control limits and keep-alive; returns what the CONNACK tells the client."""
+        ack_props = self._negotiate_session_expiry(packet)
+        if self.v5:
+            ack_props.update(self._negotiate_limits(packet.properties))
+        ack_props.update(self._negotiate_keepalive(packet))
+        return ack_props
+
+    def _negotiate_session_expiry(self, packet: Connect) -> Properties:
+        """Session lifetime: 5.0 asks for one (capped); 3.1.1 persistent sessions get the configured one."""
+        cap = self.settings.session_expiry_interval
+        ack_props: Properties = {}
+        if self.v5:
+            requested = packet.properties.get("session_expiry_interval", 0)
             expiry = cap if requested == _NEVER_EXPIRES else min(float(requested), cap)
             if expiry != requested:
                 ack_props["session_expiry_interval"] = int(expiry)
         else:
             expiry = 0.0 if packet.clean_start else cap
         self.session_expiry = expiry
+        return ack_props
 
-        if v5:
-            receive_maximum = props.get("receive_maximum", 65535)
-            self.send_window = min(settings.max_inflight or 65535, receive_maximum)
-            self.client_max_packet = props.get("maximum_packet_size")
-            if self.connection.listener.topic_alias_out:
-                self.aliases_out_max = props.get("topic_alias_maximum", 0)
-            if settings.max_topic_alias:
-                ack_props["topic_alias_maximum"] = min(settings.max_topic_alias, 65535)
-            if settings.max_awaiting_rel is not None:
-                ack_props["receive_maximum"] = max(1, min(settings.max_awaiting_rel, 65535))
-            ack_props["maximum_packet_size"] = settings.max_packet_size
-            if settings.max_qos_allowed < 2:
-                ack_props["maximum_qos"] = settings.max_qos_allowed
-            if not settings.retain_available:
-                ack_props["retain_available"] = 0
-            if not settings.wildcard_subscription:
-                ack_props["wildcard_subscription_available"] = 0
-            if not settings.shared_subscription:
-                ack_props["shared_subscription_available"] = 0
-            if props.get("request_response_information") == 1 and settings.response_information:
-                ack_props["response_information"] = settings.response_information
+    def _negotiate_limits(self, props: Properties) -> Properties:
+        """5.0: the client's receive maximum, packet size and topic aliases; the broker's, and what it lacks."""
+        settings = self.settings
+        ack_props: Properties = {}
+        receive_maximum = props.get("receive_maximum", 65535)
+        self.send_window = min(settings.max_inflight or 65535, receive_maximum)
+        self.client_max_packet = props.get("maximum_packet_size")
+        if self.connection.listener.topic_alias_out:
+            self.aliases_out_max = props.get("topic_alias_maximum", 0)
+        if settings.max_topic_alias:
+            ack_props["topic_alias_maximum"] = min(settings.max_topic_alias, 65535)
+        if settings.max_awaiting_rel is not None:
+            ack_props["receive_maximum"] = max(1, min(settings.max_awaiting_rel, 65535))
+        ack_props["maximum_packet_size"] = settings.max_packet_size
+        if settings.max_qos_allowed < 2:
+            ack_props["maximum_qos"] = settings.max_qos_allowed
+        if not settings.retain_available:
+            ack_props["retain_available"] = 0
+        if not settings.wildcard_subscription:
+            ack_props["wildcard_subscription_available"] = 0
+        if not settings.shared_subscription:
+            ack_props["shared_subscription_available"] = 0
+        if props.get("request_response_information") == 1 and settings.response_information:
+            ack_props["response_information"] = settings.response_information
+        return ack_props
+
+    def _negotiate_keepalive(self, packet: Connect) -> Properties:
+        """The client's keep-alive, or (5.0) the server's: ``mqtt.server_keepalive``, or the cap of
+        ``mqtt.max_keepalive``."""
+        settings = self.settings
         keepalive = packet.keepalive
-        if v5 and settings.server_keepalive is not None:
+        ack_props: Properties = {}
+        if self.v5 and settings.server_keepalive is not None:
             keepalive = settings.server_keepalive
             ack_props["server_keep_alive"] = keepalive
-        elif v5 and settings.max_keepalive is not None and (keepalive == 0 or keepalive > settings.max_keepalive):
+        elif self.v5 and settings.max_keepalive is not None and (keepalive == 0 or keepalive > settings.max_keepalive):
             keepalive = settings.max_keepalive
             ack_props["server_keep_alive"] = keepalive
         self.keepalive = keepalive
+        return ack_props
 
-        mountpoint = self.connection.listener.mountpoint
-        if mountpoint:
-            mountpoint, refused = fill_mountpoint(mountpoint, client_id, info.username)
+    def _mount(self, info: ConnectInfo, result: AuthResult) -> None:
+        """The listener's mountpoint with this client's placeholders filled in, and the identity its session
+        belongs to."""
+        listener = self.connection.listener
+        if listener.mountpoint:
+            mountpoint, refused = fill_mountpoint(listener.mountpoint, self.client_id or "", info.username)
             if refused is not None:
                 self._refuse_placeholder(refused, info)
-                return
             self.mountpoint = mountpoint
         self.owner = session_owner(info.username, self._username_vouched(info, result), info.peer_identity,
                                    info.cert_common_name, self.mountpoint)
+
+    def _attach(self, packet: Connect) -> tuple[Session, bool, Properties]:
+        """Take the will and the session (a new one, this client's previous one, or one taken over from another
+        connection): (session, whether it was there before, what the CONNACK says about it)."""
         if packet.will is not None:
             self.will = packet.will
             if self.mountpoint:
                 self.will.topic = self.mountpoint + self.will.topic
-
-        broker = self.broker
-        session, present = broker.attach(self, client_id, packet.clean_start)
+        assert self.client_id is not None  # set by _authorize
+        session, present = self.broker.attach(self, self.client_id, packet.clean_start)
         if session is None:  # the session belongs to another identity (session_owner_check = refuse)
             self.will = None
-            self._refuse(rc.CLIENT_IDENTIFIER_NOT_VALID, "client id in use by another identity")
-            return
-        if session.guest and expiry:  # another identity's client id: a session of its own, ending with it
-            self.session_expiry = expiry = 0.0
-            if v5:
+            raise _Refused(rc.CLIENT_IDENTIFIER_NOT_VALID, "client id in use by another identity")
+        ack_props: Properties = {}
+        if session.guest and self.session_expiry:  # another identity's client id: a session of its own, ending with it
+            self.session_expiry = 0.0
+            if self.v5:
                 ack_props["session_expiry_interval"] = 0
+        return session, present, ack_props
+
+    def _accept(self, packet: Connect, session: Session, present: bool, ack_props: Properties) -> None:
+        """Connected: the CONNACK, keep-alive, a resumed session's pending messages and the $SYS event."""
         if present:
             self.guard_subscriptions(session)
         session.acl = self.acl
         self.session = session
-        session.expiry_interval = expiry
+        session.expiry_interval = self.session_expiry
         self.connected = True
         self.connected_at = time.time()
-        self.send(Connack(present, rc.SUCCESS, ack_props))
-        self.connection.start_keepalive(keepalive * settings.keepalive_multiplier if keepalive else 0)
+        self.connection.write(encode_connack(present, rc.SUCCESS, ack_props, self.version))
+        keepalive = self.keepalive
+        self.connection.start_keepalive(keepalive * self.settings.keepalive_multiplier if keepalive else 0)
         if present:
             session.resume()
-        events = broker.sys_events
+        events = self.broker.sys_events
         if events is not None:
             events.client_connected(self, packet.clean_start)
 
-    def _refuse_placeholder(self, placeholder: str, info: ConnectInfo) -> None:
+    def _refuse_placeholder(self, placeholder: str, info: ConnectInfo) -> NoReturn:
         """The listener's mountpoint would take this client's ``placeholder`` value, which could widen it."""
         self.broker.owner_check.mountpoint_refused[placeholder].inc()
         log.warning("client %r from %s refused: its %s cannot fill the mountpoint %r (empty, or holding + # / "
                     "or NUL)", info.client_id, self.connection.peer_text, placeholder,
                     self.connection.listener.mountpoint)
         if placeholder == "clientid":
-            self._refuse(rc.CLIENT_IDENTIFIER_NOT_VALID, "client id not usable in this listener's mountpoint")
-        else:
-            self._refuse(rc.NOT_AUTHORIZED, "user name not usable in this listener's mountpoint")
+            raise _Refused(rc.CLIENT_IDENTIFIER_NOT_VALID, "client id not usable in this listener's mountpoint")
+        raise _Refused(rc.NOT_AUTHORIZED, "user name not usable in this listener's mountpoint")
 
     def _username_vouched(self, info: ConnectInfo, result: AuthResult) -> bool:
         """Whether the username is more than a claim: an authenticator accepted it, or the client's certificate
@@ -388,7 +479,7 @@ class Channel:
         """Answer the CONNECT with a refusal and close."""
         props = {"reason_string": reason} if self.v5 and self.problem_information else None
         code = reason_code if self.v5 else rc.connack_v3(reason_code)
-        self.send(Connack(False, code, props))
+        self.connection.write(encode_connack(False, code, props, self.version))
         self.connection.close()
         return False
 
@@ -426,8 +517,7 @@ class Channel:
         if packet.retain and qos and self.v5 and broker.retain_refusal(message) is not None:
             # retainer limits: 5.0 can hear it (and the message is not routed); see config.model.Retainer.
             assert packet.packet_id is not None  # QoS 1/2 carry one (the decoder checks)
-            self.connection.write(encode(PubAck(PUBACK if qos == 1 else PUBREC, packet.packet_id,
-                                                rc.QUOTA_EXCEEDED), 5))
+            self.connection.write(encode_ack(PUBACK if qos == 1 else PUBREC, packet.packet_id, rc.QUOTA_EXCEEDED))
             return
         if qos == 0:
             broker.publish(message)
@@ -445,15 +535,15 @@ class Channel:
                 self._ack_when_routed(PUBACK, packet_id, delivered)
                 return
             if self.v5 and not delivered:
-                connection.write_at(mark, encode(PubAck(PUBACK, packet_id, rc.NO_MATCHING_SUBSCRIBERS), 5))
+                connection.write_at(mark, encode_ack(PUBACK, packet_id, rc.NO_MATCHING_SUBSCRIBERS))
             else:
-                connection.write_at(mark, b"\x40\x02" + packet_id.to_bytes(2, "big"))
+                connection.write_at(mark, encode_puback(packet_id))
             return
         session = self.session
         assert session is not None  # set at CONNECT, before any PUBLISH is handled
         awaiting = session.awaiting_rel
         if packet_id in awaiting:  # a resend of a QoS 2 message already routed
-            self.connection.write(b"\x50\x02" + packet_id.to_bytes(2, "big"))
+            self.connection.write(encode_pubrec(packet_id))
             return
         limit = settings.max_awaiting_rel
         if limit is not None and len(awaiting) >= limit:
@@ -463,7 +553,7 @@ class Channel:
             broker.count_dropped(message, "awaiting_rel_full")
             log.warning("client %r: QoS 2 message on %r dropped, %d awaiting PUBREL", self.client_id, topic,
                         len(awaiting))
-            self.connection.write(b"\x50\x02" + packet_id.to_bytes(2, "big"))
+            self.connection.write(encode_pubrec(packet_id))
             return
         delivered = broker.publish(message)
         awaiting[packet_id] = self._loop.time()
@@ -473,9 +563,9 @@ class Channel:
             self._ack_when_routed(PUBREC, packet_id, delivered)
             return
         if self.v5 and not delivered:
-            connection.write_at(mark, encode(PubAck(PUBREC, packet_id, rc.NO_MATCHING_SUBSCRIBERS), 5))
+            connection.write_at(mark, encode_ack(PUBREC, packet_id, rc.NO_MATCHING_SUBSCRIBERS))
         else:
-            connection.write_at(mark, b"\x50\x02" + packet_id.to_bytes(2, "big"))
+            connection.write_at(mark, encode_pubrec(packet_id))
 
     def _publish_refused(self, packet: Publish, topic: str, reason: str = "not_authorized") -> None:
         """The ACL (or the $SYS reservation) refused this PUBLISH: 5.0 hears "not authorized" in its
@@ -489,10 +579,7 @@ class Channel:
             return
         kind = PUBACK if qos == 1 else PUBREC
         assert packet.packet_id is not None  # QoS 1/2 carry one (the decoder checks)
-        if self.v5:
-            self.connection.write(encode(PubAck(kind, packet.packet_id, rc.NOT_AUTHORIZED), 5))
-        else:
-            self.connection.write(bytes((kind << 4, 2)) + packet.packet_id.to_bytes(2, "big"))
+        self.connection.write(encode_ack(kind, packet.packet_id, rc.NOT_AUTHORIZED, None, self.version))
 
     def _ack_when_routed(self, kind: int, packet_id: int, pending: asyncio.Future[int]) -> None:
         """PUBACK/PUBREC once ``pending`` (a future of the delivery count) resolves, in the order the PUBLISHes
@@ -530,11 +617,11 @@ class Channel:
                 self.connection.close()
                 return
             props = {"reason_string": str(error)[:200]} if self.problem_information and error else None
-            self.send(PubAck(kind, packet_id, rc.UNSPECIFIED_ERROR, props))
+            self.connection.write(encode_ack(kind, packet_id, rc.UNSPECIFIED_ERROR, props))
         elif self.v5 and not future.result():
-            self.send(PubAck(kind, packet_id, rc.NO_MATCHING_SUBSCRIBERS))
+            self.connection.write(encode_ack(kind, packet_id, rc.NO_MATCHING_SUBSCRIBERS))
         else:
-            self.connection.write((b"\x40\x02" if kind == PUBACK else b"\x50\x02") + packet_id.to_bytes(2, "big"))
+            self.connection.write(encode_ack(kind, packet_id, version=self.version))
 
     def _publish_properties(self, topic: str, properties: Properties) -> tuple[str, Properties | None, float | None]:
         """Resolve the topic alias and split off the per-delivery properties: (topic, passed-through
@@ -638,7 +725,7 @@ class Channel:
         return (head + tail, b"") if not qos else (head, tail)
 
     def write_pubrel(self, packet_id: int) -> None:
-        self.connection.write(b"\x62\x02" + packet_id.to_bytes(2, "big"))
+        self.connection.write(encode_pubrel(packet_id))
 
     # ------------------------------------------------------------------------------------ acknowledgements
 
@@ -658,7 +745,7 @@ class Channel:
         if known:
             self.write_pubrel(packet_id)
         elif self.v5:
-            self.send(PubAck(PUBREL, packet_id, rc.PACKET_IDENTIFIER_NOT_FOUND))
+            self.connection.write(encode_ack(PUBREL, packet_id, rc.PACKET_IDENTIFIER_NOT_FOUND))
         else:
             self.write_pubrel(packet_id)
 
@@ -668,11 +755,11 @@ class Channel:
         assert session is not None
         if session.awaiting_rel.pop(packet_id, None) is None:
             if self.v5:
-                self.send(PubAck(PUBCOMP, packet_id, rc.PACKET_IDENTIFIER_NOT_FOUND))
+                self.connection.write(encode_ack(PUBCOMP, packet_id, rc.PACKET_IDENTIFIER_NOT_FOUND))
                 return
         elif session.store is not None:
             session.store.awaiting_rel(session, packet_id, False)
-        self.connection.write(b"\x70\x02" + packet_id.to_bytes(2, "big"))
+        self.connection.write(encode_pubcomp(packet_id))
 
     def handle_pubcomp(self, packet: PubAck) -> None:
         assert self.session is not None
@@ -680,7 +767,7 @@ class Channel:
             log.debug("client %r: PUBCOMP for unknown packet id %d", self.client_id, packet.packet_id)
 
     def handle_pingreq(self, packet: object) -> None:
-        self.connection.write(_PINGRESP)
+        self.connection.write(PINGRESP_BYTES)
 
     # ------------------------------------------------------------------------------------ (UN)SUBSCRIBE
 
@@ -736,7 +823,7 @@ class Channel:
             codes.append(qos)
             if not shared and (options.retain_handling == 0 or (options.retain_handling == 1 and is_new)):
                 granted_subs.append(subscription)
-        self.send(Suback(packet.packet_id, codes))
+        self.connection.write(encode_suback(packet.packet_id, codes, None, self.version))
         for subscription in granted_subs:
             self.broker.deliver_retained(session, subscription)
 
@@ -751,7 +838,7 @@ class Channel:
                                else self.mountpoint + full_filter)
             found = self.broker.unsubscribe(session, full_filter)
             codes.append(rc.SUCCESS if found else rc.NO_SUBSCRIPTION_EXISTED)
-        self.send(Unsuback(packet.packet_id, codes if self.v5 else None))
+        self.connection.write(encode_unsuback(packet.packet_id, codes, None, self.version))
 
     # ------------------------------------------------------------------------------------ DISCONNECT / AUTH
 
@@ -785,8 +872,9 @@ class Channel:
             pass
         elif not self.connected and not self._disconnected:
             if self.v5:
-                self.send(Connack(False, reason_code,
-                                  {"reason_string": reason} if self.problem_information else None))
+                self.connection.write(encode_connack(False, reason_code,
+                                                     {"reason_string": reason} if self.problem_information else None,
+                                                     MQTT_5))
         elif self.connected and self.v5:
             self._send_disconnect(reason_code, reason)
         self.terminate(publish_will=True, reason="protocol_error")
@@ -802,7 +890,7 @@ class Channel:
 
     def _send_disconnect(self, reason_code: int, reason: str) -> None:
         props = {"reason_string": reason} if self.problem_information and reason else None
-        self.send(Disconnect(reason_code, props))
+        self.connection.write(encode_disconnect(reason_code, props, self.version))
 
     def terminate(self, publish_will: bool, reason: str = "tcp_closed") -> None:
         """Leave the broker: publish or schedule the will, detach from (or end) the session. Idempotent.

@@ -28,6 +28,7 @@ from ..auth import AuthResult, ConnectInfo
 from ..config.model import PasswordFileAuthn
 from ..limits import exceeded
 from ..mqtt import reason_codes as rc
+from ..watched_file import WatchedFile
 from . import hashing
 
 log = logging.getLogger("wharf_broker.authn")
@@ -66,10 +67,10 @@ class PasswordFileAuthenticator:
         self.path = config.path
         self.reload_interval = config.reload_interval
         self.users: dict[str, str] = {}
-        self.digest = ""
+        self._file = WatchedFile(self.path, "password file", parse_password_file, self._install, PasswordFileError,
+                                 lambda: f"{len(self.users)} users", log, self.reload_interval)
         self._pepper = os.urandom(16)  # the cache keys are useless outside this process
         self._verified: OrderedDict[tuple[str, bytes], str] = OrderedDict()
-        self._watcher: asyncio.Task | None = None
         self.hash_workers = config.hash_workers
         self.max_pending = config.hash_workers + config.hash_queue_size
         self.pending = 0  # checks running or waiting for a thread
@@ -80,37 +81,22 @@ class PasswordFileAuthenticator:
     def reload(self) -> bool:
         """Re-read the file if its content changed; True when new users are in force. The first load raises
         ``PasswordFileError`` / ``OSError``; later failures are logged and keep the old users."""
-        first = not self.digest
-        try:
-            with open(self.path, "rb") as handle:
-                data = handle.read()
-            digest = hashlib.sha256(data).hexdigest()
-            if digest == self.digest:
-                return False
-            users = parse_password_file(data.decode("utf-8"), self.path)
-        except (OSError, UnicodeDecodeError, PasswordFileError) as error:
-            if first:
-                raise PasswordFileError(f"password file {self.path}: {error}") from None
-            log.error("password file %s not reloaded, keeping %d users: %s", self.path, len(self.users), error)
-            return False
-        self.users, self.digest = users, digest
+        return self._file.reload()
+
+    def _install(self, users: dict[str, str]) -> None:
+        self.users = users
         self._verified.clear()
         log.info("password file %s: %d users", self.path, len(users))
-        return True
+
+    @property
+    def digest(self) -> str:
+        return self._file.digest
 
     def start(self) -> None:
-        if self._watcher is None and self.reload_interval > 0:
-            self._watcher = asyncio.get_running_loop().create_task(self._watch())
-
-    async def _watch(self) -> None:
-        while True:
-            await asyncio.sleep(self.reload_interval)
-            self.reload()
+        self._file.start()
 
     async def stop(self) -> None:
-        if self._watcher is not None:
-            self._watcher.cancel()
-            self._watcher = None
+        await self._file.stop()
         if self._executor is not None:
             self._executor.shutdown(wait=False, cancel_futures=True)
             self._executor = None

@@ -14,8 +14,6 @@ through it is checked against the subscribe rules (``may_read``); other subscrip
 
 from __future__ import annotations
 
-import asyncio
-import hashlib
 import ipaddress
 import logging
 import re
@@ -25,6 +23,7 @@ from dataclasses import dataclass
 
 from ..config.model import Authorization
 from ..metrics import REGISTRY, Registry
+from ..watched_file import WatchedFile
 from .acl_file import AclSyntaxError, Rule, TopicPattern, parse_acl
 
 log = logging.getLogger("wharf_broker.authz")
@@ -134,13 +133,13 @@ class Authorizer:
         self.path = config.file.path if config.file.enable else ""
         self.reload_interval = config.file.reload_interval
         self.rules: list[Rule] = []
-        self.digest = ""
+        self._file = WatchedFile(self.path, "ACL file", parse_acl, self._install, AclSyntaxError,
+                                 lambda: f"{len(self.rules)} rules", log, self.reload_interval)
         self.generation = 0
         denied = registry.counter("wharf_authz_denied_total",
                                   "PUBLISH and SUBSCRIBE refused by the ACL, and messages not delivered through a "
                                   "subscription because a deny rule covers their topic (deliver)", ("action",))
         self.denied = {action: denied.labels(action=action) for action in (PUBLISH, SUBSCRIBE, DELIVER)}
-        self._watcher: asyncio.Task | None = None
         # Called after each reload that changed the rules (the broker re-decides which subscriptions need a read
         # check).
         self.on_reload: list = []
@@ -156,39 +155,25 @@ class Authorizer:
         """Re-read the ACL file if its content changed. The first load raises; later failures keep the old rules."""
         if not self.path:
             return False
-        first = not self.digest
-        try:
-            with open(self.path, "rb") as handle:
-                data = handle.read()
-            digest = hashlib.sha256(data).hexdigest()
-            if digest == self.digest:
-                return False
-            rules = parse_acl(data.decode("utf-8"), self.path)
-        except (OSError, UnicodeDecodeError, AclSyntaxError) as error:
-            if first:
-                raise AclSyntaxError(f"ACL file {self.path}: {error}") from None
-            log.error("ACL file %s not reloaded, keeping %d rules: %s", self.path, len(self.rules), error)
-            return False
-        self.rules, self.digest = rules, digest
+        return self._file.reload()
+
+    def _install(self, rules: list[Rule]) -> None:
+        self.rules = rules
         self.generation += 1
         log.info("ACL file %s: %d rules", self.path, len(rules))
         for callback in self.on_reload:
             callback()
-        return True
+
+    @property
+    def digest(self) -> str:
+        return self._file.digest
 
     def start(self) -> None:
-        if self.path and self._watcher is None and self.reload_interval > 0:
-            self._watcher = asyncio.get_running_loop().create_task(self._watch())
-
-    async def _watch(self) -> None:
-        while True:
-            await asyncio.sleep(self.reload_interval)
-            self.reload()
+        if self.path:
+            self._file.start()
 
     async def stop(self) -> None:
-        if self._watcher is not None:
-            self._watcher.cancel()
-            self._watcher = None
+        await self._file.stop()
 
     def for_client(self, facts: ClientFacts) -> ClientAcl:
         return ClientAcl(self, facts)

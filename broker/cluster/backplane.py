@@ -17,6 +17,7 @@ import nats
 from nats.js.api import KeyValueConfig, StorageType, StreamConfig
 
 from ..config.model import Cluster
+from ..tasks import spawn
 from .subjects import DURABLE_SUBJECTS
 
 log = logging.getLogger("wharf_broker.cluster")
@@ -144,7 +145,7 @@ class Backplane:
         for callback in self.on_reconnect:
             result = callback()
             if asyncio.iscoroutine(result):
-                asyncio.get_running_loop().create_task(result)
+                spawn(result)
 
     async def _error(self, error: Exception) -> None:
         self.last_error = str(error) or type(error).__name__

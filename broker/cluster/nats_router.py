@@ -33,6 +33,7 @@ from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
 
 from ..mqtt.topic import matches
 from ..router import LocalRouter, Message, Router, Subscription
+from ..tasks import spawn
 from .backplane import INTEREST_BUCKET, STREAM, Backplane, BackplaneUnavailable
 from .interest import InterestView, encode_interest
 from .shared import LocalSharedGroups, queue_name
@@ -111,13 +112,11 @@ class NatsRouter(Router):
                 log.debug("cluster: watcher not stopped cleanly: %r", exc)
 
     def _spawn(self, coroutine) -> asyncio.Task:
-        task = self.loop.create_task(coroutine)
-        self._tasks.add(task)
+        task = spawn(coroutine, self._tasks)
         task.add_done_callback(self._task_done)
         return task
 
     def _task_done(self, task: asyncio.Task) -> None:
-        self._tasks.discard(task)
         if not task.cancelled() and task.exception() is not None:
             log.warning("cluster: background task failed: %r", task.exception())
 

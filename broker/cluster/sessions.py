@@ -57,6 +57,7 @@ from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
 
 from ..mqtt import reason_codes as rc
 from ..router import LocalRouter, Subscription
+from ..tasks import spawn
 from .backplane import CHECKPOINTS_BUCKET, SESSIONS_BUCKET, STREAM
 from .subjects import (
     DURABLE_SUBJECTS,
@@ -128,10 +129,7 @@ class SessionRegistry:
                 log.debug("cluster: watcher not stopped cleanly: %r", exc)
 
     def _spawn(self, coroutine) -> asyncio.Task:
-        task = self.loop.create_task(coroutine)
-        self._tasks.add(task)
-        task.add_done_callback(self._tasks.discard)
-        return task
+        return spawn(coroutine, self._tasks)
 
     async def _watch(self, loaded: asyncio.Event) -> None:
         async for entry in self._watcher:

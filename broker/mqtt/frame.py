@@ -19,7 +19,9 @@ stricter ``connect_*`` limits, and what follows it waits for the normal ones (``
 
 from __future__ import annotations
 
-from struct import pack
+from collections.abc import Callable
+from functools import partial
+from struct import Struct, pack
 from typing import Any
 
 from . import reason_codes as rc
@@ -30,7 +32,9 @@ from .packets import (AUTH, CONNACK, CONNECT, DISCONNECT, MQTT_3_1, MQTT_3_1_1, 
 from .properties import (WILL, PropertyLimits, decode_properties, encode_binary, encode_properties, encode_string,
                          encode_varint, read_binary, read_string)
 
-__all__ = ["FrameError", "Parser", "encode", "encode_publish_parts", "fixed_header"]
+__all__ = ["FrameError", "Parser", "PINGRESP_BYTES", "encode", "encode_ack", "encode_connack", "encode_disconnect",
+           "encode_puback", "encode_pubcomp", "encode_publish_parts", "encode_pubrec", "encode_pubrel",
+           "encode_suback", "encode_unsuback", "fixed_header"]
 
 # The fixed-header flags each packet type must carry (PUBLISH's are free).
 _REQUIRED_FLAGS = {CONNECT: 0, CONNACK: 0, PUBACK: 0, PUBREC: 0, PUBREL: 2, PUBCOMP: 0, SUBSCRIBE: 2, SUBACK: 0,
@@ -436,6 +440,63 @@ def _with_header(first_byte: int, body: bytes) -> bytes:
     return fixed_header(first_byte, len(body)) + body
 
 
+# ------------------------------------------------------------------------------------------ acknowledgements
+#
+# What the server answers with. The plain PUBACK/PUBREC/PUBREL/PUBCOMP (success, no properties, the same bytes in
+# 3.1.1 and 5.0) are on the QoS 1/2 hot path: each is one C call, a struct packing the packet's first two bytes
+# (type and flags, remaining length 2) with the packet identifier.
+
+_ACK_FORM = Struct("!HH")
+encode_puback: Callable[[int], bytes] = partial(_ACK_FORM.pack, 0x4002)
+encode_pubrec: Callable[[int], bytes] = partial(_ACK_FORM.pack, 0x5002)
+encode_pubrel: Callable[[int], bytes] = partial(_ACK_FORM.pack, 0x6202)
+encode_pubcomp: Callable[[int], bytes] = partial(_ACK_FORM.pack, 0x7002)
+PINGRESP_BYTES = b"\xd0\x00"
+
+
+def encode_ack(kind: int, packet_id: int, reason_code: int = 0, properties: Properties | None = None,
+               version: int = MQTT_5) -> bytes:
+    """PUBACK, PUBREC, PUBREL or PUBCOMP (``kind``) with a reason code and properties (5.0; 3.1.1 has neither)."""
+    first = (kind << 4) | (2 if kind == PUBREL else 0)
+    if version != MQTT_5 or (reason_code == 0 and not properties):
+        return _ACK_FORM.pack((first << 8) | 2, packet_id)
+    body = pack("!HB", packet_id, reason_code)
+    if properties:
+        body += encode_properties(properties)
+    return _with_header(first, body)
+
+
+def encode_connack(session_present: bool, reason_code: int, properties: Properties | None, version: int) -> bytes:
+    """CONNACK; ``reason_code`` is already in the version's terms (``reason_codes.connack_v3`` for 3.1.1)."""
+    body = bytes((1 if session_present else 0, reason_code))
+    if version == MQTT_5:
+        body += encode_properties(properties or {})
+    return _with_header(0x20, body)
+
+
+def encode_suback(packet_id: int, reason_codes: list[int], properties: Properties | None, version: int) -> bytes:
+    body = pack("!H", packet_id)
+    if version == MQTT_5:
+        body += encode_properties(properties or {})
+    return _with_header(0x90, body + bytes(reason_codes))
+
+
+def encode_unsuback(packet_id: int, reason_codes: list[int] | None, properties: Properties | None,
+                    version: int) -> bytes:
+    """UNSUBACK; 3.1.1 carries neither reason codes nor properties."""
+    body = pack("!H", packet_id)
+    if version == MQTT_5:
+        body += encode_properties(properties or {}) + bytes(reason_codes or ())
+    return _with_header(0xB0, body)
+
+
+def encode_disconnect(reason_code: int, properties: Properties | None, version: int) -> bytes:
+    """DISCONNECT; 3.1.1 (and a plain 5.0 normal disconnection) is the two bytes ``e0 00``."""
+    if version != MQTT_5 or (reason_code == 0 and not properties):
+        return b"\xe0\x00"
+    return _with_header(0xE0, bytes((reason_code,)) + encode_properties(properties or {}))
+
+
 # ``packet`` is Any: the branches dispatch on ``packet.type``, which mypy cannot narrow the Packet union by.
 def encode(packet: Any, version: int) -> bytes:  # noqa: C901 - one branch per packet type, on the hot path
     """The wire form of any packet for a connection speaking ``version``."""
@@ -444,36 +505,19 @@ def encode(packet: Any, version: int) -> bytes:  # noqa: C901 - one branch per p
     if ptype == PUBLISH:
         return encode_publish(packet, version)
     if PUBACK <= ptype <= PUBCOMP:
-        first = (ptype << 4) | (2 if ptype == PUBREL else 0)
-        if not v5 or (packet.reason_code == 0 and not packet.properties):
-            return bytes((first, 2)) + pack("!H", packet.packet_id)
-        body = pack("!HB", packet.packet_id, packet.reason_code)
-        if packet.properties:
-            body += encode_properties(packet.properties)
-        return _with_header(first, body)
+        return encode_ack(ptype, packet.packet_id, packet.reason_code, packet.properties, version)
     if ptype == PINGREQ:
         return b"\xc0\x00"
     if ptype == PINGRESP:
-        return b"\xd0\x00"
+        return PINGRESP_BYTES
     if ptype == CONNACK:
-        body = bytes((1 if packet.session_present else 0, packet.reason_code))
-        if v5:
-            body += encode_properties(packet.properties)
-        return _with_header(0x20, body)
+        return encode_connack(packet.session_present, packet.reason_code, packet.properties, version)
     if ptype == SUBACK:
-        body = pack("!H", packet.packet_id)
-        if v5:
-            body += encode_properties(packet.properties)
-        return _with_header(0x90, body + bytes(packet.reason_codes))
+        return encode_suback(packet.packet_id, packet.reason_codes, packet.properties, version)
     if ptype == UNSUBACK:
-        body = pack("!H", packet.packet_id)
-        if v5:
-            body += encode_properties(packet.properties) + bytes(packet.reason_codes)
-        return _with_header(0xB0, body)
+        return encode_unsuback(packet.packet_id, packet.reason_codes, packet.properties, version)
     if ptype == DISCONNECT:
-        if not v5 or (packet.reason_code == 0 and not packet.properties):
-            return b"\xe0\x00"
-        return _with_header(0xE0, bytes((packet.reason_code,)) + encode_properties(packet.properties))
+        return encode_disconnect(packet.reason_code, packet.properties, version)
     if ptype == AUTH:
         if packet.reason_code == 0 and not packet.properties:
             return b"\xf0\x00"

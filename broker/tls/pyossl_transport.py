@@ -21,6 +21,7 @@ from typing import TYPE_CHECKING
 from cryptography.hazmat.primitives.serialization import Encoding
 from OpenSSL import SSL
 
+from ..tasks import spawn
 from .compat.pyopenssl import load as load_pyopenssl
 from .handshake_metrics import VERIFY_REASONS
 from .identity import PeerIdentity
@@ -208,7 +209,7 @@ class PyOpenSslBridge(asyncio.Protocol, asyncio.Transport):
         verdict = self._runtime.checker.check_now(der, reused is not False)
         if verdict is not None and not isinstance(verdict, str):
             self._raw.pause_reading()
-            asyncio.get_running_loop().create_task(self._finish_checks(verdict))
+            spawn(self._finish_checks(verdict))
             return
         self._decide(verdict)
 

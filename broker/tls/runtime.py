@@ -30,6 +30,7 @@ from typing import TYPE_CHECKING, Any, Callable
 from ..config.model import CrlCache as CrlCacheConfig
 from ..config.model import PskAuthentication, SslOptions
 from ..metrics import REGISTRY, Registry
+from ..tasks import spawn
 from . import accepted, compat
 from .compat.openssl_shim import OpenSslShim, ShimError
 from .compat.pyopenssl import PyOpenSsl
@@ -128,7 +129,7 @@ class _StdlibGate(asyncio.Protocol):
             verdict = runtime.checker.check_now(sslobj.getpeercert(binary_form=True), sslobj.session_reused)
             if verdict is not None and not isinstance(verdict, str):
                 transport.pause_reading()  # type: ignore[attr-defined]
-                asyncio.get_running_loop().create_task(self._finish(transport, verdict))
+                spawn(self._finish(transport, verdict))
                 return
         self._decide(transport, verdict)
 
@@ -417,7 +418,7 @@ class TlsListenerRuntime:
                                      policy.ocsp_http_timeout, self._ocsp_subject)
             self._ocsp.start()
         elif not policy.ocsp_stapling and self._ocsp is not None:
-            asyncio.get_running_loop().create_task(self._ocsp.stop())
+            spawn(self._ocsp.stop())
             self._ocsp = None
         if self._reloader is None:
             self._reloader = PeriodicReloader(self)

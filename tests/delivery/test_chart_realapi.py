@@ -12,13 +12,15 @@ import base64
 import os
 import subprocess
 import sys
-import time
+from functools import partial
 from pathlib import Path
 from typing import Iterator
 
 import pytest
 import yaml
 from delivery_support import CHART, ROOT, Helm
+
+from tests.support import wait_until
 
 pytestmark = [pytest.mark.realapi, pytest.mark.slow]
 
@@ -52,20 +54,12 @@ def core(plane: localcluster.LocalControlPlane):
         client.close()
 
 
-def wait_for(check, what: str, timeout: float = 90.0):
-    """Poll until check() is truthy (a safety net against hangs, not a speed assertion)."""
-    deadline = time.monotonic() + timeout
-    while True:
-        try:
-            result = check()
-            if result:
-                return result
-        except kubernetes.client.ApiException as error:
-            if error.status != 404:
-                raise
-        if time.monotonic() > deadline:
-            pytest.fail(f"timed out waiting for {what}")
-        time.sleep(0.5)
+def _missing(error: BaseException) -> bool:
+    """A 404 while the operator creates the object: not there yet."""
+    return isinstance(error, kubernetes.client.ApiException) and error.status == 404
+
+
+wait_for = partial(wait_until, timeout=90.0, interval=0.5, ignore=_missing)
 
 
 def service_account_kubeconfig(plane, core, namespace: str, name: str, path: Path) -> Path:

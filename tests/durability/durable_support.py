@@ -1,5 +1,6 @@
-"""Helpers for the durability tests: broker configs with a data directory, a raw MQTT client on the broker's
-own codec (so that every PUBACK/PUBREC is seen as it arrives), a publishing burst and a draining subscriber."""
+"""Helpers for the durability tests: broker configs with a data directory, sessions opened with the raw MQTT
+client (``tests.support.wire``: every PUBACK/PUBREC is seen as it arrives), a publishing burst and a draining
+subscriber."""
 
 from __future__ import annotations
 
@@ -8,11 +9,10 @@ import re
 import urllib.request
 from pathlib import Path
 
-from wharf_broker.mqtt.frame import Parser, encode
-from wharf_broker.mqtt.packets import (CONNACK, PUBACK, PUBCOMP, PUBLISH, PUBREC, PUBREL, Connect, Disconnect, PubAck,
-                                       Publish, Subscribe, SubOptions)
+from wharf_broker.mqtt.packets import PUBACK, PUBCOMP, PUBLISH, PUBREC, PUBREL, Disconnect, PubAck, Publish
 
-HOST = "127.0.0.1"
+from tests.support.wire import WireClient
+
 SUBSCRIBER = "durable-sub"
 EXPIRY = 7200
 
@@ -30,61 +30,19 @@ durable_storage {{
 """
 
 
-class Raw:
-    def __init__(self, reader, writer, version: int) -> None:
-        self.reader = reader
-        self.writer = writer
-        self.version = version
-        self.parser = Parser(version=version)
-        self.pending: list = []
-
-    @classmethod
-    async def open(cls, port: int, version: int = 5) -> "Raw":
-        reader, writer = await asyncio.open_connection(HOST, port)
-        return cls(reader, writer, version)
-
-    async def send(self, packet) -> None:
-        self.writer.write(encode(packet, self.version))
-        await self.writer.drain()
-
-    async def recv(self, timeout: float = 5.0):
-        while not self.pending:
-            data = await asyncio.wait_for(self.reader.read(65536), timeout)
-            if not data:
-                raise EOFError("connection closed by the broker")
-            self.pending.extend(self.parser.feed(data))
-        return self.pending.pop(0)
-
-    async def connect(self, client_id: str, clean_start: bool = True, expiry: int = 0, will=None):
-        properties = {"session_expiry_interval": expiry} if expiry and self.version == 5 else None
-        await self.send(Connect(version=self.version, client_id=client_id, clean_start=clean_start,
-                                will=will, properties=properties))
-        ack = await self.recv()
-        assert ack.type == CONNACK and ack.reason_code == 0, ack
-        return ack
-
-    async def subscribe(self, topic_filter: str, qos: int, sub_id: int | None = None) -> None:
-        properties = {"subscription_identifier": [sub_id]} if sub_id else None
-        await self.send(Subscribe(1, [(topic_filter, SubOptions(qos))], properties))
-        ack = await self.recv()
-        assert ack.reason_codes == [qos], ack
-
-    def close(self) -> None:
-        self.writer.close()
-
-
 async def subscribe_offline(port: int, topic_filter: str = "burst/#", qos: int = 2, sub_id: int | None = None,
                             client_id: str = SUBSCRIBER, version: int = 5) -> None:
     """A persistent session (5.0: expiry 2 h; 3.1.1: clean session 0) subscribed to ``topic_filter``, then gone."""
-    client = await Raw.open(port, version)
+    client = await WireClient.open(port, version)
     if version == 4:  # a 3.1.1 persistent session starts from a clean one, then keeps it
-        await client.connect(client_id, clean_start=True)
-        client.close()
-        client = await Raw.open(port, version)
-    await client.connect(client_id, clean_start=version == 5, expiry=EXPIRY)
-    await client.subscribe(topic_filter, qos, sub_id)
+        assert (await client.connect(client_id, clean_start=True)).reason_code == 0
+        client.drop()
+        client = await WireClient.open(port, version)
+    assert (await client.connect(client_id, clean_start=version == 5, expiry=EXPIRY)).reason_code == 0
+    properties = {"subscription_identifier": [sub_id]} if sub_id else None
+    assert (await client.subscribe(topic_filter, qos=qos, properties=properties)).reason_codes == [qos]
     await client.send(Disconnect(0))
-    client.close()
+    client.drop()
 
 
 async def burst(port: int, count: int, acked: dict, topic: str = "burst/x", payload_size: int = 16,
@@ -92,8 +50,8 @@ async def burst(port: int, count: int, acked: dict, topic: str = "burst/x", payl
     """Publish ``count`` messages (QoS 1 and 2 alternating) with up to ``window`` unacknowledged. ``acked``
     gets payload -> QoS for every PUBACK/PUBREC with a success code; ``refused`` the payloads refused. Ends
     quietly when the broker goes away."""
-    client = await Raw.open(port, version)
-    await client.connect("durable-pub")
+    client = await WireClient.open(port, version)
+    assert (await client.connect("durable-pub")).reason_code == 0
     outstanding: dict[int, tuple[bytes, int]] = {}
     sent = 0
     try:
@@ -120,14 +78,15 @@ async def burst(port: int, count: int, acked: dict, topic: str = "burst/x", payl
     except (EOFError, ConnectionError, OSError, asyncio.TimeoutError):
         pass
     finally:
-        client.close()
+        client.drop()
 
 
 async def drain(port: int, client_id: str = SUBSCRIBER, quiet: float = 1.5, version: int = 5) -> list:
     """Resume the persistent session and acknowledge everything until nothing arrives for ``quiet`` seconds;
     returns the PUBLISH packets received (QoS 2 counted when PUBREL arrives, as a client application would)."""
-    client = await Raw.open(port, version)
+    client = await WireClient.open(port, version)
     ack = await client.connect(client_id, clean_start=False, expiry=EXPIRY)
+    assert ack.reason_code == 0, ack
     assert ack.session_present, "the persistent session did not survive"
     received = []
     held: dict[int, object] = {}  # QoS 2: packet id -> PUBLISH until PUBREL (the receiver's duplicate filter)
@@ -152,7 +111,7 @@ async def drain(port: int, client_id: str = SUBSCRIBER, quiet: float = 1.5, vers
                     received.append(publish)
                 await client.send(PubAck(PUBCOMP, packet.packet_id))
     finally:
-        client.close()
+        client.drop()
     return received
 
 

@@ -13,8 +13,9 @@ import pytest
 
 from wharf_broker.mqtt.packets import PUBACK, PUBLISH, PUBREL, Connect, PubAck, Publish, Will
 
-from .durable_support import (EXPIRY, SUBSCRIBER, Raw, burst, committed, drain, durable_config,
-                              subscribe_offline)
+from tests.support.wire import WireClient
+
+from .durable_support import EXPIRY, SUBSCRIBER, burst, committed, drain, durable_config, subscribe_offline
 
 pytestmark = pytest.mark.slow
 
@@ -63,11 +64,11 @@ async def test_inflight_state_and_packet_ids_survive_sigkill(broker_process, tmp
     config = durable_config(tmp_path / "data")
     broker = broker_process(config)
     port = broker.port("tcp:default")
-    sub = await Raw.open(port)
-    await sub.connect("inflight-sub", expiry=EXPIRY)
-    await sub.subscribe("f/#", 2)
-    pub = await Raw.open(port)
-    await pub.connect("inflight-pub")
+    sub = await WireClient.open(port)
+    assert (await sub.connect("inflight-sub", expiry=EXPIRY)).reason_code == 0
+    assert (await sub.subscribe("f/#", qos=2)).reason_codes == [2]
+    pub = await WireClient.open(port)
+    assert (await pub.connect("inflight-pub")).reason_code == 0
     await pub.send(Publish("f/two", b"exactly-once", 2, packet_id=7))
     assert (await pub.recv()).type == 5  # PUBREC: on disk
     await pub.send(Publish("f/one", b"at-least-once", 1, packet_id=8))
@@ -83,15 +84,16 @@ async def test_inflight_state_and_packet_ids_survive_sigkill(broker_process, tmp
     broker.stop(signal.SIGKILL)
 
     restarted = broker_process(config)
-    sub = await Raw.open(restarted.port("tcp:default"))
+    sub = await WireClient.open(restarted.port("tcp:default"))
     ack = await sub.connect("inflight-sub", clean_start=False, expiry=EXPIRY)
+    assert ack.reason_code == 0, ack
     assert ack.session_present
     packets = [await sub.recv(), await sub.recv()]
     kinds = {packet.type: packet for packet in packets}
     assert kinds[PUBREL].packet_id == two.packet_id
     resent = kinds[PUBLISH]
     assert (resent.payload, resent.packet_id, resent.dup) == (b"at-least-once", one.packet_id, True)
-    sub.close()
+    sub.drop()
 
 
 async def test_sessions_subscription_options_and_retained_messages_survive_sigterm(broker_process, tmp_path):
@@ -99,13 +101,13 @@ async def test_sessions_subscription_options_and_retained_messages_survive_sigte
     broker = broker_process(config)
     port = broker.port("tcp:default")
     await subscribe_offline(port, "opts/#", qos=1, sub_id=42, client_id="opts-sub")
-    pub = await Raw.open(port)
-    await pub.connect("retainer")
+    pub = await WireClient.open(port)
+    assert (await pub.connect("retainer")).reason_code == 0
     props = {"content_type": "text/plain", "user_property": [("k", "v")], "message_expiry_interval": 3600,
              "correlation_data": b"\x00\x01"}
     await pub.send(Publish("opts/kept", b"retained-value", 1, True, packet_id=1, properties=props))
     assert (await pub.recv()).reason_code == 0
-    pub.close()
+    pub.drop()
     assert broker.stop(signal.SIGTERM) == 0
 
     restarted = broker_process(config)
@@ -118,13 +120,13 @@ async def test_sessions_subscription_options_and_retained_messages_survive_sigte
     assert 3500 < delivered.properties["message_expiry_interval"] <= 3600
 
     # The retained message itself, to a new subscriber.
-    fresh = await Raw.open(restarted.port("tcp:default"))
-    await fresh.connect("fresh")
-    await fresh.subscribe("opts/kept", 1)
+    fresh = await WireClient.open(restarted.port("tcp:default"))
+    assert (await fresh.connect("fresh")).reason_code == 0
+    assert (await fresh.subscribe("opts/kept", qos=1)).reason_codes == [1]
     retained = await fresh.recv()
     assert (retained.payload, retained.retain) == (b"retained-value", True)
     assert retained.properties["user_property"] == [("k", "v")]
-    fresh.close()
+    fresh.drop()
 
 
 async def test_a_delayed_will_fires_after_the_restart_unless_the_client_came_back(broker_process, tmp_path):
@@ -134,23 +136,24 @@ async def test_a_delayed_will_fires_after_the_restart_unless_the_client_came_bac
     await subscribe_offline(port, "wills/#", qos=1, client_id="will-watcher")
     before = await committed(broker, 0)
     for client_id in ("leaves", "returns"):
-        client = await Raw.open(port)
+        client = await WireClient.open(port)
         will = Will(f"wills/{client_id}", client_id.encode(), 1, False, {"will_delay_interval": 4})
-        await client.connect(client_id, expiry=EXPIRY, will=will)
-        client.close()  # gone without DISCONNECT: the will is due in 4 s
+        assert (await client.connect(client_id, expiry=EXPIRY, will=will)).reason_code == 0
+        client.drop()  # gone without DISCONNECT: the will is due in 4 s
     # Each connection wrote its session when it came and its session and will when it went.
     await committed(broker, before + 5)
     broker.stop(signal.SIGKILL)
 
     restarted = broker_process(config)
     port = restarted.port("tcp:default")
-    back = await Raw.open(port)
+    back = await WireClient.open(port)
     ack = await back.connect("returns", clean_start=False, expiry=EXPIRY)
+    assert ack.reason_code == 0, ack
     assert ack.session_present
     await asyncio.sleep(4.5)  # past the will delay
     received = await drain(port, "will-watcher", quiet=1.0)
     assert [p.payload for p in received] == [b"leaves"]
-    back.close()
+    back.drop()
 
 
 async def test_two_brokers_never_share_a_data_directory(broker_process, tmp_path):
@@ -166,14 +169,14 @@ async def test_a_session_still_belongs_to_its_owner_after_a_restart(broker_proce
     config = durable_config(tmp_path / "data")
     broker = broker_process(config)
     port = broker.port("tcp:default")
-    owner = await Raw.open(port)
+    owner = await WireClient.open(port)
     await owner.send(Connect(version=5, client_id="owned", clean_start=True, username="alice",
                              properties={"session_expiry_interval": EXPIRY}))
     assert (await owner.recv()).reason_code == 0
-    await owner.subscribe("owned/#", 1)
-    owner.close()
-    pub = await Raw.open(port)
-    await pub.connect("owned-pub")
+    assert (await owner.subscribe("owned/#", qos=1)).reason_codes == [1]
+    owner.drop()
+    pub = await WireClient.open(port)
+    assert (await pub.connect("owned-pub")).reason_code == 0
     await pub.send(Publish("owned/x", b"for alice", 1, packet_id=1))
     assert (await pub.recv()).type == 4
     await committed(broker, 0)
@@ -181,27 +184,27 @@ async def test_a_session_still_belongs_to_its_owner_after_a_restart(broker_proce
 
     restarted = broker_process(config)
     port = restarted.port("tcp:default")
-    other = await Raw.open(port)
+    other = await WireClient.open(port)
     await other.send(Connect(version=5, client_id="owned", clean_start=False, username="mallory",
                              properties={"session_expiry_interval": EXPIRY}))
     ack = await other.recv()
     assert ack.reason_code == 0 and not ack.session_present, ack
-    other.close()
-    again = await Raw.open(port)
+    other.drop()
+    again = await WireClient.open(port)
     await again.send(Connect(version=5, client_id="owned", clean_start=False, username="alice",
                              properties={"session_expiry_interval": EXPIRY}))
     ack = await again.recv()
     assert ack.reason_code == 0 and ack.session_present, ack
     message = await again.recv()
     assert message.type == PUBLISH and message.payload == b"for alice"
-    again.close()
+    again.drop()
 
 
 async def _online_subscriber(port: int, received: list, ack_first: int) -> None:
     """The persistent session online, acknowledging the first ``ack_first`` QoS 1 messages as they arrive and
     then only reading (so the rest stays in flight); ends when the broker goes away."""
-    client = await Raw.open(port)
-    await client.connect(SUBSCRIBER, clean_start=False, expiry=EXPIRY)
+    client = await WireClient.open(port)
+    assert (await client.connect(SUBSCRIBER, clean_start=False, expiry=EXPIRY)).reason_code == 0
     try:
         while True:
             packet = await client.recv(30)
@@ -212,7 +215,7 @@ async def _online_subscriber(port: int, received: list, ack_first: int) -> None:
     except (EOFError, ConnectionError, OSError, asyncio.TimeoutError):
         pass
     finally:
-        client.close()
+        client.drop()
 
 
 async def test_messages_an_online_subscriber_acknowledged_before_their_commit_survive_sigkill(broker_process,
@@ -230,8 +233,8 @@ async def test_messages_an_online_subscriber_acknowledged_before_their_commit_su
     subscriber = asyncio.ensure_future(_online_subscriber(port, online, ack_first=1500))
     await asyncio.sleep(0.2)
 
-    publisher = await Raw.open(port)
-    await publisher.connect("online-pub")
+    publisher = await WireClient.open(port)
+    assert (await publisher.connect("online-pub")).reason_code == 0
     acked: list = []  # payloads, in the order their PUBACKs arrived
     outstanding: dict[int, bytes] = {}
     sent = 0
@@ -250,7 +253,7 @@ async def test_messages_an_online_subscriber_acknowledged_before_their_commit_su
     except (EOFError, ConnectionError, OSError, asyncio.TimeoutError):
         pass
     finally:
-        publisher.close()
+        publisher.drop()
     await subscriber
     assert len(acked) >= 2500 and len(online) > 1500, (len(acked), len(online))
     assert acked == sorted(acked), "PUBACKs out of PUBLISH order"

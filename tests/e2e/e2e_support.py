@@ -17,11 +17,11 @@ import subprocess
 import time
 from collections.abc import Callable
 from datetime import datetime, timezone
+from functools import partial
 from pathlib import Path
-from typing import Any, TypeVar
+import tests.support as support
 
 ROOT = Path(__file__).resolve().parents[2]
-T = TypeVar("T")
 
 # The e2e workflow pins these; locally they can be set the same way.
 DEFAULT_NODE_IMAGE = "kindest/node:v1.32.2"
@@ -55,22 +55,8 @@ def missing_prerequisite(which: Callable[[str], str | None] = shutil.which,
     return None
 
 
-def wait_until(probe: Callable[[], T], *, timeout: float, interval: float = 1.0, what: str = "condition",
-               clock: Callable[[], float] = time.monotonic, sleep: Callable[[float], None] = time.sleep) -> T:
-    """Call probe until it returns something truthy; return that. Raise TimeoutError naming the last result."""
-    deadline = clock() + timeout
-    last: Any = None
-    while True:
-        try:
-            last = probe()
-        except Exception as error:  # noqa: BLE001 - a probe may fail while the cluster converges
-            last = error
-        else:
-            if last:
-                return last
-        if clock() >= deadline:
-            raise TimeoutError(f"{what} not reached within {timeout:.0f}s; last: {last!r}")
-        sleep(interval)
+# The cluster converges in its own time: a probe that fails meanwhile (kubectl, a port-forward) means "not yet".
+wait_until = partial(support.wait_until, interval=1.0, ignore=(Exception,))
 
 
 def condition(obj: dict, kind: str) -> dict | None:

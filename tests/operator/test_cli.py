@@ -24,6 +24,11 @@ from wharf_operator import __version__
 from wharf_operator.cli import parse_args
 from wharf_operator.kube import SECRETS, KubeApi, Resource
 
+from tests.support import eventually
+
+# The operator process and its metrics endpoint come up in their own time; a refused connection means "not yet".
+_POLL = {"timeout": 30.0, "interval": 0.1, "ignore": (OSError,)}
+
 NS = "wharf-cli"
 TOKEN = "kubeconfig-token"
 pytestmark = pytest.mark.kmock(cls=VersioningEmulator)
@@ -40,20 +45,7 @@ def _get(url: str) -> tuple[int, str]:
         return response.status, response.read().decode()
 
 
-async def _until(check, what: str, timeout: float = 30.0):
-    deadline = asyncio.get_running_loop().time() + timeout
-    while True:
-        try:
-            result = check()
-            if asyncio.iscoroutine(result) or isinstance(result, asyncio.Future):
-                result = await result
-        except OSError:
-            result = None
-        if result:
-            return result
-        if asyncio.get_running_loop().time() > deadline:
-            pytest.fail(f"timed out waiting for: {what}")
-        await asyncio.sleep(0.1)
+
 
 
 def test_allowed_pod_networks_come_from_the_flag_or_the_environment(monkeypatch):
@@ -142,7 +134,7 @@ async def test_entry_point_runs_against_a_kubeconfig(kmock, tmp_path, monkeypatc
         env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
     client = KubeApi(server)
     try:
-        await _until(lambda: len(kmock[kmock_lib.action.WATCH]) >= 8, "the operator's watches")
+        await eventually(lambda: len(kmock[kmock_lib.action.WATCH]) >= 8, "the operator's watches", **_POLL)
         watched = {str(request.url.path) for request in kmock[kmock_lib.action.WATCH]}
         # Scoped to its namespace: MQTTBrokers and the kinds of what they load or own, there only (kopf may watch
         # namespaces too).
@@ -160,14 +152,16 @@ async def test_entry_point_runs_against_a_kubeconfig(kmock, tmp_path, monkeypatc
             "metadata": {"name": "cli", "namespace": NS, "uid": "uid-cli", "resourceVersion": "1"},
             "spec": {"listeners": [{"name": "mqtts", "type": "ssl", "port": 8883,
                                     "tls": {"secretName": "broker-tls"}}]}})
-        sts = await _until(lambda: client.get(Resource("apps", "v1", "statefulsets"), NS, "cli"), "the StatefulSet")
+        sts = await eventually(lambda: client.get(Resource("apps", "v1", "statefulsets"), NS, "cli"),
+                               "the StatefulSet", **_POLL)
         assert sts["spec"]["template"]["spec"]["volumes"][2]["secret"]["secretName"] == "broker-tls"
 
         status, _ = await asyncio.to_thread(_get, f"http://127.0.0.1:{liveness}/healthz")
         assert status == 200
-        text = await _until(lambda: asyncio.to_thread(_get, f"http://127.0.0.1:{metrics}/metrics"), "metrics")
-        await _until(lambda: 'wharf_operator_reconciles_total{result="success"}' in
-                     _get(f"http://127.0.0.1:{metrics}/metrics")[1], "a counted reconciliation")
+        text = await eventually(lambda: asyncio.to_thread(_get, f"http://127.0.0.1:{metrics}/metrics"), "metrics",
+                                **_POLL)
+        await eventually(lambda: 'wharf_operator_reconciles_total{result="success"}' in
+                         _get(f"http://127.0.0.1:{metrics}/metrics")[1], "a counted reconciliation", **_POLL)
         assert "# TYPE wharf_operator_rotations_total counter" in text[1]
 
         # Both kopf and the handlers' own client used the kubeconfig's credentials.

@@ -5,7 +5,9 @@ from __future__ import annotations
 
 import pytest
 from kmock_support import VersioningEmulator
-from test_operator_kmock import NS, eventually, running_operator, tls_spec
+from test_operator_kmock import NS, running_operator, tls_spec
+
+from tests.support import eventually
 from wharf_operator import nats, render
 from wharf_operator.crd import defaulted_spec
 from wharf_operator.kube import STATEFULSETS

@@ -13,7 +13,6 @@ import base64
 import contextlib
 import threading
 import time
-from collections.abc import Callable
 from typing import Any
 
 import kmock as kmock_lib
@@ -27,6 +26,8 @@ from wharf_operator.crd import PAUSE_ANNOTATION, defaulted_spec
 from wharf_operator.handlers import build_registry
 from wharf_operator.kube import CONFIGMAPS, SECRETS, KubeApi, Resource
 from wharf_operator.signalling import LOOPBACK_ONLY, BrokerAdmin
+
+from tests.support import eventually
 
 NS = "wharf-test"
 BROKERS = Resource("mqtt.wharf.dev", "v1alpha1", "mqttbrokers")
@@ -44,20 +45,6 @@ class RecordingKubeApi(KubeApi):
         if method != "GET":
             self.writes.append((method, path))
         return await super().request(method, path, **kwargs)
-
-
-async def eventually(check: Callable[[], Any], what: str, timeout: float = 15.0) -> Any:
-    """Poll until ``check()`` is truthy (an async check is awaited); fail with ``what`` after ``timeout``."""
-    deadline = asyncio.get_running_loop().time() + timeout
-    while True:
-        result = check()
-        if asyncio.iscoroutine(result):
-            result = await result
-        if result:
-            return result
-        if asyncio.get_running_loop().time() > deadline:
-            pytest.fail(f"timed out waiting for: {what}")
-        await asyncio.sleep(0.05)
 
 
 class Env:

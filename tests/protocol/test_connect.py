@@ -11,7 +11,7 @@ from wharf_broker.config.model import Authentication, BrokerConfig
 from wharf_broker.mqtt import reason_codes as rc
 from wharf_broker.mqtt.packets import DISCONNECT, Connect, Subscribe, SubOptions, Will
 
-from .conftest import RawClient
+from tests.support.wire import WireClient
 
 
 async def test_v5_empty_client_id_is_assigned(broker):
@@ -215,7 +215,7 @@ async def test_packet_before_connect_closes(broker):
 
 async def test_idle_timeout_without_connect(make_broker, protocol_log):
     running = await make_broker(idle_timeout=0.3)
-    client = await RawClient.open(running.port)
+    client = await WireClient.open(running.port)
     assert await client.closed(timeout=5) == []
     assert "no CONNECT within the idle timeout" in protocol_log.text
 

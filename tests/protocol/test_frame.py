@@ -8,7 +8,9 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from wharf_broker.mqtt import reason_codes as rc
-from wharf_broker.mqtt.frame import FrameError, Parser, encode
+from wharf_broker.mqtt.frame import (PINGRESP_BYTES, FrameError, Parser, encode, encode_ack, encode_connack,
+                                     encode_disconnect, encode_puback, encode_pubcomp, encode_pubrec, encode_pubrel,
+                                     encode_suback, encode_unsuback)
 from wharf_broker.mqtt.packets import (AUTH, PUBACK, PUBCOMP, PUBREC, PUBREL, Auth, Connack, Connect,
                                        Disconnect, PingReq, PingResp, PubAck, Publish, Suback, SubOptions,
                                        Subscribe, Unsuback, Unsubscribe, Will)
@@ -210,3 +212,31 @@ def test_v5_property_rules():
         with pytest.raises(FrameError) as error:
             Parser(version=5).feed(bytes((0x30, len(wire))) + wire)
         assert error.value.reason_code in (rc.PROTOCOL_ERROR, rc.MALFORMED_PACKET)
+
+
+@given(packet_id=packet_ids)
+def test_plain_acknowledgements_are_the_general_encoding(packet_id):
+    """The hot path's PUBACK/PUBREC/PUBREL/PUBCOMP encoders write what ``encode`` writes, in both versions."""
+    for kind, encoder in ((PUBACK, encode_puback), (PUBREC, encode_pubrec), (PUBREL, encode_pubrel),
+                          (PUBCOMP, encode_pubcomp)):
+        for version in (4, 5):
+            assert encoder(packet_id) == encode(PubAck(kind, packet_id), version) == encode_ack(
+                kind, packet_id, version=version)
+            (parsed,) = _parse_all(encoder(packet_id), version)
+            assert (parsed.type, parsed.packet_id, parsed.reason_code) == (kind, packet_id, 0)
+
+
+def test_acknowledgements_with_reason_codes_round_trip():
+    wire = encode_ack(PUBREC, 7, rc.NO_MATCHING_SUBSCRIBERS, {"reason_string": "nobody"})
+    (parsed,) = _parse_all(wire, 5)
+    assert (parsed.type, parsed.packet_id, parsed.reason_code, parsed.properties) == (
+        PUBREC, 7, rc.NO_MATCHING_SUBSCRIBERS, {"reason_string": "nobody"})
+    assert encode_ack(PUBREC, 7, rc.NO_MATCHING_SUBSCRIBERS, version=4) == b"\x50\x02\x00\x07"
+    assert encode_connack(True, rc.SUCCESS, {"maximum_qos": 1}, 5) == encode(Connack(True, 0, {"maximum_qos": 1}), 5)
+    assert encode_connack(False, 5, None, 4) == b"\x20\x02\x00\x05"
+    assert encode_suback(9, [0, 1, 0x80], None, 4) == b"\x90\x05\x00\x09\x00\x01\x80"
+    assert encode_unsuback(9, [0, 0x11], None, 4) == b"\xb0\x02\x00\x09"
+    assert encode_unsuback(9, [0, 0x11], None, 5) == b"\xb0\x05\x00\x09\x00\x00\x11"
+    assert encode_disconnect(rc.SESSION_TAKEN_OVER, None, 4) == b"\xe0\x00"
+    assert encode_disconnect(rc.SESSION_TAKEN_OVER, None, 5) == b"\xe0\x02\x8e\x00"
+    assert PINGRESP_BYTES == encode(PingResp(), 4)

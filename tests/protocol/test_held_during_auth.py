@@ -17,7 +17,9 @@ from wharf_broker.mqtt.frame import encode
 from wharf_broker.mqtt.packets import (CONNACK, DISCONNECT, PUBACK, PUBLISH, SUBACK, Connect, Publish, Subscribe,
                                        SubOptions)
 
-from .conftest import HOST, RawClient, RunningBroker, stop_broker
+from tests.support.wire import HOST, WireClient
+
+from .conftest import RunningBroker, stop_broker
 
 
 class SlowAuth:
@@ -41,7 +43,7 @@ async def test_packets_sent_during_authentication_are_acknowledged_in_order():
     auth = SlowAuth()
     running = await _slow_broker(auth)
     try:
-        client = await RawClient.open(running.port, 5)
+        client = await WireClient.open(running.port, 5)
         await client.send_raw(encode(Connect(version=5, client_id="held"), 5)
                               + encode(Subscribe(1, [("TopicA", SubOptions(1))]), 5)
                               + encode(Publish("TopicA", b"1", 1, False, False, 2, {"topic_alias": 1}), 5))
@@ -62,7 +64,7 @@ async def test_a_malformed_packet_while_held_ends_the_connection_there(protocol_
     auth = SlowAuth()
     running = await _slow_broker(auth)
     try:
-        client = await RawClient.open(running.port, 5)
+        client = await WireClient.open(running.port, 5)
         await client.send_raw(encode(Connect(version=5, client_id="broken"), 5))
         await asyncio.sleep(0.05)
         await client.send_raw(b"\x30\x03\x00\x05a")  # PUBLISH whose topic length overruns the packet

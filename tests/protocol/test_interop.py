@@ -21,7 +21,7 @@ from paho.mqtt.packettypes import PacketTypes
 from wharf_broker.mqtt import reason_codes as rc
 from wharf_broker.mqtt.packets import DISCONNECT
 
-from .conftest import HOST, RawClient
+from tests.support.wire import HOST, WireClient
 
 needs_mosquitto = pytest.mark.skipif(shutil.which("mosquitto_pub") is None or shutil.which("mosquitto_sub") is None,
                                      reason="mosquitto-clients is not installed")
@@ -208,7 +208,7 @@ def test_real_process_sigterm_disconnects_v5_clients(broker_process):
     port = process.port("tcp:default")
 
     async def scenario() -> list:
-        client = await RawClient.open(port, 5)
+        client = await WireClient.open(port, 5)
         assert (await client.connect("stays")).reason_code == 0
         process.send_signal(signal.SIGTERM)
         return await client.closed(timeout=10)

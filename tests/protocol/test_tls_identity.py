@@ -14,7 +14,7 @@ from wharf_broker.listener_slots import counted_factory
 from wharf_broker.metrics import Registry
 from wharf_broker.mqtt import reason_codes as rc
 
-from .conftest import HOST, RawClient
+from tests.support.wire import HOST, WireClient
 
 
 @pytest.fixture
@@ -34,12 +34,12 @@ async def tls_broker(certs):
     assert listener.current_connections == 0
 
 
-async def _tls_client(certs, port: int, with_certificate: bool) -> RawClient:
+async def _tls_client(certs, port: int, with_certificate: bool) -> WireClient:
     context = ssl.create_default_context(cafile=str(certs / "rootCA.crt"))
     if with_certificate:
         context.load_cert_chain(certs / "client.crt", certs / "client.key")
     reader, writer = await asyncio.open_connection(HOST, port, ssl=context, server_hostname="localhost")
-    return RawClient(reader, writer, 5)
+    return WireClient(reader, writer, 5)
 
 
 async def test_certificate_identity_over_tls(tls_broker, certs):

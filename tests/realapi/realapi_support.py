@@ -4,13 +4,14 @@ from __future__ import annotations
 
 import ipaddress
 import sys
-import time
 import uuid
-from collections.abc import Callable
+from functools import partial
 from pathlib import Path
 from typing import TypeVar
 
 import kubernetes
+
+from tests.support import wait_until
 
 REPO = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(REPO / "tools" / "controlplane"))
@@ -23,24 +24,14 @@ CRD_DIR = REPO / "manifests" / "crds"
 T = TypeVar("T")
 
 
-def wait_for(check: Callable[[], T], what: str, timeout: float = 60.0, interval: float = 0.2) -> T:
-    """Poll ``check`` until it returns something truthy; fail with ``what`` after ``timeout``.
+def _not_there_yet(error: BaseException) -> bool:
+    """A 404 or 409 from the API server while objects are being created or replaced."""
+    return isinstance(error, kubernetes.client.ApiException) and error.status in (404, 409)
 
-    The timeout is a safety net against hangs, not an assertion on speed."""
-    deadline = time.monotonic() + timeout
-    last_error: Exception | None = None
-    while True:
-        try:
-            result = check()
-            if result:
-                return result
-        except kubernetes.client.ApiException as error:
-            if error.status not in (404, 409):
-                raise
-            last_error = error
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout}s waiting for {what} (last error: {last_error})")
-        time.sleep(interval)
+
+# Poll ``check`` until it returns something truthy (``tests.support.wait_until``); the timeout is a safety net
+# against hangs, not an assertion on speed.
+wait_for = partial(wait_until, timeout=60.0, interval=0.2, ignore=_not_there_yet)
 
 
 def unique_name(prefix: str) -> str:

@@ -4,15 +4,15 @@ logs that never show a password."""
 
 from __future__ import annotations
 
-import asyncio
 import signal
-import time
 
 from wharf_broker.mqtt import reason_codes as rc
 from wharf_broker.mqtt.packets import PUBACK, PUBLISH, PUBREC
 
+from tests.support import eventually
+
 from .conftest import add_user, metric
-from .mqtt_wire import WireClient, connack_code
+from tests.support.wire import WireClient, connack_code
 
 ACL = """
 {allow, all, all, ["users/${username}/#"]}.
@@ -36,13 +36,7 @@ authorization {{
 """
 
 
-async def until(predicate, timeout: float = 10.0):
-    deadline = time.monotonic() + timeout
-    while True:
-        value = await predicate()
-        if value or time.monotonic() > deadline:
-            return value
-        await asyncio.sleep(0.1)
+
 
 
 async def test_connect_refusals_and_codes(tmp_path, broker_process, user_file):
@@ -76,13 +70,13 @@ async def test_publish_and_subscribe_acl(tmp_path, broker_process, user_file):
     bob3 = await WireClient.open(port, version=4)
     await bob3.connect("bob-3", username="bob", password=b"builder")
     try:
-        suback = await alice.subscribe("users/alice/#", "#", "users/+/inbox")
+        suback = await alice.subscribe("users/alice/#", "#", "users/+/inbox", qos=1)
         assert suback.reason_codes == [1, rc.NOT_AUTHORIZED, rc.NOT_AUTHORIZED]
-        assert (await bob.subscribe("users/+/inbox")).reason_codes == [1]
-        assert (await bob3.subscribe("users/alice/#", "users/bob/#")).reason_codes == [0x80, 1]
+        assert (await bob.subscribe("users/+/inbox", qos=1)).reason_codes == [1]
+        assert (await bob3.subscribe("users/alice/#", "users/bob/#", qos=1)).reason_codes == [0x80, 1]
 
         # Allowed: alice to her own topics (bob reads inboxes).
-        ack = await alice.publish("users/alice/inbox", b"hello")
+        ack = await alice.publish("users/alice/inbox", b"hello", qos=1)
         assert ack.type == PUBACK and ack.reason_code == rc.SUCCESS
         delivered = await bob.recv()
         assert delivered.type == PUBLISH and delivered.topic == "users/alice/inbox"
@@ -115,9 +109,9 @@ async def test_publish_and_subscribe_acl(tmp_path, broker_process, user_file):
         acl.write_text('{allow, {username, "alice"}, publish, ["users/bob/inbox"]}.\n' + ACL)
 
         async def reloaded():
-            ack = await alice.publish("users/bob/inbox", b"now allowed")
+            ack = await alice.publish("users/bob/inbox", b"now allowed", qos=1)
             return ack.reason_code == rc.SUCCESS
-        assert await until(reloaded)
+        assert await eventually(reloaded, "the reloaded ACL", timeout=10.0, interval=0.1)
         delivered = await bob.recv()
         assert delivered.topic == "users/bob/inbox"
     finally:
@@ -136,7 +130,7 @@ async def test_users_reload_live_and_on_sighup(tmp_path, broker_process, user_fi
 
     async def carol_in():
         return await connack_code(port, "c1", username="carol", password=b"secret-c") == rc.SUCCESS
-    assert await until(carol_in)
+    assert await eventually(carol_in, "carol let in", timeout=10.0, interval=0.1)
     # A broken file is refused whole: everyone who could connect still can.
     user_file.write_text(user_file.read_text() + "dave:plaintext-password\n")
     broker.send_signal(signal.SIGHUP)

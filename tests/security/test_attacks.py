@@ -29,7 +29,7 @@ from wharf_broker.mqtt import reason_codes as rc
 from wharf_broker.mqtt.packets import PUBACK, PUBLISH
 
 from .conftest import metric
-from .mqtt_wire import WireClient, connack_code
+from tests.support.wire import WireClient, connack_code
 
 REPO = Path(__file__).resolve().parents[2]
 IDLE_CONNECTIONS = 5000
@@ -183,7 +183,7 @@ async def slow_readers(port: int) -> dict:
     sent = 0
     while sent < FLOOD_BYTES:
         for _ in range(64):
-            await flooder.send_publish_qos0("flood/data", chunk)
+            await flooder.publish("flood/data", chunk)  # QoS 0: sent, nothing awaited
             sent += len(chunk)
         await flooder.ping()  # everything above was routed
     await flooder.close()

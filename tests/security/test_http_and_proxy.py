@@ -15,7 +15,7 @@ from wharf_broker.mqtt import reason_codes as rc
 from wharf_broker.mqtt.packets import PUBACK
 
 from .conftest import metric
-from .mqtt_wire import WireClient, connack_code, proxy_v2_header
+from tests.support.wire import WireClient, connack_code, proxy_v2_header
 from .qos1_witness import PahoQos1Witness
 
 # The load balancer of these tests: a second loopback address, so that a client on 127.0.0.1 bypasses it.
@@ -116,9 +116,9 @@ authorization {{
     try:
         assert (await meter.connect("m1")).reason_code == 0
         assert (await unverified.connect("m2")).reason_code == 0
-        ack = await meter.publish("meters/1/reading", b"42")
+        ack = await meter.publish("meters/1/reading", b"42", qos=1)
         assert ack.type == PUBACK and ack.reason_code in (rc.SUCCESS, rc.NO_MATCHING_SUBSCRIBERS)
-        ack = await unverified.publish("meters/1/reading", b"42")
+        ack = await unverified.publish("meters/1/reading", b"42", qos=1)
         assert ack.reason_code == rc.NOT_AUTHORIZED  # an unverified certificate gives no identity
         status, body = broker.admin("GET", "/api/v5/clients")
         assert status == 200
@@ -135,7 +135,7 @@ authorization {{
         status, body = broker.admin("GET", "/api/v5/clients")
         found = [client for client in json.loads(body)["data"] if client["listener"] == "tcp:lbplain"]
         assert [(c["clientid"], c["username"]) for c in found] == [("meter-1", "meter-1")]
-        ack = await plain.publish("meters/1/reading", b"42")
+        ack = await plain.publish("meters/1/reading", b"42", qos=1)
         assert ack.reason_code in (rc.SUCCESS, rc.NO_MATCHING_SUBSCRIBERS)
     finally:
         await plain.close()
@@ -202,7 +202,7 @@ authorization {{
         client = await WireClient.open(lb, proxy_header=forged_v1, source=BALANCER)
         try:
             assert (await client.connect("via-lb")).reason_code == 0
-            ack = await client.publish("secret/plans", b"ok")
+            ack = await client.publish("secret/plans", b"ok", qos=1)
             assert ack.type == PUBACK and ack.reason_code in (rc.SUCCESS, rc.NO_MATCHING_SUBSCRIBERS)
         finally:
             await client.close()

@@ -9,7 +9,7 @@ from wharf_broker.mqtt import reason_codes as rc
 from wharf_broker.mqtt.packets import DISCONNECT, Publish
 
 from .conftest import metric
-from .mqtt_wire import WireClient
+from tests.support.wire import WireClient
 
 
 async def closed_with(client: WireClient) -> list:
@@ -42,8 +42,8 @@ mqtt { max_packet_size = 1KB, max_clientid_len = 23, max_topic_levels = 3, max_s
 
     client = await WireClient.open(port)
     await client.connect("levels")
-    assert (await client.subscribe("a/b/c/d")).reason_codes == [rc.TOPIC_FILTER_INVALID]
-    assert (await client.subscribe("a", "b", "c")).reason_codes == [1, 1, rc.QUOTA_EXCEEDED]
+    assert (await client.subscribe("a/b/c/d", qos=1)).reason_codes == [rc.TOPIC_FILTER_INVALID]
+    assert (await client.subscribe("a", "b", "c", qos=1)).reason_codes == [1, 1, rc.QUOTA_EXCEEDED]
     await client.send(Publish("a/b/c/d", b"x", 0, False, False, None, None))
     packets = await closed_with(client)
     assert packets[0].type == DISCONNECT and packets[0].reason_code == rc.TOPIC_NAME_INVALID
@@ -189,7 +189,7 @@ mqtt { max_topic_filters_per_packet = 500, max_subscriptions = infinity }
     port = broker.port("tcp:default")
     client = await WireClient.open(port)
     await client.connect("batch")
-    assert (await client.subscribe(*(f"f/{n}" for n in range(500)))).reason_codes == [1] * 500
+    assert (await client.subscribe(*(f"f/{n}" for n in range(500)), qos=1)).reason_codes == [1] * 500
     for first, name in ((0x82, "SUBSCRIBE"), (0xA2, "UNSUBSCRIBE")):
         # 250,000 one-byte filters in ~1 MB: refused at the 501st, not decoded to the end.
         entries = (b"\x00\x01a\x01" if first == 0x82 else b"\x00\x01a") * 250_000

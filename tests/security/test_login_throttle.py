@@ -15,7 +15,7 @@ from wharf_broker.metrics import Registry
 from wharf_broker.mqtt import reason_codes as rc
 
 from .conftest import metric
-from .mqtt_wire import connack_code
+from tests.support.wire import connack_code
 
 ATTACKER = "127.0.0.2"
 ELSEWHERE = "127.0.0.3"

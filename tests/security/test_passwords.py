@@ -15,9 +15,12 @@ from wharf_broker.authn.password_file import (
     PasswordFileError,
     parse_password_file,
 )
-from wharf_broker.config.model import FlappingDetect, PasswordFileAuthn
+from wharf_broker.authz import Authorizer
+from wharf_broker.config.model import AclFile, Authorization, FlappingDetect, PasswordFileAuthn
 from wharf_broker.flapping import FlappingDetector
 from wharf_broker.metrics import Registry
+
+from tests.support import eventually
 
 
 def passwd(*args, password: str | None = None, check: bool = True) -> subprocess.CompletedProcess:
@@ -96,6 +99,32 @@ async def test_authenticator_decisions_and_reload(tmp_path):
     users.write_text("alice:plain\n")
     assert not authn.reload()  # refused whole; the old users stay
     assert (await authn.authenticate(info("alice", b"new"))).decision == "allow"
+
+
+async def test_password_and_acl_files_are_rechecked_every_reload_interval(tmp_path, caplog):
+    """The periodic re-check (``watched_file.WatchedFile``) both files share: a changed file comes into force by
+    itself, a broken one is logged and the old content stays."""
+    users = tmp_path / "users.txt"
+    users.write_text("alice:" + hashing.hash_password(b"pw", iterations=1000) + "\n")
+    acl = tmp_path / "acl.conf"
+    acl.write_text('{allow, all, publish, ["a/#"]}.\n')
+    authn = PasswordFileAuthenticator(PasswordFileAuthn(enable=True, path=str(users), reload_interval=0.05))
+    authz = Authorizer(Authorization(no_match="deny", file=AclFile(enable=True, path=str(acl), reload_interval=0.05)),
+                       Registry())
+    authn.start()
+    authz.start()
+    try:
+        users.write_text("bob:" + hashing.hash_password(b"pw", iterations=1000) + "\n")
+        acl.write_text('{allow, all, publish, ["a/#"]}.\n{allow, all, subscribe, ["b/#"]}.\n')
+        await eventually(lambda: "bob" in authn.users and len(authz.rules) == 2, "both files re-read")
+        users.write_text("bob:plain\n")
+        acl.write_text("not an ACL\n")
+        await eventually(lambda: "password file" in caplog.text and "ACL file" in caplog.text
+                         and "not reloaded" in caplog.text, "both failures logged")
+        assert set(authn.users) == {"bob"} and len(authz.rules) == 2
+    finally:
+        await authn.stop()
+        await authz.stop()
 
 
 def test_first_load_of_a_bad_file_fails_loudly(tmp_path):

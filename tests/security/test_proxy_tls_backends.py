@@ -15,7 +15,7 @@ from wharf_broker.metrics import Registry
 from wharf_broker.proxy_protocol import ProxyProtocolGate, TrustedPeers
 from wharf_broker.tls import TlsListenerRuntime
 
-from .mqtt_wire import proxy_v2_header
+from tests.support.wire import proxy_v2_header
 
 
 class Recorder(asyncio.Protocol):

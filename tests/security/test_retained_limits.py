@@ -7,7 +7,7 @@ from wharf_broker.mqtt import reason_codes as rc
 from wharf_broker.mqtt.packets import PUBACK, PUBLISH, PUBREC, Publish
 
 from .conftest import metric
-from .mqtt_wire import WireClient
+from tests.support.wire import WireClient
 
 
 async def retained_on(port: int, topic_filter: str) -> dict[str, bytes]:
@@ -117,7 +117,7 @@ dashboard.listeners.http.bind = "127.0.0.1:0"
     await client.connect("many")
     codes = []
     for start in range(0, 1001, 250):
-        codes += (await client.subscribe(*(f"s/{n}" for n in range(start, min(start + 250, 1001))))).reason_codes
+        codes += (await client.subscribe(*(f"s/{n}" for n in range(start, min(start + 250, 1001))), qos=1)).reason_codes
     assert codes[:1000] == [1] * 1000 and codes[1000] == rc.QUOTA_EXCEEDED
     await client.close()
     _, body = broker.admin("GET", "/metrics")

@@ -27,7 +27,7 @@ from wharf_broker.mqtt import reason_codes as rc
 from wharf_broker.mqtt.packets import PUBACK, PUBLISH, Publish, SubOptions, Subscribe
 
 from .conftest import add_user, metric
-from .mqtt_wire import WireClient
+from tests.support.wire import WireClient
 from .test_attacks import WellBehaved
 
 
@@ -202,13 +202,13 @@ async def test_another_identity_gets_a_fresh_session_and_leaves_the_owners_alone
     await alice.close()
     feed = await WireClient.open(port)
     await feed.connect("alice-feed", **ALICE)
-    assert (await feed.publish("users/alice/inbox", b"queued-1")).reason_code == 0
+    assert (await feed.publish("users/alice/inbox", b"queued-1", qos=1)).reason_code == 0
 
     # Bob, with his own good password, asks for Alice's session: a fresh one, nothing of hers.
     bob, ack = await persistent(port, "alice-dev", **BOB)
     assert ack.reason_code == 0 and not ack.session_present
     assert ack.properties.get("session_expiry_interval") == 0  # his ends with his connection
-    assert (await feed.publish("users/alice/inbox", b"live-1")).reason_code == 0
+    assert (await feed.publish("users/alice/inbox", b"live-1", qos=1)).reason_code == 0
     await bob_sees_nothing_of_alice(bob, b"b1")
     await bob.close()
     # A clean start from Bob does not wipe her session either.
@@ -224,7 +224,7 @@ async def test_another_identity_gets_a_fresh_session_and_leaves_the_owners_alone
     # While Alice is connected Bob cannot kick her off: he gets his own session, she keeps hers.
     bob, ack = await persistent(port, "alice-dev", version=4, **BOB)
     assert ack.reason_code == 0 and not ack.session_present
-    assert (await feed.publish("users/alice/inbox", b"live-2")).reason_code == 0
+    assert (await feed.publish("users/alice/inbox", b"live-2", qos=1)).reason_code == 0
     assert [p.payload for p in await receive_until(alice, b"live-2")] == [b"live-2"]
     await bob_sees_nothing_of_alice(bob, b"b2")
     await bob.close()
@@ -257,7 +257,7 @@ async def test_refuse_mode_refuses_another_identity(tmp_path, broker_process, us
     # Alice was not kicked and still gets her messages.
     feed = await WireClient.open(port)
     await feed.connect("alice-feed", **ALICE)
-    assert (await feed.publish("users/alice/inbox", b"still-mine")).reason_code == 0
+    assert (await feed.publish("users/alice/inbox", b"still-mine", qos=1)).reason_code == 0
     assert [p.payload for p in await receive_until(alice, b"still-mine")] == [b"still-mine"]
     # The owner herself resumes as always.
     await alice.close()
@@ -284,11 +284,11 @@ async def test_off_mode_inherits_but_delivers_only_what_the_new_identity_may_rea
     await alice.close()
     feed = await WireClient.open(port)
     await feed.connect("alice-feed", **ALICE)
-    assert (await feed.publish("users/alice/inbox", b"queued-1")).reason_code == 0
+    assert (await feed.publish("users/alice/inbox", b"queued-1", qos=1)).reason_code == 0
     bob, ack = await persistent(port, "alice-dev", **BOB)
     assert ack.reason_code == 0 and ack.session_present  # off: MQTT's plain behaviour
     # Nobody may read it now: "no matching subscribers".
-    assert (await feed.publish("users/alice/inbox", b"live-1")).reason_code == rc.NO_MATCHING_SUBSCRIBERS
+    assert (await feed.publish("users/alice/inbox", b"live-1", qos=1)).reason_code == rc.NO_MATCHING_SUBSCRIBERS
     await bob_sees_nothing_of_alice(bob, b"b1")  # neither the queued message nor the live one
     for client in (bob, feed):
         await client.close()
@@ -340,8 +340,8 @@ authorization {{
     assert (await denied.subscribe("secret/status", qos=1)).reason_codes == [rc.NOT_AUTHORIZED]
 
     # Nobody may read it: "no matching subscribers" (today's broker delivered it to both).
-    assert (await publisher.publish("secret/status", b"live secret")).reason_code == rc.NO_MATCHING_SUBSCRIBERS
-    assert (await publisher.publish("public/status", b"live public")).reason_code == 0
+    assert (await publisher.publish("secret/status", b"live secret", qos=1)).reason_code == rc.NO_MATCHING_SUBSCRIBERS
+    assert (await publisher.publish("public/status", b"live public", qos=1)).reason_code == 0
     got = await receive_until(plain, b"live public")
     assert [(p.topic, p.payload, p.retain) for p in got] == [
         ("public/status", b"retained public/status", True), ("public/status", b"live public", False)]
@@ -376,7 +376,7 @@ authorization {{
     offline, ack = await persistent(port, "offline")
     assert (await offline.subscribe("+/status", qos=1)).reason_codes == [1]
     await offline.close()
-    assert (await publisher.publish("secret/status", b"before")).reason_code == 0
+    assert (await publisher.publish("secret/status", b"before", qos=1)).reason_code == 0
     assert [p.payload for p in await receive_until(online, b"before")] == [b"before"]
 
     acl.write_text(ACL_OVERLAP)
@@ -384,8 +384,8 @@ authorization {{
     broker.send_signal(signal.SIGHUP)
     broker.wait_for_log(r"ACL file .*: 3 rules", start=mark)
     # Neither the connected subscriber nor the offline session may read it any more.
-    assert (await publisher.publish("secret/status", b"after")).reason_code == rc.NO_MATCHING_SUBSCRIBERS
-    assert (await publisher.publish("public/status", b"public")).reason_code == 0
+    assert (await publisher.publish("secret/status", b"after", qos=1)).reason_code == rc.NO_MATCHING_SUBSCRIBERS
+    assert (await publisher.publish("public/status", b"public", qos=1)).reason_code == 0
     assert [p.payload for p in await receive_until(online, b"public")] == [b"public"]
     offline, ack = await persistent(port, "offline")
     assert ack.session_present

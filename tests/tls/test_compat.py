@@ -20,7 +20,9 @@ from wharf_broker.metrics import Registry
 from wharf_broker.tls import TlsConfigError, TlsListenerRuntime, compat
 from wharf_broker.tls.compat import lean_sslproto, openssl_shim
 from wharf_broker.tls.compat import pyopenssl as compat_pyopenssl
-from wharf_tls_helpers import Echo, client_context, eventually, exchange, failures, options, serving
+from wharf_tls_helpers import Echo, client_context, exchange, failures, options, serving
+
+from tests.support import eventually
 
 
 def compat_lines(registry: Registry) -> list[str]:

@@ -11,8 +11,9 @@ from cryptography.hazmat.primitives.serialization import Encoding
 
 from wharf_broker.config.model import CrlCache
 from wharf_broker.tls.devpki import CertificateAuthority
-from wharf_tls_helpers import (client_context, eventually, exchange, failures, http_server, options, serving,
-                               tls_roundtrip)
+from wharf_tls_helpers import client_context, exchange, failures, http_server, options, serving, tls_roundtrip
+
+from tests.support import eventually
 
 BACKENDS = ["stdlib", "pyopenssl"]
 

@@ -14,6 +14,8 @@ from wharf_broker.app import BrokerApp
 from wharf_broker.config.loader import load_string
 from wharf_broker.metrics import REGISTRY
 
+from tests.support import eventually
+
 CERTS = Path(__file__).resolve().parents[2] / "etc" / "certs"
 LIMIT = 4
 EXTRA = 3
@@ -73,12 +75,7 @@ def sample(name: str, **labels) -> float:
     return 0
 
 
-async def until(predicate, limit: float = 30.0) -> bool:
-    for _ in range(int(limit / 0.02)):
-        if predicate():
-            return True
-        await asyncio.sleep(0.02)
-    return predicate()
+
 
 
 async def echo_over_tls(port: int, header: bytes = b"") -> None:
@@ -118,7 +115,8 @@ async def test_a_burst_of_open_handshakes_takes_exactly_the_limit(backend, proxy
         for _, writer in burst:
             if header:
                 writer.write(header)
-        assert await until(lambda: accepted() - accepted_before + refused() - refused_before == LIMIT + EXTRA)
+        assert await eventually(lambda: accepted() - accepted_before + refused() - refused_before == LIMIT + EXTRA,
+                                timeout=30.0, interval=0.02)
         assert accepted() - accepted_before == LIMIT
         assert refused() - refused_before == EXTRA
         assert listener.context.current_connections == LIMIT
@@ -131,20 +129,20 @@ async def test_a_burst_of_open_handshakes_takes_exactly_the_limit(backend, proxy
         assert all(end == b"" or isinstance(end, ConnectionError) for end in ends), ends
 
         # Handshakes that fail (garbage) or time out give every slot back.
-        assert await until(lambda: listener.context.current_connections == 0)
+        assert await eventually(lambda: listener.context.current_connections == 0, timeout=30.0, interval=0.02)
         assert sample("wharf_listener_connections", listener="ssl:t") == 0
         for _ in range(2):
             reader, writer = await asyncio.open_connection("127.0.0.1", port)
             writer.write(header + b"\x16\x03\x01\x00\x05garbage-that-is-no-client-hello")
             assert b"ping" not in await asyncio.wait_for(reader.read(100), 10)  # an alert at most, then EOF
             writer.close()
-        assert await until(lambda: listener.context.current_connections == 0)
+        assert await eventually(lambda: listener.context.current_connections == 0, timeout=30.0, interval=0.02)
         assert Echo.made == 0
 
         # The slots are usable again: the limit's worth of real TLS clients at once, then none left over.
         await asyncio.gather(*(echo_over_tls(port, header) for _ in range(LIMIT)))
         assert Echo.made == LIMIT
-        assert await until(lambda: listener.context.current_connections == 0)
+        assert await eventually(lambda: listener.context.current_connections == 0, timeout=30.0, interval=0.02)
         assert sample("wharf_listener_connections", listener="ssl:t") == 0
         for _, writer in burst:
             writer.close()

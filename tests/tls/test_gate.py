@@ -20,7 +20,6 @@ import ssl
 import stat
 import subprocess
 import sys
-import time
 import urllib.error
 import urllib.request
 
@@ -31,7 +30,9 @@ from wharf_broker.metrics import Registry
 from wharf_broker.tls import TlsConfigError, TlsListenerRuntime
 from wharf_broker.tls import validation
 from wharf_operator import certs
-from wharf_tls_helpers import Echo, client_context, eventually, exchange, options
+from wharf_tls_helpers import Echo, client_context, exchange, options
+
+from tests.support import eventually, wait_until
 
 
 def _cases(files) -> dict[str, tuple[bytes, bytes, str]]:
@@ -217,13 +218,7 @@ def _tls_status(broker) -> dict:
     return described.get("data", described)["tls"]
 
 
-def _wait(predicate, timeout: float = 20.0) -> bool:
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        if time.monotonic() > deadline:
-            return False
-        time.sleep(0.05)
-    return True
+
 
 
 def test_a_broker_restarted_with_a_refused_certificate_serves_the_last_accepted(broker_process, files, tmp_path):
@@ -245,7 +240,8 @@ def test_a_broker_restarted_with_a_refused_certificate_serves_the_last_accepted(
         mark = len(broker.log)
         broker.proc.send_signal(signal.SIGHUP)
         broker.wait_for_log(r"SIGHUP: reloading certificates", start=mark)
-        assert _wait(lambda broker=broker: _tls_status(broker)["reloads_failed"] >= 1), _tls_status(broker)
+        assert wait_until(lambda broker=broker: _tls_status(broker)["reloads_failed"] >= 1, timeout=20.0), \
+            _tls_status(broker)
         assert served_serial(port) == first, reason
         status, body = broker.admin("POST", "/api/v5/listeners/ssl:default/reload", b"{}")
         assert status == 422 and b"INVALID_CERTIFICATE" in body, body
@@ -279,7 +275,8 @@ def test_a_broker_with_a_refused_certificate_and_none_kept_is_not_ready_until_va
         proc = subprocess.Popen([sys.executable, "-m", "wharf_broker", "--config", str(config)], stdout=log_file,
                                 stderr=subprocess.STDOUT, cwd=tmp_path, env={**os.environ, "PYTHONUNBUFFERED": "1"})
     try:
-        assert _wait(lambda: re.search(r"broker \S+ ready", log_path.read_text()) or proc.poll() is not None)
+        assert wait_until(lambda: re.search(r"broker \S+ ready", log_path.read_text()) or proc.poll() is not None,
+                          timeout=20.0)
         text = log_path.read_text()
         assert proc.poll() is None, text
         assert re.search(r"listener ssl:default not started: .*does not chain to", text), text
@@ -299,7 +296,7 @@ def test_a_broker_with_a_refused_certificate_and_none_kept_is_not_ready_until_va
                 assert json.loads(response.read())["fingerprint"] == renewed.fingerprint
             assert _readyz(admin_url)[0] == 200
         else:
-            assert _wait(lambda: _readyz(admin_url)[0] == 200), _readyz(admin_url)
+            assert wait_until(lambda: _readyz(admin_url)[0] == 200, timeout=20.0), _readyz(admin_url)
         port = int(re.search(r"listener ssl:default on 127\.0\.0\.1:(\d+)", log_path.read_text())[1])
         assert served_serial(port) == _serial(renewed)
     finally:

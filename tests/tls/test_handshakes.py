@@ -12,8 +12,9 @@ from cryptography.x509.oid import ExtendedKeyUsageOID
 
 from wharf_broker.tls import TlsConfigError
 from wharf_broker.tls.devpki import CertificateAuthority
-from wharf_tls_helpers import (client_context, eventually, exchange, failures, options, s_client, serving,
-                               tls_roundtrip)
+from wharf_tls_helpers import client_context, exchange, failures, options, s_client, serving, tls_roundtrip
+
+from tests.support import eventually
 
 BACKENDS = ["stdlib", "pyopenssl"]
 

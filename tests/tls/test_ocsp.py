@@ -12,7 +12,9 @@ from cryptography.x509 import ocsp
 
 from wharf_broker.config.model import OcspOptions
 from wharf_broker.tls.devpki import CertificateAuthority
-from wharf_tls_helpers import client_context, eventually, exchange, http_server, options, s_client, serving
+from wharf_tls_helpers import client_context, exchange, http_server, options, s_client, serving
+
+from tests.support import eventually
 
 
 class Responder:

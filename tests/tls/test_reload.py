@@ -12,7 +12,9 @@ import ssl
 import pytest
 
 from wharf_broker.tls import TlsConfigError
-from wharf_tls_helpers import client_context, eventually, exchange, options, serving
+from wharf_tls_helpers import client_context, exchange, options, serving
+
+from tests.support import eventually
 
 ROTATIONS = 3
 OPEN_CONNECTIONS = 50

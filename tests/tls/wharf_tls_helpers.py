@@ -146,15 +146,7 @@ def failures(runtime: TlsListenerRuntime) -> dict[str, float]:
             if labels["listener"] == runtime.listener_id}
 
 
-async def eventually(predicate, timeout: float = 10.0, interval: float = 0.05):
-    """Wait for a condition that an asynchronous event (a handshake failure seen by the server) will make true."""
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + timeout
-    while True:
-        value = predicate()
-        if value or loop.time() > deadline:
-            return value
-        await asyncio.sleep(interval)
+
 
 
 
