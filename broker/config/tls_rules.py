@@ -14,7 +14,7 @@ knowledge is. The config layer is the lowest of the broker's layers, so everyone
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from urllib.parse import urlparse
 
@@ -68,7 +68,7 @@ def _when(condition: bool) -> object:
     return True if condition else None
 
 
-def _first(values: list[str], wrong: Callable[[str], bool]) -> str | None:
+def _first(values: Sequence[str], wrong: Callable[[str], bool]) -> str | None:
     return next((value for value in values if wrong(value)), None)
 
 
