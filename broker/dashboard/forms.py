@@ -152,8 +152,8 @@ def parse_ssl_form(fields: Mapping[str, list[str]], uploads: Mapping[str, bytes]
         posted = fields.get("versions") or []
         # Newest first, as the checkboxes show them; unknown names kept for the rules to name.
         versions = [v for v in TLS_VERSIONS if v in posted] + sorted(set(posted) - set(TLS_VERSIONS))
-        if psk_enabled and posted and set(posted) <= set(TLS_VERSIONS) and not set(posted) & {"tlsv1.2", "tlsv1.1",
-                                                                                               "tlsv1"}:
+        up_to_1_2 = {"tlsv1.2", "tlsv1.1", "tlsv1"}
+        if psk_enabled and posted and set(posted) <= set(TLS_VERSIONS) and not set(posted) & up_to_1_2:
             # The TLS layer only warns (a config file keeps starting); a person choosing versions is told here.
             errors["versions"] = "PSK authentication is on: it needs TLS 1.2 or below among the versions"
         form.changes["versions"] = versions
