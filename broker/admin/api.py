@@ -160,15 +160,24 @@ async def update_listener(request: web.Request) -> web.Response:
     changes = body["ssl_options"]
     if isinstance(changes, dict) and changes.get("password") == "******":
         changes = {k: v for k, v in changes.items() if k != "password"}  # the masked value read back: unchanged
+    prefix = f"listeners.{listener.type}.{listener.name}.ssl_options"
     try:
-        options = bind_ssl_options(changes, listener.config.ssl_options,
-                                   f"listeners.{listener.type}.{listener.name}.ssl_options", source="<request>")
+        options = bind_ssl_options(changes, listener.config.ssl_options, prefix, source="<request>")
         await listener.update_ssl_options(options)
     except ConfigError as exc:
-        return _error(400, "BAD_REQUEST", str(exc), errors=[str(issue) for issue in exc.issues])
+        return _error(400, "BAD_REQUEST", str(exc), errors=[
+            {"field": _under(issue.key, prefix), "message": issue.message} for issue in exc.issues])
     except ValueError as exc:  # the TLS layer refused the material or options; nothing was applied
-        return _error(400, "BAD_REQUEST", str(exc))
+        problems = getattr(exc, "problems", ())
+        return _error(400, "BAD_REQUEST", str(exc), errors=[
+            {"field": problem.field, "message": problem.message} for problem in problems
+        ] or [{"field": "", "message": str(exc)}])
     return _json(listener.describe())
+
+
+def _under(key: str, prefix: str) -> str:
+    """``key``'s part under ``ssl_options`` ("depth", "ocsp.responder_url"); "" for the block itself."""
+    return key[len(prefix) + 1:] if key.startswith(prefix + ".") else ""
 
 
 async def reload_listener(request: web.Request) -> web.Response:

@@ -30,6 +30,7 @@ from .errors import ConfigError, ConfigIssue, Origin
 from .hocon import ListNode, Node, ObjectNode, ScalarNode, from_plain, parse_file, parse_string
 from .model import BrokerConfig, SslOptions
 from .password_hash import check_hash_format
+from .tls_rules import check_ssl_options
 
 DEFAULT_CONFIG_RESOURCE = "default.conf"
 LISTENER_TYPES = ("tcp", "ssl", "ws", "wss")
@@ -583,26 +584,16 @@ class _Checker:
         if not ws.supported_subprotocols:
             self.issue(f"{key}.supported_subprotocols", "must name at least one subprotocol")
 
-    # Long on purpose: one check per field (#17 item 4: one validator).
-    def check_ssl_options(self, options: SslOptions, key: str) -> None:  # noqa: C901
-        for name in ("certfile", "keyfile"):
-            if not getattr(options, name):
-                self.issue(f"{key}.{name}", "is required for a TLS listener")
-            else:
+    def check_ssl_options(self, options: SslOptions, key: str) -> None:
+        """The files an ``ssl_options`` block names (resolved in place), then the rules of ``tls_rules``."""
+        for name in ("certfile", "keyfile", "password_file", "cacertfile"):
+            if getattr(options, name):
                 self.check_file(options, name, f"{key}.{name}")
-        if options.password_file:
-            self.check_file(options, "password_file", f"{key}.password_file")
         if options.server_cacertfile:
             # May be missing (a Secret without ca.crt): resolved when it is there, kept as written otherwise.
             found = resolve_file(options.server_cacertfile)
             if found is not None:
                 options.server_cacertfile = str(found)
-        if options.cacertfile:
-            self.check_file(options, "cacertfile", f"{key}.cacertfile")
-        elif options.verify == "verify_peer":
-            self.issue(f"{key}.cacertfile", "is required with verify = verify_peer (clients are checked against it)")
-        if options.fail_if_no_peer_cert and options.verify != "verify_peer":
-            self.issue(f"{key}.fail_if_no_peer_cert", "needs verify = verify_peer")
         if options.crlfile:
             resolved = []
             for part in (p.strip() for p in options.crlfile.split(",")):
@@ -612,23 +603,10 @@ class _Checker:
                 else:
                     resolved.append(str(found))
             options.crlfile = ",".join(resolved)
-        if options.ocsp.enable_ocsp_stapling:
-            if not options.ocsp.responder_url:
-                self.issue(f"{key}.ocsp.responder_url", "is required when OCSP stapling is enabled")
-            if not options.ocsp.issuer_pem:
-                self.issue(f"{key}.ocsp.issuer_pem", "is required when OCSP stapling is enabled")
-            else:
-                self.check_file(options.ocsp, "issuer_pem", f"{key}.ocsp.issuer_pem")
-        if not options.versions:
-            self.issue(f"{key}.versions", "must name at least one TLS version")
-        if len(set(options.versions)) != len(options.versions):
-            self.issue(f"{key}.versions", "lists a version twice")
-        if options.depth < 0:
-            self.issue(f"{key}.depth", "must be 0 or more")
-        if options.handshake_timeout <= 0:
-            self.issue(f"{key}.handshake_timeout", "must be greater than 0")
-        if options.reload_interval <= 0:
-            self.issue(f"{key}.reload_interval", "must be greater than 0")
+        if options.ocsp.enable_ocsp_stapling and options.ocsp.issuer_pem:
+            self.check_file(options.ocsp, "issuer_pem", f"{key}.ocsp.issuer_pem")
+        for problem in check_ssl_options(options):
+            self.issue(f"{key}.{problem.field}", problem.message)
 
     def check_file(self, owner: Any, attr: str, key: str) -> None:
         """Resolve a relative path in place, or report it missing."""

@@ -1,22 +1,29 @@
 """The SSL/WSS listener form: what the browser posts → ``ssl_options`` changes and uploads, or errors by field.
 
-Pure functions, no I/O: the checks a person needs next to the field they typed in (EMQX's Dashboard rules:
-Fail If No Peer Cert only with TLS Verify on, PSK only with TLS 1.2 and below, depth 0..100). The TLS layer
-checks everything again before it applies anything; ``field_of`` puts its messages next to the right field.
+Pure functions, no I/O. Here: how a posted form parses (numbers, durations, cipher names, PEM uploads) and the
+one rule only a person at this form is held to (PSK on: a version of TLS 1.2 or below stays chosen). The rules
+about the option values (Fail If No Peer Cert only with TLS Verify on, depth 0..100, ...) are the table in
+``config/tls_rules.py``, the same the config loader and the TLS layer apply: the posted values, merged into the
+listener's current options, go through it, and each problem lands next to the form field its key is shown in
+(``FORM_FIELDS``), in the table's words for a person. The TLS layer checks everything again before it applies
+anything.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import re
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
 from ..config.loader import parse_duration
 from ..config.model import SslOptions
+from ..config.tls_rules import MAX_DEPTH, TLS_VERSIONS, Problem, check_ssl_options
 
-TLS_VERSIONS = ("tlsv1.3", "tlsv1.2", "tlsv1.1", "tlsv1")
-MAX_DEPTH = 100
+__all__ = ["FORM_FIELDS", "MAX_DEPTH", "MAX_UPLOAD_BYTES", "OPERATOR_OWNED", "TLS_VERSIONS", "UPLOADS", "SslForm",
+           "form_field", "parse_ssl_form", "place_problems"]
+
 MAX_UPLOAD_BYTES = 256 * 1024
 
 # Upload slots: form field → (ssl_options key, what it holds, the PEM header it must contain).
@@ -37,9 +44,17 @@ OPERATOR_OWNED = frozenset({
     "ocsp_refresh_interval", "reload_interval",
 })
 
+# Keys under ssl_options → the form field that shows them (the others are the key itself, when the form has it).
+FORM_FIELDS = {
+    "ocsp.enable_ocsp_stapling": "enable_ocsp_stapling", "ocsp.responder_url": "ocsp_responder_url",
+    "ocsp.issuer_pem": "ocsp_issuer_pem", "ocsp.refresh_interval": "ocsp_refresh_interval",
+}
+_SHOWN = frozenset({"verify", "fail_if_no_peer_cert", "certfile", "keyfile", "cacertfile", "password", "versions",
+                    "ciphers", "depth", "enable_crl_check", "crlfile", "reload_interval", *FORM_FIELDS.values()})
+# An uploaded file is not stored before the whole form checks out; the rules only need to know one is there.
+_UPLOADED = "(uploaded)"
+
 _CIPHER_NAME = re.compile(r"[A-Za-z0-9_+\-.!@=]+")
-_URL = re.compile(r"https?://[^\s/]+(/\S*)?")
-_LOADER_KEY = re.compile(r"listeners\.\w+\.[\w-]+\.ssl_options\.")
 
 
 @dataclass
@@ -60,14 +75,37 @@ def _checked(fields: Mapping[str, list[str]], name: str) -> bool:
 
 def _duration(text: str, what: str, errors: dict[str, str], name: str) -> float | None:
     try:
-        seconds = parse_duration(text)
+        return parse_duration(text)
     except ValueError:
         errors[name] = f"{what}: a duration like 120s, 5m or 1h"
         return None
-    if seconds <= 0:
-        errors[name] = f"{what} must be more than 0 s"
-        return None
-    return seconds
+
+
+def form_field(key: str) -> str:
+    """The form field that shows the ssl_options key ``key`` ("_form" when the form does not show it)."""
+    name = FORM_FIELDS.get(key, key)
+    return name if name in _SHOWN else "_form"
+
+
+def place_problems(problems: Iterable[Problem], errors: dict[str, str]) -> None:
+    """Each problem next to its form field, in words for a person; a field keeps the first problem it got."""
+    for problem in problems:
+        name = form_field(problem.field)
+        errors.setdefault(name, problem.label if name != "_form" else str(problem))
+
+
+def _candidate(current: SslOptions, changes: dict[str, Any], uploads: Mapping[str, bytes]) -> SslOptions:
+    """``current`` with the form's ``changes`` and a stand-in path for every uploaded file."""
+    top = {k: v for k, v in changes.items() if k != "ocsp"}
+    ocsp = dict(changes.get("ocsp", {}))
+    for name in uploads:
+        if name in UPLOADS:
+            key = UPLOADS[name][0]
+            if key == "ocsp.issuer_pem":
+                ocsp["issuer_pem"] = _UPLOADED
+            else:
+                top[key] = _UPLOADED
+    return dataclasses.replace(current, **top, ocsp=dataclasses.replace(current.ocsp, **ocsp))
 
 
 # Long on purpose: one field per branch (#17 item 4: one validator).
@@ -106,33 +144,23 @@ def parse_ssl_form(fields: Mapping[str, list[str]], uploads: Mapping[str, bytes]
         verify = _checked(fields, "verify")
         form.changes["verify"] = "verify_peer" if verify else "verify_none"
     if wanted("fail_if_no_peer_cert"):
-        fail = _checked(fields, "fail_if_no_peer_cert")
-        if fail and not verify:
-            errors["fail_if_no_peer_cert"] = "Fail If No Peer Cert needs TLS Verify on"
-        form.changes["fail_if_no_peer_cert"] = fail and verify
-    if verify and not current.cacertfile and "cacertfile" not in uploads:
-        errors.setdefault("cacertfile", "TLS Verify needs a CA certificate: the CAs that issue client certificates")
-
+        form.changes["fail_if_no_peer_cert"] = _checked(fields, "fail_if_no_peer_cert")
     if wanted("enable_crl_check"):
-        crl = _checked(fields, "enable_crl_check")
-        if crl and not verify:
-            errors["enable_crl_check"] = "CRL checking applies to client certificates: it needs TLS Verify on"
-        form.changes["enable_crl_check"] = crl
+        form.changes["enable_crl_check"] = _checked(fields, "enable_crl_check")
 
     if wanted("versions"):
-        versions = [v for v in TLS_VERSIONS if v in (fields.get("versions") or [])]
-        unknown = sorted(set(fields.get("versions") or []) - set(TLS_VERSIONS))
-        if unknown:
-            errors["versions"] = f"unknown TLS version {unknown[0]!r}"
-        elif not versions:
-            errors["versions"] = "choose at least one TLS version"
-        elif psk_enabled and not set(versions) & {"tlsv1.2", "tlsv1.1", "tlsv1"}:
+        posted = fields.get("versions") or []
+        # Newest first, as the checkboxes show them; unknown names kept for the rules to name.
+        versions = [v for v in TLS_VERSIONS if v in posted] + sorted(set(posted) - set(TLS_VERSIONS))
+        up_to_1_2 = {"tlsv1.2", "tlsv1.1", "tlsv1"}
+        if psk_enabled and posted and set(posted) <= set(TLS_VERSIONS) and not set(posted) & up_to_1_2:
+            # The TLS layer only warns (a config file keeps starting); a person choosing versions is told here.
             errors["versions"] = "PSK authentication is on: it needs TLS 1.2 or below among the versions"
         form.changes["versions"] = versions
 
     if wanted("depth"):
         text = _one(fields, "depth")
-        if not re.fullmatch(r"\d{1,4}", text) or int(text) > MAX_DEPTH:
+        if not re.fullmatch(r"\d{1,4}", text):
             errors["depth"] = f"a whole number from 0 to {MAX_DEPTH} (default 10)"
         else:
             form.changes["depth"] = int(text)
@@ -157,41 +185,24 @@ def parse_ssl_form(fields: Mapping[str, list[str]], uploads: Mapping[str, bytes]
             form.changes["password"] = (fields.get("password") or [""])[-1]
 
     if wanted("enable_ocsp_stapling"):
-        ocsp: dict[str, Any] = {"enable_ocsp_stapling": _checked(fields, "enable_ocsp_stapling")}
-        url = _one(fields, "ocsp_responder_url")
-        if url and not _URL.fullmatch(url):
-            errors["ocsp_responder_url"] = "an http:// or https:// URL"
-        ocsp["responder_url"] = url
+        ocsp: dict[str, Any] = {"enable_ocsp_stapling": _checked(fields, "enable_ocsp_stapling"),
+                                "responder_url": _one(fields, "ocsp_responder_url")}
         interval = _one(fields, "ocsp_refresh_interval") or "5m"
         seconds = _duration(interval, "OCSP refresh interval", errors, "ocsp_refresh_interval")
         if seconds is not None:
             ocsp["refresh_interval"] = seconds
-        if ocsp["enable_ocsp_stapling"]:
-            if not url:
-                errors.setdefault("ocsp_responder_url", "OCSP stapling needs the responder URL")
-            if not current.ocsp.issuer_pem and "ocsp_issuer_pem" not in uploads:
-                errors.setdefault("ocsp_issuer_pem", "OCSP stapling needs the issuer of the server certificate")
         form.changes["ocsp"] = ocsp
+
+    place_problems(check_ssl_options(_candidate(current, form.changes, uploads)), errors)
     return form
 
 
-# Message prefixes of the config loader and the TLS layer → the form field they are about.
-_PREFIXES = (
-    ("keyfile", "keyfile"), ("certfile", "certfile"), ("cacertfile", "cacertfile"), ("crlfile", "crlfile"),
-    ("ocsp.issuer_pem", "ocsp_issuer_pem"), ("ocsp.responder_url", "ocsp_responder_url"),
-    ("ocsp.refresh_interval", "ocsp_refresh_interval"), ("ocsp", "enable_ocsp_stapling"),
-    ("fail_if_no_peer_cert", "fail_if_no_peer_cert"), ("enable_crl_check", "enable_crl_check"),
-    ("verify = verify_peer needs cacertfile", "cacertfile"), ("verify", "verify"), ("versions", "versions"),
-    ("ciphers", "ciphers"), ("depth", "depth"), ("reload_interval", "reload_interval"),
-    ("password", "password"),
-)
+# Certificate material is refused by messages of the TLS layer and of the checks shared with the operator
+# (tls/validation.py), which name the file they are about first but carry no key (unlike option problems).
+_MATERIAL = (("certfile", "certfile"), ("keyfile", "keyfile"), ("cacertfile", "cacertfile"),
+             ("crlfile", "crlfile"), ("ocsp.issuer_pem", "ocsp_issuer_pem"), ("password", "password"))
 
 
-def field_of(message: str) -> str:
-    """The form field a TLS-layer message (or a config issue's dotted key) is about (``_form`` when none)."""
-    loader_key = _LOADER_KEY.search(message)  # config loader: "<source>: listeners.ssl.x.ssl_options.depth: ..."
-    text = message[loader_key.end():] if loader_key else message
-    for prefix, name in _PREFIXES:
-        if text.startswith(prefix):
-            return name
-    return "_form"
+def material_field(message: str) -> str:
+    """The upload field a refusal of certificate material is about (``_form`` when it names none)."""
+    return next((name for prefix, name in _MATERIAL if message.startswith(prefix)), "_form")

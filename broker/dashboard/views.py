@@ -31,7 +31,8 @@ from ..tls import TlsConfigError, validate_options
 from ..tls.material import read_snapshot, validate_snapshot
 from . import markup as ui
 from . import uploads
-from .forms import OPERATOR_OWNED, TLS_VERSIONS, UPLOADS, SslForm, field_of, parse_ssl_form
+from .forms import (OPERATOR_OWNED, TLS_VERSIONS, UPLOADS, SslForm, form_field, material_field, parse_ssl_form,
+                    place_problems)
 from .rates import MessageRates
 from .sessions import COOKIE, LOGIN_COOKIE, LOGINS, LoginGate, Session, SessionStore, csrf_ok
 
@@ -467,10 +468,17 @@ class Dashboard:
             await asyncio.to_thread(lambda: validate_snapshot(policy, read_snapshot(policy)))
             await listener.update_ssl_options(options)
         except ConfigError as exc:
+            prefix = f"listeners.{listener.type}.{listener.name}.ssl_options."
             for issue in exc.issues:
-                form.errors.setdefault(field_of(issue.key or ""), issue.message)
-        except (TlsConfigError, ValueError) as exc:
-            form.errors.setdefault(_upload_field(field_of(str(exc)), form), str(exc))
+                key = issue.key[len(prefix):] if issue.key.startswith(prefix) else ""
+                form.errors.setdefault(form_field(key), issue.message)
+        except TlsConfigError as exc:
+            if exc.problems:
+                place_problems(exc.problems, form.errors)
+            else:
+                form.errors.setdefault(_upload_field(material_field(str(exc)), form), str(exc))
+        except ValueError as exc:
+            form.errors.setdefault(_upload_field(material_field(str(exc)), form), str(exc))
         if form.errors:
             stored.discard()
             return

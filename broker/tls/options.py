@@ -1,19 +1,21 @@
 """Semantic validation of ``ssl_options``: turns an ``SslOptions`` into an immutable ``TlsPolicy``.
 
-The config loader has already checked types; this module checks meaning (combinations EMQX refuses, cipher
-names OpenSSL does not know, versions the local OpenSSL cannot do) so that a listener either starts with a
-policy that works or does not start at all. Nothing here reads certificate files: that is ``material.py``.
+The config loader has already checked types. The rules about the option values themselves (combinations EMQX
+refuses, ranges, names) are the table in ``config/tls_rules.py``, shared with the loader and the Dashboard; this
+module applies it and adds what only the TLS layer knows (cipher names the local OpenSSL does not know, versions
+it cannot do, key usages as OIDs), so that a listener either starts with a policy that works or does not start
+at all. Nothing here reads certificate files: that is ``material.py``.
 """
 
 from __future__ import annotations
 
 import ssl
 from dataclasses import dataclass, field
-from urllib.parse import urlparse
 
 from cryptography.x509.oid import ExtendedKeyUsageOID, ObjectIdentifier
 
 from ..config.model import PskAuthentication, SslOptions
+from ..config.tls_rules import MAX_DEPTH, TLS13_SUITES, check_ssl_options, cipher_names
 from .errors import TlsConfigError
 
 VERSION_ORDER = ["tlsv1", "tlsv1.1", "tlsv1.2", "tlsv1.3"]
@@ -24,11 +26,6 @@ STDLIB_VERSIONS = {
     "tlsv1.3": ssl.TLSVersion.TLSv1_3,
 }
 LEGACY_VERSIONS = {"tlsv1", "tlsv1.1"}
-# The TLS 1.3 suites OpenSSL knows; they are set apart from the TLS <= 1.2 cipher string.
-TLS13_SUITES = {
-    "TLS_AES_128_GCM_SHA256", "TLS_AES_256_GCM_SHA384", "TLS_CHACHA20_POLY1305_SHA256",
-    "TLS_AES_128_CCM_SHA256", "TLS_AES_128_CCM_8_SHA256",
-}
 EKU_NAMES = {
     "serverauth": ExtendedKeyUsageOID.SERVER_AUTH,
     "clientauth": ExtendedKeyUsageOID.CLIENT_AUTH,
@@ -37,7 +34,8 @@ EKU_NAMES = {
     "timestamping": ExtendedKeyUsageOID.TIME_STAMPING,
     "ocspsigning": ExtendedKeyUsageOID.OCSP_SIGNING,
 }
-MAX_DEPTH = 100
+__all__ = ["LEGACY_VERSIONS", "MAX_DEPTH", "STDLIB_VERSIONS", "TLS13_SUITES", "VERSION_ORDER", "TlsPolicy",
+           "validate_options"]
 
 
 @dataclass(frozen=True)
@@ -107,68 +105,46 @@ def _parse_ekus(text: str) -> tuple[ObjectIdentifier, ...]:
             try:
                 result.append(ObjectIdentifier(item[4:]))
             except ValueError as exc:
-                raise TlsConfigError(f"verify_peer_ext_key_usage: bad OID {item!r}: {exc}") from None
+                raise TlsConfigError.of_option("verify_peer_ext_key_usage", f"bad OID {item!r}: {exc}") from None
         elif item.lower() in EKU_NAMES:
             result.append(EKU_NAMES[item.lower()])
         else:
-            raise TlsConfigError(f"verify_peer_ext_key_usage: unknown usage {item!r} "
-                                 f"(use {', '.join(sorted(EKU_NAMES))} or OID:<dotted>)")
+            raise TlsConfigError.of_option("verify_peer_ext_key_usage", f"unknown usage {item!r} "
+                                           f"(use {', '.join(sorted(EKU_NAMES))} or OID:<dotted>)")
     return tuple(result)
 
 
 def _split_ciphers(ciphers: list[str]) -> tuple[str, str]:
-    tls12: list[str] = []
-    tls13: list[str] = []
-    for entry in ciphers:
-        # EMQX accepts a list, and also one comma/colon separated string.
-        for name in entry.replace(",", ":").split(":"):
-            name = name.strip()
-            if not name:
-                continue
-            if name.startswith("TLS_"):
-                if name not in TLS13_SUITES:
-                    raise TlsConfigError(f"ciphers: unknown TLS 1.3 suite {name!r} "
-                                         f"(known: {', '.join(sorted(TLS13_SUITES))})")
-                tls13.append(name)
-            else:
-                tls12.append(name)
-    return ":".join(tls12), ":".join(tls13)
+    """The TLS <= 1.2 cipher string and the TLS 1.3 suites (their names checked by ``tls_rules``)."""
+    names = cipher_names(ciphers)
+    return (":".join(n for n in names if not n.startswith("TLS_")),
+            ":".join(n for n in names if n.startswith("TLS_")))
 
 
-# Long on purpose: one check per field (#17 item 4: one validator).
+# Long on purpose: the checks only the TLS layer can make, one after another, then the policy.
 def validate_options(options: SslOptions, psk: PskAuthentication | None = None) -> TlsPolicy:  # noqa: C901
-    """Check ``options`` as a whole; raise ``TlsConfigError`` naming the option on the first problem."""
+    """Check ``options`` as a whole; raise ``TlsConfigError`` naming the option(s) on a problem.
+
+    Broken rules of ``tls_rules`` are raised together, each in the error's ``problems``.
+    """
+    problems = check_ssl_options(options)
+    if problems:
+        raise TlsConfigError("; ".join(map(str, problems)), problems=problems)
     warnings: list[str] = []
-    if not options.certfile:
-        raise TlsConfigError("certfile is required")
-    if not options.keyfile:
-        raise TlsConfigError("keyfile is required")
     verify_peer = options.verify == "verify_peer"
-    if options.verify not in ("verify_peer", "verify_none"):
-        raise TlsConfigError(f"verify: must be verify_peer or verify_none, not {options.verify!r}")
-    if options.fail_if_no_peer_cert and not verify_peer:
-        raise TlsConfigError("fail_if_no_peer_cert = true needs verify = verify_peer")
-    if verify_peer and not options.cacertfile:
-        raise TlsConfigError("verify = verify_peer needs cacertfile (the CAs that issue client certificates)")
-    if options.enable_crl_check and not verify_peer:
-        raise TlsConfigError("enable_crl_check = true needs verify = verify_peer")
     if options.crlfile and not options.enable_crl_check:
         warnings.append("crlfile is set but enable_crl_check is false: the CRL is not checked")
 
-    versions = tuple(dict.fromkeys(options.versions))
-    if not versions:
-        raise TlsConfigError("versions: at least one TLS version is needed")
-    for version in versions:
-        if version not in STDLIB_VERSIONS:
-            raise TlsConfigError(f"versions: unknown version {version!r} (use {', '.join(VERSION_ORDER)})")
+    versions = tuple(options.versions)
     legacy = [v for v in versions if v in LEGACY_VERSIONS]
     if legacy:
         if ("tlsv1" in legacy and not ssl.HAS_TLSv1) or ("tlsv1.1" in legacy and not ssl.HAS_TLSv1_1):
-            raise TlsConfigError(f"versions: the local OpenSSL ({ssl.OPENSSL_VERSION}) cannot do {', '.join(legacy)}")
+            raise TlsConfigError.of_option(
+                "versions", f"the local OpenSSL ({ssl.OPENSSL_VERSION}) cannot do {', '.join(legacy)}")
         warnings.append(f"versions: {', '.join(legacy)} are outdated and insecure; enabled because they were "
                         "asked for (cipher security level lowered to 0 on this listener)")
     if "tlsv1.3" in versions and not ssl.HAS_TLSv1_3:
-        raise TlsConfigError(f"versions: the local OpenSSL ({ssl.OPENSSL_VERSION}) cannot do tlsv1.3")
+        raise TlsConfigError.of_option("versions", f"the local OpenSSL ({ssl.OPENSSL_VERSION}) cannot do tlsv1.3")
 
     tls12, tls13 = _split_ciphers(options.ciphers)
     if tls12:
@@ -176,33 +152,16 @@ def validate_options(options: SslOptions, psk: PskAuthentication | None = None) 
         try:
             probe.set_ciphers(tls12 + (":@SECLEVEL=0" if legacy else ""))
         except ssl.SSLError:
-            raise TlsConfigError(f"ciphers: OpenSSL knows none of {tls12!r}") from None
+            raise TlsConfigError.of_option("ciphers", f"OpenSSL knows none of {tls12!r}") from None
     if tls12 and not any(v != "tlsv1.3" for v in versions):
         warnings.append("ciphers: TLS <= 1.2 ciphers are listed but only tlsv1.3 is enabled")
     if tls13 and "tlsv1.3" not in versions:
         warnings.append("ciphers: TLS 1.3 suites are listed but tlsv1.3 is not enabled")
 
-    if not 0 <= options.depth <= MAX_DEPTH:
-        raise TlsConfigError(f"depth: must be between 0 and {MAX_DEPTH}, not {options.depth}")
-    if not options.handshake_timeout > 0:
-        raise TlsConfigError("handshake_timeout: must be more than 0 s")
-    if not options.reload_interval > 0:
-        raise TlsConfigError("reload_interval: must be more than 0 s")
     ekus = _parse_ekus(options.verify_peer_ext_key_usage)
-    if ekus and not verify_peer:
-        raise TlsConfigError("verify_peer_ext_key_usage needs verify = verify_peer")
 
     ocsp = options.ocsp
     if ocsp.enable_ocsp_stapling:
-        if not ocsp.responder_url:
-            raise TlsConfigError("ocsp.responder_url is required when ocsp.enable_ocsp_stapling = true")
-        url = urlparse(ocsp.responder_url)
-        if url.scheme not in ("http", "https") or not url.netloc:
-            raise TlsConfigError(f"ocsp.responder_url: not an http(s) URL: {ocsp.responder_url!r}")
-        if not ocsp.issuer_pem:
-            raise TlsConfigError("ocsp.issuer_pem is required when ocsp.enable_ocsp_stapling = true")
-        if not ocsp.refresh_interval > 0 or not ocsp.refresh_http_timeout > 0:
-            raise TlsConfigError("ocsp.refresh_interval and ocsp.refresh_http_timeout must be more than 0 s")
         if ocsp.refresh_interval < 60:
             warnings.append("ocsp.refresh_interval below 1 minute puts load on the OCSP responder")
 

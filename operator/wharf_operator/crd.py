@@ -14,6 +14,10 @@ import json
 import sys
 from typing import Any
 
+# The broker's table of ssl_options rules: the TLS fields' ranges and names here come from it, and the CEL rules
+# below say the same as its rules (tests/realapi/test_mqttbroker_crd.py feeds both the same cases).
+from wharf_broker.config import tls_rules
+
 GROUP = "mqtt.wharf.dev"
 VERSION = "v1alpha1"
 KIND = "MQTTBroker"
@@ -25,7 +29,7 @@ CRD_NAME = f"{PLURAL}.{GROUP}"
 # The schema's revision: bump it with every change of crd_manifest()'s spec (tests/operator/test_crd.py records the
 # digest of each revision and fails until it is bumped). The operator upgrades an installed CRD of a lower revision
 # and never touches one of a higher revision (an older operator must not take fields away from a newer schema).
-SCHEMA_REVISION = 3
+SCHEMA_REVISION = 4
 REVISION_ANNOTATION = f"{GROUP}/schema-revision"
 DIGEST_ANNOTATION = f"{GROUP}/schema-digest"
 
@@ -39,7 +43,8 @@ METRICS_PORT = 9184
 
 DURATION_PATTERN = r"^[0-9]+(\.[0-9]+)?(ms|s|m|h|d)?$"
 PEER_CERT_AS = ["disabled", "cn", "dn", "crt", "pem", "md5"]
-TLS_VERSIONS = ["tlsv1.3", "tlsv1.2", "tlsv1.1", "tlsv1"]
+TLS_VERSIONS = list(tls_rules.TLS_VERSIONS)
+TLS13_SUITES = sorted(tls_rules.TLS13_SUITES)
 # The shape of an IPv4 or IPv6 address with an optional prefix length; the operator and the broker parse it fully.
 CIDR_PATTERN = (r"^(([0-9]{1,3}\.){3}[0-9]{1,3}(/([0-9]|[12][0-9]|3[0-2]))?"
                 r"|[0-9a-fA-F:.]*:[0-9a-fA-F:.]*(/([0-9]|[1-9][0-9]|1[01][0-9]|12[0-8]))?)$")
@@ -113,7 +118,7 @@ def _object(description: str, properties: dict[str, Schema], *, required: list[s
 
 def _array(description: str, items: Schema, *, default: list | None = None, min_items: int | None = None,
            max_items: int | None = None, map_keys: list[str] | None = None, rules: list[Schema] | None = None,
-           ) -> Schema:
+           unique: bool = False) -> Schema:
     schema: Schema = {"type": "array", "description": description, "items": items}
     if min_items is not None:
         schema["minItems"] = min_items
@@ -122,6 +127,8 @@ def _array(description: str, items: Schema, *, default: list | None = None, min_
     if map_keys:
         schema["x-kubernetes-list-type"] = "map"
         schema["x-kubernetes-list-map-keys"] = map_keys
+    elif unique:
+        schema["x-kubernetes-list-type"] = "set"
     if rules:
         schema["x-kubernetes-validations"] = rules
     if default is not None:
@@ -181,12 +188,12 @@ def _tls_schema() -> Schema:
                 default=False),
             "versions": _array("TLS protocol versions offered.",
                                _string("A TLS version.", enum=TLS_VERSIONS),
-                               default=["tlsv1.3", "tlsv1.2"], min_items=1, max_items=4),
+                               default=["tlsv1.3", "tlsv1.2"], min_items=1, max_items=4, unique=True),
             "ciphers": _array("OpenSSL names of the TLS 1.2 and TLS 1.3 cipher suites; empty means "
                               "OpenSSL's defaults.", _string("A cipher suite name.", max_length=128),
                               max_items=64),
             "depth": _integer("Maximum number of intermediate certificates between a client certificate and "
-                              "a trusted root.", default=10, minimum=0, maximum=64),
+                              "a trusted root.", default=10, minimum=0, maximum=tls_rules.MAX_DEPTH),
             "keyPasswordSecretRef": _secret_key_ref(
                 "Secret holding the password of an encrypted tls.key; mounted as a file, never put into "
                 "the rendered config.", "password"),
@@ -201,7 +208,10 @@ def _tls_schema() -> Schema:
                                                  default="300s"),
                 },
                 rules=[_rule("!self.enabled || (has(self.responderUrl) && self.responderUrl != '')",
-                             "ocspStapling.enabled needs responderUrl")]),
+                             "ocspStapling.enabled needs responderUrl"),
+                       _rule("!self.enabled || !has(self.responderUrl) || self.responderUrl == '' || "
+                             "self.responderUrl.matches('^https?://[^/?#]+')",
+                             "ocspStapling.responderUrl must be an http:// or https:// URL")]),
             "peerCertAsUsername": _string("Use this part of the client certificate as the MQTT username.",
                                           enum=PEER_CERT_AS),
             "peerCertAsClientid": _string("Use this part of the client certificate as the MQTT client id.",
@@ -222,6 +232,11 @@ def _tls_schema() -> Schema:
                   "(!has(self.peerCertAsClientid) || self.peerCertAsClientid == 'disabled') || "
                   "self.verify == 'verify_peer'",
                   "peerCertAsUsername/peerCertAsClientid need verify: verify_peer"),
+            # One name per item is checked; an item holding a colon separated list is left to the broker's loader,
+            # which the operator runs on the rendered config.
+            _rule("!has(self.ciphers) || self.ciphers.all(c, c.contains(':') || c.contains(',') || "
+                  f"!c.startsWith('TLS_') || c in {json.dumps(TLS13_SUITES)})",
+                  f"ciphers: a name starting with TLS_ must be a TLS 1.3 suite: {', '.join(TLS13_SUITES)}"),
             _rule("!has(self.ciphers) || !self.ciphers.exists(c, c.contains('PSK')) || "
                   "self.versions.exists(v, v != 'tlsv1.3')",
                   "PSK cipher suites need TLS 1.2 or older in versions: PSK is not offered with TLS 1.3 only"),

@@ -253,6 +253,12 @@ def test_update_ssl_options(broker_process, cert_dir):
     # Invalid values are refused whole, with the key named; nothing is applied.
     status, error = put({"ssl_options": {"verify": "sometimes", "depth": 2}})
     assert status == 400 and "ssl_options.verify" in error["message"]
+    assert [e["field"] for e in error["errors"]] == ["verify"]
+    # A broken rule of the options table comes back by its key under ssl_options.
+    status, error = put({"ssl_options": {"fail_if_no_peer_cert": True, "depth": 500}})
+    assert status == 400
+    assert {(e["field"], e["message"]) for e in error["errors"]} == {
+        ("fail_if_no_peer_cert", "needs verify = verify_peer"), ("depth", "must be between 0 and 100, not 500")}
     status, error = put({"ssl_options": {"certfile": str(cert_dir / "client.crt")}})
     assert status == 400 and "keyfile" in error["message"]
     _, current = get_json(broker, "/api/v5/listeners/ssl:default")

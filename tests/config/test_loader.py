@@ -224,6 +224,23 @@ def test_ssl_listener_requirements(in_repo):
     load_string('listeners.ssl.off { enable = false, ssl_options.keyfile = "missing" }')
 
 
+def test_ssl_options_rules_the_tls_layer_used_to_find_only_at_start_are_load_errors(in_repo):
+    """One table of rules (config/tls_rules.py): what the TLS layer refuses, the file is refused for at load."""
+    errors = errors_of("""
+        listeners.ssl.c { bind = "127.0.0.1:0", ssl_options { certfile = "etc/certs/server.crt",
+                                                              keyfile = "etc/certs/server.key",
+                                                              depth = 1000, enable_crl_check = true,
+                                                              ciphers = "TLS_AES_256_GCM_SHA384,TLS_NOPE" } }
+    """)
+    assert {error.split(": ", 1)[1] for error in errors} == {
+        "listeners.ssl.c.ssl_options.enable_crl_check: needs verify = verify_peer",
+        "listeners.ssl.c.ssl_options.ciphers: unknown TLS 1.3 suite 'TLS_NOPE' (known: TLS_AES_128_CCM_8_SHA256, "
+        "TLS_AES_128_CCM_SHA256, TLS_AES_128_GCM_SHA256, TLS_AES_256_GCM_SHA384, TLS_CHACHA20_POLY1305_SHA256)",
+        "listeners.ssl.c.ssl_options.depth: must be between 0 and 100, not 1000",
+    }
+    assert all(error.startswith("t.conf:") for error in errors)  # each at its file:line:col
+
+
 def test_relative_paths_resolve_under_wharf_home(tmp_path, monkeypatch):
     (tmp_path / "etc").mkdir()
     for name in ("k.pem", "c.pem"):

@@ -4,7 +4,10 @@ from __future__ import annotations
 
 import pytest
 from wharf_broker.config.model import OcspOptions, SslOptions
-from wharf_broker.dashboard.forms import MAX_UPLOAD_BYTES, OPERATOR_OWNED, field_of, parse_ssl_form
+from wharf_broker.config.tls_rules import check_ssl_options
+from wharf_broker.dashboard.forms import (MAX_UPLOAD_BYTES, OPERATOR_OWNED, form_field, material_field, parse_ssl_form,
+                                          place_problems)
+from wharf_broker.tls import TlsConfigError, validate_options
 
 CERT = b"-----BEGIN CERTIFICATE-----\nMIIB\n-----END CERTIFICATE-----\n"
 KEY = b"-----BEGIN PRIVATE KEY-----\nMIIE\n-----END PRIVATE KEY-----\n"
@@ -163,17 +166,41 @@ def test_operator_owned_fields_are_not_read_and_refused_when_posted():
     assert pushed.changes == {} and pushed.uploads == {}
 
 
+@pytest.mark.parametrize("overrides, field, label", [
+    (dict(verify="verify_none", fail_if_no_peer_cert=True), "fail_if_no_peer_cert",
+     "Fail If No Peer Cert needs TLS Verify on"),
+    (dict(verify="verify_peer", cacertfile=""), "cacertfile", "TLS Verify needs a CA certificate"),
+    (dict(depth=500), "depth", "a whole number from 0 to 100"),
+    (dict(ocsp=OcspOptions(enable_ocsp_stapling=True, responder_url="ftp://x", issuer_pem="/i.pem")),
+     "ocsp_responder_url", "an http:// or https:// URL"),
+    (dict(ocsp=OcspOptions(enable_ocsp_stapling=True, responder_url="http://x/")), "ocsp_issuer_pem",
+     "OCSP stapling needs the issuer"),
+    (dict(handshake_timeout=0), "_form", "handshake_timeout: must be greater than 0"),
+])
+def test_problems_of_the_options_table_land_next_to_their_field_by_key(overrides, field, label):
+    """The same table the loader and the TLS layer apply; its problems are placed by key, not by their words."""
+    problems = check_ssl_options(current(**overrides))
+    errors: dict[str, str] = {}
+    place_problems(problems, errors)
+    assert list(errors) == [field] and errors[field].startswith(label)
+    assert form_field(problems[0].field) == field
+
+
+def test_problems_the_tls_layer_finds_land_next_to_their_field():
+    with pytest.raises(TlsConfigError) as refused:
+        validate_options(current(verify="verify_peer", ciphers=["NOT-A-CIPHER"]))
+    errors: dict[str, str] = {}
+    place_problems(refused.value.problems, errors)
+    assert errors == {"ciphers": "OpenSSL knows none of 'NOT-A-CIPHER'"}
+
+
 @pytest.mark.parametrize("message, field", [
     ("keyfile does not match the first certificate in certfile (half-updated pair?)", "keyfile"),
     ("certfile: certificate not valid now (valid 2020-01-01 00:00 to 2021-01-01 00:00 UTC)", "certfile"),
     ("cacertfile: no PEM certificate in it (empty, garbage or half-written file?)", "cacertfile"),
-    ("verify = verify_peer needs cacertfile (the CAs that issue client certificates)", "cacertfile"),
-    ("fail_if_no_peer_cert = true needs verify = verify_peer", "fail_if_no_peer_cert"),
-    ("ciphers: OpenSSL knows none of 'FOO'", "ciphers"),
     ("ocsp.issuer_pem: not the issuer of the certificate in certfile", "ocsp_issuer_pem"),
-    ("dashboard: listeners.ssl.default.ssl_options.depth: must be between 0 and 100", "depth"),
     ("keyfile: the key is encrypted and no password is set (ssl_options.password)", "keyfile"),
     ("something else entirely", "_form"),
 ])
-def test_messages_of_the_tls_layer_land_next_to_their_field(message, field):
-    assert field_of(message) == field
+def test_refusals_of_certificate_material_land_next_to_their_upload(message, field):
+    assert material_field(message) == field

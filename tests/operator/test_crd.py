@@ -118,6 +118,11 @@ def _ssl(**tls) -> dict:
     (_ssl(ciphers=["PSK-AES128-GCM-SHA256"], versions=["tlsv1.3"]),
      "PSK cipher suites need TLS 1.2 or older in versions: PSK is not offered with TLS 1.3 only"),
     (_ssl(ocspStapling={"enabled": True}), "ocspStapling.enabled needs responderUrl"),
+    (_ssl(ocspStapling={"enabled": True, "responderUrl": "ftp://ocsp.example/"}),
+     "ocspStapling.responderUrl must be an http:// or https:// URL"),
+    (_ssl(ciphers=["TLS_AES_256_GCM_SHA384", "TLS_NOT_A_SUITE"]), "ciphers: a name starting with TLS_ must be a TLS 1.3 "
+     "suite: TLS_AES_128_CCM_8_SHA256, TLS_AES_128_CCM_SHA256, TLS_AES_128_GCM_SHA256, TLS_AES_256_GCM_SHA384, "
+     "TLS_CHACHA20_POLY1305_SHA256"),
     ({"listeners": [{"name": "mqtts", "type": "ssl", "port": 8883}]},
      "ssl and wss listeners need tls; tcp and ws listeners must not have it"),
     ({"listeners": [{"name": "m", "type": "tcp", "port": 1883, "tls": {"secretName": "x"}}]},
@@ -154,6 +159,8 @@ def test_invalid_combinations_are_refused(spec, message):
     _ssl(verify="verify_peer", caRef={"name": "ca"}, failIfNoPeerCert=True, enableCrlCheck=True,
          peerCertAsUsername="cn"),
     _ssl(ciphers=["PSK-AES128-GCM-SHA256"], versions=["tlsv1.3", "tlsv1.2"]),
+    _ssl(ciphers=["TLS_AES_256_GCM_SHA384", "ECDHE-RSA-AES128-GCM-SHA256"],
+         ocspStapling={"enabled": True, "responderUrl": "https://ocsp.example/"}),
     _ssl(trustedIssuerCARef={"name": "issuer-trust"}),
     _ssl(trustedIssuerCARef={"name": "x", "kind": "ConfigMap"}),  # a ConfigMap of the same name is another object
     {**_ssl(), "certificate": {"issuerRef": {"name": "ca"}, "secretName": "x"}},
@@ -208,7 +215,7 @@ def test_trusted_cidrs_have_the_shape_of_networks(cidr, valid):
 
 # The spec digest of every schema revision (crd.SCHEMA_REVISION). A change of the CRD's spec fails here until the
 # revision is bumped and its digest added: the operator upgrades an installed CRD only to a higher revision.
-REVISION_DIGESTS = {1: "9a42e58691a573aa", 2: "58938e646c9b9207", 3: "a7be72d649790319"}
+REVISION_DIGESTS = {1: "9a42e58691a573aa", 2: "58938e646c9b9207", 3: "a7be72d649790319", 4: "b7d3d84a5792e427"}
 
 
 def test_schema_changes_bump_the_revision():

@@ -112,3 +112,67 @@ def test_proxy_protocol_with_trusted_cidrs_is_accepted(brokers, namespace):
                                                      proxyProtocolTrustedCIDRs=["10.0.0.0/16", "2001:db8::/64"]))
     stored = brokers.create_namespaced_custom_object(GROUP, VERSION, namespace, PLURAL, body)
     assert stored["spec"]["listeners"][1]["proxyProtocolTrustedCIDRs"] == ["10.0.0.0/16", "2001:db8::/64"]
+
+
+# The same TLS cases for the CRD's schema and CEL rules and for the broker's table of ssl_options rules
+# (broker/config/tls_rules.py, the one the config loader, the TLS layer and the Dashboard apply): the API server
+# refuses a listener's tls exactly when the ssl_options the operator renders from it break a rule of the table,
+# and its message names the CRD field the broken rule is about. Case → (tls fields, keys the table refuses).
+TLS_CASES: dict[str, tuple[dict, set[str]]] = {
+    "defaults": ({}, set()),
+    "mutual-tls": ({"verify": "verify_peer", "caRef": {"name": "clients-ca"}, "failIfNoPeerCert": True,
+                    "enableCrlCheck": True}, set()),
+    "fail-if-no-peer-cert-without-verify": ({"failIfNoPeerCert": True}, {"fail_if_no_peer_cert"}),
+    "verify-peer-without-ca": ({"verify": "verify_peer"}, {"cacertfile"}),
+    "crl-check-without-verify": ({"enableCrlCheck": True}, {"enable_crl_check"}),
+    "no-versions": ({"versions": []}, {"versions"}),
+    "unknown-version": ({"versions": ["tlsv1.3", "sslv3"]}, {"versions"}),
+    "tls-1-3-only": ({"versions": ["tlsv1.3"]}, set()),
+    "legacy-versions": ({"versions": ["tlsv1.2", "tlsv1.1", "tlsv1"]}, set()),
+    "depth-0": ({"depth": 0}, set()),
+    "negative-depth": ({"depth": -1}, {"depth"}),
+    "depth-100": ({"depth": 100}, set()),
+    "depth-too-large": ({"depth": 101}, {"depth"}),
+    "duplicate-version": ({"versions": ["tlsv1.2", "tlsv1.2"]}, {"versions"}),
+    "unknown-tls-1-3-suite": ({"ciphers": ["TLS_AES_256_GCM_SHA384", "TLS_NOT_A_SUITE"]}, {"ciphers"}),
+    "ocsp-responder-not-http": ({"ocspStapling": {"enabled": True, "responderUrl": "ftp://ocsp.example/"}},
+                                {"ocsp.responder_url"}),
+    "known-ciphers": ({"ciphers": ["TLS_AES_256_GCM_SHA384", "ECDHE-RSA-AES128-GCM-SHA256"]}, set()),
+    "ocsp-without-responder": ({"ocspStapling": {"enabled": True, "responderUrl": ""}}, {"ocsp.responder_url"}),
+    "ocsp-with-responder": ({"ocspStapling": {"enabled": True, "responderUrl": "http://ocsp.example/"}}, set()),
+}
+# Table key → the CRD field the API server's message names.
+CRD_FIELDS = {"fail_if_no_peer_cert": "failIfNoPeerCert", "cacertfile": "caRef", "enable_crl_check": "enableCrlCheck",
+              "versions": "versions", "depth": "depth", "ocsp.responder_url": "responderUrl", "ciphers": "ciphers"}
+
+
+def _table_problems(tls: dict) -> set[str]:
+    """The keys the broker's table refuses in the ssl_options the operator renders for ``tls``."""
+    from wharf_broker.config.loader import parse_duration
+    from wharf_broker.config.model import OcspOptions, SslOptions
+    from wharf_broker.config.tls_rules import check_ssl_options
+    from wharf_operator.render import ssl_options
+
+    rendered = ssl_options({"name": "mqtts", "tls": {"secretName": "wharf-tls", **tls}}, "120s")
+    ocsp = dict(rendered.pop("ocsp", {}))
+    if "refresh_interval" in ocsp:
+        ocsp["refresh_interval"] = parse_duration(ocsp["refresh_interval"])
+    rendered["reload_interval"] = parse_duration(rendered["reload_interval"])
+    return {problem.field for problem in check_ssl_options(SslOptions(**rendered, ocsp=OcspOptions(**ocsp)))}
+
+
+@pytest.mark.parametrize("case", list(TLS_CASES))
+def test_crd_tls_rules_agree_with_the_brokers_options_table(brokers, namespace, case):
+    tls, refused_keys = TLS_CASES[case]
+    assert _table_problems(tls) == refused_keys  # the case says what the table says
+    body = _with(lambda s: s["listeners"][1]["tls"].update(copy.deepcopy(tls)))
+    body["metadata"]["name"] = f"tls-{case}"[:63]
+    if not refused_keys:
+        brokers.create_namespaced_custom_object(GROUP, VERSION, namespace, PLURAL, body)
+        return
+    with pytest.raises(ApiException) as refused:
+        brokers.create_namespaced_custom_object(GROUP, VERSION, namespace, PLURAL, body)
+    assert refused.value.status == 422
+    message = json.loads(refused.value.body)["message"]
+    for key in refused_keys:
+        assert CRD_FIELDS[key] in message, message

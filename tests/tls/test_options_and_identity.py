@@ -18,11 +18,11 @@ BASE = dict(certfile="s.pem", keyfile="s.key", cacertfile="ca.pem")
 
 
 @pytest.mark.parametrize("overrides, message", [
-    (dict(certfile=""), "certfile is required"),
-    (dict(keyfile=""), "keyfile is required"),
+    (dict(certfile=""), "certfile: is required"),
+    (dict(keyfile=""), "keyfile: is required"),
     (dict(fail_if_no_peer_cert=True), "needs verify = verify_peer"),
-    (dict(verify="verify_peer", cacertfile=""), "needs cacertfile"),
-    (dict(enable_crl_check=True), "enable_crl_check = true needs verify = verify_peer"),
+    (dict(verify="verify_peer", cacertfile=""), "cacertfile: is required with verify = verify_peer"),
+    (dict(enable_crl_check=True), "enable_crl_check: needs verify = verify_peer"),
     (dict(versions=[]), "at least one TLS version"),
     (dict(versions=["tlsv9"]), "unknown version"),
     (dict(ciphers=["NOT-A-CIPHER"]), "OpenSSL knows none"),
@@ -33,7 +33,7 @@ BASE = dict(certfile="s.pem", keyfile="s.key", cacertfile="ca.pem")
     (dict(reload_interval=0), "reload_interval"),
     (dict(verify="verify_peer", verify_peer_ext_key_usage="clientAuth,bogus"), "unknown usage"),
     (dict(ocsp=OcspOptions(enable_ocsp_stapling=True, responder_url="ftp://x", issuer_pem="i")), "not an http"),
-    (dict(ocsp=OcspOptions(enable_ocsp_stapling=True, responder_url="http://x/")), "issuer_pem is required"),
+    (dict(ocsp=OcspOptions(enable_ocsp_stapling=True, responder_url="http://x/")), "ocsp.issuer_pem: is required"),
 ])
 def test_bad_options_are_clear_errors(overrides, message):
     with pytest.raises(TlsConfigError, match=message):
