@@ -7,6 +7,7 @@ here passes through ``scrub()``: key material and passwords never do.
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
 import datetime as dt
 import enum
@@ -202,6 +203,33 @@ async def listener_certificate(request: web.Request) -> web.Response:
     return _json(certificate_view(listener.tls_status()))
 
 
+async def client_ca_check(request: web.Request) -> web.Response:
+    """How many connected clients of the listener would no longer verify against a candidate client-CA bundle
+    (``{"ca_pem": "..."}``), by the issuer of their certificates (``tls/client_ca_check.py``). Read-only."""
+    listener = _listener(request)
+    runtime = getattr(listener, "runtime", None)
+    if runtime is None:
+        return _error(400, "BAD_REQUEST", f"listener {listener.id} does not verify client certificates")
+    body = await _body(request, required=True)
+    candidate = body.get("ca_pem")
+    if not isinstance(candidate, str) or not candidate.strip():
+        return _error(400, "BAD_REQUEST", "ca_pem must be the candidate bundle's PEM text")
+    from ..tls import client_ca_check  # the TLS layer is optional for this module
+
+    generation = runtime.current_generation
+    broker = _app(request).broker
+    channels = [*broker.channels.values(), *broker.guests] if broker is not None else []
+    clients = client_ca_check.connected_certificates(channels, listener.id)
+    try:
+        report = await asyncio.to_thread(client_ca_check.check, listener.id, candidate.encode(),
+                                         list(generation.material.ca_certs), clients,
+                                         partial_chain=generation.policy.partial_chain,
+                                         depth=generation.policy.depth)
+    except client_ca_check.CandidateError as exc:
+        return _error(400, "BAD_REQUEST", str(exc))
+    return _json(report.as_dict())
+
+
 async def list_clients(request: web.Request) -> web.Response:
     """One page of the connected clients, filtered the EMQX way (``listing.page_of_clients``)."""
     broker = _app(request).broker
@@ -301,6 +329,7 @@ def add_routes(app: web.Application) -> None:
     app.router.add_put("/api/v5/listeners/{id}", update_listener)
     app.router.add_post("/api/v5/listeners/{id}/reload", reload_listener)
     app.router.add_get("/api/v5/listeners/{id}/certificate", listener_certificate)
+    app.router.add_post("/api/v5/listeners/{id}/client_ca_check", client_ca_check)
     app.router.add_get("/api/v5/clients", list_clients)
     app.router.add_get("/api/v5/subscriptions", list_subscriptions)
     app.router.add_get("/api/v5/mqtt/retainer/messages", list_retained)
