@@ -16,6 +16,7 @@ import hashlib
 import json
 import logging
 import time
+from collections import Counter
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -23,7 +24,7 @@ import kopf
 
 from . import builders, certs, nats, render, resources
 from . import status as st
-from .crd import GROUP, PAUSE_ANNOTATION, PLURAL, VERSION, defaulted_spec
+from .crd import FORCE_CLIENT_CA_ANNOTATION, GROUP, PAUSE_ANNOTATION, PLURAL, VERSION, defaulted_spec
 from .kube import CONFIGMAPS, PODS, SECRETS, STATEFULSETS, ApiError, KubeApi, Resource
 from .metrics import OperatorMetrics
 from .signalling import BrokerAdmin, PodTarget, SignalError
@@ -100,6 +101,13 @@ class _BrokerState:
     # listener id -> a rotation not every pod serves yet: (material signature, when the first Secret change not
     # served was seen (epoch seconds), when the latest was seen (monotonic)); rotation latency counts from the latter
     pending: dict[str, tuple[str, float, float]] = field(default_factory=dict)
+    # listener id -> SHA-256 of the client-CA bundle (caRef) every pod was last told to load (checked or forced)
+    client_ca: dict[str, str] = field(default_factory=dict)
+    # listener id -> SHA-256 of a client-CA bundle held back (connected clients would be locked out); the timer
+    # checks it again
+    client_ca_held: dict[str, str] = field(default_factory=dict)
+    # listener id -> the ClientCAWouldLockOut finding last posted as an Event (one Event per finding)
+    client_ca_warned: dict[str, str] = field(default_factory=dict)
 
 
 class Controller:
@@ -465,8 +473,11 @@ class Controller:
 
     async def _check_certificates(self, body: dict, spec: dict, *, signal: bool,
                                   only: set[tuple[str, str]] | None = None,
-                                  seen: tuple[float, float] | None = None) -> dict[str, dict]:
-        """Validate every TLS listener's material (or those that use ``only``); signal pods when asked.
+                                  seen: tuple[float, float] | None = None,
+                                  listener_ids: set[str] | None = None) -> dict[str, dict]:
+        """Validate every TLS listener's material (or those that use ``only``, or those of ``listener_ids``); signal
+        pods when asked. A new client-CA bundle is signalled only when no connected client would be locked out
+        (``_client_ca_gate``).
         ``seen`` is when the change being signalled was seen (epoch and monotonic seconds): the rotation latency
         counts from there. Returns the status.listeners fields observed, per listener."""
         meta = body["metadata"]
@@ -477,6 +488,8 @@ class Controller:
         records: dict[str, dict[str, Any]] = {}
         for listener in tls_listeners(spec):
             if only is not None and not (only & referenced_objects({"listeners": [listener.spec]})):
+                continue
+            if listener_ids is not None and listener.listener_id not in listener_ids:
                 continue
             tls = listener.spec["tls"]
             seen_wall, started = seen or (time.time(), time.monotonic())
@@ -503,15 +516,25 @@ class Controller:
                 # Without signalling, what the pods serve is not known here: an earlier finding stays until the
                 # pods are signalled (the Secret's event) or asked (the timer).
                 state.refused.pop(listener.listener_id, None)
+                state.client_ca_held.pop(listener.listener_id, None)  # the gate below holds it again if it must
                 record.update(lastError=None, reason=None)
             if signal and state.signalled.get(listener.listener_id) != material.signature:
                 if pods is None:
                     pods, token = await self._pods_and_token(namespace, name)
                 if not pods:  # nothing runs yet: pods that start later load the current files
                     state.signalled[listener.listener_id] = material.signature
+                    state.client_ca_held.pop(listener.listener_id, None)
+                    state.client_ca.pop(listener.listener_id, None)
                     state.pending.pop(listener.listener_id, None)
                     self._observed(state, namespace, name, listener.name, not_serving=0, pending_since=0)
                     record.update(podsServing=0, podsTotal=0)
+                    records[listener.name] = record
+                    continue
+                client_ca, held = await self._client_ca_gate(body, state, listener, pods, token)
+                if held is not None:
+                    # Nothing is signalled (a reload would load the bundle, and any new leaf with it); the timer asks
+                    # again. The pods keep serving what they serve.
+                    record.update(lastError=held, reason=st.CLIENT_CA_LOCKOUT, podsTotal=len(pods))
                     records[listener.name] = record
                     continue
                 earlier = state.pending.get(listener.listener_id)
@@ -529,6 +552,8 @@ class Controller:
                 if complete:
                     state.signalled[listener.listener_id] = material.signature
                     state.pending.pop(listener.listener_id, None)
+                    if client_ca is not None:
+                        state.client_ca[listener.listener_id] = client_ca
                     self._observed(state, namespace, name, listener.name, pending_since=0)
                     record.update(lastRotationTime=st.now_iso(), lastRotationSeconds=seconds)
                     kopf.event(body, type="Normal", reason="CertificateRotated",
@@ -542,6 +567,64 @@ class Controller:
                                       f"{material.fingerprint[:16]}…: {'; '.join(result.errors)}")
             records[listener.name] = record
         return records
+
+    async def _client_ca_gate(self, body: dict, state: _BrokerState, listener: ListenerRef, pods: list[PodTarget],
+                              token: str) -> tuple[str | None, str | None]:
+        """Before pods are told to load a listener's client-CA bundle (caRef) they were not told to load yet: ask
+        each how many of its connected clients would no longer verify against it. Returns (the bundle's SHA-256,
+        None) when it may be signalled, or (digest, why not) when it is held: some client would be locked out, or
+        a pod could not say. ``FORCE_CLIENT_CA_ANNOTATION`` set to the bundle's SHA-256 lets it through."""
+        ref = listener.spec["tls"].get("caRef")
+        if ref is None:
+            return None, None
+        namespace = body["metadata"]["namespace"]
+        bundle = await self._read(ref.get("kind", "Secret"), namespace, ref["name"], ref.get("key", "ca.crt"))
+        if not bundle:
+            return None, None  # load_material refused it already
+        digest = hashlib.sha256(bundle).hexdigest()
+        listener_id = listener.listener_id
+        if state.client_ca.get(listener_id) == digest:
+            state.client_ca_held.pop(listener_id, None)
+            return digest, None
+        annotations = (body.get("metadata") or {}).get("annotations") or {}
+        forced = annotations.get(FORCE_CLIENT_CA_ANNOTATION, "").strip().lower() == digest
+        answers = await asyncio.gather(*(self.admin.client_ca_check(pod, token, listener_id, bundle) for pod in pods),
+                                       return_exceptions=True)
+        failing, by_issuer, errors = 0, Counter[str](), []
+        for answer in answers:
+            if isinstance(answer, SignalError):
+                errors.append(str(answer))
+            elif isinstance(answer, BaseException):
+                raise answer
+            else:
+                failing += int(answer.get("would_fail") or 0)
+                for entry in answer.get("issuers") or []:
+                    by_issuer[str(entry.get("issuer"))] += int(entry.get("clients") or 0)
+        if not failing and not errors:
+            state.client_ca_held.pop(listener_id, None)
+            state.client_ca_warned.pop(listener_id, None)
+            return digest, None
+        issuers = ", ".join(f"{issuer} ({count})" for issuer, count in sorted(by_issuer.items()))
+        finding = (f"{failing} connected client(s) would no longer verify against the new client-CA bundle "
+                   f"(sha256 {digest}): certificates issued by {issuers}" if failing else
+                   f"the pods could not say whether the new client-CA bundle (sha256 {digest}) locks connected "
+                   f"clients out")
+        if errors:
+            finding += f" ({'; '.join(errors)})"
+        if forced:
+            if state.client_ca_warned.get(listener_id) != f"forced:{digest}":
+                state.client_ca_warned[listener_id] = f"forced:{digest}"
+                kopf.warn(body, reason="ClientCAForced",
+                          message=f"{listener_id}: {finding}; signalled anyway ({FORCE_CLIENT_CA_ANNOTATION})")
+            state.client_ca_held.pop(listener_id, None)
+            return digest, None
+        held = f"{finding}; not signalled. Annotate {FORCE_CLIENT_CA_ANNOTATION}={digest} to signal it anyway"
+        state.client_ca_held[listener_id] = digest
+        if state.client_ca_warned.get(listener_id) != held:
+            state.client_ca_warned[listener_id] = held
+            kopf.warn(body, reason=st.CLIENT_CA_LOCKOUT, message=f"{listener_id}: {held}")
+            self.metrics.rotations.labels(result="held").inc()
+        return digest, held
 
     async def on_referenced_change(self, kind: str, namespace: str, obj_name: str, brokers: list[str]) -> None:
         """A Secret/ConfigMap that brokers load changed: validate it and signal the pods of each broker."""
@@ -558,6 +641,16 @@ class Controller:
 
     # --- the level-triggered safety net ------------------------------------------------------------------
 
+    @staticmethod
+    def _needs_signal_path(state: _BrokerState, listener_id: str, material: certs.Material) -> bool:
+        """Whether the timer must go the way a Secret's event goes (``_check_certificates``) rather than compare the
+        served leaf: a client-CA bundle is held back (asked again: the clients may have reconnected with
+        certificates it trusts, or the annotation forces it), or the CA bundles changed since the pods were last
+        signalled (a served leaf does not show that, and a reload would load them unchecked)."""
+        signalled = state.signalled.get(listener_id)
+        return listener_id in state.client_ca_held or (
+            signalled is not None and signalled.partition("/")[2] != material.trust_digest)
+
     async def recheck(self, body: dict) -> None:
         """Ask every pod what it serves; re-signal pods that serve something else than the valid Secret."""
         meta = body["metadata"]
@@ -573,13 +666,17 @@ class Controller:
                 if not errors:
                     state.live_pending = None
                     config = (True, "Applied", "TLS options applied live to the running pods")
-            pods, token = await self._pods_and_token(namespace, name)
             records: dict[str, dict] = {}
+            pods, token = await self._pods_and_token(namespace, name)
             for listener in tls_listeners(spec):
                 try:
                     material = await self.load_material(namespace, listener)
                 except certs.InvalidMaterial:
                     continue  # reported by the Secret handler and reconciliation; nothing to re-signal
+                if self._needs_signal_path(state, listener.listener_id, material):
+                    records.update(await self._check_certificates(body, spec, signal=True,
+                                                                  listener_ids={listener.listener_id}))
+                    continue
                 serving, errors, statuses, resignalled = 0, [], [], []
                 for pod in pods:
                     try:

@@ -150,6 +150,17 @@ class BrokerAdmin:
             raise SignalError(pod.name, f"certificate of {listener_id}: HTTP {status}", status)
         return payload
 
+    async def client_ca_check(self, pod: PodTarget, token: str, listener_id: str, bundle: bytes) -> dict:
+        """How many clients connected to the pod's listener would no longer verify against ``bundle`` (a candidate
+        client-CA bundle), by issuer: the broker's ``POST /api/v5/listeners/{id}/client_ca_check``."""
+        status, payload = await self._call("POST", pod, f"/listeners/{listener_id}/client_ca_check", token,
+                                           body={"ca_pem": bundle.decode("utf-8", "replace")})
+        if status != 200 or not isinstance(payload, dict):
+            detail = payload.get("message") if isinstance(payload, dict) else None
+            raise SignalError(pod.name, f"client-CA check of {listener_id}: HTTP {status}"
+                                        f"{': ' + str(detail) if detail else ''}", status)
+        return payload
+
     async def cluster_status(self, pod: PodTarget, token: str) -> dict | None:
         """The pod's cluster status from /healthz (node, backplane, members); None for a standalone broker."""
         status, payload = await self._call("GET", pod, "/healthz", token)
