@@ -182,11 +182,17 @@ async def reload_listener(request: web.Request) -> web.Response:
         if not isinstance(fingerprint, str) or not _FINGERPRINT.fullmatch(fingerprint.replace(":", "").lower()):
             return _error(400, "BAD_REQUEST", "fingerprint must be the SHA-256 of the certificate: 64 hex digits")
         fingerprint = fingerprint.replace(":", "").lower()
+    client_ca = body.get("client_ca_sha256")
+    if client_ca is not None and (not isinstance(client_ca, str) or not _FINGERPRINT.fullmatch(client_ca.lower())):
+        return _error(400, "BAD_REQUEST", "client_ca_sha256 must be the SHA-256 of the CA bundle: 64 hex digits")
     timeout = body.get("timeout", 30.0 if fingerprint else 0.0)
     if isinstance(timeout, bool) or not isinstance(timeout, (int, float)) or not 0 <= timeout <= MAX_RELOAD_WAIT:
         return _error(400, "BAD_REQUEST", f"timeout must be a number of seconds in 0..{MAX_RELOAD_WAIT:g}")
-    result = await listener.reload(expected_fingerprint=fingerprint, timeout=float(timeout))
+    approval = {"client_ca_sha256": client_ca.lower()} if client_ca else {}
+    result = await listener.reload(expected_fingerprint=fingerprint, timeout=float(timeout), **approval)
     served = _field(result, "fingerprint")
+    if _field(result, "client_ca_held"):
+        return _error(409, "CLIENT_CA_HELD", str(_field(result, "error")), fingerprint=served)
     if _field(result, "timed_out"):
         return _error(409, "FINGERPRINT_NOT_SEEN", str(_field(result, "error") or
                       f"the files did not carry certificate {fingerprint} within {timeout:g}s"), fingerprint=served)

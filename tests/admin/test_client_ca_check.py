@@ -3,7 +3,9 @@ how many connected clients a candidate client-CA bundle would lock out, by issue
 
 from __future__ import annotations
 
+import hashlib
 import json
+import socket
 import ssl
 import time
 from pathlib import Path
@@ -67,6 +69,11 @@ def tls_client(cert_dir: Path, ca, name: str, port: int) -> mqtt.Client:
         time.sleep(0.05)
     assert connected == [0], f"{name} did not connect: {connected}"
     return client
+
+
+def get_json(broker, path: str) -> tuple[int, dict]:
+    status, raw = broker.admin("GET", path)
+    return status, json.loads(raw) if raw else {}
 
 
 def check(broker, pem: bytes | str, token: str | None = "default") -> tuple[int, dict]:
@@ -140,3 +147,55 @@ def test_the_check_needs_the_token_and_a_bundle(broker_process, two_cas):
     assert status == 400 and "no CA certificate" in error["message"]
     status, _ = broker.admin("POST", "/api/v5/listeners/ssl:nope/client_ca_check", b"{}")
     assert status == 404
+
+
+def accepted(cert_dir: Path, ca, name: str, port: int) -> bool:
+    """Whether a new client of ``ca`` gets a CONNACK now (MQTT 3.1.1 over a plain TLS socket)."""
+    issued = ca.issue(name, client=True)
+    (cert_dir / f"{name}.crt").write_bytes(issued.cert_pem())
+    (cert_dir / f"{name}.key").write_bytes(issued.key_pem())
+    context = ssl.create_default_context(cafile=str(cert_dir / "server-ca.crt"))
+    context.load_cert_chain(str(cert_dir / f"{name}.crt"), str(cert_dir / f"{name}.key"))
+    client_id = name.encode()
+    variable = b"\x00\x04MQTT\x04\x02\x00\x3c" + len(client_id).to_bytes(2, "big") + client_id
+    try:
+        with socket.create_connection(("127.0.0.1", port), timeout=5) as raw:
+            with context.wrap_socket(raw, server_hostname="localhost") as tls:
+                tls.sendall(bytes([0x10, len(variable)]) + variable)
+                return tls.recv(4) == b"\x20\x02\x00\x00"
+    except (ssl.SSLError, ConnectionError):
+        return False
+
+
+def test_the_guard_holds_a_cacertfile_that_would_lock_clients_out_until_a_reload_names_it(broker_process, two_cas):
+    cert_dir, ca1, ca2 = two_cas
+    text = config(cert_dir).replace("fail_if_no_peer_cert = true", 'fail_if_no_peer_cert = true\n'
+                                    '    client_ca_guard = true\n    reload_interval = "1s"')
+    broker = broker_process(text, token=TOKEN)
+    port = broker.port("ssl:default")
+    clients = [tls_client(cert_dir, ca1, f"fleet1-{i}", port) for i in range(2)]
+    try:
+        (cert_dir / "clients-ca.crt").write_bytes(ca2.cert_pem)  # CA 1 dropped
+        digest = hashlib.sha256(ca2.cert_pem).hexdigest()
+        # The periodic re-check holds it, and says so.
+        broker.wait_for_log(r"2 connected client\(s\) would no longer verify", timeout=15)
+        status, raw = broker.admin("POST", "/api/v5/listeners/ssl:default/reload", b"{}")
+        answer = json.loads(raw)
+        assert status == 409 and answer["code"] == "CLIENT_CA_HELD", answer
+        assert digest in answer["message"] and "Fleet CA 1" in answer["message"]
+        assert accepted(cert_dir, ca1, "fleet1-late", port)  # the previous bundle still verifies clients
+        _, listener = get_json(broker, "/api/v5/listeners/ssl:default")
+        assert '"would_fail": 2' in json.dumps(listener), listener
+
+        body = json.dumps({"client_ca_sha256": "0" * 64}).encode()  # another bundle's approval: still held
+        assert broker.admin("POST", "/api/v5/listeners/ssl:default/reload", body)[0] == 409
+        body = json.dumps({"client_ca_sha256": digest}).encode()
+        status, raw = broker.admin("POST", "/api/v5/listeners/ssl:default/reload", body)
+        assert status == 200 and json.loads(raw)["reloaded"] is True, raw
+        assert not accepted(cert_dir, ca1, "fleet1-later", port)  # the new bundle is served
+        assert accepted(cert_dir, ca2, "fleet2-new", port)
+        assert all(client.is_connected() for client in clients)  # open connections stay
+    finally:
+        for client in clients:
+            client.disconnect()
+            client.loop_stop()
