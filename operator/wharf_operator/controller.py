@@ -542,7 +542,7 @@ class Controller:
                 state.pending[listener.listener_id] = (material.signature, first_seen, started)
                 self._observed(state, namespace, name, listener.name, pending_since=first_seen)
                 result = await self.admin.rotate(pods, token, listener.listener_id, material.fingerprint,
-                                                 self.config.reload_wait)
+                                                 self.config.reload_wait, client_ca_sha256=client_ca)
                 seconds = round(time.monotonic() - started, 3)
                 complete = result.serving == len(pods)
                 record.update(podsServing=result.serving, podsTotal=len(pods))
@@ -642,13 +642,21 @@ class Controller:
     # --- the level-triggered safety net ------------------------------------------------------------------
 
     @staticmethod
-    def _needs_signal_path(state: _BrokerState, listener_id: str, material: certs.Material) -> bool:
+    def _served_everywhere(state: _BrokerState, listener: ListenerRef, material: certs.Material) -> None:
+        """Every pod serves the leaf: the material counts as signalled, unless this would be the first record of a
+        client-CA bundle (what the pods loaded of it is not seen here, and a bundle the Secret's event is about
+        to check must not pass for signalled)."""
+        if listener.listener_id in state.signalled or "caRef" not in listener.spec["tls"]:
+            state.signalled[listener.listener_id] = material.signature
+
+    @staticmethod
+    def _needs_signal_path(state: _BrokerState, listener: ListenerRef, material: certs.Material) -> bool:
         """Whether the timer must go the way a Secret's event goes (``_check_certificates``) rather than compare the
-        served leaf: a client-CA bundle is held back (asked again: the clients may have reconnected with
-        certificates it trusts, or the annotation forces it), or the CA bundles changed since the pods were last
-        signalled (a served leaf does not show that, and a reload would load them unchecked)."""
-        signalled = state.signalled.get(listener_id)
-        return listener_id in state.client_ca_held or (
+        served leaf, which does not show the CA bundles: a client-CA bundle is held back (asked again: the clients
+        may have reconnected with certificates it trusts, or the annotation forces it); the CA bundles changed
+        since the pods were last signalled."""
+        signalled = state.signalled.get(listener.listener_id)
+        return listener.listener_id in state.client_ca_held or (
             signalled is not None and signalled.partition("/")[2] != material.trust_digest)
 
     async def recheck(self, body: dict) -> None:
@@ -673,7 +681,7 @@ class Controller:
                     material = await self.load_material(namespace, listener)
                 except certs.InvalidMaterial:
                     continue  # reported by the Secret handler and reconciliation; nothing to re-signal
-                if self._needs_signal_path(state, listener.listener_id, material):
+                if self._needs_signal_path(state, listener, material):
                     records.update(await self._check_certificates(body, spec, signal=True,
                                                                   listener_ids={listener.listener_id}))
                     continue
@@ -697,7 +705,7 @@ class Controller:
                                       not_serving=len(pods) - serving)
                 pending = state.pending.get(listener.listener_id)
                 if serving == len(pods):
-                    state.signalled[listener.listener_id] = material.signature
+                    self._served_everywhere(state, listener, material)
                     state.pending.pop(listener.listener_id, None)
                     self._observed(state, namespace, name, listener.name, pending_since=0)
                     if pending is not None and pending[0] == material.signature:

@@ -614,6 +614,8 @@ async def test_a_client_ca_bundle_that_would_lock_clients_out_is_held_until_forc
 
         await env.patch_broker({"metadata": {"annotations": {"mqtt.wharf.dev/force-client-ca": digest}}})
         await eventually(lambda: all(p.reloads for p in env.pods), "the forced signal to every pod")
+        # The reload names the bundle: the pods' own guard lets it through too.
+        assert all(r.get("client_ca_sha256") == digest for p in env.pods for r in p.reloads)
         await eventually(lambda: env.listener_status().get("podsServing") == 2
                          and env.condition("CertificatesReady").get("status") == "True", "the forced rotation")
         forced = env.events("ClientCAForced")
