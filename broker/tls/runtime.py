@@ -209,6 +209,9 @@ class TlsListenerRuntime:
         # ``client_ca_guard``. None: no connection is known, so nothing is held.
         self.client_certificates: Callable[[], list[tuple[bytes, tuple[bytes, ...]]]] | None = None
         self._client_ca_held: dict[str, Any] | None = None
+        # The client-CA bundle (SHA-256) a reload named last: loaded whenever the files carry it, also by a later
+        # re-check (the operator may name it before the kubelet projects it).
+        self._client_ca_approved: str | None = None
 
     # -- building --------------------------------------------------------------------------------------------
     @property
@@ -494,7 +497,9 @@ class TlsListenerRuntime:
                      client_ca_sha256: str | None = None) -> ReloadResult:
         """Re-read the files; swap only if they changed and are valid. See the module docstring. With
         ``client_ca_guard``, a new cacertfile that connected clients would no longer verify against is held unless
-        ``client_ca_sha256`` names it (``_hold_client_ca``)."""
+        ``client_ca_sha256`` names it (``_hold_client_ca``), now or at a later re-check."""
+        if client_ca_sha256:
+            self._client_ca_approved = client_ca_sha256.lower()
         started = time.monotonic()
         expected = expected_fingerprint.lower().replace(":", "") if expected_fingerprint else None
         async with self._lock:
@@ -522,7 +527,7 @@ class TlsListenerRuntime:
                 if snapshot.digest == self.current_generation.digest:
                     self._last_reload_at = dt.datetime.now(dt.timezone.utc)
                     return ReloadResult(False, self.current_generation.fingerprint, None, waited)
-                held = await self._hold_client_ca(policy, snapshot, client_ca_sha256)
+                held = await self._hold_client_ca(policy, snapshot, self._client_ca_approved)
                 if held is not None:
                     self._last_reload_at = dt.datetime.now(dt.timezone.utc)
                     return ReloadResult(False, self.current_generation.fingerprint, held, waited,
@@ -543,7 +548,8 @@ class TlsListenerRuntime:
     async def _hold_client_ca(self, policy: TlsPolicy, snapshot: Snapshot, approved: str | None) -> str | None:
         """Why the new files are not loaded, when ``client_ca_guard`` holds their cacertfile back: it changed, and
         some connected client's certificate would no longer verify against it (``client_ca_check``), and
-        ``approved`` is not its SHA-256. None otherwise (the files go on to be validated and built as ever)."""
+        ``approved`` (the bundle a reload named last) is not its SHA-256. None otherwise (the files go on to be
+        validated and built as ever)."""
         current = self.current_generation.material
         if not policy.client_ca_guard or snapshot.ca_pem == current.snapshot.ca_pem:
             self._client_ca_held = None
@@ -568,7 +574,7 @@ class TlsListenerRuntime:
         issuers = ", ".join(f"{issuer} ({count})" for issuer, count in sorted(report.issuers.items()))
         message = (f"cacertfile changed (sha256 {digest}), and {report.would_fail} connected client(s) would no "
                    f"longer verify against it: certificates issued by {issuers}; still serving the previous files "
-                   f"(reload with client_ca_sha256 = {digest} to load them anyway)")
+                   f"(a reload with client_ca_sha256 = {digest} loads them anyway)")
         if (self._client_ca_held or {}).get("message") != message:
             log.warning("TLS %s: %s", self.listener_id, message)
         self._client_ca_held = {"sha256": digest, "would_fail": report.would_fail,

@@ -530,7 +530,7 @@ class Controller:
                     record.update(podsServing=0, podsTotal=0)
                     records[listener.name] = record
                     continue
-                client_ca, held = await self._client_ca_gate(body, state, listener, pods, token)
+                client_ca, forced, held = await self._client_ca_gate(body, state, listener, pods, token)
                 if held is not None:
                     # Nothing is signalled (a reload would load the bundle, and any new leaf with it); the timer asks
                     # again. The pods keep serving what they serve.
@@ -542,7 +542,8 @@ class Controller:
                 state.pending[listener.listener_id] = (material.signature, first_seen, started)
                 self._observed(state, namespace, name, listener.name, pending_since=first_seen)
                 result = await self.admin.rotate(pods, token, listener.listener_id, material.fingerprint,
-                                                 self.config.reload_wait, client_ca_sha256=client_ca)
+                                                 self.config.reload_wait,
+                                                 client_ca_sha256=client_ca if forced else None)
                 seconds = round(time.monotonic() - started, 3)
                 complete = result.serving == len(pods)
                 record.update(podsServing=result.serving, podsTotal=len(pods))
@@ -569,23 +570,26 @@ class Controller:
         return records
 
     async def _client_ca_gate(self, body: dict, state: _BrokerState, listener: ListenerRef, pods: list[PodTarget],
-                              token: str) -> tuple[str | None, str | None]:
+                              token: str) -> tuple[str | None, bool, str | None]:
         """Before pods are told to load a listener's client-CA bundle (caRef) they were not told to load yet: ask
         each how many of its connected clients would no longer verify against it. Returns (the bundle's SHA-256,
-        None) when it may be signalled, or (digest, why not) when it is held: some client would be locked out, or
-        a pod could not say. ``FORCE_CLIENT_CA_ANNOTATION`` set to the bundle's SHA-256 lets it through."""
+        whether it is forced, None) when it may be signalled, or (digest, False, why not) when it is held: some
+        client would be locked out, or a pod could not say. ``FORCE_CLIENT_CA_ANNOTATION`` set to the bundle's
+        SHA-256 forces it: the reload then names it, so the brokers' guard (``client_ca_guard``) loads it too, now
+        or when the kubelet projects it. Unforced, the reload does not name it: a broker that finds clients it
+        would lock out by the time its files carry the bundle holds it, and the next pass asks again."""
         ref = listener.spec["tls"].get("caRef")
         if ref is None:
-            return None, None
+            return None, False, None
         namespace = body["metadata"]["namespace"]
         bundle = await self._read(ref.get("kind", "Secret"), namespace, ref["name"], ref.get("key", "ca.crt"))
         if not bundle:
-            return None, None  # load_material refused it already
+            return None, False, None  # load_material refused it already
         digest = hashlib.sha256(bundle).hexdigest()
         listener_id = listener.listener_id
         if state.client_ca.get(listener_id) == digest:
             state.client_ca_held.pop(listener_id, None)
-            return digest, None
+            return digest, False, None
         annotations = (body.get("metadata") or {}).get("annotations") or {}
         forced = annotations.get(FORCE_CLIENT_CA_ANNOTATION, "").strip().lower() == digest
         answers = await asyncio.gather(*(self.admin.client_ca_check(pod, token, listener_id, bundle) for pod in pods),
@@ -603,7 +607,7 @@ class Controller:
         if not failing and not errors:
             state.client_ca_held.pop(listener_id, None)
             state.client_ca_warned.pop(listener_id, None)
-            return digest, None
+            return digest, forced, None
         issuers = ", ".join(f"{issuer} ({count})" for issuer, count in sorted(by_issuer.items()))
         finding = (f"{failing} connected client(s) would no longer verify against the new client-CA bundle "
                    f"(sha256 {digest}): certificates issued by {issuers}" if failing else
@@ -617,14 +621,14 @@ class Controller:
                 kopf.warn(body, reason="ClientCAForced",
                           message=f"{listener_id}: {finding}; signalled anyway ({FORCE_CLIENT_CA_ANNOTATION})")
             state.client_ca_held.pop(listener_id, None)
-            return digest, None
+            return digest, True, None
         held = f"{finding}; not signalled. Annotate {FORCE_CLIENT_CA_ANNOTATION}={digest} to signal it anyway"
         state.client_ca_held[listener_id] = digest
         if state.client_ca_warned.get(listener_id) != held:
             state.client_ca_warned[listener_id] = held
             kopf.warn(body, reason=st.CLIENT_CA_LOCKOUT, message=f"{listener_id}: {held}")
             self.metrics.rotations.labels(result="held").inc()
-        return digest, held
+        return digest, False, held
 
     async def on_referenced_change(self, kind: str, namespace: str, obj_name: str, brokers: list[str]) -> None:
         """A Secret/ConfigMap that brokers load changed: validate it and signal the pods of each broker."""

@@ -231,6 +231,23 @@ async def test_a_client_ca_bundle_that_would_lock_out_connected_devices_is_held_
                                            server_ca.cert_pem, "dev-new")
         assert newcomer is not None
         newcomer.close()
+
+        # Named before the kubelet projects it (as the operator's forced signal usually is): the broker's own
+        # re-check loads it then, although the devices of Fleet CA 1 are still connected.
+        fleet3 = make_ca("Fleet CA 3")
+        early = await admin.reload(pod, TOKEN, "ssl:mqtts", leaf.fingerprint, 5,
+                                   client_ca_sha256=hashlib.sha256(fleet3.cert_pem).hexdigest())
+        assert early.ok  # nothing new in the files yet
+        project(root / "ca" / "mqtts", {"ca.crt": fleet3.cert_pem})
+        deadline = time.monotonic() + 15
+        while time.monotonic() < deadline:
+            third = await asyncio.to_thread(mqtt_connect, port, certs_dir, make_leaf(fleet3, "dev-3", client=True),
+                                            server_ca.cert_pem, "dev-3")
+            if third is not None:
+                third.close()
+                break
+            await asyncio.sleep(0.2)
+        assert third is not None, broker.log
     finally:
         await admin.close()
         for device in devices:
