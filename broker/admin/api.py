@@ -125,6 +125,8 @@ def certificate_view(tls_status: dict[str, Any]) -> dict[str, Any]:
             for name in ("subject", "sans", "issuer", "not_before", "not_after", "fingerprint_sha256", "serial")}
     for name in ("loaded_at", "last_error", "last_reload_at"):
         view[name] = tls_status.get(name, certificate.get(name))
+    # A new cacertfile held back by client_ca_guard (sha256, would_fail, issuers, message, at), else None.
+    view["client_ca_held"] = tls_status.get("client_ca_held")
     return view
 
 

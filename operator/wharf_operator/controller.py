@@ -646,6 +646,16 @@ class Controller:
     # --- the level-triggered safety net ------------------------------------------------------------------
 
     @staticmethod
+    def _pods_hold_client_ca(state: _BrokerState, listener: ListenerRef, holding: list[Any]) -> None:
+        """A pod's guard holds a client-CA bundle the operator signalled unforced (devices it would lock out
+        connected before its files carried the bundle): the bundle counts as not signalled and held, so the next
+        pass asks the pods again and says why it waits (or signals it, once nobody would be locked out)."""
+        if any(holding):
+            state.signalled.pop(listener.listener_id, None)
+            state.client_ca.pop(listener.listener_id, None)
+            state.client_ca_held[listener.listener_id] = next(h for h in holding if h).get("sha256", "")
+
+    @staticmethod
     def _served_everywhere(state: _BrokerState, listener: ListenerRef, material: certs.Material) -> None:
         """Every pod serves the leaf: the material counts as signalled, unless this would be the first record of a
         client-CA bundle (what the pods loaded of it is not seen here, and a bundle the Secret's event is about
@@ -689,10 +699,11 @@ class Controller:
                     records.update(await self._check_certificates(body, spec, signal=True,
                                                                   listener_ids={listener.listener_id}))
                     continue
-                serving, errors, statuses, resignalled = 0, [], [], []
+                serving, errors, statuses, resignalled, holding = 0, [], [], [], []
                 for pod in pods:
                     try:
                         served = await self.admin.served_certificate(pod, token, listener.listener_id)
+                        holding.append(served.get("client_ca_held"))
                         if served.get("fingerprint_sha256") != material.fingerprint:
                             outcome = await self.admin.reload(pod, token, listener.listener_id, material.fingerprint,
                                                               self.config.reload_wait)
@@ -705,6 +716,7 @@ class Controller:
                     except SignalError as exc:
                         errors.append(str(exc))
                         statuses.append(None)
+                self._pods_hold_client_ca(state, listener, holding)
                 self._observed(state, namespace, name, listener.name, not_after=material.not_after,
                                       not_serving=len(pods) - serving)
                 pending = state.pending.get(listener.listener_id)

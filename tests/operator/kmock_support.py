@@ -37,6 +37,8 @@ class FakeBrokerPod:
     # listener id -> the issuer (RFC 4514 subject) of each connected client's certificate
     clients: dict[str, list[str]] = field(default_factory=dict)
     ca_checks: list[dict] = field(default_factory=list)  # the client-CA checks asked: listener, candidate digest
+    # listener id -> what the pod's guard holds back (client_ca_held in the certificate view), if anything
+    ca_held: dict[str, dict] = field(default_factory=dict)
     # what /healthz reports under "cluster" (None: a standalone broker)
     cluster: dict | None = None
     port: int = 0
@@ -69,7 +71,9 @@ class FakeBrokerPod:
     async def _certificate(self, request: web.Request) -> web.Response:
         if not self._authorized(request):
             return web.json_response({"code": "UNAUTHORIZED"}, status=401)
-        return web.json_response({"fingerprint_sha256": self.served.get(request.match_info["id"])})
+        listener = request.match_info["id"]
+        return web.json_response({"fingerprint_sha256": self.served.get(listener),
+                                  "client_ca_held": self.ca_held.get(listener)})
 
     async def _client_ca_check(self, request: web.Request) -> web.Response:
         if not self._authorized(request):

@@ -650,3 +650,30 @@ async def test_a_held_client_ca_bundle_is_signalled_once_the_clients_reconnected
         assert all("client_ca_sha256" not in r for p in pods for r in p.reloads)
         await eventually(lambda: env.condition("CertificatesReady").get("status") == "True", "CertificatesReady")
         assert env.events("ClientCAForced") == []
+
+
+async def test_a_bundle_a_pods_guard_holds_after_an_unforced_signal_is_reported_and_asked_again(kmock):
+    """Signalled when nobody would be locked out, but devices of the old CA connected to a pod before its files
+    carried the bundle, so that pod's guard holds it: the operator sees it in the pod's answer, reports it and asks
+    again until they reconnected with certificates the bundle trusts."""
+    async with running_operator(kmock, recheck_interval=0.3) as env:
+        await env.create_broker(tls_spec())
+        await env.reconciled()
+        pods = await env.add_pods(2)
+        next_ca = make_ca("Next Clients CA")
+        digest = hashlib.sha256(next_ca.cert_pem).hexdigest()
+        await env.client.patch(SECRETS, NS, "broker-ca",
+                               {"data": {"ca.crt": base64.b64encode(next_ca.cert_pem).decode()}})
+        await eventually(lambda: all(p.reloads for p in pods), "the signal: nobody connected yet")
+        pods[1].clients["ssl:mqtts"] = [env.ca.cert.subject.rfc4514_string()] * 2
+        pods[1].ca_held["ssl:mqtts"] = {"sha256": digest, "would_fail": 2}
+        await eventually(lambda: env.listener_status().get("reason") == "ClientCAWouldLockOut", "the hold reported")
+        events = await eventually(lambda: env.events("ClientCAWouldLockOut"), "a ClientCAWouldLockOut event")
+        assert "2 connected client(s)" in events[0]["message"] and digest in events[0]["message"]
+
+        for pod in pods:
+            pod.reloads.clear()
+        pods[1].clients["ssl:mqtts"] = [next_ca.cert.subject.rfc4514_string()] * 2  # reconnected, new certificates
+        pods[1].ca_held.clear()
+        await eventually(lambda: all(p.reloads for p in pods), "the signal once nobody would be locked out")
+        await eventually(lambda: env.condition("CertificatesReady").get("status") == "True", "CertificatesReady")
