@@ -333,7 +333,9 @@ class KubeletHarness:
             return arg.replace(CONTAINER_ROOT, str(runtime.root))
 
         args = [str(executable)] + [host_arg(arg) for arg in command[1:]]
-        env = {key: os.environ[key] for key in ("PATH", "LANG", "HOME") if key in os.environ}
+        # PYTHONPATH: a checkout that runs its own packages (a worktree) runs them in its "pods" too, not the
+        # installed ones, which may be of another version than the operator under test.
+        env = {key: os.environ[key] for key in ("PATH", "LANG", "HOME", "PYTHONPATH") if key in os.environ}
         env.update(NO_PROXY="*", no_proxy="*", PYTHONUNBUFFERED="1")
         for variable in container.env or []:
             if variable.value is not None:
