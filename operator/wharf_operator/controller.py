@@ -301,6 +301,7 @@ class Controller:
                 kopf.warn(body, reason="IndependentBrokers",
                           message=f"{spec['replicas']} replicas without spec.cluster run as independent brokers")
             records = await self._check_certificates(body, spec, signal=False)
+            records.update(await self._ask_held_again(body, spec, state))
             self.metrics.retain(namespace, name, {listener.name for listener in tls_listeners(spec)})
             await self._write_status(body, spec, config=(applied_ok, "Applied" if applied_ok else "LiveUpdateRefused",
                                                          config_message),
@@ -644,6 +645,13 @@ class Controller:
                 await self._write_status(body, spec, records=records)
 
     # --- the level-triggered safety net ------------------------------------------------------------------
+
+    async def _ask_held_again(self, body: dict, spec: dict, state: _BrokerState) -> dict[str, dict]:
+        """On a reconcile (an annotation change is one): held client-CA bundles are asked about again at once, so
+        the force annotation acts without waiting for the timer."""
+        if not state.client_ca_held:
+            return {}
+        return await self._check_certificates(body, spec, signal=True, listener_ids=set(state.client_ca_held))
 
     @staticmethod
     def _pods_hold_client_ca(state: _BrokerState, listener: ListenerRef, holding: list[Any]) -> None:

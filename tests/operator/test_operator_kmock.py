@@ -677,3 +677,14 @@ async def test_a_bundle_a_pods_guard_holds_after_an_unforced_signal_is_reported_
         pods[1].ca_held.clear()
         await eventually(lambda: all(p.reloads for p in pods), "the signal once nobody would be locked out")
         await eventually(lambda: env.condition("CertificatesReady").get("status") == "True", "CertificatesReady")
+
+
+async def test_the_force_annotation_acts_at_once_not_at_the_next_timer_pass(env):
+    """The timer runs hourly here: the annotation's own event signals the held bundle."""
+    bundle = make_ca("Next Clients CA").cert_pem
+    digest = await client_ca_held(env, bundle, {1: 2})
+    assert all(p.reloads == [] for p in env.pods)
+    await env.patch_broker({"metadata": {"annotations": {"mqtt.wharf.dev/force-client-ca": digest}}})
+    await eventually(lambda: all(p.reloads for p in env.pods), "the forced signal", timeout=10)
+    assert all(r.get("client_ca_sha256") == digest for p in env.pods for r in p.reloads)
+    await eventually(lambda: env.condition("CertificatesReady").get("status") == "True", "CertificatesReady")
