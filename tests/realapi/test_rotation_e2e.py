@@ -1,6 +1,7 @@
 """End to end, without kind: the real operator, real broker processes for the Pods kwok runs
 (the harness plays the kubelet), real MQTT clients over TLS and mTLS, and a certificate rotation
-written into the Secret the way cert-manager writes it.
+written into the Secret the way cert-manager writes it; then a client-CA bundle that would lock out the
+connected mTLS clients (held, then forced) and invalid material (refused).
 
 Measured and printed: ``rotation latency: p50=<s>s max=<s>s`` from the Secret update until each
 broker's listener serves the new certificate (every Pod, both listeners)."""
