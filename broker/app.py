@@ -72,6 +72,9 @@ class BrokerApp:
             self.sys_topics = SysTopics(self.broker, self.config.sys_topics, node)
             self.sys_topics.start()
         self.listeners = build_listeners(self.config, self.broker.protocol_factory)
+        for listener in self.listeners.values():
+            if hasattr(listener, "live_channels"):
+                listener.live_channels = self._live_channels
         try:
             for listener in self.listeners.values():
                 try:
@@ -133,6 +136,12 @@ class BrokerApp:
         log.info("broker stopped")
 
     # -- operations
+    def _live_channels(self) -> list[Any]:
+        broker = self.broker
+        if not hasattr(broker, "channels"):  # tests may inject a stand-in
+            return []
+        return [*broker.channels.values(), *getattr(broker, "guests", ())]
+
     def tls_listeners(self) -> list[Listener]:
         return [listener for listener in self.listeners.values() if hasattr(listener, "reload")]
 

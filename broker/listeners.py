@@ -27,7 +27,7 @@ import asyncio
 import dataclasses
 import logging
 import time
-from typing import Any, Callable
+from typing import Any, Callable, Iterable
 
 from . import metrics
 from .config.loader import format_bind, parse_bind
@@ -274,6 +274,8 @@ class _TlsMixin:
     """
 
     runtime: Any = None
+    # Set by the application: the connected clients' channels (every listener's), for client_ca_guard.
+    live_channels: Callable[[], Iterable[Any]] | None = None
     id: str
     config: Any
     broker_config: BrokerConfig
@@ -327,8 +329,14 @@ class _TlsMixin:
             from .tls import TlsListenerRuntime
         except ImportError as exc:
             raise TlsUnavailable(f"listener {self.id}: TLS support is not available ({exc})") from exc
-        return TlsListenerRuntime(self.id, self.config.ssl_options, psk=self.broker_config.psk_authentication,
-                                  crl_cache=self.broker_config.crl_cache, accepted_dir=self._accepted_dir())
+        runtime = TlsListenerRuntime(self.id, self.config.ssl_options, psk=self.broker_config.psk_authentication,
+                                     crl_cache=self.broker_config.crl_cache, accepted_dir=self._accepted_dir())
+        channels = self.live_channels
+        if channels is not None:  # for ssl_options.client_ca_guard: who is connected here, with which certificate
+            from .tls.client_ca_check import connected_certificates
+
+            runtime.client_certificates = lambda: connected_certificates(channels(), self.id)
+        return runtime
 
     def _accepted_dir(self):
         """Where the last accepted certificate is kept for a restart with refused files: beside the durable
@@ -340,7 +348,8 @@ class _TlsMixin:
 
         return resolve_data_dir(durable.data_dir) / "tls-accepted"
 
-    async def reload(self, expected_fingerprint: str | None = None, timeout: float = 0.0):
+    async def reload(self, expected_fingerprint: str | None = None, timeout: float = 0.0,
+                     client_ca_sha256: str | None = None):
         """Re-read the certificate files now (the runtime validates, proves and swaps, or keeps the old one);
         a listener waiting for valid files tries to start."""
         if self._waiting is not None:
@@ -352,7 +361,8 @@ class _TlsMixin:
                 return ReloadResult(True, self.runtime.current_generation.fingerprint)
             self._waiting = asyncio.get_running_loop().create_task(self._wait_for_material())
             return ReloadResult(False, None, self.down_error)
-        return await self.runtime.reload(expected_fingerprint=expected_fingerprint, timeout=timeout)
+        return await self.runtime.reload(expected_fingerprint=expected_fingerprint, timeout=timeout,
+                                         client_ca_sha256=client_ca_sha256)
 
     async def update_ssl_options(self, options: SslOptions):
         """Apply new ``ssl_options`` live; the runtime refuses them whole if they are bad."""

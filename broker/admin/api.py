@@ -7,6 +7,7 @@ here passes through ``scrub()``: key material and passwords never do.
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
 import datetime as dt
 import enum
@@ -124,6 +125,8 @@ def certificate_view(tls_status: dict[str, Any]) -> dict[str, Any]:
             for name in ("subject", "sans", "issuer", "not_before", "not_after", "fingerprint_sha256", "serial")}
     for name in ("loaded_at", "last_error", "last_reload_at"):
         view[name] = tls_status.get(name, certificate.get(name))
+    # A new cacertfile held back by client_ca_guard (sha256, would_fail, issuers, message, at), else None.
+    view["client_ca_held"] = tls_status.get("client_ca_held")
     return view
 
 
@@ -190,11 +193,17 @@ async def reload_listener(request: web.Request) -> web.Response:
         if not isinstance(fingerprint, str) or not _FINGERPRINT.fullmatch(fingerprint.replace(":", "").lower()):
             return _error(400, "BAD_REQUEST", "fingerprint must be the SHA-256 of the certificate: 64 hex digits")
         fingerprint = fingerprint.replace(":", "").lower()
+    client_ca = body.get("client_ca_sha256")
+    if client_ca is not None and (not isinstance(client_ca, str) or not _FINGERPRINT.fullmatch(client_ca.lower())):
+        return _error(400, "BAD_REQUEST", "client_ca_sha256 must be the SHA-256 of the CA bundle: 64 hex digits")
     timeout = body.get("timeout", 30.0 if fingerprint else 0.0)
     if isinstance(timeout, bool) or not isinstance(timeout, (int, float)) or not 0 <= timeout <= MAX_RELOAD_WAIT:
         return _error(400, "BAD_REQUEST", f"timeout must be a number of seconds in 0..{MAX_RELOAD_WAIT:g}")
-    result = await listener.reload(expected_fingerprint=fingerprint, timeout=float(timeout))
+    approval = {"client_ca_sha256": client_ca.lower()} if client_ca else {}
+    result = await listener.reload(expected_fingerprint=fingerprint, timeout=float(timeout), **approval)
     served = _field(result, "fingerprint")
+    if _field(result, "client_ca_held"):
+        return _error(409, "CLIENT_CA_HELD", str(_field(result, "error")), fingerprint=served)
     if _field(result, "timed_out"):
         return _error(409, "FINGERPRINT_NOT_SEEN", str(_field(result, "error") or
                       f"the files did not carry certificate {fingerprint} within {timeout:g}s"), fingerprint=served)
@@ -209,6 +218,33 @@ async def listener_certificate(request: web.Request) -> web.Response:
     if not hasattr(listener, "tls_status"):
         return _error(400, "BAD_REQUEST", f"listener {listener.id} does not serve a certificate")
     return _json(certificate_view(listener.tls_status()))
+
+
+async def client_ca_check(request: web.Request) -> web.Response:
+    """How many connected clients of the listener would no longer verify against a candidate client-CA bundle
+    (``{"ca_pem": "..."}``), by the issuer of their certificates (``tls/client_ca_check.py``). Read-only."""
+    listener = _listener(request)
+    runtime = getattr(listener, "runtime", None)
+    if runtime is None:
+        return _error(400, "BAD_REQUEST", f"listener {listener.id} does not verify client certificates")
+    body = await _body(request, required=True)
+    candidate = body.get("ca_pem")
+    if not isinstance(candidate, str) or not candidate.strip():
+        return _error(400, "BAD_REQUEST", "ca_pem must be the candidate bundle's PEM text")
+    from ..tls import client_ca_check  # the TLS layer is optional for this module
+
+    generation = runtime.current_generation
+    broker = _app(request).broker
+    channels = [*broker.channels.values(), *broker.guests] if broker is not None else []
+    clients = client_ca_check.connected_certificates(channels, listener.id)
+    try:
+        report = await asyncio.to_thread(client_ca_check.check, listener.id, candidate.encode(),
+                                         list(generation.material.ca_certs), clients,
+                                         partial_chain=generation.policy.partial_chain,
+                                         depth=generation.policy.depth)
+    except client_ca_check.CandidateError as exc:
+        return _error(400, "BAD_REQUEST", str(exc))
+    return _json(report.as_dict())
 
 
 async def list_clients(request: web.Request) -> web.Response:
@@ -310,6 +346,7 @@ def add_routes(app: web.Application) -> None:
     app.router.add_put("/api/v5/listeners/{id}", update_listener)
     app.router.add_post("/api/v5/listeners/{id}/reload", reload_listener)
     app.router.add_get("/api/v5/listeners/{id}/certificate", listener_certificate)
+    app.router.add_post("/api/v5/listeners/{id}/client_ca_check", client_ca_check)
     app.router.add_get("/api/v5/clients", list_clients)
     app.router.add_get("/api/v5/subscriptions", list_subscriptions)
     app.router.add_get("/api/v5/mqtt/retainer/messages", list_retained)

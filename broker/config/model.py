@@ -127,6 +127,10 @@ class SslOptions:
     # Client-initiated renegotiation (TLS <= 1.2) is a CPU lever for the client: refused unless enabled.
     client_renegotiation: bool = False
     partial_chain: bool = False
+    # Wharf's: a re-read ``cacertfile`` that connected clients' certificates would no longer verify against is not
+    # loaded (the listener keeps its material, says so in its status and log) until a reload through the admin
+    # API names the new bundle's SHA-256 (``client_ca_sha256``). The operator sets it for caRef listeners.
+    client_ca_guard: bool = False
     verify_peer_ext_key_usage: str = ""
     enable_crl_check: bool = False
     # Local CRL file(s) (PEM), checked in addition to the certificates' distribution points.

@@ -61,6 +61,7 @@ class TlsPolicy:
     secure_renegotiate: bool
     client_renegotiation: bool
     partial_chain: bool
+    client_ca_guard: bool
     required_ekus: tuple[ObjectIdentifier, ...]
     enable_crl_check: bool
     ocsp_stapling: bool
@@ -188,6 +189,7 @@ def validate_options(options: SslOptions, psk: PskAuthentication | None = None) 
         handshake_timeout=float(options.handshake_timeout), honor_cipher_order=options.honor_cipher_order,
         reuse_sessions=options.reuse_sessions, secure_renegotiate=options.secure_renegotiate,
         client_renegotiation=options.client_renegotiation, partial_chain=options.partial_chain,
+        client_ca_guard=verify_peer and getattr(options, "client_ca_guard", False),
         required_ekus=ekus, enable_crl_check=options.enable_crl_check,
         ocsp_stapling=ocsp.enable_ocsp_stapling, ocsp_responder_url=ocsp.responder_url,
         ocsp_issuer_pem=ocsp.issuer_pem, ocsp_refresh_interval=float(ocsp.refresh_interval),

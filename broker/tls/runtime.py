@@ -19,6 +19,7 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import datetime as dt
+import hashlib
 import logging
 import ssl
 import time
@@ -62,6 +63,9 @@ class ReloadResult:
     waited: float = 0.0
     # True when ``expected_fingerprint`` did not appear in the files within ``timeout``.
     timed_out: bool = False
+    # True when a new cacertfile was held back: connected clients would no longer verify against it
+    # (``ssl_options.client_ca_guard``); ``error`` says how many and whose.
+    client_ca_held: bool = False
 
 
 @dataclass(frozen=True, eq=False)
@@ -202,6 +206,13 @@ class TlsListenerRuntime:
         # Open connections with a client certificate, re-checked when CRLs change: transport -> DER.
         self._live: dict[Any, bytes] = {}
         self._prune_at = 64
+        # Set by the listener: the client certificates of its connected clients (``client_ca_check``), for
+        # ``client_ca_guard``. None: no connection is known, so nothing is held.
+        self.client_certificates: Callable[[], list[tuple[bytes, tuple[bytes, ...]]]] | None = None
+        self._client_ca_held: dict[str, Any] | None = None
+        # The client-CA bundle (SHA-256) a reload named last: loaded whenever the files carry it, also by a later
+        # re-check (the operator may name it before the kubelet projects it).
+        self._client_ca_approved: str | None = None
 
     # -- building --------------------------------------------------------------------------------------------
     @property
@@ -483,8 +494,13 @@ class TlsListenerRuntime:
         self._started = False
 
     # -- reload ------------------------------------------------------------------------------------------------
-    async def reload(self, expected_fingerprint: str | None = None, timeout: float = 0.0) -> ReloadResult:
-        """Re-read the files; swap only if they changed and are valid. See the module docstring."""
+    async def reload(self, expected_fingerprint: str | None = None, timeout: float = 0.0,
+                     client_ca_sha256: str | None = None) -> ReloadResult:
+        """Re-read the files; swap only if they changed and are valid. See the module docstring. With
+        ``client_ca_guard``, a new cacertfile that connected clients would no longer verify against is held unless
+        ``client_ca_sha256`` names it (``_hold_client_ca``), now or at a later re-check."""
+        if client_ca_sha256:
+            self._client_ca_approved = client_ca_sha256.lower()
         started = time.monotonic()
         expected = expected_fingerprint.lower().replace(":", "") if expected_fingerprint else None
         async with self._lock:
@@ -512,6 +528,11 @@ class TlsListenerRuntime:
                 if snapshot.digest == self.current_generation.digest:
                     self._last_reload_at = dt.datetime.now(dt.timezone.utc)
                     return ReloadResult(False, self.current_generation.fingerprint, None, waited)
+                held = await self._hold_client_ca(policy, snapshot, self._client_ca_approved)
+                if held is not None:
+                    self._last_reload_at = dt.datetime.now(dt.timezone.utc)
+                    return ReloadResult(False, self.current_generation.fingerprint, held, waited,
+                                        client_ca_held=True)
                 try:
                     generation = await asyncio.to_thread(self._build, policy, snapshot)
                 except TlsConfigError as exc:
@@ -524,6 +545,43 @@ class TlsListenerRuntime:
                 self.metrics.reloads_ok.inc()
                 await self._remember(generation)
                 return ReloadResult(True, generation.fingerprint, None, time.monotonic() - started)
+
+    async def _hold_client_ca(self, policy: TlsPolicy, snapshot: Snapshot, approved: str | None) -> str | None:
+        """Why the new files are not loaded, when ``client_ca_guard`` holds their cacertfile back: it changed, and
+        some connected client's certificate would no longer verify against it (``client_ca_check``), and
+        ``approved`` (the bundle a reload named last) is not its SHA-256. None otherwise (the files go on to be
+        validated and built as ever)."""
+        current = self.current_generation.material
+        if not policy.client_ca_guard or snapshot.ca_pem == current.snapshot.ca_pem:
+            self._client_ca_held = None
+            return None
+        from . import client_ca_check
+
+        digest = hashlib.sha256(snapshot.ca_pem).hexdigest()
+        clients = self.client_certificates() if self.client_certificates is not None else []
+        if approved == digest or not clients:
+            self._client_ca_held = None
+            return None
+        try:
+            report = await asyncio.to_thread(client_ca_check.check, self.listener_id, snapshot.ca_pem,
+                                             list(current.ca_certs), clients, partial_chain=policy.partial_chain,
+                                             depth=policy.depth)
+        except client_ca_check.CandidateError:
+            self._client_ca_held = None
+            return None  # not a bundle at all: validation refuses it with its own reason
+        if not report.would_fail:
+            self._client_ca_held = None
+            return None
+        issuers = ", ".join(f"{issuer} ({count})" for issuer, count in sorted(report.issuers.items()))
+        message = (f"cacertfile changed (sha256 {digest}), and {report.would_fail} connected client(s) would no "
+                   f"longer verify against it: certificates issued by {issuers}; still serving the previous files "
+                   f"(a reload with client_ca_sha256 = {digest} loads them anyway)")
+        if (self._client_ca_held or {}).get("message") != message:
+            log.warning("TLS %s: %s", self.listener_id, message)
+        self._client_ca_held = {"sha256": digest, "would_fail": report.would_fail,
+                                "issuers": report.as_dict()["issuers"], "message": message,
+                                "at": dt.datetime.now(dt.timezone.utc).isoformat()}
+        return message
 
     async def update_options(self, options: SslOptions) -> None:
         """Apply new ``ssl_options`` live; on any problem raise ``TlsConfigError`` and change nothing."""
@@ -560,7 +618,7 @@ class TlsListenerRuntime:
         result.update({
             "last_reload_at": self._last_reload_at.isoformat() if self._last_reload_at else None,
             "last_error": self._last_error, "last_refusal": self._last_refusal, "reloads_ok": self._reloads_ok,
-            "reloads_failed": self._reloads_failed,
+            "reloads_failed": self._reloads_failed, "client_ca_held": self._client_ca_held,
         })
         result["compat"] = compat.status()
         if self._ocsp is not None:

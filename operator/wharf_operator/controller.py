@@ -16,6 +16,7 @@ import hashlib
 import json
 import logging
 import time
+from collections import Counter
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -23,7 +24,7 @@ import kopf
 
 from . import builders, certs, nats, render, resources
 from . import status as st
-from .crd import GROUP, PAUSE_ANNOTATION, PLURAL, VERSION, defaulted_spec
+from .crd import FORCE_CLIENT_CA_ANNOTATION, GROUP, PAUSE_ANNOTATION, PLURAL, VERSION, defaulted_spec
 from .kube import CONFIGMAPS, PODS, SECRETS, STATEFULSETS, ApiError, KubeApi, Resource
 from .metrics import OperatorMetrics
 from .signalling import BrokerAdmin, PodTarget, SignalError
@@ -107,6 +108,13 @@ class _BrokerState:
     # listener id -> a rotation not every pod serves yet: (material signature, when the first Secret change not
     # served was seen (epoch seconds), when the latest was seen (monotonic)); rotation latency counts from the latter
     pending: dict[str, tuple[str, float, float]] = field(default_factory=dict)
+    # listener id -> SHA-256 of the client-CA bundle (caRef) every pod was last told to load (checked or forced)
+    client_ca: dict[str, str] = field(default_factory=dict)
+    # listener id -> SHA-256 of a client-CA bundle held back (connected clients would be locked out); the timer
+    # checks it again
+    client_ca_held: dict[str, str] = field(default_factory=dict)
+    # listener id -> the ClientCAWouldLockOut finding last posted as an Event (one Event per finding)
+    client_ca_warned: dict[str, str] = field(default_factory=dict)
 
 
 class Controller:
@@ -309,6 +317,7 @@ class Controller:
                 kopf.warn(body, reason="IndependentBrokers",
                           message=f"{spec['replicas']} replicas without spec.cluster run as independent brokers")
             records = await self._check_certificates(body, spec, signal=False)
+            records.update(await self._ask_held_again(body, spec, state))
             self.metrics.retain(namespace, name, {listener.name for listener in tls_listeners(spec)})
             await self._write_status(body, spec, config=(applied_ok, "Applied" if applied_ok else "LiveUpdateRefused",
                                                          config_message),
@@ -481,8 +490,11 @@ class Controller:
 
     async def _check_certificates(self, body: dict, spec: dict, *, signal: bool,
                                   only: set[tuple[str, str]] | None = None,
-                                  seen: tuple[float, float] | None = None) -> dict[str, dict]:
-        """Validate every TLS listener's material (or those that use ``only``); signal pods when asked.
+                                  seen: tuple[float, float] | None = None,
+                                  listener_ids: set[str] | None = None) -> dict[str, dict]:
+        """Validate every TLS listener's material (or those that use ``only``, or those of ``listener_ids``); signal
+        pods when asked. A new client-CA bundle is signalled only when no connected client would be locked out
+        (``_client_ca_gate``).
         ``seen`` is when the change being signalled was seen (epoch and monotonic seconds): the rotation latency
         counts from there. Returns the status.listeners fields observed, per listener."""
         meta = body["metadata"]
@@ -493,6 +505,8 @@ class Controller:
         records: dict[str, dict[str, Any]] = {}
         for listener in tls_listeners(spec):
             if only is not None and not (only & referenced_objects({"listeners": [listener.spec]})):
+                continue
+            if listener_ids is not None and listener.listener_id not in listener_ids:
                 continue
             tls = listener.spec["tls"]
             seen_wall, started = seen or (time.time(), time.monotonic())
@@ -519,15 +533,25 @@ class Controller:
                 # Without signalling, what the pods serve is not known here: an earlier finding stays until the
                 # pods are signalled (the Secret's event) or asked (the timer).
                 state.refused.pop(listener.listener_id, None)
+                state.client_ca_held.pop(listener.listener_id, None)  # the gate below holds it again if it must
                 record.update(lastError=None, reason=None)
             if signal and state.signalled.get(listener.listener_id) != material.signature:
                 if pods is None:
                     pods, token = await self._pods_and_token(namespace, name)
                 if not pods:  # nothing runs yet: pods that start later load the current files
                     state.signalled[listener.listener_id] = material.signature
+                    state.client_ca_held.pop(listener.listener_id, None)
+                    state.client_ca.pop(listener.listener_id, None)
                     state.pending.pop(listener.listener_id, None)
                     self._observed(state, namespace, name, listener.name, not_serving=0, pending_since=0)
                     record.update(podsServing=0, podsTotal=0)
+                    records[listener.name] = record
+                    continue
+                client_ca, forced, held = await self._client_ca_gate(body, state, listener, pods, token)
+                if held is not None:
+                    # Nothing is signalled (a reload would load the bundle, and any new leaf with it); the timer asks
+                    # again. The pods keep serving what they serve.
+                    record.update(lastError=held, reason=st.CLIENT_CA_LOCKOUT, podsTotal=len(pods))
                     records[listener.name] = record
                     continue
                 earlier = state.pending.get(listener.listener_id)
@@ -535,7 +559,8 @@ class Controller:
                 state.pending[listener.listener_id] = (material.signature, first_seen, started)
                 self._observed(state, namespace, name, listener.name, pending_since=first_seen)
                 result = await self.admin.rotate(pods, token, listener.listener_id, material.fingerprint,
-                                                 self.config.reload_wait)
+                                                 self.config.reload_wait,
+                                                 client_ca_sha256=client_ca if forced else None)
                 seconds = round(time.monotonic() - started, 3)
                 complete = result.serving == len(pods)
                 record.update(podsServing=result.serving, podsTotal=len(pods))
@@ -545,6 +570,8 @@ class Controller:
                 if complete:
                     state.signalled[listener.listener_id] = material.signature
                     state.pending.pop(listener.listener_id, None)
+                    if client_ca is not None:
+                        state.client_ca[listener.listener_id] = client_ca
                     self._observed(state, namespace, name, listener.name, pending_since=0)
                     record.update(lastRotationTime=st.now_iso(), lastRotationSeconds=seconds)
                     kopf.event(body, type="Normal", reason="CertificateRotated",
@@ -558,6 +585,67 @@ class Controller:
                                       f"{material.fingerprint[:16]}…: {'; '.join(result.errors)}")
             records[listener.name] = record
         return records
+
+    async def _client_ca_gate(self, body: dict, state: _BrokerState, listener: ListenerRef, pods: list[PodTarget],
+                              token: str) -> tuple[str | None, bool, str | None]:
+        """Before pods are told to load a listener's client-CA bundle (caRef) they were not told to load yet: ask
+        each how many of its connected clients would no longer verify against it. Returns (the bundle's SHA-256,
+        whether it is forced, None) when it may be signalled, or (digest, False, why not) when it is held: some
+        client would be locked out, or a pod could not say. ``FORCE_CLIENT_CA_ANNOTATION`` set to the bundle's
+        SHA-256 forces it: the reload then names it, so the brokers' guard (``client_ca_guard``) loads it too, now
+        or when the kubelet projects it. Unforced, the reload does not name it: a broker that finds clients it
+        would lock out by the time its files carry the bundle holds it, and the next pass asks again."""
+        ref = listener.spec["tls"].get("caRef")
+        if ref is None:
+            return None, False, None
+        namespace = body["metadata"]["namespace"]
+        bundle = await self._read(ref.get("kind", "Secret"), namespace, ref["name"], ref.get("key", "ca.crt"))
+        if not bundle:
+            return None, False, None  # load_material refused it already
+        digest = hashlib.sha256(bundle).hexdigest()
+        listener_id = listener.listener_id
+        if state.client_ca.get(listener_id) == digest:
+            state.client_ca_held.pop(listener_id, None)
+            return digest, False, None
+        annotations = (body.get("metadata") or {}).get("annotations") or {}
+        forced = annotations.get(FORCE_CLIENT_CA_ANNOTATION, "").strip().lower() == digest
+        answers = await asyncio.gather(*(self.admin.client_ca_check(pod, token, listener_id, bundle) for pod in pods),
+                                       return_exceptions=True)
+        failing, by_issuer, errors = 0, Counter[str](), []
+        for answer in answers:
+            if isinstance(answer, SignalError):
+                errors.append(str(answer))
+            elif isinstance(answer, BaseException):
+                raise answer
+            else:
+                failing += int(answer.get("would_fail") or 0)
+                for entry in answer.get("issuers") or []:
+                    by_issuer[str(entry.get("issuer"))] += int(entry.get("clients") or 0)
+        if not failing and not errors:
+            state.client_ca_held.pop(listener_id, None)
+            state.client_ca_warned.pop(listener_id, None)
+            return digest, forced, None
+        issuers = ", ".join(f"{issuer} ({count})" for issuer, count in sorted(by_issuer.items()))
+        finding = (f"{failing} connected client(s) would no longer verify against the new client-CA bundle "
+                   f"(sha256 {digest}): certificates issued by {issuers}" if failing else
+                   f"the pods could not say whether the new client-CA bundle (sha256 {digest}) locks connected "
+                   f"clients out")
+        if errors:
+            finding += f" ({'; '.join(errors)})"
+        if forced:
+            if state.client_ca_warned.get(listener_id) != f"forced:{digest}":
+                state.client_ca_warned[listener_id] = f"forced:{digest}"
+                kopf.warn(body, reason="ClientCAForced",
+                          message=f"{listener_id}: {finding}; signalled anyway ({FORCE_CLIENT_CA_ANNOTATION})")
+            state.client_ca_held.pop(listener_id, None)
+            return digest, True, None
+        held = f"{finding}; not signalled. Annotate {FORCE_CLIENT_CA_ANNOTATION}={digest} to signal it anyway"
+        state.client_ca_held[listener_id] = digest
+        if state.client_ca_warned.get(listener_id) != held:
+            state.client_ca_warned[listener_id] = held
+            kopf.warn(body, reason=st.CLIENT_CA_LOCKOUT, message=f"{listener_id}: {held}")
+            self.metrics.rotations.labels(result="held").inc()
+        return digest, False, held
 
     async def on_referenced_change(self, kind: str, namespace: str, obj_name: str, brokers: list[str]) -> None:
         """A Secret/ConfigMap that brokers load changed: validate it and signal the pods of each broker."""
@@ -574,6 +662,41 @@ class Controller:
 
     # --- the level-triggered safety net ------------------------------------------------------------------
 
+    async def _ask_held_again(self, body: dict, spec: dict, state: _BrokerState) -> dict[str, dict]:
+        """On a reconcile (an annotation change is one): held client-CA bundles are asked about again at once, so
+        the force annotation acts without waiting for the timer."""
+        if not state.client_ca_held:
+            return {}
+        return await self._check_certificates(body, spec, signal=True, listener_ids=set(state.client_ca_held))
+
+    @staticmethod
+    def _pods_hold_client_ca(state: _BrokerState, listener: ListenerRef, holding: list[Any]) -> None:
+        """A pod's guard holds a client-CA bundle the operator signalled unforced (devices it would lock out
+        connected before its files carried the bundle): the bundle counts as not signalled and held, so the next
+        pass asks the pods again and says why it waits (or signals it, once nobody would be locked out)."""
+        if any(holding):
+            state.signalled.pop(listener.listener_id, None)
+            state.client_ca.pop(listener.listener_id, None)
+            state.client_ca_held[listener.listener_id] = next(h for h in holding if h).get("sha256", "")
+
+    @staticmethod
+    def _served_everywhere(state: _BrokerState, listener: ListenerRef, material: certs.Material) -> None:
+        """Every pod serves the leaf: the material counts as signalled, unless this would be the first record of a
+        client-CA bundle (what the pods loaded of it is not seen here, and a bundle the Secret's event is about
+        to check must not pass for signalled)."""
+        if listener.listener_id in state.signalled or "caRef" not in listener.spec["tls"]:
+            state.signalled[listener.listener_id] = material.signature
+
+    @staticmethod
+    def _needs_signal_path(state: _BrokerState, listener: ListenerRef, material: certs.Material) -> bool:
+        """Whether the timer must go the way a Secret's event goes (``_check_certificates``) rather than compare the
+        served leaf, which does not show the CA bundles: a client-CA bundle is held back (asked again: the clients
+        may have reconnected with certificates it trusts, or the annotation forces it); the CA bundles changed
+        since the pods were last signalled."""
+        signalled = state.signalled.get(listener.listener_id)
+        return listener.listener_id in state.client_ca_held or (
+            signalled is not None and signalled.partition("/")[2] != material.trust_digest)
+
     async def recheck(self, body: dict) -> None:
         """Ask every pod what it serves; re-signal pods that serve something else than the valid Secret."""
         meta = body["metadata"]
@@ -589,17 +712,22 @@ class Controller:
                 if not errors:
                     state.live_pending = None
                     config = (True, "Applied", "TLS options applied live to the running pods")
-            pods, token = await self._pods_and_token(namespace, name)
             records: dict[str, dict] = {}
+            pods, token = await self._pods_and_token(namespace, name)
             for listener in tls_listeners(spec):
                 try:
                     material = await self.load_material(namespace, listener)
                 except certs.InvalidMaterial:
                     continue  # reported by the Secret handler and reconciliation; nothing to re-signal
-                serving, errors, statuses, resignalled = 0, [], [], []
+                if self._needs_signal_path(state, listener, material):
+                    records.update(await self._check_certificates(body, spec, signal=True,
+                                                                  listener_ids={listener.listener_id}))
+                    continue
+                serving, errors, statuses, resignalled, holding = 0, [], [], [], []
                 for pod in pods:
                     try:
                         served = await self.admin.served_certificate(pod, token, listener.listener_id)
+                        holding.append(served.get("client_ca_held"))
                         if served.get("fingerprint_sha256") != material.fingerprint:
                             outcome = await self.admin.reload(pod, token, listener.listener_id, material.fingerprint,
                                                               self.config.reload_wait)
@@ -612,11 +740,12 @@ class Controller:
                     except SignalError as exc:
                         errors.append(str(exc))
                         statuses.append(None)
+                self._pods_hold_client_ca(state, listener, holding)
                 self._observed(state, namespace, name, listener.name, not_after=material.not_after,
                                       not_serving=len(pods) - serving)
                 pending = state.pending.get(listener.listener_id)
                 if serving == len(pods):
-                    state.signalled[listener.listener_id] = material.signature
+                    self._served_everywhere(state, listener, material)
                     state.pending.pop(listener.listener_id, None)
                     self._observed(state, namespace, name, listener.name, pending_since=0)
                     if pending is not None and pending[0] == material.signature:

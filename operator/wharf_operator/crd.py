@@ -29,12 +29,15 @@ CRD_NAME = f"{PLURAL}.{GROUP}"
 # The schema's revision: bump it with every change of crd_manifest()'s spec (tests/operator/test_crd.py records the
 # digest of each revision and fails until it is bumped). The operator upgrades an installed CRD of a lower revision
 # and never touches one of a higher revision (an older operator must not take fields away from a newer schema).
-SCHEMA_REVISION = 4
+SCHEMA_REVISION = 3
 REVISION_ANNOTATION = f"{GROUP}/schema-revision"
 DIGEST_ANNOTATION = f"{GROUP}/schema-digest"
 
 # Annotation that stops reconciliation of one MQTTBroker while it is "true".
 PAUSE_ANNOTATION = f"{GROUP}/pause-reconciliation"
+# Set to the SHA-256 (hex) of a client-CA bundle (caRef) to signal it even though connected clients would no longer
+# verify against it (docs/mqttbroker.md, "Client-CA rotation"); a later bundle is checked again.
+FORCE_CLIENT_CA_ANNOTATION = f"{GROUP}/force-client-ca"
 
 # The broker's admin API port inside every pod; listeners may not use it.
 ADMIN_PORT = 18083
@@ -310,9 +313,10 @@ def _status_schema() -> Schema:
         "lastRotationSeconds": _number("Seconds from seeing the new Secret until every pod served it."),
         "lastError": _string("Why the last rotation was refused or did not finish, if it was."),
         "reason": _string("Why it is not served everywhere: Refused (invalid material, or a pod refused it), "
-                          "WaitingForKubelet (the pods' files do not carry the Secret yet) or NotServed (a pod "
-                          "could not be asked or did not load it).",
-                          enum=["Refused", "WaitingForKubelet", "NotServed"]),
+                          "WaitingForKubelet (the pods' files do not carry the Secret yet), NotServed (a pod "
+                          "could not be asked or did not load it) or ClientCAWouldLockOut (a new client-CA bundle is "
+                          "held: connected clients would no longer verify against it).",
+                          enum=["Refused", "WaitingForKubelet", "NotServed", "ClientCAWouldLockOut"]),
     }, required=["name"])  # a list-map key must be required (or defaulted), or the API server refuses the CRD
     schema = _object("Observed state, written by the operator.", {
         "observedGeneration": _integer("The spec generation the operator last reconciled."),

@@ -58,6 +58,11 @@ def ssl_options(listener: dict[str, Any], reload_interval: str, root: str = layo
         options["password_file"] = f"{layout.key_password_dir(name, root)}/{ref.get('key', 'password')}"
     options["verify"] = tls.get("verify", "verify_none")
     options["fail_if_no_peer_cert"] = bool(tls.get("failIfNoPeerCert", False))
+    if "caRef" in tls and options["verify"] == "verify_peer":
+        # The broker holds a client-CA bundle the kubelet projected that connected clients would no longer verify
+        # against, until the operator's reload names it (after asking, or forced): its own re-checks do not load
+        # it behind the operator's back (docs/mqttbroker.md, "Client-CA rotation").
+        options["client_ca_guard"] = True
     options["versions"] = list(tls.get("versions", ["tlsv1.3", "tlsv1.2"]))
     if tls.get("ciphers"):
         options["ciphers"] = list(tls["ciphers"])

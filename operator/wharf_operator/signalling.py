@@ -123,11 +123,14 @@ class BrokerAdmin:
             raise SignalError(pod.name, f"{url}: {exc}") from None
 
     async def reload(self, pod: PodTarget, token: str, listener_id: str, fingerprint: str | None,
-                     wait_seconds: float) -> ReloadOutcome:
-        """Ask one pod to load the listener's certificate once its files carry ``fingerprint``."""
+                     wait_seconds: float, client_ca_sha256: str | None = None) -> ReloadOutcome:
+        """Ask one pod to load the listener's certificate once its files carry ``fingerprint``; with
+        ``client_ca_sha256``, also that client-CA bundle even if the pod's guard would hold it."""
         body: dict[str, Any] = {"timeout": wait_seconds}
         if fingerprint:
             body["fingerprint"] = fingerprint
+        if client_ca_sha256:
+            body["client_ca_sha256"] = client_ca_sha256
         try:
             status, payload = await self._call("POST", pod, f"/listeners/{listener_id}/reload", token, body=body,
                                                extra_seconds=wait_seconds)
@@ -139,6 +142,9 @@ class BrokerAdmin:
             if fingerprint and served and served != fingerprint:
                 return ReloadOutcome(pod.name, False, served, f"serves {served} instead of {fingerprint}", status)
             return ReloadOutcome(pod.name, True, served or fingerprint, status=status)
+        if status == 409 and payload.get("code") == "CLIENT_CA_HELD":
+            return ReloadOutcome(pod.name, False, error=f"the pod holds its new client-CA bundle back: "
+                                                        f"{payload.get('message') or ''}", status=status)
         reason = {409: "the new certificate did not reach the pod's files in time",
                   422: "the broker refused the new material"}.get(status, f"HTTP {status}")
         detail = payload.get("message") or payload.get("reason") or payload.get("error") or ""
@@ -148,6 +154,17 @@ class BrokerAdmin:
         status, payload = await self._call("GET", pod, f"/listeners/{listener_id}/certificate", token)
         if status != 200 or not isinstance(payload, dict):
             raise SignalError(pod.name, f"certificate of {listener_id}: HTTP {status}", status)
+        return payload
+
+    async def client_ca_check(self, pod: PodTarget, token: str, listener_id: str, bundle: bytes) -> dict:
+        """How many clients connected to the pod's listener would no longer verify against ``bundle`` (a candidate
+        client-CA bundle), by issuer: the broker's ``POST /api/v5/listeners/{id}/client_ca_check``."""
+        status, payload = await self._call("POST", pod, f"/listeners/{listener_id}/client_ca_check", token,
+                                           body={"ca_pem": bundle.decode("utf-8", "replace")})
+        if status != 200 or not isinstance(payload, dict):
+            detail = payload.get("message") if isinstance(payload, dict) else None
+            raise SignalError(pod.name, f"client-CA check of {listener_id}: HTTP {status}"
+                                        f"{': ' + str(detail) if detail else ''}", status)
         return payload
 
     async def cluster_status(self, pod: PodTarget, token: str) -> dict | None:
@@ -166,11 +183,11 @@ class BrokerAdmin:
             raise SignalError(pod.name, f"update of {listener_id} refused: HTTP {status} {detail or ''}", status)
 
     async def rotate(self, pods: Sequence[PodTarget], token: str, listener_id: str, fingerprint: str | None,
-                     wait_seconds: float) -> RotationResult:
+                     wait_seconds: float, client_ca_sha256: str | None = None) -> RotationResult:
         """Signal every pod at once; the result says how many serve it and how long the slowest took."""
         started = time.monotonic()
-        outcomes = await asyncio.gather(*(self.reload(pod, token, listener_id, fingerprint, wait_seconds)
-                                          for pod in pods))
+        outcomes = await asyncio.gather(*(self.reload(pod, token, listener_id, fingerprint, wait_seconds,
+                                                      client_ca_sha256) for pod in pods))
         return RotationResult(list(outcomes), time.monotonic() - started)
 
     async def close(self) -> None:

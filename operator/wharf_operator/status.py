@@ -26,6 +26,9 @@ STALLED = "Stalled"
 REFUSED = "Refused"  # invalid material (or a pod refused it): waits for a new Secret
 WAITING_FOR_KUBELET = "WaitingForKubelet"  # the pods' files do not carry the Secret yet: the kubelet is behind
 NOT_SERVED = "NotServed"  # a pod could not be asked or did not load it: retried
+# A new client-CA bundle (caRef) held back: connected clients would no longer verify against it. Retried by the
+# timer (it goes once they reconnected with certificates the bundle trusts), or forced by an annotation.
+CLIENT_CA_LOCKOUT = "ClientCAWouldLockOut"
 
 
 def now_iso() -> str:
@@ -100,7 +103,7 @@ def _certificates(listeners: list[dict]) -> tuple[bool, str, str]:
     if not problems:
         return True, "Valid", "every TLS listener has valid material served by every pod"
     reasons = {e.get("reason") or REFUSED for e in problems}
-    reason = next(r for r in (REFUSED, NOT_SERVED, WAITING_FOR_KUBELET) if r in reasons)
+    reason = next(r for r in (REFUSED, CLIENT_CA_LOCKOUT, NOT_SERVED, WAITING_FOR_KUBELET) if r in reasons)
     return False, reason, "; ".join(f"{e['name']}: {e['lastError']}" for e in problems)
 
 

@@ -2,17 +2,22 @@
 
 It speaks the contract in docs/architecture.md: bearer token, ``POST /api/v5/listeners/{id}/reload`` with an
 expected fingerprint (waits until its "files" carry it, else 409; 422 for material it refuses),
-``GET .../certificate`` and ``PUT /api/v5/listeners/{id}``. The test plays the kubelet by setting ``files``.
+``GET .../certificate``, ``PUT /api/v5/listeners/{id}`` and ``POST .../client_ca_check`` (judged by issuer name:
+a connected client stays if the candidate bundle holds a certificate whose subject is its issuer). The test plays
+the kubelet by setting ``files`` and the connected clients by setting ``clients``.
 """
 
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import itertools
+from collections import Counter
 from dataclasses import dataclass, field
 
 import kmock as kmock_lib
 from aiohttp import web
+from cryptography import x509
 
 
 @dataclass
@@ -29,6 +34,11 @@ class FakeBrokerPod:
     reloads: list[dict] = field(default_factory=list)
     updates: list[tuple[str, dict]] = field(default_factory=list)
     unauthorized: int = 0
+    # listener id -> the issuer (RFC 4514 subject) of each connected client's certificate
+    clients: dict[str, list[str]] = field(default_factory=dict)
+    ca_checks: list[dict] = field(default_factory=list)  # the client-CA checks asked: listener, candidate digest
+    # listener id -> what the pod's guard holds back (client_ca_held in the certificate view), if anything
+    ca_held: dict[str, dict] = field(default_factory=dict)
     # what /healthz reports under "cluster" (None: a standalone broker)
     cluster: dict | None = None
     port: int = 0
@@ -61,7 +71,23 @@ class FakeBrokerPod:
     async def _certificate(self, request: web.Request) -> web.Response:
         if not self._authorized(request):
             return web.json_response({"code": "UNAUTHORIZED"}, status=401)
-        return web.json_response({"fingerprint_sha256": self.served.get(request.match_info["id"])})
+        listener = request.match_info["id"]
+        return web.json_response({"fingerprint_sha256": self.served.get(listener),
+                                  "client_ca_held": self.ca_held.get(listener)})
+
+    async def _client_ca_check(self, request: web.Request) -> web.Response:
+        if not self._authorized(request):
+            return web.json_response({"code": "UNAUTHORIZED"}, status=401)
+        listener = request.match_info["id"]
+        pem = (await request.json())["ca_pem"].encode()
+        subjects = {c.subject.rfc4514_string() for c in x509.load_pem_x509_certificates(pem)}
+        connected = self.clients.get(listener, [])
+        failing = Counter(issuer for issuer in connected if issuer not in subjects)
+        digest = hashlib.sha256(pem).hexdigest()
+        self.ca_checks.append({"listener": listener, "candidate_sha256": digest})
+        return web.json_response({"listener": listener, "candidate_sha256": digest, "connections": len(connected),
+                                  "would_fail": sum(failing.values()), "unchecked": 0,
+                                  "issuers": [{"issuer": i, "clients": n} for i, n in sorted(failing.items())]})
 
     async def _update(self, request: web.Request) -> web.Response:
         if not self._authorized(request):
@@ -84,6 +110,7 @@ class FakeBrokerPod:
         app.router.add_post("/api/v5/listeners/{id}/reload", self._reload)
         app.router.add_get("/api/v5/listeners/{id}/certificate", self._certificate)
         app.router.add_put("/api/v5/listeners/{id}", self._update)
+        app.router.add_post("/api/v5/listeners/{id}/client_ca_check", self._client_ca_check)
         self._runner = web.AppRunner(app, access_log=None)
         await self._runner.setup()
         site = web.TCPSite(self._runner, self.ip, 0)

@@ -52,8 +52,11 @@ def make_ca(cn: str = "Wharf Test CA", issuer: Issued | None = None) -> Issued:
 
 
 def make_leaf(ca: Issued, cn: str = "broker.wharf.svc", *, not_before: datetime.datetime | None = None,
-              not_after: datetime.datetime | None = None, sans: list[str] | None = None) -> Issued:
+              not_after: datetime.datetime | None = None, sans: list[str] | None = None,
+              client: bool = False) -> Issued:
+    """A server certificate, or with ``client`` a device's (clientAuth)."""
     key = ec.generate_private_key(ec.SECP256R1())
+    usage = x509.oid.ExtendedKeyUsageOID.CLIENT_AUTH if client else x509.oid.ExtendedKeyUsageOID.SERVER_AUTH
     names = sans or [cn, "localhost"]
     builder = (x509.CertificateBuilder().subject_name(_name(cn)).issuer_name(ca.cert.subject)
                .public_key(key.public_key()).serial_number(x509.random_serial_number())
@@ -61,7 +64,7 @@ def make_leaf(ca: Issued, cn: str = "broker.wharf.svc", *, not_before: datetime.
                .not_valid_after(not_after or NOW + datetime.timedelta(days=90))
                .add_extension(x509.SubjectAlternativeName([x509.DNSName(n) for n in names]), critical=False)
                .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
-               .add_extension(x509.ExtendedKeyUsage([x509.oid.ExtendedKeyUsageOID.SERVER_AUTH]), critical=False))
+               .add_extension(x509.ExtendedKeyUsage([usage]), critical=False))
     return Issued(builder.sign(ca.key, hashes.SHA256()), key)
 
 

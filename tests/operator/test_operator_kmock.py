@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import contextlib
+import hashlib
 import threading
 import time
 from typing import Any
@@ -558,3 +559,119 @@ async def test_a_secret_the_kubelet_has_not_projected_yet_reads_as_waiting_not_r
     assert env.condition("Stalled")["status"] == "False"
     assert all(c["observedGeneration"] == 1 for c in env.status()["conditions"])
     assert all(p.served["ssl:mqtts"] == env.leaf.fingerprint for p in pods)  # still the old one, not refused
+
+
+async def client_ca_held(env, bundle: bytes, connected: dict[int, int]) -> str:
+    """Connect clients of the current client CA to the pods (pod index -> clients), write ``bundle`` into caRef,
+    and wait until the operator holds it; returns the bundle's digest."""
+    await env.create_broker(tls_spec())
+    await env.reconciled()
+    pods = await env.add_pods(2)
+    issuer = env.ca.cert.subject.rfc4514_string()
+    for index, count in connected.items():
+        pods[index].clients["ssl:mqtts"] = [issuer] * count
+    await env.client.patch(SECRETS, NS, "broker-ca", {"data": {"ca.crt": base64.b64encode(bundle).decode()}})
+    await eventually(lambda: env.listener_status().get("reason") == "ClientCAWouldLockOut", "the bundle held")
+    return hashlib.sha256(bundle).hexdigest()
+
+
+async def test_a_client_ca_bundle_that_would_lock_clients_out_is_held_until_forced(kmock):
+    async with running_operator(kmock, recheck_interval=0.3) as env:
+        bundle = make_ca("Next Clients CA").cert_pem  # drops the CA the connected clients' certificates come from
+        digest = await client_ca_held(env, bundle, {0: 3, 1: 1})
+        condition = env.condition("CertificatesReady")
+        assert condition["status"] == "False" and condition["reason"] == "ClientCAWouldLockOut"
+        assert "4 connected client(s)" in condition["message"] and digest in condition["message"]
+        events = env.events("ClientCAWouldLockOut")
+        assert len(events) == 1 and events[0]["type"] == "Warning"
+        assert "CN=Wharf Test CA (4)" in events[0]["message"]
+        assert f"mqtt.wharf.dev/force-client-ca={digest}" in events[0]["message"]
+        # The timer asks again and keeps holding it: no pod is told to reload, one Event for the one finding.
+        checks = len(env.pods[0].ca_checks)
+        await eventually(lambda: len(env.pods[0].ca_checks) >= checks + 2, "the timer's checks")
+        assert all(p.reloads == [] for p in env.pods)
+        assert len(env.events("ClientCAWouldLockOut")) == 1
+        assert {c["candidate_sha256"] for p in env.pods for c in p.ca_checks} == {digest}
+
+        # An annotation for another bundle does not force this one.
+        await env.patch_broker({"metadata": {"annotations": {"mqtt.wharf.dev/force-client-ca": "0" * 64}}})
+        checks = len(env.pods[0].ca_checks)
+        await eventually(lambda: len(env.pods[0].ca_checks) >= checks + 2, "more checks")
+        assert all(p.reloads == [] for p in env.pods)
+
+        await env.patch_broker({"metadata": {"annotations": {"mqtt.wharf.dev/force-client-ca": digest}}})
+        await eventually(lambda: all(p.reloads for p in env.pods), "the forced signal to every pod")
+        # The reload names the bundle: the pods' own guard lets it through too.
+        assert all(r.get("client_ca_sha256") == digest for p in env.pods for r in p.reloads)
+        await eventually(lambda: env.listener_status().get("podsServing") == 2
+                         and env.condition("CertificatesReady").get("status") == "True", "the forced rotation")
+        forced = env.events("ClientCAForced")
+        assert len(forced) == 1 and "4 connected client(s)" in forced[0]["message"]
+
+
+async def test_a_held_client_ca_bundle_is_signalled_once_the_clients_reconnected_with_new_certificates(kmock):
+    async with running_operator(kmock, recheck_interval=0.3) as env:
+        next_ca = make_ca("Next Clients CA")
+        # A bundle that still trusts the current CA is no problem (and is signalled, although the served leaf does
+        # not change: the timer, running every 0.3 s, must not take it for served)...
+        bundle = next_ca.cert_pem + env.ca.cert_pem
+        await env.create_broker(tls_spec())
+        await env.reconciled()
+        pods = await env.add_pods(2)
+        pods[0].clients["ssl:mqtts"] = [env.ca.cert.subject.rfc4514_string()] * 2
+        await env.client.patch(SECRETS, NS, "broker-ca", {"data": {"ca.crt": base64.b64encode(bundle).decode()}})
+        await eventually(lambda: all(p.reloads for p in pods), "the signal of a bundle that keeps every client")
+        assert env.events("ClientCAWouldLockOut") == []
+        for pod in pods:
+            pod.reloads.clear()
+
+        # ...the next one, without the old CA, is held while the clients still use it.
+        await env.client.patch(SECRETS, NS, "broker-ca",
+                               {"data": {"ca.crt": base64.b64encode(next_ca.cert_pem).decode()}})
+        await eventually(lambda: env.listener_status().get("reason") == "ClientCAWouldLockOut", "the bundle held")
+        assert "CN=Wharf Test CA (2)" in env.listener_status()["lastError"]
+        assert all(p.reloads == [] for p in pods)
+        pods[0].clients["ssl:mqtts"] = [next_ca.cert.subject.rfc4514_string()] * 2  # reconnected, new certificates
+        await eventually(lambda: all(p.reloads for p in pods), "the signal once nobody would be locked out")
+        # Unforced, the reload does not name the bundle: each broker's guard judges it again when it loads it.
+        assert all("client_ca_sha256" not in r for p in pods for r in p.reloads)
+        await eventually(lambda: env.condition("CertificatesReady").get("status") == "True", "CertificatesReady")
+        assert env.events("ClientCAForced") == []
+
+
+async def test_a_bundle_a_pods_guard_holds_after_an_unforced_signal_is_reported_and_asked_again(kmock):
+    """Signalled when nobody would be locked out, but devices of the old CA connected to a pod before its files
+    carried the bundle, so that pod's guard holds it: the operator sees it in the pod's answer, reports it and asks
+    again until they reconnected with certificates the bundle trusts."""
+    async with running_operator(kmock, recheck_interval=0.3) as env:
+        await env.create_broker(tls_spec())
+        await env.reconciled()
+        pods = await env.add_pods(2)
+        next_ca = make_ca("Next Clients CA")
+        digest = hashlib.sha256(next_ca.cert_pem).hexdigest()
+        await env.client.patch(SECRETS, NS, "broker-ca",
+                               {"data": {"ca.crt": base64.b64encode(next_ca.cert_pem).decode()}})
+        await eventually(lambda: all(p.reloads for p in pods), "the signal: nobody connected yet")
+        pods[1].clients["ssl:mqtts"] = [env.ca.cert.subject.rfc4514_string()] * 2
+        pods[1].ca_held["ssl:mqtts"] = {"sha256": digest, "would_fail": 2}
+        await eventually(lambda: env.listener_status().get("reason") == "ClientCAWouldLockOut", "the hold reported")
+        events = await eventually(lambda: env.events("ClientCAWouldLockOut"), "a ClientCAWouldLockOut event")
+        assert "2 connected client(s)" in events[0]["message"] and digest in events[0]["message"]
+
+        for pod in pods:
+            pod.reloads.clear()
+        pods[1].clients["ssl:mqtts"] = [next_ca.cert.subject.rfc4514_string()] * 2  # reconnected, new certificates
+        pods[1].ca_held.clear()
+        await eventually(lambda: all(p.reloads for p in pods), "the signal once nobody would be locked out")
+        await eventually(lambda: env.condition("CertificatesReady").get("status") == "True", "CertificatesReady")
+
+
+async def test_the_force_annotation_acts_at_once_not_at_the_next_timer_pass(env):
+    """The timer runs hourly here: the annotation's own event signals the held bundle."""
+    bundle = make_ca("Next Clients CA").cert_pem
+    digest = await client_ca_held(env, bundle, {1: 2})
+    assert all(p.reloads == [] for p in env.pods)
+    await env.patch_broker({"metadata": {"annotations": {"mqtt.wharf.dev/force-client-ca": digest}}})
+    await eventually(lambda: all(p.reloads for p in env.pods), "the forced signal", timeout=10)
+    assert all(r.get("client_ca_sha256") == digest for p in env.pods for r in p.reloads)
+    await eventually(lambda: env.condition("CertificatesReady").get("status") == "True", "CertificatesReady")

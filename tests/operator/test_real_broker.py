@@ -16,6 +16,7 @@ import time
 import urllib.error
 import urllib.request
 from pathlib import Path
+from typing import Any
 
 import pytest
 from operator_pki import make_ca, make_leaf
@@ -173,3 +174,103 @@ async def test_encrypted_key_with_the_password_from_its_own_secret(tmp_path, bro
     assert "k3y-pass" not in text
     broker = broker_process(text, token=TOKEN)
     assert await asyncio.to_thread(served_fingerprint, broker.port("ssl:mqtts")) == leaf.fingerprint
+
+
+def mqtt_connect(port: int, cert_dir: Path, client: Any, server_ca: bytes, name: str) -> ssl.SSLSocket | None:
+    """An MQTT 3.1.1 client with ``client``'s certificate: its open TLS socket once CONNACK said yes, else None."""
+    (cert_dir / f"{name}.crt").write_bytes(client.cert_pem)
+    (cert_dir / f"{name}.key").write_bytes(client.key_pem())
+    context = ssl.create_default_context(cadata=server_ca.decode())
+    context.check_hostname = False
+    context.load_cert_chain(str(cert_dir / f"{name}.crt"), str(cert_dir / f"{name}.key"))
+    client_id = name.encode()
+    variable = b"\x00\x04MQTT\x04\x02\x00\x3c" + len(client_id).to_bytes(2, "big") + client_id
+    raw = socket.create_connection(("127.0.0.1", port), timeout=5)
+    try:
+        tls = context.wrap_socket(raw)
+        tls.sendall(bytes([0x10, len(variable)]) + variable)
+        if tls.recv(4) == b"\x20\x02\x00\x00":
+            return tls
+        tls.close()
+    except (ssl.SSLError, ConnectionError):
+        raw.close()
+    return None
+
+
+async def test_a_client_ca_bundle_that_would_lock_out_connected_devices_is_held_by_the_rendered_broker(
+        tmp_path, broker_process):
+    """caRef + verify_peer as the operator renders them: the broker answers the operator's check with the connected
+    devices' count and issuer, holds the projected bundle on its own re-checks and on an unnamed reload, and loads
+    it when the operator's reload names it."""
+    pytest.importorskip("wharf_broker.cli", reason="the broker's CLI is not there yet")
+    server_ca, fleet1, fleet2 = make_ca("Server CA"), make_ca("Fleet CA 1"), make_ca("Fleet CA 2")
+    leaf = make_leaf(server_ca, sans=["localhost"])
+    root = tmp_path / "wharf"
+    project(root / "certs" / "mqtts", {"tls.crt": leaf.cert_pem, "tls.key": leaf.key_pem(),
+                                       "ca.crt": server_ca.cert_pem})
+    project(root / "ca" / "mqtts", {"ca.crt": fleet1.cert_pem + fleet2.cert_pem})
+    project(root / "admin", {"token": TOKEN.encode()})
+    spec = defaulted_spec({"listeners": [{"name": "mqtts", "type": "ssl", "port": 8883, "tls": {
+        "secretName": "broker-tls", "caRef": {"name": "fleet-ca"}, "verify": "verify_peer",
+        "failIfNoPeerCert": True}}], "reloadInterval": "1s"})
+    tree = render.config_tree(spec, root=str(root))
+    assert tree["listeners"]["ssl"]["mqtts"]["ssl_options"]["client_ca_guard"] is True
+    tree["authentication"]["allow_anonymous"] = True  # the devices' certificates are what this is about
+    tree["listeners"]["ssl"]["mqtts"]["bind"] = "127.0.0.1:0"
+    tree["dashboard"]["listeners"]["http"]["bind"] = "127.0.0.1:0"
+    broker = broker_process(render.to_hocon(tree), token=TOKEN)
+    pod = PodTarget("wharf-0", "127.0.0.1", int(broker.admin_url.rsplit(":", 1)[1]))
+    port = broker.port("ssl:mqtts")
+    certs_dir = tmp_path / "clients"
+    certs_dir.mkdir()
+    devices = [await asyncio.to_thread(mqtt_connect, port, certs_dir, make_leaf(fleet1, f"dev-{i}", client=True),
+                                       server_ca.cert_pem, f"dev-{i}") for i in range(3)]
+    assert all(devices)
+    admin = BrokerAdmin(LOOPBACK_ONLY, connect_timeout=2.0, request_timeout=10.0)
+    try:
+        bundle = fleet2.cert_pem  # Fleet CA 1 dropped
+        report = await admin.client_ca_check(pod, TOKEN, "ssl:mqtts", bundle)
+        assert report["would_fail"] == 3 and report["connections"] == 3
+        assert report["issuers"] == [{"issuer": fleet1.cert.subject.rfc4514_string(), "clients": 3}]
+        assert (await admin.client_ca_check(pod, TOKEN, "ssl:mqtts", fleet1.cert_pem + bundle))["would_fail"] == 0
+
+        project(root / "ca" / "mqtts", {"ca.crt": bundle})  # the kubelet projects it; the broker re-checks every 1 s
+        await asyncio.to_thread(broker.wait_for_log, r"3 connected client\(s\) would no longer verify", 15)
+        held = await admin.reload(pod, TOKEN, "ssl:mqtts", leaf.fingerprint, wait_seconds=2)
+        assert not held.ok and held.status == 409 and "holds its new client-CA bundle back" in (held.error or "")
+        late = await asyncio.to_thread(mqtt_connect, port, certs_dir, make_leaf(fleet1, "dev-late", client=True),
+                                       server_ca.cert_pem, "dev-late")
+        assert late is not None  # devices of Fleet CA 1 still get in
+        late.close()
+
+        digest = hashlib.sha256(bundle).hexdigest()
+        signalled = await admin.reload(pod, TOKEN, "ssl:mqtts", leaf.fingerprint, 5, client_ca_sha256=digest)
+        assert signalled.ok, signalled
+        assert await asyncio.to_thread(mqtt_connect, port, certs_dir, make_leaf(fleet1, "dev-later", client=True),
+                                       server_ca.cert_pem, "dev-later") is None
+        newcomer = await asyncio.to_thread(mqtt_connect, port, certs_dir, make_leaf(fleet2, "dev-new", client=True),
+                                           server_ca.cert_pem, "dev-new")
+        assert newcomer is not None
+        newcomer.close()
+
+        # Named before the kubelet projects it (as the operator's forced signal usually is): the broker's own
+        # re-check loads it then, although the devices of Fleet CA 1 are still connected.
+        fleet3 = make_ca("Fleet CA 3")
+        early = await admin.reload(pod, TOKEN, "ssl:mqtts", leaf.fingerprint, 5,
+                                   client_ca_sha256=hashlib.sha256(fleet3.cert_pem).hexdigest())
+        assert early.ok  # nothing new in the files yet
+        project(root / "ca" / "mqtts", {"ca.crt": fleet3.cert_pem})
+        deadline = time.monotonic() + 15
+        while time.monotonic() < deadline:
+            third = await asyncio.to_thread(mqtt_connect, port, certs_dir, make_leaf(fleet3, "dev-3", client=True),
+                                            server_ca.cert_pem, "dev-3")
+            if third is not None:
+                third.close()
+                break
+            await asyncio.sleep(0.2)
+        assert third is not None, broker.log
+    finally:
+        await admin.close()
+        for device in devices:
+            if device is not None:
+                device.close()

@@ -333,8 +333,8 @@ class KubeletHarness:
             return arg.replace(CONTAINER_ROOT, str(runtime.root))
 
         args = [str(executable)] + [host_arg(arg) for arg in command[1:]]
-        # PYTHONPATH too: a checkout that runs its tests against its own packages (a worktree's shim) runs its own
-        # broker in the Pods, not the installed one.
+        # PYTHONPATH: a checkout that runs its own packages (a worktree) runs them in its "pods" too, not the
+        # installed ones, which may be of another version than the operator under test.
         env = {key: os.environ[key] for key in ("PATH", "LANG", "HOME", "PYTHONPATH") if key in os.environ}
         env.update(NO_PROXY="*", no_proxy="*", PYTHONUNBUFFERED="1")
         for variable in container.env or []:

@@ -1,6 +1,7 @@
 """End to end, without kind: the real operator, real broker processes for the Pods kwok runs
 (the harness plays the kubelet), real MQTT clients over TLS and mTLS, and a certificate rotation
-written into the Secret the way cert-manager writes it.
+written into the Secret the way cert-manager writes it; then a client-CA bundle that would lock out the
+connected mTLS clients (held, then forced) and invalid material (refused).
 
 Measured and printed: ``rotation latency: p50=<s>s max=<s>s`` from the Secret update until each
 broker's listener serves the new certificate (every Pod, both listeners)."""
@@ -314,6 +315,28 @@ def test_certificate_rotation_end_to_end(controlplane, api, mqttbroker_crd, name
         for client in held:
             assert client.disconnects == [], f"{client.label} was disconnected: {client.disconnects}"
             assert client.client.is_connected(), client.label
+
+        # A client-CA bundle that would lock out the connected mTLS subscribers (it drops their CA) is held: no pod
+        # is signalled, status and a Warning event say how many and whose; the annotation naming the bundle's
+        # SHA-256 forces it (the brokers then load it when their files carry it).
+        next_client_ca = pem(Authority.create("e2e-next-client-ca").cert)
+        core.patch_namespaced_secret("rotor-client-ca", namespace, {"stringData": {"ca.crt": next_client_ca}})
+        held_status = wait_for(lambda: (s := _status(brokers, namespace))
+                               and _listener_status(s, "mtls").get("reason") == "ClientCAWouldLockOut" and s,
+                               "the new client-CA bundle held", timeout=60)
+        message = _listener_status(held_status, "mtls")["lastError"]
+        assert f"{REPLICAS} connected client(s)" in message and "CN=e2e-ca" in message, message
+        assert _events(core, namespace, "ClientCAWouldLockOut")
+        digest = hashlib.sha256(next_client_ca.encode()).hexdigest()
+        assert digest in message
+        brokers.patch_namespaced_custom_object(GROUP, VERSION, namespace, PLURAL, BROKER, {
+            "metadata": {"annotations": {"mqtt.wharf.dev/force-client-ca": digest}}})
+        wait_for(lambda: (s := _status(brokers, namespace)) and not _listener_status(s, "mtls").get("reason")
+                 and _listener_status(s, "mtls").get("podsServing") == REPLICAS,
+                 "the forced client-CA bundle signalled", timeout=60)
+        assert _events(core, namespace, "ClientCAForced")
+        for client in held:
+            assert client.disconnects == [], f"{client.label} was disconnected: {client.disconnects}"
 
         # Invalid material is refused and never served: a key that belongs to another certificate,
         # then an expired certificate. The Pods' projected files hold it; they keep serving `current`.
