@@ -400,7 +400,7 @@ class Latency(Scenario):
 # --- TLS connection rate ----------------------------------------------------------------------------------
 
 class ConnectRate(Scenario):
-    """New TCP + TLS 1.3 handshake + CONNECT/CONNACK + DISCONNECT, back to back, from K client processes.
+    """New TCP (+ TLS 1.3 handshake) + CONNECT/CONNACK + DISCONNECT, back to back, from K client processes.
 
     The clients are the small C program ``connect_rate.c`` when it can be built, else ``connector.py``.
     """
@@ -409,7 +409,8 @@ class ConnectRate(Scenario):
         self.name = name
         self.processes = processes
         self.mode = mode
-        self.description = f"TLS connect rate, {processes} client process{'es' if processes > 1 else ''}"
+        kind = {"plain": "plain TCP", "tls": "TLS", "mtls": "mutual-TLS"}[mode]
+        self.description = f"{kind} connect rate, {processes} client process{'es' if processes > 1 else ''}"
         self.metrics = (
             Metric("rate", "connections/s", "conn/s", True),
             Metric("broker_cpu_per_conn", "broker CPU per connection", "µs", False, 1e6),
@@ -431,7 +432,9 @@ class ConnectRate(Scenario):
         except native.BuildError as exc:
             if settings.connect_client == "c":
                 raise ScenarioError(f"the C connect client cannot be built: {exc}") from exc
-            client_note = "" if settings.connect_client == "python" else f"Python connect client ({exc})"
+            # The C client speaks TLS only: plain runs always use the Python one.
+            plain_or_asked = settings.connect_client == "python" or self.mode == "plain"
+            client_note = "" if plain_or_asked else f"Python connect client ({exc})"
             argv = _python_module_argv("bench.connector") + [
                 "--port", str(port), "--count", str(per_process), "--deadline", str(settings.run_timeout)]
             if self.mode != "plain":
@@ -791,6 +794,7 @@ def all_scenarios() -> list[Scenario]:
         Latency("latency-qos1", qos=1),
         ConnectRate("connect-tls-1", processes=1),
         ConnectRate("connect-tls-4", processes=4),
+        ConnectRate("connect-plain-4", processes=4, mode="plain"),
         IdleMemory("memory-plain", mode="plain"),
         IdleMemory("memory-tls", mode="tls"),
         Rotation("rotation"),
