@@ -25,6 +25,7 @@ from .authz import guard_for, read_guard
 from .channel import Channel
 from .config.model import BrokerConfig
 from .connection import Connection
+from .deadlines import Deadlines
 from .limits import exceeded
 from .listener_context import ListenerContext
 from .metrics import REGISTRY, Registry
@@ -102,6 +103,8 @@ class Broker:
         self.listeners: dict[str, Any] = {}
         self._loop: asyncio.AbstractEventLoop | None = None
         self._housekeeping_handle: asyncio.TimerHandle | None = None
+        # Every connection's idle-timeout or keep-alive deadline, in one-second buckets under one timer.
+        self.deadlines = Deadlines(lambda: self.loop)
         self._received = self.metrics.received.labels()  # the child: a plain attribute add per message
         # ``sys_topics.SysTopics`` while $SYS client event messages are on: told of every connect and disconnect.
         self.sys_events = None
@@ -421,6 +424,7 @@ class Broker:
     async def shutdown(self, timeout: float = 5.0) -> None:
         """Disconnect every client (5.0: DISCONNECT 0x8B first) and wait for the sockets to close."""
         self.wills.cancel_all()
+        self.deadlines.close()
         if self._housekeeping_handle is not None:
             self._housekeeping_handle.cancel()
             self._housekeeping_handle = None

@@ -5,8 +5,9 @@ and handed to the transport in one ``write`` at the end of it. While the transpo
 keeps collecting (QoS 1/2 is bounded by the in-flight window; the channel drops QoS 0 beyond a limit).
 
 Timers: the CONNECT must arrive within ``mqtt.idle_timeout``; afterwards the client must send something at
-least every keep-alive x ``keepalive_multiplier``. A connection that is closed but whose peer stops reading is
-aborted after a grace period, so nothing leaks.
+least every keep-alive x ``keepalive_multiplier``. Both deadlines are kept by the broker's ``Deadlines`` (one-second
+buckets and one timer for all connections, no timer per connection). A connection that is closed but whose peer
+stops reading is aborted after a grace period, so nothing leaks.
 
 Until its CONNACK is sent a peer is not authenticated, so its parser runs under the stricter ``mqtt.connect_*``
 limits and parses only one packet (the CONNECT); what the peer sent after it stays raw bytes until the CONNACK
@@ -40,7 +41,7 @@ _CONNACK_BAD_PROTOCOL_V3 = b"\x20\x02\x00\x01"
 class Connection(asyncio.Protocol):
     __slots__ = ("broker", "listener", "transport", "parser", "channel", "peer", "peer_text", "last_received",
                  "backlog_bytes", "_loop", "_time", "_out", "_flush_pending", "_paused", "_closing", "_lost",
-                 "_held", "_idle_handle", "_keepalive_handle", "_keepalive_limit", "_abort_handle")
+                 "_held", "deadline_slot", "_keepalive_limit", "_abort_handle")
 
     def __init__(self, broker: "Broker", listener: ListenerContext) -> None:
         self.broker = broker
@@ -65,8 +66,7 @@ class Connection(asyncio.Protocol):
         self._closing = False
         self._lost = False
         self._held: list | None = None  # packets waiting while the CONNECT is being authenticated
-        self._idle_handle: asyncio.TimerHandle | None = None
-        self._keepalive_handle: asyncio.TimerHandle | None = None
+        self.deadline_slot = 0  # the ``Deadlines`` bucket this connection waits in (0: none)
         self._keepalive_limit = 0.0
         self._abort_handle: asyncio.TimerHandle | None = None
         self.channel = Channel(broker, self)
@@ -81,8 +81,9 @@ class Connection(asyncio.Protocol):
             self.peer_text = f"[{peer[0]}]:{peer[1]}" if ":" in str(peer[0]) else f"{peer[0]}:{peer[1]}"
         elif peer:
             self.peer_text = str(peer)
-        self.broker.connection_opened(self)
-        self._idle_handle = self._loop.call_later(self.broker.config.mqtt.idle_timeout, self._idle_timeout)
+        broker = self.broker
+        broker.connection_opened(self)
+        broker.deadlines.watch(self, self.last_received + broker.config.mqtt.idle_timeout)
 
     def data_received(self, data: bytes) -> None:
         self.last_received = self._time()
@@ -113,9 +114,10 @@ class Connection(asyncio.Protocol):
             return
         self._lost = True
         self._closing = True
-        for handle in (self._idle_handle, self._keepalive_handle, self._abort_handle):
-            if handle is not None:
-                handle.cancel()
+        if self.deadline_slot:
+            self.broker.deadlines.forget(self)
+        if self._abort_handle is not None:
+            self._abort_handle.cancel()
         self._out.clear()
         try:
             self.channel.connection_lost()
@@ -291,36 +293,38 @@ class Connection(asyncio.Protocol):
     # -------------------------------------------------------------------------------------------- timers
 
     def connect_arrived(self) -> None:
-        if self._idle_handle is not None:
-            self._idle_handle.cancel()
-            self._idle_handle = None
-
-    def _idle_timeout(self) -> None:
-        self._idle_handle = None
-        if not self.channel.connect_received and not self._closing:
-            exceeded("idle_timeout")
-            self._log_close("no CONNECT within the idle timeout")
-            self.close()
+        """The CONNECT is here: the idle timeout no longer applies (the keep-alive starts with the CONNACK)."""
+        if self.deadline_slot:
+            self.broker.deadlines.forget(self)
 
     def start_keepalive(self, limit: float) -> None:
         """Close the connection when nothing arrives for ``limit`` seconds (0: never)."""
-        if self._keepalive_handle is not None:
-            self._keepalive_handle.cancel()
-            self._keepalive_handle = None
         self._keepalive_limit = limit
+        deadlines = self.broker.deadlines
         if limit > 0:
-            self._keepalive_handle = self._loop.call_later(limit, self._check_keepalive)
+            deadlines.watch(self, self.last_received + limit)
+        elif self.deadline_slot:
+            deadlines.forget(self)
 
-    def _check_keepalive(self) -> None:
-        self._keepalive_handle = None
+    def deadline_reached(self, now: float) -> float | None:
+        """Called by ``Deadlines`` once this connection's deadline passed: close it when its time is up, else
+        return its next deadline."""
         if self._closing:
-            return
-        silent = self._time() - self.last_received
-        if silent >= self._keepalive_limit:
+            return None
+        if not self.channel.connect_received:
+            exceeded("idle_timeout")
+            self._log_close("no CONNECT within the idle timeout")
+            self.close()
+            return None
+        limit = self._keepalive_limit
+        if limit <= 0:
+            return None
+        silent = now - self.last_received
+        if silent >= limit:
             self._log_close(f"keep-alive timeout ({silent:.1f}s without a packet)", rc.KEEP_ALIVE_TIMEOUT)
             self.channel.kick(rc.KEEP_ALIVE_TIMEOUT, "keep-alive timeout")
-            return
-        self._keepalive_handle = self._loop.call_later(self._keepalive_limit - silent, self._check_keepalive)
+            return None
+        return self.last_received + limit
 
     # -------------------------------------------------------------------------------------------- details
 
