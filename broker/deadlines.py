@@ -16,14 +16,20 @@ from __future__ import annotations
 import asyncio
 import logging
 import math
-from typing import TYPE_CHECKING, Callable
-
-if TYPE_CHECKING:
-    from .connection import Connection
+from typing import Callable, Protocol
 
 log = logging.getLogger("wharf_broker.connection")
 
 RESOLUTION = 1.0  # seconds per bucket
+
+
+class Watched(Protocol):
+    """What ``Deadlines`` needs of a connection (``connection.Connection``)."""
+
+    deadline_slot: int  # the bucket it waits in; 0: none (kept on the connection: no map beside the buckets)
+    peer_text: str
+
+    def deadline_reached(self, now: float) -> float | None: ...
 
 
 class Deadlines:
@@ -31,7 +37,7 @@ class Deadlines:
 
     def __init__(self, loop: Callable[[], asyncio.AbstractEventLoop]) -> None:
         self._loop = loop
-        self._buckets: dict[int, set[Connection]] = {}
+        self._buckets: dict[int, set[Watched]] = {}
         self._done = -1  # the last bucket handled (its number: seconds of the loop's clock / RESOLUTION)
         self._handle: asyncio.TimerHandle | None = None
         self._ticking = False
@@ -39,7 +45,7 @@ class Deadlines:
     def __len__(self) -> int:
         return sum(len(bucket) for bucket in self._buckets.values())
 
-    def watch(self, connection: Connection, deadline: float) -> None:
+    def watch(self, connection: Watched, deadline: float) -> None:
         """Hand ``connection`` to ``deadline_reached`` once the loop's clock passed ``deadline`` (any earlier
         deadline of it is forgotten)."""
         if connection.deadline_slot:
@@ -56,7 +62,7 @@ class Deadlines:
         if self._handle is None and not self._ticking:
             self._handle = self._loop().call_at((self._done + 1) * RESOLUTION, self._tick)
 
-    def forget(self, connection: Connection) -> None:
+    def forget(self, connection: Watched) -> None:
         slot = connection.deadline_slot
         if not slot:
             return
