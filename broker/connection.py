@@ -38,9 +38,25 @@ CLOSE_GRACE = 5.0
 _CONNACK_BAD_PROTOCOL_V3 = b"\x20\x02\x00\x01"
 
 
+_limits_of: tuple[object, PropertyLimits, PropertyLimits] | None = None
+
+
+def _property_limits(settings) -> tuple[PropertyLimits, PropertyLimits]:
+    """The property limits before the CONNACK (``connect_*``) and after it, shared by every connection under
+    the same ``mqtt`` settings (they are read-only)."""
+    global _limits_of
+    cached = _limits_of
+    if cached is None or cached[0] is not settings:
+        cached = _limits_of = (settings, PropertyLimits(
+            settings.connect_max_user_properties, settings.connect_max_properties_size,
+            "connect_max_user_properties", "connect_max_properties_size"),
+            PropertyLimits(settings.max_user_properties, settings.max_properties_size))
+    return cached[1], cached[2]
+
+
 class Connection(asyncio.Protocol):
-    __slots__ = ("broker", "listener", "transport", "parser", "channel", "peer", "peer_text", "last_received",
-                 "backlog_bytes", "_loop", "_time", "_out", "_flush_pending", "_paused", "_closing", "_lost",
+    __slots__ = ("broker", "listener", "transport", "parser", "channel", "peer", "_peer_text", "last_received",
+                 "backlog_bytes", "_loop", "_out", "_flush_pending", "_paused", "_closing", "_lost",
                  "_held", "deadline_slot", "_keepalive_limit", "_abort_handle")
 
     def __init__(self, broker: "Broker", listener: ListenerContext) -> None:
@@ -49,17 +65,14 @@ class Connection(asyncio.Protocol):
         self.transport: asyncio.Transport | None = None
         settings = broker.config.mqtt
         connect_max = min(settings.connect_max_packet_size, settings.max_packet_size)
-        self.parser = parser = Parser(connect_max, property_limits=PropertyLimits(
-            settings.connect_max_user_properties, settings.connect_max_properties_size,
-            "connect_max_user_properties", "connect_max_properties_size"))
+        self.parser = parser = Parser(connect_max, property_limits=_property_limits(settings)[0])
         parser.size_limit = "connect_max_packet_size"
         parser.single = True
         self.peer: tuple | None = None
-        self.peer_text = "?"
+        self._peer_text: str | None = None  # built when asked for (logs, the admin API): most never are
         self.backlog_bytes = 0
         self._loop = broker.loop
-        self._time = self._loop.time
-        self.last_received = self._time()
+        self.last_received = self._loop.time()
         self._out: list[bytes] = []
         self._flush_pending = False
         self._paused = False
@@ -77,16 +90,27 @@ class Connection(asyncio.Protocol):
         self.transport = transport
         peer = transport.get_extra_info("peername")
         if isinstance(peer, tuple) and len(peer) >= 2:
-            self.peer = (peer[0], peer[1])
-            self.peer_text = f"[{peer[0]}]:{peer[1]}" if ":" in str(peer[0]) else f"{peer[0]}:{peer[1]}"
+            self.peer = peer if len(peer) == 2 else (peer[0], peer[1])
         elif peer:
-            self.peer_text = str(peer)
+            self._peer_text = str(peer)
         broker = self.broker
         broker.connection_opened(self)
         broker.deadlines.watch(self, self.last_received + broker.config.mqtt.idle_timeout)
 
+    @property
+    def peer_text(self) -> str:
+        """The peer as ``host:port`` (``[host]:port`` for IPv6), or ``?``."""
+        text = self._peer_text
+        if text is None:
+            peer = self.peer
+            if peer is None:
+                return "?"
+            host, port = peer
+            text = self._peer_text = f"[{host}]:{port}" if ":" in str(host) else f"{host}:{port}"
+        return text
+
     def data_received(self, data: bytes) -> None:
-        self.last_received = self._time()
+        self.last_received = self._loop.time()
         self.broker.metrics.bytes_received.inc(len(data))
         if self._closing:
             return
@@ -177,7 +201,7 @@ class Connection(asyncio.Protocol):
         parser.single = False
         parser.max_packet_size = settings.max_packet_size
         parser.size_limit = "max_packet_size"
-        parser.property_limits = PropertyLimits(settings.max_user_properties, settings.max_properties_size)
+        parser.property_limits = _property_limits(settings)[1]
         parser.max_topic_filters = settings.max_topic_filters_per_packet
         try:
             packets = parser.feed(b"")
