@@ -26,6 +26,7 @@ from .channel import Channel
 from .config.model import BrokerConfig
 from .connection import Connection
 from .deadlines import Deadlines
+from .lazy import own
 from .limits import exceeded
 from .listener_context import ListenerContext
 from .metrics import REGISTRY, Registry
@@ -36,7 +37,7 @@ from .router import LocalRouter, Message, Router, Subscription
 from .inflight import InflightEntry
 from .mqueue import QueuedMessage
 from .session import Session
-from .tenancy import GUEST, REFUSE, OwnerCheck
+from .tenancy import GUEST, REFUSE, RESUME, OwnerCheck
 from .store import RecoveredState, open_store
 from .store.codec import attrs_apply
 from .will import WillScheduler
@@ -105,6 +106,7 @@ class Broker:
         self._housekeeping_handle: asyncio.TimerHandle | None = None
         # Every connection's idle-timeout or keep-alive deadline, in one-second buckets under one timer.
         self.deadlines = Deadlines(lambda: self.loop)
+        self._hooks: tuple[Callable[[Message, str], None], Callable[[], float]] | None = None
         self._received = self.metrics.received.labels()  # the child: a plain attribute add per message
         # ``sys_topics.SysTopics`` while $SYS client event messages are on: told of every connect and disconnect.
         self.sys_events = None
@@ -170,7 +172,7 @@ class Broker:
         self.metrics.dropped(reason).value += 1
 
     def subscribe(self, session: Session, full_filter: str, subscription: Subscription) -> None:
-        session.subscriptions[full_filter] = subscription
+        session.subscribe(full_filter, subscription)
         self.router.subscribe(session, subscription)
         if session.store is not None:
             self.store.put_session(session, session.expiry_interval, None)
@@ -253,7 +255,7 @@ class Broker:
             session = None
         present = session is not None
         if session is None:
-            session = Session(client_id, self.config.mqtt, self.count_dropped, self.loop.time)
+            session = Session(client_id, self.config.mqtt, *self._session_hooks())
             self.sessions[client_id] = session
             self.metrics.sessions.set(len(self.sessions))
         elif session.expiry_handle is not None:
@@ -270,9 +272,19 @@ class Broker:
             self._schedule_housekeeping()
         return session, present
 
+    def _session_hooks(self) -> tuple[Callable[[Message, str], None], Callable[[], float]]:
+        """The drop counter and the clock every session is given: one bound method each for all of them (a bound
+        method made per session costs 64 bytes each)."""
+        hooks = self._hooks
+        if hooks is None:
+            hooks = self._hooks = (self.count_dropped, self.loop.time)
+        return hooks
+
     def owner_verdict(self, channel: Channel, client_id: str, current: tuple[str, ...] | None) -> str:
         """``tenancy.RESUME``, ``REFUSE`` or ``GUEST`` for ``channel`` asking for the session that ``current``
         owns (None: no session)."""
+        if current is None:  # no session to own (the common case): no check, and no peer text built for its log
+            return RESUME
         return self.owner_check.verdict(client_id, current, channel.owner, channel.connection.peer_text)
 
     def guard_all_subscriptions(self) -> None:
@@ -298,7 +310,7 @@ class Broker:
     def guest_session(self, channel: Channel, client_id: str) -> Session:
         """A fresh session for ``channel`` that leaves ``client_id``'s owner alone: not registered under the
         client id, not in ``channels``, and ended with the connection."""
-        session = Session(client_id, self.config.mqtt, self.count_dropped, self.loop.time)
+        session = Session(client_id, self.config.mqtt, *self._session_hooks())
         session.owner = channel.owner
         session.guest = True
         session.channel = channel
@@ -454,16 +466,16 @@ class Broker:
         store = self.store
         expired = []
         for record in state.sessions:
-            session = Session(record.client_id, self.config.mqtt, self.count_dropped, loop.time)
+            session = Session(record.client_id, self.config.mqtt, *self._session_hooks())
             attrs_apply(session, record.attrs)
             session.expiry_interval = record.expiry_interval
             session.store = store
             for full_filter, subscription in record.subscriptions:
-                session.subscriptions[full_filter] = subscription
+                session.subscribe(full_filter, subscription)
                 self.router.subscribe(session, subscription)
             self._recover_outbound(session, record.outbound, now)
             for packet_id in record.awaiting_rel:
-                session.awaiting_rel[packet_id] = now
+                session.await_release(packet_id, now)
             self.sessions[record.client_id] = session
             remaining = record.expiry_interval if record.deadline is None else record.deadline - wall
             if remaining <= 0:
@@ -488,7 +500,7 @@ class Broker:
     def _recover_outbound(self, session: Session,
                           outbound: list[tuple[int, Message, int, bool, tuple[int, ...], int | None, int]],
                           now: float) -> None:
-        entries = session.inflight.entries
+        entries = session.inflight.entries = own(session.inflight.entries)
         for seq, message, qos, retain, sub_ids, packet_id, state in outbound:
             if packet_id is None:
                 dropped = session.mqueue.push(QueuedMessage(message, qos, retain, sub_ids, seq))

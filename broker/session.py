@@ -17,6 +17,7 @@ import asyncio
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Protocol
 
+from .lazy import EMPTY, own
 from .inflight import AWAIT_PUBACK, AWAIT_PUBCOMP, AWAIT_PUBREC, HELD, Inflight, InflightEntry
 from .mqueue import MessageQueue, QueuedMessage
 
@@ -47,10 +48,12 @@ class Session:
     def __init__(self, client_id: str, settings: MqttSettings, on_drop: Callable[[Message, str], None],
                  clock: Callable[[], float]) -> None:
         self.client_id = client_id
-        self.subscriptions: dict[str, Subscription] = {}  # by filter as subscribed (with any $share prefix)
+        # By filter as subscribed (with any $share prefix). This and ``awaiting_rel`` start as the shared
+        # ``lazy.EMPTY``: write through ``subscribe`` / ``await_release``.
+        self.subscriptions: dict[str, Subscription] = EMPTY
         self.inflight = Inflight()
         self.mqueue = MessageQueue(settings.max_mqueue_len, settings.mqueue_drop_policy, settings.mqueue_store_qos0)
-        self.awaiting_rel: dict[int, float] = {}  # inbound QoS 2 packet id -> when its PUBLISH arrived
+        self.awaiting_rel: dict[int, float] = EMPTY  # inbound QoS 2 packet id -> when its PUBLISH arrived
         self.channel: Outlet | None = None
         self.expiry_interval = 0.0
         self.expiry_handle: asyncio.TimerHandle | None = None
@@ -72,6 +75,16 @@ class Session:
 
     def __repr__(self) -> str:
         return f"Session({self.client_id!r})"
+
+    def subscribe(self, full_filter: str, subscription: Subscription) -> None:
+        """Record ``subscription`` under ``full_filter`` (routing it is the broker's part)."""
+        subscriptions = self.subscriptions = own(self.subscriptions)
+        subscriptions[full_filter] = subscription
+
+    def await_release(self, packet_id: int, since: float) -> None:
+        """Remember inbound QoS 2 ``packet_id`` (routed at ``since``) until its PUBREL."""
+        awaiting = self.awaiting_rel = own(self.awaiting_rel)
+        awaiting[packet_id] = since
 
     # ------------------------------------------------------------------------------------------ delivery
 
@@ -240,10 +253,10 @@ class Session:
         return len(refused)
 
     def clear(self) -> None:
-        self.subscriptions.clear()
+        self.subscriptions = EMPTY
         self.inflight.clear()
         self.mqueue.clear()
-        self.awaiting_rel.clear()
+        self.awaiting_rel = EMPTY
 
 
 __all__ = ["Session", "AWAIT_PUBACK", "AWAIT_PUBREC", "AWAIT_PUBCOMP"]
