@@ -35,7 +35,10 @@ dashboard.enable = false
 
 # Source files -> the part of a connection they stand for (the first frame inside the broker decides).
 KINDS = (
-    ("uvloop", "transport (uvloop handle, socket object)"),
+    # Allocations made by the event loop's C code show the loop's Python caller as their site.
+    ("runners.py", "transport (event loop: transport object, libuv handle)"),
+    ("uvloop", "transport (event loop: transport object, libuv handle)"),
+    ("weakref.py", "transport (the event loop's weak map of transports)"),
     ("asyncio/", "transport / timers (asyncio)"),
     ("listener_slots.py", "listener slot holder"),
     ("connection.py", "connection (protocol, timers)"),
@@ -46,7 +49,9 @@ KINDS = (
     ("frame.py", "parser / packets"),
     ("properties.py", "parser / packets"),
     ("packets.py", "parser / packets"),
-    ("broker.py", "broker registries (dicts, sets)"),
+    ("broker.py", "session object, broker registries (dicts, sets)"),
+    ("tenancy.py", "channel (session owner)"),
+    ("sys_topics.py", "$SYS client events (router topic cache)"),
     ("keepalive.py", "keep-alive wheel"),
 )
 
