@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import sys
 from typing import TYPE_CHECKING
 
 from .auth import peer_identity
@@ -90,7 +91,9 @@ class Connection(asyncio.Protocol):
         self.transport = transport
         peer = transport.get_extra_info("peername")
         if isinstance(peer, tuple) and len(peer) >= 2:
-            self.peer = peer if len(peer) == 2 else (peer[0], peer[1])
+            host = peer[0]
+            # Interned: clients behind one load balancer or NAT share one copy of its address.
+            self.peer = (sys.intern(host) if type(host) is str else host, peer[1])
         elif peer:
             self._peer_text = str(peer)
         broker = self.broker
