@@ -24,7 +24,7 @@ import tracemalloc
 from bench.net import HOST
 
 CONFIG = f"""
-node.event_loop = auto
+node.event_loop = @LOOP@
 log.level = warning
 listeners.tcp.default {{ bind = "{HOST}:0" }}
 listeners.ssl.default {{ enable = false }}
@@ -32,6 +32,8 @@ listeners.ws.default {{ enable = false }}
 listeners.wss.default {{ enable = false }}
 dashboard.enable = false
 """
+
+LOOP = ["auto"]  # node.event_loop of the broker measured (--loop)
 
 # Source files -> the part of a connection they stand for (the first frame inside the broker decides).
 KINDS = (
@@ -72,7 +74,7 @@ async def measure(connections: int, keepalive: int, frames: int, top: int) -> No
     from wharf_broker.app import BrokerApp
     from wharf_broker.config.loader import load_string
 
-    app = BrokerApp(load_string(CONFIG))
+    app = BrokerApp(load_string(CONFIG.replace("@LOOP@", LOOP[0])))
     await app.start()
     try:
         port = int(app.listeners["tcp:default"].bind.rsplit(":", 1)[1])
@@ -148,12 +150,15 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--keepalive", type=int, default=60, help="the clients' keep-alive (0: none)")
     parser.add_argument("--frames", type=int, default=1, help="frames per allocation site")
     parser.add_argument("--top", type=int, default=25)
+    parser.add_argument("--loop", choices=("auto", "uvloop", "asyncio"), default="auto",
+                        help="the broker's node.event_loop (default: uvloop when installed, as in production)")
     args = parser.parse_args(argv)
+    LOOP[0] = args.loop
     tracemalloc.start(max(args.frames, 8))
     from wharf_broker.app import loop_factory
 
     started = time.monotonic()
-    with asyncio.Runner(loop_factory=loop_factory("auto")) as runner:
+    with asyncio.Runner(loop_factory=loop_factory(args.loop)) as runner:
         runner.run(measure(args.connections, args.keepalive, args.frames, args.top))
     print(f"\n({time.monotonic() - started:.0f} s)")
     return 0
