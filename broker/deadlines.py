@@ -27,7 +27,9 @@ class Watched(Protocol):
     """What ``Deadlines`` needs of a connection (``connection.Connection``)."""
 
     deadline_slot: int  # the bucket it waits in; 0: none (kept on the connection: no map beside the buckets)
-    peer_text: str
+
+    @property
+    def peer_text(self) -> str: ...
 
     def deadline_reached(self, now: float) -> float | None: ...
 

@@ -17,7 +17,7 @@ class _Empty(dict):
     def _refuse(self, *args: Any, **kwargs: Any) -> NoReturn:
         raise TypeError("the shared empty dict is read-only: take a dict of your own first (lazy.own)")
 
-    __setitem__ = setdefault = update = __ior__ = _refuse  # type: ignore[assignment]
+    __setitem__ = setdefault = update = __ior__ = _refuse
 
 
 EMPTY: dict[Any, Any] = _Empty()
