@@ -106,7 +106,9 @@ class Broker:
         self._housekeeping_handle: asyncio.TimerHandle | None = None
         # Every connection's idle-timeout or keep-alive deadline, in one-second buckets under one timer.
         self.deadlines = Deadlines(lambda: self.loop)
-        self._hooks: tuple[Callable[[Message, str], None], Callable[[], float]] | None = None
+        self._hooks: tuple[Callable[[Message, str], None], Callable[[], float], Callable[[Session], None]] | None = None
+        # Attached sessions with messages in flight or QoS 2 receipts: the only ones the housekeeping visits.
+        self._tended: set[Session] = set()
         self._received = self.metrics.received.labels()  # the child: a plain attribute add per message
         # ``sys_topics.SysTopics`` while $SYS client event messages are on: told of every connect and disconnect.
         self.sys_events = None
@@ -265,6 +267,8 @@ class Broker:
             self.inherit(session, channel)
         session.owner = channel.owner
         session.channel = channel
+        if session.inflight.entries or session.awaiting_rel:  # kept from before: the housekeeping visits it
+            self._tended.add(session)
         self._attach_durable(session, channel.session_expiry)
         self.channels[client_id] = channel
         self.metrics.connected.set(len(self.channels) + len(self.guests))
@@ -272,12 +276,12 @@ class Broker:
             self._schedule_housekeeping()
         return session, present
 
-    def _session_hooks(self) -> tuple[Callable[[Message, str], None], Callable[[], float]]:
-        """The drop counter and the clock every session is given: one bound method each for all of them (a bound
-        method made per session costs 64 bytes each)."""
+    def _session_hooks(self) -> tuple[Callable[[Message, str], None], Callable[[], float], Callable[[Session], None]]:
+        """The drop counter, the clock and the busy hook every session is given: one bound method each for all of
+        them (a bound method made per session costs 64 bytes each)."""
         hooks = self._hooks
         if hooks is None:
-            hooks = self._hooks = (self.count_dropped, self.loop.time)
+            hooks = self._hooks = (self.count_dropped, self.loop.time, self._tended.add)
         return hooks
 
     def owner_verdict(self, channel: Channel, client_id: str, current: tuple[str, ...] | None) -> str:
@@ -338,9 +342,16 @@ class Broker:
         self._housekeeping_handle = self.loop.call_later(interval, self._housekeeping)
 
     def _housekeeping(self) -> None:
+        """3.1.1 retries and stale QoS 2 receipts, for the attached sessions that have any (``_tended``): idle
+        clients cost the sweep nothing."""
         self._housekeeping_handle = None
-        for channel in [*self.channels.values(), *self.guests]:
-            channel.housekeeping()
+        tended = self._tended
+        for session in list(tended):
+            channel = cast("Channel | None", session.channel)
+            if channel is not None:
+                channel.housekeeping()
+            if channel is None or not (session.inflight.entries or session.awaiting_rel):
+                tended.discard(session)  # back when it is busy again (``Session``) or attached again (``attach``)
         if self.channels or self.guests:
             self._schedule_housekeeping()
 
@@ -399,6 +410,7 @@ class Broker:
             self.discard_session(session)
 
     def discard_session(self, session: Session) -> None:
+        self._tended.discard(session)
         for subscription in session.subscriptions.values():
             self.router.unsubscribe(session, subscription)
         dropped = len(session.mqueue)
