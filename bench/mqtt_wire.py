@@ -1,4 +1,4 @@
-"""The few MQTT 3.1.1 packets the connection clients need, as bytes: CONNECT, CONNACK, DISCONNECT.
+"""The few MQTT 3.1.1 packets the connection clients need, as bytes: CONNECT, CONNACK, PINGREQ, DISCONNECT.
 
 The connect-rate and idle-memory clients use these instead of a client library so that the client side of
 a connection costs as little as possible: one ``sendall`` for CONNECT, one 4-byte read for CONNACK.
@@ -7,6 +7,7 @@ a connection costs as little as possible: one ``sendall`` for CONNECT, one 4-byt
 from __future__ import annotations
 
 DISCONNECT = b"\xe0\x00"
+PINGREQ = b"\xc0\x00"
 CONNACK_LENGTH = 4
 
 

@@ -32,16 +32,16 @@ def _packet(first_byte: int, body: bytes) -> bytes:
     return bytes([first_byte]) + mqtt_wire._encode_remaining_length(len(body)) + body
 
 
-def publish_packet(topic: str, payload: bytes) -> bytes:
-    """A QoS 0 PUBLISH with the RETAIN flag."""
-    return _packet(0x31, mqtt_wire._utf8(topic) + payload)
+def publish_packet(topic: str, payload: bytes, retain: bool = True) -> bytes:
+    """A QoS 0 PUBLISH, with the RETAIN flag unless told otherwise."""
+    return _packet(0x31 if retain else 0x30, mqtt_wire._utf8(topic) + payload)
 
 
 def subscribe_packet(packet_id: int, topic_filter: str, qos: int = 0) -> bytes:
     return _packet(0x82, packet_id.to_bytes(2, "big") + mqtt_wire._utf8(topic_filter) + bytes([qos]))
 
 
-def _read_exactly(sock: socket.socket, length: int) -> bytes:
+def read_exactly(sock: socket.socket, length: int) -> bytes:
     data = bytearray()
     while len(data) < length:
         chunk = sock.recv(length - len(data))
@@ -55,7 +55,7 @@ def connect(port: int, client_id: str, timeout: float) -> socket.socket:
     sock = socket.create_connection((net.HOST, port), timeout=timeout)
     sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
     sock.sendall(mqtt_wire.connect_packet(client_id))
-    mqtt_wire.check_connack(_read_exactly(sock, mqtt_wire.CONNACK_LENGTH))
+    mqtt_wire.check_connack(read_exactly(sock, mqtt_wire.CONNACK_LENGTH))
     return sock
 
 
@@ -68,7 +68,7 @@ def load(sock: socket.socket, start: int, stop: int, deadline: float) -> int:
         end = min(stop, index + BATCH)
         batch = b"".join(publish_packet(retained_topic(i), b"retained-%08d" % i) for i in range(index, end))
         sock.sendall(batch + PINGREQ)
-        if _read_exactly(sock, 2) != PINGRESP:
+        if read_exactly(sock, 2) != PINGRESP:
             raise mqtt_wire.ProtocolError("expected PINGRESP after a batch of retained messages")
         index = end
     return index - start
@@ -80,7 +80,7 @@ def time_subscribes(sock: socket.socket, count: int, first_id: int) -> float:
     for offset in range(count):
         packet_id = (first_id + offset) % 65535 + 1
         sock.sendall(subscribe_packet(packet_id, f"q/{first_id + offset}/#"))
-        ack = _read_exactly(sock, 5)
+        ack = read_exactly(sock, 5)
         if ack[0] != 0x90 or int.from_bytes(ack[2:4], "big") != packet_id or ack[4] > 2:
             raise mqtt_wire.ProtocolError(f"expected a granted SUBACK for {packet_id}, got {ack!r}")
     return (time.perf_counter() - started) / count
@@ -102,7 +102,7 @@ def full_match(port: int, expected: int, timeout: float) -> tuple[float, float, 
             while subscriber.poll() is None:
                 sent = time.perf_counter()
                 pinger.sendall(PINGREQ)
-                if _read_exactly(pinger, 2) != PINGRESP:
+                if read_exactly(pinger, 2) != PINGRESP:
                     raise mqtt_wire.ProtocolError("expected PINGRESP")
                 slowest = max(slowest, time.perf_counter() - sent)
                 time.sleep(0.001)

@@ -3,6 +3,7 @@
     python -m bench                      # everything, 3 repetitions, 200k messages per rate run
     python -m bench --quick              # a smoke run: small counts, 1 repetition
     python -m bench --scenarios qos0,qos1 --brokers wharf,mosquitto --messages 100000 --repeats 5
+    python -m bench --scenarios scale --brokers wharf,mosquitto --repeats 1 --run-timeout 300
 
 Each repetition runs every scenario against every broker in turn (ABC, then BCA, CAB, ...), each broker
 started fresh for each run, so that slow drifts of a shared machine spread over all brokers alike.
@@ -34,7 +35,7 @@ from bench.scenarios import ScenarioError, Settings, all_scenarios
 
 # Big enough that a rate run is not all process start-up, small enough for a smoke run of a few minutes.
 QUICK = {"messages": 20_000, "repeats": 1, "latency_messages": 500, "connections": 200, "idle_connections": 200,
-             "rotations": 2, "run_timeout": 20.0, "retained_sizes": "0,20000"}
+             "rotations": 2, "run_timeout": 20.0, "retained_sizes": "0,20000", "scale_steps": "500,1000"}
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -64,6 +65,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                              "(default 0,100000,1000000; 1M takes a --run-timeout of a few minutes)")
     parser.add_argument("--retained-subscribes", type=int, default=500,
                         help="SUBSCRIBEs timed at each retained size (default %(default)s)")
+    parser.add_argument("--scale-steps",
+                        help="idle connections the scale scenario holds at each step, comma-separated (default "
+                             "1000,5000,10000,19000; processes here may hold 20,000 open files)")
     parser.add_argument("--amqtt-venv", type=Path, default=DEFAULT_AMQTT_VENV,
                         help="virtualenv with amqtt installed (default %(default)s)")
     parser.add_argument("--install-amqtt", action="store_true",
@@ -73,7 +77,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     args = parser.parse_args(argv)
     defaults = {"messages": 200_000, "repeats": 3, "latency_messages": 5_000, "connections": 2_000,
                     "idle_connections": 3_000, "rotations": 5, "run_timeout": 60.0,
-                    "retained_sizes": "0,100000,1000000"}
+                    "retained_sizes": "0,100000,1000000", "scale_steps": "1000,5000,10000,19000"}
     for key, value in defaults.items():
         if getattr(args, key) is None:
             setattr(args, key, QUICK[key] if args.quick else value)
@@ -89,6 +93,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         parser.error("--retained-sizes must be whole numbers separated by commas")
     if not args.retained_sizes or min(args.retained_sizes) < 0:
         parser.error("--retained-sizes must name at least one size, none negative")
+    try:
+        args.scale_steps = tuple(int(size) for size in args.scale_steps.split(",") if size.strip())
+    except ValueError:
+        parser.error("--scale-steps must be whole numbers separated by commas")
+    if not args.scale_steps or min(args.scale_steps) < 1:
+        parser.error("--scale-steps must name at least one count, all positive")
     args.broker_names = [b.strip() for b in args.brokers.split(",") if b.strip()]
     unknown = [b for b in args.broker_names if b not in ALL_BROKERS]
     if unknown or not args.broker_names:
@@ -154,9 +164,15 @@ def main(argv: list[str] | None = None) -> int:
         return install_amqtt(args.amqtt_venv)
     signal.signal(signal.SIGTERM, _on_sigterm)
     atexit.register(processes.terminate_all)
-    nofile = processes.raise_open_files_limit(args.idle_connections * 2 + 1024)
+    wanted = args.idle_connections * 2 + 1024
+    if "scale" in args.scenario_names:
+        wanted = max(wanted, max(args.scale_steps) + 1024)
+    nofile = processes.raise_open_files_limit(wanted)
     if nofile < args.idle_connections + 256:
         log(f"warning: open files limit is {nofile}; memory runs with {args.idle_connections} connections may fail")
+    if "scale" in args.scenario_names and nofile < max(args.scale_steps) + 200:
+        log(f"warning: open files limit is {nofile}; the scale scenario's {max(args.scale_steps)} connections "
+            "may not all fit in one broker process")
 
     scenarios = [s for s in all_scenarios() if s.name in args.scenario_names]
     brokers: list[Broker] = []
@@ -186,6 +202,7 @@ def main(argv: list[str] | None = None) -> int:
                         idle_connections=args.idle_connections,
                         rotations=args.rotations, rotation_publishers=args.rotation_publishers,
                         retained_sizes=args.retained_sizes, retained_subscribes=args.retained_subscribes,
+                        scale_steps=args.scale_steps,
                         workdir=workdir)
     for scenario in scenarios:
         scenario.configure(settings)

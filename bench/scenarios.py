@@ -51,6 +51,7 @@ class Settings:
     rotation_rate: float = 25.0  # per publisher
     retained_sizes: tuple[int, ...] = (0, 100_000, 1_000_000)
     retained_subscribes: int = 500
+    scale_steps: tuple[int, ...] = (1_000, 5_000, 10_000, 19_000)
     workdir: Path = Path(".")
 
 
@@ -400,7 +401,7 @@ class Latency(Scenario):
 # --- TLS connection rate ----------------------------------------------------------------------------------
 
 class ConnectRate(Scenario):
-    """New TCP + TLS 1.3 handshake + CONNECT/CONNACK + DISCONNECT, back to back, from K client processes.
+    """New TCP (+ TLS 1.3 handshake) + CONNECT/CONNACK + DISCONNECT, back to back, from K client processes.
 
     The clients are the small C program ``connect_rate.c`` when it can be built, else ``connector.py``.
     """
@@ -409,7 +410,8 @@ class ConnectRate(Scenario):
         self.name = name
         self.processes = processes
         self.mode = mode
-        self.description = f"TLS connect rate, {processes} client process{'es' if processes > 1 else ''}"
+        kind = {"plain": "plain TCP", "tls": "TLS", "mtls": "mutual-TLS"}[mode]
+        self.description = f"{kind} connect rate, {processes} client process{'es' if processes > 1 else ''}"
         self.metrics = (
             Metric("rate", "connections/s", "conn/s", True),
             Metric("broker_cpu_per_conn", "broker CPU per connection", "µs", False, 1e6),
@@ -431,7 +433,9 @@ class ConnectRate(Scenario):
         except native.BuildError as exc:
             if settings.connect_client == "c":
                 raise ScenarioError(f"the C connect client cannot be built: {exc}") from exc
-            client_note = "" if settings.connect_client == "python" else f"Python connect client ({exc})"
+            # The C client speaks TLS only: plain runs always use the Python one.
+            plain_or_asked = settings.connect_client == "python" or self.mode == "plain"
+            client_note = "" if plain_or_asked else f"Python connect client ({exc})"
             argv = _python_module_argv("bench.connector") + [
                 "--port", str(port), "--count", str(per_process), "--deadline", str(settings.run_timeout)]
             if self.mode != "plain":
@@ -583,6 +587,137 @@ class IdleMemory(Scenario):
                     raise ScenarioError(f"the admin API lists {count} clients, not {connected}")
             values[key] = statistics.median(times)
         return values
+
+
+# --- many idle connections at once ----------------------------------------------------------------------------
+
+SCALE_STEPS = (1_000, 5_000, 10_000, 19_000)
+
+
+class Scale(Scenario):
+    """1k -> 5k -> 10k -> 19k idle MQTT connections (CONNECTed, keep-alive on, PINGREQ once per keep-alive) to
+    one broker process, opened step by step by ``bench.holder`` processes of at most ``PER_HOLDER`` connections
+    each, every holder from its own loopback source address (127.0.0.2, .3, ...).
+
+    At each step: broker RSS per connection (the growth since a warm-up batch, over all connections held),
+    broker CPU per connect (the step's connections only), idle broker CPU over ``IDLE_SECONDS`` with all of
+    them open (in % of a core), and at the last step the round trip of a QoS 0 PUBLISH to a subscriber.
+    Processes here may hold 20,000 open files at most, so the largest step leaves the broker room for its own.
+    """
+
+    name = "scale"
+    PER_HOLDER = 4_000
+    KEEPALIVE = 300
+    WARMUP_CONNECTIONS = 50
+    SETTLE_SECONDS = 1.0
+    IDLE_SECONDS = 5.0
+    ROUND_TRIPS = 200
+
+    def __init__(self, steps: tuple[int, ...] = SCALE_STEPS) -> None:
+        self.steps = steps
+        self.description = ("idle connections held by one broker: " + " → ".join(size_label(n) for n in steps)
+                            + f" (keep-alive {self.KEEPALIVE} s)")
+        self.metrics = self._metrics()
+
+    def _metrics(self) -> tuple[Metric, ...]:
+        metrics: list[Metric] = []
+        for n in self.steps:
+            label = size_label(n)
+            metrics += [Metric(f"rss_per_conn_{n}", f"RSS per connection at {label}", "KiB", False, 1 / 1024),
+                        Metric(f"cpu_per_connect_{n}", f"CPU per connect, step to {label}", "µs", False, 1e6),
+                        Metric(f"idle_cpu_{n}", f"idle CPU at {label}", "% of a core", False, 100)]
+        largest = size_label(max(self.steps))
+        return tuple(metrics) + (
+            Metric("rtt_median", f"publish → subscriber round trip at {largest}, median", "µs", False, 1e6),
+            Metric("rtt_p99", f"publish → subscriber round trip at {largest}, p99", "µs", False, 1e6))
+
+    def configure(self, settings: Settings) -> None:
+        self.steps = tuple(sorted(set(settings.scale_steps)))
+        self.__init__(self.steps)  # type: ignore[misc]
+
+    def _holder(self, broker: RunningBroker, count: int, index: int, rundir: Path,
+                timeout: float) -> tuple[Child, object]:
+        argv = _python_module_argv("bench.holder") + [
+            "--port", str(broker.ports["plain"]), "--connections", str(count), "--keepalive", str(self.KEEPALIVE),
+            "--source-address", f"127.0.0.{2 + index}", "--hold", str(timeout + 600)]
+        out = rundir / f"holder{index}.out"
+        with open(out, "wb") as stdout, open(rundir / f"holder{index}.err", "wb") as stderr:
+            holder = Child(argv, name=f"holder{index}", stdin=subprocess.PIPE, stdout=stdout, stderr=stderr)
+        return holder, holder.popen.stdin
+
+    def _wait_ready(self, holder: Child, index: int, count: int, deadline: float, rundir: Path) -> None:
+        line = _wait_for_ready_line(rundir / f"holder{index}.out", deadline, holder)
+        err = ""
+        if line is None or line.split()[2] != "0":
+            err = (rundir / f"holder{index}.err").read_text(errors="replace")[-300:]
+        if line is None:
+            raise ScenarioError(f"holder {index} did not open its {count} connections in time: {err}")
+        if line.split()[2] != "0":
+            raise ScenarioError(f"holder {index}: {line.split()[2]} of {count} connections failed: {err}")
+
+    def run(self, broker: RunningBroker, pki: Pki, settings: Settings, rundir: Path) -> RunResult:
+        deadline = time.monotonic() + settings.run_timeout
+        holders: list[tuple[Child, object]] = []
+        values: dict[str, float] = {}
+        try:
+            holders.append(self._holder(broker, self.WARMUP_CONNECTIONS, 0, rundir, settings.run_timeout))
+            self._wait_ready(holders[0][0], 0, self.WARMUP_CONNECTIONS, deadline, rundir)
+            time.sleep(self.SETTLE_SECONDS)
+            rss_base = procstat.rss_bytes(broker.pid)
+            held = 0
+            for target in self.steps:
+                batch = []
+                remaining = target - held
+                count = -(-remaining // self.PER_HOLDER)
+                cpu_before = procstat.cpu_seconds(broker.pid)
+                for part in range(count):
+                    size = remaining // count + (1 if part < remaining % count else 0)
+                    index = len(holders)
+                    holders.append(self._holder(broker, size, index, rundir, settings.run_timeout))
+                    batch.append((index, size))
+                for index, size in batch:
+                    self._wait_ready(holders[index][0], index, size, deadline, rundir)
+                cpu_after = procstat.cpu_seconds(broker.pid)
+                values[f"cpu_per_connect_{target}"] = (cpu_after - cpu_before) / remaining
+                held = target
+                time.sleep(self.SETTLE_SECONDS)
+                values[f"rss_per_conn_{target}"] = (procstat.rss_bytes(broker.pid) - rss_base) / held
+                idle_before = procstat.cpu_seconds(broker.pid)
+                time.sleep(self.IDLE_SECONDS)
+                values[f"idle_cpu_{target}"] = (procstat.cpu_seconds(broker.pid) - idle_before) / self.IDLE_SECONDS
+            values.update(self._round_trips(broker, settings.run_timeout))
+        except ScenarioError as exc:
+            return RunResult(values, complete=False, note=str(exc))
+        finally:
+            for _, stdin in holders:
+                stdin.close()  # type: ignore[attr-defined]
+            for holder, _ in holders:
+                if not holder.wait(15.0):
+                    holder.kill()
+        return RunResult(values)
+
+    def _round_trips(self, broker: RunningBroker, timeout: float) -> dict[str, float]:
+        """A subscriber and a publisher beside all the idle connections: QoS 0 PUBLISH -> delivery, one at a time."""
+        port = broker.ports["plain"]
+        subscriber = retained_load.connect(port, "bench-scale-sub", timeout)
+        publisher = retained_load.connect(port, "bench-scale-pub", timeout)
+        try:
+            subscriber.sendall(retained_load.subscribe_packet(1, "bench/scale/rtt"))
+            suback = retained_load.read_exactly(subscriber, 5)
+            if suback[0] != 0x90:
+                raise ScenarioError(f"expected SUBACK, got {suback!r}")
+            publish = retained_load.publish_packet("bench/scale/rtt", b"x" * 16, retain=False)
+            times = []
+            for _ in range(self.ROUND_TRIPS):
+                started = time.perf_counter()
+                publisher.sendall(publish)
+                if retained_load.read_exactly(subscriber, len(publish)) != publish:
+                    raise ScenarioError("the subscriber received something else than the PUBLISH")
+                times.append(time.perf_counter() - started)
+        finally:
+            subscriber.close()
+            publisher.close()
+        return {"rtt_median": statistics.median(times), "rtt_p99": percentile(times, 99)}
 
 
 # --- SUBSCRIBE cost beside a large retained store ------------------------------------------------------------
@@ -791,8 +926,10 @@ def all_scenarios() -> list[Scenario]:
         Latency("latency-qos1", qos=1),
         ConnectRate("connect-tls-1", processes=1),
         ConnectRate("connect-tls-4", processes=4),
+        ConnectRate("connect-plain-4", processes=4, mode="plain"),
         IdleMemory("memory-plain", mode="plain"),
         IdleMemory("memory-tls", mode="tls"),
         Rotation("rotation"),
         RetainedSubscribe(),
+        Scale(),
     ]

@@ -136,6 +136,8 @@ def peer_identity(transport) -> Any:
     TLS layer installed)."""
     global _peer_identity_fn
     if _peer_identity_fn is None:
+        if transport.get_extra_info("ssl_object") is None and transport.get_extra_info("wharf_peer_identity") is None:
+            return None  # not TLS: no need to import the TLS layer for it (about half a second of CPU)
         try:
             from .tls import peer_identity  # the TLS layer is optional for this module
         except ImportError:

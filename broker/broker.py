@@ -25,6 +25,8 @@ from .authz import guard_for, read_guard
 from .channel import Channel
 from .config.model import BrokerConfig
 from .connection import Connection
+from .deadlines import Deadlines
+from .lazy import own
 from .limits import exceeded
 from .listener_context import ListenerContext
 from .metrics import REGISTRY, Registry
@@ -35,7 +37,7 @@ from .router import LocalRouter, Message, Router, Subscription
 from .inflight import InflightEntry
 from .mqueue import QueuedMessage
 from .session import Session
-from .tenancy import GUEST, REFUSE, OwnerCheck
+from .tenancy import GUEST, REFUSE, RESUME, OwnerCheck
 from .store import RecoveredState, open_store
 from .store.codec import attrs_apply
 from .will import WillScheduler
@@ -102,6 +104,11 @@ class Broker:
         self.listeners: dict[str, Any] = {}
         self._loop: asyncio.AbstractEventLoop | None = None
         self._housekeeping_handle: asyncio.TimerHandle | None = None
+        # Every connection's idle-timeout or keep-alive deadline, in one-second buckets under one timer.
+        self.deadlines = Deadlines(lambda: self.loop)
+        self._hooks: tuple[Callable[[Message, str], None], Callable[[], float], Callable[[Session], None]] | None = None
+        # Attached sessions with messages in flight or QoS 2 receipts: the only ones the housekeeping visits.
+        self._tended: set[Session] = set()
         self._received = self.metrics.received.labels()  # the child: a plain attribute add per message
         # ``sys_topics.SysTopics`` while $SYS client event messages are on: told of every connect and disconnect.
         self.sys_events = None
@@ -167,7 +174,7 @@ class Broker:
         self.metrics.dropped(reason).value += 1
 
     def subscribe(self, session: Session, full_filter: str, subscription: Subscription) -> None:
-        session.subscriptions[full_filter] = subscription
+        session.subscribe(full_filter, subscription)
         self.router.subscribe(session, subscription)
         if session.store is not None:
             self.store.put_session(session, session.expiry_interval, None)
@@ -250,7 +257,7 @@ class Broker:
             session = None
         present = session is not None
         if session is None:
-            session = Session(client_id, self.config.mqtt, self.count_dropped, self.loop.time)
+            session = Session(client_id, self.config.mqtt, *self._session_hooks())
             self.sessions[client_id] = session
             self.metrics.sessions.set(len(self.sessions))
         elif session.expiry_handle is not None:
@@ -260,6 +267,8 @@ class Broker:
             self.inherit(session, channel)
         session.owner = channel.owner
         session.channel = channel
+        if session.inflight.entries or session.awaiting_rel:  # kept from before: the housekeeping visits it
+            self._tended.add(session)
         self._attach_durable(session, channel.session_expiry)
         self.channels[client_id] = channel
         self.metrics.connected.set(len(self.channels) + len(self.guests))
@@ -267,9 +276,19 @@ class Broker:
             self._schedule_housekeeping()
         return session, present
 
+    def _session_hooks(self) -> tuple[Callable[[Message, str], None], Callable[[], float], Callable[[Session], None]]:
+        """The drop counter, the clock and the busy hook every session is given: one bound method each for all of
+        them (a bound method made per session costs 64 bytes each)."""
+        hooks = self._hooks
+        if hooks is None:
+            hooks = self._hooks = (self.count_dropped, self.loop.time, self._tended.add)
+        return hooks
+
     def owner_verdict(self, channel: Channel, client_id: str, current: tuple[str, ...] | None) -> str:
         """``tenancy.RESUME``, ``REFUSE`` or ``GUEST`` for ``channel`` asking for the session that ``current``
         owns (None: no session)."""
+        if current is None:  # no session to own (the common case): no check, and no peer text built for its log
+            return RESUME
         return self.owner_check.verdict(client_id, current, channel.owner, channel.connection.peer_text)
 
     def guard_all_subscriptions(self) -> None:
@@ -295,7 +314,7 @@ class Broker:
     def guest_session(self, channel: Channel, client_id: str) -> Session:
         """A fresh session for ``channel`` that leaves ``client_id``'s owner alone: not registered under the
         client id, not in ``channels``, and ended with the connection."""
-        session = Session(client_id, self.config.mqtt, self.count_dropped, self.loop.time)
+        session = Session(client_id, self.config.mqtt, *self._session_hooks())
         session.owner = channel.owner
         session.guest = True
         session.channel = channel
@@ -323,9 +342,16 @@ class Broker:
         self._housekeeping_handle = self.loop.call_later(interval, self._housekeeping)
 
     def _housekeeping(self) -> None:
+        """3.1.1 retries and stale QoS 2 receipts, for the attached sessions that have any (``_tended``): idle
+        clients cost the sweep nothing."""
         self._housekeeping_handle = None
-        for channel in [*self.channels.values(), *self.guests]:
-            channel.housekeeping()
+        tended = self._tended
+        for session in list(tended):
+            channel = cast("Channel | None", session.channel)
+            if channel is not None:
+                channel.housekeeping()
+            if channel is None or not (session.inflight.entries or session.awaiting_rel):
+                tended.discard(session)  # back when it is busy again (``Session``) or attached again (``attach``)
         if self.channels or self.guests:
             self._schedule_housekeeping()
 
@@ -384,6 +410,7 @@ class Broker:
             self.discard_session(session)
 
     def discard_session(self, session: Session) -> None:
+        self._tended.discard(session)
         for subscription in session.subscriptions.values():
             self.router.unsubscribe(session, subscription)
         dropped = len(session.mqueue)
@@ -421,6 +448,7 @@ class Broker:
     async def shutdown(self, timeout: float = 5.0) -> None:
         """Disconnect every client (5.0: DISCONNECT 0x8B first) and wait for the sockets to close."""
         self.wills.cancel_all()
+        self.deadlines.close()
         if self._housekeeping_handle is not None:
             self._housekeeping_handle.cancel()
             self._housekeeping_handle = None
@@ -450,16 +478,16 @@ class Broker:
         store = self.store
         expired = []
         for record in state.sessions:
-            session = Session(record.client_id, self.config.mqtt, self.count_dropped, loop.time)
+            session = Session(record.client_id, self.config.mqtt, *self._session_hooks())
             attrs_apply(session, record.attrs)
             session.expiry_interval = record.expiry_interval
             session.store = store
             for full_filter, subscription in record.subscriptions:
-                session.subscriptions[full_filter] = subscription
+                session.subscribe(full_filter, subscription)
                 self.router.subscribe(session, subscription)
             self._recover_outbound(session, record.outbound, now)
             for packet_id in record.awaiting_rel:
-                session.awaiting_rel[packet_id] = now
+                session.await_release(packet_id, now)
             self.sessions[record.client_id] = session
             remaining = record.expiry_interval if record.deadline is None else record.deadline - wall
             if remaining <= 0:
@@ -484,7 +512,7 @@ class Broker:
     def _recover_outbound(self, session: Session,
                           outbound: list[tuple[int, Message, int, bool, tuple[int, ...], int | None, int]],
                           now: float) -> None:
-        entries = session.inflight.entries
+        entries = session.inflight.entries = own(session.inflight.entries)
         for seq, message, qos, retain, sub_ids, packet_id, state in outbound:
             if packet_id is None:
                 dropped = session.mqueue.push(QueuedMessage(message, qos, retain, sub_ids, seq))

@@ -556,7 +556,7 @@ class Channel:
             self.connection.write(encode_pubrec(packet_id))
             return
         delivered = broker.publish(message)
-        awaiting[packet_id] = self._loop.time()
+        session.await_release(packet_id, self._loop.time())
         if not isinstance(delivered, int):  # acknowledged once the backplane (cluster) or the disk has it
             if session.store is not None:  # the receipt commits with the deliveries: exactly once
                 session.store.awaiting_rel(session, packet_id, True)

@@ -5,8 +5,9 @@ and handed to the transport in one ``write`` at the end of it. While the transpo
 keeps collecting (QoS 1/2 is bounded by the in-flight window; the channel drops QoS 0 beyond a limit).
 
 Timers: the CONNECT must arrive within ``mqtt.idle_timeout``; afterwards the client must send something at
-least every keep-alive x ``keepalive_multiplier``. A connection that is closed but whose peer stops reading is
-aborted after a grace period, so nothing leaks.
+least every keep-alive x ``keepalive_multiplier``. Both deadlines are kept by the broker's ``Deadlines`` (one-second
+buckets and one timer for all connections, no timer per connection). A connection that is closed but whose peer
+stops reading is aborted after a grace period, so nothing leaks.
 
 Until its CONNACK is sent a peer is not authenticated, so its parser runs under the stricter ``mqtt.connect_*``
 limits and parses only one packet (the CONNECT); what the peer sent after it stays raw bytes until the CONNACK
@@ -17,6 +18,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import sys
 from typing import TYPE_CHECKING
 
 from .auth import peer_identity
@@ -37,10 +39,26 @@ CLOSE_GRACE = 5.0
 _CONNACK_BAD_PROTOCOL_V3 = b"\x20\x02\x00\x01"
 
 
+_limits_of: tuple[object, PropertyLimits, PropertyLimits] | None = None
+
+
+def _property_limits(settings) -> tuple[PropertyLimits, PropertyLimits]:
+    """The property limits before the CONNACK (``connect_*``) and after it, shared by every connection under
+    the same ``mqtt`` settings (they are read-only)."""
+    global _limits_of
+    cached = _limits_of
+    if cached is None or cached[0] is not settings:
+        cached = _limits_of = (settings, PropertyLimits(
+            settings.connect_max_user_properties, settings.connect_max_properties_size,
+            "connect_max_user_properties", "connect_max_properties_size"),
+            PropertyLimits(settings.max_user_properties, settings.max_properties_size))
+    return cached[1], cached[2]
+
+
 class Connection(asyncio.Protocol):
-    __slots__ = ("broker", "listener", "transport", "parser", "channel", "peer", "peer_text", "last_received",
-                 "backlog_bytes", "_loop", "_time", "_out", "_flush_pending", "_paused", "_closing", "_lost",
-                 "_held", "_idle_handle", "_keepalive_handle", "_keepalive_limit", "_abort_handle")
+    __slots__ = ("broker", "listener", "transport", "parser", "channel", "peer", "_peer_text", "last_received",
+                 "backlog_bytes", "_loop", "_out", "_flush_pending", "_paused", "_closing", "_lost",
+                 "_held", "deadline_slot", "_keepalive_limit", "_abort_handle")
 
     def __init__(self, broker: "Broker", listener: ListenerContext) -> None:
         self.broker = broker
@@ -48,25 +66,21 @@ class Connection(asyncio.Protocol):
         self.transport: asyncio.Transport | None = None
         settings = broker.config.mqtt
         connect_max = min(settings.connect_max_packet_size, settings.max_packet_size)
-        self.parser = parser = Parser(connect_max, property_limits=PropertyLimits(
-            settings.connect_max_user_properties, settings.connect_max_properties_size,
-            "connect_max_user_properties", "connect_max_properties_size"))
+        self.parser = parser = Parser(connect_max, property_limits=_property_limits(settings)[0])
         parser.size_limit = "connect_max_packet_size"
         parser.single = True
         self.peer: tuple | None = None
-        self.peer_text = "?"
+        self._peer_text: str | None = None  # built when asked for (logs, the admin API): most never are
         self.backlog_bytes = 0
         self._loop = broker.loop
-        self._time = self._loop.time
-        self.last_received = self._time()
+        self.last_received = self._loop.time()
         self._out: list[bytes] = []
         self._flush_pending = False
         self._paused = False
         self._closing = False
         self._lost = False
         self._held: list | None = None  # packets waiting while the CONNECT is being authenticated
-        self._idle_handle: asyncio.TimerHandle | None = None
-        self._keepalive_handle: asyncio.TimerHandle | None = None
+        self.deadline_slot = 0  # the ``Deadlines`` bucket this connection waits in (0: none)
         self._keepalive_limit = 0.0
         self._abort_handle: asyncio.TimerHandle | None = None
         self.channel = Channel(broker, self)
@@ -77,15 +91,29 @@ class Connection(asyncio.Protocol):
         self.transport = transport
         peer = transport.get_extra_info("peername")
         if isinstance(peer, tuple) and len(peer) >= 2:
-            self.peer = (peer[0], peer[1])
-            self.peer_text = f"[{peer[0]}]:{peer[1]}" if ":" in str(peer[0]) else f"{peer[0]}:{peer[1]}"
+            host = peer[0]
+            # Interned: clients behind one load balancer or NAT share one copy of its address.
+            self.peer = (sys.intern(host) if type(host) is str else host, peer[1])
         elif peer:
-            self.peer_text = str(peer)
-        self.broker.connection_opened(self)
-        self._idle_handle = self._loop.call_later(self.broker.config.mqtt.idle_timeout, self._idle_timeout)
+            self._peer_text = str(peer)
+        broker = self.broker
+        broker.connection_opened(self)
+        broker.deadlines.watch(self, self.last_received + broker.config.mqtt.idle_timeout)
+
+    @property
+    def peer_text(self) -> str:
+        """The peer as ``host:port`` (``[host]:port`` for IPv6), or ``?``."""
+        text = self._peer_text
+        if text is None:
+            peer = self.peer
+            if peer is None:
+                return "?"
+            host, port = peer
+            text = self._peer_text = f"[{host}]:{port}" if ":" in str(host) else f"{host}:{port}"
+        return text
 
     def data_received(self, data: bytes) -> None:
-        self.last_received = self._time()
+        self.last_received = self._loop.time()
         self.broker.metrics.bytes_received.inc(len(data))
         if self._closing:
             return
@@ -113,9 +141,10 @@ class Connection(asyncio.Protocol):
             return
         self._lost = True
         self._closing = True
-        for handle in (self._idle_handle, self._keepalive_handle, self._abort_handle):
-            if handle is not None:
-                handle.cancel()
+        if self.deadline_slot:
+            self.broker.deadlines.forget(self)
+        if self._abort_handle is not None:
+            self._abort_handle.cancel()
         self._out.clear()
         try:
             self.channel.connection_lost()
@@ -175,7 +204,7 @@ class Connection(asyncio.Protocol):
         parser.single = False
         parser.max_packet_size = settings.max_packet_size
         parser.size_limit = "max_packet_size"
-        parser.property_limits = PropertyLimits(settings.max_user_properties, settings.max_properties_size)
+        parser.property_limits = _property_limits(settings)[1]
         parser.max_topic_filters = settings.max_topic_filters_per_packet
         try:
             packets = parser.feed(b"")
@@ -291,36 +320,38 @@ class Connection(asyncio.Protocol):
     # -------------------------------------------------------------------------------------------- timers
 
     def connect_arrived(self) -> None:
-        if self._idle_handle is not None:
-            self._idle_handle.cancel()
-            self._idle_handle = None
-
-    def _idle_timeout(self) -> None:
-        self._idle_handle = None
-        if not self.channel.connect_received and not self._closing:
-            exceeded("idle_timeout")
-            self._log_close("no CONNECT within the idle timeout")
-            self.close()
+        """The CONNECT is here: the idle timeout no longer applies (the keep-alive starts with the CONNACK)."""
+        if self.deadline_slot:
+            self.broker.deadlines.forget(self)
 
     def start_keepalive(self, limit: float) -> None:
         """Close the connection when nothing arrives for ``limit`` seconds (0: never)."""
-        if self._keepalive_handle is not None:
-            self._keepalive_handle.cancel()
-            self._keepalive_handle = None
         self._keepalive_limit = limit
+        deadlines = self.broker.deadlines
         if limit > 0:
-            self._keepalive_handle = self._loop.call_later(limit, self._check_keepalive)
+            deadlines.watch(self, self.last_received + limit)
+        elif self.deadline_slot:
+            deadlines.forget(self)
 
-    def _check_keepalive(self) -> None:
-        self._keepalive_handle = None
+    def deadline_reached(self, now: float) -> float | None:
+        """Called by ``Deadlines`` once this connection's deadline passed: close it when its time is up, else
+        return its next deadline."""
         if self._closing:
-            return
-        silent = self._time() - self.last_received
-        if silent >= self._keepalive_limit:
+            return None
+        if not self.channel.connect_received:
+            exceeded("idle_timeout")
+            self._log_close("no CONNECT within the idle timeout")
+            self.close()
+            return None
+        limit = self._keepalive_limit
+        if limit <= 0:
+            return None
+        silent = now - self.last_received
+        if silent >= limit:
             self._log_close(f"keep-alive timeout ({silent:.1f}s without a packet)", rc.KEEP_ALIVE_TIMEOUT)
             self.channel.kick(rc.KEEP_ALIVE_TIMEOUT, "keep-alive timeout")
-            return
-        self._keepalive_handle = self._loop.call_later(self._keepalive_limit - silent, self._check_keepalive)
+            return None
+        return self.last_received + limit
 
     # -------------------------------------------------------------------------------------------- details
 

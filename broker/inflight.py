@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from .lazy import EMPTY, own
+
 # States of an in-flight entry.
 AWAIT_PUBACK = 1   # QoS 1 PUBLISH sent
 AWAIT_PUBREC = 2   # QoS 2 PUBLISH sent
@@ -30,7 +32,7 @@ class Inflight:
     __slots__ = ("entries", "_last_id")
 
     def __init__(self) -> None:
-        self.entries: dict[int, InflightEntry] = {}
+        self.entries: dict[int, InflightEntry] = EMPTY  # a dict of its own from the first ``add`` (``lazy``)
         self._last_id = 0
 
     def __len__(self) -> int:
@@ -39,6 +41,8 @@ class Inflight:
     def add(self, entry: InflightEntry) -> int:
         """Store ``entry`` under a free packet identifier and return it."""
         entries = self.entries
+        if entries is EMPTY:
+            entries = self.entries = own(entries)
         packet_id = self._last_id
         while True:
             packet_id = packet_id + 1 if packet_id < 65535 else 1
@@ -55,4 +59,4 @@ class Inflight:
         return self.entries.pop(packet_id, None)
 
     def clear(self) -> None:
-        self.entries.clear()
+        self.entries = EMPTY

@@ -141,6 +141,11 @@ class Router:
         """Deliver ``message`` to every matching session; returns how many sessions it went to."""
         raise NotImplementedError
 
+    def may_deliver_sys(self) -> bool:
+        """False when no ``$SYS`` message can reach anyone (a cheap check before building one, such as the
+        event published at every connect and disconnect)."""
+        return True
+
 
 class LocalRouter(Router):
     __slots__ = ("trie", "_cache")
@@ -191,10 +196,17 @@ class LocalRouter(Router):
         for topic in [t for t in cache if matches(t, topic_filter)]:
             del cache[topic]
 
+    def may_deliver_sys(self) -> bool:
+        # ``$`` topics are matched by no wildcard at the first level: only filters under "$SYS" match.
+        return "$SYS" in self.trie.root.children
+
     def match(self, topic: str) -> list[TrieNode]:
         nodes = self._cache.get(topic)
         if nodes is None:
             nodes = self.trie.match(topic)
+            if topic.startswith("$SYS/"):
+                # Not cached: a client event's topic names its client, and would be in the cache once per client.
+                return nodes
             if len(self._cache) >= TOPIC_CACHE_LIMIT:
                 self._cache.clear()
             self._cache[topic] = nodes

@@ -17,6 +17,7 @@ import asyncio
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Protocol
 
+from .lazy import EMPTY, own
 from .inflight import AWAIT_PUBACK, AWAIT_PUBCOMP, AWAIT_PUBREC, HELD, Inflight, InflightEntry
 from .mqueue import MessageQueue, QueuedMessage
 
@@ -42,15 +43,17 @@ class Outlet(Protocol):
 class Session:
     __slots__ = ("client_id", "subscriptions", "inflight", "mqueue", "awaiting_rel", "channel", "expiry_interval",
                  "expiry_handle", "upgrade_qos", "owner", "guest", "read_check", "acl", "store", "_on_drop",
-                 "_clock")
+                 "_clock", "_on_busy")
 
     def __init__(self, client_id: str, settings: MqttSettings, on_drop: Callable[[Message, str], None],
-                 clock: Callable[[], float]) -> None:
+                 clock: Callable[[], float], on_busy: Callable[[Session], None] | None = None) -> None:
         self.client_id = client_id
-        self.subscriptions: dict[str, Subscription] = {}  # by filter as subscribed (with any $share prefix)
+        # By filter as subscribed (with any $share prefix). This and ``awaiting_rel`` start as the shared
+        # ``lazy.EMPTY``: write through ``subscribe`` / ``await_release``.
+        self.subscriptions: dict[str, Subscription] = EMPTY
         self.inflight = Inflight()
         self.mqueue = MessageQueue(settings.max_mqueue_len, settings.mqueue_drop_policy, settings.mqueue_store_qos0)
-        self.awaiting_rel: dict[int, float] = {}  # inbound QoS 2 packet id -> when its PUBLISH arrived
+        self.awaiting_rel: dict[int, float] = EMPTY  # inbound QoS 2 packet id -> when its PUBLISH arrived
         self.channel: Outlet | None = None
         self.expiry_interval = 0.0
         self.expiry_handle: asyncio.TimerHandle | None = None
@@ -69,9 +72,24 @@ class Session:
         self.store: Store | None = None  # the durable store while this session is durable
         self._on_drop = on_drop  # (message, reason) -> None, for metrics
         self._clock = clock
+        # Told when the session gets its first in-flight message or QoS 2 receipt (the broker's housekeeping then
+        # visits it until both are empty again; idle sessions are never visited).
+        self._on_busy = on_busy
 
     def __repr__(self) -> str:
         return f"Session({self.client_id!r})"
+
+    def subscribe(self, full_filter: str, subscription: Subscription) -> None:
+        """Record ``subscription`` under ``full_filter`` (routing it is the broker's part)."""
+        subscriptions = self.subscriptions = own(self.subscriptions)
+        subscriptions[full_filter] = subscription
+
+    def await_release(self, packet_id: int, since: float) -> None:
+        """Remember inbound QoS 2 ``packet_id`` (routed at ``since``) until its PUBREL."""
+        awaiting = self.awaiting_rel = own(self.awaiting_rel)
+        if not awaiting and self._on_busy is not None:
+            self._on_busy(self)
+        awaiting[packet_id] = since
 
     # ------------------------------------------------------------------------------------------ delivery
 
@@ -98,6 +116,8 @@ class Session:
     def _send(self, message: Message, qos: int, retain: bool, sub_ids: tuple[int, ...], seq: int = 0) -> None:
         entry = InflightEntry(message, qos, retain, sub_ids, self._clock(), seq)
         packet_id = self.inflight.add(entry)
+        if len(self.inflight.entries) == 1 and self._on_busy is not None:
+            self._on_busy(self)
         if seq and self.store is not None:
             self.store.sent(self, seq, packet_id)
             if qos == 2:  # on the wire only once its packet id is on disk
@@ -240,10 +260,10 @@ class Session:
         return len(refused)
 
     def clear(self) -> None:
-        self.subscriptions.clear()
+        self.subscriptions = EMPTY
         self.inflight.clear()
         self.mqueue.clear()
-        self.awaiting_rel.clear()
+        self.awaiting_rel = EMPTY
 
 
 __all__ = ["Session", "AWAIT_PUBACK", "AWAIT_PUBREC", "AWAIT_PUBCOMP"]

@@ -168,7 +168,7 @@ class SysTopics:
     # ---------------------------------------------------------------------------------------- events
 
     def client_connected(self, channel, clean_start: bool) -> None:
-        if not self.on_connected:
+        if not self.on_connected or not self.broker.router.may_deliver_sys():
             return
         payload = self._client_info(channel)
         payload.update(keepalive=channel.keepalive, clean_start=clean_start,
@@ -176,7 +176,7 @@ class SysTopics:
         self._event(channel, "connected", payload)
 
     def client_disconnected(self, channel, reason: str) -> None:
-        if not self.on_disconnected:
+        if not self.on_disconnected or not self.broker.router.may_deliver_sys():
             return
         payload = self._client_info(channel)
         payload.update(reason=reason, disconnected_at=payload["ts"])

@@ -40,6 +40,9 @@ def fill_mountpoint(mountpoint: str, client_id: str, username: str | None) -> tu
     return _PLACEHOLDER.sub(lambda match: values.get(match.group(1)) or match.group(0), mountpoint), None
 
 
+_ANONYMOUS = ("anonymous", "", "")
+
+
 def session_owner(username: str | None, username_vouched: bool, peer_identity, cert_common_name: str | None,
                   mountpoint: str) -> tuple[str, str, str]:
     """The identity a session created by this client belongs to (see the module docstring).
@@ -53,6 +56,8 @@ def session_owner(username: str | None, username_vouched: bool, peer_identity, c
         subject = "CN=" + cert_common_name
     if subject:
         return ("cert", subject, mountpoint)
+    if not username and not mountpoint:
+        return _ANONYMOUS  # one tuple for all such clients, not one each
     return ("anonymous", username or "", mountpoint)
 
 

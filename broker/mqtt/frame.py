@@ -69,16 +69,20 @@ class Parser:
         # Topic filters in one SUBSCRIBE / UNSUBSCRIBE at most (None: no limit); counted while decoding.
         self.max_topic_filters: int | None = None
         self.single = False
-        self._buffer = bytearray()
+        # The bytes of an unfinished packet; None while there are none (most of an idle connection's life).
+        self._buffer: bytearray | None = None
         self._need = 0  # total size of the packet being buffered, once its fixed header is known
 
     @property
     def buffered(self) -> int:
-        return len(self._buffer)
+        return len(self._buffer) if self._buffer is not None else 0
 
     def keep(self, data: bytes) -> None:
         """Buffer ``data`` unparsed (a later ``feed`` parses it with the limits in force then)."""
-        self._buffer += data
+        if self._buffer is None:
+            self._buffer = bytearray(data)
+        else:
+            self._buffer += data
 
     def feed(self, data: bytes) -> list[Packet]:
         buffer = self._buffer
@@ -87,13 +91,13 @@ class Parser:
             if len(buffer) < self._need:
                 return []
             data = bytes(buffer)
-            buffer.clear()
+            self._buffer = None
         packets: list[Packet] = []
         try:
             pos = self._parse(data, packets)
         except FrameError as error:
             error.packets = packets
-            self._buffer = bytearray()
+            self._buffer = None
             raise
         if pos < len(data):
             self._buffer = bytearray(memoryview(data)[pos:])

@@ -6,6 +6,7 @@ import ssl
 import subprocess
 import sys
 import threading
+import time
 
 import pytest
 
@@ -108,3 +109,49 @@ def test_the_build_is_cached_by_source_hash():
     first = _c_client()
     assert native.connect_client() == first
     assert first.name.startswith("connect_rate-")
+
+
+def test_holder_connects_from_the_given_source_addresses_and_pings_at_its_keepalive():
+    """``bench.holder`` against a small plain server that answers CONNECT and PINGREQ and records what it saw."""
+    listener = socket.create_server((net.HOST, 0))
+    listener.settimeout(30)
+    seen: dict = {"sources": [], "keepalives": [], "pings": 0}
+    lock = threading.Lock()
+
+    def client(conn: socket.socket) -> None:
+        with conn:
+            header = conn.recv(2)
+            body = b""
+            while len(body) < header[1]:
+                body += conn.recv(header[1] - len(body))
+            with lock:
+                seen["keepalives"].append(int.from_bytes(body[8:10], "big"))
+            conn.sendall(b"\x20\x02\x00\x00")
+            while conn.recv(2) == b"\xc0\x00":
+                with lock:
+                    seen["pings"] += 1
+                conn.sendall(b"\xd0\x00")
+
+    def serve() -> None:
+        with listener:
+            for _ in range(4):
+                conn, address = listener.accept()
+                seen["sources"].append(address[0])
+                threading.Thread(target=client, args=(conn,), daemon=True).start()
+
+    threading.Thread(target=serve, daemon=True).start()
+    holder = subprocess.Popen([sys.executable, "-m", "bench.holder", "--port", str(listener.getsockname()[1]),
+                               "--connections", "4", "--keepalive", "1", "--source-address", "127.0.0.2",
+                               "--source-address", "127.0.0.3", "--hold", "30"],
+                              stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, cwd=REPO_ROOT)
+    try:
+        assert holder.stdout.readline().split() == ["ready", "4", "0"]
+        deadline = time.monotonic() + 10
+        while seen["pings"] < 8 and time.monotonic() < deadline:  # two rounds of one PINGREQ per connection
+            time.sleep(0.05)
+    finally:
+        holder.stdin.close()
+        holder.wait(15)
+    assert sorted(seen["sources"]) == ["127.0.0.2", "127.0.0.2", "127.0.0.3", "127.0.0.3"]
+    assert seen["keepalives"] == [1, 1, 1, 1]
+    assert seen["pings"] >= 8

@@ -43,3 +43,16 @@ def test_bad_retained_arguments_are_refused(argv, capsys):
     with pytest.raises(SystemExit) as exc:
         parse_args(argv)
     assert exc.value.code == 2
+
+
+def test_scale_steps_default_to_the_issue_and_quick_stays_small():
+    assert parse_args([]).scale_steps == (1_000, 5_000, 10_000, 19_000)
+    assert parse_args(["--quick"]).scale_steps == (500, 1_000)
+    assert parse_args(["--scale-steps", "100,300"]).scale_steps == (100, 300)
+
+
+@pytest.mark.parametrize("argv", [["--scale-steps", "lots"], ["--scale-steps", "0,10"], ["--scale-steps", ","]])
+def test_bad_scale_steps_are_refused(argv):
+    with pytest.raises(SystemExit) as exc:
+        parse_args(argv)
+    assert exc.value.code == 2

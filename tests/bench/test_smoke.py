@@ -4,6 +4,7 @@ import json
 import shutil
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
@@ -69,3 +70,33 @@ def test_retained_scenario_times_subscribe_at_each_size_on_both_brokers(tmp_path
         assert run["complete"]
         assert set(run["values"]) == {"subscribe_0", "subscribe_3000", "full_match", "ping_max"}
         assert all(value > 0 for value in run["values"].values())
+
+
+def test_scale_scenario_holds_each_step_from_several_source_addresses_on_both_brokers(tmp_path):
+    out = tmp_path / "scale.json"
+    proc = subprocess.run([sys.executable, "-m", "bench", "--brokers", "wharf,mosquitto",
+                           "--scenarios", "scale,connect-plain-4", "--repeats", "1", "--scale-steps", "100,250",
+                           "--connections", "40", "--run-timeout", "60", "--json", str(out), "--keep"],
+                          capture_output=True, text=True, cwd=REPO_ROOT, timeout=240, check=False)
+    assert proc.returncode == 0, proc.stderr
+    assert "RSS per connection at 250" in proc.stdout
+    runs = json.loads(out.read_text())["runs"]
+    for broker in ("wharf", "mosquitto"):
+        outcome = runs[f"scale/{broker}"]
+        assert outcome["failures"] == [], broker
+        [run] = outcome["results"]
+        assert run["complete"], run["note"]
+        values = run["values"]
+        for step in (100, 250):
+            assert values[f"rss_per_conn_{step}"] > 0 and values[f"cpu_per_connect_{step}"] >= 0
+            assert values[f"idle_cpu_{step}"] >= 0
+        assert 0 < values["rtt_median"] <= values["rtt_p99"]
+        connect = runs[f"connect-plain-4/{broker}"]
+        assert connect["failures"] == [] and connect["results"][0]["values"]["rate"] > 0, broker
+    # One holder for the warm-up and one for each step (each from its own loopback source address).
+    workdir = proc.stderr.rsplit("work directory kept: ", 1)[1].split()[0]
+    try:
+        holders = sorted(p.name for p in Path(workdir).glob("r1-scale-mosquitto/holder*.out"))
+        assert holders == ["holder0.out", "holder1.out", "holder2.out"]
+    finally:
+        shutil.rmtree(workdir, ignore_errors=True)
