@@ -17,10 +17,10 @@ from typing import TYPE_CHECKING, Any
 
 from aiohttp import web
 
-from .. import metrics
 from ..config.errors import ConfigError
 from ..config.loader import bind_ssl_options
 from . import listing
+from .site import metrics_text
 
 if TYPE_CHECKING:
     from ..app import BrokerApp
@@ -278,11 +278,6 @@ async def list_retained(request: web.Request) -> web.Response:
     except listing.QueryError as exc:
         return _error(400, "BAD_REQUEST", str(exc))
     return _json({"data": listing.retained_views(page.rows, now), "meta": page.meta()})
-
-
-async def metrics_text(request: web.Request) -> web.Response:
-    return web.Response(body=metrics.REGISTRY.exposition().encode(),
-                        headers={"Content-Type": "text/plain; version=0.0.4; charset=utf-8"})
 
 
 async def healthz(request: web.Request) -> web.Response:

@@ -15,18 +15,12 @@ import logging
 
 from aiohttp import web
 
-from .. import metrics
-from ..config.loader import format_bind, parse_bind
 from ..config.model import Prometheus
+from .site import metrics_text, start_site
 
 log = logging.getLogger("wharf.admin")
 
-CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 ALLOWED = "GET, HEAD"
-
-
-async def _metrics(request: web.Request) -> web.Response:
-    return web.Response(body=metrics.REGISTRY.exposition().encode(), headers={"Content-Type": CONTENT_TYPE})
 
 
 @web.middleware
@@ -44,7 +38,7 @@ async def _only_metrics(request: web.Request, handler):
 def build_application() -> web.Application:
     # A tiny body limit: nothing here reads a body.
     app = web.Application(middlewares=[_only_metrics], client_max_size=1024)
-    app.router.add_get("/metrics", _metrics)  # add_get registers HEAD as well
+    app.router.add_get("/metrics", metrics_text)  # add_get registers HEAD as well
     return app
 
 
@@ -54,14 +48,7 @@ class MetricsServer:
         self._runner: web.AppRunner | None = None
 
     async def start(self) -> None:
-        host, port = parse_bind(self.address)
-        self._runner = web.AppRunner(build_application(), access_log=None, shutdown_timeout=1.0)
-        await self._runner.setup()
-        site = web.TCPSite(self._runner, host or None, port, reuse_address=True)
-        await site.start()
-        addresses = self._runner.addresses  # the real port when bound to 0
-        if addresses:
-            self.address = format_bind(addresses[0][0], addresses[0][1])
+        self._runner, self.address = await start_site(build_application(), self.address)
         log.info("metrics on %s", self.address)
 
     async def stop(self) -> None:

@@ -10,9 +10,10 @@ from typing import TYPE_CHECKING
 
 from aiohttp import web
 
-from ..config.loader import format_bind, is_loopback, parse_bind
+from ..config.loader import is_loopback, parse_bind
 from .api import APP_KEY, add_routes
 from .auth import TokenSource, auth_middleware, loopback_guard_middleware
+from .site import start_site
 
 if TYPE_CHECKING:
     from ..app import BrokerApp
@@ -39,18 +40,13 @@ class AdminServer:
         self._runner: web.AppRunner | None = None
 
     async def start(self) -> None:
-        host, port = parse_bind(self.dashboard.listeners.http.bind)
+        host, _port = parse_bind(self.dashboard.listeners.http.bind)
         tokens = TokenSource(self.dashboard)
         # The loader refuses this too; checked again here because nothing may open the API by accident.
         if not is_loopback(host) and not tokens.configured:
             raise PermissionError(f"refusing to serve the admin API on {self.address} without dashboard.token")
-        self._runner = web.AppRunner(build_application(self.broker_app), access_log=None, shutdown_timeout=1.0)
-        await self._runner.setup()
-        site = web.TCPSite(self._runner, host or None, port, reuse_address=True)
-        await site.start()
-        addresses = self._runner.addresses  # the real port when bound to 0
-        if addresses:
-            self.address = format_bind(addresses[0][0], addresses[0][1])
+        self._runner, self.address = await start_site(build_application(self.broker_app),
+                                                      self.dashboard.listeners.http.bind)
         log.info("admin api on %s", self.address)
 
     async def stop(self) -> None:
