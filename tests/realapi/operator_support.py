@@ -172,6 +172,17 @@ def tls_secret(name: str, common_name: str) -> dict:
             "stringData": {"tls.crt": cert_pem, "tls.key": key_pem, "ca.crt": cert_pem}}
 
 
+def create_one_way_tls_inputs(core: kubernetes.client.CoreV1Api, namespace: str) -> None:
+    """What manifests/examples/one-way-tls.yaml's MQTTBroker refers to: its certificate's Secret, the users Secret
+    and the example's ACL ConfigMap."""
+    core.create_namespaced_secret(namespace, tls_secret("wharf-tls", "wharf.test"))
+    core.create_namespaced_secret(namespace, kubernetes.client.V1Secret(
+        metadata=kubernetes.client.V1ObjectMeta(name="wharf-users"), string_data={"passwd": "# no users yet\n"}))
+    for document in yaml.safe_load_all((REPO / "manifests" / "examples" / "one-way-tls.yaml").read_text()):
+        if document and document["kind"] == "ConfigMap":
+            core.create_namespaced_config_map(namespace, document)
+
+
 def example_broker(example: str) -> dict:
     """An MQTTBroker from manifests/examples/."""
     for document in yaml.safe_load_all((REPO / "manifests" / "examples" / example).read_text()):

@@ -13,15 +13,14 @@ import urllib.request
 
 import kubernetes
 import pytest
-import yaml
 from kubernetes.client import ApiException
 from operator_support import (
+    create_one_way_tls_inputs,
     example_broker,
     install_operator_identity,
     running_operator,
-    tls_secret,
 )
-from realapi_support import REPO, localcluster, wait_for
+from realapi_support import localcluster, wait_for
 
 GROUP, VERSION, PLURAL = "mqtt.wharf.dev", "v1alpha1", "mqttbrokers"
 CRD_NAME = f"{PLURAL}.{GROUP}"
@@ -30,13 +29,7 @@ TIMEOUT = 60  # a safety net against hangs (the resync interval is longer: repai
 
 
 def _create_broker(api, namespace: str, extra_spec: dict | None = None) -> tuple[str, str]:
-    core = kubernetes.client.CoreV1Api(api)
-    core.create_namespaced_secret(namespace, tls_secret("wharf-tls", "wharf.test"))
-    core.create_namespaced_secret(namespace, kubernetes.client.V1Secret(
-        metadata=kubernetes.client.V1ObjectMeta(name="wharf-users"), string_data={"passwd": "# no users yet\n"}))
-    for document in yaml.safe_load_all((REPO / "manifests" / "examples" / "one-way-tls.yaml").read_text()):
-        if document and document["kind"] == "ConfigMap":
-            core.create_namespaced_config_map(namespace, document)
+    create_one_way_tls_inputs(kubernetes.client.CoreV1Api(api), namespace)
     body = example_broker("one-way-tls.yaml")
     body["spec"]["replicas"] = 1
     body["spec"].update(extra_spec or {})

@@ -6,15 +6,14 @@ from __future__ import annotations
 
 import kubernetes
 import pytest
-import yaml
 from operator_support import (
+    create_one_way_tls_inputs,
     example_broker,
     install_operator_identity,
     running_operator,
     service_account_may,
-    tls_secret,
 )
-from realapi_support import REPO, absent, is_test_pod_ip, wait_for
+from realapi_support import absent, is_test_pod_ip, wait_for
 
 GROUP, VERSION, PLURAL = "mqtt.wharf.dev", "v1alpha1", "mqttbrokers"
 CRD_NAME = f"{PLURAL}.{GROUP}"
@@ -46,13 +45,7 @@ def _condition(status: dict, kind: str) -> dict | None:
 def _broker_lifecycle(api, namespace: str, operator_log) -> None:
     core = kubernetes.client.CoreV1Api(api)
     brokers = kubernetes.client.CustomObjectsApi(api)
-    core.create_namespaced_secret(namespace, tls_secret("wharf-tls", "wharf.test"))
-    # What the example refers to besides its certificate: the users Secret and its ACL ConfigMap.
-    core.create_namespaced_secret(namespace, kubernetes.client.V1Secret(
-        metadata=kubernetes.client.V1ObjectMeta(name="wharf-users"), string_data={"passwd": "# no users yet\n"}))
-    for document in yaml.safe_load_all((REPO / "manifests" / "examples" / "one-way-tls.yaml").read_text()):
-        if document and document["kind"] == "ConfigMap":
-            core.create_namespaced_config_map(namespace, document)
+    create_one_way_tls_inputs(core, namespace)
     body = example_broker("one-way-tls.yaml")
     body["spec"]["replicas"] = 2  # two Pods, so that every owned object and status is checked with more than one
     name = body["metadata"]["name"]
