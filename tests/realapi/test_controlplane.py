@@ -10,6 +10,7 @@ import kubernetes
 import pytest
 from kubernetes.client import ApiException
 from realapi_support import (
+    absent,
     is_test_pod_ip,
     localcluster,
     token_client,
@@ -130,16 +131,7 @@ def test_garbage_collector_deletes_owned_objects(api, namespace):
     core.delete_namespaced_config_map("owner", namespace, propagation_policy="Background")
     apps.delete_namespaced_stateful_set("gc", namespace, propagation_policy="Background")
 
-    def gone(read) -> bool:
-        try:
-            read()
-        except ApiException as error:
-            if error.status == 404:
-                return True
-            raise
-        return False
-
-    wait_for(lambda: gone(lambda: core.read_namespaced_secret("owned", namespace)), "owned Secret collected")
+    wait_for(lambda: absent(lambda: core.read_namespaced_secret("owned", namespace)), "owned Secret collected")
     wait_for(lambda: not _pods_of(core, namespace, "app=gc-probe"), "StatefulSet Pods collected")
     assert core.read_namespaced_secret("independent", namespace).metadata.name == "independent"
 
