@@ -58,6 +58,22 @@ def _secret_text(core, namespace: str, name: str, key: str) -> str:
 
 # --- cert-manager objects ------------------------------------------------------------------------
 
+def _ca_and_issuer(namespace: str, name: str, common_name: str, cluster_issuer: str) -> list[tuple[str, dict]]:
+    """(plural, body): a CA Certificate issued by the self-signed ClusterIssuer into Secret ``name``, and the CA
+    Issuer ``name`` that signs with it."""
+    api_version = f"{CM_GROUP}/{CM_VERSION}"
+    meta = {"name": name, "namespace": namespace}
+    return [
+        ("certificates", {"apiVersion": api_version, "kind": "Certificate", "metadata": meta,
+                          "spec": {"isCA": True, "commonName": common_name, "secretName": name,
+                                   "duration": "24h", "privateKey": {"algorithm": "ECDSA", "size": 256},
+                                   "issuerRef": {"kind": "ClusterIssuer", "name": cluster_issuer,
+                                                 "group": CM_GROUP}}}),
+        ("issuers", {"apiVersion": api_version, "kind": "Issuer", "metadata": dict(meta),
+                     "spec": {"ca": {"secretName": name}}}),
+    ]
+
+
 def _issuers_and_certificates(namespace: str, cluster_issuer: str) -> list[tuple[str, dict]]:
     """(plural, body): the self-signed ClusterIssuer, the CA Certificate, the CA Issuer, the listener's
     Certificate."""
@@ -66,13 +82,7 @@ def _issuers_and_certificates(namespace: str, cluster_issuer: str) -> list[tuple
     return [
         ("clusterissuers", {"apiVersion": api_version, "kind": "ClusterIssuer", "metadata": {"name": cluster_issuer},
                             "spec": {"selfSigned": {}}}),
-        ("certificates", {"apiVersion": api_version, "kind": "Certificate", "metadata": {"name": "certy-ca", **meta},
-                          "spec": {"isCA": True, "commonName": "certy e2e CA", "secretName": "certy-ca",
-                                   "duration": "24h", "privateKey": {"algorithm": "ECDSA", "size": 256},
-                                   "issuerRef": {"kind": "ClusterIssuer", "name": cluster_issuer,
-                                                 "group": CM_GROUP}}}),
-        ("issuers", {"apiVersion": api_version, "kind": "Issuer", "metadata": {"name": "certy-ca", **meta},
-                     "spec": {"ca": {"secretName": "certy-ca"}}}),
+        *_ca_and_issuer(namespace, "certy-ca", "certy e2e CA", cluster_issuer),
         ("certificates", {"apiVersion": api_version, "kind": "Certificate", "metadata": {"name": SECRET, **meta},
                           # Renewed 10 s after each issuance (1h - 59m50s), with a new key each time.
                           "spec": {"secretName": SECRET, "commonName": f"{BROKER}.e2e.test",
@@ -289,17 +299,7 @@ def _wrong_ca_objects(namespace: str, cluster_issuer: str) -> list[tuple[str, di
     objects = _issuers_and_certificates(namespace, cluster_issuer)
     listener = objects[-1][1]
     listener["spec"].pop("renewBefore")
-    api_version = f"{CM_GROUP}/{CM_VERSION}"
-    meta = {"namespace": namespace}
-    objects[-1:-1] = [
-        ("certificates", {"apiVersion": api_version, "kind": "Certificate", "metadata": {"name": "wrong-ca", **meta},
-                          "spec": {"isCA": True, "commonName": "wrong e2e CA", "secretName": "wrong-ca",
-                                   "duration": "24h", "privateKey": {"algorithm": "ECDSA", "size": 256},
-                                   "issuerRef": {"kind": "ClusterIssuer", "name": cluster_issuer,
-                                                 "group": CM_GROUP}}}),
-        ("issuers", {"apiVersion": api_version, "kind": "Issuer", "metadata": {"name": "wrong-ca", **meta},
-                     "spec": {"ca": {"secretName": "wrong-ca"}}}),
-    ]
+    objects[-1:-1] = _ca_and_issuer(namespace, "wrong-ca", "wrong e2e CA", cluster_issuer)
     return objects
 
 
