@@ -31,12 +31,11 @@ from test_rotation_e2e import (
     LISTENERS,
     REPLICAS,
     Authority,
-    Probe,
     _broker_body,
     _listener_status,
     _status,
+    create_rotor_secrets,
     fingerprint,
-    pem,
     tls_secret_data,
 )
 
@@ -146,13 +145,7 @@ def test_leader_fails_over_mid_rotation(controlplane, api, namespace, tmp_path):
     core = kubernetes.client.CoreV1Api(api)
     brokers = kubernetes.client.CustomObjectsApi(api)
     authority = Authority.create("ha-ca")
-    first_key, first_cert = authority.issue("rotor.e2e.test", ExtendedKeyUsageOID.SERVER_AUTH)
-    client_key, client_cert = authority.issue("ha-client", ExtendedKeyUsageOID.CLIENT_AUTH)
-    core.create_namespaced_secret(namespace, {"metadata": {"name": "rotor-tls"}, "type": "kubernetes.io/tls",
-                                              "stringData": tls_secret_data(authority, first_key, first_cert)})
-    core.create_namespaced_secret(namespace, {"metadata": {"name": "rotor-client-ca"},
-                                              "stringData": {"ca.crt": pem(authority.cert)}})
-    probe = Probe(tmp_path, authority, client_key, client_cert)
+    first_cert, probe = create_rotor_secrets(core, namespace, authority, "ha-client", tmp_path)
     (tmp_path / "helm-home").mkdir()
     kubeconfig, operator_namespace, account = install_operator_identity(
         controlplane, api, pinned_helm(), tmp_path / "helm-home", tmp_path, watch=[namespace])

@@ -184,6 +184,20 @@ def publish_stream(publishers: dict[str, HeldClient], stop: threading.Event, lim
 
 # --- the test -----------------------------------------------------------------------------------
 
+def create_rotor_secrets(core, namespace: str, authority: Authority, client_name: str,
+                         tmp_path) -> tuple[x509.Certificate, Probe]:
+    """The Secrets of ``_broker_body``'s listeners, both from ``authority``: the server certificate (rotor-tls)
+    and the client-CA bundle (rotor-client-ca). The first server certificate, and a probe holding a client
+    certificate of ``client_name``."""
+    first_key, first_cert = authority.issue("rotor.e2e.test", ExtendedKeyUsageOID.SERVER_AUTH)
+    client_key, client_cert = authority.issue(client_name, ExtendedKeyUsageOID.CLIENT_AUTH)
+    core.create_namespaced_secret(namespace, {"metadata": {"name": "rotor-tls"}, "type": "kubernetes.io/tls",
+                                              "stringData": tls_secret_data(authority, first_key, first_cert)})
+    core.create_namespaced_secret(namespace, {"metadata": {"name": "rotor-client-ca"},
+                                              "stringData": {"ca.crt": pem(authority.cert)}})
+    return first_cert, Probe(tmp_path, authority, client_key, client_cert)
+
+
 def _broker_body() -> dict:
     return {
         "apiVersion": f"{GROUP}/{VERSION}", "kind": "MQTTBroker", "metadata": {"name": BROKER},
@@ -220,14 +234,8 @@ def test_certificate_rotation_end_to_end(controlplane, api, mqttbroker_crd, name
     # One internal CA issues the brokers' and the clients' certificates (the mTLS listener's caRef).
     # The operator checks that a listener's certificate chains to its caRef bundle, so a separate
     # client CA would be refused for the mTLS listener (the broker itself would only warn).
-    server_ca = client_ca = Authority.create("e2e-ca")
-    first_key, first_cert = server_ca.issue("rotor.e2e.test", ExtendedKeyUsageOID.SERVER_AUTH)
-    client_key, client_cert = client_ca.issue("e2e-client", ExtendedKeyUsageOID.CLIENT_AUTH)
-    core.create_namespaced_secret(namespace, {"metadata": {"name": "rotor-tls"}, "type": "kubernetes.io/tls",
-                                              "stringData": tls_secret_data(server_ca, first_key, first_cert)})
-    core.create_namespaced_secret(namespace, {"metadata": {"name": "rotor-client-ca"},
-                                              "stringData": {"ca.crt": pem(client_ca.cert)}})
-    probe = Probe(tmp_path, server_ca, client_key, client_cert)
+    server_ca = Authority.create("e2e-ca")
+    first_cert, probe = create_rotor_secrets(core, namespace, server_ca, "e2e-client", tmp_path)
 
     (tmp_path / "helm-home").mkdir()
     kubeconfig, _, _ = install_operator_identity(controlplane, api, pinned_helm(), tmp_path / "helm-home",
