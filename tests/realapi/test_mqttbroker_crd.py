@@ -10,7 +10,7 @@ import kubernetes
 import pytest
 import yaml
 from kubernetes.client import ApiException
-from realapi_support import REPO, project_crds, wait_for
+from realapi_support import REPO
 
 GROUP, VERSION, PLURAL = "mqtt.wharf.dev", "v1alpha1", "mqttbrokers"
 CRD_NAME = f"{PLURAL}.{GROUP}"
@@ -18,19 +18,7 @@ EXAMPLES = sorted((REPO / "manifests" / "examples").glob("*.yaml"))
 
 
 @pytest.fixture(scope="module")
-def brokers(api) -> kubernetes.client.CustomObjectsApi:
-    files = [path for path in project_crds() if path.name == f"{CRD_NAME}.yaml"]
-    if not files:
-        pytest.fail(f"manifests/crds/{CRD_NAME}.yaml is missing")
-    extensions = kubernetes.client.ApiextensionsV1Api(api)
-    try:
-        extensions.create_custom_resource_definition(yaml.safe_load(files[0].read_text()))
-    except ApiException as error:
-        if error.status != 409:  # installed by an earlier module of this session
-            raise
-    wait_for(lambda: any(c.type == "Established" and c.status == "True"
-                         for c in extensions.read_custom_resource_definition(CRD_NAME).status.conditions or []),
-             "MQTTBroker CRD Established")
+def brokers(api, mqttbroker_crd) -> kubernetes.client.CustomObjectsApi:
     return kubernetes.client.CustomObjectsApi(api)
 
 
