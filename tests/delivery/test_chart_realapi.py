@@ -14,7 +14,6 @@ import subprocess
 import sys
 from functools import partial
 from pathlib import Path
-from typing import Iterator
 
 import pytest
 import yaml
@@ -29,20 +28,6 @@ import localcluster  # noqa: E402
 
 kubernetes = pytest.importorskip("kubernetes")
 CERTS = ROOT / "etc" / "certs"
-
-
-@pytest.fixture(scope="module")
-def plane(tmp_path_factory: pytest.TempPathFactory) -> Iterator[localcluster.LocalControlPlane]:
-    try:
-        binaries = localcluster.locate_binaries(build=os.environ.get("WHARF_BUILD_CONTROLPLANE") == "1")
-    except localcluster.ControlPlaneUnavailable as reason:
-        pytest.skip(f"real Kubernetes control plane unavailable: {reason}")
-    control_plane = localcluster.LocalControlPlane(tmp_path_factory.mktemp("controlplane"), binaries)
-    control_plane.start()
-    try:
-        yield control_plane
-    finally:
-        control_plane.stop()
 
 
 @pytest.fixture(scope="module")

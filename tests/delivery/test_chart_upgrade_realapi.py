@@ -15,7 +15,6 @@ from __future__ import annotations
 import asyncio
 import copy
 import io
-import os
 import subprocess
 import sys
 import tarfile
@@ -80,20 +79,6 @@ def _derived_old_chart(chart: Path) -> Path:
                                             if "durableStorage" not in rule.get("rule", "")]
     path.write_text(yaml.safe_dump(crd, sort_keys=False))
     return chart
-
-
-@pytest.fixture(scope="module")
-def plane(tmp_path_factory: pytest.TempPathFactory) -> Iterator[localcluster.LocalControlPlane]:
-    try:
-        binaries = localcluster.locate_binaries(build=os.environ.get("WHARF_BUILD_CONTROLPLANE") == "1")
-    except localcluster.ControlPlaneUnavailable as reason:
-        pytest.skip(f"real Kubernetes control plane unavailable: {reason}")
-    control_plane = localcluster.LocalControlPlane(tmp_path_factory.mktemp("controlplane"), binaries)
-    control_plane.start()
-    try:
-        yield control_plane
-    finally:
-        control_plane.stop()
 
 
 @pytest.fixture(scope="module")
