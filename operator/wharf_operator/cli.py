@@ -117,7 +117,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     if not args.broker_image:
         args.broker_image = os.environ.get(BROKER_IMAGE_ENV, "").strip() or f"wharf:{__version__}"
     if not args.operator_namespace:
-        args.operator_namespace = os.environ.get(POD_NAMESPACE_ENV) or _own_namespace()
+        args.operator_namespace = _pod_namespace()
     labels = {}
     for item in args.operator_pod_label:
         key, sep, value = item.partition("=")
@@ -129,7 +129,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         args.allow_pod_network = [n.strip() for n in os.environ.get(ALLOW_ENV, "").split(",") if n.strip()]
     if args.leader_elect:
         if not args.leader_election_namespace:
-            args.leader_election_namespace = os.environ.get(POD_NAMESPACE_ENV) or _own_namespace()
+            args.leader_election_namespace = _pod_namespace()
         if not args.leader_election_namespace:
             parser.error(f"--leader-elect needs --leader-election-namespace (or ${POD_NAMESPACE_ENV}) outside a pod")
         if not args.leader_election_identity:
@@ -140,6 +140,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         except ValueError as exc:
             parser.error(str(exc))
     return args
+
+
+def _pod_namespace() -> str | None:
+    """The namespace this operator runs in: $POD_NAMESPACE, else its ServiceAccount's (None outside a pod)."""
+    return os.environ.get(POD_NAMESPACE_ENV) or _own_namespace()
 
 
 def _own_namespace() -> str | None:
